@@ -121,11 +121,12 @@ def load_darknet_weights(model: YoloBody, path: str | os.PathLike) -> DarknetLoa
     per_out = sum(i + 1 for i in head_inputs)
     model_out = layers[-1][1].out_channels
     expected = body_floats + per_out * model_out
-    file_out = (data.size - body_floats) / per_out
+    file_out_exact = (data.size - body_floats) / per_out
+    file_out = int(file_out_exact)
     same_size = data.size == expected
     if not same_size:
-        fits = file_out > 0 and file_out.is_integer() and int(file_out) % model.num_anchors == 0
-        file_classes = int(file_out) // model.num_anchors - 5 if fits else -1
+        fits = file_out_exact.is_integer() and file_out > 0 and file_out % model.num_anchors == 0
+        file_classes = file_out // model.num_anchors - 5 if fits else -1
         if not fits or file_classes < 1:
             need = offset + 4 * expected
             problem = "truncated" if len(raw) < need else "has leftover bytes"
@@ -150,12 +151,10 @@ def load_darknet_weights(model: YoloBody, path: str | os.PathLike) -> DarknetLoa
                 tensor.copy_(torch.from_numpy(data[pos : pos + n].copy()).view_as(tensor))
                 pos += n
             report.loaded.append(name)
-    pos = int(pos)
     assert pos == data.size, (pos, data.size)  # guaranteed by the size check above
     for name in ("feat1_att", "feat2_att", "upsample_att"):
         if getattr(model, name) is not None:
             report.skipped[name] = f"no darknet counterpart for attention {model.phi_name!r}"
-    logger.info(report.summary())
     return report
 
 

@@ -1,0 +1,147 @@
+"""Run YOLOv4-tiny on images, folders, globs, videos or a webcam.
+
+Examples:
+    python predict.py --source model_data/samples
+    python predict.py --source clip.mp4 --weights logs/exp/best.pth --json dets.json
+    python predict.py --source 0 --show
+    python predict.py --source model_data/samples/bus.jpg --benchmark
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from utils.checkpoint import CheckpointMismatchError
+from utils.classes import read_class_names
+from utils.darknet import DarknetFormatError
+from utils.predict_loop import OutputOptions, benchmark, run_predictions
+from utils.predictor import DEFAULT_WEIGHTS, Detector, InferenceConfig
+from utils.sources import ImageReadError, SourceError, increment_path, read_image, resolve_source
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_argument_group("input")
+    src.add_argument("--source", default="model_data/samples",
+                     help="image, folder, glob ('dir/*.jpg'), video file, or webcam index (0)")
+    model = p.add_argument_group("model")
+    model.add_argument("--weights", default=DEFAULT_WEIGHTS,
+                       help="darknet .weights, our checkpoint, or a reference-implementation .pth")
+    model.add_argument("--phi", default=None,
+                       help="attention: 0-4 or none/se/cbam/eca/ca (default: the checkpoint's; 0 for darknet)")
+    model.add_argument("--classes", default=None,
+                       help="class-names file (default: the checkpoint's; model_data/coco.names for COCO)")
+    model.add_argument("--anchors", default=None, help="anchors file (w,h pairs at the input size)")
+    model.add_argument("--img-size", type=int, default=416, help="network input side, multiple of 32")
+    model.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    post = p.add_argument_group("post-processing")
+    post.add_argument("--conf", type=float, default=0.25, help="score threshold (objectness * class)")
+    post.add_argument("--nms", type=float, default=0.45, help="NMS IoU threshold")
+    post.add_argument("--no-letterbox", action="store_true", help="plain resize instead of letterbox")
+    post.add_argument("--agnostic-nms", action="store_true", help="NMS across classes")
+    post.add_argument("--classes-filter", default=None,
+                      help="keep only these classes: comma-separated names or ids (e.g. person,car)")
+    post.add_argument("--max-det", type=int, default=300, help="detections kept per image")
+    out = p.add_argument_group("output")
+    out.add_argument("--save-dir", default="logs/predict",
+                     help="folder for annotated images/videos (incremented if it exists)")
+    out.add_argument("--exist-ok", action="store_true", help="write into --save-dir even if it exists")
+    out.add_argument("--no-save", action="store_true", help="do not write annotated images/videos")
+    out.add_argument("--json", default=None, help="write all detections to this JSON file")
+    out.add_argument("--crop", action="store_true", help="also save each detection as an image")
+    out.add_argument("--show", action="store_true", help="show results in a window (if a display exists)")
+    out.add_argument("--heatmap", action="store_true",
+                     help="overlay the max-objectness heatmap (what attention changes)")
+    out.add_argument("--benchmark", action="store_true",
+                     help="time preprocessing, forward and decode+NMS on the first image, then exit")
+    out.add_argument("--benchmark-runs", type=int, default=50, help="timed runs for --benchmark")
+    return p.parse_args(argv)
+
+
+def _class_filter(text: str | None, names: list[str]) -> tuple[int, ...] | None:
+    if not text:
+        return None
+    ids = []
+    for item in (t.strip() for t in text.split(",") if t.strip()):
+        if item.isdigit() and int(item) < len(names):
+            ids.append(int(item))
+        elif item in names:
+            ids.append(names.index(item))
+        else:
+            raise ValueError(f"--classes-filter: unknown class {item!r}")
+    return tuple(ids)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    try:
+        source = resolve_source(args.source)
+        config = InferenceConfig(
+            input_size=args.img_size, letterbox=not args.no_letterbox, conf_thresh=args.conf,
+            nms_thresh=args.nms, max_det=args.max_det, agnostic_nms=args.agnostic_nms,
+            device=args.device,
+        )  # fmt: skip
+        detector = Detector.from_weights(args.weights, args.phi, args.classes, args.anchors, config)
+        if args.classes_filter:
+            filtered = _class_filter(args.classes_filter, detector.class_names)
+            detector.config = InferenceConfig(**{**vars(config), "classes_filter": filtered})
+    except (SourceError, FileNotFoundError, ValueError, CheckpointMismatchError,
+            DarknetFormatError) as err:  # fmt: skip
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+    if args.benchmark:
+        return _benchmark(detector, source, args.benchmark_runs)
+
+    save_dir = None if args.no_save else increment_path(args.save_dir, args.exist_ok)
+    opts = OutputOptions(
+        save_dir=save_dir, json_path=Path(args.json) if args.json else None, crop=args.crop,
+        show=args.show, heatmap=args.heatmap,
+    )  # fmt: skip
+    try:
+        summary = run_predictions(detector, source, opts)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    done = f"{summary.images} images" + (f", {summary.frames} video frames" if summary.frames else "")
+    print(f"{done}: {summary.detections} detections ({detector.info.describe()}, "
+          f"device {detector.device})")  # fmt: skip
+    if save_dir is not None:
+        print(f"results saved to {save_dir}/")
+    if opts.json_path is not None:
+        print(f"detections written to {opts.json_path}")
+    if summary.failures:
+        print(f"{len(summary.failures)} input(s) failed:", file=sys.stderr)
+        for failure in summary.failures:
+            print(f"  {failure}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _benchmark(detector: Detector, source, runs: int) -> int:
+    if not source.images:
+        print("error: --benchmark needs an image source", file=sys.stderr)
+        return 2
+    try:
+        image = read_image(source.images[0])
+    except ImageReadError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    stats = benchmark(detector, image, runs=runs)
+    size = detector.config.input_size
+    print(f"benchmark: {source.images[0]} ({image.shape[1]}x{image.shape[0]}) at {size}, batch 1, "
+          f"{runs} runs, device {detector.device}, {detector.info.describe()}")  # fmt: skip
+    print(f"{'stage':<12}{'median ms':>11}{'p10':>9}{'p90':>9}")
+    for stage, s in stats.items():
+        print(f"{stage:<12}{s['median']:>11.2f}{s['p10']:>9.2f}{s['p90']:>9.2f}")
+    print(json.dumps({"benchmark": stats}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""Checkpoints: ours (state dict + metadata), the reference implementation's bare state dicts,
+and darknet ``.weights``, all behind ``load_model``.
+
+Our checkpoint is a dict::
+
+    {"format": "yolov4-tiny-attention", "version": 1, "model": state_dict, "phi": "cbam",
+     "num_classes": 20, "class_names": [...], "anchors": [[w, h], ...],
+     "anchors_mask": [[3, 4, 5], [1, 2, 3]], "input_size": 416, "config": {...}, ...}
+
+Everything is read with ``torch.load(..., weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nets.attention import attention_names, build_attention, resolve_phi
+from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, YoloBody
+from utils.darknet import load_darknet_weights
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "yolov4-tiny-attention"
+HEAD_BIAS_KEY = "yolo_headP5.1.bias"
+
+
+class CheckpointMismatchError(ValueError):
+    """The file holds a different model (phi or class count) from the one asked for."""
+
+
+@dataclass
+class ModelInfo:
+    """What a weights file says about the model, or what was assumed for it."""
+
+    phi: int
+    phi_name: str
+    num_classes: int
+    class_names: list[str] | None = None
+    anchors: list[tuple[float, float]] = field(default_factory=lambda: list(DEFAULT_ANCHORS))
+    anchors_mask: list[tuple[int, ...]] = field(
+        default_factory=lambda: list(DEFAULT_ANCHORS_MASK)
+    )
+    input_size: int = 416
+    source: str = ""  # "checkpoint", "state_dict" or "darknet"
+
+    def describe(self) -> str:
+        return f"phi {self.phi} ({self.phi_name}) with {self.num_classes} classes"
+
+
+def save_checkpoint(path: str | os.PathLike, model: YoloBody, info: ModelInfo, **extra: Any) -> None:
+    """Writes our checkpoint format atomically (temp file + rename)."""
+    model = getattr(model, "module", model)  # unwrap DDP
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "version": 1,
+        "model": model.state_dict(),
+        "phi": model.phi_name,
+        "num_classes": model.num_classes,
+        "class_names": list(info.class_names or []),
+        "anchors": [list(map(float, a)) for a in info.anchors],
+        "anchors_mask": [list(m) for m in info.anchors_mask],
+        "input_size": info.input_size,
+        **extra,
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def infer_phi(state_dict: dict[str, torch.Tensor]) -> int:
+    """Which registered attention block a state dict holds, from its ``upsample_att.*`` keys."""
+    keys = {k.split(".", 1)[1] for k in state_dict if k.startswith("upsample_att.")}
+    if not keys:
+        return 0
+    channels = 128
+    for phi, name in enumerate(attention_names()):
+        block = build_attention(phi, channels)
+        if block is not None and set(block.state_dict()) == keys:
+            return phi
+    raise CheckpointMismatchError(f"unrecognised attention keys {sorted(keys)}")
+
+
+def infer_num_classes(state_dict: dict[str, torch.Tensor], num_anchors: int = 3) -> int:
+    if HEAD_BIAS_KEY not in state_dict:
+        raise CheckpointMismatchError(f"no {HEAD_BIAS_KEY!r}: not a YOLOv4-tiny state dict")
+    return state_dict[HEAD_BIAS_KEY].shape[0] // num_anchors - 5
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], ModelInfo]:
+    """Reads ours or a reference-implementation ``.pth``: ``(state_dict, info)``."""
+    path = str(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle, zip and weights_only errors all land here
+        raise ValueError(f"{path}: cannot read as a PyTorch checkpoint ({err})") from err
+    if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
+        phi, phi_name = resolve_phi(obj["phi"])
+        info = ModelInfo(
+            phi=phi, phi_name=phi_name, num_classes=int(obj["num_classes"]),
+            class_names=list(obj.get("class_names") or []) or None,
+            anchors=[tuple(a) for a in obj.get("anchors", DEFAULT_ANCHORS)],
+            anchors_mask=[tuple(m) for m in obj.get("anchors_mask", DEFAULT_ANCHORS_MASK)],
+            input_size=int(obj.get("input_size", 416)), source="checkpoint",
+        )  # fmt: skip
+        return obj["model"], info
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = obj["model"]  # a training checkpoint of another layout: take its weights
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"{path}: neither our checkpoint nor a state dict")
+    obj = {k.removeprefix("module."): v for k, v in obj.items()}  # saved from DataParallel
+    phi = infer_phi(obj)
+    info = ModelInfo(phi, attention_names()[phi], infer_num_classes(obj), source="state_dict")
+    return obj, info
+
+
+def _check_request(path: str, info: ModelInfo, phi: int | str | None, num_classes: int | None):
+    want_phi = resolve_phi(phi)[0] if phi is not None else info.phi
+    want_nc = num_classes if num_classes is not None else info.num_classes
+    if (want_phi, want_nc) != (info.phi, info.num_classes):
+        asked = f"phi {want_phi} ({attention_names()[want_phi]}) with {want_nc} classes"
+        raise CheckpointMismatchError(f"{path} contains {info.describe()}, but {asked} was asked for")
+
+
+def load_model(
+    path: str | os.PathLike, phi: int | str | None = None, num_classes: int | None = None
+) -> tuple[YoloBody, ModelInfo]:
+    """Builds the model a weights file describes and loads it.
+
+    Args:
+        path: ``.weights`` (darknet), or ``.pth``/``.pt`` (ours or a reference state dict).
+        phi: required attention; None takes the file's (darknet files: 0).
+        num_classes: required class count; None takes the file's. For darknet files another
+            count loads everything but the two output convolutions (reported in the log).
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointMismatchError: the file holds a different phi or class count.
+    """
+    path = str(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if path.endswith(".weights"):
+        phi_num, phi_name = resolve_phi(phi if phi is not None else 0)
+        model = YoloBody(num_classes or 80, phi_num)
+        report = load_darknet_weights(model, path)
+        (logger.warning if report.skipped else logger.info)(report.summary())
+        info = ModelInfo(phi_num, phi_name, model.num_classes, source="darknet")
+        return model, info
+    state_dict, info = read_checkpoint(path)
+    _check_request(path, info, phi, num_classes)
+    model = YoloBody(info.num_classes, info.phi)
+    model.load_state_dict(state_dict, strict=True)
+    return model, info
+
+
+@dataclass
+class PartialLoadReport:
+    loaded: list[str]
+    missing: list[str]  # in the model, not in the file
+    mismatched: dict[str, str]  # same name, different shape
+    unexpected: list[str]  # in the file, not in the model
+
+    def summary(self) -> str:
+        return (f"loaded {len(self.loaded)} tensors; {len(self.missing)} missing, "
+                f"{len(self.mismatched)} with other shapes, {len(self.unexpected)} unused")  # fmt: skip
+
+
+def load_matching(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> PartialLoadReport:
+    """Loads every tensor whose name and shape match; reports the rest (for fine-tuning)."""
+    own = model.state_dict()
+    matched = {k: v for k, v in state_dict.items() if k in own and own[k].shape == v.shape}
+    mismatched = {
+        k: f"file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in state_dict.items()
+        if k in own and own[k].shape != v.shape
+    }
+    model.load_state_dict(matched, strict=False)
+    return PartialLoadReport(
+        loaded=sorted(matched), missing=sorted(set(own) - set(state_dict)),
+        mismatched=mismatched, unexpected=sorted(set(state_dict) - set(own)),
+    )  # fmt: skip

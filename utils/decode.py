@@ -1,0 +1,94 @@
+"""Raw YOLO maps -> boxes, and post-processing (score filter + NMS).
+
+``decode_outputs`` is shared by inference and the loss so both use darknet's ``scale_x_y``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torchvision.ops import batched_nms, nms
+
+SCALE_X_Y = 1.05  # darknet yolov4-tiny.cfg `scale_x_y`
+
+
+def decode_outputs(
+    outputs: Sequence[torch.Tensor], anchors: Sequence[Sequence[float]],
+    anchors_mask: Sequence[Sequence[int]], input_size: int, scale_x_y: float = SCALE_X_Y,
+) -> torch.Tensor:  # fmt: skip
+    """Decodes every level into one tensor of candidate boxes.
+
+    Args:
+        outputs: per level (B, A*(5+C), H, W) raw maps, in the order of ``anchors_mask``.
+        anchors: all anchors (w, h) in pixels at ``input_size``.
+        anchors_mask: per level, indices into ``anchors``.
+        input_size: network input side in pixels (stride of a level = input_size / W).
+        scale_x_y: darknet's grid-sensitivity factor s: cx = (sig(tx) * s - (s-1)/2 + gx) * stride.
+
+    Returns:
+        (B, N, 5+C) with N = sum over levels of A*H*W, ordered level, anchor, row, column:
+        cx, cy, w, h in input pixels, objectness probability, C class probabilities.
+    """
+    decoded = []
+    for out, mask in zip(outputs, anchors_mask):
+        b, _, h, w = out.shape
+        na = len(mask)
+        stride_y, stride_x = input_size / h, input_size / w
+        pred = out.view(b, na, -1, h, w).permute(0, 1, 3, 4, 2)  # (B, A, H, W, 5+C)
+        grid_y, grid_x = torch.meshgrid(
+            torch.arange(h, device=out.device, dtype=out.dtype),
+            torch.arange(w, device=out.device, dtype=out.dtype),
+            indexing="ij",
+        )
+        anchor_wh = torch.tensor([anchors[i] for i in mask], device=out.device, dtype=out.dtype)
+        xy = torch.sigmoid(pred[..., :2]) * scale_x_y - (scale_x_y - 1) / 2
+        cx = (xy[..., 0] + grid_x) * stride_x
+        cy = (xy[..., 1] + grid_y) * stride_y
+        bw = torch.exp(pred[..., 2]) * anchor_wh[:, 0].view(1, na, 1, 1)
+        bh = torch.exp(pred[..., 3]) * anchor_wh[:, 1].view(1, na, 1, 1)
+        probs = torch.sigmoid(pred[..., 4:])
+        level = torch.cat([torch.stack([cx, cy, bw, bh], -1), probs], -1)
+        decoded.append(level.reshape(b, -1, level.shape[-1]))
+    return torch.cat(decoded, 1)
+
+
+def cxcywh_to_xyxy(boxes_cxcywh: torch.Tensor) -> torch.Tensor:
+    cx, cy, w, h = boxes_cxcywh.unbind(-1)
+    return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1)
+
+
+def postprocess(
+    decoded: torch.Tensor, conf_thresh: float = 0.25, nms_thresh: float = 0.45,
+    max_det: int = 300, agnostic: bool = False, classes: Sequence[int] | None = None,
+) -> list[dict[str, torch.Tensor]]:  # fmt: skip
+    """Score filter and NMS per image.
+
+    Each candidate keeps its best class; its score is objectness * class probability (as
+    darknet and OpenCV DNN). NMS is class-wise (``batched_nms``) unless ``agnostic``.
+
+    Args:
+        decoded: (B, N, 5+C) from ``decode_outputs``.
+        classes: keep only these class ids (None keeps all).
+
+    Returns:
+        Per image a dict with ``boxes`` (K, 4) xyxy in input pixels, ``scores`` (K,),
+        ``labels`` (K,) int64, sorted by decreasing score, K <= max_det.
+    """
+    results = []
+    for pred in decoded:
+        cls_prob, labels = pred[:, 5:].max(1)
+        scores = pred[:, 4] * cls_prob
+        keep = scores >= conf_thresh
+        if classes is not None:
+            allowed = torch.as_tensor(list(classes), device=pred.device)
+            keep &= torch.isin(labels, allowed)
+        boxes = cxcywh_to_xyxy(pred[keep, :4])
+        scores, labels = scores[keep], labels[keep]
+        if agnostic:
+            idx = nms(boxes, scores, nms_thresh)
+        else:
+            idx = batched_nms(boxes, scores, labels, nms_thresh)
+        idx = idx[:max_det]  # nms returns indices sorted by decreasing score
+        results.append({"boxes": boxes[idx], "scores": scores[idx], "labels": labels[idx]})
+    return results

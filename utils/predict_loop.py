@@ -1,0 +1,211 @@
+"""Runs a ``Detector`` over a resolved source and writes what the user asked for.
+
+Outputs: annotated images and videos (same fps and size) in ``save_dir``, optional crops,
+optional JSON in the ``predict.py --json`` format, optional on-screen window.
+A file that cannot be read is reported on one line and skipped; the caller sees the count.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from utils.device import synchronize
+from utils.predictor import Detections, Detector
+from utils.sources import ImageReadError, Source, SourceError, open_video, read_image
+from utils.visualize import crop_detections, draw_detections, overlay_heatmap
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    save_dir: Path | None  # None: write no images or videos
+    json_path: Path | None = None  # write all detections here
+    crop: bool = False  # save each detection as its own image under save_dir/crops/<class>/
+    show: bool = False  # show a window (skipped when there is no display)
+    heatmap: bool = False  # overlay max objectness under the boxes
+
+
+@dataclass
+class RunSummary:
+    images: int = 0
+    frames: int = 0
+    detections: int = 0
+    failures: list[str] = field(default_factory=list)
+    records: list[dict] = field(default_factory=list)
+
+
+class _Window:
+    """``cv2.imshow`` that turns itself off where there is no display or GUI backend."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and (sys.platform != "linux" or bool(os.environ.get("DISPLAY")))
+        if enabled and not self.enabled:
+            print("--show ignored: no display", file=sys.stderr)
+
+    def show(self, image: np.ndarray) -> bool:
+        """Shows the frame; returns False when the user pressed q or Esc."""
+        if not self.enabled:
+            return True
+        try:
+            cv2.imshow("yolov4-tiny", image)
+            return cv2.waitKey(1) & 0xFF not in (ord("q"), 27)
+        except cv2.error:
+            self.enabled = False
+            print("--show ignored: this OpenCV build has no GUI", file=sys.stderr)
+            return True
+
+
+def _record(path: str, image_id: str, dets: Detections, frame: int | None = None) -> dict:
+    record = {"image": path, "image_id": image_id, "width": dets.width, "height": dets.height}
+    if frame is not None:
+        record["frame"] = frame
+    record["detections"] = dets.to_json()
+    return record
+
+
+def _render(detector: Detector, image: np.ndarray, dets: Detections, heatmap: bool) -> np.ndarray:
+    if heatmap:
+        image = overlay_heatmap(image, detector.objectness_map(image))
+    return draw_detections(image, dets)
+
+
+def _save_crops(save_dir: Path, stem: str, image: np.ndarray, dets: Detections) -> None:
+    for i, (crop, name) in enumerate(zip(crop_detections(image, dets), dets.names)):
+        folder = save_dir / "crops" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(folder / f"{stem}_{i}.jpg"), crop)
+
+
+def _run_images(detector: Detector, paths: list[str], opts: OutputOptions,
+                summary: RunSummary, window: _Window) -> None:  # fmt: skip
+    for path in tqdm(paths, desc="images", unit="img", disable=len(paths) < 2):
+        try:
+            image = read_image(path)
+        except ImageReadError as err:
+            tqdm.write(f"error: {err}", file=sys.stderr)
+            summary.failures.append(str(err))
+            continue
+        dets = detector(image)
+        stem = Path(path).stem
+        summary.images += 1
+        summary.detections += len(dets)
+        summary.records.append(_record(path, stem, dets))
+        rendered = _render(detector, image, dets, opts.heatmap) if opts.save_dir or opts.show else None
+        if opts.save_dir is not None:
+            out = opts.save_dir / Path(path).name
+            if Path(path).suffix.lower() not in (".jpg", ".jpeg", ".png", ".bmp"):
+                out = out.with_suffix(".jpg")
+            cv2.imwrite(str(out), rendered)
+            if opts.crop:
+                _save_crops(opts.save_dir, stem, image, dets)
+        if rendered is not None:
+            window.show(rendered)
+
+
+def _run_stream(detector: Detector, video: str | int, opts: OutputOptions,
+                summary: RunSummary, window: _Window) -> None:  # fmt: skip
+    try:
+        cap, fps, (width, height), count = open_video(video)
+    except SourceError as err:
+        tqdm.write(f"error: {err}", file=sys.stderr)
+        summary.failures.append(str(err))
+        return
+    name = f"webcam{video}" if isinstance(video, int) else Path(video).stem
+    path = str(video)
+    writer = None
+    if opts.save_dir is not None:
+        out = opts.save_dir / f"{name}.mp4"
+        writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+        if not writer.isOpened():
+            summary.failures.append(f"{out}: cannot open video writer")
+            tqdm.write(f"error: {out}: cannot open video writer", file=sys.stderr)
+            writer = None
+    bar = tqdm(total=count or None, desc=name, unit="frame")
+    frame_index = 0
+    try:
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            dets = detector(frame)
+            summary.frames += 1
+            summary.detections += len(dets)
+            summary.records.append(_record(path, f"{name}_{frame_index:06d}", dets, frame_index))
+            if writer is not None or window.enabled:
+                rendered = _render(detector, frame, dets, opts.heatmap)
+                if writer is not None:
+                    writer.write(rendered)
+                if opts.crop and opts.save_dir is not None:
+                    _save_crops(opts.save_dir, f"{name}_{frame_index:06d}", frame, dets)
+                if not window.show(rendered):
+                    break
+            frame_index += 1
+            bar.update(1)
+    finally:
+        bar.close()
+        cap.release()
+        if writer is not None:
+            writer.release()
+    if frame_index == 0 and not isinstance(video, int):
+        summary.failures.append(f"{video}: video has no decodable frames")
+        tqdm.write(f"error: {video}: video has no decodable frames", file=sys.stderr)
+
+
+def run_predictions(detector: Detector, source: Source, opts: OutputOptions) -> RunSummary:
+    """Processes every input of ``source``; never raises for one bad input."""
+    summary = RunSummary()
+    window = _Window(opts.show)
+    if opts.save_dir is not None:
+        opts.save_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        _run_images(detector, source.images, opts, summary, window)
+        for video in source.videos:
+            _run_stream(detector, video, opts, summary, window)
+        if source.webcam is not None:
+            _run_stream(detector, source.webcam, opts, summary, window)
+    finally:  # Ctrl-C on a webcam still leaves the JSON of what was seen
+        if opts.json_path is not None:
+            write_json(opts.json_path, summary.records)
+    return summary
+
+
+def write_json(path: Path, records: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(records, indent=1))
+    os.replace(tmp, path)
+
+
+def benchmark(detector: Detector, image: np.ndarray, runs: int = 50, warmup: int = 5) -> dict:
+    """Median and spread (ms) of preprocessing, forward and decode+NMS over ``runs`` calls."""
+    stages = {"preprocess": [], "forward": [], "decode_nms": [], "total": []}
+    for i in range(warmup + runs):
+        t0 = time.perf_counter()
+        batch, metas = detector.preprocess([image])
+        synchronize(detector.device)
+        t1 = time.perf_counter()
+        outputs = detector.forward(batch)
+        synchronize(detector.device)
+        t2 = time.perf_counter()
+        detector.postprocess(outputs, metas)
+        synchronize(detector.device)
+        t3 = time.perf_counter()
+        if i >= warmup:
+            for key, value in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t3 - t0)):
+                stages[key].append(value * 1000)
+    return {
+        key: {"median": float(np.median(v)), "p10": float(np.percentile(v, 10)),
+              "p90": float(np.percentile(v, 90))}
+        for key, v in stages.items()
+    }  # fmt: skip

@@ -1,0 +1,173 @@
+"""The Python inference API: load once, call on BGR images, get boxes, scores and labels.
+
+    from utils.predictor import Detector
+    detector = Detector.from_weights("model_data/yolov4-tiny.weights")
+    detections = detector(cv2.imread("model_data/samples/bus.jpg"))
+    for box, score, name in zip(detections.boxes, detections.scores, detections.names):
+        ...
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from nets.yolo import YoloBody
+from utils.checkpoint import ModelInfo, load_model
+from utils.classes import read_anchors, read_class_names
+from utils.decode import decode_outputs, postprocess
+from utils.device import select_device
+from utils.preprocess import ResizeMeta, boxes_to_original, preprocess_bgr, to_tensor
+
+DEFAULT_WEIGHTS = "model_data/yolov4-tiny.weights"
+DEFAULT_COCO_CLASSES = "model_data/coco.names"
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """Inference settings; every default in one place."""
+
+    input_size: int = 416  # network input side, a multiple of 32
+    letterbox: bool = True  # keep aspect ratio with grey padding; False = plain resize
+    conf_thresh: float = 0.25  # minimum objectness * class probability
+    nms_thresh: float = 0.45  # IoU above which a lower-scored box is suppressed
+    max_det: int = 300  # detections kept per image after NMS
+    agnostic_nms: bool = False  # NMS across classes instead of per class
+    classes_filter: tuple[int, ...] | None = None  # keep only these class ids
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+
+
+@dataclass
+class Detections:
+    """Detections of one image, in original-image pixels (0-based, xyxy)."""
+
+    boxes: np.ndarray  # (N, 4) float32 x1, y1, x2, y2
+    scores: np.ndarray  # (N,) float32
+    labels: np.ndarray  # (N,) int64 class ids
+    class_names: list[str] = field(repr=False, default_factory=list)
+    width: int = 0
+    height: int = 0
+
+    @property
+    def names(self) -> list[str]:
+        return [self.class_names[k] if k < len(self.class_names) else str(k) for k in self.labels]
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def to_json(self) -> list[dict]:
+        """Rows of the ``predict.py --json`` format."""
+        return [
+            {"xyxy": [round(float(v), 2) for v in box], "score": round(float(score), 5),
+             "class_id": int(label), "class_name": name}
+            for box, score, label, name in zip(self.boxes, self.scores, self.labels, self.names)
+        ]  # fmt: skip
+
+
+class Detector:
+    """A loaded model plus its pre- and post-processing.
+
+    The three stages are public so that they can be timed separately
+    (``preprocess`` -> ``forward`` -> ``postprocess``); ``__call__`` runs all three.
+    """
+
+    def __init__(
+        self, model: YoloBody, info: ModelInfo, class_names: list[str],
+        config: InferenceConfig | None = None,
+    ) -> None:  # fmt: skip
+        self.config = config or InferenceConfig()
+        if self.config.input_size % 32:
+            raise ValueError(f"input size {self.config.input_size} is not a multiple of 32")
+        if len(class_names) != model.num_classes:
+            raise ValueError(
+                f"{len(class_names)} class names given for a model with {model.num_classes} classes"
+            )
+        self.device = select_device(self.config.device)
+        self.model = model.to(self.device).eval()
+        self.info = info
+        self.class_names = class_names
+
+    @classmethod
+    def from_weights(
+        cls, weights: str | os.PathLike = DEFAULT_WEIGHTS, phi: int | str | None = None,
+        classes: str | os.PathLike | list[str] | None = None,
+        anchors: str | os.PathLike | None = None, config: InferenceConfig | None = None,
+    ) -> Detector:  # fmt: skip
+        """Loads darknet ``.weights``, our checkpoint or a reference ``.pth``.
+
+        Class names come from ``classes`` (a file or a list), else from the checkpoint, else
+        ``model_data/coco.names`` for an 80-class darknet file.
+        """
+        names = read_class_names(classes) if isinstance(classes, (str, Path)) else classes
+        num_classes = len(names) if names else None
+        model, info = load_model(weights, phi=phi, num_classes=num_classes)
+        if names is None:
+            names = info.class_names
+        if names is None and info.num_classes == 80 and os.path.isfile(DEFAULT_COCO_CLASSES):
+            names = read_class_names(DEFAULT_COCO_CLASSES)
+        if names is None:
+            raise ValueError(f"{weights} has {info.num_classes} classes: pass a classes file")
+        if anchors is not None:
+            info.anchors = read_anchors(anchors)
+        return cls(model, info, list(names), config)
+
+    def preprocess(self, images_bgr: list[np.ndarray]) -> tuple[torch.Tensor, list[ResizeMeta]]:
+        """BGR uint8 images -> (B, 3, S, S) float tensor on the device, and their metas."""
+        canvases, metas = zip(
+            *(preprocess_bgr(im, self.config.input_size, self.config.letterbox) for im in images_bgr)
+        )
+        return to_tensor(list(canvases)).to(self.device, non_blocking=True), list(metas)
+
+    @torch.inference_mode()
+    def forward(self, batch: torch.Tensor) -> list[torch.Tensor]:
+        """Raw maps, one per level (see ``YoloBody``)."""
+        return self.model(batch)
+
+    @torch.inference_mode()
+    def postprocess(self, outputs: list[torch.Tensor], metas: list[ResizeMeta]) -> list[Detections]:
+        """Decode, filter, NMS and map boxes back to each original image."""
+        cfg = self.config
+        decoded = decode_outputs(outputs, self.info.anchors, self.info.anchors_mask, cfg.input_size)
+        results = postprocess(
+            decoded, cfg.conf_thresh, cfg.nms_thresh, cfg.max_det, cfg.agnostic_nms,
+            cfg.classes_filter,
+        )  # fmt: skip
+        detections = []
+        for res, meta in zip(results, metas):
+            boxes = boxes_to_original(res["boxes"].float(), meta)
+            detections.append(Detections(
+                boxes.cpu().numpy(), res["scores"].float().cpu().numpy(),
+                res["labels"].cpu().numpy(), self.class_names, meta.width, meta.height,
+            ))  # fmt: skip
+        return detections
+
+    def predict_batch(self, images_bgr: list[np.ndarray]) -> list[Detections]:
+        batch, metas = self.preprocess(images_bgr)
+        return self.postprocess(self.forward(batch), metas)
+
+    def __call__(self, image_bgr: np.ndarray) -> Detections:
+        return self.predict_batch([image_bgr])[0]
+
+    @torch.inference_mode()
+    def objectness_map(self, image_bgr: np.ndarray) -> np.ndarray:
+        """Max objectness probability over anchors and levels, as (H, W) float32 in [0, 1] on
+        the original image's pixel grid: where the model thinks there is an object.
+        """
+        batch, (meta,) = self.preprocess([image_bgr])
+        size = self.config.input_size
+        heat = torch.zeros(size, size, device=self.device)
+        for out in self.forward(batch):
+            _, _, h, w = out.shape
+            obj = out.view(len(self.info.anchors_mask[0]), -1, h, w)[:, 4].sigmoid().amax(0)
+            obj = torch.nn.functional.interpolate(obj[None, None], size=(size, size), mode="nearest")
+            heat = torch.maximum(heat, obj[0, 0])
+        x0, y0 = meta.pad_x, meta.pad_y
+        x1 = x0 + round(meta.width * meta.scale_x)
+        y1 = y0 + round(meta.height * meta.scale_y)
+        crop = heat[y0:y1, x0:x1].cpu().numpy()
+        return cv2.resize(crop, (meta.width, meta.height), interpolation=cv2.INTER_LINEAR)

@@ -1,0 +1,93 @@
+"""Image -> network input, and the inverse mapping for boxes.
+
+Two resize modes, both exact in their inverse: letterbox (keep aspect ratio, grey padding,
+centred) and plain resize (stretch, as OpenCV DNN and darknet do). The mapping is an
+axis-aligned affine map ``x_in = x_orig * scale_x + pad_x`` recorded in ``ResizeMeta``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+PAD_VALUE = 128  # grey canvas, as darknet and the reference implementation
+
+
+@dataclass(frozen=True)
+class ResizeMeta:
+    """How an original image of ``width x height`` was mapped onto the network input."""
+
+    width: int
+    height: int
+    scale_x: float
+    scale_y: float
+    pad_x: int
+    pad_y: int
+
+
+def resize_image(
+    image: np.ndarray, input_size: int, letterbox: bool = True,
+    interpolation: int = cv2.INTER_LINEAR,
+) -> tuple[np.ndarray, ResizeMeta]:  # fmt: skip
+    """Resizes an HxWx3 image onto an ``input_size`` square canvas.
+
+    Args:
+        image: uint8 array (H, W, 3), any channel order (it is kept).
+        input_size: side of the square network input.
+        letterbox: keep the aspect ratio and pad with grey; otherwise stretch.
+
+    Returns:
+        The canvas (input_size, input_size, 3) uint8 and the ``ResizeMeta`` to invert it.
+    """
+    h, w = image.shape[:2]
+    if not letterbox:
+        out = cv2.resize(image, (input_size, input_size), interpolation=interpolation)
+        return out, ResizeMeta(w, h, input_size / w, input_size / h, 0, 0)
+    scale = min(input_size / w, input_size / h)
+    new_w, new_h = max(1, int(w * scale)), max(1, int(h * scale))
+    pad_x, pad_y = (input_size - new_w) // 2, (input_size - new_h) // 2
+    canvas = np.full((input_size, input_size, 3), PAD_VALUE, dtype=np.uint8)
+    resized = cv2.resize(image, (new_w, new_h), interpolation=interpolation)
+    canvas[pad_y : pad_y + new_h, pad_x : pad_x + new_w] = resized
+    # The per-axis scale is what the resize actually did (new_w / w), not the nominal one.
+    return canvas, ResizeMeta(w, h, new_w / w, new_h / h, pad_x, pad_y)
+
+
+def to_tensor(images_rgb: list[np.ndarray]) -> torch.Tensor:
+    """Stacks HxWx3 uint8 RGB canvases into a float tensor (B, 3, H, W) in [0, 1]."""
+    batch = np.stack(images_rgb).transpose(0, 3, 1, 2)
+    return torch.from_numpy(np.ascontiguousarray(batch)).float().div_(255.0)
+
+
+def preprocess_bgr(
+    image_bgr: np.ndarray, input_size: int, letterbox: bool = True
+) -> tuple[np.ndarray, ResizeMeta]:
+    """BGR image (as cv2 reads it) -> RGB canvas ready for ``to_tensor``, plus its meta."""
+    canvas, meta = resize_image(image_bgr, input_size, letterbox)
+    return cv2.cvtColor(canvas, cv2.COLOR_BGR2RGB), meta
+
+
+def boxes_to_original(boxes: torch.Tensor, meta: ResizeMeta, clip: bool = True) -> torch.Tensor:
+    """Maps xyxy boxes (N, 4) from network-input pixels back to original-image pixels.
+
+    With ``clip`` the result lies in [0, W-1] x [0, H-1]: 0-based pixel coordinates, the
+    convention of our JSON output (a VOC XML coordinate v is v - 1 there).
+    """
+    out = boxes.clone()
+    out[:, 0::2] = (out[:, 0::2] - meta.pad_x) / meta.scale_x
+    out[:, 1::2] = (out[:, 1::2] - meta.pad_y) / meta.scale_y
+    if clip:
+        out[:, 0::2] = out[:, 0::2].clamp(0, meta.width - 1)
+        out[:, 1::2] = out[:, 1::2].clamp(0, meta.height - 1)
+    return out
+
+
+def boxes_to_input(boxes: torch.Tensor, meta: ResizeMeta) -> torch.Tensor:
+    """Inverse of ``boxes_to_original`` (without clipping): original pixels -> input pixels."""
+    out = boxes.clone()
+    out[:, 0::2] = out[:, 0::2] * meta.scale_x + meta.pad_x
+    out[:, 1::2] = out[:, 1::2] * meta.scale_y + meta.pad_y
+    return out

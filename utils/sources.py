@@ -1,0 +1,129 @@
+"""Inference inputs: one image, a folder, a glob, a video file or a webcam index.
+
+Reading never crashes the caller on one bad file: ``read_image`` raises ``ImageReadError``
+with a one-line message that names the file, and the caller decides to skip it.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jp2", ".pgm", ".ppm"}
+VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".m4v", ".wmv", ".mpg", ".mpeg", ".webm"}
+
+
+class ImageReadError(OSError):
+    """An image that cannot be used; ``str(err)`` is ``'<path>: <problem>'``."""
+
+
+class SourceError(ValueError):
+    """A ``--source`` that does not exist or holds nothing to process."""
+
+
+@dataclass
+class Source:
+    """A resolved ``--source``: image files, video files, or a webcam index."""
+
+    images: list[str] = field(default_factory=list)
+    videos: list[str] = field(default_factory=list)
+    webcam: int | None = None
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Reads any image OpenCV decodes as 8-bit BGR (grey, alpha and 16-bit are converted).
+
+    Raises:
+        ImageReadError: missing, empty, undecodable or truncated (JPEG without end marker).
+    """
+    path = str(path)
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as err:
+        raise ImageReadError(f"{path}: cannot read file ({err.strerror or err})") from err
+    if data.size == 0:
+        raise ImageReadError(f"{path}: empty file (0 bytes)")
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if image is None:
+        raise ImageReadError(f"{path}: not a decodable image (corrupt or unsupported format)")
+    # libjpeg decodes a cut-off JPEG with a grey bottom and only a warning: refuse it instead.
+    if data[:2].tobytes() == b"\xff\xd8" and b"\xff\xd9" not in data[-4096:].tobytes():
+        raise ImageReadError(f"{path}: truncated JPEG (no end-of-image marker)")
+    return image
+
+
+def _media_files(paths: list[str]) -> Source:
+    source = Source()
+    for p in sorted(paths):
+        ext = Path(p).suffix.lower()
+        if ext in VIDEO_EXTS:
+            source.videos.append(p)
+        elif ext in IMAGE_EXTS:
+            source.images.append(p)
+    return source
+
+
+def resolve_source(source: str) -> Source:
+    """Interprets ``--source``.
+
+    A digit string is a webcam index; a folder gives its images and videos (sorted, not
+    recursive); a pattern with ``*?[`` is globbed; a file is a video by extension, else an
+    image (so an image with an odd extension is still tried, and a bad one is reported).
+
+    Raises:
+        SourceError: nothing there.
+    """
+    if source.isdigit():
+        return Source(webcam=int(source))
+    if os.path.isdir(source):
+        found = _media_files([str(p) for p in Path(source).iterdir() if p.is_file()])
+        if not found.images and not found.videos:
+            raise SourceError(f"{source}: folder holds no images or videos")
+        return found
+    if any(ch in source for ch in "*?["):
+        found = _media_files([p for p in glob.glob(source, recursive=True) if os.path.isfile(p)])
+        if not found.images and not found.videos:
+            raise SourceError(f"{source}: pattern matches no images or videos")
+        return found
+    if not os.path.exists(source):
+        raise SourceError(f"{source}: no such file or folder")
+    if Path(source).suffix.lower() in VIDEO_EXTS:
+        return Source(videos=[source])
+    return Source(images=[source])
+
+
+def open_video(path: str | int) -> tuple[cv2.VideoCapture, float, tuple[int, int], int]:
+    """Opens a video file or webcam: ``(capture, fps, (width, height), frame_count)``.
+
+    Raises:
+        SourceError: it does not open or yields no frame size.
+    """
+    cap = cv2.VideoCapture(path)
+    what = f"webcam {path}" if isinstance(path, int) else str(path)
+    if not cap.isOpened():
+        raise SourceError(f"{what}: cannot open video")
+    width = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))
+    height = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    if width <= 0 or height <= 0:
+        cap.release()
+        raise SourceError(f"{what}: video has no readable frames")
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    fps = fps if fps and fps > 0 and np.isfinite(fps) else 30.0
+    count = max(0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT)))
+    return cap, fps, (width, height), count
+
+
+def increment_path(path: str | os.PathLike, exist_ok: bool = False) -> Path:
+    """``logs/predict`` -> ``logs/predict2``, ``logs/predict3``... whichever is free."""
+    path = Path(path)
+    if exist_ok or not path.exists():
+        return path
+    n = 2
+    while Path(f"{path}{n}").exists():
+        n += 1
+    return Path(f"{path}{n}")
