@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 from utils.checkpoint import CheckpointMismatchError
-from utils.classes import read_class_names
 from utils.darknet import DarknetFormatError
 from utils.predict_loop import OutputOptions, benchmark, run_predictions
 from utils.predictor import DEFAULT_WEIGHTS, Detector, InferenceConfig
@@ -24,40 +23,76 @@ from utils.sources import ImageReadError, SourceError, increment_path, read_imag
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     src = p.add_argument_group("input")
-    src.add_argument("--source", default="model_data/samples",
-                     help="image, folder, glob ('dir/*.jpg'), video file, or webcam index (0)")
+    src.add_argument(
+        "--source",
+        default="model_data/samples",
+        help="image, folder, glob ('dir/*.jpg'), video file, or webcam index (0)",
+    )
     model = p.add_argument_group("model")
-    model.add_argument("--weights", default=DEFAULT_WEIGHTS,
-                       help="darknet .weights, our checkpoint, or a reference-implementation .pth")
-    model.add_argument("--phi", default=None,
-                       help="attention: 0-4 or none/se/cbam/eca/ca (default: the checkpoint's; 0 for darknet)")
-    model.add_argument("--classes", default=None,
-                       help="class-names file (default: the checkpoint's; model_data/coco.names for COCO)")
+    model.add_argument(
+        "--weights",
+        default=DEFAULT_WEIGHTS,
+        help="darknet .weights, our checkpoint, or a reference-implementation .pth",
+    )
+    model.add_argument(
+        "--phi",
+        default=None,
+        help="attention: 0-4 or none/se/cbam/eca/ca (default: the checkpoint's; 0 for darknet)",
+    )
+    model.add_argument(
+        "--classes",
+        default=None,
+        help="class-names file (default: the checkpoint's; model_data/coco.names for COCO)",
+    )
     model.add_argument("--anchors", default=None, help="anchors file (w,h pairs at the input size)")
-    model.add_argument("--img-size", type=int, default=416, help="network input side, multiple of 32")
+    model.add_argument(
+        "--img-size", type=int, default=416, help="network input side, multiple of 32"
+    )
     model.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     post = p.add_argument_group("post-processing")
-    post.add_argument("--conf", type=float, default=0.25, help="score threshold (objectness * class)")
+    post.add_argument(
+        "--conf", type=float, default=0.25, help="score threshold (objectness * class)"
+    )
     post.add_argument("--nms", type=float, default=0.45, help="NMS IoU threshold")
-    post.add_argument("--no-letterbox", action="store_true", help="plain resize instead of letterbox")
+    post.add_argument(
+        "--no-letterbox", action="store_true", help="plain resize instead of letterbox"
+    )
     post.add_argument("--agnostic-nms", action="store_true", help="NMS across classes")
-    post.add_argument("--classes-filter", default=None,
-                      help="keep only these classes: comma-separated names or ids (e.g. person,car)")
+    post.add_argument(
+        "--classes-filter",
+        default=None,
+        help="keep only these classes: comma-separated names or ids (e.g. person,car)",
+    )
     post.add_argument("--max-det", type=int, default=300, help="detections kept per image")
     out = p.add_argument_group("output")
-    out.add_argument("--save-dir", default="logs/predict",
-                     help="folder for annotated images/videos (incremented if it exists)")
-    out.add_argument("--exist-ok", action="store_true", help="write into --save-dir even if it exists")
+    out.add_argument(
+        "--save-dir",
+        default="logs/predict",
+        help="folder for annotated images/videos (incremented if it exists)",
+    )
+    out.add_argument(
+        "--exist-ok", action="store_true", help="write into --save-dir even if it exists"
+    )
     out.add_argument("--no-save", action="store_true", help="do not write annotated images/videos")
     out.add_argument("--json", default=None, help="write all detections to this JSON file")
     out.add_argument("--crop", action="store_true", help="also save each detection as an image")
-    out.add_argument("--show", action="store_true", help="show results in a window (if a display exists)")
-    out.add_argument("--heatmap", action="store_true",
-                     help="overlay the max-objectness heatmap (what attention changes)")
-    out.add_argument("--benchmark", action="store_true",
-                     help="time preprocessing, forward and decode+NMS on the first image, then exit")
+    out.add_argument(
+        "--show", action="store_true", help="show results in a window (if a display exists)"
+    )
+    out.add_argument(
+        "--heatmap",
+        action="store_true",
+        help="overlay the max-objectness heatmap (what attention changes)",
+    )
+    out.add_argument(
+        "--benchmark",
+        action="store_true",
+        help="time preprocessing, forward and decode+NMS on the first image, then exit",
+    )
     out.add_argument("--benchmark-runs", type=int, default=50, help="timed runs for --benchmark")
     return p.parse_args(argv)
 
@@ -108,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    done = f"{summary.images} images" + (f", {summary.frames} video frames" if summary.frames else "")
+    done = f"{summary.images} images" + (
+        f", {summary.frames} video frames" if summary.frames else ""
+    )
     print(f"{done}: {summary.detections} detections ({detector.info.describe()}, "
           f"device {detector.device})")  # fmt: skip
     if save_dir is not None:

@@ -35,7 +35,10 @@ class Upsample(nn.Module):
 
 
 def yolo_head(channels: tuple[int, int], in_channels: int) -> nn.Sequential:
-    """3x3 conv block then the output Conv2d (with bias): ``(B, in, H, W) -> (B, channels[1], H, W)``."""
+    """3x3 conv block, then the output Conv2d (with bias).
+
+    ``(B, in_channels, H, W) -> (B, channels[1], H, W)``
+    """
     return nn.Sequential(
         BasicConv(in_channels, channels[0], 3), nn.Conv2d(channels[0], channels[1], 1)
     )

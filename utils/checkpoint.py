@@ -44,9 +44,7 @@ class ModelInfo:
     num_classes: int
     class_names: list[str] | None = None
     anchors: list[tuple[float, float]] = field(default_factory=lambda: list(DEFAULT_ANCHORS))
-    anchors_mask: list[tuple[int, ...]] = field(
-        default_factory=lambda: list(DEFAULT_ANCHORS_MASK)
-    )
+    anchors_mask: list[tuple[int, ...]] = field(default_factory=lambda: list(DEFAULT_ANCHORS_MASK))
     input_size: int = 416
     source: str = ""  # "checkpoint", "state_dict" or "darknet"
 
@@ -54,7 +52,9 @@ class ModelInfo:
         return f"phi {self.phi} ({self.phi_name}) with {self.num_classes} classes"
 
 
-def save_checkpoint(path: str | os.PathLike, model: YoloBody, info: ModelInfo, **extra: Any) -> None:
+def save_checkpoint(
+    path: str | os.PathLike, model: YoloBody, info: ModelInfo, **extra: Any
+) -> None:
     """Writes our checkpoint format atomically (temp file + rename)."""
     model = getattr(model, "module", model)  # unwrap DDP
     payload = {
@@ -82,7 +82,7 @@ def infer_phi(state_dict: dict[str, torch.Tensor]) -> int:
     if not keys:
         return 0
     channels = 128
-    for phi, name in enumerate(attention_names()):
+    for phi in range(len(attention_names())):
         block = build_attention(phi, channels)
         if block is not None and set(block.state_dict()) == keys:
             return phi
@@ -127,7 +127,9 @@ def _check_request(path: str, info: ModelInfo, phi: int | str | None, num_classe
     want_nc = num_classes if num_classes is not None else info.num_classes
     if (want_phi, want_nc) != (info.phi, info.num_classes):
         asked = f"phi {want_phi} ({attention_names()[want_phi]}) with {want_nc} classes"
-        raise CheckpointMismatchError(f"{path} contains {info.describe()}, but {asked} was asked for")
+        raise CheckpointMismatchError(
+            f"{path} contains {info.describe()}, but {asked} was asked for"
+        )
 
 
 def load_model(
@@ -171,7 +173,8 @@ class PartialLoadReport:
 
     def summary(self) -> str:
         return (f"loaded {len(self.loaded)} tensors; {len(self.missing)} missing, "
-                f"{len(self.mismatched)} with other shapes, {len(self.unexpected)} unused")  # fmt: skip
+                f"{len(self.mismatched)} with other shapes, "
+                f"{len(self.unexpected)} unused")  # fmt: skip
 
 
 def load_matching(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> PartialLoadReport:

@@ -31,5 +31,7 @@ def read_anchors(path: str | os.PathLike) -> list[tuple[float, float]]:
     except ValueError as err:
         raise ValueError(f"{path}: anchors must be numbers ({err})") from err
     if len(values) % 2 or not values:
-        raise ValueError(f"{path}: expected an even count of numbers (w,h pairs), got {len(values)}")
+        raise ValueError(
+            f"{path}: expected an even count of numbers (w,h pairs), got {len(values)}"
+        )
     return [(values[i], values[i + 1]) for i in range(0, len(values), 2)]

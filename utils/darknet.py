@@ -165,7 +165,8 @@ def save_darknet_weights(
     """Writes ``model`` (phi 0 only) as a darknet ``.weights`` file, float32, cfg order."""
     if model.phi != 0:
         raise ValueError(
-            f"darknet has no {model.phi_name!r} attention layer: only phi 0 models export to darknet"
+            f"darknet has no {model.phi_name!r} attention layer: "
+            "only phi 0 models export to darknet"
         )
     major, minor, _ = version
     header = np.array(version, np.int32).tobytes()
@@ -191,7 +192,8 @@ def _yolo_section(mask: tuple[int, ...], anchors: list[tuple[float, float]], cla
     return (f"[yolo]\nmask = {','.join(map(str, mask))}\nanchors = {anchor_text}\n"
             f"classes={classes}\nnum={len(anchors)}\njitter=.3\nscale_x_y = 1.05\n"
             "cls_normalizer=1.0\niou_normalizer=0.07\niou_loss=ciou\nignore_thresh = .7\n"
-            "truth_thresh = 1\nrandom=0\nresize=1.5\nnms_kind=greedynms\nbeta_nms=0.6\n")  # fmt: skip
+            "truth_thresh = 1\nrandom=0\nresize=1.5\nnms_kind=greedynms\nbeta_nms=0.6\n"
+            )  # fmt: skip
 
 
 def darknet_cfg(

@@ -101,7 +101,9 @@ def _run_images(detector: Detector, paths: list[str], opts: OutputOptions,
         summary.images += 1
         summary.detections += len(dets)
         summary.records.append(_record(path, stem, dets))
-        rendered = _render(detector, image, dets, opts.heatmap) if opts.save_dir or opts.show else None
+        rendered = (
+            _render(detector, image, dets, opts.heatmap) if opts.save_dir or opts.show else None
+        )
         if opts.save_dir is not None:
             out = opts.save_dir / Path(path).name
             if Path(path).suffix.lower() not in (".jpg", ".jpeg", ".png", ".bmp"):

@@ -1,10 +1,10 @@
 """The Python inference API: load once, call on BGR images, get boxes, scores and labels.
 
-    from utils.predictor import Detector
-    detector = Detector.from_weights("model_data/yolov4-tiny.weights")
-    detections = detector(cv2.imread("model_data/samples/bus.jpg"))
-    for box, score, name in zip(detections.boxes, detections.scores, detections.names):
-        ...
+from utils.predictor import Detector
+detector = Detector.from_weights("model_data/yolov4-tiny.weights")
+detections = detector(cv2.imread("model_data/samples/bus.jpg"))
+for box, score, name in zip(detections.boxes, detections.scores, detections.names):
+    ...
 """
 
 from __future__ import annotations
@@ -119,7 +119,10 @@ class Detector:
     def preprocess(self, images_bgr: list[np.ndarray]) -> tuple[torch.Tensor, list[ResizeMeta]]:
         """BGR uint8 images -> (B, 3, S, S) float tensor on the device, and their metas."""
         canvases, metas = zip(
-            *(preprocess_bgr(im, self.config.input_size, self.config.letterbox) for im in images_bgr)
+            *(
+                preprocess_bgr(im, self.config.input_size, self.config.letterbox)
+                for im in images_bgr
+            )
         )
         return to_tensor(list(canvases)).to(self.device, non_blocking=True), list(metas)
 
@@ -164,7 +167,9 @@ class Detector:
         for out in self.forward(batch):
             _, _, h, w = out.shape
             obj = out.view(len(self.info.anchors_mask[0]), -1, h, w)[:, 4].sigmoid().amax(0)
-            obj = torch.nn.functional.interpolate(obj[None, None], size=(size, size), mode="nearest")
+            obj = torch.nn.functional.interpolate(
+                obj[None, None], size=(size, size), mode="nearest"
+            )
             heat = torch.maximum(heat, obj[0, 0])
         x0, y0 = meta.pad_x, meta.pad_y
         x1 = x0 + round(meta.width * meta.scale_x)

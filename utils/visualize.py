@@ -28,13 +28,14 @@ def draw_detections(image_bgr: np.ndarray, detections: Detections) -> np.ndarray
         detections.boxes, detections.scores, detections.labels, detections.names
     ):
         color = class_color(int(label), num_classes)
-        x1, y1, x2, y2 = (int(round(v)) for v in box)
+        x1, y1, x2, y2 = (round(float(v)) for v in box)
         cv2.rectangle(out, (x1, y1), (x2, y2), color, thickness)
         text = f"{name} {score:.2f}"
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
         ty = y1 - th - base if y1 - th - base >= 0 else y1
-        cv2.rectangle(out, (x1, ty), (x1 + tw, ty + th + base), color, -1)
-        cv2.putText(out, text, (x1, ty + th), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (0, 0, 0), 1,
+        tx = max(0, min(x1, w - tw))  # keep the label inside the image
+        cv2.rectangle(out, (tx, ty), (tx + tw, ty + th + base), color, -1)
+        cv2.putText(out, text, (tx, ty + th), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (0, 0, 0), 1,
                     cv2.LINE_AA)  # fmt: skip
     return out
 
@@ -49,5 +50,7 @@ def crop_detections(image_bgr: np.ndarray, detections: Detections) -> list[np.nd
     """One crop per detection (boxes are already clipped to the image)."""
     crops = []
     for x1, y1, x2, y2 in detections.boxes:
-        crops.append(image_bgr[int(y1) : int(np.ceil(y2)) + 1, int(x1) : int(np.ceil(x2)) + 1].copy())
+        crops.append(
+            image_bgr[int(y1) : int(np.ceil(y2)) + 1, int(x1) : int(np.ceil(x2)) + 1].copy()
+        )
     return crops

@@ -1,0 +1,35 @@
+# The README's two commands: `make demo` and `make test`. Both build .venv first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: install weights demo test lint format clean
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python 3.10+ required"'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+install: $(VENV)/.installed  ## create .venv and install everything
+
+weights: install  ## fetch the official COCO weights, cfg, names and sample photos (once)
+	$(PY) -m utils.fetch_assets
+
+demo: weights  ## detect objects in the sample photos with the COCO weights
+	$(PY) predict.py --source model_data/samples --save-dir logs/demo --exist-ok \
+		--json logs/demo/detections.json
+
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: install
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+
+test: weights lint  ## lint and run the whole test suite (CPU, no network)
+	YOLO_REQUIRE_ASSETS=1 $(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
