@@ -1,0 +1,40 @@
+"""Shared fixtures. Tests run from the repository root (the project is not pip-installed)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+MODEL_DATA = ROOT / "model_data"
+
+
+def require_asset(path: Path) -> Path:
+    """Skips when a fetched asset is absent, unless YOLO_REQUIRE_ASSETS=1 (CI), then fails."""
+    if path.is_file():
+        return path
+    message = f"{path} missing: run `make weights` (python -m utils.fetch_assets)"
+    if os.environ.get("YOLO_REQUIRE_ASSETS") == "1":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def official_weights() -> Path:
+    return require_asset(MODEL_DATA / "yolov4-tiny.weights")
+
+
+@pytest.fixture(scope="session")
+def official_cfg() -> Path:
+    return require_asset(MODEL_DATA / "yolov4-tiny.cfg")
+
+
+@pytest.fixture(scope="session")
+def sample_images() -> list[Path]:
+    return [require_asset(MODEL_DATA / "samples" / n) for n in ("bus.jpg", "zidane.jpg")]

@@ -1,0 +1,374 @@
+"""Unit tests for utils/sources.py: reading images, resolving --source, opening videos."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from utils.sources import (  # noqa: E402
+    ImageReadError,
+    Source,
+    SourceError,
+    increment_path,
+    open_video,
+    read_image,
+    resolve_source,
+)
+
+BUS = REPO / "model_data" / "samples" / "bus.jpg"
+
+
+def require_asset(path: Path) -> Path:
+    """Skips when a fetched asset is absent, unless YOLO_REQUIRE_ASSETS=1, then fails."""
+    if path.is_file():
+        return path
+    message = f"{path} missing: run `make weights` (python -m utils.fetch_assets)"
+    if os.environ.get("YOLO_REQUIRE_ASSETS") == "1":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def _pattern(h: int = 48, w: int = 64) -> np.ndarray:
+    """A deterministic BGR image with distinct channels, so channel swaps are detectable."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    return np.dstack([(xx * 4) % 256, (yy * 5) % 256, ((xx + yy) * 3) % 256]).astype(np.uint8)
+
+
+def _write_video(path: Path, frames: int = 5, size: tuple[int, int] = (64, 48)) -> None:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, size)
+    assert writer.isOpened(), f"cannot write test video {path}"
+    for i in range(frames):
+        frame = np.full((size[1], size[0], 3), 20 * i, np.uint8)
+        writer.write(frame)
+    writer.release()
+
+
+def _assert_error_names(excinfo: pytest.ExceptionInfo, path: Path) -> None:
+    assert str(path) in str(excinfo.value)
+
+
+# --------------------------------------------------------------------------- read_image
+
+
+def test_read_image_real_jpeg() -> None:
+    path = require_asset(BUS)
+    image = read_image(path)
+    assert image.dtype == np.uint8
+    assert image.shape == (1080, 810, 3)
+    np.testing.assert_array_equal(image, cv2.imread(str(path)))
+
+
+def test_read_image_jpeg_roundtrip(tmp_path: Path) -> None:
+    src = _pattern()
+    path = tmp_path / "pattern.jpg"
+    assert cv2.imwrite(str(path), src, [cv2.IMWRITE_JPEG_QUALITY, 100])
+    image = read_image(path)
+    assert image.shape == (48, 64, 3) and image.dtype == np.uint8
+    # Lossy, but BGR order is kept: the mean error is tiny compared to the channel contrast.
+    assert np.abs(image.astype(int) - src.astype(int)).mean() < 4
+
+
+def test_read_image_png_is_lossless(tmp_path: Path) -> None:
+    src = _pattern(31, 17)
+    path = tmp_path / "pattern.png"
+    assert cv2.imwrite(str(path), src)
+    image = read_image(str(path))  # str and PathLike are both accepted
+    np.testing.assert_array_equal(image, src)
+
+
+def test_read_image_non_ascii_path(tmp_path: Path) -> None:
+    src = _pattern()
+    path = tmp_path / "bild_ü_画像.png"
+    ok, buf = cv2.imencode(".png", src)
+    assert ok
+    path.write_bytes(buf.tobytes())
+    np.testing.assert_array_equal(read_image(path), src)
+
+
+def test_read_image_grayscale_png_becomes_bgr(tmp_path: Path) -> None:
+    grey = _pattern()[:, :, 0]
+    path = tmp_path / "grey.png"
+    assert cv2.imwrite(str(path), grey)
+    image = read_image(path)
+    assert image.shape == (48, 64, 3) and image.dtype == np.uint8
+    for c in range(3):
+        np.testing.assert_array_equal(image[:, :, c], grey)
+
+
+def test_read_image_16bit_png_becomes_8bit(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    deep = rng.integers(0, 65536, size=(20, 30, 3), dtype=np.uint16)
+    path = tmp_path / "deep.png"
+    assert cv2.imwrite(str(path), deep)
+    image = read_image(path)
+    assert image.shape == (20, 30, 3) and image.dtype == np.uint8
+    # Scaled down to 8 bits (not clipped, not the low byte).
+    expected = deep.astype(np.float64) / 257.0
+    assert np.abs(image.astype(np.float64) - expected).max() <= 1.0
+
+
+def test_read_image_16bit_grayscale_png(tmp_path: Path) -> None:
+    deep = (np.arange(20 * 30).reshape(20, 30) * 100).astype(np.uint16)
+    path = tmp_path / "deep_grey.png"
+    assert cv2.imwrite(str(path), deep)
+    image = read_image(path)
+    assert image.shape == (20, 30, 3) and image.dtype == np.uint8
+    assert np.abs(image[:, :, 1].astype(np.float64) - deep / 257.0).max() <= 1.0
+
+
+def test_read_image_rgba_png_drops_alpha(tmp_path: Path) -> None:
+    bgr = _pattern()
+    alpha = np.full(bgr.shape[:2], 77, np.uint8)
+    path = tmp_path / "rgba.png"
+    assert cv2.imwrite(str(path), np.dstack([bgr, alpha]))
+    image = read_image(path)
+    assert image.shape == (48, 64, 3) and image.dtype == np.uint8
+    np.testing.assert_array_equal(image, bgr)
+
+
+def test_read_image_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "nope.jpg"
+    with pytest.raises(ImageReadError) as excinfo:
+        read_image(path)
+    _assert_error_names(excinfo, path)
+
+
+def test_read_image_directory(tmp_path: Path) -> None:
+    with pytest.raises(ImageReadError) as excinfo:
+        read_image(tmp_path)
+    _assert_error_names(excinfo, tmp_path)
+
+
+def test_read_image_zero_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "empty.jpg"
+    path.write_bytes(b"")
+    with pytest.raises(ImageReadError) as excinfo:
+        read_image(path)
+    _assert_error_names(excinfo, path)
+    assert "empty" in str(excinfo.value)
+
+
+def test_read_image_random_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "noise.jpg"
+    path.write_bytes(np.random.default_rng(1).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    with pytest.raises(ImageReadError) as excinfo:
+        read_image(path)
+    _assert_error_names(excinfo, path)
+
+
+def test_read_image_text_file_with_image_extension(tmp_path: Path) -> None:
+    path = tmp_path / "notes.png"
+    path.write_text("this is not a picture\n")
+    with pytest.raises(ImageReadError) as excinfo:
+        read_image(path)
+    _assert_error_names(excinfo, path)
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.9, 0.99])
+def test_read_image_truncated_jpeg(tmp_path: Path, keep: float) -> None:
+    rng = np.random.default_rng(2)
+    src = rng.integers(0, 256, size=(120, 160, 3), dtype=np.uint8)  # noisy: big entropy data
+    ok, buf = cv2.imencode(".jpg", src, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    assert ok
+    data = buf.tobytes()
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(ImageReadError) as excinfo:
+        read_image(path)
+    _assert_error_names(excinfo, path)
+    # The untruncated file is fine, so the error is about the cut.
+    whole = tmp_path / "whole.jpg"
+    whole.write_bytes(data)
+    assert read_image(whole).shape == (120, 160, 3)
+
+
+def test_image_read_error_is_oserror() -> None:
+    # Callers that catch OSError for file problems also catch unreadable images.
+    assert issubclass(ImageReadError, OSError)
+    assert issubclass(SourceError, ValueError)
+
+
+# --------------------------------------------------------------------------- resolve_source
+
+
+@pytest.mark.parametrize("text, index", [("0", 0), ("1", 1), ("12", 12)])
+def test_resolve_source_digits_is_webcam(text: str, index: int) -> None:
+    source = resolve_source(text)
+    assert source == Source(images=[], videos=[], webcam=index)
+
+
+def _media_folder(root: Path) -> Path:
+    folder = root / "media"
+    folder.mkdir()
+    for name in ("c.png", "a.jpg", "B.JPEG", "d.bmp"):
+        assert cv2.imwrite(str(folder / name), _pattern())
+    _write_video(folder / "clip.mp4")
+    (folder / "notes.txt").write_text("not media")
+    (folder / "labels.json").write_text("{}")
+    (folder / "sub").mkdir()  # not recursive
+    assert cv2.imwrite(str(folder / "sub" / "inner.jpg"), _pattern())
+    return folder
+
+
+def test_resolve_source_folder(tmp_path: Path) -> None:
+    folder = _media_folder(tmp_path)
+    source = resolve_source(str(folder))
+    names = [Path(p).name for p in source.images]
+    assert names == sorted(["c.png", "a.jpg", "B.JPEG", "d.bmp"])
+    assert source.images == sorted(source.images)
+    assert [Path(p).name for p in source.videos] == ["clip.mp4"]
+    assert source.webcam is None
+    for p in source.images + source.videos:
+        assert Path(p).parent == folder  # full paths, usable directly
+        assert Path(p).is_file()
+
+
+def test_resolve_source_glob(tmp_path: Path) -> None:
+    folder = _media_folder(tmp_path)
+    source = resolve_source(str(folder / "*.p*g"))
+    assert [Path(p).name for p in source.images] == ["c.png"]
+    assert source.videos == [] and source.webcam is None
+
+    everything = resolve_source(str(folder / "*"))
+    assert [Path(p).name for p in everything.images] == sorted(["c.png", "a.jpg", "B.JPEG", "d.bmp"])
+    assert [Path(p).name for p in everything.videos] == ["clip.mp4"]
+
+    recursive = resolve_source(str(folder / "**" / "*.jpg"))
+    assert sorted(Path(p).name for p in recursive.images) == ["a.jpg", "inner.jpg"]
+
+
+def test_resolve_source_glob_without_matches(tmp_path: Path) -> None:
+    folder = _media_folder(tmp_path)
+    pattern = str(folder / "*.gif")
+    with pytest.raises(SourceError) as excinfo:
+        resolve_source(pattern)
+    assert pattern in str(excinfo.value)
+    txt_only = str(folder / "*.txt")  # matches files, but no media
+    with pytest.raises(SourceError):
+        resolve_source(txt_only)
+
+
+def test_resolve_source_single_video(tmp_path: Path) -> None:
+    path = tmp_path / "Clip.MP4"
+    _write_video(path)
+    assert resolve_source(str(path)) == Source(videos=[str(path)])
+
+
+def test_resolve_source_single_image(tmp_path: Path) -> None:
+    path = tmp_path / "pic.jpg"
+    assert cv2.imwrite(str(path), _pattern())
+    assert resolve_source(str(path)) == Source(images=[str(path)])
+    # An odd extension is still tried as an image (and reported later if it is not one).
+    odd = tmp_path / "pic.data"
+    odd.write_bytes(path.read_bytes())
+    assert resolve_source(str(odd)) == Source(images=[str(odd)])
+
+
+def test_resolve_source_missing_path(tmp_path: Path) -> None:
+    missing = str(tmp_path / "does_not_exist.jpg")
+    with pytest.raises(SourceError) as excinfo:
+        resolve_source(missing)
+    assert missing in str(excinfo.value)
+    assert "no such file" in str(excinfo.value)
+
+
+def test_resolve_source_empty_folder(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SourceError) as excinfo:
+        resolve_source(str(empty))
+    assert str(empty) in str(excinfo.value)
+
+
+def test_resolve_source_folder_without_media(tmp_path: Path) -> None:
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "readme.txt").write_text("hi")
+    with pytest.raises(SourceError) as excinfo:
+        resolve_source(str(folder))
+    assert str(folder) in str(excinfo.value)
+
+
+# --------------------------------------------------------------------------- open_video
+
+
+def test_open_video_reads_properties(tmp_path: Path) -> None:
+    path = tmp_path / "clip.mp4"
+    _write_video(path, frames=6, size=(64, 48))
+    cap, fps, size, count = open_video(str(path))
+    try:
+        assert cap.isOpened()
+        assert size == (64, 48)
+        assert fps == pytest.approx(10.0, rel=0.05)
+        assert count == 6
+        ok, frame = cap.read()
+        assert ok and frame.shape == (48, 64, 3)
+    finally:
+        cap.release()
+
+
+@pytest.mark.parametrize("content", [b"", b"this is text, not a video\n" * 50])
+def test_open_video_non_video_raises(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "fake.mp4"
+    path.write_bytes(content)
+    with pytest.raises(SourceError) as excinfo:
+        open_video(str(path))
+    assert str(path) in str(excinfo.value)
+
+
+def test_open_video_text_file_without_video_extension(tmp_path: Path) -> None:
+    path = tmp_path / "still.txt"
+    path.write_text("plain text file")
+    with pytest.raises(SourceError) as excinfo:
+        open_video(str(path))
+    assert str(path) in str(excinfo.value)
+
+
+def test_open_video_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "gone.mp4"
+    with pytest.raises(SourceError) as excinfo:
+        open_video(str(path))
+    assert str(path) in str(excinfo.value)
+
+
+# --------------------------------------------------------------------------- increment_path
+
+
+def test_increment_path_free_path_is_kept(tmp_path: Path) -> None:
+    target = tmp_path / "predict"
+    assert increment_path(target) == target
+    assert increment_path(str(target)) == target  # str accepted, Path returned
+    assert isinstance(increment_path(str(target)), Path)
+    assert not target.exists()  # it only names a path, it creates nothing
+
+
+def test_increment_path_counts_up(tmp_path: Path) -> None:
+    target = tmp_path / "predict"
+    target.mkdir()
+    assert increment_path(target) == tmp_path / "predict2"
+    (tmp_path / "predict2").mkdir()
+    (tmp_path / "predict3").write_text("a file also takes the name")
+    assert increment_path(target) == tmp_path / "predict4"
+    assert not (tmp_path / "predict4").exists()
+
+
+def test_increment_path_fills_first_gap(tmp_path: Path) -> None:
+    (tmp_path / "predict").mkdir()
+    (tmp_path / "predict3").mkdir()  # predict2 is free
+    assert increment_path(tmp_path / "predict") == tmp_path / "predict2"
+
+
+def test_increment_path_exist_ok(tmp_path: Path) -> None:
+    target = tmp_path / "predict"
+    target.mkdir()
+    (tmp_path / "predict2").mkdir()
+    assert increment_path(target, exist_ok=True) == target
