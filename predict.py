@@ -117,16 +117,25 @@ def main(argv: list[str] | None = None) -> int:
     try:
         source = resolve_source(args.source)
         config = InferenceConfig(
-            input_size=args.img_size, letterbox=not args.no_letterbox, conf_thresh=args.conf,
-            nms_thresh=args.nms, max_det=args.max_det, agnostic_nms=args.agnostic_nms,
+            input_size=args.img_size,
+            letterbox=not args.no_letterbox,
+            conf_thresh=args.conf,
+            nms_thresh=args.nms,
+            max_det=args.max_det,
+            agnostic_nms=args.agnostic_nms,
             device=args.device,
-        )  # fmt: skip
+        )
         detector = Detector.from_weights(args.weights, args.phi, args.classes, args.anchors, config)
         if args.classes_filter:
             filtered = _class_filter(args.classes_filter, detector.class_names)
             detector.config = InferenceConfig(**{**vars(config), "classes_filter": filtered})
-    except (SourceError, FileNotFoundError, ValueError, CheckpointMismatchError,
-            DarknetFormatError) as err:  # fmt: skip
+    except (
+        SourceError,
+        FileNotFoundError,
+        ValueError,
+        CheckpointMismatchError,
+        DarknetFormatError,
+    ) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
@@ -135,9 +144,12 @@ def main(argv: list[str] | None = None) -> int:
 
     save_dir = None if args.no_save else increment_path(args.save_dir, args.exist_ok)
     opts = OutputOptions(
-        save_dir=save_dir, json_path=Path(args.json) if args.json else None, crop=args.crop,
-        show=args.show, heatmap=args.heatmap,
-    )  # fmt: skip
+        save_dir=save_dir,
+        json_path=Path(args.json) if args.json else None,
+        crop=args.crop,
+        show=args.show,
+        heatmap=args.heatmap,
+    )
     try:
         summary = run_predictions(detector, source, opts)
     except KeyboardInterrupt:
@@ -146,8 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     done = f"{summary.images} images" + (
         f", {summary.frames} video frames" if summary.frames else ""
     )
-    print(f"{done}: {summary.detections} detections ({detector.info.describe()}, "
-          f"device {detector.device})")  # fmt: skip
+    print(
+        f"{done}: {summary.detections} detections ({detector.info.describe()}, "
+        f"device {detector.device})"
+    )
     if save_dir is not None:
         print(f"results saved to {save_dir}/")
     if opts.json_path is not None:
@@ -171,8 +185,10 @@ def _benchmark(detector: Detector, source, runs: int) -> int:
         return 2
     stats = benchmark(detector, image, runs=runs)
     size = detector.config.input_size
-    print(f"benchmark: {source.images[0]} ({image.shape[1]}x{image.shape[0]}) at {size}, batch 1, "
-          f"{runs} runs, device {detector.device}, {detector.info.describe()}")  # fmt: skip
+    print(
+        f"benchmark: {source.images[0]} ({image.shape[1]}x{image.shape[0]}) at {size}, batch 1, "
+        f"{runs} runs, device {detector.device}, {detector.info.describe()}"
+    )
     print(f"{'stage':<12}{'median ms':>11}{'p10':>9}{'p90':>9}")
     for stage, s in stats.items():
         print(f"{stage:<12}{s['median']:>11.2f}{s['p10']:>9.2f}{s['p90']:>9.2f}")

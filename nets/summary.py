@@ -58,10 +58,14 @@ def summary_rows(phis: list[int | str], num_classes: int, input_size: int) -> li
     rows = []
     for phi in phis:
         model = YoloBody(num_classes, phi)
-        rows.append({
-            "phi": model.phi, "name": model.phi_name, "params": count_parameters(model),
-            "gflops": count_flops(model, input_size) / 1e9,
-        })  # fmt: skip
+        rows.append(
+            {
+                "phi": model.phi,
+                "name": model.phi_name,
+                "params": count_parameters(model),
+                "gflops": count_flops(model, input_size) / 1e9,
+            }
+        )
     return rows
 
 

@@ -13,8 +13,13 @@ from nets.backbone import BasicConv, CSPDarknet53Tiny
 
 # Anchor (w, h) pairs in pixels at 416 input, as in darknet's yolov4-tiny.cfg.
 DEFAULT_ANCHORS: tuple[tuple[float, float], ...] = (
-    (10, 14), (23, 27), (37, 58), (81, 82), (135, 169), (344, 319),
-)  # fmt: skip
+    (10, 14),
+    (23, 27),
+    (37, 58),
+    (81, 82),
+    (135, 169),
+    (344, 319),
+)
 # Per output level (stride 32 first, then stride 16): which anchors it predicts.
 # Anchor 0 is unused and anchor 3 is shared, exactly as darknet's cfg masks.
 DEFAULT_ANCHORS_MASK: tuple[tuple[int, ...], ...] = ((3, 4, 5), (1, 2, 3))

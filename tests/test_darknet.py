@@ -19,7 +19,7 @@ from utils.darknet import (
     load_darknet_weights,
     save_darknet_weights,
 )
-from utils.decode import decode_outputs
+from utils.decode import cxcywh_to_xyxy, decode_outputs
 from utils.predictor import Detector, InferenceConfig
 
 
@@ -60,8 +60,12 @@ def test_official_weights_other_class_count_skips_output_convs(official_weights)
     report = load_darknet_weights(voc, official_weights)
     assert report.file_num_classes == 80
     assert set(report.skipped) == {
-        "yolo_headP5.1", "yolo_headP4.1", "feat1_att", "feat2_att", "upsample_att",
-    }  # fmt: skip
+        "yolo_headP5.1",
+        "yolo_headP4.1",
+        "feat1_att",
+        "feat2_att",
+        "upsample_att",
+    }
     assert "80 classes" in report.skipped["yolo_headP5.1"]
     for key, value in voc.state_dict().items():
         if key.startswith(("yolo_headP5.1", "yolo_headP4.1")) or "_att" in key:
@@ -181,12 +185,11 @@ def test_official_weights_match_opencv_dnn(official_weights, official_cfg, sampl
     cand = np.flatnonzero(score_best >= 0.25)
     cx, cy, bw, bh = (ref[cand, i] for i in range(4))
     rects = np.stack([(cx - bw / 2) * w, (cy - bh / 2) * h, bw * w, bh * h], 1)
-    keep = cv2.dnn.NMSBoxesBatched(rects.tolist(), score_best[cand].tolist(),
-                                   cls_best[cand].tolist(), 0.25, 0.45)  # fmt: skip
+    keep = cv2.dnn.NMSBoxesBatched(
+        rects.tolist(), score_best[cand].tolist(), cls_best[cand].tolist(), 0.25, 0.45
+    )
     keep = cand[np.ravel(keep).astype(int)]
-    ref_xyxy = np.stack([(ref[keep, 0] - ref[keep, 2] / 2) * w, (ref[keep, 1] - ref[keep, 3] / 2) * h,
-                         (ref[keep, 0] + ref[keep, 2] / 2) * w, (ref[keep, 1] + ref[keep, 3] / 2) * h],
-                        1).astype(np.float32)  # fmt: skip
+    ref_xyxy = cxcywh_to_xyxy(torch.from_numpy(ref[keep, :4] * [w, h, w, h])).numpy()
     ref_xyxy[:, 0::2] = ref_xyxy[:, 0::2].clip(0, w - 1)
     ref_xyxy[:, 1::2] = ref_xyxy[:, 1::2].clip(0, h - 1)
 

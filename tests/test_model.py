@@ -89,9 +89,15 @@ def test_reference_style_state_dict_loads_strictly_and_reproduces(phi: int) -> N
 
 @pytest.mark.parametrize(
     ("given", "expected"),
-    [(0, (0, "none")), ("2", (2, "cbam")), ("CBAM", (2, "cbam")), (" Eca ", (3, "eca")),
-     ("ca", (4, "ca")), (1, (1, "se"))],
-)  # fmt: skip
+    [
+        (0, (0, "none")),
+        ("2", (2, "cbam")),
+        ("CBAM", (2, "cbam")),
+        (" Eca ", (3, "eca")),
+        ("ca", (4, "ca")),
+        (1, (1, "se")),
+    ],
+)
 def test_resolve_phi(given, expected) -> None:
     assert resolve_phi(given) == expected
 

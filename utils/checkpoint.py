@@ -105,12 +105,15 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], M
     if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
         phi, phi_name = resolve_phi(obj["phi"])
         info = ModelInfo(
-            phi=phi, phi_name=phi_name, num_classes=int(obj["num_classes"]),
+            phi=phi,
+            phi_name=phi_name,
+            num_classes=int(obj["num_classes"]),
             class_names=list(obj.get("class_names") or []) or None,
             anchors=[tuple(a) for a in obj.get("anchors", DEFAULT_ANCHORS)],
             anchors_mask=[tuple(m) for m in obj.get("anchors_mask", DEFAULT_ANCHORS_MASK)],
-            input_size=int(obj.get("input_size", 416)), source="checkpoint",
-        )  # fmt: skip
+            input_size=int(obj.get("input_size", 416)),
+            source="checkpoint",
+        )
         return obj["model"], info
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]  # a training checkpoint of another layout: take its weights
@@ -172,9 +175,11 @@ class PartialLoadReport:
     unexpected: list[str]  # in the file, not in the model
 
     def summary(self) -> str:
-        return (f"loaded {len(self.loaded)} tensors; {len(self.missing)} missing, "
-                f"{len(self.mismatched)} with other shapes, "
-                f"{len(self.unexpected)} unused")  # fmt: skip
+        return (
+            f"loaded {len(self.loaded)} tensors; {len(self.missing)} missing, "
+            f"{len(self.mismatched)} with other shapes, "
+            f"{len(self.unexpected)} unused"
+        )
 
 
 def load_matching(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> PartialLoadReport:
@@ -188,6 +193,8 @@ def load_matching(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> Part
     }
     model.load_state_dict(matched, strict=False)
     return PartialLoadReport(
-        loaded=sorted(matched), missing=sorted(set(own) - set(state_dict)),
-        mismatched=mismatched, unexpected=sorted(set(state_dict) - set(own)),
-    )  # fmt: skip
+        loaded=sorted(matched),
+        missing=sorted(set(own) - set(state_dict)),
+        mismatched=mismatched,
+        unexpected=sorted(set(state_dict) - set(own)),
+    )

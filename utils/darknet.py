@@ -38,8 +38,10 @@ class DarknetLoadReport:
     file_num_classes: int | None = None
 
     def summary(self) -> str:
-        lines = [f"{self.path}: darknet v{'.'.join(map(str, self.version))}, "
-                 f"{len(self.loaded)} convolutions loaded"]  # fmt: skip
+        lines = [
+            f"{self.path}: darknet v{'.'.join(map(str, self.version))}, "
+            f"{len(self.loaded)} convolutions loaded"
+        ]
         lines += [f"  skipped {name}: {why}" for name, why in self.skipped.items()]
         return "\n".join(lines)
 
@@ -58,10 +60,24 @@ def darknet_layers(model: YoloBody) -> list[tuple[str, nn.Conv2d, nn.BatchNorm2d
         for j, conv in enumerate([block.conv1, block.conv2, block.conv3, block.conv4], 1):
             names.append(f"backbone.resblock_body{i}.conv{j}")
             modules.append(conv)
-    names += ["backbone.conv3", "conv_for_P5", "yolo_headP5.0", "yolo_headP5.1",
-              "upsample.upsample.0", "yolo_headP4.0", "yolo_headP4.1"]  # fmt: skip
-    modules += [bb.conv3, model.conv_for_P5, model.yolo_headP5[0], model.yolo_headP5[1],
-                model.upsample.upsample[0], model.yolo_headP4[0], model.yolo_headP4[1]]  # fmt: skip
+    names += [
+        "backbone.conv3",
+        "conv_for_P5",
+        "yolo_headP5.0",
+        "yolo_headP5.1",
+        "upsample.upsample.0",
+        "yolo_headP4.0",
+        "yolo_headP4.1",
+    ]
+    modules += [
+        bb.conv3,
+        model.conv_for_P5,
+        model.yolo_headP5[0],
+        model.yolo_headP5[1],
+        model.upsample.upsample[0],
+        model.yolo_headP4[0],
+        model.yolo_headP4[1],
+    ]
     for name, m in zip(names, modules):
         if isinstance(m, nn.Conv2d):
             blocks.append((name, m, None))
@@ -159,9 +175,11 @@ def load_darknet_weights(model: YoloBody, path: str | os.PathLike) -> DarknetLoa
 
 
 def save_darknet_weights(
-    model: YoloBody, path: str | os.PathLike, version: tuple[int, int, int] = (0, 2, 5),
+    model: YoloBody,
+    path: str | os.PathLike,
+    version: tuple[int, int, int] = (0, 2, 5),
     seen: int = 0,
-) -> None:  # fmt: skip
+) -> None:
     """Writes ``model`` (phi 0 only) as a darknet ``.weights`` file, float32, cfg order."""
     if model.phi != 0:
         raise ValueError(
@@ -181,52 +199,75 @@ def save_darknet_weights(
 
 def _conv_section(filters: int, size: int, stride: int = 1, bn: bool = True) -> str:
     if not bn:
-        return (f"[convolutional]\nsize={size}\nstride={stride}\npad=1\nfilters={filters}\n"
-                "activation=linear\n")  # fmt: skip
-    return (f"[convolutional]\nbatch_normalize=1\nfilters={filters}\nsize={size}\n"
-            f"stride={stride}\npad=1\nactivation=leaky\n")  # fmt: skip
+        return (
+            f"[convolutional]\nsize={size}\nstride={stride}\npad=1\nfilters={filters}\n"
+            "activation=linear\n"
+        )
+    return (
+        f"[convolutional]\nbatch_normalize=1\nfilters={filters}\nsize={size}\n"
+        f"stride={stride}\npad=1\nactivation=leaky\n"
+    )
 
 
 def _yolo_section(mask: tuple[int, ...], anchors: list[tuple[float, float]], classes: int) -> str:
     anchor_text = ",  ".join(f"{w:g},{h:g}" for w, h in anchors)
-    return (f"[yolo]\nmask = {','.join(map(str, mask))}\nanchors = {anchor_text}\n"
-            f"classes={classes}\nnum={len(anchors)}\njitter=.3\nscale_x_y = 1.05\n"
-            "cls_normalizer=1.0\niou_normalizer=0.07\niou_loss=ciou\nignore_thresh = .7\n"
-            "truth_thresh = 1\nrandom=0\nresize=1.5\nnms_kind=greedynms\nbeta_nms=0.6\n"
-            )  # fmt: skip
+    return (
+        f"[yolo]\nmask = {','.join(map(str, mask))}\nanchors = {anchor_text}\n"
+        f"classes={classes}\nnum={len(anchors)}\njitter=.3\nscale_x_y = 1.05\n"
+        "cls_normalizer=1.0\niou_normalizer=0.07\niou_loss=ciou\nignore_thresh = .7\n"
+        "truth_thresh = 1\nrandom=0\nresize=1.5\nnms_kind=greedynms\nbeta_nms=0.6\n"
+    )
 
 
 def darknet_cfg(
-    model: YoloBody, input_size: int, anchors: list[tuple[float, float]],
+    model: YoloBody,
+    input_size: int,
+    anchors: list[tuple[float, float]],
     anchors_mask: list[tuple[int, ...]],
-) -> str:  # fmt: skip
+) -> str:
     """The yolov4-tiny ``.cfg`` text for ``model`` (phi 0), matching ``save_darknet_weights``."""
-    sections = [f"[net]\nbatch=1\nsubdivisions=1\nwidth={input_size}\nheight={input_size}\n"
-                "channels=3\nmomentum=0.9\ndecay=0.0005\n"]  # fmt: skip
+    sections = [
+        f"[net]\nbatch=1\nsubdivisions=1\nwidth={input_size}\nheight={input_size}\n"
+        "channels=3\nmomentum=0.9\ndecay=0.0005\n"
+    ]
     sections += [_conv_section(32, 3, 2), _conv_section(64, 3, 2)]
     for c in (64, 128, 256):
         sections += [
-            _conv_section(c, 3), "[route]\nlayers=-1\ngroups=2\ngroup_id=1\n",
-            _conv_section(c // 2, 3), _conv_section(c // 2, 3), "[route]\nlayers = -1,-2\n",
-            _conv_section(c, 1), "[route]\nlayers = -6,-1\n", "[maxpool]\nsize=2\nstride=2\n",
-        ]  # fmt: skip
+            _conv_section(c, 3),
+            "[route]\nlayers=-1\ngroups=2\ngroup_id=1\n",
+            _conv_section(c // 2, 3),
+            _conv_section(c // 2, 3),
+            "[route]\nlayers = -1,-2\n",
+            _conv_section(c, 1),
+            "[route]\nlayers = -6,-1\n",
+            "[maxpool]\nsize=2\nstride=2\n",
+        ]
     out = model.num_anchors * (5 + model.num_classes)
     sections += [
-        _conv_section(512, 3), _conv_section(256, 1), _conv_section(512, 3),
-        _conv_section(out, 1, bn=False), _yolo_section(anchors_mask[0], anchors, model.num_classes),
-        "[route]\nlayers = -4\n", _conv_section(128, 1), "[upsample]\nstride=2\n",
+        _conv_section(512, 3),
+        _conv_section(256, 1),
+        _conv_section(512, 3),
+        _conv_section(out, 1, bn=False),
+        _yolo_section(anchors_mask[0], anchors, model.num_classes),
+        "[route]\nlayers = -4\n",
+        _conv_section(128, 1),
+        "[upsample]\nstride=2\n",
         "[route]\nlayers = -1, 23\n",  # 23: the third CSP block's conv4 (feat1)
-        _conv_section(256, 3), _conv_section(out, 1, bn=False),
+        _conv_section(256, 3),
+        _conv_section(out, 1, bn=False),
         _yolo_section(anchors_mask[1], anchors, model.num_classes),
-    ]  # fmt: skip
+    ]
     return "\n".join(sections)
 
 
 def export_darknet(
-    model: YoloBody, weights_path: str | os.PathLike, cfg_path: str | os.PathLike,
-    input_size: int = 416, anchors: list[tuple[float, float]] | None = None,
+    model: YoloBody,
+    weights_path: str | os.PathLike,
+    cfg_path: str | os.PathLike,
+    input_size: int = 416,
+    anchors: list[tuple[float, float]] | None = None,
     anchors_mask: list[tuple[int, ...]] | None = None,
-) -> None:  # fmt: skip
+) -> None:
     """Writes ``cfg_path`` and ``weights_path`` so that darknet and OpenCV DNN run the model."""
     from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK
 

@@ -14,9 +14,12 @@ SCALE_X_Y = 1.05  # darknet yolov4-tiny.cfg `scale_x_y`
 
 
 def decode_outputs(
-    outputs: Sequence[torch.Tensor], anchors: Sequence[Sequence[float]],
-    anchors_mask: Sequence[Sequence[int]], input_size: int, scale_x_y: float = SCALE_X_Y,
-) -> torch.Tensor:  # fmt: skip
+    outputs: Sequence[torch.Tensor],
+    anchors: Sequence[Sequence[float]],
+    anchors_mask: Sequence[Sequence[int]],
+    input_size: int,
+    scale_x_y: float = SCALE_X_Y,
+) -> torch.Tensor:
     """Decodes every level into one tensor of candidate boxes.
 
     Args:
@@ -59,9 +62,13 @@ def cxcywh_to_xyxy(boxes_cxcywh: torch.Tensor) -> torch.Tensor:
 
 
 def postprocess(
-    decoded: torch.Tensor, conf_thresh: float = 0.25, nms_thresh: float = 0.45,
-    max_det: int = 300, agnostic: bool = False, classes: Sequence[int] | None = None,
-) -> list[dict[str, torch.Tensor]]:  # fmt: skip
+    decoded: torch.Tensor,
+    conf_thresh: float = 0.25,
+    nms_thresh: float = 0.45,
+    max_det: int = 300,
+    agnostic: bool = False,
+    classes: Sequence[int] | None = None,
+) -> list[dict[str, torch.Tensor]]:
     """Score filter and NMS per image.
 
     Each candidate keeps its best class; its score is objectness * class probability (as

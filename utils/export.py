@@ -27,8 +27,9 @@ def main(argv: list[str] | None = None) -> int:
         model, info = load_model(args.weights)
         prefix = Path(args.out)
         weights, cfg = prefix.with_suffix(".weights"), prefix.with_suffix(".cfg")
-        export_darknet(model, weights, cfg, args.img_size or info.input_size, info.anchors,
-                       info.anchors_mask)  # fmt: skip
+        export_darknet(
+            model, weights, cfg, args.img_size or info.input_size, info.anchors, info.anchors_mask
+        )
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

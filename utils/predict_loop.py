@@ -87,8 +87,9 @@ def _save_crops(save_dir: Path, stem: str, image: np.ndarray, dets: Detections) 
         cv2.imwrite(str(folder / f"{stem}_{i}.jpg"), crop)
 
 
-def _run_images(detector: Detector, paths: list[str], opts: OutputOptions,
-                summary: RunSummary, window: _Window) -> None:  # fmt: skip
+def _run_images(
+    detector: Detector, paths: list[str], opts: OutputOptions, summary: RunSummary, window: _Window
+) -> None:
     for path in tqdm(paths, desc="images", unit="img", disable=len(paths) < 2):
         try:
             image = read_image(path)
@@ -115,8 +116,9 @@ def _run_images(detector: Detector, paths: list[str], opts: OutputOptions,
             window.show(rendered)
 
 
-def _run_stream(detector: Detector, video: str | int, opts: OutputOptions,
-                summary: RunSummary, window: _Window) -> None:  # fmt: skip
+def _run_stream(
+    detector: Detector, video: str | int, opts: OutputOptions, summary: RunSummary, window: _Window
+) -> None:
     try:
         cap, fps, (width, height), count = open_video(video)
     except SourceError as err:
@@ -207,7 +209,10 @@ def benchmark(detector: Detector, image: np.ndarray, runs: int = 50, warmup: int
             for key, value in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t3 - t0)):
                 stages[key].append(value * 1000)
     return {
-        key: {"median": float(np.median(v)), "p10": float(np.percentile(v, 10)),
-              "p90": float(np.percentile(v, 90))}
+        key: {
+            "median": float(np.median(v)),
+            "p10": float(np.percentile(v, 10)),
+            "p90": float(np.percentile(v, 90)),
+        }
         for key, v in stages.items()
-    }  # fmt: skip
+    }

@@ -63,10 +63,14 @@ class Detections:
     def to_json(self) -> list[dict]:
         """Rows of the ``predict.py --json`` format."""
         return [
-            {"xyxy": [round(float(v), 2) for v in box], "score": round(float(score), 5),
-             "class_id": int(label), "class_name": name}
+            {
+                "xyxy": [round(float(v), 2) for v in box],
+                "score": round(float(score), 5),
+                "class_id": int(label),
+                "class_name": name,
+            }
             for box, score, label, name in zip(self.boxes, self.scores, self.labels, self.names)
-        ]  # fmt: skip
+        ]
 
 
 class Detector:
@@ -77,9 +81,12 @@ class Detector:
     """
 
     def __init__(
-        self, model: YoloBody, info: ModelInfo, class_names: list[str],
+        self,
+        model: YoloBody,
+        info: ModelInfo,
+        class_names: list[str],
         config: InferenceConfig | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.config = config or InferenceConfig()
         if self.config.input_size % 32:
             raise ValueError(f"input size {self.config.input_size} is not a multiple of 32")
@@ -94,10 +101,13 @@ class Detector:
 
     @classmethod
     def from_weights(
-        cls, weights: str | os.PathLike = DEFAULT_WEIGHTS, phi: int | str | None = None,
+        cls,
+        weights: str | os.PathLike = DEFAULT_WEIGHTS,
+        phi: int | str | None = None,
         classes: str | os.PathLike | list[str] | None = None,
-        anchors: str | os.PathLike | None = None, config: InferenceConfig | None = None,
-    ) -> Detector:  # fmt: skip
+        anchors: str | os.PathLike | None = None,
+        config: InferenceConfig | None = None,
+    ) -> Detector:
         """Loads darknet ``.weights``, our checkpoint or a reference ``.pth``.
 
         Class names come from ``classes`` (a file or a list), else from the checkpoint, else
@@ -137,16 +147,26 @@ class Detector:
         cfg = self.config
         decoded = decode_outputs(outputs, self.info.anchors, self.info.anchors_mask, cfg.input_size)
         results = postprocess(
-            decoded, cfg.conf_thresh, cfg.nms_thresh, cfg.max_det, cfg.agnostic_nms,
+            decoded,
+            cfg.conf_thresh,
+            cfg.nms_thresh,
+            cfg.max_det,
+            cfg.agnostic_nms,
             cfg.classes_filter,
-        )  # fmt: skip
+        )
         detections = []
         for res, meta in zip(results, metas):
             boxes = boxes_to_original(res["boxes"].float(), meta)
-            detections.append(Detections(
-                boxes.cpu().numpy(), res["scores"].float().cpu().numpy(),
-                res["labels"].cpu().numpy(), self.class_names, meta.width, meta.height,
-            ))  # fmt: skip
+            detections.append(
+                Detections(
+                    boxes.cpu().numpy(),
+                    res["scores"].float().cpu().numpy(),
+                    res["labels"].cpu().numpy(),
+                    self.class_names,
+                    meta.width,
+                    meta.height,
+                )
+            )
         return detections
 
     def predict_batch(self, images_bgr: list[np.ndarray]) -> list[Detections]:

@@ -29,9 +29,11 @@ class ResizeMeta:
 
 
 def resize_image(
-    image: np.ndarray, input_size: int, letterbox: bool = True,
+    image: np.ndarray,
+    input_size: int,
+    letterbox: bool = True,
     interpolation: int = cv2.INTER_LINEAR,
-) -> tuple[np.ndarray, ResizeMeta]:  # fmt: skip
+) -> tuple[np.ndarray, ResizeMeta]:
     """Resizes an HxWx3 image onto an ``input_size`` square canvas.
 
     Args:

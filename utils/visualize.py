@@ -35,8 +35,16 @@ def draw_detections(image_bgr: np.ndarray, detections: Detections) -> np.ndarray
         ty = y1 - th - base if y1 - th - base >= 0 else y1
         tx = max(0, min(x1, w - tw))  # keep the label inside the image
         cv2.rectangle(out, (tx, ty), (tx + tw, ty + th + base), color, -1)
-        cv2.putText(out, text, (tx, ty + th), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (0, 0, 0), 1,
-                    cv2.LINE_AA)  # fmt: skip
+        cv2.putText(
+            out,
+            text,
+            (tx, ty + th),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            font_scale,
+            (0, 0, 0),
+            1,
+            cv2.LINE_AA,
+        )
     return out
 
 

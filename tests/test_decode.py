@@ -1,0 +1,154 @@
+"""Decoding, letterbox geometry and NMS."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from utils.decode import SCALE_X_Y, cxcywh_to_xyxy, decode_outputs, postprocess
+from utils.preprocess import PAD_VALUE, boxes_to_input, boxes_to_original, resize_image
+
+ANCHORS = [(10, 14), (23, 27), (37, 58), (81, 82), (135, 169), (344, 319)]
+MASK = [(3, 4, 5), (1, 2, 3)]
+
+
+def _empty_maps(num_classes: int, size: int) -> list[torch.Tensor]:
+    ch = 3 * (5 + num_classes)
+    # Very negative logits: objectness and classes ~ 0 everywhere.
+    return [torch.full((1, ch, size // s, size // s), -20.0) for s in (32, 16)]
+
+
+def test_decode_hand_built_map() -> None:
+    size, nc = 64, 2  # levels 2x2 (stride 32) and 4x4 (stride 16)
+    maps = _empty_maps(nc, size)
+    # Level 1 (stride 16), anchor slot 2 (= anchor 3: 81x82), row 3, column 1.
+    base = 2 * (5 + nc)
+    maps[1][0, base + 0, 3, 1] = 0.0  # sigmoid 0.5 -> cell centre
+    maps[1][0, base + 1, 3, 1] = 10.0  # sigmoid ~1 -> 1.025 of a cell with scale_x_y
+    maps[1][0, base + 2, 3, 1] = math.log(2.0)
+    maps[1][0, base + 3, 3, 1] = 0.0
+    maps[1][0, base + 4, 3, 1] = 3.0
+    maps[1][0, base + 5 + 1, 3, 1] = 1.0
+    dec = decode_outputs(maps, ANCHORS, MASK, size)
+    assert dec.shape == (1, 3 * 4 + 3 * 16, 5 + nc)
+    index = 3 * 4 + 2 * 16 + 3 * 4 + 1  # level-0 rows, then (anchor, row, column)
+    row = dec[0, index]
+    sig10 = 1 / (1 + math.exp(-10))
+    expected_cy = (sig10 * SCALE_X_Y - (SCALE_X_Y - 1) / 2 + 3) * 16
+    torch.testing.assert_close(row[0], torch.tensor((0.5 + 1) * 16.0))
+    torch.testing.assert_close(row[1], torch.tensor(expected_cy))
+    assert row[1] > 4 * 16  # scale_x_y lets the centre leave its cell
+    torch.testing.assert_close(row[2], torch.tensor(162.0))
+    torch.testing.assert_close(row[3], torch.tensor(82.0))
+    torch.testing.assert_close(row[4], torch.sigmoid(torch.tensor(3.0)))
+    torch.testing.assert_close(row[6], torch.sigmoid(torch.tensor(1.0)))
+    # Every other row has ~zero objectness.
+    others = torch.cat([dec[0, :index, 4], dec[0, index + 1 :, 4]])
+    assert others.max() < 1e-8
+
+    result = postprocess(dec, conf_thresh=0.25)[0]
+    assert result["labels"].tolist() == [1]
+    cx, cy, w, h = row[:4].tolist()
+    torch.testing.assert_close(
+        result["boxes"][0], torch.tensor([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
+    )
+    torch.testing.assert_close(result["scores"][0], row[4] * row[6])
+
+
+def test_decode_non_square_uses_per_axis_stride() -> None:
+    maps = [torch.zeros(1, 3 * 6, 2, 4), torch.zeros(1, 3 * 6, 4, 8)]
+    dec = decode_outputs(maps, ANCHORS, MASK, input_size=128)
+    # Anchor 0 of level 0 at row 1, column 3: centre ((0.5 + 3) * 32, (0.5 + 1) * 128 / 2... )
+    row = dec[0, 1 * 4 + 3]
+    assert row[0].item() == pytest.approx(3.5 * 32)
+    assert row[1].item() == pytest.approx(1.5 * 64)
+
+
+@pytest.mark.parametrize(("w", "h"), [(200, 100), (100, 200), (160, 160), (333, 517)])
+def test_letterbox_geometry_and_round_trip(w: int, h: int) -> None:
+    image = np.zeros((h, w, 3), np.uint8)
+    x1, y1, x2, y2 = w // 4, h // 3, w // 2, (2 * h) // 3
+    image[y1 : y2 + 1, x1 : x2 + 1] = 255
+    canvas, meta = resize_image(image, 160, letterbox=True)
+    assert canvas.shape == (160, 160, 3)
+    assert abs(meta.scale_x - meta.scale_y) < 0.02  # aspect ratio kept
+    if meta.pad_y:
+        assert (canvas[: meta.pad_y] == PAD_VALUE).all()
+    if meta.pad_x:
+        assert (canvas[:, : meta.pad_x] == PAD_VALUE).all()
+    box = torch.tensor([[x1, y1, x2 + 1, y2 + 1]], dtype=torch.float32)  # pixel edges
+    mapped = boxes_to_input(box, meta)[0]
+    ys, xs = np.nonzero(canvas[..., 0] > 200)
+    found = torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=torch.float32)
+    assert (mapped - found).abs().max() <= 1.5  # where the white square really landed
+    back = boxes_to_original(boxes_to_input(box, meta), meta, clip=False)
+    torch.testing.assert_close(back, box)
+
+
+def test_plain_resize_meta() -> None:
+    canvas, meta = resize_image(np.zeros((100, 300, 3), np.uint8), 96, letterbox=False)
+    assert canvas.shape == (96, 96, 3)
+    assert (meta.scale_x, meta.scale_y, meta.pad_x, meta.pad_y) == (96 / 300, 96 / 100, 0, 0)
+    box = torch.tensor([[10.0, 20.0, 50.0, 80.0]])
+    torch.testing.assert_close(boxes_to_original(boxes_to_input(box, meta), meta), box)
+
+
+def test_boxes_are_clipped_to_zero_based_pixels() -> None:
+    _, meta = resize_image(np.zeros((50, 80, 3), np.uint8), 64, letterbox=True)
+    out = boxes_to_original(torch.tensor([[-30.0, -30.0, 500.0, 500.0]]), meta)
+    assert out.tolist() == [[0.0, 0.0, 79.0, 49.0]]
+
+
+def _candidates(rows: list[list[float]], num_classes: int = 3) -> torch.Tensor:
+    """rows: cx, cy, w, h, obj, class id, class prob -> (1, N, 5 + C)."""
+    out = torch.zeros(1, len(rows), 5 + num_classes)
+    for i, (cx, cy, w, h, obj, cls, prob) in enumerate(rows):
+        out[0, i, :5] = torch.tensor([cx, cy, w, h, obj])
+        out[0, i, 5 + int(cls)] = prob
+    return out
+
+
+def test_nms_is_class_wise_by_default_and_agnostic_on_request() -> None:
+    dec = _candidates(
+        [
+            [50, 50, 40, 40, 0.9, 0, 1.0],  # kept
+            [52, 50, 40, 40, 0.8, 0, 1.0],  # same class, IoU ~0.9: suppressed
+            [51, 50, 40, 40, 0.7, 1, 1.0],  # other class: kept class-wise, not agnostic
+            [150, 150, 20, 20, 0.6, 0, 1.0],  # far away: kept
+        ]
+    )
+    res = postprocess(dec, conf_thresh=0.25, nms_thresh=0.45)[0]
+    assert res["scores"].tolist() == pytest.approx([0.9, 0.7, 0.6])
+    assert res["labels"].tolist() == [0, 1, 0]
+    res = postprocess(dec, conf_thresh=0.25, nms_thresh=0.45, agnostic=True)[0]
+    assert res["scores"].tolist() == pytest.approx([0.9, 0.6])
+
+
+def test_score_is_objectness_times_best_class_and_threshold_applies() -> None:
+    dec = _candidates([[50, 50, 10, 10, 0.5, 2, 0.6], [90, 90, 10, 10, 0.5, 1, 0.4]])
+    res = postprocess(dec, conf_thresh=0.25)[0]
+    assert res["scores"].tolist() == pytest.approx([0.3])
+    assert res["labels"].tolist() == [2]
+
+
+def test_classes_filter_and_max_det() -> None:
+    rows = [[20.0 * i + 10, 10, 8, 8, 0.9 - 0.01 * i, i % 3, 1.0] for i in range(9)]
+    dec = _candidates(rows)
+    res = postprocess(dec, conf_thresh=0.1, classes=[1])[0]
+    assert res["labels"].tolist() == [1, 1, 1]
+    res = postprocess(dec, conf_thresh=0.1, max_det=4)[0]
+    assert len(res["scores"]) == 4
+    assert res["scores"].tolist() == sorted(res["scores"].tolist(), reverse=True)
+
+
+def test_nothing_above_threshold_gives_empty_results() -> None:
+    res = postprocess(_candidates([[10, 10, 5, 5, 0.01, 0, 0.5]]), conf_thresh=0.25)[0]
+    assert res["boxes"].shape == (0, 4) and res["scores"].shape == (0,)
+
+
+def test_cxcywh_to_xyxy() -> None:
+    out = cxcywh_to_xyxy(torch.tensor([[10.0, 20.0, 4.0, 6.0]]))
+    assert out.tolist() == [[8.0, 17.0, 12.0, 23.0]]
