@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from utils.checkpoint import CheckpointMismatchError
@@ -50,7 +51,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     model.add_argument("--anchors", default=None, help="anchors file (w,h pairs at the input size)")
     model.add_argument(
-        "--img-size", type=int, default=416, help="network input side, multiple of 32"
+        "--img-size",
+        type=int,
+        default=None,
+        help="network input side, a multiple of 32 (default: the checkpoint's; 416 for darknet)",
     )
     model.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     post = p.add_argument_group("post-processing")
@@ -128,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         detector = Detector.from_weights(args.weights, args.phi, args.classes, args.anchors, config)
         if args.classes_filter:
             filtered = _class_filter(args.classes_filter, detector.class_names)
-            detector.config = InferenceConfig(**{**vars(config), "classes_filter": filtered})
+            detector.config = replace(detector.config, classes_filter=filtered)
     except (
         SourceError,
         FileNotFoundError,
@@ -139,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
+    if args.benchmark and args.benchmark_runs < 1:
+        print(f"error: --benchmark-runs must be >= 1, got {args.benchmark_runs}", file=sys.stderr)
+        return 2
     if args.benchmark:
         return _benchmark(detector, source, args.benchmark_runs)
 

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from conftest import require_asset
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from utils.sources import (  # noqa: E402
+from utils.sources import (
     ImageReadError,
     Source,
     SourceError,
@@ -24,17 +19,9 @@ from utils.sources import (  # noqa: E402
     resolve_source,
 )
 
+REPO = Path(__file__).resolve().parents[1]
+
 BUS = REPO / "model_data" / "samples" / "bus.jpg"
-
-
-def require_asset(path: Path) -> Path:
-    """Skips when a fetched asset is absent, unless YOLO_REQUIRE_ASSETS=1, then fails."""
-    if path.is_file():
-        return path
-    message = f"{path} missing: run `make weights` (python -m utils.fetch_assets)"
-    if os.environ.get("YOLO_REQUIRE_ASSETS") == "1":
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 def _pattern(h: int = 48, w: int = 64) -> np.ndarray:
@@ -191,6 +178,16 @@ def test_read_image_truncated_jpeg(tmp_path: Path, keep: float) -> None:
     assert read_image(whole).shape == (120, 160, 3)
 
 
+def test_read_image_jpeg_with_long_trailer(tmp_path: Path) -> None:
+    src = _pattern()
+    ok, buf = cv2.imencode(".jpg", src)
+    assert ok
+    path = tmp_path / "motion_photo.jpg"
+    path.write_bytes(buf.tobytes() + bytes(8192))  # data after the end-of-image marker
+    assert cv2.imread(str(path)) is not None  # OpenCV itself reads it fine
+    assert read_image(path).shape == (48, 64, 3)
+
+
 def test_image_read_error_is_oserror() -> None:
     # Callers that catch OSError for file problems also catch unreadable images.
     assert issubclass(ImageReadError, OSError)
@@ -239,7 +236,9 @@ def test_resolve_source_glob(tmp_path: Path) -> None:
     assert source.videos == [] and source.webcam is None
 
     everything = resolve_source(str(folder / "*"))
-    assert [Path(p).name for p in everything.images] == sorted(["c.png", "a.jpg", "B.JPEG", "d.bmp"])
+    assert [Path(p).name for p in everything.images] == sorted(
+        ["c.png", "a.jpg", "B.JPEG", "d.bmp"]
+    )
     assert [Path(p).name for p in everything.videos] == ["clip.mp4"]
 
     recursive = resolve_source(str(folder / "**" / "*.jpg"))
@@ -271,6 +270,14 @@ def test_resolve_source_single_image(tmp_path: Path) -> None:
     odd = tmp_path / "pic.data"
     odd.write_bytes(path.read_bytes())
     assert resolve_source(str(odd)) == Source(images=[str(odd)])
+
+
+@pytest.mark.parametrize("name", ["bus[1].jpg", "photos [2020]/bus.jpg"])
+def test_resolve_source_existing_file_with_glob_characters(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    path.parent.mkdir(exist_ok=True)
+    assert cv2.imwrite(str(path), _pattern())
+    assert resolve_source(str(path)) == Source(images=[str(path)])
 
 
 def test_resolve_source_missing_path(tmp_path: Path) -> None:

@@ -43,6 +43,16 @@ class RunSummary:
     detections: int = 0
     failures: list[str] = field(default_factory=list)
     records: list[dict] = field(default_factory=list)
+    written: set[str] = field(default_factory=set)  # output names used in this run
+
+    def output_path(self, folder: Path, stem: str, suffix: str) -> Path:
+        """``folder/stem.suffix``, or ``stem_2``, ``stem_3``... if this run already wrote it
+        (same-named files from different folders, ``a.tif`` next to ``a.jpg``)."""
+        name, n = f"{stem}{suffix}", 2
+        while name in self.written:
+            name, n = f"{stem}_{n}{suffix}", n + 1
+        self.written.add(name)
+        return folder / name
 
 
 class _Window:
@@ -106,12 +116,12 @@ def _run_images(
             _render(detector, image, dets, opts.heatmap) if opts.save_dir or opts.show else None
         )
         if opts.save_dir is not None:
-            out = opts.save_dir / Path(path).name
-            if Path(path).suffix.lower() not in (".jpg", ".jpeg", ".png", ".bmp"):
-                out = out.with_suffix(".jpg")
+            suffix = Path(path).suffix.lower()
+            suffix = suffix if suffix in (".jpg", ".jpeg", ".png", ".bmp") else ".jpg"
+            out = summary.output_path(opts.save_dir, stem, suffix)
             cv2.imwrite(str(out), rendered)
             if opts.crop:
-                _save_crops(opts.save_dir, stem, image, dets)
+                _save_crops(opts.save_dir, out.stem, image, dets)
         if rendered is not None:
             window.show(rendered)
 
@@ -128,8 +138,10 @@ def _run_stream(
     name = f"webcam{video}" if isinstance(video, int) else Path(video).stem
     path = str(video)
     writer = None
+    crop_stem = name
     if opts.save_dir is not None:
-        out = opts.save_dir / f"{name}.mp4"
+        out = summary.output_path(opts.save_dir, name, ".mp4")
+        crop_stem = out.stem
         writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
         if not writer.isOpened():
             summary.failures.append(f"{out}: cannot open video writer")
@@ -151,7 +163,7 @@ def _run_stream(
                 if writer is not None:
                     writer.write(rendered)
                 if opts.crop and opts.save_dir is not None:
-                    _save_crops(opts.save_dir, f"{name}_{frame_index:06d}", frame, dets)
+                    _save_crops(opts.save_dir, f"{crop_stem}_{frame_index:06d}", frame, dets)
                 if not window.show(rendered):
                     break
             frame_index += 1
@@ -193,6 +205,8 @@ def write_json(path: Path, records: list[dict]) -> None:
 
 def benchmark(detector: Detector, image: np.ndarray, runs: int = 50, warmup: int = 5) -> dict:
     """Median and spread (ms) of preprocessing, forward and decode+NMS over ``runs`` calls."""
+    if runs < 1:
+        raise ValueError(f"benchmark needs at least one run, got {runs}")
     stages = {"preprocess": [], "forward": [], "decode_nms": [], "total": []}
     for i in range(warmup + runs):
         t0 = time.perf_counter()

@@ -10,7 +10,7 @@ for box, score, name in zip(detections.boxes, detections.scores, detections.name
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -24,15 +24,16 @@ from utils.decode import decode_outputs, postprocess
 from utils.device import select_device
 from utils.preprocess import ResizeMeta, boxes_to_original, preprocess_bgr, to_tensor
 
-DEFAULT_WEIGHTS = "model_data/yolov4-tiny.weights"
-DEFAULT_COCO_CLASSES = "model_data/coco.names"
+_MODEL_DATA = Path(__file__).resolve().parents[1] / "model_data"
+DEFAULT_WEIGHTS = str(_MODEL_DATA / "yolov4-tiny.weights")
+DEFAULT_COCO_CLASSES = str(_MODEL_DATA / "coco.names")
 
 
 @dataclass(frozen=True)
 class InferenceConfig:
     """Inference settings; every default in one place."""
 
-    input_size: int = 416  # network input side, a multiple of 32
+    input_size: int | None = None  # network input side (multiple of 32); None: the checkpoint's
     letterbox: bool = True  # keep aspect ratio with grey padding; False = plain resize
     conf_thresh: float = 0.25  # minimum objectness * class probability
     nms_thresh: float = 0.45  # IoU above which a lower-scored box is suppressed
@@ -87,8 +88,11 @@ class Detector:
         class_names: list[str],
         config: InferenceConfig | None = None,
     ) -> None:
-        self.config = config or InferenceConfig()
-        if self.config.input_size % 32:
+        config = config or InferenceConfig()
+        if config.input_size is None:
+            config = replace(config, input_size=info.input_size)
+        self.config = config
+        if self.config.input_size % 32 or self.config.input_size <= 0:
             raise ValueError(f"input size {self.config.input_size} is not a multiple of 32")
         if len(class_names) != model.num_classes:
             raise ValueError(

@@ -51,10 +51,20 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     image = cv2.imdecode(data, cv2.IMREAD_COLOR)
     if image is None:
         raise ImageReadError(f"{path}: not a decodable image (corrupt or unsupported format)")
-    # libjpeg decodes a cut-off JPEG with a grey bottom and only a warning: refuse it instead.
-    if data[:2].tobytes() == b"\xff\xd8" and b"\xff\xd9" not in data[-4096:].tobytes():
+    if data[:2].tobytes() == b"\xff\xd8" and _jpeg_truncated(data.tobytes()):
         raise ImageReadError(f"{path}: truncated JPEG (no end-of-image marker)")
     return image
+
+
+def _jpeg_truncated(raw: bytes) -> bool:
+    """libjpeg decodes a cut-off JPEG with a grey bottom and only a warning; detect it.
+
+    Inside entropy-coded data 0xFF is always followed by 0x00 or a restart marker, so an
+    end-of-image marker (FFD9) after the first start-of-scan (FFDA) is the real end, however
+    much trailer (e.g. a motion photo's video) follows it.
+    """
+    start_of_scan = raw.find(b"\xff\xda")
+    return start_of_scan < 0 or raw.rfind(b"\xff\xd9") < start_of_scan
 
 
 def _media_files(paths: list[str]) -> Source:
@@ -85,16 +95,16 @@ def resolve_source(source: str) -> Source:
         if not found.images and not found.videos:
             raise SourceError(f"{source}: folder holds no images or videos")
         return found
+    if os.path.isfile(source):  # before globbing: 'bus[1].jpg' is a file name, not a pattern
+        if Path(source).suffix.lower() in VIDEO_EXTS:
+            return Source(videos=[source])
+        return Source(images=[source])
     if any(ch in source for ch in "*?["):
         found = _media_files([p for p in glob.glob(source, recursive=True) if os.path.isfile(p)])
         if not found.images and not found.videos:
             raise SourceError(f"{source}: pattern matches no images or videos")
         return found
-    if not os.path.exists(source):
-        raise SourceError(f"{source}: no such file or folder")
-    if Path(source).suffix.lower() in VIDEO_EXTS:
-        return Source(videos=[source])
-    return Source(images=[source])
+    raise SourceError(f"{source}: no such file or folder")
 
 
 def open_video(path: str | int) -> tuple[cv2.VideoCapture, float, tuple[int, int], int]:

@@ -1,0 +1,475 @@
+"""Smoke tests of predict.py, called in-process through ``predict.main([...])``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from conftest import require_asset
+
+import predict
+from utils.predictor import Detections, Detector, InferenceConfig
+from utils.visualize import draw_detections, overlay_heatmap
+
+REPO = Path(__file__).resolve().parents[1]
+
+WEIGHTS = REPO / "model_data" / "yolov4-tiny.weights"
+COCO_NAMES = REPO / "model_data" / "coco.names"
+BUS = REPO / "model_data" / "samples" / "bus.jpg"
+ZIDANE = REPO / "model_data" / "samples" / "zidane.jpg"
+
+RECORD_KEYS = {"image", "image_id", "width", "height", "detections"}
+DETECTION_KEYS = {"xyxy", "score", "class_id", "class_name"}
+
+
+@pytest.fixture(autouse=True)
+def _assets_and_cwd(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test needs the official weights and samples; relative defaults need the repo cwd."""
+    for path in (WEIGHTS, COCO_NAMES, BUS, ZIDANE):
+        require_asset(path)
+    monkeypatch.chdir(REPO)
+
+
+@pytest.fixture(scope="module")
+def detector_224() -> Detector:
+    require_asset(WEIGHTS)
+    config = InferenceConfig(input_size=224, device="cpu")
+    # Explicit names: module fixtures run before the per-test chdir to the repository.
+    return Detector.from_weights(WEIGHTS, classes=COCO_NAMES, config=config)
+
+
+def run_cli(*args: str | Path) -> int:
+    return predict.main(["--weights", str(WEIGHTS), "--device", "cpu", *map(str, args)])
+
+
+def load_json(path: Path) -> list[dict]:
+    records = json.loads(path.read_text())
+    assert isinstance(records, list)
+    return records
+
+
+def check_record(record: dict, width: int, height: int, frame: int | None = None) -> None:
+    """The documented --json format, with every box inside the image."""
+    expected = RECORD_KEYS | ({"frame"} if frame is not None else set())
+    assert set(record) == expected
+    assert isinstance(record["image"], str) and isinstance(record["image_id"], str)
+    assert (record["width"], record["height"]) == (width, height)
+    if frame is not None:
+        assert record["frame"] == frame
+    assert isinstance(record["detections"], list)
+    for det in record["detections"]:
+        assert set(det) == DETECTION_KEYS
+        x1, y1, x2, y2 = det["xyxy"]
+        assert all(isinstance(v, float | int) for v in det["xyxy"])
+        assert 0 <= x1 <= x2 <= width - 1, det
+        assert 0 <= y1 <= y2 <= height - 1, det
+        assert 0.0 < det["score"] <= 1.0
+        assert isinstance(det["class_id"], int) and 0 <= det["class_id"] < 80
+        assert isinstance(det["class_name"], str) and det["class_name"]
+
+
+def best_score(record: dict, name: str) -> float:
+    return max((d["score"] for d in record["detections"] if d["class_name"] == name), default=0.0)
+
+
+def small_copy(src: Path, dst: Path, width: int) -> Path:
+    image = cv2.imread(str(src))
+    height = round(image.shape[0] * width / image.shape[1])
+    assert cv2.imwrite(str(dst), cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA))
+    return dst
+
+
+# --------------------------------------------------------------------------- one photo
+
+
+def test_single_photo_full_size(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    save_dir, json_path = tmp_path / "out", tmp_path / "dets.json"
+    code = run_cli("--source", BUS, "--save-dir", save_dir, "--json", json_path)
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "1 images" in out and str(save_dir) in out
+
+    original = cv2.imread(str(BUS))
+    annotated = cv2.imread(str(save_dir / "bus.jpg"))
+    assert annotated is not None, list(save_dir.iterdir())
+    assert annotated.shape == original.shape == (1080, 810, 3)
+    # Boxes and labels are drawn: far more change than JPEG re-encoding alone.
+    changed = np.abs(annotated.astype(int) - original.astype(int)).max(axis=2) > 60
+    assert changed.mean() > 0.005
+
+    records = load_json(json_path)
+    assert len(records) == 1
+    record = records[0]
+    check_record(record, 810, 1080)
+    assert record["image"] == str(BUS) and record["image_id"] == "bus"
+    assert best_score(record, "person") > 0.5
+    assert best_score(record, "bus") > 0.5
+    names = [line.strip() for line in COCO_NAMES.read_text().splitlines() if line.strip()]
+    for det in record["detections"]:
+        assert det["class_name"] == names[det["class_id"]]
+
+
+# --------------------------------------------------------------------------- folders
+
+
+def test_folder_with_corrupt_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    small_copy(BUS, folder / "bus.jpg", 240)
+    small_copy(ZIDANE, folder / "zidane.png", 320)
+    (folder / "bad.jpg").write_bytes(np.random.default_rng(0).bytes(3000))
+    (folder / "readme.txt").write_text("ignored")
+    save_dir, json_path = tmp_path / "out", tmp_path / "dets.json"
+
+    code = run_cli(
+        "--source", folder, "--img-size", "224", "--save-dir", save_dir, "--json", json_path
+    )
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "bad.jpg" in captured.err
+    assert "1 input(s) failed" in captured.err
+    assert "2 images" in captured.out
+
+    assert sorted(p.name for p in save_dir.iterdir()) == ["bus.jpg", "zidane.png"]
+    for name in ("bus.jpg", "zidane.png"):
+        written = cv2.imread(str(save_dir / name))
+        assert written is not None and written.shape == cv2.imread(str(folder / name)).shape
+    records = load_json(json_path)
+    assert [Path(r["image"]).name for r in records] == ["bus.jpg", "zidane.png"]
+    assert [r["image_id"] for r in records] == ["bus", "zidane"]
+    check_record(records[0], 240, 320)
+    check_record(records[1], 320, 180)
+    assert best_score(records[0], "person") > 0.3
+    assert best_score(records[1], "person") > 0.3
+
+
+def test_existing_save_dir_is_incremented(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    image = small_copy(BUS, tmp_path / "bus.jpg", 120)
+    save_dir = tmp_path / "out"
+    save_dir.mkdir()
+    (save_dir / "keep.txt").write_text("older run")
+    assert run_cli("--source", image, "--img-size", "160", "--save-dir", save_dir) == 0
+    assert f"results saved to {tmp_path / 'out2'}" in capsys.readouterr().out
+    assert sorted(p.name for p in save_dir.iterdir()) == ["keep.txt"]
+    assert (tmp_path / "out2" / "bus.jpg").is_file()
+
+    code = run_cli(
+        "--source", image, "--img-size", "160", "--save-dir", save_dir, "--exist-ok", "--no-save"
+    )
+    assert code == 0
+    assert not (tmp_path / "out3").exists()
+    assert sorted(p.name for p in save_dir.iterdir()) == ["keep.txt"]
+
+
+# --------------------------------------------------------------------------- videos
+
+
+def _write_clip(path: Path, frames: int = 8, size: tuple[int, int] = (160, 120)) -> list:
+    """A short clip of the bus photo sliding across a grey frame; returns the frames."""
+    w, h = size
+    bus = cv2.resize(cv2.imread(str(BUS)), (90, 120), interpolation=cv2.INTER_AREA)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 12.0, size)
+    assert writer.isOpened()
+    written = []
+    for i in range(frames):
+        frame = np.full((h, w, 3), 110, np.uint8)
+        x = 5 * i
+        frame[:, x : x + 90] = bus
+        writer.write(frame)
+        written.append(frame)
+    writer.release()
+    return written
+
+
+def _read_all(path: Path) -> tuple[list[np.ndarray], float, tuple[int, int], int]:
+    cap = cv2.VideoCapture(str(path))
+    assert cap.isOpened(), path
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+    count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    frames = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(frame)
+    cap.release()
+    return frames, fps, size, count
+
+
+def test_video(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    clip = tmp_path / "clip.mp4"
+    _write_clip(clip)
+    inputs, in_fps, in_size, _ = _read_all(clip)
+    assert len(inputs) == 8 and in_size == (160, 120)
+    save_dir, json_path = tmp_path / "out", tmp_path / "dets.json"
+
+    code = run_cli(
+        "--source", clip, "--img-size", "224", "--save-dir", save_dir, "--json", json_path
+    )
+    assert code == 0
+    assert "8 video frames" in capsys.readouterr().out
+
+    out_path = save_dir / "clip.mp4"
+    assert out_path.is_file()
+    outputs, fps, size, count = _read_all(out_path)
+    assert size == (160, 120)
+    assert fps == pytest.approx(in_fps, rel=0.02) and fps == pytest.approx(12.0, rel=0.02)
+    assert count == 8 and len(outputs) == 8
+
+    records = load_json(json_path)
+    assert len(records) == 8
+    for i, record in enumerate(records):
+        check_record(record, 160, 120, frame=i)
+        assert record["image"] == str(clip)
+        assert record["image_id"] == f"clip_{i:06d}"
+    assert any(best_score(r, "person") > 0.5 for r in records)
+    # Frames with detections carry drawn boxes, beyond codec noise.
+    for record, before, after in zip(records, inputs, outputs):
+        diff = np.abs(after.astype(int) - before.astype(int)).max(axis=2)
+        if record["detections"]:
+            assert (diff > 80).mean() > 0.01
+
+
+def test_video_that_does_not_open(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    fake = tmp_path / "fake.mp4"
+    fake.write_text("this is a text file, not a video\n" * 40)
+    json_path = tmp_path / "dets.json"
+    code = run_cli("--source", fake, "--save-dir", tmp_path / "out", "--json", json_path)
+    err = capsys.readouterr().err
+    assert code == 1
+    assert str(fake) in err
+    assert load_json(json_path) == []
+    assert not (tmp_path / "out" / "fake.mp4").exists()
+
+
+# --------------------------------------------------------------------------- argument errors
+
+
+def test_missing_source(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    missing = tmp_path / "nowhere" / "photo.jpg"
+    save_dir = tmp_path / "out"
+    code = run_cli("--source", missing, "--save-dir", save_dir)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert str(missing) in err
+    assert not save_dir.exists()
+
+
+def test_wrong_phi(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code = run_cli("--source", BUS, "--phi", "foo", "--save-dir", tmp_path / "out")
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "foo" in err
+    for valid in ("0=none", "1=se", "2=cbam", "3=eca", "4=ca"):
+        assert valid in err
+
+
+def test_unknown_class_filter(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code = run_cli("--source", BUS, "--classes-filter", "person,unicorn", "--no-save")
+    assert code == 2
+    assert "unicorn" in capsys.readouterr().err
+
+
+def test_img_size_not_multiple_of_32(capsys: pytest.CaptureFixture) -> None:
+    code = run_cli("--source", BUS, "--img-size", "100", "--no-save")
+    assert code == 2
+    assert "multiple of 32" in capsys.readouterr().err
+
+
+@pytest.mark.filterwarnings("ignore:.*:RuntimeWarning")  # numpy: mean of an empty slice
+def test_benchmark_zero_runs_is_a_usage_error(capsys: pytest.CaptureFixture) -> None:
+    try:
+        code = run_cli("--source", BUS, "--img-size", "160", "--benchmark", "--benchmark-runs", "0")
+    except SystemExit as exit_:  # argparse's p.error() is an acceptable fix too
+        code = exit_.code
+    assert code == 2
+    assert "benchmark-runs" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- options
+
+
+def test_classes_filter_person(tmp_path: Path) -> None:
+    json_path = tmp_path / "dets.json"
+    code = run_cli(
+        "--source",
+        BUS,
+        "--img-size",
+        "224",
+        "--classes-filter",
+        "person",
+        "--no-save",
+        "--json",
+        json_path,
+    )
+    assert code == 0
+    (record,) = load_json(json_path)
+    check_record(record, 810, 1080)
+    assert record["detections"], "expected people in bus.jpg"
+    assert {d["class_name"] for d in record["detections"]} == {"person"}
+    assert {d["class_id"] for d in record["detections"]} == {0}
+
+    # By id, several classes: bus (5) comes back too.
+    code = run_cli(
+        "--source",
+        BUS,
+        "--img-size",
+        "224",
+        "--classes-filter",
+        "0,bus",
+        "--no-save",
+        "--json",
+        json_path,
+    )
+    assert code == 0
+    (record,) = load_json(json_path)
+    assert {d["class_name"] for d in record["detections"]} == {"person", "bus"}
+
+
+def test_crop(tmp_path: Path) -> None:
+    save_dir, json_path = tmp_path / "out", tmp_path / "dets.json"
+    code = run_cli(
+        "--source",
+        BUS,
+        "--img-size",
+        "224",
+        "--crop",
+        "--save-dir",
+        save_dir,
+        "--json",
+        json_path,
+    )
+    assert code == 0
+    (record,) = load_json(json_path)
+    dets = record["detections"]
+    assert dets
+    crops_dir = save_dir / "crops"
+    assert {p.name for p in crops_dir.iterdir()} == {d["class_name"] for d in dets}
+    for i, det in enumerate(dets):
+        crop_path = crops_dir / det["class_name"] / f"bus_{i}.jpg"
+        crop = cv2.imread(str(crop_path))
+        assert crop is not None, crop_path
+        x1, y1, x2, y2 = det["xyxy"]
+        # Box sides in pixels, within rounding of the 2-decimal JSON values.
+        assert abs(crop.shape[1] - (x2 - x1 + 1)) <= 2, (crop.shape, det)
+        assert abs(crop.shape[0] - (y2 - y1 + 1)) <= 2, (crop.shape, det)
+    assert sum(1 for _ in crops_dir.rglob("*.jpg")) == len(dets)
+
+
+def test_heatmap(tmp_path: Path, detector_224: Detector) -> None:
+    image_path = small_copy(BUS, tmp_path / "bus.png", 270)  # PNG: exact comparisons
+    image = cv2.imread(str(image_path))
+    plain_dir, heat_dir = tmp_path / "plain", tmp_path / "heat"
+    assert run_cli("--source", image_path, "--img-size", "224", "--save-dir", plain_dir) == 0
+    code = run_cli("--source", image_path, "--img-size", "224", "--heatmap", "--save-dir", heat_dir)
+    assert code == 0
+    plain = cv2.imread(str(plain_dir / "bus.png"))
+    heat = cv2.imread(str(heat_dir / "bus.png"))
+    assert heat is not None and heat.shape == image.shape
+    dets = detector_224(image)
+    np.testing.assert_array_equal(plain, draw_detections(image, dets))
+    expected = draw_detections(overlay_heatmap(image, detector_224.objectness_map(image)), dets)
+    assert np.abs(heat.astype(int) - expected.astype(int)).max() <= 1
+    assert np.abs(heat.astype(int) - plain.astype(int)).mean() > 20  # the overlay is visible
+
+
+@pytest.mark.parametrize("letterbox", [True, False])
+def test_objectness_map(letterbox: bool) -> None:
+    detector = Detector.from_weights(
+        WEIGHTS, config=InferenceConfig(input_size=224, letterbox=letterbox, device="cpu")
+    )
+    image = cv2.imread(str(BUS))
+    heat = detector.objectness_map(image)
+    assert heat.shape == image.shape[:2] == (1080, 810)
+    assert heat.dtype == np.float32
+    assert np.isfinite(heat).all()
+    assert heat.min() >= 0.0 and heat.max() <= 1.0
+    assert heat.max() > 0.5  # there are objects
+    # Objectness is higher on the detected objects than on average.
+    x1, y1, x2, y2 = (int(v) for v in detector(image).boxes[0])
+    assert heat[y1:y2, x1:x2].max() > heat.mean()
+
+    wide = cv2.resize(image, (300, 100))  # aspect ratio far from square
+    assert detector.objectness_map(wide).shape == (100, 300)
+
+
+def test_benchmark(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    save_dir = tmp_path / "out"
+    code = run_cli(
+        "--source",
+        BUS,
+        "--img-size",
+        "160",
+        "--benchmark",
+        "--benchmark-runs",
+        "2",
+        "--save-dir",
+        save_dir,
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    lines = out.splitlines()
+    assert any(line.startswith("benchmark:") and "2 runs" in line for line in lines)
+    for stage in ("preprocess", "forward", "decode_nms", "total"):
+        row = next(line for line in lines if line.startswith(stage))
+        values = [float(v) for v in row.split()[1:]]
+        assert len(values) == 3 and all(v >= 0 for v in values)
+    stats = json.loads(lines[-1])["benchmark"]
+    assert set(stats) == {"preprocess", "forward", "decode_nms", "total"}
+    assert stats["forward"]["median"] > 0
+    assert not save_dir.exists()  # benchmarking writes nothing
+
+
+def test_no_letterbox_finds_bus(tmp_path: Path) -> None:
+    json_path = tmp_path / "dets.json"
+    code = run_cli("--source", BUS, "--no-letterbox", "--no-save", "--json", json_path)
+    assert code == 0
+    (record,) = load_json(json_path)
+    check_record(record, 810, 1080)
+    assert best_score(record, "bus") > 0.5
+
+
+# --------------------------------------------------------------------------- Python API
+
+
+def test_python_api() -> None:
+    detector = Detector.from_weights()  # the defaults: official weights, COCO names
+    assert len(detector.class_names) == 80 and detector.class_names[0] == "person"
+    image = cv2.imread(str(BUS))
+    dets = detector(image)
+    assert isinstance(dets, Detections)
+    n = len(dets)
+    assert n >= 2
+    assert dets.boxes.shape == (n, 4) and np.issubdtype(dets.boxes.dtype, np.floating)
+    assert dets.scores.shape == (n,) and np.issubdtype(dets.scores.dtype, np.floating)
+    assert dets.labels.shape == (n,) and np.issubdtype(dets.labels.dtype, np.integer)
+    assert dets.names == [detector.class_names[k] for k in dets.labels]
+    assert (dets.width, dets.height) == (810, 1080)
+    assert np.all(np.diff(dets.scores) <= 0) or n == 1  # sorted best first
+    assert "bus" in dets.names and "person" in dets.names
+    assert dets.scores[dets.names.index("bus")] > 0.5
+    assert (dets.boxes[:, 0] <= dets.boxes[:, 2]).all()
+    assert (dets.boxes[:, 1] <= dets.boxes[:, 3]).all()
+    assert dets.boxes.min() >= 0 and dets.boxes[:, 2].max() <= 809
+    assert dets.boxes[:, 3].max() <= 1079
+    # to_json is what --json writes.
+    rows = dets.to_json()
+    assert len(rows) == n and set(rows[0]) == DETECTION_KEYS
+    # Batch and single calls agree.
+    (batched,) = detector.predict_batch([image])
+    np.testing.assert_allclose(batched.boxes, dets.boxes, atol=1e-3)
+
+
+def test_same_names_from_different_folders_do_not_overwrite(tmp_path: Path) -> None:
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        small_copy(BUS, tmp_path / sub / "img.jpg", 160)
+    small_copy(ZIDANE, tmp_path / "a" / "img.png", 160)
+    save_dir = tmp_path / "out"
+    code = run_cli("--source", f"{tmp_path}/*/img.*", "--img-size", "160", "--save-dir", save_dir)
+    assert code == 0
+    assert sorted(p.name for p in save_dir.iterdir()) == ["img.jpg", "img.png", "img_2.jpg"]
