@@ -1,0 +1,332 @@
+"""Pascal VOC annotations: XML trees, the reference implementation's annotation lines, and
+the problems found in them.
+
+Boxes come out as float32 xyxy in 0-based pixels: a VOC XML coordinate v becomes v - 1
+(VOC pixels are 1-based and inclusive). ``difficult`` objects are always read and flagged;
+whether training uses them is the dataset's choice.
+
+Nothing here raises on one bad file: problems are collected as ``FileIssue`` rows (file, what,
+what was done) and the file is skipped or repaired. Only an unusable setup raises (no such
+folder, no such image set).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import xml.etree.ElementTree as ET
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TRAIN_SETS: tuple[tuple[str, str], ...] = (("2007", "trainval"), ("2012", "trainval"))
+DEFAULT_EVAL_SETS: tuple[tuple[str, str], ...] = (("2007", "test"),)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG", ".bmp")
+
+
+@dataclass
+class Annotation:
+    """One image and its objects.
+
+    ``boxes`` (N, 4) float32 xyxy 0-based pixels; ``labels`` (N,) int64; ``difficult`` (N,) bool.
+    ``width``/``height`` are the XML's ``<size>`` (0 when absent; the image decides then).
+    """
+
+    image_path: str
+    image_id: str
+    boxes: np.ndarray
+    labels: np.ndarray
+    difficult: np.ndarray
+    width: int = 0
+    height: int = 0
+
+    @classmethod
+    def empty(cls, image_path: str, image_id: str, width: int = 0, height: int = 0) -> Annotation:
+        return cls(
+            image_path,
+            image_id,
+            np.zeros((0, 4), np.float32),
+            np.zeros(0, np.int64),
+            np.zeros(0, bool),
+            width,
+            height,
+        )
+
+    def without_difficult(self) -> Annotation:
+        keep = ~self.difficult
+        return Annotation(
+            self.image_path,
+            self.image_id,
+            self.boxes[keep],
+            self.labels[keep],
+            self.difficult[keep],
+            self.width,
+            self.height,
+        )
+
+
+@dataclass(frozen=True)
+class FileIssue:
+    """A problem with one input file and what was done about it."""
+
+    path: str
+    problem: str
+    action: str  # "skipped", "box dropped", "box clipped", "object skipped", "converted"
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.problem} ({self.action})"
+
+
+@dataclass
+class LoadResult:
+    annotations: list[Annotation] = field(default_factory=list)
+    issues: list[FileIssue] = field(default_factory=list)
+
+    def extend(self, other: LoadResult) -> None:
+        self.annotations += other.annotations
+        self.issues += other.issues
+
+
+class UnknownClassError(ValueError):
+    """Raised for an unknown class name when unknown classes are errors."""
+
+
+def parse_sets(text: str) -> list[tuple[str, str]]:
+    """``"2007:trainval,2012:trainval"`` -> ``[("2007", "trainval"), ("2012", "trainval")]``."""
+    sets = []
+    for item in (t.strip() for t in text.split(",") if t.strip()):
+        year, sep, name = item.partition(":")
+        if not sep or not year or not name:
+            raise ValueError(f"bad image set {item!r}: expected YEAR:SET such as 2007:trainval")
+        sets.append((year, name))
+    if not sets:
+        raise ValueError(f"no image sets in {text!r}")
+    return sets
+
+
+def _text(node: ET.Element | None, tag: str) -> str | None:
+    child = node.find(tag) if node is not None else None
+    return child.text.strip() if child is not None and child.text else None
+
+
+def parse_voc_xml(
+    xml_path: str | os.PathLike,
+    class_names: Sequence[str],
+    image_path: str | None = None,
+    unknown_classes: str = "warn",
+) -> tuple[Annotation | None, list[FileIssue]]:
+    """Parses one VOC XML file.
+
+    Args:
+        xml_path: the annotation file.
+        class_names: known classes; the label of a name is its index.
+        image_path: the image it describes (default: ``<filename>`` next to the XML's folder).
+        unknown_classes: ``"warn"`` skips such objects with an issue; ``"error"`` raises.
+
+    Returns:
+        ``(annotation or None when the file is unusable, issues)``. Boxes are clipped to the
+        ``<size>`` when it is given; boxes with zero or negative area are dropped.
+
+    Raises:
+        UnknownClassError: an unknown class with ``unknown_classes="error"``.
+    """
+    xml_path = str(xml_path)
+    issues: list[FileIssue] = []
+    try:
+        root = ET.parse(xml_path).getroot()
+    except (ET.ParseError, OSError) as err:
+        return None, [FileIssue(xml_path, f"XML does not parse ({err})", "skipped")]
+    size = root.find("size")
+    try:
+        width = int(float(_text(size, "width") or 0))
+        height = int(float(_text(size, "height") or 0))
+    except ValueError:
+        width = height = 0
+        issues.append(FileIssue(xml_path, "size is not a number", "size ignored"))
+    image_id = Path(xml_path).stem
+    if image_path is None:
+        filename = _text(root, "filename") or f"{image_id}.jpg"
+        image_path = str(Path(xml_path).parent.parent / "JPEGImages" / filename)
+    boxes, labels, difficult = [], [], []
+    index = {name: i for i, name in enumerate(class_names)}
+    for k, obj in enumerate(root.iter("object")):
+        name = _text(obj, "name")
+        bnd = obj.find("bndbox")
+        coords = [_text(bnd, t) for t in ("xmin", "ymin", "xmax", "ymax")]
+        if name is None or bnd is None or None in coords:
+            issues.append(
+                FileIssue(xml_path, f"object {k} lacks name or bndbox fields", "object skipped")
+            )
+            continue
+        if name not in index:
+            if unknown_classes == "error":
+                raise UnknownClassError(f"{xml_path}: unknown class {name!r}")
+            issues.append(FileIssue(xml_path, f"unknown class {name!r}", "object skipped"))
+            continue
+        try:
+            x1, y1, x2, y2 = (float(c) - 1.0 for c in coords)  # 1-based -> 0-based
+        except ValueError:
+            issues.append(
+                FileIssue(xml_path, f"object {k} has non-numeric coordinates", "object skipped")
+            )
+            continue
+        if width > 0 and height > 0:
+            cx1, cy1 = min(max(x1, 0.0), width - 1.0), min(max(y1, 0.0), height - 1.0)
+            cx2, cy2 = min(max(x2, 0.0), width - 1.0), min(max(y2, 0.0), height - 1.0)
+            if (cx1, cy1, cx2, cy2) != (x1, y1, x2, y2):
+                issues.append(
+                    FileIssue(xml_path, f"object {k} ({name}) outside the image", "box clipped")
+                )
+                x1, y1, x2, y2 = cx1, cy1, cx2, cy2
+        if x2 <= x1 or y2 <= y1:
+            issues.append(
+                FileIssue(xml_path, f"object {k} ({name}) has zero or negative area", "box dropped")
+            )
+            continue
+        boxes.append((x1, y1, x2, y2))
+        labels.append(index[name])
+        difficult.append((_text(obj, "difficult") or "0") not in ("0", "false", ""))
+    ann = Annotation(
+        image_path,
+        image_id,
+        np.array(boxes, np.float32).reshape(-1, 4),
+        np.array(labels, np.int64),
+        np.array(difficult, bool),
+        width,
+        height,
+    )
+    return ann, issues
+
+
+def read_image_set(voc_root: str | os.PathLike, year: str, image_set: str) -> list[str]:
+    """Image ids of ``VOC<year>/ImageSets/Main/<image_set>.txt``.
+
+    Raises:
+        FileNotFoundError: the year folder or the set file does not exist (names both).
+    """
+    folder = Path(voc_root) / f"VOC{year}"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such VOC folder (under --voc-root {voc_root})")
+    path = folder / "ImageSets" / "Main" / f"{image_set}.txt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: image set file not found")
+    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+
+
+def _find_image(folder: Path, image_id: str) -> Path | None:
+    for suffix in IMAGE_SUFFIXES:
+        candidate = folder / f"{image_id}{suffix}"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_voc(
+    voc_root: str | os.PathLike,
+    sets: Iterable[tuple[str, str]],
+    class_names: Sequence[str],
+    unknown_classes: str = "warn",
+) -> LoadResult:
+    """Reads every image of the given ``(year, image_set)`` pairs.
+
+    A missing XML or image is an issue and the pair is skipped; so is an XML that does not
+    parse. Images with no (remaining) objects are kept: they are valid negatives.
+    """
+    result = LoadResult()
+    for year, image_set in sets:
+        folder = Path(voc_root) / f"VOC{year}"
+        for image_id in read_image_set(voc_root, year, image_set):
+            xml_path = folder / "Annotations" / f"{image_id}.xml"
+            image_path = _find_image(folder / "JPEGImages", image_id)
+            if image_path is None:
+                problem = "image missing for annotation" if xml_path.is_file() else "image missing"
+                result.issues.append(
+                    FileIssue(str(folder / "JPEGImages" / image_id), problem, "skipped")
+                )
+                continue
+            if not xml_path.is_file():
+                result.issues.append(
+                    FileIssue(str(xml_path), "annotation missing for image", "skipped")
+                )
+                continue
+            ann, issues = parse_voc_xml(xml_path, class_names, str(image_path), unknown_classes)
+            result.issues += issues
+            if ann is not None:
+                result.annotations.append(ann)
+    return result
+
+
+def discover_classes(voc_root: str | os.PathLike, sets: Iterable[tuple[str, str]]) -> list[str]:
+    """Class names used in the XMLs of the given sets, sorted by name."""
+    names: set[str] = set()
+    for year, image_set in sets:
+        folder = Path(voc_root) / f"VOC{year}" / "Annotations"
+        for image_id in read_image_set(voc_root, year, image_set):
+            try:
+                root = ET.parse(folder / f"{image_id}.xml").getroot()
+            except (ET.ParseError, OSError):
+                continue
+            names.update(n for o in root.iter("object") if (n := _text(o, "name")))
+    return sorted(names)
+
+
+def load_annotation_lines(
+    path: str | os.PathLike, num_classes: int, one_based: bool = True
+) -> LoadResult:
+    """Reads the reference implementation's split files: ``image x1,y1,x2,y2,cls ...``.
+
+    Its generator copies VOC XML coordinates unchanged, so they are 1-based by default
+    (``one_based=False`` for lines written in 0-based pixels). Boxes have no difficult flag.
+    """
+    result = LoadResult()
+    offset = 1.0 if one_based else 0.0
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        # The image path may contain spaces: boxes are the trailing comma-separated tokens.
+        tokens = line.split()
+        split = len(tokens)
+        while split > 1 and tokens[split - 1].count(",") == 4:
+            split -= 1
+        image_path = " ".join(tokens[:split])
+        boxes, labels = [], []
+        for token in tokens[split:]:
+            try:
+                *coords, cls = (float(v) for v in token.split(","))
+            except ValueError:
+                result.issues.append(FileIssue(f"{path}:{n}", f"bad box {token!r}", "box dropped"))
+                continue
+            x1, y1, x2, y2 = (c - offset for c in coords)
+            if not 0 <= cls < num_classes or cls != int(cls):
+                result.issues.append(
+                    FileIssue(f"{path}:{n}", f"class id {cls:g} out of range", "box dropped")
+                )
+                continue
+            if x2 <= x1 or y2 <= y1:
+                result.issues.append(
+                    FileIssue(f"{path}:{n}", f"box {token} has no area", "box dropped")
+                )
+                continue
+            boxes.append((x1, y1, x2, y2))
+            labels.append(int(cls))
+        result.annotations.append(
+            Annotation(
+                image_path,
+                Path(image_path).stem,
+                np.array(boxes, np.float32).reshape(-1, 4),
+                np.array(labels, np.int64),
+                np.zeros(len(labels), bool),
+            )
+        )
+    return result
+
+
+def class_counts(annotations: Iterable[Annotation], class_names: Sequence[str]) -> dict[str, int]:
+    """Instances per class (difficult included)."""
+    counts = Counter(int(k) for ann in annotations for k in ann.labels)
+    return {name: counts.get(i, 0) for i, name in enumerate(class_names)}
