@@ -13,7 +13,8 @@ from nets.attention import attention_names, build_attention, eca_kernel_size, re
 from nets.summary import count_flops, count_parameters
 from nets.yolo import YoloBody
 
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden"
+# Copied from shared/golden: the reference implementation's state-dict keys and shapes.
+GOLDEN = Path(__file__).resolve().parent / "golden"
 # SPEC §3: the reference implementation's counts with 20 classes.
 PARAMS_VOC20 = {0: 5_918_006, 1: 5_961_014, 2: 6_004_316, 3: 5_918_021, 4: 5_982_630}
 
