@@ -1,0 +1,114 @@
+"""Dataset check: every problem with every file, and what training will do about it.
+
+Usage: ``python -m data.check --voc-root data/VOCdevkit --sets 2007:trainval,2012:trainval``
+(add ``--classes FILE``; ``--annotations FILE`` for reference-implementation lines instead).
+
+The deep check decodes every image: unreadable, corrupt, truncated or zero-byte files are
+skipped; grayscale, RGBA and 16-bit images are converted (reported as such); an XML ``<size>``
+that disagrees with the image is reported (boxes are clipped to the real image).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from data.voc import (
+    Annotation,
+    FileIssue,
+    LoadResult,
+    discover_classes,
+    load_annotation_lines,
+    load_voc,
+    parse_sets,
+)
+from utils.classes import read_class_names
+from utils.sources import ImageReadError, read_image
+
+
+def inspect_image(ann: Annotation) -> list[FileIssue]:
+    """Decodes one image and reports what is wrong or will be converted."""
+    path = ann.image_path
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as err:
+        return [FileIssue(path, f"cannot read file ({err.strerror or err})", "skipped")]
+    raw = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    try:
+        image = read_image(path)  # the exact check training uses
+    except ImageReadError as err:
+        return [FileIssue(path, str(err).removeprefix(f"{path}: "), "skipped")]
+    issues = []
+    if raw is not None and raw.ndim == 2:
+        issues.append(FileIssue(path, "grayscale image", "converted to 3 channels"))
+    elif raw is not None and raw.shape[2] == 4:
+        issues.append(FileIssue(path, "image has an alpha channel", "converted to 3 channels"))
+    if raw is not None and raw.dtype != np.uint8:
+        issues.append(FileIssue(path, f"{raw.dtype} pixels", "converted to 8-bit"))
+    h, w = image.shape[:2]
+    if ann.width and ann.height and (ann.width, ann.height) != (w, h):
+        issues.append(
+            FileIssue(
+                path, f"XML size {ann.width}x{ann.height} but image is {w}x{h}", "boxes clipped"
+            )
+        )
+    return issues
+
+
+def check_images(annotations: Sequence[Annotation], workers: int = 4) -> list[FileIssue]:
+    """Deep check of every image (threads: decoding releases the GIL)."""
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        results = pool.map(inspect_image, annotations)
+        return [i for r in tqdm(results, total=len(annotations), desc="check") for i in r]
+
+
+def summarize(issues: Sequence[FileIssue]) -> str:
+    counts = Counter(f"{i.problem.split(' (')[0]} -> {i.action}" for i in issues)
+    lines = [f"{len(issues)} issue(s) in {len({i.path for i in issues})} file(s)"]
+    lines += [f"  {n:6d}  {what}" for what, n in counts.most_common()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Check a VOC-format dataset file by file")
+    p.add_argument("--voc-root", default="data/VOCdevkit", help="folder holding VOC<year>/")
+    p.add_argument("--sets", default="2007:trainval,2012:trainval", help="YEAR:SET,...")
+    p.add_argument("--classes", default=None, help="classes file (default: discover from XMLs)")
+    p.add_argument("--annotations", default=None, help="reference-style annotation lines file")
+    p.add_argument("--quick", action="store_true", help="skip decoding the images")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="decoding threads")
+    args = p.parse_args(argv)
+    try:
+        sets = parse_sets(args.sets)
+        names = read_class_names(args.classes) if args.classes else None
+        if args.annotations:
+            if names is None:
+                p.error("--annotations needs --classes")
+            result = load_annotation_lines(args.annotations, len(names))
+        else:
+            if names is None:
+                names = discover_classes(args.voc_root, sets)
+                print(f"classes found in the XMLs ({len(names)}): {', '.join(names)}")
+            result: LoadResult = load_voc(args.voc_root, sets, names)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    issues = list(result.issues)
+    if not args.quick:
+        issues += check_images(result.annotations, args.workers)
+    for issue in issues:
+        print(issue)
+    print(f"{len(result.annotations)} annotated images; " + summarize(issues))
+    return 1 if any(i.action == "skipped" for i in issues) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""Builds tiny VOC trees in a temporary folder for tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+CLASSES = ["box", "disc"]
+
+
+def xml_text(filename: str, width: int, height: int, objects: list[dict]) -> str:
+    """objects: {"name", "box": (xmin, ymin, xmax, ymax) 1-based, "difficult": 0/1}."""
+    parts = [
+        f"<annotation><folder>VOC2007</folder><filename>{filename}</filename>",
+        f"<size><width>{width}</width><height>{height}</height><depth>3</depth></size>",
+    ]
+    for obj in objects:
+        x1, y1, x2, y2 = obj["box"]
+        parts.append(
+            f"<object><name>{obj['name']}</name><difficult>{obj.get('difficult', 0)}</difficult>"
+            f"<bndbox><xmin>{x1}</xmin><ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax>"
+            "</bndbox></object>"
+        )
+    parts.append("</annotation>")
+    return "".join(parts)
+
+
+def make_voc(
+    root: Path,
+    num_images: int = 6,
+    size: tuple[int, int] = (128, 96),
+    seed: int = 0,
+    image_set: str = "trainval",
+) -> Path:
+    """Writes ``root/VOC2007`` with one or two solid objects per image; returns ``root``.
+
+    Box i of an image is drawn exactly where its XML says (1-based inclusive coordinates).
+    """
+    rng = np.random.default_rng(seed)
+    folder = root / "VOC2007"
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    ids = []
+    w, h = size
+    for i in range(num_images):
+        image_id = f"{i:06d}"
+        image = np.full((h, w, 3), 40, np.uint8)
+        objects = []
+        for k in range(1 + i % 2):
+            bw, bh = int(rng.integers(16, w // 2)), int(rng.integers(16, h // 2))
+            x1, y1 = int(rng.integers(0, w - bw)), int(rng.integers(0, h - bh))
+            name = CLASSES[(i + k) % 2]
+            color = (0, 0, 255) if name == "box" else (255, 255, 0)
+            image[y1 : y1 + bh, x1 : x1 + bw] = color
+            objects.append(
+                {
+                    "name": name,
+                    "box": (x1 + 1, y1 + 1, x1 + bw, y1 + bh),
+                    "difficult": int(i == 1 and k == 1),
+                }
+            )
+        cv2.imwrite(str(folder / "JPEGImages" / f"{image_id}.jpg"), image)
+        (folder / "Annotations" / f"{image_id}.xml").write_text(
+            xml_text(f"{image_id}.jpg", w, h, objects)
+        )
+        ids.append(image_id)
+    (folder / "ImageSets" / "Main" / f"{image_set}.txt").write_text("\n".join(ids) + "\n")
+    return root
