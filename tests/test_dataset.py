@@ -1,0 +1,295 @@
+"""Training/eval samples, augmentation geometry, mosaic/mixup, randomness, bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, SequentialSampler
+from voc_factory import CLASSES, make_voc, xml_text
+
+from data.augment import AugmentConfig, clip_and_filter, hflip, mixup, mosaic, random_place
+from data.check import check_images
+from data.dataset import EpochSampler, MosaicMixup, VOCDetection, collate
+from data.voc import load_annotation_lines, load_voc, parse_sets
+
+RGB = {"box": [255, 0, 0], "disc": [0, 255, 255]}  # voc_factory draws BGR red and yellow-cyan
+
+
+@pytest.fixture
+def voc(tmp_path: Path) -> Path:
+    return make_voc(tmp_path / "VOCdevkit", num_images=8)
+
+
+def _dataset(voc: Path, **kwargs) -> VOCDetection:
+    result = load_voc(voc, [("2007", "trainval")], CLASSES)
+    assert not result.issues
+    return VOCDetection(result.annotations, input_size=96, **kwargs)
+
+
+def _color_inside(image_chw: torch.Tensor, box: list[float]) -> np.ndarray:
+    """Median RGB in the central part of a box (robust to borders and JPEG)."""
+    x1, y1, x2, y2 = box
+    cx1, cx2 = int(x1 + 0.3 * (x2 - x1)), int(np.ceil(x2 - 0.3 * (x2 - x1)))
+    cy1, cy2 = int(y1 + 0.3 * (y2 - y1)), int(np.ceil(y2 - 0.3 * (y2 - y1)))
+    patch = image_chw[:, cy1:cy2, cx1:cx2].reshape(3, -1).numpy()
+    return np.median(patch, axis=1)
+
+
+# ------------------------------------------------------------------------- VOC reading
+
+
+def test_voc_coordinates_become_zero_based_and_difficult_is_kept(voc: Path) -> None:
+    xml = (voc / "VOC2007" / "Annotations" / "000001.xml").read_text()
+    result = load_voc(voc, [("2007", "trainval")], CLASSES)
+    ann = next(a for a in result.annotations if a.image_id == "000001")
+    first = xml.split("<xmin>")[1].split("</xmin>")[0]
+    assert ann.boxes[0, 0] == float(first) - 1
+    assert ann.difficult.tolist() == [False, True]
+    assert len(ann.without_difficult().boxes) == 1
+
+
+def test_parse_sets() -> None:
+    assert parse_sets("2007:trainval, 2012:trainval") == [
+        ("2007", "trainval"),
+        ("2012", "trainval"),
+    ]
+    with pytest.raises(ValueError, match="YEAR:SET"):
+        parse_sets("2007")
+
+
+def test_bad_annotations_are_reported_not_fatal(voc: Path) -> None:
+    ann_dir = voc / "VOC2007" / "Annotations"
+    (ann_dir / "000002.xml").write_text("<annotation><size>")  # does not parse
+    (ann_dir / "000003.xml").write_text(
+        xml_text(
+            "000003.jpg",
+            128,
+            96,
+            [
+                {"name": "box", "box": (-5, 10, 300, 50)},  # outside: clipped
+                {"name": "disc", "box": (40, 40, 40, 60)},  # zero width: dropped
+                {"name": "unicorn", "box": (10, 10, 20, 20)},  # unknown class: skipped
+            ],
+        )
+    )
+    (voc / "VOC2007" / "JPEGImages" / "000004.jpg").unlink()  # image missing
+    result = load_voc(voc, [("2007", "trainval")], CLASSES)
+    by_problem = {(Path(i.path).name, i.action) for i in result.issues}
+    assert ("000002.xml", "skipped") in by_problem
+    assert ("000003.xml", "box clipped") in by_problem
+    assert ("000003.xml", "box dropped") in by_problem
+    assert ("000003.xml", "object skipped") in by_problem
+    assert ("000004", "skipped") in by_problem
+    assert len(result.annotations) == 6
+    ann = next(a for a in result.annotations if a.image_id == "000003")
+    assert ann.boxes.tolist() == [[0.0, 9.0, 127.0, 49.0]]
+
+
+def test_reference_annotation_lines(tmp_path: Path) -> None:
+    lines = tmp_path / "2007_train.txt"
+    lines.write_text(
+        "/data/my img/1.jpg 10,20,30,40,0 5,5,50,60,2\n/data/2.jpg\n/d/3.jpg 1,1,1,9,0\n"
+    )
+    result = load_annotation_lines(lines, num_classes=3)
+    assert [a.image_path for a in result.annotations] == [
+        "/data/my img/1.jpg",
+        "/data/2.jpg",
+        "/d/3.jpg",
+    ]
+    assert result.annotations[0].boxes.tolist() == [[9, 19, 29, 39], [4, 4, 49, 59]]
+    assert result.annotations[0].labels.tolist() == [0, 2]
+    assert len(result.annotations[1].boxes) == 0
+    assert [i.action for i in result.issues] == ["box dropped"]
+
+
+# ------------------------------------------------------------------------- samples
+
+
+def test_eval_sample_is_letterboxed_with_boxes_on_objects(voc: Path) -> None:
+    ds = _dataset(voc, train=False, include_difficult=True)
+    for i in range(len(ds)):
+        image, target = ds[i]
+        assert image.shape == (3, 96, 96) and image.dtype == torch.uint8
+        for cls, *box in target.tolist():
+            expected = RGB[CLASSES[int(cls)]]
+            assert np.abs(_color_inside(image, box) - np.array(expected)).max() < 40
+
+
+def test_train_samples_keep_boxes_on_objects(voc: Path) -> None:
+    # colours stay checkable without HSV gains and blends; mosaic and placement stay on
+    cfg = AugmentConfig(hsv_gains=(0.0, 0.0, 0.0), mosaic_p=0.5, mixup_p=0.0)
+    ds = MosaicMixup(_dataset(voc, train=True, cfg=cfg, seed=3))
+    checked = 0
+    for epoch in range(3):
+        for i in range(len(ds)):
+            image, target = ds[(epoch, i)]
+            assert image.shape == (3, 96, 96)
+            for cls, *box in target.tolist():
+                x1, y1, x2, y2 = box
+                assert 0 <= x1 < x2 <= 96 and 0 <= y1 < y2 <= 96
+                if (x2 - x1) < 6 or (y2 - y1) < 6:
+                    continue  # too small to sample a colour reliably
+                expected = RGB[CLASSES[int(cls)]]
+                color = _color_inside(image, box)
+                assert np.abs(color - np.array(expected)).max() < 40, (epoch, i, box)
+                checked += 1
+    assert checked > 20
+
+
+def test_clip_and_filter_drops_degenerate_and_low_visibility() -> None:
+    boxes = np.array([[-10, 0, 10, 10], [5, 5, 5.5, 20], [0, 0, 50, 50]], np.float32)
+    labels = np.array([0, 1, 2])
+    out, lab = clip_and_filter(boxes, labels, (0, 0, 40, 40), AugmentConfig())
+    assert lab.tolist() == [0, 2] and out.tolist() == [[0, 0, 10, 10], [0, 0, 40, 40]]
+    out, lab = clip_and_filter(boxes, labels, (0, 0, 40, 40), AugmentConfig(min_visibility=0.6))
+    assert lab.tolist() == [2]
+
+
+def test_hflip_moves_boxes_with_pixels() -> None:
+    image = np.zeros((20, 40, 3), np.uint8)
+    image[5:10, 2:8] = 255
+    flipped, boxes, labels = hflip(image, np.array([[2, 5, 8, 10]], np.float32), np.array([1]))
+    assert boxes.tolist() == [[32, 5, 38, 10]] and labels.tolist() == [1]
+    assert (flipped[5:10, 32:38] == 255).all()
+
+
+def test_random_place_ranges() -> None:
+    rng = np.random.default_rng(0)
+    image = np.full((100, 200, 3), 200, np.uint8)
+    sizes = []
+    for _ in range(200):
+        out, _, _ = random_place(
+            image, np.array([[0, 0, 199, 99]], np.float32), np.array([0]), 128, AugmentConfig(), rng
+        )
+        assert out.shape == (128, 128, 3)
+        ys, xs = np.nonzero(np.abs(out.astype(int) - 128).max(2) > 20)
+        sizes.append(max(xs.max() - xs.min() + 1, ys.max() - ys.min() + 1) if len(xs) else 0)
+    sizes = np.array(sizes) / 128
+    assert sizes.min() < 0.4 and sizes.max() >= 0.99  # scale U(0.25, 2): some fill the canvas
+
+
+def test_mosaic_places_four_images_in_quadrants() -> None:
+    colors = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)]
+    parts = []
+    for c in colors:
+        image = np.zeros((64, 64, 3), np.uint8)
+        image[:] = c
+        parts.append((image, np.array([[0, 0, 63, 63]], np.float32), np.array([colors.index(c)])))
+    cfg = AugmentConfig(hsv_gains=(0, 0, 0), flip_p=0.0, mosaic_scale=(1.0, 1.0), jitter=0.0)
+    canvas, boxes, labels = mosaic(parts, 128, cfg, np.random.default_rng(1))
+    assert sorted(labels.tolist()) == [0, 1, 2, 3]
+    for box, label in zip(boxes, labels):
+        x1, y1, x2, y2 = box.astype(int)
+        assert (canvas[(y1 + y2) // 2, (x1 + x2) // 2] == colors[label]).all()
+
+
+# ------------------------------------------------------------------------- randomness
+
+
+def _batches(ds, epochs: int, workers: int, seed_sampler: int = 0) -> list[torch.Tensor]:
+    sampler = EpochSampler(SequentialSampler(ds))
+    loader = DataLoader(
+        ds,
+        batch_size=4,
+        sampler=sampler,
+        collate_fn=collate,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+    )
+    out = []
+    for epoch in range(epochs):
+        sampler.set_epoch(epoch)
+        out.append(torch.cat([images for images, _ in loader]))
+    return out
+
+
+@pytest.fixture
+def same_image_dataset(voc: Path) -> MosaicMixup:
+    """Eight copies of one image: any difference between samples is the augmentation's."""
+    result = load_voc(voc, [("2007", "trainval")], CLASSES)
+    copies = [result.annotations[0]] * 8
+    return MosaicMixup(VOCDetection(copies, input_size=96, train=True, seed=5))
+
+
+def test_every_sample_and_worker_draws_different_numbers(same_image_dataset) -> None:
+    (images,) = _batches(same_image_dataset, epochs=1, workers=2)
+    flat = images.flatten(1).float()
+    for i in range(len(flat)):
+        for j in range(i + 1, len(flat)):
+            assert not torch.equal(flat[i], flat[j]), (i, j)  # the lineage bug: equal pairs
+
+
+def test_every_epoch_draws_different_numbers(same_image_dataset) -> None:
+    first, second = _batches(same_image_dataset, epochs=2, workers=2)
+    assert all(not torch.equal(a, b) for a, b in zip(first, second))
+
+
+def test_reproducible_for_a_seed_whatever_the_workers(same_image_dataset) -> None:
+    with_workers = _batches(same_image_dataset, epochs=2, workers=2)
+    without = _batches(same_image_dataset, epochs=2, workers=0)
+    assert all(torch.equal(a, b) for a, b in zip(with_workers, without))
+    same_image_dataset.dataset.seed = 6
+    other_seed = _batches(same_image_dataset, epochs=1, workers=0)
+    assert not torch.equal(other_seed[0], without[0])
+
+
+def test_mosaic_switch_closes_strong_augmentation(voc: Path) -> None:
+    cfg = AugmentConfig(mosaic_p=1.0, mixup_p=0.0)
+    ds = MosaicMixup(_dataset(voc, train=True, cfg=cfg), close_epoch=2)
+    assert ds.active(1) and not ds.active(2)
+    ds.close()
+    assert not ds.active(0)
+
+
+# ------------------------------------------------------------------------- bad images
+
+
+def test_corrupt_image_in_training_is_skipped_not_fatal(voc: Path, caplog) -> None:
+    jpeg = voc / "VOC2007" / "JPEGImages"
+    (jpeg / "000002.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    ds = _dataset(voc, train=True)
+    loader = DataLoader(MosaicMixup(ds), batch_size=4, collate_fn=collate)
+    for epoch in range(2):
+        ds.set_epoch(epoch)
+        assert sum(len(images) for images, _ in loader) == 8
+    assert "000002.jpg" in caplog.text
+
+
+def test_zero_byte_image_is_dropped_at_construction(voc: Path) -> None:
+    (voc / "VOC2007" / "JPEGImages" / "000005.jpg").write_bytes(b"")
+    ds = _dataset(voc, train=True)
+    assert len(ds) == 7 and "0 bytes" in ds.issues[0].problem
+
+
+def test_deep_check_reports_each_kind(voc: Path) -> None:
+    jpeg = voc / "VOC2007" / "JPEGImages"
+    image = cv2.imread(str(jpeg / "000000.jpg"))
+    _, buf = cv2.imencode(".jpg", image)
+    (jpeg / "000001.jpg").write_bytes(buf.tobytes()[: len(buf) // 2])  # truncated
+    cv2.imwrite(str(jpeg / "000002.png"), cv2.cvtColor(image, cv2.COLOR_BGR2GRAY))
+    (jpeg / "000002.jpg").unlink()
+    cv2.imwrite(str(jpeg / "000003.png"), cv2.cvtColor(image, cv2.COLOR_BGR2BGRA))
+    (jpeg / "000003.jpg").unlink()
+    cv2.imwrite(str(jpeg / "000004.png"), image.astype(np.uint16) * 257)
+    (jpeg / "000004.jpg").unlink()
+    cv2.imwrite(str(jpeg / "000005.jpg"), cv2.resize(image, (64, 48)))  # XML says 128x96
+    result = load_voc(voc, [("2007", "trainval")], CLASSES)
+    issues = {Path(i.path).name: i for i in check_images(result.annotations, workers=2)}
+    assert issues["000001.jpg"].action == "skipped"
+    assert issues["000002.png"].problem == "grayscale image"
+    assert issues["000003.png"].problem == "image has an alpha channel"
+    assert issues["000004.png"].action == "converted to 8-bit"
+    assert "XML size 128x96 but image is 64x48" in issues["000005.jpg"].problem
+    assert "000000.jpg" not in issues
+
+
+def test_mixup_blends_half_and_half_and_keeps_all_boxes() -> None:
+    a = (np.full((8, 8, 3), 200, np.uint8), np.array([[0, 0, 4, 4]], np.float32), np.array([0]))
+    b = (np.full((8, 8, 3), 100, np.uint8), np.array([[1, 1, 7, 7]], np.float32), np.array([1]))
+    image, boxes, labels = mixup(a, b)
+    assert (image == 150).all()
+    assert boxes.tolist() == [[0, 0, 4, 4], [1, 1, 7, 7]] and labels.tolist() == [0, 1]
