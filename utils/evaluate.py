@@ -1,0 +1,254 @@
+"""Evaluation: run a model over annotated images, score the detections, format the results.
+
+``detect_dataset`` -> (detections, ground truth) as ``BoxSet`` in original 0-based pixels;
+``score`` -> an ``EvalReport`` with every number ``eval.py --json`` writes;
+``format_report`` -> the protocol line and the per-class table.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from data.voc import Annotation
+from utils.decode import decode_outputs, postprocess
+from utils.metrics import BoxSet, best_f1, evaluate_coco, evaluate_voc
+from utils.preprocess import ResizeMeta, boxes_to_original, resize_image
+from utils.sources import ImageReadError, read_image
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Evaluation settings; defaults are the usual mAP protocol of this model family."""
+
+    input_size: int = 416  # network input side
+    letterbox: bool = True  # letterbox (keep aspect) or plain resize
+    conf_thresh: float = 0.001  # keep low-score detections: AP integrates over all of them
+    nms_thresh: float = 0.5  # class-wise NMS IoU
+    max_det: int = 100  # detections per image after NMS
+    iou_thresh: float = 0.5  # VOC match threshold (>=)
+    batch_size: int = 16
+    workers: int = 2
+    coco: bool = True  # also compute COCO AP with pycocotools (slower)
+
+
+class _EvalImages(Dataset):
+    def __init__(self, annotations: Sequence[Annotation], input_size: int, letterbox: bool):
+        self.annotations, self.input_size, self.letterbox = annotations, input_size, letterbox
+
+    def __len__(self) -> int:
+        return len(self.annotations)
+
+    def __getitem__(self, index: int):
+        path = self.annotations[index].image_path
+        try:
+            image = read_image(path)
+        except ImageReadError as err:
+            return index, None, None, str(err)
+        canvas, meta = resize_image(image[:, :, ::-1], self.input_size, self.letterbox)  # RGB
+        return index, torch.from_numpy(canvas.transpose(2, 0, 1).copy()), meta, None
+
+
+def _collate(batch):
+    return list(zip(*batch))
+
+
+@dataclass
+class Detected:
+    dets: BoxSet
+    gts: BoxSet
+    image_sizes: np.ndarray  # (I, 2) width, height of each annotation (0 if unreadable)
+    failures: list[str] = field(default_factory=list)
+
+
+@torch.inference_mode()
+def detect_dataset(
+    model: torch.nn.Module,
+    annotations: Sequence[Annotation],
+    anchors,
+    anchors_mask,
+    cfg: EvalConfig,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> Detected:
+    """Runs ``model`` on every image; unreadable images are reported and left out of both the
+    detections and the ground truth."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    loader = DataLoader(
+        _EvalImages(annotations, cfg.input_size, cfg.letterbox),
+        batch_size=cfg.batch_size,
+        num_workers=cfg.workers,
+        collate_fn=_collate,
+    )
+    det_parts: list[BoxSet] = []
+    failures: list[str] = []
+    sizes = np.zeros((len(annotations), 2), np.int64)
+    for indices, images, metas, errors in tqdm(
+        loader, desc="eval", disable=not progress, leave=False
+    ):
+        ok = [k for k, e in enumerate(errors) if e is None]
+        failures += [e for e in errors if e is not None]
+        if not ok:
+            continue
+        batch = torch.stack([images[k] for k in ok]).to(device).float().div_(255)
+        outputs = model(batch)
+        decoded = decode_outputs(
+            [o.float() for o in outputs], anchors, anchors_mask, cfg.input_size
+        )
+        results = postprocess(decoded, cfg.conf_thresh, cfg.nms_thresh, cfg.max_det)
+        for k, res in zip(ok, results):
+            meta: ResizeMeta = metas[k]
+            sizes[indices[k]] = (meta.width, meta.height)
+            boxes = boxes_to_original(res["boxes"].float(), meta).cpu().numpy()
+            det_parts.append(
+                BoxSet(
+                    np.full(len(boxes), indices[k]),
+                    boxes,
+                    res["labels"].cpu().numpy(),
+                    res["scores"].float().cpu().numpy(),
+                )
+            )
+    model.train(was_training)
+    for failure in failures:
+        logger.warning("%s (left out of the evaluation)", failure)
+    readable = sizes[:, 0] > 0
+    gts = ground_truth(annotations, readable)
+    dets = BoxSet.concat(det_parts) if det_parts else BoxSet([], np.zeros((0, 4)), [], [])
+    return Detected(dets, gts, sizes, failures)
+
+
+def ground_truth(annotations: Sequence[Annotation], keep: np.ndarray | None = None) -> BoxSet:
+    """All boxes (difficult included and flagged) with their annotation index."""
+    parts = [
+        BoxSet(np.full(len(a.boxes), i), a.boxes, a.labels, difficult=a.difficult)
+        for i, a in enumerate(annotations)
+        if keep is None or keep[i]
+    ]
+    if not parts:
+        return BoxSet([], np.zeros((0, 4)), [], difficult=[])
+    return BoxSet.concat(parts)
+
+
+@dataclass
+class EvalReport:
+    """Everything ``eval.py`` prints and writes."""
+
+    protocol: str
+    class_names: list[str]
+    num_images: int
+    num_instances: int
+    voc07_map50: float
+    voc12_map50: float
+    coco: dict[str, float]
+    precision: float  # mean over classes with GT, at the best-F1 threshold
+    recall: float
+    f1_threshold: float
+    per_class: dict[str, dict]
+    curves: dict[str, tuple[np.ndarray, np.ndarray]] = field(repr=False, default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {
+            "voc07_map50": self.voc07_map50,
+            "voc12_map50": self.voc12_map50,
+            "coco_map": self.coco.get("coco_map", 0.0),
+            "coco_map50": self.coco.get("coco_map50", 0.0),
+            "coco_map75": self.coco.get("coco_map75", 0.0),
+            "precision": self.precision,
+            "recall": self.recall,
+            "num_images": self.num_images,
+            "num_instances": self.num_instances,
+            "per_class": self.per_class,
+            "protocol": self.protocol,
+        }
+
+
+def describe_protocol(dataset: str, iou_thresh: float) -> str:
+    return (
+        f"{dataset} | IoU >= {iou_thresh:g} (+1 pixel convention) | difficult objects "
+        "ignored | AP50(07): VOC2007 11-point, AP50(12): VOC2010+ area | COCO: pycocotools, "
+        "difficult as crowd"
+    )
+
+
+def score(
+    detected: Detected,
+    class_names: Sequence[str],
+    dataset: str,
+    iou_thresh: float = 0.5,
+    coco: bool = True,
+) -> EvalReport:
+    """Scores detections against ground truth with both VOC APs, P/R at best F1 and COCO AP."""
+    nc = len(class_names)
+    voc = evaluate_voc(detected.dets, detected.gts, nc, iou_thresh)
+    with_gt = voc["classes_with_gt"]
+    f1 = best_f1(voc["per_class"], with_gt)
+    per_class, curves = {}, {}
+    for row, c in enumerate(with_gt):
+        res = voc["per_class"][c]
+        per_class[class_names[c]] = {
+            "ap_voc07": res.ap_voc07,
+            "ap_voc12": res.ap_voc12,
+            "num_gt": res.num_gt,
+            "precision": float(f1["precision"][row]),
+            "recall": float(f1["recall"][row]),
+            "images": _images_with(detected.gts, c),
+        }
+        curves[class_names[c]] = (res.recall, res.precision)
+    coco_stats = evaluate_coco(detected.dets, detected.gts, nc) if coco else {}
+    num_images = int((detected.image_sizes[:, 0] > 0).sum())
+    return EvalReport(
+        protocol=describe_protocol(dataset, iou_thresh),
+        class_names=list(class_names),
+        num_images=num_images,
+        num_instances=int((~detected.gts.difficult).sum()),
+        voc07_map50=voc["voc07_map"],
+        voc12_map50=voc["voc12_map"],
+        coco=coco_stats,
+        precision=float(np.mean(f1["precision"])) if with_gt else 0.0,
+        recall=float(np.mean(f1["recall"])) if with_gt else 0.0,
+        f1_threshold=f1["threshold"],
+        per_class=per_class,
+        curves=curves,
+    )
+
+
+def _images_with(gts: BoxSet, cls: int) -> int:
+    return len(np.unique(gts.image[(gts.labels == cls) & ~gts.difficult]))
+
+
+def format_report(report: EvalReport) -> str:
+    """Protocol line, per-class table and summary, as printed by eval.py and training."""
+    lines = [
+        f"protocol: {report.protocol}",
+        f"{'Class':<16}{'Images':>8}{'Instances':>11}{'P':>8}{'R':>8}"
+        f"{'AP50(07)':>10}{'AP50(12)':>10}",
+    ]
+    for name, row in report.per_class.items():
+        lines.append(
+            f"{name:<16}{row['images']:>8}{row['num_gt']:>11}{row['precision']:>8.3f}"
+            f"{row['recall']:>8.3f}{row['ap_voc07']:>10.3f}{row['ap_voc12']:>10.3f}"
+        )
+    lines.append(
+        f"{'all':<16}{report.num_images:>8}{report.num_instances:>11}"
+        f"{report.precision:>8.3f}{report.recall:>8.3f}{report.voc07_map50:>10.3f}"
+        f"{report.voc12_map50:>10.3f}"
+    )
+    if report.coco:
+        c = report.coco
+        lines.append(
+            f"COCO AP {c['coco_map']:.3f}  AP50 {c['coco_map50']:.3f}  "
+            f"AP75 {c['coco_map75']:.3f}  APs {c['coco_map_small']:.3f}  "
+            f"APm {c['coco_map_medium']:.3f}  APl {c['coco_map_large']:.3f}"
+        )
+    lines.append(f"P/R at the score threshold {report.f1_threshold:.3f} (best mean F1)")
+    return "\n".join(lines)
