@@ -2,7 +2,8 @@
 the problems found in them.
 
 Boxes come out as float32 xyxy in 0-based pixels: a VOC XML coordinate v becomes v - 1
-(VOC pixels are 1-based and inclusive). ``difficult`` objects are always read and flagged;
+(VOC pixels are 1-based and inclusive, so x2 is the index of the last pixel; the VOC metric's
++1 convention measures widths as x2 - x1 + 1). ``difficult`` objects are always read and flagged;
 whether training uses them is the dataset's choice.
 
 Nothing here raises on one bad file: problems are collected as ``FileIssue`` rows (file, what,
@@ -12,7 +13,6 @@ folder, no such image set).
 
 from __future__ import annotations
 
-import logging
 import os
 import xml.etree.ElementTree as ET
 from collections import Counter
@@ -21,8 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-logger = logging.getLogger(__name__)
 
 DEFAULT_TRAIN_SETS: tuple[tuple[str, str], ...] = (("2007", "trainval"), ("2012", "trainval"))
 DEFAULT_EVAL_SETS: tuple[tuple[str, str], ...] = (("2007", "test"),)
@@ -114,6 +112,16 @@ def _text(node: ET.Element | None, tag: str) -> str | None:
     return child.text.strip() if child is not None and child.text else None
 
 
+def _flag(text: str | None) -> bool:
+    """VOC 0/1 flags, tolerating '1.0', 'true' and 'false'."""
+    if not text:
+        return False
+    try:
+        return float(text) != 0
+    except ValueError:
+        return text.lower() == "true"
+
+
 def parse_voc_xml(
     xml_path: str | os.PathLike,
     class_names: Sequence[str],
@@ -170,6 +178,8 @@ def parse_voc_xml(
             continue
         try:
             x1, y1, x2, y2 = (float(c) - 1.0 for c in coords)  # 1-based -> 0-based
+            if not np.isfinite([x1, y1, x2, y2]).all():
+                raise ValueError("not finite")
         except ValueError:
             issues.append(
                 FileIssue(xml_path, f"object {k} has non-numeric coordinates", "object skipped")
@@ -190,7 +200,7 @@ def parse_voc_xml(
             continue
         boxes.append((x1, y1, x2, y2))
         labels.append(index[name])
-        difficult.append((_text(obj, "difficult") or "0") not in ("0", "false", ""))
+        difficult.append(_flag(_text(obj, "difficult")))
     ann = Annotation(
         image_path,
         image_id,
@@ -291,13 +301,16 @@ def load_annotation_lines(
         # The image path may contain spaces: boxes are the trailing comma-separated tokens.
         tokens = line.split()
         split = len(tokens)
-        while split > 1 and tokens[split - 1].count(",") == 4:
+        while split > 1 and "," in tokens[split - 1]:
             split -= 1
         image_path = " ".join(tokens[:split])
         boxes, labels = [], []
         for token in tokens[split:]:
             try:
-                *coords, cls = (float(v) for v in token.split(","))
+                values = [float(v) for v in token.split(",")]
+                if len(values) != 5 or not np.isfinite(values).all():
+                    raise ValueError(token)
+                *coords, cls = values
             except ValueError:
                 result.issues.append(FileIssue(f"{path}:{n}", f"bad box {token!r}", "box dropped"))
                 continue

@@ -293,3 +293,12 @@ def test_mixup_blends_half_and_half_and_keeps_all_boxes() -> None:
     image, boxes, labels = mixup(a, b)
     assert (image == 150).all()
     assert boxes.tolist() == [[0, 0, 4, 4], [1, 1, 7, 7]] and labels.tolist() == [0, 1]
+
+
+def test_malformed_annotation_line_tokens_are_reported(tmp_path: Path) -> None:
+    lines = tmp_path / "lines.txt"
+    lines.write_text("a.jpg 1,2,3,4\nb.jpg nan,1,5,5,0 2,2,9,9,1\n")
+    result = load_annotation_lines(lines, num_classes=2)
+    assert [a.image_path for a in result.annotations] == ["a.jpg", "b.jpg"]
+    assert result.annotations[1].labels.tolist() == [1]
+    assert len(result.issues) == 2

@@ -36,24 +36,32 @@ def decode_outputs(
     decoded = []
     for out, mask in zip(outputs, anchors_mask):
         b, _, h, w = out.shape
-        na = len(mask)
-        stride_y, stride_x = input_size / h, input_size / w
-        pred = out.view(b, na, -1, h, w).permute(0, 1, 3, 4, 2)  # (B, A, H, W, 5+C)
-        grid_y, grid_x = torch.meshgrid(
-            torch.arange(h, device=out.device, dtype=out.dtype),
-            torch.arange(w, device=out.device, dtype=out.dtype),
-            indexing="ij",
-        )
+        pred = out.view(b, len(mask), -1, h, w).permute(0, 1, 3, 4, 2)  # (B, A, H, W, 5+C)
         anchor_wh = torch.tensor([anchors[i] for i in mask], device=out.device, dtype=out.dtype)
-        xy = torch.sigmoid(pred[..., :2]) * scale_x_y - (scale_x_y - 1) / 2
-        cx = (xy[..., 0] + grid_x) * stride_x
-        cy = (xy[..., 1] + grid_y) * stride_y
-        bw = torch.exp(pred[..., 2]) * anchor_wh[:, 0].view(1, na, 1, 1)
-        bh = torch.exp(pred[..., 3]) * anchor_wh[:, 1].view(1, na, 1, 1)
-        probs = torch.sigmoid(pred[..., 4:])
-        level = torch.cat([torch.stack([cx, cy, bw, bh], -1), probs], -1)
+        boxes = decode_boxes(pred, anchor_wh, input_size, scale_x_y)
+        level = torch.cat([boxes, torch.sigmoid(pred[..., 4:])], -1)
         decoded.append(level.reshape(b, -1, level.shape[-1]))
     return torch.cat(decoded, 1)
+
+
+def decode_boxes(
+    pred: torch.Tensor, anchor_wh: torch.Tensor, input_size: int, scale_x_y: float = SCALE_X_Y
+) -> torch.Tensor:
+    """Boxes of one level: (B, A, H, W, >=4) raw tx, ty, tw, th -> (B, A, H, W, 4) cx, cy, w, h
+    in input pixels. ``anchor_wh`` (A, 2) in pixels. Shared by inference and the loss."""
+    _, na, h, w = pred.shape[:4]
+    stride_y, stride_x = input_size / h, input_size / w
+    grid_y, grid_x = torch.meshgrid(
+        torch.arange(h, device=pred.device, dtype=pred.dtype),
+        torch.arange(w, device=pred.device, dtype=pred.dtype),
+        indexing="ij",
+    )
+    xy = torch.sigmoid(pred[..., :2]) * scale_x_y - (scale_x_y - 1) / 2
+    cx = (xy[..., 0] + grid_x) * stride_x
+    cy = (xy[..., 1] + grid_y) * stride_y
+    bw = torch.exp(pred[..., 2]) * anchor_wh[:, 0].view(1, na, 1, 1)
+    bh = torch.exp(pred[..., 3]) * anchor_wh[:, 1].view(1, na, 1, 1)
+    return torch.stack([cx, cy, bw, bh], -1)
 
 
 def cxcywh_to_xyxy(boxes_cxcywh: torch.Tensor) -> torch.Tensor:
