@@ -252,3 +252,105 @@ def format_report(report: EvalReport) -> str:
         )
     lines.append(f"P/R at the score threshold {report.f1_threshold:.3f} (best mean F1)")
     return "\n".join(lines)
+
+
+def read_detections_json(
+    path: str, annotations: Sequence[Annotation], class_names: Sequence[str]
+) -> Detected:
+    """Detections in the ``predict.py --json`` format, matched to annotations by image_id.
+
+    Records of images not in the split are ignored (counted in ``failures``); split images
+    without a record have no detections. A class is taken by ``class_id`` and checked against
+    ``class_name`` when both are present.
+    """
+    import json
+
+    with open(path, encoding="utf-8") as f:
+        records = json.load(f)
+    if not isinstance(records, list):
+        raise ValueError(f"{path}: expected a JSON list of per-image records")
+    index = {a.image_id: i for i, a in enumerate(annotations)}
+    image, boxes, scores, labels, failures = [], [], [], [], []
+    sizes = np.zeros((len(annotations), 2), np.int64)
+    seen = set()
+    for n, rec in enumerate(records):
+        image_id = str(rec.get("image_id", ""))
+        if image_id not in index:
+            failures.append(f"{path}: record {n} image_id {image_id!r} is not in the split")
+            continue
+        k = index[image_id]
+        seen.add(k)
+        sizes[k] = (rec.get("width") or 1, rec.get("height") or 1)
+        for det in rec.get("detections", []):
+            cls = int(det["class_id"])
+            name = det.get("class_name")
+            if not 0 <= cls < len(class_names) or (name is not None and name != class_names[cls]):
+                raise ValueError(
+                    f"{path}: record {n}: class {cls} {name!r} does not match the "
+                    f"classes file ({len(class_names)} classes)"
+                )
+            image.append(k)
+            boxes.append(det["xyxy"])
+            scores.append(det["score"])
+            labels.append(cls)
+    for k in range(len(annotations)):
+        if k not in seen:
+            sizes[k] = (max(annotations[k].width, 1), max(annotations[k].height, 1))
+    dets = BoxSet(image, np.asarray(boxes, np.float64).reshape(-1, 4), labels, scores)
+    return Detected(dets, ground_truth(annotations), sizes, failures)
+
+
+def plot_report(report: EvalReport, out_dir) -> list:
+    """Precision-recall curves (per class and mean) and a per-class AP bar chart."""
+    from pathlib import Path
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6, 5))
+    grid = np.linspace(0, 1, 101)
+    envelopes = []
+    for name, (recall, precision) in report.curves.items():
+        ax.plot(
+            recall,
+            precision,
+            linewidth=0.8,
+            alpha=0.6,
+            label=name if len(report.curves) <= 20 else None,
+        )
+        # interpolated envelope on a common recall grid, for the mean curve
+        env = np.maximum.accumulate(np.concatenate([precision, [0]])[::-1])[::-1]
+        idx = np.searchsorted(recall, grid, "left")
+        envelopes.append(np.where(idx < len(recall), env[np.minimum(idx, len(env) - 1)], 0.0))
+    if envelopes:
+        ax.plot(
+            grid,
+            np.mean(envelopes, 0),
+            color="black",
+            linewidth=2.5,
+            label=f"mean (mAP50 {report.voc12_map50:.3f})",
+        )
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.legend(fontsize=6, loc="lower left")
+    fig.tight_layout()
+    pr_path = out_dir / "pr_curves.png"
+    fig.savefig(pr_path, dpi=100)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(max(5, 0.45 * len(report.per_class) + 2), 3.5))
+    names = list(report.per_class)
+    ax.bar(names, [report.per_class[n]["ap_voc12"] for n in names], color="#4c72b0")
+    ax.set_ylabel("AP50 (VOC2010+ area)")
+    ax.set_ylim(0, 1)
+    ax.tick_params(axis="x", rotation=60, labelsize=7)
+    fig.tight_layout()
+    ap_path = out_dir / "ap_per_class.png"
+    fig.savefig(ap_path, dpi=100)
+    plt.close(fig)
+    return [pr_path, ap_path]
