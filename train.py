@@ -119,6 +119,12 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     g.add_argument(
         "--max-iters", type=int, default=D.max_iters, help="iterations per epoch (0 = all)"
     )
+    g.add_argument(
+        "--stop-at-epoch",
+        type=int,
+        default=D.stop_at_epoch,
+        help="stop before this epoch, resumably (the lr schedule still spans --epochs)",
+    )
     args = vars(p.parse_args(argv))
     if args["img_size"] % 32:
         p.error(f"--img-size {args['img_size']} is not a multiple of 32")
@@ -135,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if not result.is_main:
+        return 0
     print(
         f"done: best mAP@0.5 (VOC2010+ area) {max(result.best_map, 0):.4f}; "
         f"run folder {result.run_dir}"

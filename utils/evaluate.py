@@ -19,6 +19,7 @@ from tqdm import tqdm
 from data.voc import Annotation
 from utils.decode import decode_outputs, postprocess
 from utils.metrics import BoxSet, best_f1, evaluate_coco, evaluate_voc
+from utils.metrics import read_detections_json as read_detections_file
 from utils.preprocess import ResizeMeta, boxes_to_original, resize_image
 from utils.sources import ImageReadError, read_image
 
@@ -259,45 +260,21 @@ def read_detections_json(
 ) -> Detected:
     """Detections in the ``predict.py --json`` format, matched to annotations by image_id.
 
-    Records of images not in the split are ignored (counted in ``failures``); split images
-    without a record have no detections. A class is taken by ``class_id`` and checked against
-    ``class_name`` when both are present.
-    """
-    import json
+    Records of images not in the split are left out (listed in ``failures``); split images
+    without a record have no detections.
 
-    with open(path, encoding="utf-8") as f:
-        records = json.load(f)
-    if not isinstance(records, list):
-        raise ValueError(f"{path}: expected a JSON list of per-image records")
-    index = {a.image_id: i for i, a in enumerate(annotations)}
-    image, boxes, scores, labels, failures = [], [], [], [], []
-    sizes = np.zeros((len(annotations), 2), np.int64)
-    seen = set()
-    for n, rec in enumerate(records):
-        image_id = str(rec.get("image_id", ""))
-        if image_id not in index:
-            failures.append(f"{path}: record {n} image_id {image_id!r} is not in the split")
-            continue
-        k = index[image_id]
-        seen.add(k)
-        sizes[k] = (rec.get("width") or 1, rec.get("height") or 1)
-        for det in rec.get("detections", []):
-            cls = int(det["class_id"])
-            name = det.get("class_name")
-            if not 0 <= cls < len(class_names) or (name is not None and name != class_names[cls]):
-                raise ValueError(
-                    f"{path}: record {n}: class {cls} {name!r} does not match the "
-                    f"classes file ({len(class_names)} classes)"
-                )
-            image.append(k)
-            boxes.append(det["xyxy"])
-            scores.append(det["score"])
-            labels.append(cls)
-    for k in range(len(annotations)):
-        if k not in seen:
-            sizes[k] = (max(annotations[k].width, 1), max(annotations[k].height, 1))
-    dets = BoxSet(image, np.asarray(boxes, np.float64).reshape(-1, 4), labels, scores)
-    return Detected(dets, ground_truth(annotations), sizes, failures)
+    Raises:
+        ValueError: malformed file, or class ids outside the classes file.
+    """
+    dets, unknown = read_detections_file(path, [a.image_id for a in annotations])
+    if len(dets) and (dets.labels.min() < 0 or dets.labels.max() >= len(class_names)):
+        raise ValueError(
+            f"{path}: class ids {dets.labels.min()}..{dets.labels.max()} do not fit "
+            f"the {len(class_names)} classes of the classes file"
+        )
+    failures = [f"{path}: image_id {r.get('image_id')!r} is not in the split" for r in unknown]
+    sizes = np.array([(max(a.width, 1), max(a.height, 1)) for a in annotations], np.int64)
+    return Detected(dets, ground_truth(annotations), sizes.reshape(-1, 2), failures)
 
 
 def plot_report(report: EvalReport, out_dir) -> list:

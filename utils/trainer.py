@@ -100,6 +100,7 @@ class TrainConfig:
     name: str = "exp"  # run folder logs/<name> (incremented when it exists)
     log_dir: str = "logs"  # parent of run folders
     max_iters: int = 0  # stop each epoch after N iterations (0 = all; for smoke tests)
+    stop_at_epoch: int = 0  # stop (resumably) before this epoch; the schedule still spans all
 
 
 # --------------------------------------------------------------------------- schedule
@@ -399,6 +400,7 @@ class TrainResult:
     last_epoch: int
     history: list[dict]
     final_report: EvalReport | None
+    is_main: bool = True  # False on the other ranks of a torchrun job
 
 
 def _progress_header() -> str:
@@ -425,12 +427,13 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device) -> TrainResult:
         if "train_state" not in resume_state:
             raise ValueError(f"{cfg.resume}: no training state in it (not a last.pth?)")
         saved = TrainConfig(**resume_state["config"])
+        # the run continues as configured; only where and how fast it runs may change
         cfg = replace(
             saved,
             resume=cfg.resume,
             device=cfg.device,
             workers=cfg.workers,
-            epochs=cfg.epochs if cfg.epochs != saved.epochs else saved.epochs,
+            stop_at_epoch=cfg.stop_at_epoch,
         )
     cfg = resolve_data(cfg)
     if cfg.deterministic:
@@ -462,7 +465,10 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device) -> TrainResult:
     freeze_epochs = cfg.freeze_epochs if pretrained else 0
     model.to(device)
     if d.world > 1 and cfg.sync_bn:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        elif d.main:
+            logger.warning("--sync-bn ignored: SyncBatchNorm needs CUDA (this run is on CPU)")
     ema = ModelEMA(model) if cfg.ema else None
     criterion = YoloLoss(
         len(data.class_names),
@@ -549,6 +555,15 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device) -> TrainResult:
         logger.info("training instances per class: %s", counts)
     try:
         for epoch in range(start_epoch, cfg.epochs):
+            if cfg.stop_at_epoch and epoch >= cfg.stop_at_epoch:
+                if d.main:
+                    logger.info(
+                        "stopping before epoch %d (--stop-at-epoch); resume with --resume %s",
+                        epoch + 1,
+                        run.dir / "weights" / "last.pth",
+                    )
+                epoch -= 1
+                break
             frozen = epoch < freeze_epochs
             batch_total = cfg.freeze_batch_size if frozen else cfg.batch_size
             if loader_batch != batch_total:  # unfreezing rebuilds what depends on batch size
@@ -691,7 +706,7 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device) -> TrainResult:
     finally:
         if run is not None:
             run.close()
-    return TrainResult(run.dir if run else Path(), best_map, epoch, history, last_report)
+    return TrainResult(run.dir if run else Path(), best_map, epoch, history, last_report, d.main)
 
 
 def _train_state(model, optimizer, scaler, ema, epoch, best_map, stale, history) -> dict:

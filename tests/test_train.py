@@ -1,0 +1,252 @@
+"""Training machinery: schedule, optimizer groups, freezing, checkpoints, exact resume, DDP."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from voc_factory import CLASSES, make_voc
+
+from nets.yolo import YoloBody
+from utils.checkpoint import load_model
+from utils.trainer import (
+    TrainConfig,
+    build_optimizer,
+    fitted_lrs,
+    keep_frozen_bn_eval,
+    lr_at,
+    set_backbone_frozen,
+    train,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------- schedule
+
+
+def test_fitted_lrs_scale_with_batch_and_clamp() -> None:
+    cfg = TrainConfig()
+    assert fitted_lrs(cfg, 16) == pytest.approx((2.5e-3, 2.5e-5))
+    assert fitted_lrs(cfg, 1)[0] == pytest.approx(5e-4)  # clamped below
+    assert fitted_lrs(replace(cfg, lr=1.0), 64)[0] == pytest.approx(5e-2)  # clamped above
+    adam = replace(cfg, optimizer="adam")
+    assert fitted_lrs(adam, 16)[0] == pytest.approx(3e-4)  # 16/64 * 1e-3 clamped to 3e-4
+
+
+def test_cosine_schedule_warmup_and_hold() -> None:
+    cfg = TrainConfig(epochs=100)  # warmup min(max(5, 1), 3) = 3, hold min(max(5, 1), 15) = 5
+    lr, min_lr = 0.01, 0.0001
+    assert lr_at(cfg, 0.0, lr, min_lr) == pytest.approx(0.001)  # starts at 0.1 * lr
+    assert lr_at(cfg, 1.5, lr, min_lr) == pytest.approx(0.001 + 0.009 * 0.25)  # quadratic
+    assert lr_at(cfg, 3.0, lr, min_lr) == pytest.approx(lr)
+    values = [lr_at(cfg, e, lr, min_lr) for e in range(3, 95)]
+    assert all(a >= b for a, b in itertools.pairwise(values))
+    assert lr_at(cfg, 95.0, lr, min_lr) == min_lr and lr_at(cfg, 99.9, lr, min_lr) == min_lr
+
+
+def test_step_schedule() -> None:
+    cfg = TrainConfig(epochs=100, lr_schedule="step")
+    assert lr_at(cfg, 0, 0.01, 0.0001) == pytest.approx(0.01)
+    assert lr_at(cfg, 99, 0.01, 0.0001) == pytest.approx(0.0001)
+
+
+def test_weight_decay_only_on_conv_and_linear_weights() -> None:
+    model = YoloBody(3, "se")
+    opt = build_optimizer(model, TrainConfig())
+    no_decay, decay = opt.param_groups
+    assert decay["weight_decay"] == 5e-4 and no_decay["weight_decay"] == 0.0
+    decayed = {id(p) for p in decay["params"]}
+    for name, p in model.named_parameters():
+        expected = name.endswith("weight") and p.ndim > 1  # conv and linear weights
+        assert (id(p) in decayed) == expected, name
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_freezing_freezes_backbone_and_its_batch_norm() -> None:
+    model = YoloBody(3, 0)
+    set_backbone_frozen(model, True)
+    model.train()
+    keep_frozen_bn_eval(model, True)
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    assert all(p.requires_grad for p in model.yolo_headP4.parameters())
+    assert not model.backbone.conv1.bn.training and model.conv_for_P5.bn.training
+    before = model.backbone.conv1.bn.running_mean.clone()
+    model(torch.rand(2, 3, 64, 64))
+    assert torch.equal(before, model.backbone.conv1.bn.running_mean)
+    set_backbone_frozen(model, False)
+    assert all(p.requires_grad for p in model.backbone.parameters())
+
+
+# --------------------------------------------------------------------------- runs
+
+
+@pytest.fixture(scope="module")
+def tiny_voc(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("voc") / "VOCdevkit"
+    make_voc(root, num_images=12, size=(96, 80), image_set="trainval")
+    make_voc(root, num_images=4, size=(96, 80), seed=1, image_set="test")
+    classes = root.parent / "classes.txt"
+    classes.write_text("\n".join(CLASSES) + "\n")
+    return root, classes
+
+
+def _config(tiny_voc, tmp_path: Path, **kwargs) -> TrainConfig:
+    root, classes = tiny_voc
+    base = TrainConfig(
+        voc_root=str(root),
+        train_sets="2007:trainval",
+        val_set="2007:test",
+        classes=str(classes),
+        img_size=64,
+        epochs=3,
+        freeze_epochs=0,
+        batch_size=4,
+        freeze_batch_size=4,
+        weights="none",
+        workers=0,
+        eval_period=0,
+        log_dir=str(tmp_path),
+        deterministic=True,
+        seed=3,
+        lr=0.05,
+        mosaic=0.5,
+        mixup=0.5,
+    )
+    return replace(base, **kwargs)
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    return {
+        **{f"ema.{k}": v for k, v in ckpt["model"].items()},
+        **{f"raw.{k}": v for k, v in ckpt["train_state"]["model"].items()},
+    }
+
+
+def test_resume_continues_exactly(tiny_voc, tmp_path) -> None:
+    straight = train(_config(tiny_voc, tmp_path, name="straight", phi="cbam"))
+    first = train(_config(tiny_voc, tmp_path, name="split", phi="cbam", stop_at_epoch=2))
+    assert len(first.history) == 2
+    last = first.run_dir / "weights" / "last.pth"
+    resumed = train(_config(tiny_voc, tmp_path, resume=str(last)))
+    assert resumed.run_dir == first.run_dir
+    keys = ["loss_box", "loss_obj", "loss_cls", "loss"]
+    assert [[r[k] for k in keys] for r in resumed.history] == [
+        [r[k] for k in keys] for r in straight.history
+    ]
+    a, b = _weights(straight.run_dir / "weights" / "last.pth"), _weights(last)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    rows = (first.run_dir / "results.csv").read_text().splitlines()
+    assert len(rows) == 4  # header + 3 epochs, appended across the resume
+
+
+def test_run_folder_and_checkpoint_contents(tiny_voc, tmp_path) -> None:
+    result = train(
+        _config(tiny_voc, tmp_path, name="run", epochs=2, eval_period=1, deterministic=False)
+    )
+    run = result.run_dir
+    for name in (
+        "config.json",
+        "results.csv",
+        "results.png",
+        "train.log",
+        "train_batch0.jpg",
+        "val_predictions.jpg",
+        "weights/last.pth",
+        "weights/best.pth",
+    ):
+        assert (run / name).is_file(), name
+    assert not list(run.glob("weights/*.tmp"))
+    ckpt = torch.load(run / "weights" / "last.pth", map_location="cpu", weights_only=True)
+    state = ckpt["train_state"]
+    assert {"model", "optimizer", "scaler", "ema", "ema_updates", "epoch", "best_map"} <= set(state)
+    assert ckpt["class_names"] == CLASSES and ckpt["input_size"] == 64 and ckpt["phi"] == "none"
+    assert ckpt["config"]["epochs"] == 2 and len(ckpt["anchors"]) == 6
+    model, info = load_model(run / "weights" / "best.pth")
+    assert info.class_names == CLASSES and model.num_classes == 2
+    header = (run / "results.csv").read_text().splitlines()[0]
+    assert header.split(",")[:5] == ["epoch", "loss_box", "loss_obj", "loss_cls", "loss"]
+    assert "map50_voc12" in header
+    second = train(_config(tiny_voc, tmp_path, name="run", epochs=1))
+    assert second.run_dir.name == "run2"  # incremented, never overwritten
+
+
+def test_missing_voc_explains_what_to_do(tmp_path) -> None:
+    cfg = TrainConfig(voc_root=str(tmp_path / "nowhere"), log_dir=str(tmp_path))
+    with pytest.raises(FileNotFoundError) as err:
+        train(cfg)
+    assert "data.download_voc" in str(err.value) and "--data demo" in str(err.value)
+
+
+def test_non_finite_losses_are_skipped_then_stop(tiny_voc, tmp_path, monkeypatch, caplog) -> None:
+    from utils import loss as loss_module
+
+    real = loss_module.YoloLoss.forward
+
+    def nan_forward(self, outputs, targets):
+        out = real(self, outputs, targets)
+        return {k: v * float("nan") for k, v in out.items()}
+
+    monkeypatch.setattr(loss_module.YoloLoss, "forward", nan_forward)
+    with pytest.raises(RuntimeError, match="non-finite"):
+        train(_config(tiny_voc, tmp_path, name="nan", max_nonfinite=2, epochs=1))
+    assert "non-finite loss" in caplog.text
+
+
+def test_ddp_two_processes_gloo(tiny_voc, tmp_path) -> None:
+    """torchrun with 2 CPU processes (gloo): trains, and only rank 0 writes."""
+    root, classes = tiny_voc
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "train.py",
+        "--voc-root",
+        str(root),
+        "--train-sets",
+        "2007:trainval",
+        "--val-set",
+        "2007:test",
+        "--classes",
+        str(classes),
+        "--img-size",
+        "64",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--weights",
+        "none",
+        "--workers",
+        "0",
+        "--eval-period",
+        "0",
+        "--device",
+        "cpu",
+        "--log-dir",
+        str(tmp_path),
+        "--name",
+        "ddp",
+        "--sync-bn",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = sorted(p.name for p in tmp_path.iterdir())
+    assert runs == ["ddp"], runs  # rank 1 made no folder of its own
+    rows = (tmp_path / "ddp" / "results.csv").read_text().splitlines()
+    assert len(rows) == 3
+    model, _ = load_model(tmp_path / "ddp" / "weights" / "last.pth")
+    assert model.num_classes == 2
