@@ -10,29 +10,24 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
 import sys
 from pathlib import Path
 
 from data.voc import load_voc, parse_sets
-from nets.summary import count_flops, count_parameters
-from utils.checkpoint import CheckpointMismatchError, load_model
+from utils.checkpoint import CheckpointMismatchError
 from utils.classes import read_class_names
-from utils.compare import Row, write_outputs
+from utils.compare import evaluate_checkpoint, write_outputs
 from utils.device import select_device
 from utils.evaluate import (
     EvalConfig,
-    detect_dataset,
     format_report,
     plot_report,
     read_detections_json,
     score,
 )
-from utils.predict_loop import benchmark
-from utils.predictor import Detector, InferenceConfig
-from utils.sources import increment_path, read_image
+from utils.sources import increment_path
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -75,10 +70,6 @@ def _split(args) -> tuple[str, str]:
     return args.voc_root or "data/VOCdevkit", args.split or "2007:test"
 
 
-def _latency_ms(detector: Detector, image_path: str) -> float:
-    return benchmark(detector, read_image(image_path), runs=20, warmup=3)["total"]["median"]
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
@@ -95,51 +86,29 @@ def main(argv: list[str] | None = None) -> int:
         if args.detections:
             return _score_file(args, voc_root, split, out_dir)
         device = select_device(args.device)
+        names = read_class_names(args.classes) if args.classes else None
+        if names is None and args.data == "demo":
+            names = read_class_names("data/demo/classes.txt")
+        cfg = EvalConfig(
+            input_size=args.img_size,
+            letterbox=args.letterbox,
+            conf_thresh=args.conf,
+            nms_thresh=args.nms,
+            max_det=args.max_det,
+            iou_thresh=args.iou,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            coco=not args.no_coco,
+        )
         rows, reports = [], []
         for weights in args.weights:
-            model, info = load_model(weights, phi=args.phi)
-            names = read_class_names(args.classes) if args.classes else info.class_names
-            if args.data == "demo" and names is None:
-                names = read_class_names("data/demo/classes.txt")
-            if names is None or len(names) != info.num_classes:
-                raise ValueError(f"{weights}: pass --classes with {info.num_classes} names")
-            annotations = load_voc(voc_root, parse_sets(split), names).annotations
-            size = args.img_size or info.input_size
-            cfg = EvalConfig(
-                input_size=size,
-                letterbox=args.letterbox,
-                conf_thresh=args.conf,
-                nms_thresh=args.nms,
-                max_det=args.max_det,
-                iou_thresh=args.iou,
-                batch_size=args.batch_size,
-                workers=args.workers,
-                coco=not args.no_coco,
+            row, report = evaluate_checkpoint(
+                weights, voc_root, split, cfg, device, names, args.phi
             )
-            detected = detect_dataset(
-                model.to(device), annotations, info.anchors, info.anchors_mask, cfg, device
-            )
-            report = score(detected, names, f"{voc_root} {split} at {size}", args.iou, cfg.coco)
-            reports.append(report)
-            print(f"== {weights} ({info.describe()})")
+            print(f"== {weights} (phi {row.phi} ({row.phi_name}))")
             print(format_report(report))
-            config = InferenceConfig(input_size=size, device=str(device))
-            latency = _latency_ms(Detector(model, info, names, config), annotations[0].image_path)
-            flops = count_flops(copy.deepcopy(model).cpu(), size) / 1e9
-            coco_ap = report.coco.get("coco_map") if report.coco else None
-            rows.append(
-                Row(
-                    weights,
-                    info.phi,
-                    info.phi_name,
-                    count_parameters(model),
-                    flops,
-                    latency,
-                    report.voc07_map50,
-                    report.voc12_map50,
-                    coco_ap,
-                )
-            )
+            rows.append(row)
+            reports.append(report)
     except (FileNotFoundError, ValueError, CheckpointMismatchError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

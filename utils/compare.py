@@ -171,3 +171,58 @@ def write_outputs(rows: list[Row], protocol: str, out_dir: Path) -> dict[str, Pa
     fig.savefig(paths["png"], dpi=90)
     plt.close(fig)
     return paths
+
+
+def evaluate_checkpoint(
+    weights: str,
+    voc_root: str,
+    split: str,
+    cfg,
+    device,
+    class_names: list[str] | None = None,
+    phi: str | None = None,
+):
+    """Loads a checkpoint, scores it on ``split`` and measures it: ``(Row, EvalReport)``.
+
+    ``cfg`` is an ``EvalConfig`` whose ``input_size`` may be None (the checkpoint's size).
+    Latency is the median end-to-end time (preprocess, forward, decode + NMS) at batch 1 on
+    ``device``, over 20 runs on the split's first image.
+    """
+    import copy
+    from dataclasses import replace
+
+    from data.voc import load_voc, parse_sets
+    from nets.summary import count_flops, count_parameters
+    from utils.checkpoint import load_model
+    from utils.evaluate import detect_dataset, score
+    from utils.predict_loop import benchmark
+    from utils.predictor import Detector, InferenceConfig
+    from utils.sources import read_image
+
+    model, info = load_model(weights, phi=phi)
+    names = class_names or info.class_names
+    if names is None or len(names) != info.num_classes:
+        raise ValueError(f"{weights}: pass a classes file with {info.num_classes} names")
+    annotations = load_voc(voc_root, parse_sets(split), names).annotations
+    if not annotations:
+        raise ValueError(f"{voc_root} {split}: no images")
+    size = cfg.input_size or info.input_size
+    cfg = replace(cfg, input_size=size)
+    model.to(device)
+    detected = detect_dataset(model, annotations, info.anchors, info.anchors_mask, cfg, device)
+    report = score(detected, names, f"{voc_root} {split} at {size}", cfg.iou_thresh, cfg.coco)
+    detector = Detector(model, info, names, InferenceConfig(input_size=size, device=str(device)))
+    stats = benchmark(detector, read_image(annotations[0].image_path), runs=20, warmup=3)
+    flops = count_flops(copy.deepcopy(model).cpu(), size) / 1e9
+    row = Row(
+        str(weights),
+        info.phi,
+        info.phi_name,
+        count_parameters(model),
+        flops,
+        stats["total"]["median"],
+        report.voc07_map50,
+        report.voc12_map50,
+        report.coco.get("coco_map") if report.coco else None,
+    )
+    return row, report

@@ -1,0 +1,229 @@
+"""Attention comparison: per-phi spread, noise verdicts, outputs, and the whole study."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from voc_factory import CLASSES, make_voc
+
+import eval as eval_cli
+from utils.compare import Row, pairwise_verdicts, summarize_by_phi, write_outputs
+from utils.evaluate import EvalConfig
+from utils.study import run_study
+from utils.trainer import TrainConfig
+
+
+def _row(name: str, phi: int, voc12: float) -> Row:
+    return Row(name, phi, ["none", "se", "cbam"][phi], 1, 1.0, 1.0, voc12 + 0.02, voc12, None)
+
+
+def test_mean_std_and_noise_verdicts(tmp_path: Path) -> None:
+    rows = [
+        _row("a", 0, 0.70),
+        _row("b", 0, 0.72),
+        _row("c", 0, 0.74),
+        _row("d", 1, 0.71),
+        _row("e", 1, 0.73),
+        _row("f", 1, 0.75),
+        _row("g", 2, 0.90),
+        _row("h", 2, 0.91),
+        _row("i", 2, 0.92),
+    ]
+    summaries = summarize_by_phi(rows)
+    assert [s.runs for s in summaries] == [3, 3, 3]
+    assert abs(summaries[0].voc12_mean - 0.72) < 1e-12
+    assert abs(summaries[0].voc12_std - 0.02) < 1e-12  # sample std
+    verdicts = pairwise_verdicts(summaries)
+    assert "se vs none: +1.00 mAP50 points (within noise" in verdicts[0]
+    assert "cbam vs none: +19.00 mAP50 points (larger than the spread" in verdicts[1]
+    single = pairwise_verdicts(summarize_by_phi([_row("a", 0, 0.7), _row("b", 1, 0.8)]))
+    assert "cannot tell" in single[0]
+    paths = write_outputs(rows, "test protocol", tmp_path)
+    md = paths["md"].read_text()
+    assert "Protocol: test protocol" in md and "72.00 ± 2.00" in md and "within noise" in md
+    with open(paths["csv"]) as f:
+        assert len(list(csv.DictReader(f))) == 9
+    assert paths["png"].stat().st_size > 1000
+
+
+def test_study_end_to_end_on_tiny_data(tmp_path: Path) -> None:
+    root = tmp_path / "VOCdevkit"
+    make_voc(root, num_images=8, size=(96, 80), image_set="trainval")
+    make_voc(root, num_images=3, size=(96, 80), seed=1, image_set="test")
+    classes = tmp_path / "classes.txt"
+    classes.write_text("\n".join(CLASSES) + "\n")
+    base = TrainConfig(
+        voc_root=str(root),
+        train_sets="2007:trainval",
+        val_set="2007:test",
+        classes=str(classes),
+        img_size=64,
+        epochs=1,
+        freeze_epochs=0,
+        batch_size=4,
+        weights="none",
+        workers=0,
+        eval_period=0,
+    )
+    out = tmp_path / "study"
+    paths = run_study(base, ["none", "se"], [0, 1], out, EvalConfig(input_size=64, workers=0))
+    names = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert names == ["phi0_seed0", "phi0_seed1", "phi1_seed0", "phi1_seed1"]
+    md = paths["md"].read_text()
+    assert "| 0 none | 2 |" in md and "| 1 se | 2 |" in md and " ± " in md
+    assert "se vs none" in md
+    # a second call reuses the finished runs instead of training again
+    mtime = (out / "phi0_seed0" / "weights" / "last.pth").stat().st_mtime
+    run_study(base, ["none", "se"], [0, 1], out, EvalConfig(input_size=64, workers=0))
+    assert (out / "phi0_seed0" / "weights" / "last.pth").stat().st_mtime == mtime
+    # eval.py compares the same checkpoints in one call, and writes JSON per run
+    weights = [str(out / n / "weights" / "last.pth") for n in names]
+    report = tmp_path / "metrics.json"
+    code = eval_cli.main(
+        [
+            "--weights",
+            *weights,
+            "--voc-root",
+            str(root),
+            "--split",
+            "2007:test",
+            "--classes",
+            str(classes),
+            "--workers",
+            "0",
+            "--no-coco",
+            "--out-dir",
+            str(tmp_path / "cmp"),
+            "--json",
+            str(report),
+        ]
+    )
+    assert code == 0
+    assert (tmp_path / "cmp" / "comparison.md").is_file()
+    assert set(json.loads(report.read_text())["runs"]) == set(weights)
+
+
+def test_eval_single_checkpoint_and_detection_file_agree(tmp_path: Path) -> None:
+    import predict
+
+    root = tmp_path / "VOCdevkit"
+    make_voc(root, num_images=6, size=(96, 80), image_set="trainval")
+    make_voc(root, num_images=4, size=(96, 80), seed=2, image_set="test")
+    classes = tmp_path / "classes.txt"
+    classes.write_text("\n".join(CLASSES) + "\n")
+    from utils.trainer import train
+
+    result = train(
+        TrainConfig(
+            voc_root=str(root),
+            train_sets="2007:trainval",
+            val_set="2007:test",
+            classes=str(classes),
+            img_size=64,
+            epochs=2,
+            freeze_epochs=0,
+            batch_size=2,
+            weights="none",
+            workers=0,
+            eval_period=0,
+            log_dir=str(tmp_path),
+            lr=0.1,
+        )
+    )
+    weights = str(result.run_dir / "weights" / "last.pth")
+    common = [
+        "--voc-root",
+        str(root),
+        "--split",
+        "2007:test",
+        "--classes",
+        str(classes),
+        "--workers",
+        "0",
+    ]
+    metrics = tmp_path / "m.json"
+    assert (
+        eval_cli.main(
+            [
+                "--weights",
+                weights,
+                *common,
+                "--json",
+                str(metrics),
+                "--out-dir",
+                str(tmp_path / "e1"),
+            ]
+        )
+        == 0
+    )
+    m = json.loads(metrics.read_text())
+    assert {
+        "voc07_map50",
+        "voc12_map50",
+        "coco_map",
+        "coco_map50",
+        "coco_map75",
+        "precision",
+        "recall",
+        "num_images",
+        "num_instances",
+        "per_class",
+        "protocol",
+    } <= set(m)
+    assert m["num_images"] == 4 and set(m["per_class"]) <= set(CLASSES)
+    for row in m["per_class"].values():
+        assert {"ap_voc07", "ap_voc12", "num_gt", "precision", "recall"} <= set(row)
+    assert "11-point" in m["protocol"] and "difficult" in m["protocol"]
+    assert (tmp_path / "e1" / "pr_curves.png").is_file()
+    assert (tmp_path / "e1" / "ap_per_class.png").is_file()
+
+    dets = tmp_path / "dets.json"
+    images = root / "VOC2007" / "JPEGImages"
+    test_ids = (root / "VOC2007" / "ImageSets" / "Main" / "test.txt").read_text().split()
+    only_test = tmp_path / "test_images"
+    only_test.mkdir()
+    for image_id in test_ids:
+        (only_test / f"{image_id}.jpg").write_bytes((images / f"{image_id}.jpg").read_bytes())
+    assert (
+        predict.main(
+            [
+                "--source",
+                str(only_test),
+                "--weights",
+                weights,
+                "--conf",
+                "0.001",
+                "--nms",
+                "0.5",
+                "--max-det",
+                "100",
+                "--no-save",
+                "--json",
+                str(dets),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    assert sum(len(r["detections"]) for r in json.loads(dets.read_text())) > 0
+    from_file = tmp_path / "f.json"
+    assert (
+        eval_cli.main(
+            [
+                "--detections",
+                str(dets),
+                *common,
+                "--json",
+                str(from_file),
+                "--out-dir",
+                str(tmp_path / "e2"),
+            ]
+        )
+        == 0
+    )
+    f = json.loads(from_file.read_text())
+    assert abs(f["voc12_map50"] - m["voc12_map50"]) < 1e-3
+    assert abs(f["voc07_map50"] - m["voc07_map50"]) < 1e-3
