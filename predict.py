@@ -12,14 +12,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
 
-from utils.checkpoint import CheckpointMismatchError
+from utils.checkpoint import CheckpointMismatchError, load_model
 from utils.darknet import DarknetFormatError
 from utils.predict_loop import OutputOptions, benchmark, run_predictions
-from utils.predictor import DEFAULT_WEIGHTS, Detector, InferenceConfig
+from utils.predictor import DEFAULT_COCO_CLASSES, DEFAULT_WEIGHTS, Detector, InferenceConfig
 from utils.sources import ImageReadError, SourceError, increment_path, read_image, resolve_source
 
 
@@ -98,6 +99,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="time preprocessing, forward and decode+NMS on the first image, then exit",
     )
     out.add_argument("--benchmark-runs", type=int, default=50, help="timed runs for --benchmark")
+    dep = p.add_argument_group("deployment")
+    dep.add_argument(
+        "--backend",
+        choices=["torch", "onnxruntime"],
+        default="torch",
+        help="inference engine (onnxruntime: --weights .onnx, or exported on the fly)",
+    )
+    dep.add_argument("--no-fuse", action="store_true", help="keep batch norm separate (torch)")
+    dep.add_argument(
+        "--export-onnx",
+        default=None,
+        metavar="PATH",
+        help="export the model to ONNX at --img-size and exit",
+    )
+    dep.add_argument("--onnx-dynamic", action="store_true", help="ONNX export: dynamic batch")
+    dep.add_argument(
+        "--onnx-decode",
+        action="store_true",
+        help="ONNX export: decoded boxes (B, N, 5+C) instead of raw maps",
+    )
+    dep.add_argument("--opset", type=int, default=17, help="ONNX opset (17 or newer)")
     return p.parse_args(argv)
 
 
@@ -118,6 +140,8 @@ def _class_filter(text: str | None, names: list[str]) -> tuple[int, ...] | None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    if args.export_onnx:
+        return _export_onnx(args)
     try:
         source = resolve_source(args.source)
         config = InferenceConfig(
@@ -128,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
             max_det=args.max_det,
             agnostic_nms=args.agnostic_nms,
             device=args.device,
+            backend=args.backend,
+            fuse=not args.no_fuse,
         )
         detector = Detector.from_weights(args.weights, args.phi, args.classes, args.anchors, config)
         if args.classes_filter:
@@ -178,6 +204,49 @@ def main(argv: list[str] | None = None) -> int:
         for failure in summary.failures:
             print(f"  {failure}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _export_onnx(args: argparse.Namespace) -> int:
+    """``--export-onnx``: fused model (+ optional decoder) with its metadata, checked."""
+    from utils.classes import read_class_names
+    from utils.deploy import export_onnx
+
+    try:
+        names = read_class_names(args.classes) if args.classes else None
+        model, info = load_model(args.weights, args.phi, len(names) if names else None)
+        names = names or info.class_names
+        if names is None and info.num_classes == 80 and os.path.isfile(DEFAULT_COCO_CLASSES):
+            names = read_class_names(DEFAULT_COCO_CLASSES)
+        size = args.img_size or info.input_size
+        meta = {
+            "phi": info.phi,
+            "phi_name": info.phi_name,
+            "class_names": names,
+            "anchors": [list(a) for a in info.anchors],
+            "anchors_mask": [list(m) for m in info.anchors_mask],
+            "input_size": size,
+        }
+        path = export_onnx(
+            model,
+            args.export_onnx,
+            size,
+            args.opset,
+            args.onnx_dynamic,
+            args.onnx_decode,
+            info.anchors,
+            info.anchors_mask,
+            metadata=meta,
+        )
+    except (FileNotFoundError, ValueError, CheckpointMismatchError, DarknetFormatError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    kind = "decoded detections" if args.onnx_decode else "raw maps out32/out16"
+    batch = "dynamic batch" if args.onnx_dynamic else "batch 1"
+    print(
+        f"exported {path} (opset {args.opset}, {size}x{size}, {batch}, {kind}; "
+        f"{info.describe()}); onnx.checker passed"
+    )
     return 0
 
 

@@ -17,10 +17,11 @@ import cv2
 import numpy as np
 import torch
 
-from nets.yolo import YoloBody
+from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, YoloBody
 from utils.checkpoint import ModelInfo, load_model
 from utils.classes import read_anchors, read_class_names
 from utils.decode import decode_outputs, postprocess
+from utils.deploy import fuse_model
 from utils.device import select_device
 from utils.preprocess import ResizeMeta, boxes_to_original, preprocess_bgr, to_tensor
 
@@ -41,6 +42,8 @@ class InferenceConfig:
     agnostic_nms: bool = False  # NMS across classes instead of per class
     classes_filter: tuple[int, ...] | None = None  # keep only these class ids
     device: str = "auto"  # auto, cpu, cuda, cuda:N
+    backend: str = "torch"  # torch or onnxruntime
+    fuse: bool = True  # fold batch norm into convolutions (torch backend)
 
 
 @dataclass
@@ -83,10 +86,11 @@ class Detector:
 
     def __init__(
         self,
-        model: YoloBody,
+        model: YoloBody | None,
         info: ModelInfo,
         class_names: list[str],
         config: InferenceConfig | None = None,
+        runner=None,
     ) -> None:
         config = config or InferenceConfig()
         if config.input_size is None:
@@ -94,14 +98,22 @@ class Detector:
         self.config = config
         if self.config.input_size % 32 or self.config.input_size <= 0:
             raise ValueError(f"input size {self.config.input_size} is not a multiple of 32")
-        if len(class_names) != model.num_classes:
+        if len(class_names) != info.num_classes:
             raise ValueError(
-                f"{len(class_names)} class names given for a model with {model.num_classes} classes"
+                f"{len(class_names)} class names given for a model with {info.num_classes} classes"
             )
         self.device = select_device(self.config.device)
-        self.model = model.to(self.device).eval()
         self.info = info
         self.class_names = class_names
+        if runner is not None:  # ONNX Runtime (or any callable with the model's contract)
+            self.device = torch.device("cpu")
+            self.model = runner
+        elif self.config.backend == "onnxruntime":
+            self.model = _onnx_runner_for(model, info, self.config.input_size)
+            self.device = torch.device("cpu")
+        else:
+            model = model.to(self.device).eval()
+            self.model = fuse_model(model) if self.config.fuse else model
 
     @classmethod
     def from_weights(
@@ -119,6 +131,8 @@ class Detector:
         """
         names = read_class_names(classes) if isinstance(classes, (str, Path)) else classes
         num_classes = len(names) if names else None
+        if str(weights).endswith(".onnx"):
+            return cls._from_onnx(weights, names, anchors, config)
         model, info = load_model(weights, phi=phi, num_classes=num_classes)
         if names is None:
             names = info.class_names
@@ -129,6 +143,40 @@ class Detector:
         if anchors is not None:
             info.anchors = read_anchors(anchors)
         return cls(model, info, list(names), config)
+
+    @classmethod
+    def _from_onnx(cls, path, names, anchors, config) -> Detector:
+        from utils.deploy import OnnxRunner, onnx_metadata
+
+        meta = onnx_metadata(path)
+        runner = OnnxRunner(path)
+        names = names or meta.get("class_names")
+        if not names and len(meta) == 0 and os.path.isfile(DEFAULT_COCO_CLASSES):
+            names = read_class_names(DEFAULT_COCO_CLASSES)
+        if not names:
+            raise ValueError(f"{path}: no class names stored in it; pass a classes file")
+        anchors_list = [tuple(a) for a in meta.get("anchors", [])] or list(DEFAULT_ANCHORS)
+        masks = [tuple(m) for m in meta.get("anchors_mask", [])] or list(DEFAULT_ANCHORS_MASK)
+        size = runner.input_size or meta.get("input_size", 416)
+        info = ModelInfo(
+            meta.get("phi", 0),
+            meta.get("phi_name", "none"),
+            len(names),
+            list(names),
+            anchors_list,
+            masks,
+            size,
+            source="onnx",
+        )
+        if anchors is not None:
+            info.anchors = read_anchors(anchors)
+        config = config or InferenceConfig()
+        if runner.input_size and config.input_size not in (None, runner.input_size):
+            raise ValueError(
+                f"{path} was exported at {runner.input_size}; "
+                f"--img-size {config.input_size} cannot be used with it"
+            )
+        return cls(None, info, list(names), replace(config, backend="onnxruntime"), runner=runner)
 
     def preprocess(self, images_bgr: list[np.ndarray]) -> tuple[torch.Tensor, list[ResizeMeta]]:
         """BGR uint8 images -> (B, 3, S, S) float tensor on the device, and their metas."""
@@ -200,3 +248,14 @@ class Detector:
         y1 = y0 + round(meta.height * meta.scale_y)
         crop = heat[y0:y1, x0:x1].cpu().numpy()
         return cv2.resize(crop, (meta.width, meta.height), interpolation=cv2.INTER_LINEAR)
+
+
+def _onnx_runner_for(model: YoloBody, info: ModelInfo, input_size: int):
+    """Exports ``model`` (fused, batch 1) to a temporary ONNX file and opens it in ORT."""
+    import tempfile
+
+    from utils.deploy import OnnxRunner, export_onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_onnx(model, Path(tmp) / "model.onnx", input_size)
+        return OnnxRunner(path)

@@ -1,0 +1,165 @@
+"""Deployment: batch-norm folding, ONNX export, and an ONNX Runtime runner.
+
+``fuse_model`` folds every BatchNorm that follows a convolution into it (outputs equal the
+unfused model's within float rounding). ``export_onnx`` writes opset >= 17 graphs, raw maps or
+decoded boxes, optionally with a dynamic batch. ``OnnxRunner`` runs such a graph with the same
+call contract as the model: a (B, 3, S, S) tensor in, raw maps out.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from nets.attention import CoordAttention
+from nets.backbone import BasicConv
+from utils.decode import decode_outputs
+
+
+def fuse_model(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` in eval mode with conv + BN pairs folded (BasicConv, CA's 1x1)."""
+    fused = copy.deepcopy(model).eval()
+    for module in fused.modules():
+        if isinstance(module, BasicConv) and isinstance(module.bn, nn.BatchNorm2d):
+            module.conv = fuse_conv_bn_eval(module.conv, module.bn)
+            module.bn = nn.Identity()
+        elif isinstance(module, CoordAttention) and isinstance(module.bn, nn.BatchNorm2d):
+            module.conv_1x1 = fuse_conv_bn_eval(module.conv_1x1, module.bn)
+            module.bn = nn.Identity()
+    return fused
+
+
+class DecodedModel(nn.Module):
+    """Model + decoder in one graph: (B, 3, S, S) -> (B, N, 5 + C) as ``decode_outputs``."""
+
+    def __init__(self, model: nn.Module, anchors, anchors_mask, input_size: int) -> None:
+        super().__init__()
+        self.model, self.anchors, self.anchors_mask = model, anchors, anchors_mask
+        self.input_size = input_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return decode_outputs(self.model(x), self.anchors, self.anchors_mask, self.input_size)
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike,
+    input_size: int = 416,
+    opset: int = 17,
+    dynamic_batch: bool = False,
+    decode: bool = False,
+    anchors=None,
+    anchors_mask=None,
+    fuse: bool = True, metadata: dict | None = None,
+) -> Path:
+    """Exports to ONNX and checks the file with ``onnx.checker``.
+
+    Outputs: ``out32`` and ``out16`` (raw maps, stride 32 and 16), or with ``decode`` a single
+    ``detections`` (B, N, 5 + C): cx, cy, w, h in input pixels, objectness, class probabilities.
+    """
+    import onnx
+
+    if opset < 17:
+        raise ValueError(f"opset {opset}: 17 or newer is required")
+    net = fuse_model(model) if fuse else copy.deepcopy(model).eval()
+    names = ["out32", "out16"]
+    if decode:
+        net = DecodedModel(net, anchors, anchors_mask, input_size).eval()
+        names = ["detections"]
+    axes = None
+    if dynamic_batch:
+        axes = {"images": {0: "batch"}, **{n: {0: "batch"} for n in names}}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter announces its deprecation
+        torch.onnx.export(
+            net.cpu(),
+            torch.zeros(1, 3, input_size, input_size),
+            str(path),
+            opset_version=opset,
+            input_names=["images"],
+            output_names=names,
+            dynamic_axes=axes,
+            dynamo=False,
+        )
+    graph = onnx.load(str(path))
+    if metadata:
+        entry = graph.metadata_props.add()
+        entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
+        onnx.save(graph, str(path))
+    onnx.checker.check_model(graph)
+    return path
+
+
+METADATA_KEY = "yolov4_tiny_attention"
+
+
+def onnx_metadata(path: str | os.PathLike) -> dict:
+    """What ``export_onnx`` stored about the model (phi, classes, anchors, input size), or {}."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False)
+    for entry in graph.metadata_props:
+        if entry.key == METADATA_KEY:
+            return json.loads(entry.value)
+    return {}
+
+
+class OnnxRunner:
+    """Runs an exported raw-map graph with ONNX Runtime; called like the model."""
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(path), options, providers=self.providers())
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        if self.output_names != ["out32", "out16"]:
+            raise ValueError(
+                f"{path}: expected raw outputs out32/out16, got {self.output_names}"
+                " (export without --onnx-decode for the onnxruntime backend)"
+            )
+        shape = self.session.get_inputs()[0].shape
+        self.input_size = shape[2] if isinstance(shape[2], int) else None
+        self.dynamic_batch = not isinstance(shape[0], int)
+
+    @staticmethod
+    def providers() -> list[str]:
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+        return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+    def __call__(self, batch: torch.Tensor) -> list[torch.Tensor]:
+        array = batch.detach().cpu().numpy().astype(np.float32, copy=False)
+        if not self.dynamic_batch and len(array) != 1:
+            outs = [self.session.run(self.output_names, {self.input_name: a[None]}) for a in array]
+            return [torch.from_numpy(np.concatenate([o[k] for o in outs])) for k in range(2)]
+        return [
+            torch.from_numpy(o)
+            for o in self.session.run(self.output_names, {self.input_name: array})
+        ]
+
+    def eval(self) -> OnnxRunner:
+        return self
+
+    def to(self, *_args, **_kwargs) -> OnnxRunner:
+        return self
+
+
+def max_abs_difference(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
+    return max(float((x.float() - y.float()).abs().max()) for x, y in zip(a, b))
