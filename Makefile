@@ -16,9 +16,8 @@ install: $(VENV)/.installed  ## create .venv and install everything
 weights: install  ## fetch the official COCO weights, cfg, names and sample photos (once)
 	$(PY) -m utils.fetch_assets
 
-demo: weights  ## detect objects in the sample photos with the COCO weights
-	$(PY) predict.py --source model_data/samples --save-dir logs/demo --exist-ok \
-		--json logs/demo/detections.json
+demo: weights  ## COCO detections on the sample photos, then train/eval/predict on the demo set
+	$(PY) -m utils.demo_run
 
 lint: install
 	$(PY) -m ruff check .
