@@ -36,6 +36,13 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     g.add_argument(
         "--include-difficult", action="store_true", help="train on difficult objects too"
     )
+    g.add_argument(
+        "--train-lines",
+        default=None,
+        help="reference-implementation annotation lines (path x1,y1,x2,y2,cls ...) to train on "
+        "instead of VOC image sets",
+    )
+    g.add_argument("--val-lines", default=None, help="the same for evaluation")
     g = p.add_argument_group("model")
     g.add_argument("--phi", default=D.phi, help="attention: 0-4 or none/se/cbam/eca/ca")
     g.add_argument("--img-size", type=int, default=D.img_size, help="input side, a multiple of 32")

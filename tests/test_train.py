@@ -250,3 +250,41 @@ def test_ddp_two_processes_gloo(tiny_voc, tmp_path) -> None:
     assert len(rows) == 3
     model, _ = load_model(tmp_path / "ddp" / "weights" / "last.pth")
     assert model.num_classes == 2
+
+
+def test_reference_annotation_lines_and_discovered_classes(tiny_voc, tmp_path, caplog) -> None:
+    """Training from the reference implementation's split files, and class-name discovery."""
+    root, _ = tiny_voc
+    from data.voc import load_voc
+
+    lines = []
+    for ann in load_voc(root, [("2007", "trainval")], CLASSES).annotations:
+        boxes = " ".join(
+            f"{int(x1) + 1},{int(y1) + 1},{int(x2) + 1},{int(y2) + 1},{int(c)}"
+            for (x1, y1, x2, y2), c in zip(ann.boxes, ann.labels)
+        )
+        lines.append(f"{ann.image_path} {boxes}")
+    train_lines = tmp_path / "2007_train.txt"
+    train_lines.write_text("\n".join(lines) + "\n")
+    classes = root.parent / "classes.txt"
+    result = train(
+        _config(
+            tiny_voc,
+            tmp_path,
+            name="lines",
+            epochs=1,
+            train_lines=str(train_lines),
+            val_lines=str(train_lines),
+            classes=str(classes),
+            eval_period=1,
+        )
+    )
+    assert result.final_report is not None and result.final_report.num_images == 12
+    # no classes file: names come from the XMLs (not VOC's), sorted and logged
+    caplog.set_level("INFO")
+    result = train(_config(tiny_voc, tmp_path, name="discover", epochs=1, classes=None))
+    assert "box, disc" in caplog.text
+    ckpt = torch.load(
+        result.run_dir / "weights" / "last.pth", map_location="cpu", weights_only=True
+    )
+    assert ckpt["class_names"] == ["box", "disc"]

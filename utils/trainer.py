@@ -27,7 +27,15 @@ from tqdm import tqdm
 
 from data.augment import AugmentConfig
 from data.dataset import EpochSampler, MosaicMixup, VOCDetection, collate
-from data.voc import Annotation, class_counts, load_voc, parse_sets
+from data.voc import (
+    Annotation,
+    LoadResult,
+    class_counts,
+    discover_classes,
+    load_annotation_lines,
+    load_voc,
+    parse_sets,
+)
 from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, YoloBody
 from utils.checkpoint import ModelInfo, load_matching, read_checkpoint, save_checkpoint
 from utils.classes import read_anchors, read_class_names
@@ -40,6 +48,7 @@ from utils.sources import increment_path
 logger = logging.getLogger("train")
 
 OFFICIAL_WEIGHTS = "model_data/yolov4-tiny.weights"
+VOC_CLASSES = "model_data/voc_classes.txt"
 DEMO_ROOT = "data/demo"
 BAR_FORMAT = "{desc}{percentage:3.0f}%|{bar:20}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}]"
 
@@ -53,7 +62,9 @@ class TrainConfig:
     voc_root: str = "data/VOCdevkit"  # folder holding VOC<year>/
     train_sets: str = "2007:trainval,2012:trainval"  # YEAR:SET pairs for training
     val_set: str = "2007:test"  # YEAR:SET pairs for evaluation
-    classes: str | None = None  # classes file (default: VOC's 20, or the demo's)
+    classes: str | None = None  # classes file (default: VOC's 20, the demo's, or the XMLs')
+    train_lines: str | None = None  # reference-style annotation lines instead of VOC sets
+    val_lines: str | None = None  # the same for evaluation
     anchors: str | None = None  # anchors file (default: darknet's yolov4-tiny anchors)
     include_difficult: bool = False  # train on difficult objects too
     # model
@@ -280,10 +291,33 @@ MISSING_VOC = """{root}: no Pascal VOC here.
   Or point --voc-root at an existing VOCdevkit folder."""
 
 
+def resolve_class_names(cfg: TrainConfig) -> list[str]:
+    """The classes file if given; else VOC's 20 when the XMLs use only VOC names, else the
+    names found in the XMLs (sorted, printed so the user can save them as a classes file)."""
+    if cfg.classes:
+        return read_class_names(cfg.classes)
+    voc = read_class_names(VOC_CLASSES)
+    if cfg.train_lines:
+        return voc
+    found = discover_classes(cfg.voc_root, parse_sets(cfg.train_sets))
+    if set(found) <= set(voc):
+        return voc
+    logger.info(
+        "no --classes: using the %d class names found in the XMLs: %s", len(found), ", ".join(found)
+    )
+    return found
+
+
 def load_data(cfg: TrainConfig) -> DataSetup:
-    if not Path(cfg.voc_root).is_dir():
+    if not cfg.train_lines and not Path(cfg.voc_root).is_dir():
         raise FileNotFoundError(MISSING_VOC.format(root=cfg.voc_root))
-    names = read_class_names(cfg.classes or "model_data/voc_classes.txt")
+    names = resolve_class_names(cfg)
+    if cfg.train_lines:
+        train = load_annotation_lines(cfg.train_lines, len(names))
+        val = load_annotation_lines(cfg.val_lines, len(names)) if cfg.val_lines else LoadResult()
+        return DataSetup(
+            names, train.annotations, val.annotations, str(cfg.val_lines), train.issues + val.issues
+        )
     train = load_voc(cfg.voc_root, parse_sets(cfg.train_sets), names)
     val = load_voc(cfg.voc_root, parse_sets(cfg.val_set), names)
     if not train.annotations:
@@ -481,6 +515,8 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device) -> TrainResult:
     ).to(device)
     optimizer = build_optimizer(model, cfg)
     amp = cfg.amp and device.type == "cuda"
+    if cfg.amp and not amp and d.main:
+        logger.info("--amp ignored: mixed precision is for CUDA (this run is on %s)", device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     start_epoch, best_map, stale, history = 0, -1.0, 0, []
     if resume_state is not None:
@@ -575,7 +611,7 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device) -> TrainResult:
             train_set.set_epoch(epoch)
             train_model.train()
             keep_frozen_bn_eval(model, frozen)
-            sums = {"loss_box": 0.0, "loss_obj": 0.0, "loss_cls": 0.0, "loss": 0.0}
+            sums = {"loss_box": 0.0, "loss_obj": 0.0, "loss_cls": 0.0, "loss": 0.0}  # "loss" last
             steps = 0
             total_iters = len(loader) if not cfg.max_iters else min(cfg.max_iters, len(loader))
             bar = tqdm(
@@ -602,7 +638,9 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device) -> TrainResult:
                     outputs = train_model(images)
                 losses = criterion([o.float() for o in outputs], targets)
                 loss = losses["loss"]
-                if not torch.isfinite(loss):
+                # the only host-device sync of a step: the four numbers for the bar and guard
+                values = torch.stack([losses[k].detach() for k in sums]).tolist()
+                if not math.isfinite(values[-1]):
                     nonfinite += 1
                     logger.warning(
                         "non-finite loss at epoch %d iteration %d: step skipped", epoch, i
@@ -621,8 +659,8 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device) -> TrainResult:
                 if ema is not None:
                     ema.update(model)
                 steps += 1
-                for k in sums:
-                    sums[k] += losses[k].item()
+                for k, v in zip(sums, values):
+                    sums[k] += v
                 if d.main:
                     mem = torch.cuda.memory_reserved(device) / 1e9 if device.type == "cuda" else 0.0
                     bar.set_description_str(
