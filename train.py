@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 
 from utils.trainer import TrainConfig, train
@@ -140,6 +141,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # Ctrl-C must reach the loop (which saves last.pth) even where the shell started us with
+    # SIGINT ignored, as non-interactive shells do for background jobs.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     cfg = parse_args(argv)
     try:
         result = train(cfg)

@@ -288,3 +288,68 @@ def test_reference_annotation_lines_and_discovered_classes(tiny_voc, tmp_path, c
         result.run_dir / "weights" / "last.pth", map_location="cpu", weights_only=True
     )
     assert ckpt["class_names"] == ["box", "disc"]
+
+
+def test_ctrl_c_saves_last_and_exits_cleanly(tiny_voc, tmp_path) -> None:
+    import signal
+    import time
+
+    root, classes = tiny_voc
+    cmd = [
+        sys.executable,
+        "train.py",
+        "--voc-root",
+        str(root),
+        "--train-sets",
+        "2007:trainval",
+        "--val-set",
+        "2007:test",
+        "--classes",
+        str(classes),
+        "--img-size",
+        "64",
+        "--epochs",
+        "500",
+        "--batch-size",
+        "4",
+        "--weights",
+        "none",
+        "--workers",
+        "0",
+        "--eval-period",
+        "0",
+        "--device",
+        "cpu",
+        "--log-dir",
+        str(tmp_path),
+        "--name",
+        "int",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    last = tmp_path / "int" / "weights" / "last.pth"
+    deadline = time.time() + 120
+    while not last.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted: saved" in err and "Traceback" not in err
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    assert ckpt["train_state"]["epoch"] >= 0
+    resumed = train(
+        replace(
+            TrainConfig(),
+            resume=str(last),
+            stop_at_epoch=ckpt["train_state"]["epoch"] + 2,
+            workers=0,
+        )
+    )
+    assert resumed.run_dir == tmp_path / "int"

@@ -524,8 +524,8 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device) -> TrainResult:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
-        if ema is not None and state.get("ema") is not None:
-            ema.ema.load_state_dict(state["ema"])
+        if ema is not None and state.get("ema"):
+            ema.ema.load_state_dict(resume_state["model"])
             ema.updates = state["ema_updates"]
         start_epoch, best_map, stale = state["epoch"] + 1, state["best_map"], state["stale"]
         history = state.get("history", [])
@@ -752,7 +752,7 @@ def _train_state(model, optimizer, scaler, ema, epoch, best_map, stale, history)
         "model": _unwrap(model).state_dict(),
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict(),
-        "ema": ema.ema.state_dict() if ema else None,
+        "ema": ema is not None,  # the EMA weights are the checkpoint's "model"
         "ema_updates": ema.updates if ema else 0,
         "epoch": epoch,
         "best_map": best_map,
