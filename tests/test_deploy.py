@@ -339,7 +339,7 @@ def test_cli_onnx_input_size_mismatch_is_an_error(
     err = capsys.readouterr().err
     assert "error:" in err and "320" in err and "416" in err
     assert "Traceback" not in err
-    # Control: the matching size (or none) runs, so the exit code above is the size check's.
+    # Control: the matching size runs, so the exit code above is the size check's.
     assert run_cli(*common, "--img-size", 320, "--no-save") == 0
 
 

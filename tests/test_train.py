@@ -202,16 +202,10 @@ def test_non_finite_losses_are_skipped_then_stop(tiny_voc, tmp_path, monkeypatch
     assert "non-finite loss" in caplog.text
 
 
-def test_ddp_two_processes_gloo(tiny_voc, tmp_path) -> None:
-    """torchrun with 2 CPU processes (gloo): trains, and only rank 0 writes."""
+def _cli(tiny_voc, tmp_path: Path, name: str, epochs: int) -> list[str]:
+    """train.py arguments for a tiny CPU run on the tiny VOC tree."""
     root, classes = tiny_voc
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
+    return [
         "train.py",
         "--voc-root",
         str(root),
@@ -224,7 +218,7 @@ def test_ddp_two_processes_gloo(tiny_voc, tmp_path) -> None:
         "--img-size",
         "64",
         "--epochs",
-        "2",
+        str(epochs),
         "--batch-size",
         "4",
         "--weights",
@@ -238,7 +232,20 @@ def test_ddp_two_processes_gloo(tiny_voc, tmp_path) -> None:
         "--log-dir",
         str(tmp_path),
         "--name",
-        "ddp",
+        name,
+    ]
+
+
+def test_ddp_two_processes_gloo(tiny_voc, tmp_path) -> None:
+    """torchrun with 2 CPU processes (gloo): trains, and only rank 0 writes."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        *_cli(tiny_voc, tmp_path, "ddp", epochs=2),
         "--sync-bn",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -294,37 +301,7 @@ def test_ctrl_c_saves_last_and_exits_cleanly(tiny_voc, tmp_path) -> None:
     import signal
     import time
 
-    root, classes = tiny_voc
-    cmd = [
-        sys.executable,
-        "train.py",
-        "--voc-root",
-        str(root),
-        "--train-sets",
-        "2007:trainval",
-        "--val-set",
-        "2007:test",
-        "--classes",
-        str(classes),
-        "--img-size",
-        "64",
-        "--epochs",
-        "500",
-        "--batch-size",
-        "4",
-        "--weights",
-        "none",
-        "--workers",
-        "0",
-        "--eval-period",
-        "0",
-        "--device",
-        "cpu",
-        "--log-dir",
-        str(tmp_path),
-        "--name",
-        "int",
-    ]
+    cmd = [sys.executable, *_cli(tiny_voc, tmp_path, "int", epochs=500)]
     proc = subprocess.Popen(
         cmd,
         cwd=ROOT,

@@ -342,7 +342,9 @@ def machine_info(args: argparse.Namespace) -> dict:
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "physical_cores": len(cores) or None,
         "simd": [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "amx_tile") if f in flags],
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "load_average": [round(v, 2) for v in os.getloadavg()]
+        if hasattr(os, "getloadavg")
+        else None,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
@@ -541,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
             print_phi_report(report["phi_overhead"])
 
     report["machine"]["load_average_after"] = (
-        list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+        [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
     )
     print(f"\nload average after: {report['machine']['load_average_after']}")
     if args.json:

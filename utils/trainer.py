@@ -705,10 +705,11 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device) -> TrainResult:
             if d.main:
                 run.row(record)
                 state = _train_state(model, optimizer, scaler, ema, epoch, best_map, stale, history)
-                _save(run.dir / "weights" / "last.pth", model, ema, info, cfg, state)
+                weights_dir = run.dir / "weights"
+                _save(weights_dir / "last.pth", model, ema, info, cfg, state)
                 if improved:
                     _save(
-                        run.dir / "weights" / "best.pth",
+                        weights_dir / "best.pth",
                         model,
                         ema,
                         info,
@@ -718,15 +719,8 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device) -> TrainResult:
                         map50=best_map,
                     )
                 if cfg.save_period and (epoch + 1) % cfg.save_period == 0:
-                    _save(
-                        run.dir / "weights" / f"epoch_{epoch + 1}.pth",
-                        model,
-                        ema,
-                        info,
-                        cfg,
-                        None,
-                        epoch=epoch,
-                    )
+                    path = weights_dir / f"epoch_{epoch + 1}.pth"
+                    _save(path, model, ema, info, cfg, None, epoch=epoch)
             if cfg.patience and stale >= cfg.patience:
                 if d.main:
                     logger.info("no better mAP for %d evaluations: stopping early", stale)
