@@ -355,17 +355,9 @@ def test_cli_export_refuses_old_opset(onnx_models, tmp_path, capsys) -> None:
     assert onnx_metadata(tmp_path / "y.onnx")["class_names"] == ["a", "b", "c"]
 
 
-# --------------------------------------------------------------------------- known bugs
+# --------------------------------------------------------------------------- input checks
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="utils/predictor.py:153-164 Detector._from_onnx takes the class count from the names "
-    "(given, stored, or COCO when the file has no metadata) and never checks it against the "
-    "graph's output channels, so a 3-class graph is labelled with 80 COCO names. Fix: "
-    "num_classes = out32 channels // len(anchors_mask[0]) - 5; use COCO names only when that is "
-    "80; put num_classes in ModelInfo so Detector.__init__'s count check raises.",
-)
 @pytest.mark.parametrize("classes", [None, [f"c{i}" for i in range(20)]], ids=["coco", "20"])
 def test_onnx_class_count_is_checked_against_the_graph(onnx_models, tmp_path, classes) -> None:
     path = export_onnx(onnx_models[0], tmp_path / "no_meta.onnx", 64)  # 3 classes, no metadata
@@ -373,12 +365,6 @@ def test_onnx_class_count_is_checked_against_the_graph(onnx_models, tmp_path, cl
         Detector.from_weights(path, classes=classes)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="utils/deploy.py:71 export_onnx checks the opset but not the input size: 100 exports "
-    "(3x3 and 6x6 maps, a decoded graph with stride 100/3) that Detector refuses to load. Fix: "
-    "raise ValueError there when input_size % 32 or input_size <= 0, as Detector.__init__ does.",
-)
 def test_export_refuses_input_size_not_multiple_of_32(onnx_models, tmp_path) -> None:
     with pytest.raises(ValueError, match="multiple of 32"):
         export_onnx(onnx_models[0], tmp_path / "odd.onnx", 100)

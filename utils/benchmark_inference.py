@@ -10,10 +10,12 @@ Measures in one run, on the same image, with the official COCO darknet weights a
 
 Each path is timed end to end (``cv2.imread`` of the JPEG every iteration, preprocessing,
 forward, decode, NMS) and forward only (network on an already preprocessed input). The paths run
-round-robin within each iteration, from a rotating start, so that load from other jobs on the
-machine hits all of them alike; warm-up iterations are discarded and the median, p10 and p90 of
-``--runs`` iterations are reported. Variants that are not library defaults (channels_last, other
-thread settings) run in the same loop so that a suggested library change can be judged on them.
+round-robin, each round in a new random order, so that load from other jobs on the machine hits
+all of them alike (``--block N``: N iterations per turn, the first of each turn discarded, which
+keeps one runtime's still-spinning threads out of the next one's timings); warm-up iterations
+are discarded and the median, p10 and p90 of ``--runs`` iterations are reported. Variants that
+are not library defaults (channels_last, other thread settings) run in the same loop so that a
+suggested library change can be judged on them.
 
 Then, with random weights (80 classes), the latency that the attention blocks add (phi 1-4 over
 phi 0) on the eager, fused and ONNX Runtime paths, forward only and end to end; ``--profile``
@@ -22,7 +24,7 @@ prints the operators that take the time in the fused PyTorch forward.
 Examples:
     python -m utils.benchmark_inference
     python -m utils.benchmark_inference --runs 100 --json logs/bench_inference.json --profile
-    python -m utils.benchmark_inference --threads 1 --no-phi
+    python -m utils.benchmark_inference --threads 1 --no-phi --block 5
 """
 
 from __future__ import annotations
@@ -89,26 +91,36 @@ def stats_ms(samples: list[float]) -> dict[str, float]:
     }
 
 
-def measure(engines: list[Engine], runs: int, warmup: int) -> dict[str, dict]:
-    """Round-robin timing: every iteration runs every engine (end to end, then forward only),
-    starting one engine later than the previous iteration.
+def measure(
+    engines: list[Engine], runs: int, warmup: int, block: int = 1, seed: int = 0
+) -> dict[str, dict]:
+    """Round-robin timing: every round runs every engine once, in a new random order, so that
+    machine load falls on all engines alike. A turn is ``block`` iterations of one engine (end
+    to end, then forward only); with ``block`` > 1 the first of each turn is not recorded, which
+    keeps what the previous engine left behind (threads still spinning, cold caches) out.
 
     Returns:
-        Per engine ``{"end_to_end": stats, "forward": stats, "detections": n}``, stats in ms.
+        Per engine ``{"end_to_end": stats, "forward": stats, "detections": n}``, stats in ms;
+        ``runs`` samples each after ``warmup`` discarded ones.
     """
     times = {e.name: {"end_to_end": [], "forward": []} for e in engines}
     detections = {}
-    for i in range(warmup + runs):
-        k = i % len(engines)
-        for engine in engines[k:] + engines[:k]:
-            t0 = time.perf_counter()
-            detections[engine.name] = engine.end_to_end()
-            t1 = time.perf_counter()
-            engine.forward()
-            t2 = time.perf_counter()
-            if i >= warmup:
-                times[engine.name]["end_to_end"].append((t1 - t0) * 1000)
-                times[engine.name]["forward"].append((t2 - t1) * 1000)
+    rng = np.random.default_rng(seed)
+    seen = dict.fromkeys(times, 0)
+    while min(len(t["forward"]) for t in times.values()) < runs:
+        for k in rng.permutation(len(engines)):
+            engine = engines[k]
+            for j in range(block + (block > 1)):
+                t0 = time.perf_counter()
+                detections[engine.name] = engine.end_to_end()
+                t1 = time.perf_counter()
+                engine.forward()
+                t2 = time.perf_counter()
+                seen[engine.name] += 1
+                keep = seen[engine.name] > warmup and (block == 1 or j > 0)
+                if keep and len(times[engine.name]["forward"]) < runs:
+                    times[engine.name]["end_to_end"].append((t1 - t0) * 1000)
+                    times[engine.name]["forward"].append((t2 - t1) * 1000)
     return {
         name: {
             "end_to_end": stats_ms(t["end_to_end"]),
@@ -154,7 +166,7 @@ def ort_runner(
     """What ``Detector`` builds for ``backend="onnxruntime"``, with explicit thread settings."""
     import onnxruntime as ort
 
-    path = export_onnx(model, folder / f"model_{id(model)}.onnx", input_size)
+    path = export_onnx(model, folder / f"model_{len(list(folder.iterdir()))}.onnx", input_size)
     runner = OnnxRunner(path, threads=threads)
     if not spinning:  # idle intra-op threads sleep instead of spinning (shared CPUs)
         options = ort.SessionOptions()
@@ -413,14 +425,15 @@ def phi_report(results: dict[str, dict], phis: list[int]) -> dict:
 
 
 def print_phi_report(report: dict) -> None:
-    print(f"{'phi':<10}" + "".join(f"{p:>26}" for p in MAIN_PATHS[:3]))
-    print(f"{'':<10}" + f"{'fwd ms (+ms)':>14}{'e2e ms (+ms)':>12}" * 3)
+    paths = MAIN_PATHS[:3]
+    print(f"{'phi':<10}" + "".join(f"|{p:^29}" for p in paths))
+    print(f"{'':<10}" + f"|{'fwd ms (+ms)':>14}{'e2e ms (+ms)':>15}" * len(paths))
     for phi, row in report.items():
         cells = ""
-        for path in MAIN_PATHS[:3]:
+        for path in paths:
             fwd, e2e = row[path]["forward"], row[path]["end_to_end"]
-            cells += f"{fwd['median_ms']:>7.1f} ({fwd['overhead_ms']:+5.1f})"
-            cells += f"{e2e['median_ms']:>6.1f}({e2e['overhead_ms']:+5.1f})"
+            cells += f"|{fwd['median_ms']:>6.1f} ({fwd['overhead_ms']:+5.1f})"
+            cells += f"{e2e['median_ms']:>7.1f} ({e2e['overhead_ms']:+5.1f})"
         print(f"{phi:<10}{cells}")
 
 
@@ -430,6 +443,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--runs", type=int, default=50, help="timed iterations per path")
     p.add_argument("--warmup", type=int, default=5, help="discarded iterations per path")
+    p.add_argument(
+        "--block",
+        type=int,
+        default=5,
+        help="iterations per turn of a path, the first dropped (1: strict round-robin, noisier: "
+        "each call then follows another runtime whose threads may still be spinning)",
+    )
     p.add_argument("--image", default=DEFAULT_IMAGE, help="JPEG read from disk every iteration")
     p.add_argument("--weights", default=DEFAULT_WEIGHTS, help="official darknet .weights")
     p.add_argument("--cfg", default=DEFAULT_CFG, help="its darknet .cfg (for OpenCV DNN)")
@@ -450,8 +470,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--phi-runs", type=int, default=20, help="timed iterations per path in the phi section"
     )
     args = p.parse_args(argv)
-    if args.runs < 1 or args.phi_runs < 1 or args.warmup < 0:
-        p.error("--runs and --phi-runs must be >= 1, --warmup >= 0")
+    if min(args.runs, args.phi_runs, args.block) < 1 or args.warmup < 0:
+        p.error("--runs, --phi-runs and --block must be >= 1, --warmup >= 0")
     if args.threads is not None and args.threads < 1:
         p.error("--threads must be >= 1")
     return args
@@ -461,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     for path in (args.image, args.weights, args.cfg):
         if not os.path.isfile(path):
-            print(f"error: {path} not found (run `make weights`)", file=sys.stderr)
+            print(f"error: {path} not found (model_data files: `make weights`)", file=sys.stderr)
             return 2
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -482,15 +502,21 @@ def main(argv: list[str] | None = None) -> int:
         f"torch {info['torch']}, onnxruntime {info['onnxruntime']}, OpenCV {info['opencv']}"
     )
     print(f"thread environment: {info['env'] or 'none set'}")
-    report: dict = {"machine": info, "runs": args.runs, "warmup": args.warmup}
+    report: dict = {
+        "machine": info,
+        "runs": args.runs,
+        "warmup": args.warmup,
+        "block": args.block,
+        "image": args.image,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         engines, fused = official_engines(args, Path(tmp), not args.no_variants)
         print(
-            f"\nofficial COCO weights; {args.runs} runs after {args.warmup} warm-ups, "
-            "paths interleaved; ms per image"
+            f"\nofficial COCO weights; {args.runs} runs after {args.warmup} warm-ups, paths "
+            f"interleaved in random order, {args.block} iteration(s) per turn; ms per image"
         )
         print("e2e = cv2.imread + preprocess + forward + decode + NMS; fwd = network only")
-        results = measure(engines, args.runs, args.warmup)
+        results = measure(engines, args.runs, args.warmup, args.block)
         opencv_e2e = results["opencv_dnn"]["end_to_end"]["median"]
         print_table(results, engines, opencv_e2e)
         targets = targets_report(results)
@@ -535,11 +561,12 @@ def main(argv: list[str] | None = None) -> int:
             phis = list(range(len(attention_names())))
             print(
                 f"\nattention overhead: random weights, 80 classes, {INPUT_SIZE}, "
-                f"{args.phi_runs} runs, interleaved; median ms (+ms over phi 0)"
+                f"{args.phi_runs} runs, interleaved as above; median ms (+ms over phi 0)"
             )
             engines = phi_engines(args, Path(tmp), phis)
-            phi_results = measure(engines, args.phi_runs, min(args.warmup, 2))
+            phi_results = measure(engines, args.phi_runs, min(args.warmup, 2), args.block)
             report["phi_overhead"] = phi_report(phi_results, phis)
+            report["phi_paths"] = phi_results
             print_phi_report(report["phi_overhead"])
 
     report["machine"]["load_average_after"] = (

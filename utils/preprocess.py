@@ -59,9 +59,13 @@ def resize_image(
 
 
 def to_tensor(images_rgb: list[np.ndarray]) -> torch.Tensor:
-    """Stacks HxWx3 uint8 RGB canvases into a float tensor (B, 3, H, W) in [0, 1]."""
-    batch = np.stack(images_rgb).transpose(0, 3, 1, 2)
-    return torch.from_numpy(np.ascontiguousarray(batch)).float().div_(255.0)
+    """Stacks HxWx3 uint8 RGB canvases into a float tensor (B, 3, H, W) in [0, 1].
+
+    The result is stored channels-last (a permuted NHWC buffer, no extra copy); call
+    ``.contiguous()`` where plain NCHW memory is needed.
+    """
+    batch = torch.from_numpy(np.stack(images_rgb)).permute(0, 3, 1, 2)
+    return batch.float().div_(255.0)
 
 
 def preprocess_bgr(
