@@ -77,6 +77,13 @@ def test_bad_annotations_are_reported_not_fatal(voc: Path) -> None:
         )
     )
     (voc / "VOC2007" / "JPEGImages" / "000004.jpg").unlink()  # image missing
+    (ann_dir / "000005.xml").unlink()  # annotation missing for an image
+    (ann_dir / "000006.xml").write_text(
+        "<annotation><size><width>128</width><height>96</height></size>"
+        "<object><name>box</name></object>"  # no bndbox
+        "<object><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>9</xmax><ymax>9</ymax></bndbox>"
+        "</object></annotation>"  # no name
+    )
     result = load_voc(voc, [("2007", "trainval")], CLASSES)
     by_problem = {(Path(i.path).name, i.action) for i in result.issues}
     assert ("000002.xml", "skipped") in by_problem
@@ -84,7 +91,11 @@ def test_bad_annotations_are_reported_not_fatal(voc: Path) -> None:
     assert ("000003.xml", "box dropped") in by_problem
     assert ("000003.xml", "object skipped") in by_problem
     assert ("000004", "skipped") in by_problem
-    assert len(result.annotations) == 6
+    assert ("000005.xml", "skipped") in by_problem
+    fields = [i for i in result.issues if Path(i.path).name == "000006.xml"]
+    assert [i.action for i in fields] == ["object skipped", "object skipped"]
+    assert "lacks name or bndbox" in fields[0].problem
+    assert len(result.annotations) == 5
     ann = next(a for a in result.annotations if a.image_id == "000003")
     assert ann.boxes.tolist() == [[0.0, 9.0, 127.0, 49.0]]
 
