@@ -52,13 +52,16 @@ def main(argv: list[str] | None = None) -> int:
     generate_demo("data/demo")
 
     print(f"== 3/5 training phi {args.phi} for {args.epochs} epochs at {args.img_size}")
+    # a short schedule: smaller batches (more steps) and a higher lr than the VOC defaults
     cfg = TrainConfig(
         data="demo",
         phi=args.phi,
         img_size=args.img_size,
         epochs=args.epochs,
         freeze_epochs=3,
-        lr=0.04,
+        batch_size=8,
+        freeze_batch_size=8,
+        lr=0.08,
         eval_period=5,
         log_dir=str(OUT),
         name="train",
