@@ -46,7 +46,8 @@ def count_flops(model: nn.Module, input_size: int = 416) -> float:
     model.eval()
     try:
         with torch.no_grad():
-            model(torch.zeros(1, 3, input_size, input_size))
+            device = next(model.parameters()).device
+            model(torch.zeros(1, 3, input_size, input_size, device=device))
     finally:
         for h in handles:
             h.remove()

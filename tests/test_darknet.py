@@ -11,7 +11,7 @@ import torch
 from torchvision.ops import box_iou
 
 from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, YoloBody
-from utils.checkpoint import load_model
+from utils.checkpoint import CheckpointMismatchError, load_model
 from utils.darknet import (
     DarknetFormatError,
     darknet_layers,
@@ -230,3 +230,18 @@ def test_exported_cfg_and_weights_run_in_opencv(tmp_path, sample_images) -> None
     assert ours.shape == ref.shape == (3 * (5 * 5 + 10 * 10), 8)
     assert np.abs(ours[:, :4] / 160 - ref[:, :4]).max() <= 1e-3
     assert np.abs(ours[:, 4] - ref[:, 4]).max() <= 1e-3
+
+
+def test_inference_refuses_darknet_weights_for_another_model(official_weights) -> None:
+    """Output layers or attention that would stay random are an error for inference."""
+    with pytest.raises(CheckpointMismatchError, match=r"80 classes.*20 classes.*train\.py"):
+        load_model(official_weights, num_classes=20)
+    with pytest.raises(CheckpointMismatchError, match=r"phi 2 \(cbam\)"):
+        load_model(official_weights, phi="cbam")
+
+
+def test_header_cut_inside_seen_is_reported(tmp_path) -> None:
+    path = tmp_path / "cut.weights"
+    path.write_bytes(np.array([0, 2, 5, 0], np.int32).tobytes()[:18])
+    with pytest.raises(DarknetFormatError, match="too short"):
+        load_darknet_weights(YoloBody(3), path)

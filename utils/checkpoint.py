@@ -143,8 +143,11 @@ def load_model(
     Args:
         path: ``.weights`` (darknet), or ``.pth``/``.pt`` (ours or a reference state dict).
         phi: required attention; None takes the file's (darknet files: 0).
-        num_classes: required class count; None takes the file's. For darknet files another
-            count loads everything but the two output convolutions (reported in the log).
+        num_classes: required class count; None takes the file's.
+
+    A darknet file holds phi 0 with the class count its size implies: asking for another phi
+    or class count is an error too (those layers would be random). To fine-tune from it, pass
+    it to ``train.py --weights``, which loads what fits and reports the rest.
 
     Raises:
         FileNotFoundError: no such file.
@@ -157,7 +160,14 @@ def load_model(
         phi_num, phi_name = resolve_phi(phi if phi is not None else 0)
         model = YoloBody(num_classes or 80, phi_num)
         report = load_darknet_weights(model, path)
-        (logger.warning if report.skipped else logger.info)(report.summary())
+        if report.skipped:
+            raise CheckpointMismatchError(
+                f"{path} contains phi 0 (none) with {report.file_num_classes} classes, but phi "
+                f"{phi_num} ({phi_name}) with {model.num_classes} classes was asked for: "
+                f"{', '.join(report.skipped)} would be random. Fine-tune from it with "
+                "train.py --weights instead."
+            )
+        logger.info(report.summary())
         info = ModelInfo(phi_num, phi_name, model.num_classes, source="darknet")
         return model, info
     state_dict, info = read_checkpoint(path)

@@ -188,7 +188,6 @@ def evaluate_checkpoint(
     Latency is the median end-to-end time (preprocess, forward, decode + NMS) at batch 1 on
     ``device``, over 20 runs on the split's first image.
     """
-    import copy
     from dataclasses import replace
 
     from data.voc import load_voc, parse_sets
@@ -213,7 +212,7 @@ def evaluate_checkpoint(
     report = score(detected, names, f"{voc_root} {split} at {size}", cfg.iou_thresh, cfg.coco)
     detector = Detector(model, info, names, InferenceConfig(input_size=size, device=str(device)))
     stats = benchmark(detector, read_image(annotations[0].image_path), runs=20, warmup=3)
-    flops = count_flops(copy.deepcopy(model).cpu(), size) / 1e9
+    flops = count_flops(model, size) / 1e9
     row = Row(
         str(weights),
         info.phi,

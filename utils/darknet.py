@@ -105,6 +105,8 @@ def _read_header(raw: bytes, path: str) -> tuple[tuple[int, int, int], int, int]
             f"{path}: not a darknet weights file (header version {major}.{minor}.{revision})"
         )
     if major * 10 + minor >= 2:
+        if len(raw) < 20:
+            raise DarknetFormatError(f"{path}: {len(raw)} bytes is too short for a darknet header")
         seen = int(np.frombuffer(raw, np.int64, 1, offset=12)[0])
         offset = 20
     else:

@@ -12,7 +12,6 @@ import copy
 import json
 import os
 import warnings
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from nets.attention import CoordAttention
 from nets.backbone import BasicConv
+from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK
 from utils.decode import decode_outputs
 
 
@@ -76,6 +76,8 @@ def export_onnx(
     net = fuse_model(model) if fuse else copy.deepcopy(model).eval()
     names = ["out32", "out16"]
     if decode:
+        anchors = anchors or list(DEFAULT_ANCHORS)
+        anchors_mask = anchors_mask or list(DEFAULT_ANCHORS_MASK)
         net = DecodedModel(net, anchors, anchors_mask, input_size).eval()
         names = ["detections"]
     axes = None
@@ -167,7 +169,3 @@ class OnnxRunner:
 
     def to(self, *_args, **_kwargs) -> OnnxRunner:
         return self
-
-
-def max_abs_difference(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
-    return max(float((x.float() - y.float()).abs().max()) for x, y in zip(a, b))

@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model, info = load_model(args.weights)
         prefix = Path(args.out)
-        weights, cfg = prefix.with_suffix(".weights"), prefix.with_suffix(".cfg")
+        weights = prefix.with_name(prefix.name + ".weights")
+        cfg = prefix.with_name(prefix.name + ".cfg")
         export_darknet(
             model, weights, cfg, args.img_size or info.input_size, info.anchors, info.anchors_mask
         )

@@ -84,9 +84,20 @@ def _record(path: str, image_id: str, dets: Detections, frame: int | None = None
     return record
 
 
-def _render(detector: Detector, image: np.ndarray, dets: Detections, heatmap: bool) -> np.ndarray:
-    if heatmap:
-        image = overlay_heatmap(image, detector.objectness_map(image))
+def _detect(
+    detector: Detector, image: np.ndarray, heatmap: bool
+) -> tuple[Detections, np.ndarray | None]:
+    """Detections and, when asked, the objectness heatmap of the same forward pass."""
+    if not heatmap:
+        return detector(image), None
+    batch, metas = detector.preprocess([image])
+    outputs = detector.forward(batch)
+    return detector.postprocess(outputs, metas)[0], detector.heatmap(outputs, metas[0])
+
+
+def _render(image: np.ndarray, dets: Detections, heat: np.ndarray | None) -> np.ndarray:
+    if heat is not None:
+        image = overlay_heatmap(image, heat)
     return draw_detections(image, dets)
 
 
@@ -107,14 +118,14 @@ def _run_images(
             tqdm.write(f"error: {err}", file=sys.stderr)
             summary.failures.append(str(err))
             continue
-        dets = detector(image)
+        draw = opts.save_dir is not None or window.enabled
+        dets, heat = _detect(detector, image, opts.heatmap and draw)
         stem = Path(path).stem
         summary.images += 1
         summary.detections += len(dets)
-        summary.records.append(_record(path, stem, dets))
-        rendered = (
-            _render(detector, image, dets, opts.heatmap) if opts.save_dir or opts.show else None
-        )
+        if opts.json_path is not None:
+            summary.records.append(_record(path, stem, dets))
+        rendered = _render(image, dets, heat) if draw else None
         if opts.save_dir is not None:
             suffix = Path(path).suffix.lower()
             suffix = suffix if suffix in (".jpg", ".jpeg", ".png", ".bmp") else ".jpg"
@@ -154,16 +165,19 @@ def _run_stream(
             ok, frame = cap.read()
             if not ok:
                 break
-            dets = detector(frame)
+            draw = writer is not None or window.enabled
+            dets, heat = _detect(detector, frame, opts.heatmap and draw)
             summary.frames += 1
             summary.detections += len(dets)
-            summary.records.append(_record(path, f"{name}_{frame_index:06d}", dets, frame_index))
-            if writer is not None or window.enabled:
-                rendered = _render(detector, frame, dets, opts.heatmap)
+            if opts.json_path is not None:
+                frame_id = f"{name}_{frame_index:06d}"
+                summary.records.append(_record(path, frame_id, dets, frame_index))
+            if opts.crop and opts.save_dir is not None:
+                _save_crops(opts.save_dir, f"{crop_stem}_{frame_index:06d}", frame, dets)
+            if draw:
+                rendered = _render(frame, dets, heat)
                 if writer is not None:
                     writer.write(rendered)
-                if opts.crop and opts.save_dir is not None:
-                    _save_crops(opts.save_dir, f"{crop_stem}_{frame_index:06d}", frame, dets)
                 if not window.show(rendered):
                     break
             frame_index += 1

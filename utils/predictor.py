@@ -241,15 +241,19 @@ class Detector:
     def __call__(self, image_bgr: np.ndarray) -> Detections:
         return self.predict_batch([image_bgr])[0]
 
-    @torch.inference_mode()
     def objectness_map(self, image_bgr: np.ndarray) -> np.ndarray:
         """Max objectness probability over anchors and levels, as (H, W) float32 in [0, 1] on
         the original image's pixel grid: where the model thinks there is an object.
         """
         batch, (meta,) = self.preprocess([image_bgr])
+        return self.heatmap(self.forward(batch), meta)
+
+    @torch.inference_mode()
+    def heatmap(self, outputs: list[torch.Tensor], meta: ResizeMeta) -> np.ndarray:
+        """``objectness_map`` from raw maps already computed (batch of one)."""
         size = self.config.input_size
-        heat = torch.zeros(size, size, device=self.device)
-        for out in self.forward(batch):
+        heat = torch.zeros(size, size, device=outputs[0].device)
+        for out in outputs:
             _, _, h, w = out.shape
             obj = out.view(len(self.info.anchors_mask[0]), -1, h, w)[:, 4].sigmoid().amax(0)
             obj = torch.nn.functional.interpolate(
