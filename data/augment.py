@@ -107,16 +107,20 @@ _FLIP = A.Compose(
 
 
 def hflip(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray):
-    """Horizontal flip of image and boxes (albumentations)."""
+    """Horizontal flip of image and boxes (albumentations).
+
+    Our x2 is the last pixel's index (VOC, inclusive) while albumentations' boxes end at an
+    edge: x2 + 1 going in, - 1 coming out, so pixel x maps to W - 1 - x as it must.
+    """
     if len(boxes) == 0:
         return np.ascontiguousarray(image[:, ::-1]), boxes, labels
-    # albumentations wants boxes inside the image: callers pass clipped boxes.
-    out = _FLIP(image=image, bboxes=boxes, labels=labels)
-    return (
-        out["image"],
-        np.asarray(out["bboxes"], np.float32).reshape(-1, 4),
-        np.asarray(out["labels"], np.int64),
-    )
+    w = image.shape[1]
+    edges = boxes + np.float32([0, 0, 1, 1])
+    edges[:, 2] = np.minimum(edges[:, 2], w)  # callers pass clipped boxes
+    edges[:, 3] = np.minimum(edges[:, 3], image.shape[0])
+    out = _FLIP(image=image, bboxes=edges, labels=labels)
+    flipped = np.asarray(out["bboxes"], np.float32).reshape(-1, 4) - np.float32([0, 0, 1, 1])
+    return out["image"], flipped, np.asarray(out["labels"], np.int64)
 
 
 def hsv_gain(image: np.ndarray, gains: tuple[float, float, float], rng: np.random.Generator):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -41,9 +42,13 @@ def inspect_image(ann: Annotation) -> list[FileIssue]:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as err:
         return [FileIssue(path, f"cannot read file ({err.strerror or err})", "skipped")]
-    raw = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    raw = (
+        cv2.imdecode(data, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+        if data.size
+        else None
+    )
     try:
-        image = read_image(path)  # the exact check training uses
+        image = read_image(path, apply_exif=False)  # the exact read training uses
     except ImageReadError as err:
         return [FileIssue(path, str(err).removeprefix(f"{path}: "), "skipped")]
     issues = []
@@ -70,8 +75,15 @@ def check_images(annotations: Sequence[Annotation], workers: int = 4) -> list[Fi
         return [i for r in tqdm(results, total=len(annotations), desc="check") for i in r]
 
 
+def _kind(problem: str) -> str:
+    """The kind of a problem, without the object index, class or sizes that vary per file."""
+    problem = re.sub(r"object \d+( \([^)]*\))?", "object", problem)
+    problem = re.sub(r"\d+x\d+", "WxH", problem)
+    return re.sub(r" \(.*\)$", "", problem)
+
+
 def summarize(issues: Sequence[FileIssue]) -> str:
-    counts = Counter(f"{i.problem.split(' (')[0]} -> {i.action}" for i in issues)
+    counts = Counter(f"{_kind(i.problem)} -> {i.action}" for i in issues)
     lines = [f"{len(issues)} issue(s) in {len({i.path for i in issues})} file(s)"]
     lines += [f"  {n:6d}  {what}" for what, n in counts.most_common()]
     return "\n".join(lines)

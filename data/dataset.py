@@ -97,19 +97,22 @@ class VOCDetection(Dataset):
     def load(self, index: int, rng: np.random.Generator | None = None) -> Sample:
         """Original image (BGR) with its boxes and labels. An unreadable image is reported
         once, remembered, and replaced by another image so that training never stops."""
-        for _ in range(len(self.annotations)):
+        while True:
             ann = self.annotations[index]
             if index not in self.bad:
                 try:
-                    image = read_image(ann.image_path)
+                    # annotations refer to the stored pixels: no EXIF rotation
+                    image = read_image(ann.image_path, apply_exif=False)
                 except ImageReadError as err:
                     self.bad.add(index)
                     logger.warning("%s (skipped; using another image)", err)
                 else:
                     return image, *self._fit_boxes(ann, image)
+            good = np.setdiff1d(np.arange(len(self.annotations)), list(self.bad))
+            if len(good) == 0:
+                raise RuntimeError("no readable image left in the dataset")
             rng = rng or np.random.default_rng(index)
-            index = int(rng.integers(len(self.annotations)))
-        raise RuntimeError("no readable image left in the dataset")
+            index = int(rng.choice(good))
 
     @staticmethod
     def _fit_boxes(ann: Annotation, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -121,9 +124,10 @@ class VOCDetection(Dataset):
         keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         return boxes[keep], ann.labels[keep]
 
-    def sample(self, index: int, epoch: int) -> Sample:
-        """One plain training sample (or the letterboxed evaluation sample)."""
-        rng = self.rng(epoch, index)
+    def sample(self, index: int, epoch: int, rng: np.random.Generator | None = None) -> Sample:
+        """One plain training sample (or the letterboxed evaluation sample); ``rng`` defaults
+        to the sample's own stream."""
+        rng = rng or self.rng(epoch, index)
         image, boxes, labels = self.load(index, rng)
         if self.train:
             return random_place(image, boxes, labels, self.input_size, self.cfg, rng)
@@ -182,7 +186,9 @@ class MosaicMixup(Dataset):
         parts = [ds.load(index, rng)] + [ds.load(int(i), rng) for i in others]
         result = mosaic(parts, ds.input_size, cfg, rng)
         if rng.random() < cfg.mixup_p:
-            result = mixup(result, ds.sample(int(rng.integers(len(ds))), epoch))
+            # the partner draws from the mosaic's stream, not its own plain-sample stream,
+            # so it is not a copy of a sample seen alone this epoch
+            result = mixup(result, ds.sample(int(rng.integers(len(ds))), epoch, rng))
         return to_sample(*result)
 
 

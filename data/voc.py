@@ -138,7 +138,8 @@ def parse_voc_xml(
 
     Returns:
         ``(annotation or None when the file is unusable, issues)``. Boxes are clipped to the
-        ``<size>`` when it is given; boxes with zero or negative area are dropped.
+        ``<size>`` when it is given; boxes with negative size are dropped (x1 == x2 is a
+        one-pixel-wide box).
 
     Raises:
         UnknownClassError: an unknown class with ``unknown_classes="error"``.
@@ -193,9 +194,9 @@ def parse_voc_xml(
                     FileIssue(xml_path, f"object {k} ({name}) outside the image", "box clipped")
                 )
                 x1, y1, x2, y2 = cx1, cy1, cx2, cy2
-        if x2 <= x1 or y2 <= y1:
+        if x2 < x1 or y2 < y1:  # x1 == x2 is a one-pixel-wide box in VOC's inclusive pixels
             issues.append(
-                FileIssue(xml_path, f"object {k} ({name}) has zero or negative area", "box dropped")
+                FileIssue(xml_path, f"object {k} ({name}) has negative size", "box dropped")
             )
             continue
         boxes.append((x1, y1, x2, y2))

@@ -71,7 +71,7 @@ def test_bad_annotations_are_reported_not_fatal(voc: Path) -> None:
             96,
             [
                 {"name": "box", "box": (-5, 10, 300, 50)},  # outside: clipped
-                {"name": "disc", "box": (40, 40, 40, 60)},  # zero width: dropped
+                {"name": "disc", "box": (40, 40, 39, 60)},  # negative width: dropped
                 {"name": "unicorn", "box": (10, 10, 20, 20)},  # unknown class: skipped
             ],
         )
@@ -163,9 +163,10 @@ def test_clip_and_filter_drops_degenerate_and_low_visibility() -> None:
 def test_hflip_moves_boxes_with_pixels() -> None:
     image = np.zeros((20, 40, 3), np.uint8)
     image[5:10, 2:8] = 255
-    flipped, boxes, labels = hflip(image, np.array([[2, 5, 8, 10]], np.float32), np.array([1]))
-    assert boxes.tolist() == [[32, 5, 38, 10]] and labels.tolist() == [1]
-    assert (flipped[5:10, 32:38] == 255).all()
+    # boxes hold inclusive pixel indices (VOC): columns 2..7 and rows 5..9
+    flipped, boxes, labels = hflip(image, np.array([[2, 5, 7, 9]], np.float32), np.array([1]))
+    assert boxes.tolist() == [[32, 5, 37, 9]] and labels.tolist() == [1]
+    assert (flipped[5:10, 32:38] == 255).all() and flipped[:, 38:].max() == 0
 
 
 def test_random_place_ranges() -> None:
@@ -313,3 +314,27 @@ def test_malformed_annotation_line_tokens_are_reported(tmp_path: Path) -> None:
     assert [a.image_path for a in result.annotations] == ["a.jpg", "b.jpg"]
     assert result.annotations[1].labels.tolist() == [1]
     assert len(result.issues) == 2
+
+
+def test_annotated_images_ignore_exif_rotation(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from utils.sources import read_image
+
+    path = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    Image.new("RGB", (30, 60), (200, 10, 10)).save(path, exif=exif)
+    assert read_image(path).shape[:2] == (30, 60)  # a photo viewer's orientation
+    assert read_image(path, apply_exif=False).shape[:2] == (60, 30)  # the stored pixels
+
+
+def test_unreadable_images_are_replaced_by_readable_ones(voc: Path) -> None:
+    jpeg = voc / "VOC2007" / "JPEGImages"
+    for image_id in ("000000", "000001", "000002", "000003", "000004", "000005", "000006"):
+        (jpeg / f"{image_id}.jpg").write_bytes(b"\xff\xd8 corrupt")
+    ds = _dataset(voc, train=True)
+    for epoch in range(30):  # 7 of 8 images are bad: the 8th must always come back
+        image, _ = ds[(epoch, epoch % 8)]
+        assert image.shape == (3, 96, 96)
+    assert ds.bad == set(range(7))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import eval as eval_cli
 import predict
-from data.demo import generate_demo
+from data.demo import demo_is_current, generate_demo
 from utils.trainer import TrainConfig, train
 
 OUT = Path("logs/demo")
@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         return code
 
     print("== 2/5 demo dataset")
-    generate_demo("data/demo")
+    if not demo_is_current("data/demo"):
+        generate_demo("data/demo")
 
     print(f"== 3/5 training phi {args.phi} for {args.epochs} epochs at {args.img_size}")
     # a short schedule: smaller batches (more steps) and a higher lr than the VOC defaults

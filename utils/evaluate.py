@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 class EvalConfig:
     """Evaluation settings; defaults are the usual mAP protocol of this model family."""
 
-    input_size: int = 416  # network input side
+    input_size: int | None = 416  # network input side (None: the checkpoint's, in eval.py)
     letterbox: bool = True  # letterbox (keep aspect) or plain resize
     conf_thresh: float = 0.001  # keep low-score detections: AP integrates over all of them
     nms_thresh: float = 0.5  # class-wise NMS IoU
@@ -39,6 +39,11 @@ class EvalConfig:
     batch_size: int = 16
     workers: int = 2
     coco: bool = True  # also compute COCO AP with pycocotools (slower)
+
+    def __post_init__(self) -> None:
+        size = self.input_size
+        if size is not None and (size <= 0 or size % 32):
+            raise ValueError(f"input size {size} is not a positive multiple of 32")
 
 
 class _EvalImages(Dataset):
@@ -51,7 +56,7 @@ class _EvalImages(Dataset):
     def __getitem__(self, index: int):
         path = self.annotations[index].image_path
         try:
-            image = read_image(path)
+            image = read_image(path, apply_exif=False)  # annotations use the stored pixels
         except ImageReadError as err:
             return index, None, None, str(err)
         canvas, meta = resize_image(image[:, :, ::-1], self.input_size, self.letterbox)  # RGB

@@ -35,8 +35,11 @@ class Source:
     webcam: int | None = None
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
+def read_image(path: str | os.PathLike, apply_exif: bool = True) -> np.ndarray:
     """Reads any image OpenCV decodes as 8-bit BGR (grey, alpha and 16-bit are converted).
+
+    ``apply_exif`` rotates by the EXIF orientation, as a photo viewer shows it; annotated
+    datasets pass False, because their boxes refer to the pixels as stored.
 
     Raises:
         ImageReadError: missing, empty, undecodable or truncated (JPEG without end marker).
@@ -48,7 +51,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise ImageReadError(f"{path}: cannot read file ({err.strerror or err})") from err
     if data.size == 0:
         raise ImageReadError(f"{path}: empty file (0 bytes)")
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    flags = cv2.IMREAD_COLOR if apply_exif else cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+    image = cv2.imdecode(data, flags)
     if image is None:
         raise ImageReadError(f"{path}: not a decodable image (corrupt or unsupported format)")
     if data[:2].tobytes() == b"\xff\xd8" and _jpeg_truncated(data.tobytes()):

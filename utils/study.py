@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -48,6 +49,8 @@ def run_study(
             if _finished(last, base.epochs):
                 logger.info("%s: already trained, reusing %s", run_name, last)
             else:
+                if (out / run_name).is_dir() and not last.is_file():
+                    shutil.rmtree(out / run_name)  # a run that died before its first epoch
                 cfg = replace(
                     base,
                     phi=str(number),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
+import datetime
 import json
 import logging
 import math
@@ -113,6 +114,10 @@ class TrainConfig:
     max_iters: int = 0  # stop each epoch after N iterations (0 = all; for smoke tests)
     stop_at_epoch: int = 0  # stop (resumably) before this epoch; the schedule still spans all
 
+    def __post_init__(self) -> None:
+        if self.img_size <= 0 or self.img_size % 32:
+            raise ValueError(f"image size {self.img_size} is not a positive multiple of 32")
+
 
 # --------------------------------------------------------------------------- schedule
 
@@ -207,7 +212,7 @@ def set_backbone_frozen(model: nn.Module, frozen: bool) -> None:
 def keep_frozen_bn_eval(model: nn.Module, frozen: bool) -> None:
     if frozen:
         for m in _unwrap(model).backbone.modules():
-            if isinstance(m, nn.BatchNorm2d):
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):  # SyncBatchNorm included
                 m.eval()
 
 
@@ -251,7 +256,10 @@ def init_distributed(device_name: str) -> tuple[Dist, torch.device]:
     if device.type == "cuda":
         device = torch.device("cuda", d.local_rank)
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    # rank 0 evaluates while the others wait at the next collective: allow long evaluations
+    dist.init_process_group(
+        "nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(hours=2)
+    )
     return d, device
 
 
@@ -271,11 +279,13 @@ def resolve_data(cfg: TrainConfig) -> TrainConfig:
     """Fills in the demo's paths for ``--data demo`` (generating it on first use)."""
     if cfg.data != "demo":
         return cfg
-    from data.demo import generate_demo
+    from data.demo import demo_is_current, generate_demo
 
     root = Path(DEMO_ROOT)
-    if not (root / "classes.txt").is_file():
+    if int(os.environ.get("RANK", "0")) == 0 and not demo_is_current(root):
         generate_demo(root)
+    if dist.is_initialized():
+        dist.barrier()  # the other ranks wait for rank 0's files
     return replace(
         cfg,
         voc_root=str(root / "VOCdevkit"),
@@ -495,8 +505,10 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device) -> TrainResult:
 
     model = YoloBody(len(data.class_names), cfg.phi)
     info.phi, info.phi_name = model.phi, model.phi_name
-    pretrained = load_initial_weights(model, cfg) if resume_state is None else True
-    freeze_epochs = cfg.freeze_epochs if pretrained else 0
+    if resume_state is None:
+        freeze_epochs = cfg.freeze_epochs if load_initial_weights(model, cfg) else 0
+    else:  # as the interrupted run had it (0 when it started from scratch)
+        freeze_epochs = resume_state["train_state"]["freeze_epochs"]
     model.to(device)
     if d.world > 1 and cfg.sync_bn:
         if device.type == "cuda":
@@ -523,7 +535,8 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device) -> TrainResult:
         state = resume_state["train_state"]
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
+        if state["scaler"]:  # empty when the run started without AMP
+            scaler.load_state_dict(state["scaler"])
         if ema is not None and state.get("ema"):
             ema.ema.load_state_dict(resume_state["model"])
             ema.updates = state["ema_updates"]
@@ -531,9 +544,14 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device) -> TrainResult:
         history = state.get("history", [])
         if d.main:
             logger.info("resumed from %s at epoch %d", cfg.resume, start_epoch)
-    train_model = model
-    if d.world > 1:
-        train_model = nn.parallel.DistributedDataParallel(
+
+    def wrap(frozen: bool) -> nn.Module:
+        """DDP registers the parameters that need gradients when it is built: freeze first,
+        and build it again when the backbone thaws."""
+        set_backbone_frozen(model, frozen)
+        if d.world == 1:
+            return model
+        return nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
 
@@ -577,7 +595,8 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device) -> TrainResult:
         )
         return loader, sampler
 
-    loader, sampler, loader_batch = None, None, None
+    loader, sampler, loader_batch, train_model, wrapped_frozen = None, None, None, None, None
+    completed = start_epoch - 1  # last epoch whose training finished
     nonfinite = 0
     epoch = start_epoch
     last_report = None
@@ -598,15 +617,16 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device) -> TrainResult:
                         epoch + 1,
                         run.dir / "weights" / "last.pth",
                     )
-                epoch -= 1
                 break
             frozen = epoch < freeze_epochs
             batch_total = cfg.freeze_batch_size if frozen else cfg.batch_size
             if loader_batch != batch_total:  # unfreezing rebuilds what depends on batch size
                 loader, sampler = make_loader(batch_total)
                 loader_batch = batch_total
-            set_backbone_frozen(model, frozen)
+            if wrapped_frozen != frozen:
+                train_model, wrapped_frozen = wrap(frozen), frozen
             lr_max, lr_min = fitted_lrs(cfg, batch_total)
+            lr = lr_at(cfg, epoch, lr_max, lr_min)
             sampler.set_epoch(epoch)
             train_set.set_epoch(epoch)
             train_model.train()
@@ -638,8 +658,13 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device) -> TrainResult:
                     outputs = train_model(images)
                 losses = criterion([o.float() for o in outputs], targets)
                 loss = losses["loss"]
-                # the only host-device sync of a step: the four numbers for the bar and guard
-                values = torch.stack([losses[k].detach() for k in sums]).tolist()
+                # one transfer for the bar and the guard; under DDP every rank sees the mean,
+                # so all of them skip a non-finite step together
+                stacked = torch.stack([losses[k].detach() for k in sums])
+                if d.world > 1:
+                    dist.all_reduce(stacked)
+                    stacked /= d.world
+                values = stacked.tolist()
                 if not math.isfinite(values[-1]):
                     nonfinite += 1
                     logger.warning(
@@ -671,6 +696,7 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device) -> TrainResult:
                     )
                     bar.update(1)
             bar.close()
+            completed = epoch
             means = {k: v / max(steps, 1) for k, v in sums.items()}
             # evaluation (rank 0), best by mAP@0.5, never by loss
             last = epoch == cfg.epochs - 1
@@ -678,7 +704,7 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device) -> TrainResult:
             record = {
                 "epoch": epoch,
                 **{k: round(v, 5) for k, v in means.items()},
-                "lr": lr_at(cfg, epoch + 1, lr_max, lr_min),
+                "lr": lr,  # the last one used
                 "map50_voc07": "",
                 "map50_voc12": "",
                 "time_s": round(time.time() - t0, 1),
@@ -705,6 +731,7 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device) -> TrainResult:
             if d.main:
                 run.row(record)
                 state = _train_state(model, optimizer, scaler, ema, epoch, best_map, stale, history)
+                state["freeze_epochs"] = freeze_epochs
                 weights_dir = run.dir / "weights"
                 _save(weights_dir / "last.pth", model, ema, info, cfg, state)
                 if improved:
@@ -721,13 +748,19 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device) -> TrainResult:
                 if cfg.save_period and (epoch + 1) % cfg.save_period == 0:
                     path = weights_dir / f"epoch_{epoch + 1}.pth"
                     _save(path, model, ema, info, cfg, None, epoch=epoch)
-            if cfg.patience and stale >= cfg.patience:
+            stop = bool(cfg.patience and stale >= cfg.patience)
+            if d.world > 1:  # rank 0 evaluated and decided: everyone follows
+                flag = torch.tensor([float(stop)], device=device)
+                dist.broadcast(flag, 0)
+                stop = bool(flag.item())
+            if stop:
                 if d.main:
                     logger.info("no better mAP for %d evaluations: stopping early", stale)
                 break
     except KeyboardInterrupt:
         if d.main:
-            state = _train_state(model, optimizer, scaler, ema, epoch - 1, best_map, stale, history)
+            state = _train_state(model, optimizer, scaler, ema, completed, best_map, stale, history)
+            state["freeze_epochs"] = freeze_epochs
             _save(run.dir / "weights" / "last.pth", model, ema, info, cfg, state)
             print(
                 f"\ninterrupted: saved {run.dir / 'weights' / 'last.pth'} "
@@ -738,11 +771,14 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device) -> TrainResult:
     finally:
         if run is not None:
             run.close()
-    return TrainResult(run.dir if run else Path(), best_map, epoch, history, last_report, d.main)
+    return TrainResult(
+        run.dir if run else Path(), best_map, completed, history, last_report, d.main
+    )
 
 
 def _train_state(model, optimizer, scaler, ema, epoch, best_map, stale, history) -> dict:
     return {
+        "freeze_epochs": 0,  # set by the caller
         "model": _unwrap(model).state_dict(),
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict(),
