@@ -81,8 +81,9 @@ def server() -> Iterator[Server]:
             body = data[start:]
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body)
+            # counted before sending: the client may finish reading before this thread runs on
             state.bytes_served += len(body)
+            self.wfile.write(body)
 
         def log_message(self, *args: object) -> None:  # keep pytest output clean
             pass
