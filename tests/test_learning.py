@@ -48,5 +48,5 @@ def test_short_training_raises_map_well_above_start(tmp_path: Path, official_wei
     final = result.final_report.voc12_map50
     print(f"demo mAP@0.5 (VOC2010+ area): start {start:.4f} -> after 30 epochs {final:.4f}")
     assert start < 0.05
-    # measured on a 2-core CPU: 0.004 -> 0.23; the margin absorbs thread-order noise
+    # measured on a 2-core CPU: 0.001-0.004 -> 0.21-0.23; the margin absorbs thread-order noise
     assert final > 0.12 and final > 10 * start
