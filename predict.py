@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 from utils.checkpoint import CheckpointMismatchError, load_model
 from utils.darknet import DarknetFormatError
 from utils.predict_loop import OutputOptions, benchmark, run_predictions
-from utils.predictor import DEFAULT_COCO_CLASSES, DEFAULT_WEIGHTS, Detector, InferenceConfig
+from utils.predictor import DEFAULT_WEIGHTS, Detector, InferenceConfig, class_names_for
 from utils.sources import ImageReadError, SourceError, increment_path, read_image, resolve_source
 
 
@@ -215,9 +214,7 @@ def _export_onnx(args: argparse.Namespace) -> int:
     try:
         names = read_class_names(args.classes) if args.classes else None
         model, info = load_model(args.weights, args.phi, len(names) if names else None)
-        names = names or info.class_names
-        if names is None and info.num_classes == 80 and os.path.isfile(DEFAULT_COCO_CLASSES):
-            names = read_class_names(DEFAULT_COCO_CLASSES)
+        names = class_names_for(names, info.class_names, info.num_classes, args.weights)
         size = args.img_size or info.input_size
         meta = {
             "phi": info.phi,

@@ -30,6 +30,23 @@ DEFAULT_WEIGHTS = str(_MODEL_DATA / "yolov4-tiny.weights")
 DEFAULT_COCO_CLASSES = str(_MODEL_DATA / "coco.names")
 
 
+def class_names_for(
+    given: list[str] | None, stored: list[str] | None, num_classes: int | None, source: str
+) -> list[str]:
+    """Class names: given, else stored in the file, else COCO's for an 80-class model.
+
+    Raises:
+        ValueError: none of these applies (the message names ``source``).
+    """
+    names = given or stored
+    if not names and num_classes == 80 and os.path.isfile(DEFAULT_COCO_CLASSES):
+        names = read_class_names(DEFAULT_COCO_CLASSES)
+    if not names:
+        what = f"{num_classes} classes" if num_classes else "no class names stored in it"
+        raise ValueError(f"{source}: {what}; pass a classes file")
+    return list(names)
+
+
 @dataclass(frozen=True)
 class InferenceConfig:
     """Inference settings; every default in one place."""
@@ -141,12 +158,7 @@ class Detector:
         if str(weights).endswith(".onnx"):
             return cls._from_onnx(weights, names, anchors, config)
         model, info = load_model(weights, phi=phi, num_classes=num_classes)
-        if names is None:
-            names = info.class_names
-        if names is None and info.num_classes == 80 and os.path.isfile(DEFAULT_COCO_CLASSES):
-            names = read_class_names(DEFAULT_COCO_CLASSES)
-        if names is None:
-            raise ValueError(f"{weights} has {info.num_classes} classes: pass a classes file")
+        names = class_names_for(names, info.class_names, info.num_classes, str(weights))
         if anchors is not None:
             info.anchors = read_anchors(anchors)
         return cls(model, info, list(names), config)
@@ -159,11 +171,7 @@ class Detector:
         runner = OnnxRunner(path)
         masks = [tuple(m) for m in meta.get("anchors_mask", [])] or list(DEFAULT_ANCHORS_MASK)
         graph_classes = runner.out_channels // len(masks[0]) - 5 if runner.out_channels else None
-        names = names or meta.get("class_names")
-        if not names and graph_classes == 80 and os.path.isfile(DEFAULT_COCO_CLASSES):
-            names = read_class_names(DEFAULT_COCO_CLASSES)
-        if not names:
-            raise ValueError(f"{path}: no class names stored in it; pass a classes file")
+        names = class_names_for(names, meta.get("class_names"), graph_classes, str(path))
         if graph_classes is not None and len(names) != graph_classes:
             raise ValueError(
                 f"{path} predicts {graph_classes} classes, but {len(names)} class names were given"
