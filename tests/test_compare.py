@@ -6,13 +6,13 @@ import csv
 import json
 from pathlib import Path
 
-from voc_factory import CLASSES, make_voc
+from voc_factory import CLASSES, make_split, tiny_train_config
 
 import eval as eval_cli
 from utils.compare import Row, pairwise_verdicts, summarize_by_phi, write_outputs
 from utils.evaluate import EvalConfig
 from utils.study import run_study
-from utils.trainer import TrainConfig
+from utils.trainer import train
 
 
 def _row(name: str, phi: int, voc12: float) -> Row:
@@ -49,24 +49,8 @@ def test_mean_std_and_noise_verdicts(tmp_path: Path) -> None:
 
 
 def test_study_end_to_end_on_tiny_data(tmp_path: Path) -> None:
-    root = tmp_path / "VOCdevkit"
-    make_voc(root, num_images=8, size=(96, 80), image_set="trainval")
-    make_voc(root, num_images=3, size=(96, 80), seed=1, image_set="test")
-    classes = tmp_path / "classes.txt"
-    classes.write_text("\n".join(CLASSES) + "\n")
-    base = TrainConfig(
-        voc_root=str(root),
-        train_sets="2007:trainval",
-        val_set="2007:test",
-        classes=str(classes),
-        img_size=64,
-        epochs=1,
-        freeze_epochs=0,
-        batch_size=4,
-        weights="none",
-        workers=0,
-        eval_period=0,
-    )
+    root, classes = make_split(tmp_path, num_train=8, num_test=3)
+    base = tiny_train_config(root, classes)
     out = tmp_path / "study"
     paths = run_study(base, ["none", "se"], [0, 1], out, EvalConfig(input_size=64, workers=0))
     names = sorted(p.name for p in out.iterdir() if p.is_dir())
@@ -108,29 +92,9 @@ def test_study_end_to_end_on_tiny_data(tmp_path: Path) -> None:
 def test_eval_single_checkpoint_and_detection_file_agree(tmp_path: Path) -> None:
     import predict
 
-    root = tmp_path / "VOCdevkit"
-    make_voc(root, num_images=6, size=(96, 80), image_set="trainval")
-    make_voc(root, num_images=4, size=(96, 80), seed=2, image_set="test")
-    classes = tmp_path / "classes.txt"
-    classes.write_text("\n".join(CLASSES) + "\n")
-    from utils.trainer import train
-
+    root, classes = make_split(tmp_path, num_train=6, num_test=4)
     result = train(
-        TrainConfig(
-            voc_root=str(root),
-            train_sets="2007:trainval",
-            val_set="2007:test",
-            classes=str(classes),
-            img_size=64,
-            epochs=2,
-            freeze_epochs=0,
-            batch_size=2,
-            weights="none",
-            workers=0,
-            eval_period=0,
-            log_dir=str(tmp_path),
-            lr=0.1,
-        )
+        tiny_train_config(root, classes, epochs=2, batch_size=2, log_dir=str(tmp_path), lr=0.1)
     )
     weights = str(result.run_dir / "weights" / "last.pth")
     common = [

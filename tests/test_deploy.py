@@ -202,9 +202,13 @@ def test_opset_below_17_is_refused(onnx_models, tmp_path) -> None:
 def test_onnx_runner_refuses_decoded_graph(onnx_models, tmp_path) -> None:
     path = tmp_path / "decoded.onnx"
     export_onnx(
-        onnx_models[0], path, 64, decode=True, anchors=DEFAULT_ANCHORS,
+        onnx_models[0],
+        path,
+        64,
+        decode=True,
+        anchors=DEFAULT_ANCHORS,
         anchors_mask=DEFAULT_ANCHORS_MASK,
-    )  # fmt: skip
+    )
     with pytest.raises(ValueError, match=r"out32/out16.*--onnx-decode"):
         OnnxRunner(path)
     with pytest.raises(ValueError, match="out32/out16"):
@@ -298,9 +302,16 @@ def test_cli_onnxruntime_backend_exports_darknet_weights_on_the_fly(
     calls = count_calls(monkeypatch, OnnxRunner)
     out = tmp_path / "dets.json"
     rc = run_cli(
-        "--weights", official_weights, "--backend", "onnxruntime", "--source", sample_dir,
-        "--no-save", "--json", out,
-    )  # fmt: skip
+        "--weights",
+        official_weights,
+        "--backend",
+        "onnxruntime",
+        "--source",
+        sample_dir,
+        "--no-save",
+        "--json",
+        out,
+    )
     assert rc == 0
     assert calls[0] == len(reference_detections)  # ORT ran every image, torch none
     got = detections_from_json(out)
@@ -316,9 +327,15 @@ def test_cli_no_fuse_matches_fused(
     bn_calls = count_calls(monkeypatch, nn.BatchNorm2d, "forward")
     out = tmp_path / "dets.json"
     rc = run_cli(
-        "--weights", official_weights, "--no-fuse", "--source", sample_dir, "--no-save",
-        "--json", out,
-    )  # fmt: skip
+        "--weights",
+        official_weights,
+        "--no-fuse",
+        "--source",
+        sample_dir,
+        "--no-save",
+        "--json",
+        out,
+    )
     assert rc == 0
     assert bn_calls[0] == 19 * len(reference_detections)  # batch norm really ran unfused
     got = detections_from_json(out)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from voc_factory import CLASSES, make_voc
+from voc_factory import CLASSES, make_split, tiny_train_config
 
 from nets.yolo import YoloBody
 from utils.checkpoint import load_model
@@ -89,37 +89,22 @@ def test_freezing_freezes_backbone_and_its_batch_norm() -> None:
 
 @pytest.fixture(scope="module")
 def tiny_voc(tmp_path_factory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("voc") / "VOCdevkit"
-    make_voc(root, num_images=12, size=(96, 80), image_set="trainval")
-    make_voc(root, num_images=4, size=(96, 80), seed=1, image_set="test")
-    classes = root.parent / "classes.txt"
-    classes.write_text("\n".join(CLASSES) + "\n")
-    return root, classes
+    return make_split(tmp_path_factory.mktemp("voc"), num_train=12, num_test=4)
 
 
 def _config(tiny_voc, tmp_path: Path, **kwargs) -> TrainConfig:
-    root, classes = tiny_voc
-    base = TrainConfig(
-        voc_root=str(root),
-        train_sets="2007:trainval",
-        val_set="2007:test",
-        classes=str(classes),
-        img_size=64,
-        epochs=3,
-        freeze_epochs=0,
-        batch_size=4,
-        freeze_batch_size=4,
-        weights="none",
-        workers=0,
-        eval_period=0,
-        log_dir=str(tmp_path),
-        deterministic=True,
-        seed=3,
-        lr=0.05,
-        mosaic=0.5,
-        mixup=0.5,
-    )
-    return replace(base, **kwargs)
+    base = {
+        "epochs": 3,
+        "log_dir": str(tmp_path),
+        "deterministic": True,
+        "seed": 3,
+        "lr": 0.05,
+        "mosaic": 0.5,
+        "mixup": 0.5,
+    }
+    voc_root, classes = tiny_voc
+    classes = kwargs.pop("classes", classes)  # None asks for discovery from the XMLs
+    return tiny_train_config(voc_root, classes, **{**base, **kwargs})
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:

@@ -68,3 +68,35 @@ def make_voc(
         ids.append(image_id)
     (folder / "ImageSets" / "Main" / f"{image_set}.txt").write_text("\n".join(ids) + "\n")
     return root
+
+
+def make_split(root: Path, num_train: int, num_test: int) -> tuple[Path, Path]:
+    """A tiny VOC tree with trainval and test sets plus its classes file, under ``root``:
+    ``(voc_root, classes_file)``."""
+    voc_root = root / "VOCdevkit"
+    make_voc(voc_root, num_images=num_train, size=(96, 80), image_set="trainval")
+    make_voc(voc_root, num_images=num_test, size=(96, 80), seed=1, image_set="test")
+    classes = root / "classes.txt"
+    classes.write_text("\n".join(CLASSES) + "\n")
+    return voc_root, classes
+
+
+def tiny_train_config(voc_root: Path, classes: Path | None, **overrides):
+    """A TrainConfig for seconds-long CPU runs on ``make_split`` data (64 px, from scratch)."""
+    from utils.trainer import TrainConfig
+
+    base = {
+        "voc_root": str(voc_root),
+        "train_sets": "2007:trainval",
+        "val_set": "2007:test",
+        "classes": str(classes) if classes else None,
+        "img_size": 64,
+        "epochs": 1,
+        "freeze_epochs": 0,
+        "batch_size": 4,
+        "freeze_batch_size": 4,
+        "weights": "none",
+        "workers": 0,
+        "eval_period": 0,
+    }
+    return TrainConfig(**{**base, **overrides})
