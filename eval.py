@@ -15,6 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
+from data.demo import DEMO_CLASSES, DEMO_VOC_ROOT
 from data.voc import load_voc, parse_sets
 from utils.checkpoint import CheckpointMismatchError
 from utils.classes import read_class_names
@@ -66,7 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _split(args) -> tuple[str, str]:
     if args.data == "demo":
-        return args.voc_root or "data/demo/VOCdevkit", args.split or "2007:test"
+        return args.voc_root or str(DEMO_VOC_ROOT), args.split or "2007:test"
     return args.voc_root or "data/VOCdevkit", args.split or "2007:test"
 
 
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         device = select_device(args.device)
         names = read_class_names(args.classes) if args.classes else None
         if names is None and args.data == "demo":
-            names = read_class_names("data/demo/classes.txt")
+            names = read_class_names(DEMO_CLASSES)
         cfg = EvalConfig(
             input_size=args.img_size,
             letterbox=args.letterbox,
@@ -135,7 +136,7 @@ def _score_file(args, voc_root: str, split: str, out_dir: Path) -> int:
     if not args.classes and args.data != "demo":
         print("error: --detections needs --classes", file=sys.stderr)
         return 2
-    names = read_class_names(args.classes or "data/demo/classes.txt")
+    names = read_class_names(args.classes or DEMO_CLASSES)
     annotations = load_voc(voc_root, parse_sets(split), names).annotations
     detected = read_detections_json(args.detections, annotations, names)
     for failure in detected.failures[:10]:

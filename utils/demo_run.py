@@ -17,7 +17,7 @@ from pathlib import Path
 
 import eval as eval_cli
 import predict
-from data.demo import demo_is_current, generate_demo
+from data.demo import DEMO_ROOT, DEMO_VOC_ROOT, demo_is_current, generate_demo
 from utils.trainer import TrainConfig, train
 
 OUT = Path("logs/demo")
@@ -49,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         return code
 
     print("== 2/5 demo dataset")
-    if not demo_is_current("data/demo"):
-        generate_demo("data/demo")
+    if not demo_is_current(DEMO_ROOT):
+        generate_demo(DEMO_ROOT)
 
     print(f"== 3/5 training phi {args.phi} for {args.epochs} epochs at {args.img_size}")
     # a short schedule: smaller batches (more steps) and a higher lr than the VOC defaults
@@ -88,8 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         return code
 
     print("== 5/5 the trained model on demo test images")
-    test_ids = Path("data/demo/VOCdevkit/VOC2007/ImageSets/Main/test.txt").read_text().split()[:6]
-    images = [f"data/demo/VOCdevkit/VOC2007/JPEGImages/{i}.jpg" for i in test_ids]
+    voc2007 = DEMO_VOC_ROOT / "VOC2007"
+    test_ids = (voc2007 / "ImageSets" / "Main" / "test.txt").read_text().split()[:6]
+    images = [voc2007 / "JPEGImages" / f"{i}.jpg" for i in test_ids]
     sample = OUT / "demo_images"
     sample.mkdir()
     for path in images:

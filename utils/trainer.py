@@ -50,7 +50,6 @@ logger = logging.getLogger("train")
 
 OFFICIAL_WEIGHTS = "model_data/yolov4-tiny.weights"
 VOC_CLASSES = "model_data/voc_classes.txt"
-DEMO_ROOT = "data/demo"
 BAR_FORMAT = "{desc}{percentage:3.0f}%|{bar:20}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}]"
 
 
@@ -279,19 +278,18 @@ def resolve_data(cfg: TrainConfig) -> TrainConfig:
     """Fills in the demo's paths for ``--data demo`` (generating it on first use)."""
     if cfg.data != "demo":
         return cfg
-    from data.demo import demo_is_current, generate_demo
+    from data.demo import DEMO_CLASSES, DEMO_ROOT, DEMO_VOC_ROOT, demo_is_current, generate_demo
 
-    root = Path(DEMO_ROOT)
-    if int(os.environ.get("RANK", "0")) == 0 and not demo_is_current(root):
-        generate_demo(root)
+    if int(os.environ.get("RANK", "0")) == 0 and not demo_is_current(DEMO_ROOT):
+        generate_demo(DEMO_ROOT)
     if dist.is_initialized():
         dist.barrier()  # the other ranks wait for rank 0's files
     return replace(
         cfg,
-        voc_root=str(root / "VOCdevkit"),
+        voc_root=str(DEMO_VOC_ROOT),
         train_sets="2007:trainval",
         val_set="2007:test",
-        classes=cfg.classes or str(root / "classes.txt"),
+        classes=cfg.classes or str(DEMO_CLASSES),
     )
 
 
