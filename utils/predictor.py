@@ -20,7 +20,7 @@ import torch
 from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, YoloBody
 from utils.checkpoint import ModelInfo, load_model
 from utils.classes import read_anchors, read_class_names
-from utils.decode import decode_outputs, postprocess
+from utils.decode import detect
 from utils.deploy import fuse_model
 from utils.device import select_device
 from utils.preprocess import ResizeMeta, boxes_to_original, preprocess_bgr, to_tensor
@@ -218,9 +218,11 @@ class Detector:
     def postprocess(self, outputs: list[torch.Tensor], metas: list[ResizeMeta]) -> list[Detections]:
         """Decode, filter, NMS and map boxes back to each original image."""
         cfg = self.config
-        decoded = decode_outputs(outputs, self.info.anchors, self.info.anchors_mask, cfg.input_size)
-        results = postprocess(
-            decoded,
+        results = detect(
+            outputs,
+            self.info.anchors,
+            self.info.anchors_mask,
+            cfg.input_size,
             cfg.conf_thresh,
             cfg.nms_thresh,
             cfg.max_det,
