@@ -20,6 +20,7 @@ from utils.checkpoint import CheckpointMismatchError, load_model
 from utils.darknet import DarknetFormatError
 from utils.predict_loop import OutputOptions, benchmark, run_predictions
 from utils.predictor import DEFAULT_WEIGHTS, Detector, InferenceConfig, class_names_for
+from utils.quantize import CALIBRATION_METHODS, DEFAULT_CALIBRATION_IMAGES
 from utils.sources import ImageReadError, SourceError, increment_path, read_image, resolve_source
 
 
@@ -119,6 +120,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="ONNX export: decoded boxes (B, N, 5+C) instead of raw maps",
     )
     dep.add_argument("--opset", type=int, default=17, help="ONNX opset (17 or newer)")
+    dep.add_argument(
+        "--int8",
+        default=None,
+        metavar="CALIB_SOURCE",
+        help="ONNX export: quantize to INT8 (ONNX Runtime, static), calibrating activation "
+        "ranges on images from this folder, glob or file (use training images)",
+    )
+    dep.add_argument(
+        "--calib-images",
+        type=int,
+        default=DEFAULT_CALIBRATION_IMAGES,
+        help="--int8: calibration images, spread evenly over the source",
+    )
+    dep.add_argument(
+        "--calib-method",
+        choices=CALIBRATION_METHODS,
+        default="percentile",
+        help="--int8: how activation ranges are chosen from the calibration images",
+    )
     return p.parse_args(argv)
 
 
@@ -207,11 +227,25 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _export_onnx(args: argparse.Namespace) -> int:
-    """``--export-onnx``: fused model (+ optional decoder) with its metadata, checked."""
+    """``--export-onnx``: fused model (+ optional decoder) with its metadata, checked; with
+    ``--int8`` quantized on calibration images."""
+    import tempfile
+
     from utils.classes import read_class_names
-    from utils.deploy import export_onnx
+    from utils.deploy import export_onnx, onnx_metadata
+    from utils.quantize import pick_evenly, quantize_int8
 
     try:
+        calibration = []
+        if args.int8:
+            if args.onnx_decode:
+                raise ValueError("--int8 quantizes raw-map graphs: leave out --onnx-decode")
+            if args.calib_images < 1:
+                raise ValueError("--calib-images must be at least 1")
+            images = resolve_source(args.int8).images
+            if not images:
+                raise ValueError(f"{args.int8}: no images to calibrate on")
+            calibration = pick_evenly(images, args.calib_images)
         names = read_class_names(args.classes) if args.classes else None
         model, info = load_model(args.weights, args.phi, len(names) if names else None)
         names = class_names_for(names, info.class_names, info.num_classes, args.weights)
@@ -224,24 +258,39 @@ def _export_onnx(args: argparse.Namespace) -> int:
             "anchors_mask": [list(m) for m in info.anchors_mask],
             "input_size": size,
         }
-        path = export_onnx(
-            model,
-            args.export_onnx,
-            size,
-            args.opset,
-            args.onnx_dynamic,
-            args.onnx_decode,
-            info.anchors,
-            info.anchors_mask,
-            metadata=meta,
-        )
+        with tempfile.TemporaryDirectory() as tmp:
+            path = export_onnx(
+                model,
+                Path(tmp) / "fp32.onnx" if args.int8 else args.export_onnx,
+                size,
+                args.opset,
+                args.onnx_dynamic,
+                args.onnx_decode,
+                info.anchors,
+                info.anchors_mask,
+                metadata=meta,
+            )
+            if args.int8:
+                path = quantize_int8(
+                    path,
+                    args.export_onnx,
+                    calibration,
+                    args.calib_method,
+                    letterbox=not args.no_letterbox,
+                )
     except (FileNotFoundError, ValueError, CheckpointMismatchError, DarknetFormatError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {err}", file=sys.stderr)  # SourceError is a ValueError
         return 2
     kind = "decoded detections" if args.onnx_decode else "raw maps out32/out16"
     batch = "dynamic batch" if args.onnx_dynamic else "batch 1"
+    precision = ""
+    if args.int8:
+        quant = onnx_metadata(path)["quantization"]
+        precision = (
+            f", INT8 ({quant['method']} calibration on {quant['calibration_images']} images)"
+        )
     print(
-        f"exported {path} (opset {args.opset}, {size}x{size}, {batch}, {kind}; "
+        f"exported {path} (opset {args.opset}, {size}x{size}, {batch}, {kind}{precision}; "
         f"{info.describe()}); onnx.checker passed"
     )
     return 0

@@ -191,3 +191,50 @@ def test_eval_single_checkpoint_and_detection_file_agree(tmp_path: Path) -> None
     f = json.loads(from_file.read_text())
     assert abs(f["voc12_map50"] - m["voc12_map50"]) < 1e-3
     assert abs(f["voc07_map50"] - m["voc07_map50"]) < 1e-3
+
+
+def test_eval_scores_onnx_exports_like_the_checkpoint(tmp_path: Path) -> None:
+    """eval.py takes .onnx files (fp32 or INT8 exports) next to checkpoints."""
+    import predict
+
+    root, classes = make_split(tmp_path, num_train=6, num_test=4)
+    result = train(
+        tiny_train_config(root, classes, epochs=3, batch_size=2, log_dir=str(tmp_path), lr=0.1)
+    )
+    weights = str(result.run_dir / "weights" / "last.pth")
+    fp32, int8 = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
+    export = ["--weights", weights, "--img-size", "64", "--device", "cpu"]
+    assert predict.main([*export, "--export-onnx", str(fp32)]) == 0
+    calibration = str(root / "VOC2007" / "JPEGImages")
+    assert predict.main([*export, "--export-onnx", str(int8), "--int8", calibration]) == 0
+    out = tmp_path / "cmp"
+    rc = eval_cli.main(
+        [
+            "--weights",
+            weights,
+            str(fp32),
+            str(int8),
+            "--voc-root",
+            str(root),
+            "--split",
+            "2007:test",
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "--out-dir",
+            str(out),
+            "--json",
+            str(tmp_path / "m.json"),
+        ]
+    )
+    assert rc == 0
+    runs = json.loads((tmp_path / "m.json").read_text())["runs"]
+    pth, onnx_fp32, onnx_int8 = (runs[w] for w in (weights, str(fp32), str(int8)))
+    assert pth["voc12_map50"] > 0  # something to compare
+    assert abs(onnx_fp32["voc12_map50"] - pth["voc12_map50"]) < 1e-3
+    assert onnx_fp32["num_images"] == onnx_int8["num_images"] == 4
+    assert 0 <= onnx_int8["voc12_map50"] <= 1
+    with (out / "comparison.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len({r["params"] for r in rows}) == 1  # same architecture, counted for the .onnx too

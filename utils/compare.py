@@ -190,18 +190,29 @@ def evaluate_checkpoint(
     """
     from dataclasses import replace
 
+    import torch
+
     from data.voc import load_voc, parse_sets
     from nets.summary import count_flops, count_parameters
+    from nets.yolo import YoloBody
     from utils.checkpoint import load_model
     from utils.evaluate import detect_dataset, score
     from utils.predict_loop import benchmark
     from utils.predictor import Detector, InferenceConfig
     from utils.sources import read_image
 
-    model, info = load_model(weights, phi=phi)
-    names = class_names or info.class_names
-    if names is None or len(names) != info.num_classes:
-        raise ValueError(f"{weights}: pass a classes file with {info.num_classes} names")
+    if str(weights).endswith(".onnx"):  # an export (fp32 or INT8), run by ONNX Runtime
+        config = InferenceConfig(input_size=cfg.input_size, device="cpu")
+        detector = Detector.from_weights(weights, classes=class_names, config=config)
+        model, info, names = detector.model, detector.info, detector.class_names
+        device = torch.device("cpu")
+        architecture = YoloBody(info.num_classes, info.phi)  # for params and FLOPs
+    else:
+        model, info = load_model(weights, phi=phi)
+        names = class_names or info.class_names
+        if names is None or len(names) != info.num_classes:
+            raise ValueError(f"{weights}: pass a classes file with {info.num_classes} names")
+        architecture = model
     annotations = load_voc(voc_root, parse_sets(split), names).annotations
     if not annotations:
         raise ValueError(f"{voc_root} {split}: no images")
@@ -210,14 +221,17 @@ def evaluate_checkpoint(
     model.to(device)
     detected = detect_dataset(model, annotations, info.anchors, info.anchors_mask, cfg, device)
     report = score(detected, names, f"{voc_root} {split} at {size}", cfg.iou_thresh, cfg.coco)
-    detector = Detector(model, info, names, InferenceConfig(input_size=size, device=str(device)))
+    if not str(weights).endswith(".onnx"):
+        detector = Detector(
+            model, info, names, InferenceConfig(input_size=size, device=str(device))
+        )
     stats = benchmark(detector, read_image(annotations[0].image_path), runs=20, warmup=3)
-    flops = count_flops(model, size) / 1e9
+    flops = count_flops(architecture, size) / 1e9
     row = Row(
         str(weights),
         info.phi,
         info.phi_name,
-        count_parameters(model),
+        count_parameters(architecture),
         flops,
         stats["total"]["median"],
         report.voc07_map50,

@@ -180,7 +180,14 @@ class OnnxRunner:
             for o in self.session.run(self.output_names, {self.input_name: array})
         ]
 
+    training = False  # the model contract of evaluation (``model.training``, ``.eval()``)
+
     def eval(self) -> OnnxRunner:
+        return self
+
+    def train(self, mode: bool = True) -> OnnxRunner:
+        if mode:
+            raise ValueError("an ONNX graph cannot be trained")
         return self
 
     def to(self, *_args, **_kwargs) -> OnnxRunner:

@@ -171,9 +171,10 @@ class EvalReport:
         return {
             "voc07_map50": self.voc07_map50,
             "voc12_map50": self.voc12_map50,
-            "coco_map": self.coco.get("coco_map", 0.0),
-            "coco_map50": self.coco.get("coco_map50", 0.0),
-            "coco_map75": self.coco.get("coco_map75", 0.0),
+            # None where COCO AP was not computed (--no-coco)
+            "coco_map": self.coco.get("coco_map"),
+            "coco_map50": self.coco.get("coco_map50"),
+            "coco_map75": self.coco.get("coco_map75"),
             "precision": self.precision,
             "recall": self.recall,
             "num_images": self.num_images,
