@@ -16,6 +16,7 @@ from voc_factory import CLASSES, make_split, tiny_train_config
 from nets.yolo import YoloBody
 from utils.checkpoint import load_model
 from utils.trainer import (
+    ModelEMA,
     TrainConfig,
     build_optimizer,
     fitted_lrs,
@@ -67,6 +68,29 @@ def test_weight_decay_only_on_conv_and_linear_weights() -> None:
         expected = name.endswith("weight") and p.ndim > 1  # conv and linear weights
         assert (id(p) in decayed) == expected, name
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_ema_update_follows_its_formula_for_every_tensor() -> None:
+    torch.manual_seed(0)
+    model = YoloBody(3, 4)  # CA: BN inside the attention block too
+    ema = ModelEMA(model, decay=0.9, tau=1.0)
+    before = {k: v.clone() for k, v in ema.ema.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+        model.backbone.conv1.bn.num_batches_tracked += 7
+        model.backbone.conv1.bn.running_var.mul_(3)
+    ema.update(model)
+    d = 0.9 * (1 - torch.exp(torch.tensor(-1.0)).item())
+    own = model.state_dict()
+    after = ema.ema.state_dict()
+    for k, v in after.items():
+        if v.dtype.is_floating_point:
+            torch.testing.assert_close(v, d * before[k] + (1 - d) * own[k])
+        else:
+            assert torch.equal(v, own[k])  # integer buffers are copied
+    assert after["backbone.conv1.bn.num_batches_tracked"] == 7
+    assert not any(p.requires_grad for p in ema.ema.parameters())
 
 
 def test_freezing_freezes_backbone_and_its_batch_norm() -> None:

@@ -5,7 +5,10 @@ Measures in one run, on the same image, with the official COCO darknet weights a
 1. PyTorch eager: our ``Detector`` with ``fuse=False`` (``torch.inference_mode``);
 2. PyTorch fused: our default ``Detector`` (batch norm folded into the convolutions);
 3. ONNX Runtime: our ``Detector`` with the ``onnxruntime`` backend (fused graph, exported here);
-4. OpenCV DNN 4.x on the darknet cfg + weights through ``cv2.dnn_DetectionModel`` (plain resize
+4. ONNX Runtime INT8: the same graph quantized by ``utils.quantize`` (``predict.py --int8``),
+   calibrated on the images in ``--calib`` (for its latency: its accuracy is measured on a
+   trained model by ``python -m utils.benchmark_int8``);
+5. OpenCV DNN 4.x on the darknet cfg + weights through ``cv2.dnn_DetectionModel`` (plain resize
    to 416, scale 1/255, swapRB, conf 0.25, NMS 0.45), the reference of the issue's targets.
 
 Each path is timed end to end (``cv2.imread`` of the JPEG every iteration, preprocessing,
@@ -14,11 +17,11 @@ round-robin, each round in a new random order, so that load from other jobs on t
 all of them alike (``--block N``: N iterations per turn, the first of each turn discarded, which
 keeps one runtime's still-spinning threads out of the next one's timings); warm-up iterations
 are discarded and the median, p10 and p90 of ``--runs`` iterations are reported. Variants that
-are not library defaults (channels_last, other thread settings) run in the same loop so that a
+are not library defaults (NCHW layout, other thread settings) run in the same loop so that a
 suggested library change can be judged on them.
 
 Then, with random weights (80 classes), the latency that the attention blocks add (phi 1-4 over
-phi 0) on the eager, fused and ONNX Runtime paths, forward only and end to end; ``--profile``
+phi 0) on the eager, fused, ONNX Runtime and INT8 paths, forward only and end to end; ``--profile``
 prints the operators that take the time in the fused PyTorch forward.
 
 Examples:
@@ -52,10 +55,13 @@ from utils.checkpoint import ModelInfo, load_model
 from utils.classes import read_class_names
 from utils.deploy import OnnxRunner, export_onnx
 from utils.predictor import DEFAULT_COCO_CLASSES, DEFAULT_WEIGHTS, Detector, InferenceConfig
+from utils.quantize import quantize_int8
+from utils.sources import resolve_source
 
 _MODEL_DATA = Path(__file__).resolve().parents[1] / "model_data"
 DEFAULT_CFG = str(_MODEL_DATA / "yolov4-tiny.cfg")
 DEFAULT_IMAGE = str(_MODEL_DATA / "samples" / "bus.jpg")
+DEFAULT_CALIB = str(_MODEL_DATA / "samples")
 INPUT_SIZE = 416  # the issue's and SPEC §4's setting
 CONF_THRESH, NMS_THRESH = 0.25, 0.45  # as InferenceConfig's defaults and the OpenCV reference
 # SPEC §4, measured on the CI machine type (2-core AVX2 CPU), ms per image at 416, batch 1.
@@ -69,7 +75,9 @@ TARGET_FASTEST = 0.8  # the fastest of our paths
 TARGET_TORCH_FUSED = 1.0  # our default Detector
 OBJECTNESS_PRIOR_BIAS = -4.6  # sigmoid = 1 %: random models then give the same (empty) NMS load
 THREAD_ENV = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS", "GOMP_SPINCOUNT")
-MAIN_PATHS = ("torch_eager", "torch_fused", "onnxruntime", "opencv_dnn")
+MAIN_PATHS = ("torch_eager", "torch_fused", "onnxruntime", "onnxruntime_int8", "opencv_dnn")
+OUR_PATHS = MAIN_PATHS[:4]
+FP32_PATHS = MAIN_PATHS[:3]
 
 
 @dataclass
@@ -134,17 +142,6 @@ def measure(
 # --------------------------------------------------------------------------- engines
 
 
-class ChannelsLast(nn.Module):
-    """Runs a model with channels_last weights and input (NHWC in memory)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model.to(memory_format=torch.channels_last)
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return self.model(x.contiguous(memory_format=torch.channels_last))
-
-
 class WithTorchThreads:
     """Calls ``fn`` with ``torch.set_num_threads(threads)``, restoring the setting after."""
 
@@ -161,19 +158,28 @@ class WithTorchThreads:
 
 
 def ort_runner(
-    model: nn.Module, folder: Path, input_size: int, threads: int | None, spinning: bool = True
+    model: nn.Module,
+    folder: Path,
+    input_size: int,
+    threads: int | None,
+    spinning: bool = False,
+    int8_calibration: list[str] | None = None,
 ) -> OnnxRunner:
-    """What ``Detector`` builds for ``backend="onnxruntime"``, with explicit thread settings."""
+    """What ``Detector`` builds for ``backend="onnxruntime"`` (or for an ``--int8`` export),
+    with explicit thread settings; ``spinning`` turns ORT's busy-waiting threads back on."""
     import onnxruntime as ort
 
     path = export_onnx(model, folder / f"model_{len(list(folder.iterdir()))}.onnx", input_size)
+    if int8_calibration:  # minmax: random models may have constant tensors (no histogram)
+        path = quantize_int8(
+            path, path.with_name(path.stem + "_int8.onnx"), int8_calibration, "minmax"
+        )
     runner = OnnxRunner(path, threads=threads)
-    if not spinning:  # idle intra-op threads sleep instead of spinning (shared CPUs)
+    if spinning:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             options.intra_op_num_threads = threads
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         runner.session = ort.InferenceSession(str(path), options, providers=runner.providers())
     return runner
 
@@ -216,7 +222,7 @@ def opencv_engine(cfg: str, weights: str, image_path: str, input_size: int) -> E
 def official_engines(
     args: argparse.Namespace, folder: Path, variants: bool
 ) -> tuple[list[Engine], Detector]:
-    """The four paths of the comparison (and variants); also returns the fused Detector."""
+    """The five paths of the comparison (and variants); also returns the fused Detector."""
     cpu = InferenceConfig(input_size=INPUT_SIZE, device="cpu")
     names = read_class_names(DEFAULT_COCO_CLASSES)
     model, info = load_model(args.weights)
@@ -224,29 +230,33 @@ def official_engines(
     fused = Detector(copy.deepcopy(model), info, names, cpu)
     ort_config = replace(cpu, backend="onnxruntime")
 
-    def ort_detector(threads: int | None, spinning: bool = True) -> Detector:
-        runner = ort_runner(model, folder, INPUT_SIZE, threads, spinning)
+    def ort_detector(threads: int | None, spinning: bool = False, int8=None) -> Detector:
+        runner = ort_runner(model, folder, INPUT_SIZE, threads, spinning, int8)
         return Detector(None, info, names, ort_config, runner=runner)
 
     image = args.image
+    calibration = resolve_source(args.calib).images
     engines = [
         detector_engine("torch_eager", "PyTorch eager (unfused)", eager, image),
         detector_engine("torch_fused", "PyTorch fused (default)", fused, image),
         detector_engine(
             "onnxruntime", "ONNX Runtime (Detector)", ort_detector(args.threads), image
         ),
+        detector_engine(
+            "onnxruntime_int8",
+            f"ONNX Runtime INT8 ({len(calibration)} calib)",
+            ort_detector(args.threads, int8=calibration),
+            image,
+        ),
         opencv_engine(args.cfg, args.weights, image, INPUT_SIZE),
     ]
     if not variants:
         return engines, fused
     cores = os.cpu_count() or 1
-    channels_last = Detector(copy.deepcopy(model), info, names, cpu)
-    channels_last.model = ChannelsLast(channels_last.model)
-    engines.append(
-        detector_engine(
-            "torch_fused_cl", "PyTorch fused, channels_last", channels_last, image, True
-        )
-    )
+    nchw = Detector(copy.deepcopy(model), info, names, cpu)
+    nchw.memory_format = torch.contiguous_format
+    nchw.model = nchw.model.to(memory_format=nchw.memory_format)
+    engines.append(detector_engine("torch_fused_nchw", "PyTorch fused, NCHW", nchw, image, True))
     one_thread = detector_engine("torch_fused_1t", "PyTorch fused, 1 thread", fused, image, True)
     one_thread.end_to_end = WithTorchThreads(one_thread.end_to_end, 1)
     one_thread.forward = WithTorchThreads(one_thread.forward, 1)
@@ -258,9 +268,9 @@ def official_engines(
     )
     engines.append(
         detector_engine(
-            "onnxruntime_nospin",
-            "ORT no spinning",
-            ort_detector(args.threads, spinning=False),
+            "onnxruntime_spin",
+            "ORT threads spinning",
+            ort_detector(args.threads, spinning=True),
             image,
             True,
         )
@@ -281,6 +291,7 @@ def random_model(phi: int, num_classes: int = 80) -> YoloBody:
 
 def phi_engines(args: argparse.Namespace, folder: Path, phis: list[int]) -> list[Engine]:
     names = [f"class{i}" for i in range(80)]
+    calibration = resolve_source(args.calib).images
     cpu = InferenceConfig(input_size=INPUT_SIZE, device="cpu")
     engines = []
     for phi in phis:
@@ -295,6 +306,13 @@ def phi_engines(args: argparse.Namespace, folder: Path, phis: list[int]) -> list
                 names,
                 replace(cpu, backend="onnxruntime"),
                 runner=ort_runner(model, folder, INPUT_SIZE, args.threads),
+            ),
+            "onnxruntime_int8": Detector(
+                None,
+                info,
+                names,
+                replace(cpu, backend="onnxruntime"),
+                runner=ort_runner(model, folder, INPUT_SIZE, args.threads, int8=calibration),
             ),
         }
         for path, detector in detectors.items():
@@ -392,13 +410,17 @@ def print_table(results: dict[str, dict], engines: list[Engine], opencv_e2e: flo
 
 def targets_report(results: dict[str, dict]) -> dict:
     opencv = results["opencv_dnn"]["end_to_end"]["median"]
-    ours = {k: results[k]["end_to_end"]["median"] / opencv for k in MAIN_PATHS[:3]}
+    ours = {k: results[k]["end_to_end"]["median"] / opencv for k in OUR_PATHS}
     fastest = min(ours, key=ours.get)
+    fp32 = min(FP32_PATHS, key=ours.get)
     return {
         "fastest_path": fastest,
         "fastest_ratio": ours[fastest],
         "fastest_target": TARGET_FASTEST,
         "fastest_met": ours[fastest] <= TARGET_FASTEST,
+        "fastest_fp32_path": fp32,
+        "fastest_fp32_ratio": ours[fp32],
+        "fastest_fp32_met": ours[fp32] <= TARGET_FASTEST,
         "torch_fused_ratio": ours["torch_fused"],
         "torch_fused_target": TARGET_TORCH_FUSED,
         "torch_fused_met": ours["torch_fused"] <= TARGET_TORCH_FUSED,
@@ -411,7 +433,7 @@ def phi_report(results: dict[str, dict], phis: list[int]) -> dict:
     for phi in phis:
         name = attention_names()[phi]
         report[f"{phi} ({name})"] = row = {}
-        for path in MAIN_PATHS[:3]:
+        for path in OUR_PATHS:
             row[path] = {}
             for kind in ("forward", "end_to_end"):
                 ms = results[f"phi{phi}/{path}"][kind]["median"]
@@ -425,7 +447,7 @@ def phi_report(results: dict[str, dict], phis: list[int]) -> dict:
 
 
 def print_phi_report(report: dict) -> None:
-    paths = MAIN_PATHS[:3]
+    paths = OUR_PATHS
     print(f"{'phi':<10}" + "".join(f"|{p:^29}" for p in paths))
     print(f"{'':<10}" + f"|{'fwd ms (+ms)':>14}{'e2e ms (+ms)':>15}" * len(paths))
     for phi, row in report.items():
@@ -451,6 +473,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "each call then follows another runtime whose threads may still be spinning)",
     )
     p.add_argument("--image", default=DEFAULT_IMAGE, help="JPEG read from disk every iteration")
+    p.add_argument(
+        "--calib",
+        default=DEFAULT_CALIB,
+        help="INT8 calibration images (folder, glob or file) for the ONNX Runtime INT8 path",
+    )
     p.add_argument("--weights", default=DEFAULT_WEIGHTS, help="official darknet .weights")
     p.add_argument("--cfg", default=DEFAULT_CFG, help="its darknet .cfg (for OpenCV DNN)")
     p.add_argument(
@@ -528,10 +555,15 @@ def main(argv: list[str] | None = None) -> int:
             f"{targets['fastest_ratio']:.2f}x  {'met' if targets['fastest_met'] else 'MISSED'}"
         )
         print(
+            f"  fastest fp32 path (no accuracy change) <= {TARGET_FASTEST:.2f}x: "
+            f"{label[targets['fastest_fp32_path']]} {targets['fastest_fp32_ratio']:.2f}x  "
+            f"{'met' if targets['fastest_fp32_met'] else 'MISSED'}"
+        )
+        print(
             f"  PyTorch fused <= {TARGET_TORCH_FUSED:.2f}x: {targets['torch_fused_ratio']:.2f}x  "
             f"{'met' if targets['torch_fused_met'] else 'MISSED'}"
         )
-        best_forward = min(results[k]["forward"]["median"] for k in MAIN_PATHS[:3])
+        best_forward = min(results[k]["forward"]["median"] for k in FP32_PATHS)
         print("reference (SPEC §4, CI's 2-core AVX2 CPU) vs here:")
         print(
             f"  OpenCV DNN end to end ~{REFERENCE_MS['opencv_dnn_end_to_end']:.0f} ms"

@@ -171,12 +171,29 @@ class ModelEMA:
     def update(self, model: nn.Module) -> None:
         self.updates += 1
         d = self.decay * (1 - math.exp(-self.updates / self.tau))
-        own = _unwrap(model).state_dict()
-        for k, v in self.ema.state_dict().items():
-            if v.dtype.is_floating_point:
-                v.mul_(d).add_(own[k].detach(), alpha=1 - d)
-            else:
-                v.copy_(own[k])
+        ema_float, own_float, ema_other, own_other = _tensor_pairs(self.ema, _unwrap(model))
+        # ema = d * ema + (1 - d) * own as two multi-tensor ops instead of a Python loop over
+        # ~150 tensors: 3.2 -> 2.7 ms per step on a 2-core CPU (phi 2). The pairs are not
+        # cached: moving a module replaces its buffers, and a stale pair would fail silently.
+        torch._foreach_mul_(ema_float, d)
+        torch._foreach_add_(ema_float, own_float, alpha=1 - d)
+        for e, o in zip(ema_other, own_other):  # integer buffers (BN's num_batches_tracked)
+            e.copy_(o)
+
+
+def _tensor_pairs(ema: nn.Module, own: nn.Module) -> tuple[list, list, list, list]:
+    """Matching state tensors of two copies of one architecture: floating ones, then others."""
+    own_state = own.state_dict(keep_vars=True)
+    ema_float, own_float, ema_other, own_other = [], [], [], []
+    for k, v in ema.state_dict(keep_vars=True).items():
+        o = own_state[k].detach()
+        if v.dtype.is_floating_point:
+            ema_float.append(v.detach())
+            own_float.append(o)
+        else:
+            ema_other.append(v.detach())
+            own_other.append(o)
+    return ema_float, own_float, ema_other, own_other
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
