@@ -312,7 +312,9 @@ def phi_engines(args: argparse.Namespace, folder: Path, phis: list[int]) -> list
                 info,
                 names,
                 replace(cpu, backend="onnxruntime"),
-                runner=ort_runner(model, folder, INPUT_SIZE, args.threads, int8=calibration),
+                runner=ort_runner(
+                    model, folder, INPUT_SIZE, args.threads, int8_calibration=calibration
+                ),
             ),
         }
         for path, detector in detectors.items():

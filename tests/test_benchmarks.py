@@ -1,0 +1,73 @@
+"""The benchmark scripts run end to end and write what they promise (smallest settings; their
+numbers are not checked here: timings are for the scripts' own comparisons, never tests)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from voc_factory import make_split, tiny_train_config
+
+from utils import benchmark_inference, benchmark_int8
+from utils.trainer import train
+
+
+@pytest.mark.slow
+def test_benchmark_inference_runs_every_path_and_phi(
+    official_weights, official_cfg, sample_images, tmp_path
+) -> None:
+    out = tmp_path / "bench.json"
+    args = ["--runs", "1", "--warmup", "0", "--block", "1", "--phi-runs", "1"]
+    assert benchmark_inference.main([*args, "--no-variants", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert set(report["paths"]) == set(benchmark_inference.MAIN_PATHS)
+    for path in report["paths"].values():
+        assert path["end_to_end"]["median"] > 0 and path["forward"]["median"] > 0
+    # the same four detections of bus.jpg on every fp32 path of ours
+    assert len({report["paths"][p]["detections"] for p in benchmark_inference.FP32_PATHS}) == 1
+    assert {"fastest_met", "fastest_fp32_met", "torch_fused_met"} <= set(report["targets"])
+    assert len(report["phi_overhead"]) == 5
+    for row in report["phi_overhead"].values():
+        assert set(row) == set(benchmark_inference.OUR_PATHS)
+
+
+def test_benchmark_int8_on_a_trained_checkpoint(tmp_path: Path, capsys) -> None:
+    root, classes = make_split(tmp_path, num_train=6, num_test=4)
+    result = train(
+        tiny_train_config(root, classes, epochs=3, batch_size=2, log_dir=str(tmp_path), lr=0.1)
+    )
+    weights = str(result.run_dir / "weights" / "last.pth")
+    out = tmp_path / "int8.json"
+    rc = benchmark_int8.main(
+        [
+            "--weights",
+            weights,
+            "--data",
+            "voc",
+            "--voc-root",
+            str(root),
+            "--calib-split",
+            "2007:trainval",
+            "--calib-images",
+            "3",
+            "--out-dir",
+            str(tmp_path / "onnx"),
+            "--json",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    report = json.loads(out.read_text())
+    assert report["calibration"] == {"split": "2007:trainval", "images": 3}
+    paths = report["paths"]
+    assert set(paths) == {"PyTorch fp32", "ORT fp32", "ORT INT8"}
+    assert abs(paths["ORT fp32"]["voc12"] - paths["PyTorch fp32"]["voc12"]) < 1e-3
+    assert all(p["latency_ms"] > 0 for p in paths.values())
+    assert (tmp_path / "onnx" / "model_int8.onnx").is_file()
+    assert "ORT INT8" in capsys.readouterr().out
+
+
+def test_benchmark_int8_explains_a_missing_checkpoint(tmp_path, capsys) -> None:
+    assert benchmark_int8.main(["--weights", str(tmp_path / "none.pth")]) == 2
+    assert "none.pth not found" in capsys.readouterr().err
