@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from voc_factory import make_split, tiny_train_config
 
-from utils import benchmark_inference, benchmark_int8
+from utils import benchmark_inference, benchmark_int8, benchmark_train
 from utils.trainer import train
 
 
@@ -71,3 +71,14 @@ def test_benchmark_int8_on_a_trained_checkpoint(tmp_path: Path, capsys) -> None:
 def test_benchmark_int8_explains_a_missing_checkpoint(tmp_path, capsys) -> None:
     assert benchmark_int8.main(["--weights", str(tmp_path / "none.pth")]) == 2
     assert "none.pth not found" in capsys.readouterr().err
+
+
+def test_benchmark_train_runs_before_and_after(tmp_path, capsys) -> None:
+    rc = benchmark_train.main(
+        ["--steps", "1", "--warmup", "0", "--workers", "0", "--demo-root", str(tmp_path / "d")]
+    )
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "images/s" in out and "before" in out and "after" in out
+    difference = float(out.split("max relative ")[1].split()[0])
+    assert difference < 1e-2  # the "before" loops compute the same loss

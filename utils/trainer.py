@@ -524,7 +524,11 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device) -> TrainResult:
         freeze_epochs = cfg.freeze_epochs if load_initial_weights(model, cfg) else 0
     else:  # as the interrupted run had it (0 when it started from scratch)
         freeze_epochs = resume_state["train_state"]["freeze_epochs"]
-    model.to(device)
+    # NHWC on CPU: oneDNN runs the convolutions, their backward passes and the max-pools
+    # without layout conversions: a 416 / batch-8 step went from 10.7 to 13.8 images/s on a
+    # 2-core CPU (python -m utils.benchmark_train). CUDA keeps NCHW (not measured here).
+    memory_format = torch.channels_last if device.type == "cpu" else torch.contiguous_format
+    model.to(device, memory_format=memory_format)
     if d.world > 1 and cfg.sync_bn:
         if device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -667,7 +671,8 @@ def _train(cfg: TrainConfig, d: Dist, device: torch.device) -> TrainResult:
                 lr = lr_at(cfg, epoch + i / total_iters, lr_max, lr_min)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                images = images.to(device, non_blocking=True).float().div_(255)
+                images = images.to(device, non_blocking=True)
+                images = images.contiguous(memory_format=memory_format).float().div_(255)
                 targets = targets.to(device, non_blocking=True)
                 with torch.autocast(device.type, enabled=amp):
                     outputs = train_model(images)

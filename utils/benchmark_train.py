@@ -1,0 +1,343 @@
+"""CPU training step at 416, batch 8, before and after: ``python -m utils.benchmark_train``.
+
+Runs the trainer's step (forward, ``YoloLoss``, backward, gradient clipping, SGD, EMA) on
+batches of the demo set drawn through the trainer's data pipeline (mosaic + mixup, 416), in two
+configurations, interleaved on the same batches:
+
+- **after** (this code base): model and batch channels-last (NHWC) on the CPU, vectorised
+  target building and ignore mask, one host transfer for the four logged loss values, EMA as
+  two multi-tensor ops;
+- **before** (the avoidable costs the issue lists, put back the way the reference
+  implementation has them): NCHW, a Python loop over ground-truth boxes writing per-level
+  target arrays, a loop over images for the ignore mask, one ``.item()`` per logged loss value
+  and an EMA that loops over a ``state_dict`` rebuilt every step.
+
+Both compute the same loss (checked on the first batch). Also measured: the loss alone, the
+per-epoch start-up of the data-loader workers with and without ``persistent_workers``, and the
+operators that take the step's time (``--profile``). Pinned memory only matters on CUDA (the
+trainer turns it on there); this script measures the CPU.
+
+Examples:
+    python -m utils.benchmark_train
+    python -m utils.benchmark_train --steps 20 --profile
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from torchvision.ops import box_iou
+
+from data.augment import AugmentConfig
+from data.dataset import EpochSampler, MosaicMixup, VOCDetection, collate
+from data.demo import DEMO_CLASSES, DEMO_ROOT, DEMO_VOC_ROOT, demo_is_current, generate_demo
+from data.voc import load_voc, parse_sets
+from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, YoloBody
+from utils import loss as loss_module
+from utils.classes import read_class_names
+from utils.loss import LevelTargets, YoloLoss
+from utils.trainer import ModelEMA, SeededShuffle, TrainConfig, build_optimizer
+
+INPUT_SIZE, BATCH = 416, 8  # the issue's setting
+LOSS_KEYS = ("loss_box", "loss_obj", "loss_cls", "loss")
+
+
+# --------------------------------------------------------------------------- "before" pieces
+
+
+def loop_build_targets(targets, anchors, anchors_mask, grid_sizes, input_size):
+    """``build_targets`` as the reference implementation does it: for every GT box, a Python
+    loop over the anchors for the best shape IoU, then element writes into a per-level
+    (B, A, H, W, 6) target array; the positives are read back from the arrays."""
+    batch = int(targets[:, 0].max()) + 1 if len(targets) else 1
+    arrays = [
+        targets.new_zeros(batch, len(m), h, w, 6) for m, (h, w) in zip(anchors_mask, grid_sizes)
+    ]
+    anchor_list = anchors.tolist()
+    for image, label, x1, y1, x2, y2 in targets.tolist():
+        bw, bh = max(x2 - x1, 1e-6), max(y2 - y1, 1e-6)
+        ious = []
+        for aw, ah in anchor_list:
+            inter = min(bw, aw) * min(bh, ah)
+            ious.append(inter / (bw * bh + aw * ah - inter))
+        best = max(range(len(ious)), key=ious.__getitem__)
+        for mask, (h, w), array in zip(anchors_mask, grid_sizes, arrays):
+            if best not in mask:
+                continue
+            gx = min(max(int((x1 + x2) / 2 * w / input_size), 0), w - 1)
+            gy = min(max(int((y1 + y2) / 2 * h / input_size), 0), h - 1)
+            array[int(image), list(mask).index(best), gy, gx] = torch.tensor(
+                [x1, y1, x2, y2, label, 1.0]
+            )
+    levels = []
+    for array in arrays:
+        b, a, gy, gx = (array[..., 5] > 0).nonzero(as_tuple=True)
+        rows = array[b, a, gy, gx]
+        levels.append(LevelTargets(b, a, gy, gx, rows[:, :4], rows[:, 4].long()))
+    return levels
+
+
+def loop_not_ignored(self, boxes, gt_boxes, gt_batch):
+    """``YoloLoss._not_ignored`` as a loop over the images of the batch."""
+    keep = torch.ones(boxes.shape[:-1], dtype=torch.bool, device=boxes.device)
+    for image in range(boxes.shape[0]):
+        gts = gt_boxes[gt_batch == image]
+        if len(gts):
+            iou = box_iou(boxes[image].reshape(-1, 4), gts)
+            keep[image] = (iou.max(1).values <= self.cfg.ignore_thresh).view(keep.shape[1:])
+    return keep
+
+
+def ema_state_dict_loop(ema: ModelEMA, model: torch.nn.Module) -> None:
+    """The EMA update as a loop over freshly built ``state_dict``s."""
+    ema.updates += 1
+    d = ema.decay * (1 - math.exp(-ema.updates / ema.tau))
+    own = model.state_dict()
+    with torch.no_grad():
+        for k, v in ema.ema.state_dict().items():
+            if v.dtype.is_floating_point:
+                v.mul_(d).add_(own[k].detach(), alpha=1 - d)
+            else:
+                v.copy_(own[k])
+
+
+@contextmanager
+def reference_loss_pieces():
+    """Swaps the loss's vectorised target building and ignore mask for the loops."""
+    build, not_ignored = loss_module.build_targets, YoloLoss._not_ignored
+    loss_module.build_targets, YoloLoss._not_ignored = loop_build_targets, loop_not_ignored
+    try:
+        yield
+    finally:
+        loss_module.build_targets, YoloLoss._not_ignored = build, not_ignored
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def demo_dataset(root: Path, input_size: int, seed: int = 0) -> tuple[MosaicMixup, int]:
+    """The demo training split through the trainer's augmentation (mosaic and mixup on), and
+    its class count; the demo set is generated into ``root`` first if it is not there."""
+    if not demo_is_current(root):
+        generate_demo(root)
+    names = read_class_names(root / DEMO_CLASSES.relative_to(DEMO_ROOT))
+    voc_root = root / DEMO_VOC_ROOT.relative_to(DEMO_ROOT)
+    train = load_voc(str(voc_root), parse_sets("2007:train"), names).annotations
+    cfg = TrainConfig()
+    aug = AugmentConfig(mosaic_p=cfg.mosaic, mixup_p=cfg.mixup)
+    base = VOCDetection(train, input_size, train=True, cfg=aug, seed=seed)
+    return MosaicMixup(base, close_epoch=10**6), len(names)
+
+
+def make_loader(dataset, workers: int, persistent: bool, seed: int = 0) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=BATCH,
+        sampler=EpochSampler(SeededShuffle(len(dataset), seed)),
+        collate_fn=collate,
+        num_workers=workers,
+        drop_last=True,
+        persistent_workers=persistent and workers > 0,
+    )
+
+
+class Step:
+    """One training step of ``utils.trainer`` on its own model, optimizer and EMA copy."""
+
+    def __init__(self, model: YoloBody, reference: bool) -> None:
+        # as utils.trainer on a CPU: NHWC; the reference runs NCHW
+        self.memory_format = torch.contiguous_format if reference else torch.channels_last
+        self.model = copy.deepcopy(model).to(memory_format=self.memory_format).train()
+        cfg = TrainConfig()
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.grad_clip = cfg.grad_clip
+        self.criterion = YoloLoss(
+            model.num_classes, DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, INPUT_SIZE
+        )
+        self.ema = ModelEMA(self.model)
+        self.reference = reference
+
+    def loss(self, images: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        outputs = self.model(images)
+        if self.reference:
+            with reference_loss_pieces():
+                return self.criterion(outputs, targets)
+        return self.criterion(outputs, targets)
+
+    def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> list[float]:
+        images = images.contiguous(memory_format=self.memory_format).float().div_(255)
+        losses = self.loss(images, targets)
+        if self.reference:
+            values = [losses[k].item() for k in LOSS_KEYS]  # one host sync per value
+        else:
+            values = torch.stack([losses[k].detach() for k in LOSS_KEYS]).tolist()
+        if not math.isfinite(values[-1]):
+            raise RuntimeError("non-finite loss in the benchmark")
+        self.optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.optimizer.step()
+        if self.reference:
+            ema_state_dict_loop(self.ema, self.model)
+        else:
+            self.ema.update(self.model)
+        return values
+
+
+def timed(fn: Callable[..., object], *args) -> float:
+    start = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - start
+
+
+# --------------------------------------------------------------------------- measurements
+
+
+def check_same_loss(batches, model: YoloBody) -> float:
+    """Largest relative difference of the four loss values, before vs after (first batch)."""
+    images, targets = batches[0]
+    after, before = Step(model, False), Step(model, True)
+    with torch.no_grad():
+        x = images.float() / 255
+        a = after.loss(x.contiguous(memory_format=torch.channels_last), targets)
+        b = before.loss(x, targets)
+    return max(abs(a[k].item() - b[k].item()) / max(abs(a[k].item()), 1e-12) for k in LOSS_KEYS)
+
+
+def measure_steps(batches, model: YoloBody, warmup: int) -> dict[str, list[float]]:
+    steps = {"before": Step(model, True), "after": Step(model, False)}
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for i, (images, targets) in enumerate(batches):
+        order = ("before", "after") if i % 2 else ("after", "before")
+        for name in order:  # alternate who goes first: drift and caches hit both alike
+            seconds = timed(steps[name], images, targets)
+            if i >= warmup:
+                times[name].append(seconds)
+    return times
+
+
+def measure_loss_only(batches, model: YoloBody, repeats: int) -> dict[str, float]:
+    with torch.no_grad():
+        outputs = [model(images.float() / 255) for images, _ in batches[:repeats]]
+    criterion = Step(model, False).criterion
+    times: dict[str, list[float]] = {"before": [], "after": []}
+    for out, (_, targets) in zip(outputs, batches):
+        out = [o.detach().requires_grad_() for o in out]
+
+        def after(o=out, t=targets):
+            criterion(o, t)["loss"].backward()
+
+        def before(o=out, t=targets):
+            with reference_loss_pieces():
+                criterion(o, t)["loss"].backward()
+
+        times["after"].append(timed(after))
+        times["before"].append(timed(before))
+    return {k: statistics.median(v) * 1000 for k, v in times.items()}
+
+
+def worker_startup(dataset, workers: int, epochs: int) -> dict[str, float]:
+    """Seconds from the start of an epoch to its first batch, epochs after the first."""
+    result = {}
+    for persistent in (True, False):
+        loader = make_loader(dataset, workers, persistent)
+        waits = []
+        for epoch in range(epochs):
+            loader.sampler.set_epoch(epoch)
+            start = time.perf_counter()
+            iterator = iter(loader)
+            next(iterator)
+            if epoch:
+                waits.append(time.perf_counter() - start)
+            del iterator
+        result["persistent" if persistent else "started every epoch"] = statistics.median(waits)
+    return result
+
+
+def profile_step(batches, model: YoloBody, top: int) -> list[tuple[str, float]]:
+    from torch.profiler import ProfilerActivity, profile
+
+    step = Step(model, False)
+    images, targets = batches[0]
+    step(images, targets)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for images, targets in batches[1:4]:
+            step(images, targets)
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events) or 1
+    return [(e.key, 100 * e.self_cpu_time_total / total) for e in events[:top]]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--steps", type=int, default=12, help="timed steps per configuration")
+    p.add_argument("--warmup", type=int, default=2, help="discarded steps per configuration")
+    p.add_argument("--phi", type=int, default=2, help="attention block of the model")
+    p.add_argument("--workers", type=int, default=2, help="data-loader workers")
+    p.add_argument("--profile", action="store_true", help="top operators of the step")
+    p.add_argument(
+        "--demo-root", default=str(DEMO_ROOT), help="demo set (generated there if missing)"
+    )
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.steps < 1 or args.warmup < 0:
+        print("error: --steps must be >= 1 and --warmup >= 0", file=sys.stderr)
+        return 2
+    dataset, num_classes = demo_dataset(Path(args.demo_root), INPUT_SIZE)
+    torch.manual_seed(0)
+    model = YoloBody(num_classes, args.phi)
+    loader = make_loader(dataset, args.workers, persistent=True)
+    batches = []
+    while len(batches) < args.steps + args.warmup:
+        loader.sampler.set_epoch(len(batches))
+        batches += list(loader)
+    batches = batches[: args.steps + args.warmup]
+    boxes = statistics.mean(len(t) for _, t in batches)
+    print(
+        f"training step, phi {args.phi}, {INPUT_SIZE} px, batch {BATCH}, demo set with mosaic "
+        f"({boxes:.0f} boxes per batch); CPU threads {torch.get_num_threads()}"
+    )
+    difference = check_same_loss(batches, model)
+    print(f"same loss before and after (NCHW vs NHWC rounding): max relative {difference:.1e}")
+
+    times = measure_steps(batches, model, args.warmup)
+    medians = {k: statistics.median(v) for k, v in times.items()}
+    print(f"\nstep (forward, loss, backward, clip, SGD, EMA), median of {args.steps}:")
+    print(f"  {'':<8}{'s/step':>8}{'images/s':>10}")
+    for name in ("before", "after"):
+        print(f"  {name:<8}{medians[name]:>8.3f}{BATCH / medians[name]:>10.2f}")
+    print(f"  speed-up: {medians['before'] / medians['after']:.2f}x")
+
+    loss_ms = measure_loss_only(batches, model, min(len(batches), 8))
+    print("\nloss + targets forward and backward alone (ms, median):")
+    print(f"  before {loss_ms['before']:.1f}   after {loss_ms['after']:.1f}")
+
+    startup = worker_startup(dataset, args.workers, epochs=4)
+    print(f"\nfirst batch of an epoch, {args.workers} workers (s, median of epochs 2-4):")
+    for name, seconds in startup.items():
+        print(f"  {name:<22}{seconds:.3f}")
+
+    if args.profile:
+        print("\nafter: top operators of the step by self CPU time")
+        for name, percent in profile_step(batches, model, top=12):
+            print(f"  {name:<40}{percent:>6.1f} %")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
