@@ -161,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     if args.export_onnx:
         return _export_onnx(args)
+    if args.int8:
+        print("error: --int8 quantizes an export: give --export-onnx PATH too", file=sys.stderr)
+        return 2
     try:
         source = resolve_source(args.source)
         config = InferenceConfig(

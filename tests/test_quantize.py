@@ -112,6 +112,8 @@ def test_cli_int8_errors_name_the_problem(tmp_path, capsys) -> None:
     base = ["--weights", str(weights), "--img-size", "64", "--export-onnx", str(out)]
     assert predict.main([*base, "--int8", str(calib), "--onnx-decode"]) == 2
     assert "--onnx-decode" in capsys.readouterr().err
+    assert predict.main(["--weights", str(weights), "--int8", str(calib)]) == 2
+    assert "--export-onnx" in capsys.readouterr().err
     assert predict.main([*base, "--int8", str(tmp_path / "nowhere")]) == 2
     assert "nowhere" in capsys.readouterr().err
     assert not out.exists()
