@@ -8,8 +8,8 @@ the decoder exponentiates), so the graph keeps float outputs ``out32``/``out16``
 ``OnnxRunner`` / ``--backend onnxruntime`` like the fp32 export.
 
 u8 activations with s8 weights is ONNX Runtime's fast x86 combination; on CPUs without VNNI
-it multiplies with VPMADDUBSW, whose 16-bit intermediate can saturate, so ``reduce_range``
-(7-bit weights) is offered for such machines if accuracy suffers.
+it multiplies with VPMADDUBSW, whose 16-bit intermediate can saturate; the ``reduce_range``
+argument of ``quantize_int8`` (7-bit weights) is there for such machines if accuracy suffers.
 """
 
 from __future__ import annotations
