@@ -82,3 +82,13 @@ def test_benchmark_train_runs_before_and_after(tmp_path, capsys) -> None:
     assert "images/s" in out and "before" in out and "after" in out
     difference = float(out.split("max relative ")[1].split()[0])
     assert difference < 1e-2  # the "before" loops compute the same loss
+
+
+def test_benchmark_int8_explains_a_missing_dataset(tmp_path, capsys) -> None:
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"")  # never read: the data check comes first
+    rc = benchmark_int8.main(
+        ["--weights", str(weights), "--data", "voc", "--voc-root", str(tmp_path / "VOC")]
+    )
+    assert rc == 2
+    assert "no VOCdevkit at" in capsys.readouterr().err

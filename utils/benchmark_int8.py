@@ -58,13 +58,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    voc_root = str(DEMO_VOC_ROOT) if args.data == "demo" else args.voc_root
-    if not voc_root or not os.path.isdir(voc_root):
-        print(f"error: no VOCdevkit at {voc_root} (--voc-root)", file=sys.stderr)
-        return 2
     if not os.path.isfile(args.weights):
         hint = " (run `make demo` first)" if args.weights == DEFAULT_WEIGHTS else ""
         print(f"error: {args.weights} not found{hint}", file=sys.stderr)
+        return 2
+    voc_root = str(DEMO_VOC_ROOT) if args.data == "demo" else args.voc_root
+    if not voc_root or not os.path.isdir(voc_root):
+        hint = " (`make demo` generates the demo set)" if args.data == "demo" else " (--voc-root)"
+        print(f"error: no VOCdevkit at {voc_root}{hint}", file=sys.stderr)
         return 2
     classes = args.classes or (str(DEMO_CLASSES) if args.data == "demo" else None)
     names = read_class_names(classes) if classes else None
