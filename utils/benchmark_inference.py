@@ -6,7 +6,7 @@ Measures in one run, on the same image, with the official COCO darknet weights a
 2. PyTorch fused: our default ``Detector`` (batch norm folded into the convolutions);
 3. ONNX Runtime: our ``Detector`` with the ``onnxruntime`` backend (fused graph, exported here);
 4. ONNX Runtime INT8: the same graph quantized by ``utils.quantize`` (``predict.py --int8``),
-   calibrated on the images in ``--calib`` (for its latency: its accuracy is measured on a
+   calibrated (minmax) on the images in ``--calib`` (for its latency: its accuracy is measured on a
    trained model by ``python -m utils.benchmark_int8``);
 5. OpenCV DNN 4.x on the darknet cfg + weights through ``cv2.dnn_DetectionModel`` (plain resize
    to 416, scale 1/255, swapRB, conf 0.25, NMS 0.45), the reference of the issue's targets.

@@ -229,7 +229,7 @@ def measure_steps(batches, model: YoloBody, warmup: int) -> dict[str, list[float
 def measure_loss_only(batches, model: YoloBody, repeats: int) -> dict[str, float]:
     with torch.no_grad():
         outputs = [model(images.float() / 255) for images, _ in batches[:repeats]]
-    criterion = Step(model, False).criterion
+    criterion = YoloLoss(model.num_classes, DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, INPUT_SIZE)
     times: dict[str, list[float]] = {"before": [], "after": []}
     for out, (_, targets) in zip(outputs, batches):
         out = [o.detach().requires_grad_() for o in out]
