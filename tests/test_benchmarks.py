@@ -7,10 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
-from voc_factory import make_split, tiny_train_config
+from voc_factory import trained_tiny_checkpoint
 
 from utils import benchmark_inference, benchmark_int8, benchmark_train
-from utils.trainer import train
 
 
 @pytest.mark.slow
@@ -33,11 +32,7 @@ def test_benchmark_inference_runs_every_path_and_phi(
 
 
 def test_benchmark_int8_on_a_trained_checkpoint(tmp_path: Path, capsys) -> None:
-    root, classes = make_split(tmp_path, num_train=6, num_test=4)
-    result = train(
-        tiny_train_config(root, classes, epochs=3, batch_size=2, log_dir=str(tmp_path), lr=0.1)
-    )
-    weights = str(result.run_dir / "weights" / "last.pth")
+    root, _, weights = trained_tiny_checkpoint(tmp_path, epochs=3)
     out = tmp_path / "int8.json"
     rc = benchmark_int8.main(
         [

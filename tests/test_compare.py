@@ -6,13 +6,12 @@ import csv
 import json
 from pathlib import Path
 
-from voc_factory import CLASSES, make_split, tiny_train_config
+from voc_factory import CLASSES, make_split, tiny_train_config, trained_tiny_checkpoint
 
 import eval as eval_cli
 from utils.compare import Row, pairwise_verdicts, summarize_by_phi, write_outputs
 from utils.evaluate import EvalConfig
 from utils.study import run_study
-from utils.trainer import train
 
 
 def _row(name: str, phi: int, voc12: float) -> Row:
@@ -92,11 +91,7 @@ def test_study_end_to_end_on_tiny_data(tmp_path: Path) -> None:
 def test_eval_single_checkpoint_and_detection_file_agree(tmp_path: Path) -> None:
     import predict
 
-    root, classes = make_split(tmp_path, num_train=6, num_test=4)
-    result = train(
-        tiny_train_config(root, classes, epochs=2, batch_size=2, log_dir=str(tmp_path), lr=0.1)
-    )
-    weights = str(result.run_dir / "weights" / "last.pth")
+    root, classes, weights = trained_tiny_checkpoint(tmp_path, epochs=2)
     common = [
         "--voc-root",
         str(root),
@@ -197,11 +192,7 @@ def test_eval_scores_onnx_exports_like_the_checkpoint(tmp_path: Path) -> None:
     """eval.py takes .onnx files (fp32 or INT8 exports) next to checkpoints."""
     import predict
 
-    root, classes = make_split(tmp_path, num_train=6, num_test=4)
-    result = train(
-        tiny_train_config(root, classes, epochs=3, batch_size=2, log_dir=str(tmp_path), lr=0.1)
-    )
-    weights = str(result.run_dir / "weights" / "last.pth")
+    root, _, weights = trained_tiny_checkpoint(tmp_path, epochs=3)
     fp32, int8 = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
     export = ["--weights", weights, "--img-size", "64", "--device", "cpu"]
     assert predict.main([*export, "--export-onnx", str(fp32)]) == 0

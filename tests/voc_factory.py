@@ -100,3 +100,15 @@ def tiny_train_config(voc_root: Path, classes: Path | None, **overrides):
         "eval_period": 0,
     }
     return TrainConfig(**{**base, **overrides})
+
+
+def trained_tiny_checkpoint(tmp_path: Path, epochs: int) -> tuple[Path, Path, str]:
+    """``make_split`` data (6 train, 4 test images) and a checkpoint trained on it for
+    ``epochs`` epochs at 64 px: ``(voc_root, classes_file, path of last.pth)``."""
+    from utils.trainer import train
+
+    root, classes = make_split(tmp_path, num_train=6, num_test=4)
+    result = train(
+        tiny_train_config(root, classes, epochs=epochs, batch_size=2, log_dir=str(tmp_path), lr=0.1)
+    )
+    return root, classes, str(result.run_dir / "weights" / "last.pth")

@@ -201,7 +201,8 @@ def evaluate_checkpoint(
     from utils.predictor import Detector, InferenceConfig
     from utils.sources import read_image
 
-    if str(weights).endswith(".onnx"):  # an export (fp32 or INT8), run by ONNX Runtime
+    is_onnx = str(weights).endswith(".onnx")
+    if is_onnx:  # an export (fp32 or INT8), run by ONNX Runtime
         config = InferenceConfig(input_size=cfg.input_size, device="cpu")
         detector = Detector.from_weights(weights, classes=class_names, config=config)
         model, info, names = detector.model, detector.info, detector.class_names
@@ -221,7 +222,7 @@ def evaluate_checkpoint(
     model.to(device)
     detected = detect_dataset(model, annotations, info.anchors, info.anchors_mask, cfg, device)
     report = score(detected, names, f"{voc_root} {split} at {size}", cfg.iou_thresh, cfg.coco)
-    if not str(weights).endswith(".onnx"):
+    if not is_onnx:
         detector = Detector(
             model, info, names, InferenceConfig(input_size=size, device=str(device))
         )
