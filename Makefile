@@ -14,10 +14,10 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 install: $(VENV)/.installed  ## create .venv and install everything
 
 weights: install  ## fetch the official COCO weights, cfg, names and sample photos (once)
-	$(PY) -m utils.fetch_assets
+	$(PY) -m tools.fetch_assets
 
 demo: weights  ## COCO detections on the sample photos, then train/eval/predict on the demo set
-	$(PY) -m utils.demo_run
+	$(PY) -m tools.demo
 
 lint: install
 	$(PY) -m ruff check .

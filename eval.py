@@ -17,11 +17,11 @@ from pathlib import Path
 
 from data.demo import DEMO_CLASSES, DEMO_VOC_ROOT
 from data.voc import load_voc, parse_sets
-from utils.checkpoint import CheckpointMismatchError
+from nets.checkpoint import CheckpointMismatchError
 from utils.classes import read_class_names
-from utils.compare import evaluate_checkpoint, write_outputs
 from utils.device import select_device
-from utils.evaluate import (
+from utils.evaluation.compare import evaluate_checkpoint, write_outputs
+from utils.evaluation.evaluate import (
     EvalConfig,
     format_report,
     plot_report,
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not Path(voc_root).is_dir():
             raise FileNotFoundError(
-                f"{voc_root}: no VOCdevkit here (python -m data.download_voc, or --data demo)"
+                f"{voc_root}: no VOCdevkit here (python -m tools.download_voc, or --data demo)"
             )
         if args.detections:
             return _score_file(args, voc_root, split, out_dir)

@@ -16,11 +16,11 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from utils.checkpoint import CheckpointMismatchError, load_model
-from utils.darknet import DarknetFormatError
-from utils.predict_loop import OutputOptions, benchmark, run_predictions
-from utils.predictor import DEFAULT_WEIGHTS, Detector, InferenceConfig, class_names_for
-from utils.quantize import CALIBRATION_METHODS, DEFAULT_CALIBRATION_IMAGES
+from nets.checkpoint import CheckpointMismatchError, load_model
+from nets.darknet import DarknetFormatError
+from utils.inference.predict_loop import OutputOptions, benchmark, run_predictions
+from utils.inference.predictor import DEFAULT_WEIGHTS, Detector, InferenceConfig, class_names_for
+from utils.inference.quantize import CALIBRATION_METHODS, DEFAULT_CALIBRATION_IMAGES
 from utils.sources import ImageReadError, SourceError, increment_path, read_image, resolve_source
 
 
@@ -235,8 +235,8 @@ def _export_onnx(args: argparse.Namespace) -> int:
     import tempfile
 
     from utils.classes import read_class_names
-    from utils.deploy import export_onnx, onnx_metadata
-    from utils.quantize import pick_evenly, quantize_int8
+    from utils.inference.deploy import export_onnx, onnx_metadata
+    from utils.inference.quantize import pick_evenly, quantize_int8
 
     try:
         calibration = []

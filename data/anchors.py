@@ -18,15 +18,13 @@ re-seeded with the box that the current centres fit worst. The anchors come out 
 Note: with yolov4-tiny's masks (stride 32: anchors 3,4,5; stride 16: anchors 1,2,3) anchor 0 is
 used by no head, so boxes whose best anchor is 0 get no positive; the CLI reports that share.
 
-Usage: ``python -m data.anchors --voc-root data/VOCdevkit --sets 2007:trainval,2012:trainval``
+Usage: ``python -m tools.anchors --voc-root data/VOCdevkit --sets 2007:trainval,2012:trainval``
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
-import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +32,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from data.voc import DEFAULT_TRAIN_SETS, Annotation, discover_classes, load_voc, parse_sets
-from utils.classes import read_class_names
+from data.voc import DEFAULT_TRAIN_SETS, Annotation, discover_classes, load_voc
 
 logger = logging.getLogger(__name__)
 
@@ -285,86 +282,3 @@ def compute_anchors(
         default_mean_iou=mean_best_iou(shapes, DEFAULT_ANCHORS),
         best_share=best_anchor_share(shapes, anchors),
     )
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m data.anchors",
-        description="Cluster the box shapes of a VOC dataset into anchors (k-means, distance "
-        "1 - IoU, median update), compare them with the default anchors and write an anchors "
-        "file in the format of model_data/yolo_anchors.txt.",
-    )
-    parser.add_argument(
-        "--voc-root",
-        default="data/VOCdevkit",
-        help="folder holding VOC<year>/ (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--sets",
-        default=",".join(f"{y}:{s}" for y, s in DEFAULT_TRAIN_SETS),
-        help="comma-separated YEAR:SET image sets to read (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--classes",
-        default=None,
-        help="class names file; only these classes' boxes count (default: every class in the XMLs)",
-    )
-    parser.add_argument(
-        "--input-size",
-        type=int,
-        default=DEFAULT_INPUT_SIZE,
-        help="training input size the boxes are letterboxed to (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--num-anchors", type=int, default=DEFAULT_NUM_ANCHORS, help="k (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--seed", type=int, default=DEFAULT_SEED, help="k-means++ seed (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--include-difficult",
-        action="store_true",
-        help="also cluster boxes flagged difficult (training leaves them out by default)",
-    )
-    parser.add_argument(
-        "--output", default=DEFAULT_OUTPUT, help="anchors file to write (default: %(default)s)"
-    )
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        class_names = read_class_names(args.classes) if args.classes else None
-        report = compute_anchors(
-            args.voc_root,
-            parse_sets(args.sets),
-            class_names,
-            input_size=args.input_size,
-            num_anchors=args.num_anchors,
-            seed=args.seed,
-            include_difficult=args.include_difficult,
-        )
-    except (OSError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    write_anchors(args.output, report.anchors)
-    print(f"{report.num_boxes} boxes at input size {args.input_size}")
-    print(f"default anchors: {format_anchors(DEFAULT_ANCHORS)}")
-    print(f"  mean best IoU  {report.default_mean_iou:.4f}")
-    print(f"new anchors:     {format_anchors(report.anchors)}")
-    print(f"  mean best IoU  {report.mean_iou:.4f}")
-    shares = " ".join(f"{s:.1%}" for s in report.best_share)
-    print(f"  share of boxes per anchor: {shares}")
-    if args.num_anchors == DEFAULT_NUM_ANCHORS:
-        print(
-            f"  note: yolov4-tiny's masks use no anchor 0 ({report.best_share[0]:.1%} of boxes "
-            "fit it best and get no positive)"
-        )
-    print(f"wrote {args.output}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -21,17 +21,15 @@ Everything comes from one seeded ``numpy.random.Generator`` per image (spawned f
 JPEG quality is set explicitly, and nothing depends on time: the same arguments give
 byte-identical files. Usage::
 
-    python -m data.demo --out data/demo --num-images 300 --seed 0
+    python -m tools.demo_data --out data/demo --num-images 300 --seed 0
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
 import shutil
-import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,8 +37,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-
-from data.voc import class_counts, load_voc
 
 logger = logging.getLogger(__name__)
 
@@ -413,63 +409,3 @@ def generate_demo(
     params_path.write_text(json.dumps(params, indent=2) + "\n")
     logger.info("wrote %d demo images to %s", num_images, folder)
     return out_dir
-
-
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """The CLI's flags (``argv`` defaults to ``sys.argv[1:]``)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m data.demo",
-        description="Generate a small synthetic shapes dataset in the VOCdevkit layout.",
-    )
-    parser.add_argument("--out", type=Path, default=DEMO_ROOT, help="output folder")
-    parser.add_argument("--num-images", type=int, default=DEFAULT_NUM_IMAGES)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--image-size",
-        type=int,
-        nargs=2,
-        default=list(DEFAULT_IMAGE_SIZE),
-        metavar=("MIN", "MAX"),
-        help="range of the image width and height in pixels",
-    )
-    parser.add_argument(
-        "--force", action="store_true", help="regenerate even when the output is current"
-    )
-    return parser.parse_args(argv)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Generates the dataset unless it is current, then prints where it is and its counts.
-
-    Returns:
-        0 on success, 2 for bad arguments or an output folder holding another dataset.
-    """
-    args = parse_args(argv)
-    image_size = (args.image_size[0], args.image_size[1])
-    if not args.force and demo_is_current(args.out, args.num_images, args.seed, image_size):
-        print(
-            f"{args.out}: already generated with these parameters, nothing to do"
-            " (--force regenerates)"
-        )
-    else:
-        try:
-            generate_demo(args.out, args.num_images, args.seed, image_size)
-        except (ValueError, FileExistsError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        print(f"wrote {args.num_images} images to {args.out / 'VOCdevkit' / f'VOC{YEAR}'}")
-    devkit = args.out / "VOCdevkit"
-    for image_set in ("trainval", "test"):
-        result = load_voc(devkit, [(YEAR, image_set)], CLASS_NAMES)
-        counts = class_counts(result.annotations, CLASS_NAMES)
-        difficult = sum(int(a.difficult.sum()) for a in result.annotations)
-        per_class = ", ".join(f"{name} {n}" for name, n in counts.items())
-        print(
-            f"  {image_set}: {len(result.annotations)} images, {per_class} ({difficult} difficult)"
-        )
-    print(f"  voc root: {devkit}  classes: {args.out / 'classes.txt'}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

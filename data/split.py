@@ -14,16 +14,14 @@ Counts are ``round``-ed with the largest remainders so that they sum to the numb
 Writes ``ImageSets/Main/{train,val,trainval,test}.txt`` (one id per line, sorted), where
 trainval = train + val, and reports per-class instance counts (difficult included) per split.
 
-Usage: ``python -m data.split --voc-root data/VOCdevkit --year custom`` (splits
-``VOCcustom/``) or ``python -m data.split --folder path/to/dataset``
+Usage: ``python -m tools.split --voc-root data/VOCdevkit --year custom`` (splits
+``VOCcustom/``) or ``python -m tools.split --folder path/to/dataset``
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
-import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,7 +30,6 @@ from pathlib import Path
 import numpy as np
 
 from data.voc import IMAGE_SUFFIXES, Annotation, FileIssue, class_counts, parse_voc_xml
-from utils.classes import read_class_names
 
 logger = logging.getLogger(__name__)
 
@@ -217,74 +214,3 @@ def format_counts(result: SplitResult) -> str:
     lines.append(f"{'objects':<{width}}" + "".join(f"{t:>10}" for t in totals))
     lines.append(f"{'images':<{width}}" + "".join(f"{len(result.splits[n]):>10}" for n in names))
     return "\n".join(lines)
-
-
-def parse_ratios(text: str) -> tuple[float, float, float]:
-    """``"0.7,0.1,0.2"`` -> ``(0.7, 0.1, 0.2)``."""
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"ratios must be numbers: {text!r}") from err
-    if len(values) != 3:
-        raise argparse.ArgumentTypeError(f"expected TRAIN,VAL,TEST, got {text!r}")
-    return values  # type: ignore[return-value]
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m data.split",
-        description="Split a VOC-format dataset into train/val/test and write "
-        "ImageSets/Main/{train,val,trainval,test}.txt; print instances per class and split.",
-    )
-    where = parser.add_argument_group("dataset (one of --year or --folder)")
-    where.add_argument(
-        "--voc-root",
-        default="data/VOCdevkit",
-        help="folder holding VOC<year>/ (default: data/VOCdevkit); used with --year",
-    )
-    source = where.add_mutually_exclusive_group(required=True)
-    source.add_argument("--year", help="split <voc-root>/VOC<year>, e.g. custom for VOCcustom/")
-    source.add_argument(
-        "--folder", help="split this folder, which holds Annotations/ and JPEGImages/"
-    )
-    parser.add_argument(
-        "--ratios",
-        type=parse_ratios,
-        default=DEFAULT_RATIOS,
-        help="TRAIN,VAL,TEST fractions summing to 1 (default: 0.7,0.1,0.2)",
-    )
-    parser.add_argument(
-        "--seed", type=int, default=DEFAULT_SEED, help="seed of the shuffle (default: 0)"
-    )
-    parser.add_argument(
-        "--classes",
-        default=None,
-        help="class names file, one per line (default: every name found in the XMLs)",
-    )
-    parser.add_argument(
-        "--force", action="store_true", help="overwrite existing ImageSets/Main/*.txt files"
-    )
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        folder = dataset_folder(args.folder or args.voc_root, None if args.folder else args.year)
-        class_names = read_class_names(args.classes) if args.classes else None
-        result = split_dataset(folder, args.ratios, args.seed, class_names, args.force)
-    except (OSError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(
-        f"wrote {folder / 'ImageSets' / 'Main'}/{{{','.join(SPLIT_NAMES)}}}.txt (seed {args.seed})"
-    )
-    print(format_counts(result))
-    if result.issues:
-        print(f"{len(result.issues)} file issue(s) logged above")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -37,6 +37,11 @@ def attention_names() -> list[str]:
     return list(_PHI_NAMES)
 
 
+def phi_choices() -> list[str]:
+    """Every value ``--phi`` accepts: the numbers, then the names (the registry grows)."""
+    return [str(n) for n in range(len(_PHI_NAMES))] + list(_PHI_NAMES)
+
+
 def resolve_phi(phi: int | str) -> tuple[int, str]:
     """Turns a phi given as number, numeric string or name (any case) into ``(number, name)``.
 

@@ -1,6 +1,6 @@
 """Model summary: parameters and GFLOPs per attention type.
 
-Usage: ``python -m nets.summary [--phi all|0-4|name ...] [--num-classes 20] [--img-size 416]``
+The command line is ``python -m tools.model_summary``.
 
 GFLOPs are 2 x multiply-accumulates of convolutions and linear layers (the convention of the
 reference implementation's published numbers); element-wise work is not counted.
@@ -8,12 +8,9 @@ reference implementation's published numbers); element-wise work is not counted.
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 from torch import nn
 
-from nets.attention import attention_names, resolve_phi
 from nets.yolo import YoloBody
 
 
@@ -68,26 +65,3 @@ def summary_rows(phis: list[int | str], num_classes: int, input_size: int) -> li
             }
         )
     return rows
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description="YOLOv4-tiny parameters and GFLOPs per phi")
-    parser.add_argument("--phi", nargs="+", default=["all"], help="phis (numbers or names), or all")
-    parser.add_argument("--num-classes", type=int, default=20, help="number of classes")
-    parser.add_argument("--img-size", type=int, default=416, help="input side, multiple of 32")
-    args = parser.parse_args()
-    if args.img_size % 32:
-        parser.error(f"--img-size {args.img_size} is not a multiple of 32")
-    phis = list(range(len(attention_names()))) if args.phi == ["all"] else args.phi
-    try:
-        phis = [resolve_phi(p)[0] for p in phis]
-    except ValueError as err:
-        parser.error(str(err))
-    print(f"YOLOv4-tiny, {args.num_classes} classes, input {args.img_size}x{args.img_size}")
-    print(f"{'phi':>3}  {'attention':<9}{'params':>12}{'GFLOPs':>9}")
-    for row in summary_rows(phis, args.num_classes, args.img_size):
-        print(f"{row['phi']:>3}  {row['name']:<9}{row['params']:>12,}{row['gflops']:>9.2f}")
-
-
-if __name__ == "__main__":
-    main()

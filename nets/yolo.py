@@ -1,6 +1,6 @@
 """YOLOv4-tiny: backbone, FPN neck, two YOLO heads, attention on three places (SPEC §2-3).
 
-``YoloBody.forward`` only predicts: it returns raw maps, decoding lives in ``utils/decode.py``.
+``YoloBody.forward`` only predicts: it returns raw maps, decoding lives in ``nets/decode.py``.
 """
 
 from __future__ import annotations

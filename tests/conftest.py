@@ -19,7 +19,7 @@ def require_asset(path: Path) -> Path:
     """Skips when a fetched asset is absent, unless YOLO_REQUIRE_ASSETS=1 (CI), then fails."""
     if path.is_file():
         return path
-    message = f"{path} missing: run `make weights` (python -m utils.fetch_assets)"
+    message = f"{path} missing: run `make weights` (python -m tools.fetch_assets)"
     if os.environ.get("YOLO_REQUIRE_ASSETS") == "1":
         pytest.fail(message)
     pytest.skip(message)

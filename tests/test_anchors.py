@@ -8,7 +8,6 @@ import cv2
 import numpy as np
 import pytest
 
-from data import anchors as anchors_mod
 from data.anchors import (
     DEFAULT_ANCHORS,
     compute_anchors,
@@ -19,6 +18,7 @@ from data.anchors import (
     write_anchors,
 )
 from data.voc import Annotation
+from tools import anchors as anchors_mod
 from utils.classes import read_anchors
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 from voc_factory import trained_tiny_checkpoint
 
-from utils import benchmark_inference, benchmark_int8, benchmark_train
+from benchmarks import inference as benchmark_inference
+from benchmarks import int8 as benchmark_int8
+from benchmarks import train as benchmark_train
 
 
 @pytest.mark.slow

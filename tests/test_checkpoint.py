@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from nets.yolo import YoloBody
-from utils.checkpoint import (
+from nets.checkpoint import (
     CheckpointMismatchError,
     ModelInfo,
     infer_phi,
@@ -18,7 +17,8 @@ from utils.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
-from utils.predictor import Detector, InferenceConfig
+from nets.yolo import YoloBody
+from utils.inference.predictor import Detector, InferenceConfig
 
 
 def _model(num_classes: int, phi: int | str, seed: int = 0) -> YoloBody:

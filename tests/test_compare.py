@@ -9,9 +9,9 @@ from pathlib import Path
 from voc_factory import CLASSES, make_split, tiny_train_config, trained_tiny_checkpoint
 
 import eval as eval_cli
-from utils.compare import Row, pairwise_verdicts, summarize_by_phi, write_outputs
-from utils.evaluate import EvalConfig
-from utils.study import run_study
+from tools.study import run_study
+from utils.evaluation.compare import Row, pairwise_verdicts, summarize_by_phi, write_outputs
+from utils.evaluation.evaluate import EvalConfig
 
 
 def _row(name: str, phi: int, voc12: float) -> Row:

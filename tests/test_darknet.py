@@ -10,17 +10,17 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
-from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, YoloBody
-from utils.checkpoint import CheckpointMismatchError, load_model
-from utils.darknet import (
+from nets.checkpoint import CheckpointMismatchError, load_model
+from nets.darknet import (
     DarknetFormatError,
     darknet_layers,
     export_darknet,
     load_darknet_weights,
     save_darknet_weights,
 )
-from utils.decode import cxcywh_to_xyxy, decode_outputs
-from utils.predictor import Detector, InferenceConfig
+from nets.decode import cxcywh_to_xyxy, decode_outputs
+from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, YoloBody
+from utils.inference.predictor import Detector, InferenceConfig
 
 
 def _randomize(model: YoloBody, seed: int = 0) -> YoloBody:

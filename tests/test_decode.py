@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils.decode import (
+from nets.decode import (
     SCALE_X_Y,
     cxcywh_to_xyxy,
     decode_candidates,

@@ -12,6 +12,7 @@ import pytest
 from data import demo
 from data.demo import CLASS_NAMES, demo_is_current, generate_demo
 from data.voc import Annotation, load_voc, read_image_set
+from tools import demo_data
 
 NUM_IMAGES = 100  # enough for difficult and truncated objects to show up
 SEED = 0
@@ -222,7 +223,7 @@ def test_interrupted_generation_is_not_current(
         generate_demo(tmp_path, num_images=4, seed=0)
     assert not demo_is_current(tmp_path, 4, 0)
     monkeypatch.undo()
-    assert demo.main(["--out", str(tmp_path), "--num-images", "4", "--seed", "0"]) == 0
+    assert demo_data.main(["--out", str(tmp_path), "--num-images", "4", "--seed", "0"]) == 0
     assert demo_is_current(tmp_path, 4, 0)
     assert len(list(tmp_path.rglob("*.xml"))) == 4
 
@@ -233,7 +234,7 @@ def test_never_replaces_a_dataset_it_did_not_write(tmp_path: Path) -> None:
     foreign.write_text("<annotation/>")
     with pytest.raises(FileExistsError):
         generate_demo(tmp_path, num_images=2)
-    assert demo.main(["--out", str(tmp_path), "--num-images", "2"]) == 2
+    assert demo_data.main(["--out", str(tmp_path), "--num-images", "2"]) == 2
     assert foreign.read_text() == "<annotation/>"
 
 
@@ -249,7 +250,7 @@ def test_bad_arguments(tmp_path: Path, num_images: int, image_size: tuple[int, i
 def test_cli_is_idempotent(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "demo"
     args = ["--out", str(out), "--num-images", "5", "--seed", "2", "--image-size", "96", "128"]
-    assert demo.main(args) == 0
+    assert demo_data.main(args) == 0
     first = capsys.readouterr().out
     assert "wrote 5 images" in first
     for name in CLASS_NAMES:
@@ -257,15 +258,15 @@ def test_cli_is_idempotent(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     xml_path = out / "VOCdevkit" / "VOC2007" / "Annotations" / "000001.xml"
     stamp = (xml_path.stat().st_mtime_ns, (out / demo.PARAMS_FILE).stat().st_mtime_ns)
 
-    assert demo.main(args) == 0
+    assert demo_data.main(args) == 0
     assert "nothing to do" in capsys.readouterr().out
     assert (xml_path.stat().st_mtime_ns, (out / demo.PARAMS_FILE).stat().st_mtime_ns) == stamp
 
     before = tree_bytes(out)
-    assert demo.main([*args, "--force"]) == 0
+    assert demo_data.main([*args, "--force"]) == 0
     assert "wrote 5 images" in capsys.readouterr().out
     assert tree_bytes(out) == before  # regenerated, byte-identical
 
-    assert demo.main([*args, "--seed", "3"]) == 0  # other parameters (the last flag wins)
+    assert demo_data.main([*args, "--seed", "3"]) == 0  # other parameters (the last flag wins)
     assert "wrote 5 images" in capsys.readouterr().out
     assert demo_is_current(out, 5, 3, (96, 128)) and not demo_is_current(out, 5, 2, (96, 128))

@@ -20,11 +20,11 @@ from torch import nn
 import predict
 from nets.attention import CoordAttention
 from nets.backbone import BasicConv
+from nets.checkpoint import ModelInfo, save_checkpoint
+from nets.decode import decode_outputs
 from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, YoloBody
-from utils.checkpoint import ModelInfo, save_checkpoint
-from utils.decode import decode_outputs
-from utils.deploy import FusedConv, OnnxRunner, export_onnx, fuse_model, onnx_metadata
-from utils.predictor import Detections, Detector, InferenceConfig
+from utils.inference.deploy import FusedConv, OnnxRunner, export_onnx, fuse_model, onnx_metadata
+from utils.inference.predictor import Detections, Detector, InferenceConfig
 
 NUM_CLASSES = 3
 TOL = 1e-4  # two fp32 runtimes: abs difference, relative above 1 (decoded pixel coordinates)

@@ -1,4 +1,4 @@
-"""data.download_voc against a local HTTP server that supports Range requests (no network)."""
+"""data.download against a local HTTP server that supports Range requests (no network)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from data import download_voc
-from data.download_voc import (
+from data.download import (
+    VOC_TARS,
     ChecksumError,
     UnsafeArchiveError,
     download,
@@ -23,8 +23,9 @@ from data.download_voc import (
     parse_voc_sets,
     prepare_voc,
 )
+from tools import download_voc
 
-TAR_NAME = download_voc.VOC_TARS["2007-test"]
+TAR_NAME = VOC_TARS["2007-test"]
 FILES = {
     "VOCdevkit/VOC2007/Annotations/000001.xml": b"<annotation><filename>000001.jpg</filename>"
     + b" " * 3000
@@ -234,7 +235,7 @@ def test_cached_tar_is_not_downloaded_again(server: Server, tmp_path: Path) -> N
 
 def test_main_cli(server: Server, tmp_path: Path, monkeypatch, capsys) -> None:
     _, checksums = serve_tar(server)
-    monkeypatch.setattr(download_voc, "VOC_MD5", checksums)
+    monkeypatch.setattr("data.download.VOC_MD5", checksums)
     argv = ["--sets", "2007:test", "--dest", str(tmp_path / "d"), "--mirror", server.url]
     assert download_voc.main([*argv, "--quiet"]) == 0
     assert "2007-test: extracted" in capsys.readouterr().out

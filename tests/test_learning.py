@@ -11,8 +11,10 @@ from data.demo import generate_demo
 from data.voc import load_voc
 from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, YoloBody
 from utils.classes import read_class_names
-from utils.evaluate import EvalConfig, detect_dataset, score
-from utils.trainer import TrainConfig, load_initial_weights, train
+from utils.engine.config import TrainConfig
+from utils.engine.fit import fit
+from utils.engine.setup import load_initial_weights
+from utils.evaluation.evaluate import EvalConfig, detect_dataset, score
 
 
 @pytest.mark.slow
@@ -44,7 +46,7 @@ def test_short_training_raises_map_well_above_start(tmp_path: Path, official_wei
     detected = detect_dataset(start_model, val, DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, eval_cfg)
     start = score(detected, names, "demo test", coco=False).voc12_map50
 
-    result = train(cfg)
+    result = fit(cfg)
     final = result.final_report.voc12_map50
     print(f"demo mAP@0.5 (VOC2010+ area): start {start:.4f} -> after 30 epochs {final:.4f}")
     assert start < 0.05

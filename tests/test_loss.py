@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from nets.decode import SCALE_X_Y
 from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK
-from utils.decode import SCALE_X_Y
-from utils.loss import LossConfig, YoloLoss, build_targets
+from utils.engine.loss import LossConfig, YoloLoss, build_targets
 
 SIZE = 416
 NUM_CLASSES = 3

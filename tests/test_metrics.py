@@ -1,4 +1,4 @@
-"""Tests for utils.metrics against the VOC devkit rules (VOCevaldet.m) and pycocotools.
+"""Tests for utils.evaluation.metrics against the VOC devkit rules (VOCevaldet.m) and pycocotools.
 
 Expected values are worked out by hand in the comments; a literal loop port of VOCevaldet.m
 checks the vectorised evaluator on seeded random cases. Boxes are xyxy, 0-based pixels.
@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 
-from utils.metrics import (
+from utils.evaluation.metrics import (
     BoxSet,
     ap_voc07,
     ap_voc12,

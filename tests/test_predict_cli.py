@@ -11,7 +11,7 @@ import pytest
 from conftest import require_asset
 
 import predict
-from utils.predictor import Detections, Detector, InferenceConfig
+from utils.inference.predictor import Detections, Detector, InferenceConfig
 from utils.visualize import draw_detections, overlay_heatmap
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,9 +13,9 @@ import torch
 
 import predict
 from nets.yolo import YoloBody
-from utils.deploy import OnnxRunner, export_onnx, onnx_metadata
-from utils.predictor import Detector, InferenceConfig
-from utils.quantize import pick_evenly, quantize_int8
+from utils.inference.deploy import OnnxRunner, export_onnx, onnx_metadata
+from utils.inference.predictor import Detector, InferenceConfig
+from utils.inference.quantize import pick_evenly, quantize_int8
 
 
 def _images(folder: Path, count: int, size: int = 96) -> list[str]:
@@ -104,7 +104,7 @@ def test_cli_int8_errors_name_the_problem(tmp_path, capsys) -> None:
     calib = tmp_path / "calib"
     _images(calib, 2)
     weights = tmp_path / "w.pth"
-    from utils.checkpoint import ModelInfo, save_checkpoint
+    from nets.checkpoint import ModelInfo, save_checkpoint
 
     torch.manual_seed(0)
     save_checkpoint(weights, YoloBody(3, 0), ModelInfo(0, "none", 3, ["a", "b", "c"]))

@@ -10,9 +10,9 @@ import cv2
 import numpy as np
 import pytest
 
-from data import split
 from data.split import SPLIT_NAMES, list_pairs, split_counts, split_dataset, split_ids
 from data.voc import load_voc
+from tools import split as split_cli
 
 CLASSES = ("bird", "cat", "dog")
 NUM_IMAGES = 50
@@ -153,7 +153,7 @@ def test_main_prints_counts(tree: Tree, tmp_path: Path, capsys) -> None:
     classes.write_text("cat\ndog\n")  # birds are then unknown: skipped and reported
     voc_root = str(tree.folder.parent)
     argv = ["--voc-root", voc_root, "--year", "custom", "--classes", str(classes), "--seed", "2"]
-    assert split.main([*argv, "--ratios", "0.6,0.2,0.2"]) == 0
+    assert split_cli.main([*argv, "--ratios", "0.6,0.2,0.2"]) == 0
     out = capsys.readouterr().out
     splits = {name: read_set(tree.folder, name) for name in SPLIT_NAMES}
     assert [len(splits[n]) for n in ("train", "val", "test")] == [30, 10, 10]
@@ -165,12 +165,12 @@ def test_main_prints_counts(tree: Tree, tmp_path: Path, capsys) -> None:
     assert "bird" not in rows
     assert rows["images"] == [str(len(splits[n])) for n in SPLIT_NAMES]
     # a second run needs --force; --folder names the dataset folder directly
-    assert split.main(argv) == 1
+    assert split_cli.main(argv) == 1
     assert "--force" in capsys.readouterr().err
-    assert split.main(["--folder", str(tree.folder), "--force", "--seed", "2"]) == 0
+    assert split_cli.main(["--folder", str(tree.folder), "--force", "--seed", "2"]) == 0
     assert "bird" in capsys.readouterr().out
 
 
 def test_main_reports_missing_folder(tmp_path: Path, capsys) -> None:
-    assert split.main(["--folder", str(tmp_path / "nope")]) == 1
+    assert split_cli.main(["--folder", str(tmp_path / "nope")]) == 1
     assert "Annotations" in capsys.readouterr().err

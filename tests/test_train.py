@@ -13,17 +13,17 @@ import pytest
 import torch
 from voc_factory import CLASSES, make_split, tiny_train_config
 
+from nets.checkpoint import load_model
 from nets.yolo import YoloBody
-from utils.checkpoint import load_model
-from utils.trainer import (
+from utils.engine.config import TrainConfig
+from utils.engine.fit import fit
+from utils.engine.optim import (
     ModelEMA,
-    TrainConfig,
     build_optimizer,
     fitted_lrs,
     keep_frozen_bn_eval,
     lr_at,
     set_backbone_frozen,
-    train,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,11 +140,11 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def test_resume_continues_exactly(tiny_voc, tmp_path) -> None:
-    straight = train(_config(tiny_voc, tmp_path, name="straight", phi="cbam"))
-    first = train(_config(tiny_voc, tmp_path, name="split", phi="cbam", stop_at_epoch=2))
+    straight = fit(_config(tiny_voc, tmp_path, name="straight", phi="cbam"))
+    first = fit(_config(tiny_voc, tmp_path, name="split", phi="cbam", stop_at_epoch=2))
     assert len(first.history) == 2
     last = first.run_dir / "weights" / "last.pth"
-    resumed = train(_config(tiny_voc, tmp_path, resume=str(last)))
+    resumed = fit(_config(tiny_voc, tmp_path, resume=str(last)))
     assert resumed.run_dir == first.run_dir
     keys = ["loss_box", "loss_obj", "loss_cls", "loss"]
     assert [[r[k] for k in keys] for r in resumed.history] == [
@@ -159,7 +159,7 @@ def test_resume_continues_exactly(tiny_voc, tmp_path) -> None:
 
 
 def test_run_folder_and_checkpoint_contents(tiny_voc, tmp_path) -> None:
-    result = train(
+    result = fit(
         _config(tiny_voc, tmp_path, name="run", epochs=2, eval_period=1, deterministic=False)
     )
     run = result.run_dir
@@ -185,19 +185,19 @@ def test_run_folder_and_checkpoint_contents(tiny_voc, tmp_path) -> None:
     header = (run / "results.csv").read_text().splitlines()[0]
     assert header.split(",")[:5] == ["epoch", "loss_box", "loss_obj", "loss_cls", "loss"]
     assert "map50_voc12" in header
-    second = train(_config(tiny_voc, tmp_path, name="run", epochs=1))
+    second = fit(_config(tiny_voc, tmp_path, name="run", epochs=1))
     assert second.run_dir.name == "run2"  # incremented, never overwritten
 
 
 def test_missing_voc_explains_what_to_do(tmp_path) -> None:
     cfg = TrainConfig(voc_root=str(tmp_path / "nowhere"), log_dir=str(tmp_path))
     with pytest.raises(FileNotFoundError) as err:
-        train(cfg)
-    assert "data.download_voc" in str(err.value) and "--data demo" in str(err.value)
+        fit(cfg)
+    assert "tools.download_voc" in str(err.value) and "--data demo" in str(err.value)
 
 
 def test_non_finite_losses_are_skipped_then_stop(tiny_voc, tmp_path, monkeypatch, caplog) -> None:
-    from utils import loss as loss_module
+    from utils.engine import loss as loss_module
 
     real = loss_module.YoloLoss.forward
 
@@ -207,7 +207,7 @@ def test_non_finite_losses_are_skipped_then_stop(tiny_voc, tmp_path, monkeypatch
 
     monkeypatch.setattr(loss_module.YoloLoss, "forward", nan_forward)
     with pytest.raises(RuntimeError, match="non-finite"):
-        train(_config(tiny_voc, tmp_path, name="nan", max_nonfinite=2, epochs=1))
+        fit(_config(tiny_voc, tmp_path, name="nan", max_nonfinite=2, epochs=1))
     assert "non-finite loss" in caplog.text
 
 
@@ -295,7 +295,7 @@ def test_reference_annotation_lines_and_discovered_classes(tiny_voc, tmp_path, c
     train_lines = tmp_path / "2007_train.txt"
     train_lines.write_text("\n".join(lines) + "\n")
     classes = root.parent / "classes.txt"
-    result = train(
+    result = fit(
         _config(
             tiny_voc,
             tmp_path,
@@ -310,7 +310,7 @@ def test_reference_annotation_lines_and_discovered_classes(tiny_voc, tmp_path, c
     assert result.final_report is not None and result.final_report.num_images == 12
     # no classes file: names come from the XMLs (not VOC's), sorted and logged
     caplog.set_level("INFO")
-    result = train(_config(tiny_voc, tmp_path, name="discover", epochs=1, classes=None))
+    result = fit(_config(tiny_voc, tmp_path, name="discover", epochs=1, classes=None))
     assert "box, disc" in caplog.text
     ckpt = torch.load(
         result.run_dir / "weights" / "last.pth", map_location="cpu", weights_only=True
@@ -342,7 +342,7 @@ def test_ctrl_c_saves_last_and_exits_cleanly(tiny_voc, tmp_path) -> None:
     assert "interrupted: saved" in err and "Traceback" not in err
     ckpt = torch.load(last, map_location="cpu", weights_only=True)
     assert ckpt["train_state"]["epoch"] >= 0
-    resumed = train(
+    resumed = fit(
         replace(
             TrainConfig(),
             resume=str(last),

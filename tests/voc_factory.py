@@ -83,7 +83,7 @@ def make_split(root: Path, num_train: int, num_test: int) -> tuple[Path, Path]:
 
 def tiny_train_config(voc_root: Path, classes: Path | None, **overrides):
     """A TrainConfig for seconds-long CPU runs on ``make_split`` data (64 px, from scratch)."""
-    from utils.trainer import TrainConfig
+    from utils.engine.config import TrainConfig
 
     base = {
         "voc_root": str(voc_root),
@@ -105,10 +105,10 @@ def tiny_train_config(voc_root: Path, classes: Path | None, **overrides):
 def trained_tiny_checkpoint(tmp_path: Path, epochs: int) -> tuple[Path, Path, str]:
     """``make_split`` data (6 train, 4 test images) and a checkpoint trained on it for
     ``epochs`` epochs at 64 px: ``(voc_root, classes_file, path of last.pth)``."""
-    from utils.trainer import train
+    from utils.engine.fit import fit
 
     root, classes = make_split(tmp_path, num_train=6, num_test=4)
-    result = train(
+    result = fit(
         tiny_train_config(root, classes, epochs=epochs, batch_size=2, log_dir=str(tmp_path), lr=0.1)
     )
     return root, classes, str(result.run_dir / "weights" / "last.pth")

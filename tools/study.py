@@ -1,9 +1,9 @@
 """The attention study: train every phi with every seed under identical settings, then compare.
 
 Usage (the demo set, small budget, minutes on a CPU):
-    python -m utils.study --data demo --phis 0 1 2 3 4 --seeds 0 1 2 --epochs 15 --img-size 192
+    python -m tools.study --data demo --phis 0 1 2 3 4 --seeds 0 1 2 --epochs 15 --img-size 192
 On VOC, on a GPU box (SPEC §8 defaults otherwise):
-    python -m utils.study --phis 0 1 2 3 --seeds 0 1 2
+    python -m tools.study --phis 0 1 2 3 --seeds 0 1 2
 
 Each run is ``logs/<out>/phi<P>_seed<S>``; its final EMA weights (``last.pth``, never selected on
 the evaluation split) are scored on the validation split and put side by side in
@@ -23,10 +23,12 @@ from pathlib import Path
 import torch
 
 from nets.attention import resolve_phi
-from utils.compare import evaluate_checkpoint, write_outputs
 from utils.device import select_device
-from utils.evaluate import EvalConfig
-from utils.trainer import TrainConfig, resolve_data, train
+from utils.engine.config import TrainConfig
+from utils.engine.fit import fit
+from utils.engine.setup import resolve_data
+from utils.evaluation.compare import evaluate_checkpoint, write_outputs
+from utils.evaluation.evaluate import EvalConfig
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +62,7 @@ def run_study(
                     resume=str(last) if last.is_file() else None,
                 )
                 print(f"== training phi {number} ({name}), seed {seed} -> {out / run_name}")
-                train(cfg)
+                fit(cfg)
             weights.append(last)
     device = select_device(base.device)
     eval_cfg = eval_cfg or EvalConfig(input_size=base.img_size, workers=min(base.workers, 2))

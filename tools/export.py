@@ -1,6 +1,6 @@
 """Export a model to other runtimes.
 
-Usage: ``python -m utils.export --weights W --format darknet --out model_data/my_model``
+Usage: ``python -m tools.export --weights W --format darknet --out model_data/my_model``
 writes ``my_model.cfg`` and ``my_model.weights`` (phi 0 only) that darknet and OpenCV DNN run.
 """
 
@@ -10,8 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from utils.checkpoint import load_model
-from utils.darknet import export_darknet
+from nets.checkpoint import load_model
+from nets.darknet import export_darknet
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""Speed of ``YoloLoss`` on this machine's CPU: ``python -m utils.benchmark_loss``.
+"""Speed of ``YoloLoss`` on this machine's CPU: ``python -m benchmarks.loss``.
 
 Prints (a) the loss forward + backward (target building, decoding, ignore rule, all losses) on
 random head outputs, next to the reference implementation's Python-loop loss measured on a
@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 
 from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, STRIDES, YoloBody
-from utils.loss import YoloLoss
+from utils.engine.loss import YoloLoss
 
 INPUT_SIZE = 416
 NUM_CLASSES = 20

@@ -1,13 +1,13 @@
-"""CPU inference speed of YOLOv4-tiny, batch 1: ``python -m utils.benchmark_inference``.
+"""CPU inference speed of YOLOv4-tiny, batch 1: ``python -m benchmarks.inference``.
 
 Measures in one run, on the same image, with the official COCO darknet weights at 416:
 
 1. PyTorch eager: our ``Detector`` with ``fuse=False`` (``torch.inference_mode``);
 2. PyTorch fused: our default ``Detector`` (batch norm folded into the convolutions);
 3. ONNX Runtime: our ``Detector`` with the ``onnxruntime`` backend (fused graph, exported here);
-4. ONNX Runtime INT8: the same graph quantized by ``utils.quantize`` (``predict.py --int8``),
-   calibrated (minmax) on the images in ``--calib`` (for its latency: its accuracy is measured on a
-   trained model by ``python -m utils.benchmark_int8``);
+4. ONNX Runtime INT8: the same graph quantized by ``utils.inference.quantize``
+   (``predict.py --int8``), calibrated (minmax) on the images in ``--calib`` (for its latency:
+   its accuracy is measured on a trained model by ``python -m benchmarks.int8``);
 5. OpenCV DNN 4.x on the darknet cfg + weights through ``cv2.dnn_DetectionModel`` (plain resize
    to 416, scale 1/255, swapRB, conf 0.25, NMS 0.45), the reference of the issue's targets.
 
@@ -25,9 +25,9 @@ phi 0) on the eager, fused, ONNX Runtime and INT8 paths, forward only and end to
 prints the operators that take the time in the fused PyTorch forward.
 
 Examples:
-    python -m utils.benchmark_inference
-    python -m utils.benchmark_inference --runs 100 --json logs/bench_inference.json --profile
-    python -m utils.benchmark_inference --threads 1 --no-phi --block 5
+    python -m benchmarks.inference
+    python -m benchmarks.inference --runs 100 --json logs/bench_inference.json --profile
+    python -m benchmarks.inference --threads 1 --no-phi --block 5
 """
 
 from __future__ import annotations
@@ -50,18 +50,22 @@ import torch
 from torch import nn
 
 from nets.attention import attention_names
+from nets.checkpoint import ModelInfo, load_model
 from nets.yolo import YoloBody
-from utils.checkpoint import ModelInfo, load_model
 from utils.classes import read_class_names
-from utils.deploy import OnnxRunner, export_onnx
-from utils.predictor import DEFAULT_COCO_CLASSES, DEFAULT_WEIGHTS, Detector, InferenceConfig
-from utils.quantize import quantize_int8
+from utils.inference.deploy import OnnxRunner, export_onnx
+from utils.inference.predictor import (
+    DEFAULT_WEIGHTS,
+    Detector,
+    InferenceConfig,
+)
+from utils.inference.quantize import quantize_int8
+from utils.paths import COCO_CLASSES, OFFICIAL_CFG, SAMPLES
 from utils.sources import resolve_source
 
-_MODEL_DATA = Path(__file__).resolve().parents[1] / "model_data"
-DEFAULT_CFG = str(_MODEL_DATA / "yolov4-tiny.cfg")
-DEFAULT_IMAGE = str(_MODEL_DATA / "samples" / "bus.jpg")
-DEFAULT_CALIB = str(_MODEL_DATA / "samples")
+DEFAULT_CFG = str(OFFICIAL_CFG)
+DEFAULT_IMAGE = str(SAMPLES / "bus.jpg")
+DEFAULT_CALIB = str(SAMPLES)
 INPUT_SIZE = 416  # the issue's and SPEC §4's setting
 CONF_THRESH, NMS_THRESH = 0.25, 0.45  # as InferenceConfig's defaults and the OpenCV reference
 # SPEC §4, measured on the CI machine type (2-core AVX2 CPU), ms per image at 416, batch 1.
@@ -224,7 +228,7 @@ def official_engines(
 ) -> tuple[list[Engine], Detector]:
     """The five paths of the comparison (and variants); also returns the fused Detector."""
     cpu = InferenceConfig(input_size=INPUT_SIZE, device="cpu")
-    names = read_class_names(DEFAULT_COCO_CLASSES)
+    names = read_class_names(COCO_CLASSES)
     model, info = load_model(args.weights)
     eager = Detector(copy.deepcopy(model), info, names, replace(cpu, fuse=False))
     fused = Detector(copy.deepcopy(model), info, names, cpu)

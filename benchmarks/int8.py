@@ -1,4 +1,4 @@
-"""What INT8 costs in accuracy and buys in speed: ``python -m utils.benchmark_int8``.
+"""What INT8 costs in accuracy and buys in speed: ``python -m benchmarks.int8``.
 
 For a trained checkpoint (default: the one ``make demo`` writes), in one run:
 
@@ -10,8 +10,8 @@ For a trained checkpoint (default: the one ``make demo`` writes), in one run:
    the mAP change and the speed-up against the fp32 paths.
 
 Examples:
-    make demo && python -m utils.benchmark_int8
-    python -m utils.benchmark_int8 --weights logs/train/exp/weights/best.pth --data voc \\
+    make demo && python -m benchmarks.int8
+    python -m benchmarks.int8 --weights logs/train/exp/weights/best.pth --data voc \\
         --calib-split 2012:train --split 2007:test --json logs/int8.json
 """
 
@@ -28,11 +28,11 @@ from pathlib import Path
 import predict
 from data.demo import DEMO_CLASSES, DEMO_VOC_ROOT
 from data.voc import load_voc, parse_sets
-from utils.checkpoint import load_model
+from nets.checkpoint import load_model
 from utils.classes import read_class_names
-from utils.compare import evaluate_checkpoint
-from utils.evaluate import EvalConfig
-from utils.quantize import CALIBRATION_METHODS, DEFAULT_CALIBRATION_IMAGES, pick_evenly
+from utils.evaluation.compare import evaluate_checkpoint
+from utils.evaluation.evaluate import EvalConfig
+from utils.inference.quantize import CALIBRATION_METHODS, DEFAULT_CALIBRATION_IMAGES, pick_evenly
 
 DEFAULT_WEIGHTS = "logs/demo/train/weights/last.pth"
 

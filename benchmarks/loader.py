@@ -1,6 +1,6 @@
 """Training-sample throughput: our loader vs. a reference-style loader, same data, same run.
 
-Usage: ``python -m data.benchmark_loader [--images 64] [--batches 12] [--workers 0 2]``
+Usage: ``python -m benchmarks.loader [--images 64] [--batches 12] [--workers 0 2]``
 
 Data: seeded 416x416 JPEG tiles with a few boxes each (written to a temporary VOC tree).
 Ours: ``MosaicMixup(VOCDetection)`` at 416, mosaic p=0.5, mixup p=0.5, batches of 8.

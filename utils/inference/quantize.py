@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.deploy import METADATA_KEY, onnx_metadata
+from utils.inference.deploy import METADATA_KEY, onnx_metadata
 from utils.preprocess import preprocess_bgr, to_tensor
 from utils.sources import ImageReadError, read_image
 

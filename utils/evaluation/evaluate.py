@@ -17,9 +17,9 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from data.voc import Annotation
-from utils.decode import detect
-from utils.metrics import BoxSet, best_f1, evaluate_coco, evaluate_voc
-from utils.metrics import read_detections_json as read_detections_file
+from nets.decode import detect
+from utils.evaluation.metrics import BoxSet, best_f1, evaluate_coco, evaluate_voc
+from utils.evaluation.metrics import read_detections_json as read_detections_file
 from utils.preprocess import ResizeMeta, boxes_to_original, resize_image
 from utils.sources import ImageReadError, read_image
 

@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from nets.attention import attention_names, build_attention, resolve_phi
+from nets.darknet import load_darknet_weights
 from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, YoloBody
-from utils.darknet import load_darknet_weights
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from utils.device import synchronize
-from utils.predictor import Detections, Detector
+from utils.inference.predictor import Detections, Detector
 from utils.sources import ImageReadError, Source, SourceError, open_video, read_image
 from utils.visualize import crop_detections, draw_detections, overlay_heatmap
 

@@ -1,4 +1,4 @@
-"""CPU training step at 416, batch 8, before and after: ``python -m utils.benchmark_train``.
+"""CPU training step at 416, batch 8, before and after: ``python -m benchmarks.train``.
 
 Runs the trainer's step (forward, ``YoloLoss``, backward, gradient clipping, SGD, EMA) on
 batches of the demo set drawn through the trainer's data pipeline (mosaic + mixup, 416), in two
@@ -18,8 +18,8 @@ operators that take the step's time (``--profile``). Pinned memory only matters 
 trainer turns it on there); this script measures the CPU.
 
 Examples:
-    python -m utils.benchmark_train
-    python -m utils.benchmark_train --steps 20 --profile
+    python -m benchmarks.train
+    python -m benchmarks.train --steps 20 --profile
 """
 
 from __future__ import annotations
@@ -39,14 +39,15 @@ from torch.utils.data import DataLoader
 from torchvision.ops import box_iou
 
 from data.augment import AugmentConfig
-from data.dataset import EpochSampler, MosaicMixup, VOCDetection, collate
+from data.dataset import EpochSampler, MosaicMixup, SeededShuffle, VOCDetection, collate
 from data.demo import DEMO_CLASSES, DEMO_ROOT, DEMO_VOC_ROOT, demo_is_current, generate_demo
 from data.voc import load_voc, parse_sets
 from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, YoloBody
-from utils import loss as loss_module
 from utils.classes import read_class_names
-from utils.loss import LevelTargets, YoloLoss
-from utils.trainer import ModelEMA, SeededShuffle, TrainConfig, build_optimizer
+from utils.engine import loss as loss_module
+from utils.engine.config import TrainConfig
+from utils.engine.loss import LevelTargets, YoloLoss
+from utils.engine.optim import ModelEMA, build_optimizer
 
 INPUT_SIZE, BATCH = 416, 8  # the issue's setting
 LOSS_KEYS = ("loss_box", "loss_obj", "loss_cls", "loss")
@@ -152,10 +153,10 @@ def make_loader(dataset, workers: int, persistent: bool, seed: int = 0) -> DataL
 
 
 class Step:
-    """One training step of ``utils.trainer`` on its own model, optimizer and EMA copy."""
+    """One training step of ``utils.engine.trainer`` on its own model, optimizer and EMA copy."""
 
     def __init__(self, model: YoloBody, reference: bool) -> None:
-        # as utils.trainer on a CPU: NHWC; the reference runs NCHW
+        # as utils.engine.trainer on a CPU: NHWC; the reference runs NCHW
         self.memory_format = torch.contiguous_format if reference else torch.channels_last
         self.model = copy.deepcopy(model).to(memory_format=self.memory_format).train()
         cfg = TrainConfig()

@@ -22,8 +22,8 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from nets.attention import CoordAttention
 from nets.backbone import BasicConv
+from nets.decode import decode_outputs
 from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK
-from utils.decode import decode_outputs
 
 
 class FusedConv(nn.Module):

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import complete_box_iou_loss, sigmoid_focal_loss
 
-from utils.decode import SCALE_X_Y, cxcywh_to_xyxy, decode_boxes
+from nets.decode import SCALE_X_Y, cxcywh_to_xyxy, decode_boxes
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Benchmark of the VOC evaluator on a seeded random case the size of VOC07 test.
 
-    python -m utils.benchmark_metrics [--images 4952] [--repeats 3] [--reference-images 500]
+    python -m benchmarks.metrics [--images 4952] [--repeats 3] [--reference-images 500]
 
 Detections go through a temporary file in the ``predict.py --json`` format, so the timing
 includes reading them back. A straightforward per-detection Python loop port of VOCevaldet.m
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.metrics import BoxSet, evaluate_voc, read_detections_json
+from utils.evaluation.metrics import BoxSet, evaluate_voc, read_detections_json
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",

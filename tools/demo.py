@@ -18,7 +18,8 @@ from pathlib import Path
 import eval as eval_cli
 import predict
 from data.demo import DEMO_ROOT, DEMO_VOC_ROOT, demo_is_current, generate_demo
-from utils.trainer import TrainConfig, train
+from utils.engine.config import TrainConfig
+from utils.engine.fit import fit
 
 OUT = Path("logs/demo")
 
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         log_dir=str(OUT),
         name="train",
     )
-    result = train(cfg)
+    result = fit(cfg)
     weights = result.run_dir / "weights" / "last.pth"
 
     print("== 4/5 evaluation on the demo test split")

@@ -1,0 +1,93 @@
+"""Command line: split a custom VOC-format dataset into train / val / test image sets.
+
+Usage: ``python -m tools.split --folder my_voc/VOC2007 --ratios 0.7,0.1,0.2``
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from data.split import (
+    DEFAULT_RATIOS,
+    DEFAULT_SEED,
+    SPLIT_NAMES,
+    dataset_folder,
+    format_counts,
+    split_dataset,
+)
+from utils.classes import read_class_names
+from utils.paths import VOC_ROOT
+
+
+def parse_ratios(text: str) -> tuple[float, float, float]:
+    """``"0.7,0.1,0.2"`` -> ``(0.7, 0.1, 0.2)``."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"ratios must be numbers: {text!r}") from err
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"expected TRAIN,VAL,TEST, got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.split",
+        description="Split a VOC-format dataset into train/val/test and write "
+        "ImageSets/Main/{train,val,trainval,test}.txt; print instances per class and split.",
+    )
+    where = parser.add_argument_group("dataset (one of --year or --folder)")
+    where.add_argument(
+        "--voc-root",
+        default=VOC_ROOT,
+        help="folder holding VOC<year>/ used with --year",
+    )
+    source = where.add_mutually_exclusive_group(required=True)
+    source.add_argument("--year", help="split <voc-root>/VOC<year>, e.g. custom for VOCcustom/")
+    source.add_argument(
+        "--folder", help="split this folder, which holds Annotations/ and JPEGImages/"
+    )
+    parser.add_argument(
+        "--ratios",
+        type=parse_ratios,
+        default=DEFAULT_RATIOS,
+        help="TRAIN,VAL,TEST fractions summing to 1 (default: 0.7,0.1,0.2)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=DEFAULT_SEED, help="seed of the shuffle (default: 0)"
+    )
+    parser.add_argument(
+        "--classes",
+        default=None,
+        help="class names file, one per line (default: every name found in the XMLs)",
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="overwrite existing ImageSets/Main/*.txt files"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        folder = dataset_folder(args.folder or args.voc_root, None if args.folder else args.year)
+        class_names = read_class_names(args.classes) if args.classes else None
+        result = split_dataset(folder, args.ratios, args.seed, class_names, args.force)
+    except (OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(
+        f"wrote {folder / 'ImageSets' / 'Main'}/{{{','.join(SPLIT_NAMES)}}}.txt (seed {args.seed})"
+    )
+    print(format_counts(result))
+    if result.issues:
+        print(f"{len(result.issues)} file issue(s) logged above")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Command-line options declared once, on the config dataclass they fill.
+
+A config field becomes a flag by being declared with ``option``::
+
+    @dataclass(frozen=True)
+    class EvalConfig:
+        conf_thresh: float = option(0.001, "score threshold", flag="--conf", group="scoring")
+
+``add_options(parser, EvalConfig)`` then adds ``--conf`` with that default, type and help (the
+default is shown by ``--help``), and ``from_args(EvalConfig, args)`` builds the config from the
+parsed namespace. Booleans get ``--x/--no-x``; ``X | None`` fields parse as ``X``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from collections.abc import Callable, Iterable
+from typing import Any
+
+_NO_DEFAULT = object()
+
+
+def option(
+    default: Any,
+    help: str,
+    *,
+    flag: str | None = None,
+    group: str | None = None,
+    choices: Iterable[Any] | Callable[[], Iterable[Any]] | None = None,
+    type: Callable[[str], Any] | None = None,
+    metavar: str | None = None,
+) -> Any:
+    """A dataclass field that is also a command-line option.
+
+    Args:
+        default: the one default (shown by ``--help``).
+        help: one line saying what the field holds.
+        flag: the flag; default ``--`` + the field name in kebab case.
+        group: the ``--help`` section it is listed under.
+        choices: the closed set of values, or a callable giving it when the parser is built
+            (for sets that grow, such as the attention registry).
+        type: parses the command-line string (default: from the annotation).
+        metavar: the placeholder shown by ``--help``.
+    """
+    meta = {"help": help, "flag": flag, "group": group, "choices": choices, "type": type}
+    meta["metavar"] = metavar
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _scalar_type(annotation: Any) -> Any:
+    """``int | None`` -> int; other annotations unchanged."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return annotation
+
+
+def option_fields(config_cls: type) -> list[dataclasses.Field]:
+    """The fields of ``config_cls`` that are command-line options, in declaration order."""
+    return [f for f in dataclasses.fields(config_cls) if "help" in f.metadata]
+
+
+def add_options(
+    parser: argparse.ArgumentParser,
+    config_cls: type,
+    exclude: Iterable[str] = (),
+    defaults: dict[str, Any] | None = None,
+) -> None:
+    """Adds one flag per ``option`` field of ``config_cls`` to ``parser``.
+
+    Args:
+        exclude: field names not to add (a CLI that handles them itself).
+        defaults: field name -> a default that replaces the dataclass's for this parser.
+    """
+    hints = typing.get_type_hints(config_cls)
+    groups: dict[str | None, Any] = {None: parser}
+    excluded = set(exclude)
+    for f in option_fields(config_cls):
+        if f.name in excluded:
+            continue
+        meta = f.metadata
+        name = meta["group"]
+        if name not in groups:
+            groups[name] = parser.add_argument_group(name)
+        default = (defaults or {}).get(f.name, f.default)
+        flag = meta["flag"] or "--" + f.name.replace("_", "-")
+        kwargs: dict[str, Any] = {"dest": f.name, "default": default, "help": meta["help"]}
+        kind = _scalar_type(hints[f.name])
+        if kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = meta["type"] or kind
+            choices = meta["choices"]
+            if choices is not None:
+                kwargs["choices"] = list(choices() if callable(choices) else choices)
+            if meta["metavar"]:
+                kwargs["metavar"] = meta["metavar"]
+        action = groups[name].add_argument(flag, **kwargs)
+        if default is not None:  # set afterwards: some Pythons' BooleanOptionalAction add it too
+            action.help = meta["help"] + " (default: %(default)s)"
+
+
+def from_args(config_cls: type, args: argparse.Namespace, **overrides: Any) -> Any:
+    """Builds ``config_cls`` from the parsed options it declares, plus ``overrides``."""
+    values = {
+        f.name: getattr(args, f.name) for f in option_fields(config_cls) if hasattr(args, f.name)
+    }
+    return config_cls(**{**values, **overrides})
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the description's line breaks (its examples) and widens the option column."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=34)

@@ -1,0 +1,152 @@
+"""``TrainConfig``: everything a training run depends on, each default in one place.
+
+Each field is also ``train.py``'s flag of the same name (``utils.config.option``); the resolved
+config is written to the run folder and into every checkpoint. The defaults are the VOC
+schedule of the reference implementation: 300 epochs on 16,551 images, the first 50 with a
+frozen backbone when starting from pretrained weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from data.source import DATA_CHOICES
+from nets.attention import phi_choices
+from utils.config import option
+from utils.paths import VOC_ROOT
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a run depends on; written to the run folder and into every checkpoint."""
+
+    # data
+    data: str = option("voc", "VOC or the generated demo set", group="data", choices=DATA_CHOICES)
+    voc_root: str = option(VOC_ROOT, "folder holding VOC<year>/", group="data")
+    train_sets: str = option(
+        "2007:trainval,2012:trainval", "YEAR:SET pairs to train on", group="data"
+    )
+    val_set: str = option("2007:test", "YEAR:SET pairs to evaluate on", group="data")
+    classes: str | None = option(
+        None, "classes file (default: VOC's 20, the demo's, or the XMLs' names)", group="data"
+    )
+    train_lines: str | None = option(
+        None,
+        "reference-implementation annotation lines (path x1,y1,x2,y2,cls ...) to train on "
+        "instead of VOC image sets",
+        group="data",
+    )
+    val_lines: str | None = option(None, "the same for evaluation", group="data")
+    anchors: str | None = option(
+        None, "anchors file, w,h pairs at --img-size (default: darknet's)", group="data"
+    )
+    include_difficult: bool = option(False, "train on difficult objects too", group="data")
+    # model
+    phi: str = option(
+        "0",
+        "attention block, by number or name",
+        group="model",
+        choices=phi_choices,
+        type=str.lower,
+    )
+    img_size: int = option(
+        416, "training and evaluation input side (multiple of 32)", group="model"
+    )
+    weights: str | None = option(
+        "auto",
+        "initial weights: darknet .weights, our .pth, reference .pth; 'auto' = the COCO "
+        "weights in model_data/ if present; 'none' = from scratch",
+        group="model",
+    )
+    # schedule
+    epochs: int = option(300, "total epochs, frozen ones included", group="schedule")
+    freeze_epochs: int = option(
+        50, "first epochs with a frozen backbone (pretrained weights only)", group="schedule"
+    )
+    batch_size: int = option(16, "batch over all processes, after unfreezing", group="schedule")
+    freeze_batch_size: int = option(32, "batch while the backbone is frozen", group="schedule")
+    optimizer: str = option(
+        "sgd", "sgd (nesterov), adam or adamw", group="schedule", choices=OPTIMIZERS
+    )
+    lr: float | None = option(
+        None,
+        "max lr at batch 64, scaled by batch/64 (default 1e-2 sgd, 1e-3 adam)",
+        group="schedule",
+    )
+    min_lr: float | None = option(None, "final lr at batch 64 (default lr / 100)", group="schedule")
+    lr_schedule: str = option(
+        "cos", "cos (warmup, cosine, hold) or step", group="schedule", choices=("cos", "step")
+    )
+    warmup_epochs: float | None = option(
+        None, "quadratic warmup epochs (default min(max(0.05 E, 1), 3))", group="schedule"
+    )
+    weight_decay: float | None = option(
+        None, "on conv/linear weights only (default 5e-4 sgd, 0 adam)", group="schedule"
+    )
+    momentum: float = option(0.937, "SGD momentum / Adam beta1", group="schedule")
+    # augmentation and loss
+    mosaic: float = option(0.5, "mosaic probability", group="augmentation and loss")
+    mixup: float = option(0.5, "mixup probability (of a mosaic)", group="augmentation and loss")
+    strong_aug_ratio: float = option(
+        0.7,
+        "fraction of the epochs with mosaic and mixup (then off)",
+        group="augmentation and loss",
+    )
+    label_smoothing: float = option(
+        0.0, "class targets y * (1 - eps) + eps / C", group="augmentation and loss"
+    )
+    focal: bool = option(False, "focal loss for objectness", group="augmentation and loss")
+    ignore_thresh: float = option(
+        0.5, "negatives overlapping a GT more than this are ignored", group="augmentation and loss"
+    )
+    # machinery
+    ema: bool = option(
+        True, "exponential moving average of weights (evaluated, saved)", group="machinery"
+    )
+    amp: bool = option(False, "mixed precision (CUDA only)", group="machinery")
+    grad_clip: float = option(10.0, "max gradient norm", group="machinery")
+    max_nonfinite: int = option(
+        10, "stop after this many non-finite losses in a row", group="machinery"
+    )
+    workers: int = option(2, "data-loading processes per training process", group="machinery")
+    seed: int = option(0, "model init, shuffling and augmentation", group="machinery")
+    deterministic: bool = option(
+        False, "deterministic algorithms (exact resume)", group="machinery"
+    )
+    sync_bn: bool = option(False, "SyncBatchNorm under torchrun (CUDA)", group="machinery")
+    device: str = option("auto", "auto, cpu, cuda or cuda:N", group="machinery")
+    # evaluation and output
+    eval_period: int = option(
+        5,
+        "evaluate every N epochs and after the last (0 = only the last)",
+        group="evaluation and output",
+    )
+    eval_conf: float = option(0.001, "score threshold for mAP", group="evaluation and output")
+    eval_nms: float = option(0.5, "NMS IoU for mAP", group="evaluation and output")
+    patience: int = option(
+        0,
+        "stop after N evaluations without a better mAP (0 = never)",
+        group="evaluation and output",
+    )
+    save_period: int = option(
+        0, "also keep epoch_N.pth every N epochs (0 = never)", group="evaluation and output"
+    )
+    resume: str | None = option(None, "last.pth to continue from", group="evaluation and output")
+    name: str = option(
+        "exp", "run folder <log-dir>/<name> (incremented)", group="evaluation and output"
+    )
+    log_dir: str = option("logs", "parent folder of run folders", group="evaluation and output")
+    max_iters: int = option(
+        0, "iterations per epoch (0 = all; for smoke tests)", group="evaluation and output"
+    )
+    stop_at_epoch: int = option(
+        0,
+        "stop before this epoch, resumably (the lr schedule still spans --epochs)",
+        group="evaluation and output",
+    )
+
+    def __post_init__(self) -> None:
+        if self.img_size <= 0 or self.img_size % 32:
+            raise ValueError(f"image size {self.img_size} is not a positive multiple of 32")

@@ -1,0 +1,333 @@
+"""``fit(cfg)``: a whole training run, from a ``TrainConfig`` to a run folder.
+
+``start_run`` builds everything (processes, data, model, ``TrainStep``, run folder) and restores
+it on ``--resume``; ``fit`` runs the epochs; ``run_epoch`` is one epoch: train, evaluate on
+rank 0, write the results row and the checkpoints, decide about early stopping.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from data.augment import AugmentConfig
+from data.dataset import EpochSampler, MosaicMixup, SeededShuffle, VOCDetection, collate
+from data.voc import class_counts
+from nets.checkpoint import ModelInfo
+from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, YoloBody
+from utils.classes import read_anchors
+from utils.engine.config import TrainConfig
+from utils.engine.loop import EpochProgress, TrainStep, evaluate, train_one_epoch
+from utils.engine.loss import LossConfig, YoloLoss
+from utils.engine.optim import (
+    ModelEMA,
+    build_optimizer,
+    fitted_lrs,
+    keep_frozen_bn_eval,
+    lr_at,
+    set_backbone_frozen,
+)
+from utils.engine.runlog import RunLog, save_batch_picture, save_val_pictures
+from utils.engine.setup import (
+    DataSetup,
+    Dist,
+    init_distributed,
+    load_data,
+    load_initial_weights,
+    read_resume,
+    resolve_data,
+    seed_run,
+)
+from utils.engine.state import TrainState, save_training_checkpoint
+from utils.evaluation.evaluate import EvalConfig, EvalReport, format_report
+
+logger = logging.getLogger("train")
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    best_map: float
+    last_epoch: int
+    history: list[dict]
+    final_report: EvalReport | None
+    is_main: bool = True  # False on the other ranks of a torchrun job
+
+
+@dataclass
+class Run:
+    """Everything one training run holds; built by ``start_run``."""
+
+    cfg: TrainConfig
+    dist: Dist
+    log: RunLog | None  # None on the other ranks: only rank 0 writes
+    data: DataSetup
+    info: ModelInfo
+    step: TrainStep
+    state: TrainState
+    train_set: MosaicMixup
+    start_epoch: int
+    loader: DataLoader | None = None
+    loader_batch: int = 0
+    wrapped_frozen: bool | None = None
+    last_report: EvalReport | None = None
+
+    @property
+    def last_path(self) -> Path:
+        return self.log.dir / "weights" / "last.pth"
+
+    def loader_for(self, batch_total: int) -> DataLoader:
+        """The training loader at this total batch (rebuilt when unfreezing changes it)."""
+        if self.loader_batch != batch_total:
+            self.loader, self.loader_batch = make_loader(self, batch_total), batch_total
+        return self.loader
+
+    def set_frozen(self, frozen: bool) -> None:
+        """DDP registers the parameters that need gradients when it is built: freeze first,
+        and build it again when the backbone thaws."""
+        if self.wrapped_frozen == frozen:
+            return
+        model, device = self.step.model, self.step.device
+        set_backbone_frozen(model, frozen)
+        if self.dist.world > 1:
+            ids = [device.index] if device.type == "cuda" else None
+            self.step.train_model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        self.wrapped_frozen = frozen
+
+
+def fit(cfg: TrainConfig) -> TrainResult:
+    """Runs a whole training; returns where it went and the best mAP@0.5 (VOC2010+ area)."""
+    d, device = init_distributed(cfg.device)
+    try:
+        run = start_run(cfg, d, device)
+        epoch = run.start_epoch
+        try:
+            for epoch in range(run.start_epoch, run.cfg.epochs):
+                if run.cfg.stop_at_epoch and epoch >= run.cfg.stop_at_epoch:
+                    if d.main:
+                        logger.info(
+                            "stopping before epoch %d (--stop-at-epoch); resume with --resume %s",
+                            epoch + 1,
+                            run.last_path,
+                        )
+                    break
+                if not run_epoch(run, epoch):
+                    break
+        except KeyboardInterrupt:
+            if d.main:
+                save_training_checkpoint(run.last_path, run.step, run.info, run.cfg, run.state)
+                print(
+                    f"\ninterrupted: saved {run.last_path} (resume restarts epoch {epoch + 1})",
+                    file=sys.stderr,
+                )
+            raise
+        finally:
+            if run.log is not None:
+                run.log.close()
+        run_dir = run.log.dir if run.log else Path()
+        s = run.state
+        return TrainResult(run_dir, s.best_map, s.epoch, s.history, run.last_report, d.main)
+    finally:
+        if d.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def start_run(cfg: TrainConfig, d: Dist, device: torch.device) -> Run:
+    """Builds a run from ``cfg`` (or resumes the one ``cfg.resume`` names)."""
+    cfg, checkpoint = read_resume(cfg)
+    cfg = resolve_data(cfg)
+    seed_run(cfg)
+    log = RunLog(cfg, Path(cfg.resume).parent.parent if cfg.resume else None) if d.main else None
+    data = load_data(cfg)
+    for issue in data.issues:
+        logger.warning("input skipped or repaired: %s", issue)
+    model = YoloBody(len(data.class_names), cfg.phi)
+    anchors = read_anchors(cfg.anchors) if cfg.anchors else list(DEFAULT_ANCHORS)
+    info = ModelInfo(
+        phi=model.phi,
+        phi_name=model.phi_name,
+        num_classes=len(data.class_names),
+        class_names=data.class_names,
+        anchors=anchors,
+        anchors_mask=list(DEFAULT_ANCHORS_MASK),
+        input_size=cfg.img_size,
+    )
+    state = TrainState()
+    if checkpoint is None:
+        state.freeze_epochs = cfg.freeze_epochs if load_initial_weights(model, cfg) else 0
+    else:  # as the interrupted run had it (0 when it started from scratch)
+        state.load_state_dict(checkpoint["train_state"])
+    step = build_step(model, cfg, info, d, device)
+    if checkpoint is not None:
+        step.load_state_dict(checkpoint["train_state"], ema_weights=checkpoint["model"])
+        if d.main:
+            logger.info("resumed from %s at epoch %d", cfg.resume, state.epoch + 1)
+    base = VOCDetection(
+        data.train,
+        cfg.img_size,
+        train=True,
+        include_difficult=cfg.include_difficult,
+        cfg=AugmentConfig(mosaic_p=cfg.mosaic, mixup_p=cfg.mixup),
+        seed=cfg.seed,
+    )
+    train_set = MosaicMixup(base, close_epoch=round(cfg.epochs * cfg.strong_aug_ratio))
+    if d.main:
+        print(
+            f"training {model.phi_name} on {len(base)} images ({cfg.train_sets}), "
+            f"{len(data.val)} for evaluation; classes: {', '.join(data.class_names)}; "
+            f"device {device}; run folder {log.dir}"
+        )
+        logger.info("training instances per class: %s", class_counts(data.train, data.class_names))
+    return Run(cfg, d, log, data, info, step, state, train_set, start_epoch=state.epoch + 1)
+
+
+def build_step(
+    model: YoloBody, cfg: TrainConfig, info: ModelInfo, d: Dist, device: torch.device
+) -> TrainStep:
+    """Model on the device (SyncBatchNorm under CUDA DDP if asked), loss, optimizer and EMA."""
+    cpu = device.type == "cpu"
+    model.to(device, memory_format=torch.channels_last if cpu else torch.contiguous_format)
+    if d.world > 1 and cfg.sync_bn:
+        if device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        elif d.main:
+            logger.warning("--sync-bn ignored: SyncBatchNorm needs CUDA (this run is on CPU)")
+    if cfg.amp and device.type != "cuda" and d.main:
+        logger.info("--amp ignored: mixed precision is for CUDA (this run is on %s)", device)
+    loss_cfg = LossConfig(
+        label_smoothing=cfg.label_smoothing, focal=cfg.focal, ignore_thresh=cfg.ignore_thresh
+    )
+    criterion = YoloLoss(
+        info.num_classes, info.anchors, info.anchors_mask, info.input_size, loss_cfg
+    ).to(device)
+    return TrainStep(
+        model,
+        criterion,
+        build_optimizer(model, cfg),
+        ema=ModelEMA(model) if cfg.ema else None,
+        amp=cfg.amp,
+        grad_clip=cfg.grad_clip,
+        max_nonfinite=cfg.max_nonfinite,
+        world_size=d.world,
+    )
+
+
+def make_loader(run: Run, batch_total: int) -> DataLoader:
+    """Training loader: ``batch_total`` split over the processes, a (seed, epoch) shuffle."""
+    d, cfg = run.dist, run.cfg
+    if d.world > 1:
+        inner = torch.utils.data.DistributedSampler(
+            run.train_set, d.world, d.rank, shuffle=True, seed=cfg.seed, drop_last=True
+        )
+    else:
+        inner = SeededShuffle(len(run.train_set), cfg.seed)
+    return DataLoader(
+        run.train_set,
+        batch_size=max(1, batch_total // d.world),
+        sampler=EpochSampler(inner),
+        collate_fn=collate,
+        num_workers=cfg.workers,
+        pin_memory=run.step.device.type == "cuda",
+        drop_last=True,
+        persistent_workers=cfg.workers > 0,
+    )
+
+
+def run_epoch(run: Run, epoch: int) -> bool:
+    """Trains one epoch, evaluates and saves on rank 0; False when the run should stop."""
+    cfg, state, main = run.cfg, run.state, run.dist.main
+    frozen = epoch < state.freeze_epochs
+    batch_total = cfg.freeze_batch_size if frozen else cfg.batch_size
+    loader = run.loader_for(batch_total)
+    run.set_frozen(frozen)
+    loader.sampler.set_epoch(epoch)
+    run.train_set.set_epoch(epoch)
+    run.step.train_model.train()
+    keep_frozen_bn_eval(run.step.model, frozen)
+    lr_max, lr_min = fitted_lrs(cfg, batch_total)
+    progress = EpochProgress(epoch, cfg.epochs, cfg.img_size) if main else None
+    first_epoch = main and epoch == run.start_epoch
+    if first_epoch:
+        tqdm.write(EpochProgress.header())
+
+    def picture(images: torch.Tensor, targets: torch.Tensor) -> None:
+        save_batch_picture(images, targets, run.data.class_names, run.log.dir / "train_batch0.jpg")
+
+    t0 = time.time()
+    means, lr = train_one_epoch(
+        run.step,
+        loader,
+        lambda done: lr_at(cfg, epoch + done, lr_max, lr_min),
+        max_iters=cfg.max_iters,
+        progress=progress,
+        on_first_batch=picture if first_epoch else None,
+    )
+    record = {"epoch": epoch, **{k: round(v, 5) for k, v in means.items()}, "lr": lr}
+    record |= {"map50_voc07": "", "map50_voc12": "", "time_s": round(time.time() - t0, 1)}
+    last = epoch == cfg.epochs - 1
+    improved = False
+    if main and run.data.val and (last or (cfg.eval_period and (epoch + 1) % cfg.eval_period == 0)):
+        improved = evaluate_epoch(run, record)
+    state.history.append(record)
+    state.epoch = epoch
+    if main:
+        run.log.row(record)
+        save_epoch_checkpoints(run, epoch, improved)
+    return not should_stop(run)
+
+
+def evaluate_epoch(run: Run, record: dict) -> bool:
+    """mAP of the EMA model (rank 0) into ``record``; True when it is a new best."""
+    cfg, device = run.cfg, run.step.device
+    eval_cfg = EvalConfig(
+        input_size=cfg.img_size,
+        conf_thresh=cfg.eval_conf,
+        nms_thresh=cfg.eval_nms,
+        workers=min(cfg.workers, 2),
+        coco=False,
+    )
+    model = run.step.eval_model()
+    report = evaluate(model, run.data.val, run.info, eval_cfg, device, run.data.val_name)
+    tqdm.write(format_report(report))
+    record["map50_voc07"] = round(report.voc07_map50, 5)
+    record["map50_voc12"] = round(report.voc12_map50, 5)
+    run.last_report = report
+    improved = run.state.record_map(report.voc12_map50)
+    save_val_pictures(
+        model, run.info, run.data.val[:4], run.log.dir / "val_predictions.jpg", device
+    )
+    return improved
+
+
+def save_epoch_checkpoints(run: Run, epoch: int, improved: bool) -> None:
+    """``last.pth`` every epoch, ``best.pth`` on a new best, ``epoch_N.pth`` every save period."""
+    weights, cfg, step, info = run.log.dir / "weights", run.cfg, run.step, run.info
+    save_training_checkpoint(weights / "last.pth", step, info, cfg, run.state)
+    if improved:
+        save_training_checkpoint(
+            weights / "best.pth", step, info, cfg, epoch=epoch, map50=run.state.best_map
+        )
+    if cfg.save_period and (epoch + 1) % cfg.save_period == 0:
+        save_training_checkpoint(weights / f"epoch_{epoch + 1}.pth", step, info, cfg, epoch=epoch)
+
+
+def should_stop(run: Run) -> bool:
+    """Early stop after ``patience`` evaluations without a better mAP; rank 0 decides (it is
+    the one that evaluated) and every rank follows."""
+    stop = bool(run.cfg.patience and run.state.stale >= run.cfg.patience)
+    if run.dist.world > 1:
+        flag = torch.tensor([float(stop)], device=run.step.device)
+        dist.broadcast(flag, 0)
+        stop = bool(flag.item())
+    if stop and run.dist.main:
+        logger.info("no better mAP for %d evaluations: stopping early", run.state.stale)
+    return stop

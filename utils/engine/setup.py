@@ -1,0 +1,189 @@
+"""What a run needs before its first step: processes and device, data, initial weights."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from data.source import resolve_data_source
+from data.voc import (
+    Annotation,
+    LoadResult,
+    discover_classes,
+    load_annotation_lines,
+    load_voc,
+    parse_sets,
+)
+from nets.checkpoint import load_matching, read_checkpoint
+from nets.darknet import load_darknet_weights
+from nets.yolo import YoloBody
+from utils.classes import read_class_names
+from utils.device import select_device
+from utils.engine.config import TrainConfig
+from utils.paths import OFFICIAL_WEIGHTS, VOC_CLASSES
+
+logger = logging.getLogger("train")
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_name: str) -> tuple[Dist, torch.device]:
+    """Reads torchrun's environment; NCCL on CUDA, gloo on CPU."""
+    if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) < 2:
+        return Dist(), select_device(device_name)
+    d = Dist(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]))
+    device = select_device(device_name)
+    if device.type == "cuda":
+        device = torch.device("cuda", d.local_rank)
+        torch.cuda.set_device(device)
+    # rank 0 evaluates while the others wait at the next collective: allow long evaluations
+    dist.init_process_group(
+        "nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(hours=2)
+    )
+    return d, device
+
+
+@dataclass
+class DataSetup:
+    class_names: list[str]
+    train: list[Annotation]
+    val: list[Annotation]
+    val_name: str
+    issues: list = field(default_factory=list)
+
+
+MISSING_VOC = """{root}: no Pascal VOC here.
+  Get it (about 2 GB):   python -m tools.download_voc --dest data
+  Or train on the generated demo set instead:   python train.py --data demo
+  Or point --voc-root at an existing VOCdevkit folder."""
+
+
+def resolve_class_names(cfg: TrainConfig) -> list[str]:
+    """The classes file if given; else VOC's 20 when the XMLs use only VOC names, else the
+    names found in the XMLs (sorted, printed so the user can save them as a classes file)."""
+    if cfg.classes:
+        return read_class_names(cfg.classes)
+    voc = read_class_names(VOC_CLASSES)
+    if cfg.train_lines:
+        return voc
+    found = discover_classes(cfg.voc_root, parse_sets(cfg.train_sets))
+    if set(found) <= set(voc):
+        return voc
+    logger.info(
+        "no --classes: using the %d class names found in the XMLs: %s", len(found), ", ".join(found)
+    )
+    return found
+
+
+def load_data(cfg: TrainConfig) -> DataSetup:
+    if not cfg.train_lines and not Path(cfg.voc_root).is_dir():
+        raise FileNotFoundError(MISSING_VOC.format(root=cfg.voc_root))
+    names = resolve_class_names(cfg)
+    if cfg.train_lines:
+        train = load_annotation_lines(cfg.train_lines, len(names))
+        val = load_annotation_lines(cfg.val_lines, len(names)) if cfg.val_lines else LoadResult()
+        return DataSetup(
+            names, train.annotations, val.annotations, str(cfg.val_lines), train.issues + val.issues
+        )
+    train = load_voc(cfg.voc_root, parse_sets(cfg.train_sets), names)
+    val = load_voc(cfg.voc_root, parse_sets(cfg.val_set), names)
+    if not train.annotations:
+        raise ValueError(f"no training images in {cfg.voc_root} {cfg.train_sets}")
+    return DataSetup(
+        names,
+        train.annotations,
+        val.annotations,
+        f"{cfg.voc_root} {cfg.val_set}",
+        train.issues + val.issues,
+    )
+
+
+def load_initial_weights(model: YoloBody, cfg: TrainConfig) -> bool:
+    """Loads ``cfg.weights`` by name and shape and logs what did and did not load.
+
+    Returns True when pretrained weights were loaded (which enables backbone freezing).
+    """
+    path = cfg.weights
+    if path == "auto":
+        path = str(OFFICIAL_WEIGHTS) if OFFICIAL_WEIGHTS.is_file() else None
+        if path is None:
+            logger.info(
+                "no pretrained weights (run `make weights` for the COCO ones): from scratch"
+            )
+            return False
+    if not path or path.lower() == "none":
+        return False
+    if path.endswith(".weights"):
+        report = load_darknet_weights(model, path)
+        logger.info(report.summary())
+        return True
+    state, info = read_checkpoint(path)
+    report = load_matching(model, state)
+    logger.info("%s (%s): %s", path, info.describe(), report.summary())
+    for key, why in report.mismatched.items():
+        logger.info("  not loaded %s: %s", key, why)
+    missing = sorted({k.rsplit(".", 2)[0] for k in report.missing})
+    if missing:
+        logger.info("  kept initialised: %s", ", ".join(missing))
+    return True
+
+
+def resolve_data(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with the paths ``--data`` stands for; under torchrun rank 0 generates the demo
+    set when needed while the other ranks wait."""
+    main = int(os.environ.get("RANK", "0")) == 0
+    source = resolve_data_source(
+        cfg.data, cfg.voc_root, cfg.train_sets, cfg.val_set, cfg.classes, generate=main
+    )
+    if cfg.data == "demo" and dist.is_initialized():
+        dist.barrier()  # the other ranks wait for rank 0's files
+    return replace(
+        cfg,
+        voc_root=source.voc_root,
+        train_sets=source.train_sets,
+        val_set=source.val_set,
+        classes=source.classes,
+    )
+
+
+def read_resume(cfg: TrainConfig) -> tuple[TrainConfig, dict | None]:
+    """For ``--resume``: the interrupted run's config, in which only where and how fast it runs
+    (device, workers, stop_at_epoch) come from ``cfg``, and the checkpoint itself."""
+    if not cfg.resume:
+        return cfg, None
+    checkpoint = torch.load(cfg.resume, map_location="cpu", weights_only=True)
+    if "train_state" not in checkpoint:
+        raise ValueError(f"{cfg.resume}: no training state in it (not a last.pth?)")
+    saved = type(cfg)(**checkpoint["config"])
+    resumed = replace(
+        saved,
+        resume=cfg.resume,
+        device=cfg.device,
+        workers=cfg.workers,
+        stop_at_epoch=cfg.stop_at_epoch,
+    )
+    return resumed, checkpoint
+
+
+def seed_run(cfg: TrainConfig) -> None:
+    """Seeds torch and, with ``--deterministic``, asks for deterministic algorithms."""
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.manual_seed(cfg.seed)
