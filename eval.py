@@ -15,11 +15,14 @@ import logging
 import sys
 from pathlib import Path
 
-from data.demo import DEMO_CLASSES, DEMO_VOC_ROOT
+from data.source import DataSource, resolve_data_source
 from data.voc import load_voc, parse_sets
+from nets.attention import describe_phis
 from nets.checkpoint import CheckpointMismatchError
 from utils.classes import read_class_names
+from utils.config import HelpFormatter, add_options, argument_group, from_args
 from utils.device import select_device
+from utils.engine.config import TrainConfig
 from utils.evaluation.compare import evaluate_checkpoint, write_outputs
 from utils.evaluation.evaluate import (
     EvalConfig,
@@ -31,44 +34,36 @@ from utils.evaluation.evaluate import (
 from utils.sources import increment_path
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """``EvalConfig``'s flags, training's data flags, and what to evaluate."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    what = argument_group(p, "what to evaluate")
+    what.add_argument("--weights", nargs="+", default=[], help="checkpoint(s) or .onnx export(s)")
+    what.add_argument("--detections", default=None, help="score a predict.py --json file instead")
+    what.add_argument(
+        "--phi",
+        default=None,
+        help=f"the checkpoint's attention block ({describe_phis()}), checked against the file "
+        "(default: the file's)",
+    )
+    add_options(p, TrainConfig, include=("data", "voc_root", "classes"))
+    argument_group(p, "data").add_argument(
+        "--split", default="2007:test", help="YEAR:SET to evaluate (default: %(default)s)"
+    )
+    add_options(p, EvalConfig, defaults={"input_size": None})
+    out = argument_group(p, "output")
+    out.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    out.add_argument("--json", default=None, help="write the metrics as JSON here")
+    out.add_argument(
+        "--out-dir",
+        default="logs/eval",
+        help="plots and tables, incremented if it exists (default: %(default)s)",
+    )
+    return p
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--weights", nargs="+", default=[], help="checkpoint(s) to evaluate")
-    p.add_argument("--detections", default=None, help="score a predict.py --json file instead")
-    p.add_argument("--data", choices=["voc", "demo"], default="voc", help="VOC or the demo set")
-    p.add_argument(
-        "--voc-root", default=None, help="folder holding VOC<year>/ (default data/VOCdevkit)"
-    )
-    p.add_argument("--split", default=None, help="YEAR:SET to evaluate (default 2007:test)")
-    p.add_argument("--classes", default=None, help="classes file (default: the checkpoint's)")
-    p.add_argument(
-        "--phi", default=None, help="override the checkpoint's phi (must match the file)"
-    )
-    p.add_argument(
-        "--img-size", type=int, default=None, help="input size (default: the checkpoint's)"
-    )
-    p.add_argument("--conf", type=float, default=0.001, help="score threshold")
-    p.add_argument("--nms", type=float, default=0.5, help="NMS IoU threshold")
-    p.add_argument("--iou", type=float, default=0.5, help="VOC match threshold (>=)")
-    p.add_argument(
-        "--letterbox", action=argparse.BooleanOptionalAction, default=True, help="letterbox"
-    )
-    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
-    p.add_argument("--workers", type=int, default=2, help="data-loading processes")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--max-det", type=int, default=100, help="detections per image")
-    p.add_argument("--no-coco", action="store_true", help="skip COCO AP (pycocotools)")
-    p.add_argument("--json", default=None, help="write the metrics as JSON here")
-    p.add_argument("--out-dir", default="logs/eval", help="plots and tables (incremented)")
-    return p.parse_args(argv)
-
-
-def _split(args) -> tuple[str, str]:
-    if args.data == "demo":
-        return args.voc_root or str(DEMO_VOC_ROOT), args.split or "2007:test"
-    return args.voc_root or "data/VOCdevkit", args.split or "2007:test"
+    return build_parser().parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.weights and not args.detections:
         print("error: give --weights or --detections", file=sys.stderr)
         return 2
-    voc_root, split = _split(args)
+    source = resolve_data_source(args.data, args.voc_root, "", args.split, args.classes)
+    voc_root, split = source.voc_root, source.val_set
     out_dir = increment_path(args.out_dir)
     try:
         if not Path(voc_root).is_dir():
@@ -85,26 +81,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"{voc_root}: no VOCdevkit here (python -m tools.download_voc, or --data demo)"
             )
         if args.detections:
-            return _score_file(args, voc_root, split, out_dir)
+            return _score_file(args, source, out_dir)
         device = select_device(args.device)
-        names = read_class_names(args.classes) if args.classes else None
-        if names is None and args.data == "demo":
-            names = read_class_names(DEMO_CLASSES)
-        cfg = EvalConfig(
-            input_size=args.img_size,
-            letterbox=args.letterbox,
-            conf_thresh=args.conf,
-            nms_thresh=args.nms,
-            max_det=args.max_det,
-            iou_thresh=args.iou,
-            batch_size=args.batch_size,
-            workers=args.workers,
-            coco=not args.no_coco,
-        )
+        names = read_class_names(source.classes) if source.classes else None
+        cfg = from_args(EvalConfig, args)
         rows, reports = [], []
         for weights in args.weights:
             row, report = evaluate_checkpoint(
-                weights, voc_root, split, cfg, device, names, args.phi
+                weights, voc_root, split, cfg, device=device, class_names=names, phi=args.phi
             )
             print(f"== {weights} (phi {row.phi} ({row.phi_name}))")
             print(format_report(report))
@@ -132,17 +116,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _score_file(args, voc_root: str, split: str, out_dir: Path) -> int:
-    if not args.classes and args.data != "demo":
+def _score_file(args, source: DataSource, out_dir: Path) -> int:
+    if not source.classes:
         print("error: --detections needs --classes", file=sys.stderr)
         return 2
-    names = read_class_names(args.classes or DEMO_CLASSES)
+    names = read_class_names(source.classes)
+    voc_root, split = source.voc_root, source.val_set
     annotations = load_voc(voc_root, parse_sets(split), names).annotations
     detected = read_detections_json(args.detections, annotations, names)
     for failure in detected.failures[:10]:
         print(f"warning: {failure}", file=sys.stderr)
     report = score(
-        detected, names, f"{voc_root} {split} ({args.detections})", args.iou, not args.no_coco
+        detected, names, f"{voc_root} {split} ({args.detections})", args.iou_thresh, args.coco
     )
     print(format_report(report))
     out_dir.mkdir(parents=True, exist_ok=True)

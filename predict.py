@@ -16,34 +16,39 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from nets.attention import describe_phis
 from nets.checkpoint import CheckpointMismatchError, load_model
 from nets.darknet import DarknetFormatError
+from utils.config import HelpFormatter, add_options, argument_group, from_args
 from utils.inference.predict_loop import OutputOptions, benchmark, run_predictions
 from utils.inference.predictor import DEFAULT_WEIGHTS, Detector, InferenceConfig, class_names_for
 from utils.inference.quantize import CALIBRATION_METHODS, DEFAULT_CALIBRATION_IMAGES
+from utils.paths import ROOT, SAMPLES
 from utils.sources import ImageReadError, SourceError, increment_path, read_image, resolve_source
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    src = p.add_argument_group("input")
+def build_parser() -> argparse.ArgumentParser:
+    """Flags of ``InferenceConfig`` and ``OutputOptions`` (defaults and help written there),
+    plus the model, output-folder, benchmark and export options of this command."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    src = argument_group(p, "input")
     src.add_argument(
         "--source",
-        default="model_data/samples",
-        help="image, folder, glob ('dir/*.jpg'), video file, or webcam index (0)",
+        default=str(SAMPLES.relative_to(ROOT)),
+        help="image, folder, glob ('dir/*.jpg'), video file, or webcam index (0) "
+        "(default: %(default)s)",
     )
-    model = p.add_argument_group("model")
+    model = argument_group(p, "model")
     model.add_argument(
         "--weights",
         default=DEFAULT_WEIGHTS,
-        help="darknet .weights, our checkpoint, or a reference-implementation .pth",
+        help="darknet .weights, our checkpoint, a reference-implementation .pth or an .onnx "
+        "export (default: model_data/yolov4-tiny.weights)",
     )
     model.add_argument(
         "--phi",
         default=None,
-        help="attention: 0-4 or none/se/cbam/eca/ca (default: the checkpoint's; 0 for darknet)",
+        help=f"attention block ({describe_phis()}; default: the checkpoint's, 0 for darknet)",
     )
     model.add_argument(
         "--classes",
@@ -51,62 +56,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="class-names file (default: the checkpoint's; model_data/coco.names for COCO)",
     )
     model.add_argument("--anchors", default=None, help="anchors file (w,h pairs at the input size)")
-    model.add_argument(
-        "--img-size",
-        type=int,
-        default=None,
-        help="network input side, a multiple of 32 (default: the checkpoint's; 416 for darknet)",
-    )
-    model.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    post = p.add_argument_group("post-processing")
-    post.add_argument(
-        "--conf", type=float, default=0.25, help="score threshold (objectness * class)"
-    )
-    post.add_argument("--nms", type=float, default=0.45, help="NMS IoU threshold")
-    post.add_argument(
-        "--no-letterbox", action="store_true", help="plain resize instead of letterbox"
-    )
-    post.add_argument("--agnostic-nms", action="store_true", help="NMS across classes")
-    post.add_argument(
+    add_options(p, InferenceConfig)
+    argument_group(p, "post-processing").add_argument(
         "--classes-filter",
         default=None,
         help="keep only these classes: comma-separated names or ids (e.g. person,car)",
     )
-    post.add_argument("--max-det", type=int, default=300, help="detections kept per image")
-    out = p.add_argument_group("output")
+    add_options(p, OutputOptions)
+    out = argument_group(p, "output")
     out.add_argument(
         "--save-dir",
         default="logs/predict",
-        help="folder for annotated images/videos (incremented if it exists)",
+        help="folder for annotated images/videos, incremented if it exists (default: %(default)s)",
     )
     out.add_argument(
         "--exist-ok", action="store_true", help="write into --save-dir even if it exists"
     )
     out.add_argument("--no-save", action="store_true", help="do not write annotated images/videos")
-    out.add_argument("--json", default=None, help="write all detections to this JSON file")
-    out.add_argument("--crop", action="store_true", help="also save each detection as an image")
-    out.add_argument(
-        "--show", action="store_true", help="show results in a window (if a display exists)"
-    )
-    out.add_argument(
-        "--heatmap",
-        action="store_true",
-        help="overlay the max-objectness heatmap (what attention changes)",
-    )
     out.add_argument(
         "--benchmark",
         action="store_true",
         help="time preprocessing, forward and decode+NMS on the first image, then exit",
     )
-    out.add_argument("--benchmark-runs", type=int, default=50, help="timed runs for --benchmark")
-    dep = p.add_argument_group("deployment")
-    dep.add_argument(
-        "--backend",
-        choices=["torch", "onnxruntime"],
-        default="torch",
-        help="inference engine (onnxruntime: --weights .onnx, or exported on the fly)",
+    out.add_argument(
+        "--benchmark-runs", type=int, default=50, help="timed runs for --benchmark (default: 50)"
     )
-    dep.add_argument("--no-fuse", action="store_true", help="keep batch norm separate (torch)")
+    dep = argument_group(p, "deployment")
     dep.add_argument(
         "--export-onnx",
         default=None,
@@ -119,7 +94,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="ONNX export: decoded boxes (B, N, 5+C) instead of raw maps",
     )
-    dep.add_argument("--opset", type=int, default=17, help="ONNX opset (17 or newer)")
+    dep.add_argument("--opset", type=int, default=17, help="ONNX opset, 17 or newer (default: 17)")
     dep.add_argument(
         "--int8",
         default=None,
@@ -131,15 +106,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--calib-images",
         type=int,
         default=DEFAULT_CALIBRATION_IMAGES,
-        help="--int8: calibration images, spread evenly over the source",
+        help="--int8: calibration images, spread evenly over the source (default: %(default)s)",
     )
     dep.add_argument(
         "--calib-method",
         choices=CALIBRATION_METHODS,
         default="percentile",
-        help="--int8: how activation ranges are chosen from the calibration images",
+        help="--int8: how activation ranges are chosen from the calibration images "
+        "(default: %(default)s)",
     )
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def _class_filter(text: str | None, names: list[str]) -> tuple[int, ...] | None:
@@ -166,18 +146,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         source = resolve_source(args.source)
-        config = InferenceConfig(
-            input_size=args.img_size,
-            letterbox=not args.no_letterbox,
-            conf_thresh=args.conf,
-            nms_thresh=args.nms,
-            max_det=args.max_det,
-            agnostic_nms=args.agnostic_nms,
-            device=args.device,
-            backend=args.backend,
-            fuse=not args.no_fuse,
+        config = from_args(InferenceConfig, args)
+        detector = Detector.from_weights(
+            args.weights, phi=args.phi, classes=args.classes, anchors=args.anchors, config=config
         )
-        detector = Detector.from_weights(args.weights, args.phi, args.classes, args.anchors, config)
         if args.classes_filter:
             filtered = _class_filter(args.classes_filter, detector.class_names)
             detector.config = replace(detector.config, classes_filter=filtered)
@@ -198,13 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         return _benchmark(detector, source, args.benchmark_runs)
 
     save_dir = None if args.no_save else increment_path(args.save_dir, args.exist_ok)
-    opts = OutputOptions(
-        save_dir=save_dir,
-        json_path=Path(args.json) if args.json else None,
-        crop=args.crop,
-        show=args.show,
-        heatmap=args.heatmap,
-    )
+    opts = from_args(OutputOptions, args, save_dir=save_dir)
     try:
         summary = run_predictions(detector, source, opts)
     except KeyboardInterrupt:
@@ -265,12 +231,10 @@ def _export_onnx(args: argparse.Namespace) -> int:
             path = export_onnx(
                 model,
                 Path(tmp) / "fp32.onnx" if args.int8 else args.export_onnx,
-                size,
-                args.opset,
-                args.onnx_dynamic,
-                args.onnx_decode,
-                info.anchors,
-                info.anchors_mask,
+                info.geometry.at_size(size),
+                opset=args.opset,
+                dynamic_batch=args.onnx_dynamic,
+                decode=args.onnx_decode,
                 metadata=meta,
             )
             if args.int8:
@@ -278,8 +242,8 @@ def _export_onnx(args: argparse.Namespace) -> int:
                     path,
                     args.export_onnx,
                     calibration,
-                    args.calib_method,
-                    letterbox=not args.no_letterbox,
+                    method=args.calib_method,
+                    letterbox=args.letterbox,
                 )
     except (FileNotFoundError, ValueError, CheckpointMismatchError, DarknetFormatError) as err:
         print(f"error: {err}", file=sys.stderr)  # SourceError is a ValueError

@@ -19,10 +19,17 @@ from utils.engine.config import TrainConfig
 from utils.engine.fit import fit
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Every ``TrainConfig`` field as a flag, with its default and help (``--help``)."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    add_options(parser, TrainConfig)
+def build_parser(add_help: bool = True, exclude: tuple[str, ...] = ()) -> argparse.ArgumentParser:
+    """Every ``TrainConfig`` field as a flag, with its default and help (``--help``).
+
+    Args:
+        add_help: False for a parent parser (``tools.study`` extends this one).
+        exclude: fields left out (the study sets phi, seed and the run folder per run).
+    """
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=HelpFormatter, add_help=add_help
+    )
+    add_options(parser, TrainConfig, exclude=exclude)
     return parser
 
 

@@ -7,8 +7,8 @@ configurations, interleaved on the same batches:
 - **after** (this code base): model and batch channels-last (NHWC) on the CPU, vectorised
   target building and ignore mask, one host transfer for the four logged loss values, EMA as
   two multi-tensor ops;
-- **before** (the avoidable costs the issue lists, put back the way the reference
-  implementation has them): NCHW, a Python loop over ground-truth boxes writing per-level
+- **before** (the avoidable costs of the reference implementation put back into the
+  same ``TrainStep``): NCHW, a Python loop over ground-truth boxes writing per-level
   target arrays, a loop over images for the ignore mask, one ``.item()`` per logged loss value
   and an EMA that loops over a ``state_dict`` rebuilt every step.
 
@@ -29,9 +29,7 @@ import copy
 import math
 import statistics
 import sys
-import time
-from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -42,15 +40,17 @@ from data.augment import AugmentConfig
 from data.dataset import EpochSampler, MosaicMixup, SeededShuffle, VOCDetection, collate
 from data.demo import DEMO_CLASSES, DEMO_ROOT, DEMO_VOC_ROOT, demo_is_current, generate_demo
 from data.voc import load_voc, parse_sets
+from nets.decode import Geometry
 from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, YoloBody
 from utils.classes import read_class_names
 from utils.engine import loss as loss_module
 from utils.engine.config import TrainConfig
+from utils.engine.loop import LOSS_KEYS, TrainStep
 from utils.engine.loss import LevelTargets, YoloLoss
 from utils.engine.optim import ModelEMA, build_optimizer
+from utils.timing import StageTimer, Stats
 
 INPUT_SIZE, BATCH = 416, 8  # the issue's setting
-LOSS_KEYS = ("loss_box", "loss_obj", "loss_cls", "loss")
 
 
 # --------------------------------------------------------------------------- "before" pieces
@@ -152,53 +152,37 @@ def make_loader(dataset, workers: int, persistent: bool, seed: int = 0) -> DataL
     )
 
 
-class Step:
-    """One training step of ``utils.engine.trainer`` on its own model, optimizer and EMA copy."""
+class ReferenceStep(TrainStep):
+    """The trainer's step with the avoidable costs put back: one ``.item()`` per logged loss
+    value, the EMA as a loop over ``state_dict``s and the loss's Python loops."""
 
-    def __init__(self, model: YoloBody, reference: bool) -> None:
-        # as utils.engine.trainer on a CPU: NHWC; the reference runs NCHW
-        self.memory_format = torch.contiguous_format if reference else torch.channels_last
-        self.model = copy.deepcopy(model).to(memory_format=self.memory_format).train()
-        cfg = TrainConfig()
-        self.optimizer = build_optimizer(self.model, cfg)
-        self.grad_clip = cfg.grad_clip
-        self.criterion = YoloLoss(
-            model.num_classes, DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, INPUT_SIZE
-        )
-        self.ema = ModelEMA(self.model)
-        self.reference = reference
+    def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> list[float] | None:
+        with reference_loss_pieces():
+            return super().__call__(images, targets)
 
-    def loss(self, images: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
-        outputs = self.model(images)
-        if self.reference:
-            with reference_loss_pieces():
-                return self.criterion(outputs, targets)
-        return self.criterion(outputs, targets)
+    def loss_values(self, losses: dict[str, torch.Tensor]) -> list[float]:
+        return [losses[k].item() for k in LOSS_KEYS]  # one host sync per value
 
-    def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> list[float]:
-        images = images.contiguous(memory_format=self.memory_format).float().div_(255)
-        losses = self.loss(images, targets)
-        if self.reference:
-            values = [losses[k].item() for k in LOSS_KEYS]  # one host sync per value
-        else:
-            values = torch.stack([losses[k].detach() for k in LOSS_KEYS]).tolist()
-        if not math.isfinite(values[-1]):
-            raise RuntimeError("non-finite loss in the benchmark")
-        self.optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-        self.optimizer.step()
-        if self.reference:
-            ema_state_dict_loop(self.ema, self.model)
-        else:
-            self.ema.update(self.model)
-        return values
+    def update_ema(self) -> None:
+        ema_state_dict_loop(self.ema, self.model)
 
 
-def timed(fn: Callable[..., object], *args) -> float:
-    start = time.perf_counter()
-    fn(*args)
-    return time.perf_counter() - start
+def make_step(model: YoloBody, reference: bool) -> TrainStep:
+    """The trainer's ``TrainStep`` (or ``ReferenceStep``) on its own copy of ``model``, with
+    the trainer's optimizer, loss and EMA; the reference copy runs NCHW, ours NHWC."""
+    memory_format = torch.contiguous_format if reference else torch.channels_last
+    model = copy.deepcopy(model).to(memory_format=memory_format).train()
+    cfg = TrainConfig()
+    geometry = Geometry(
+        anchors=DEFAULT_ANCHORS, anchors_mask=DEFAULT_ANCHORS_MASK, input_size=INPUT_SIZE
+    )
+    criterion = YoloLoss(model.num_classes, geometry)
+    step_cls = ReferenceStep if reference else TrainStep
+    step = step_cls(
+        model, criterion, build_optimizer(model, cfg), ema=ModelEMA(model), grad_clip=cfg.grad_clip
+    )
+    step.memory_format = memory_format
+    return step
 
 
 # --------------------------------------------------------------------------- measurements
@@ -207,68 +191,64 @@ def timed(fn: Callable[..., object], *args) -> float:
 def check_same_loss(batches, model: YoloBody) -> float:
     """Largest relative difference of the four loss values, before vs after (first batch)."""
     images, targets = batches[0]
-    after, before = Step(model, False), Step(model, True)
-    with torch.no_grad():
-        x = images.float() / 255
-        a = after.loss(x.contiguous(memory_format=torch.channels_last), targets)
-        b = before.loss(x, targets)
+    losses = []
+    for step in (make_step(model, False), make_step(model, True)):
+        x = images.float().div(255).contiguous(memory_format=step.memory_format)
+        pieces = reference_loss_pieces() if isinstance(step, ReferenceStep) else nullcontext()
+        with torch.no_grad(), pieces:
+            losses.append(step.criterion(step.train_model(x), targets))
+    a, b = losses
     return max(abs(a[k].item() - b[k].item()) / max(abs(a[k].item()), 1e-12) for k in LOSS_KEYS)
 
 
-def measure_steps(batches, model: YoloBody, warmup: int) -> dict[str, list[float]]:
-    steps = {"before": Step(model, True), "after": Step(model, False)}
-    times: dict[str, list[float]] = {name: [] for name in steps}
+def measure_steps(batches, model: YoloBody, warmup: int) -> dict[str, Stats]:
+    """Step times (ms) of both configurations, interleaved on the same batches."""
+    steps = {"before": make_step(model, True), "after": make_step(model, False)}
+    timer = StageTimer()
     for i, (images, targets) in enumerate(batches):
         order = ("before", "after") if i % 2 else ("after", "before")
         for name in order:  # alternate who goes first: drift and caches hit both alike
-            seconds = timed(steps[name], images, targets)
-            if i >= warmup:
-                times[name].append(seconds)
-    return times
+            with timer.stage(name, record=i >= warmup):
+                steps[name](images, targets)
+    return timer.summary()
 
 
-def measure_loss_only(batches, model: YoloBody, repeats: int) -> dict[str, float]:
+def measure_loss_only(batches, model: YoloBody, repeats: int) -> dict[str, Stats]:
     with torch.no_grad():
         outputs = [model(images.float() / 255) for images, _ in batches[:repeats]]
-    criterion = YoloLoss(model.num_classes, DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, INPUT_SIZE)
-    times: dict[str, list[float]] = {"before": [], "after": []}
+    geometry = Geometry(
+        anchors=DEFAULT_ANCHORS, anchors_mask=DEFAULT_ANCHORS_MASK, input_size=INPUT_SIZE
+    )
+    criterion = YoloLoss(model.num_classes, geometry)
+    timer = StageTimer()
     for out, (_, targets) in zip(outputs, batches):
         out = [o.detach().requires_grad_() for o in out]
-
-        def after(o=out, t=targets):
-            criterion(o, t)["loss"].backward()
-
-        def before(o=out, t=targets):
-            with reference_loss_pieces():
-                criterion(o, t)["loss"].backward()
-
-        times["after"].append(timed(after))
-        times["before"].append(timed(before))
-    return {k: statistics.median(v) * 1000 for k, v in times.items()}
+        with timer.stage("after"):
+            criterion(out, targets)["loss"].backward()
+        with timer.stage("before"), reference_loss_pieces():
+            criterion(out, targets)["loss"].backward()
+    return timer.summary()
 
 
-def worker_startup(dataset, workers: int, epochs: int) -> dict[str, float]:
-    """Seconds from the start of an epoch to its first batch, epochs after the first."""
-    result = {}
+def worker_startup(dataset, workers: int, epochs: int) -> dict[str, Stats]:
+    """Time from the start of an epoch to its first batch, epochs after the first."""
+    timer = StageTimer()
     for persistent in (True, False):
+        name = "persistent" if persistent else "started every epoch"
         loader = make_loader(dataset, workers, persistent)
-        waits = []
         for epoch in range(epochs):
             loader.sampler.set_epoch(epoch)
-            start = time.perf_counter()
-            iterator = iter(loader)
-            next(iterator)
-            if epoch:
-                waits.append(time.perf_counter() - start)
+            with timer.stage(name, record=epoch > 0):
+                iterator = iter(loader)
+                next(iterator)
             del iterator
-        result["persistent" if persistent else "started every epoch"] = statistics.median(waits)
-    return result
+    return timer.summary()
 
 
 def profile_step(batches, model: YoloBody, top: int) -> list[tuple[str, float]]:
     from torch.profiler import ProfilerActivity, profile
 
-    step = Step(model, False)
+    step = make_step(model, False)
     images, targets = batches[0]
     step(images, targets)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -316,22 +296,22 @@ def main(argv: list[str] | None = None) -> int:
     difference = check_same_loss(batches, model)
     print(f"same loss before and after (NCHW vs NHWC rounding): max relative {difference:.1e}")
 
-    times = measure_steps(batches, model, args.warmup)
-    medians = {k: statistics.median(v) for k, v in times.items()}
+    steps = measure_steps(batches, model, args.warmup)
     print(f"\nstep (forward, loss, backward, clip, SGD, EMA), median of {args.steps}:")
     print(f"  {'':<8}{'s/step':>8}{'images/s':>10}")
     for name in ("before", "after"):
-        print(f"  {name:<8}{medians[name]:>8.3f}{BATCH / medians[name]:>10.2f}")
-    print(f"  speed-up: {medians['before'] / medians['after']:.2f}x")
+        seconds = steps[name].median / 1000
+        print(f"  {name:<8}{seconds:>8.3f}{BATCH / seconds:>10.2f}")
+    print(f"  speed-up: {steps['before'].median / steps['after'].median:.2f}x")
 
-    loss_ms = measure_loss_only(batches, model, min(len(batches), 8))
+    loss = measure_loss_only(batches, model, min(len(batches), 8))
     print("\nloss + targets forward and backward alone (ms, median):")
-    print(f"  before {loss_ms['before']:.1f}   after {loss_ms['after']:.1f}")
+    print(f"  before {loss['before'].median:.1f}   after {loss['after'].median:.1f}")
 
     startup = worker_startup(dataset, args.workers, epochs=4)
     print(f"\nfirst batch of an epoch, {args.workers} workers (s, median of epochs 2-4):")
-    for name, seconds in startup.items():
-        print(f"  {name:<22}{seconds:.3f}")
+    for name, stats in startup.items():
+        print(f"  {name:<22}{stats.median / 1000:.3f}")
 
     if args.profile:
         print("\nafter: top operators of the step by self CPU time")

@@ -37,9 +37,9 @@ def attention_names() -> list[str]:
     return list(_PHI_NAMES)
 
 
-def phi_choices() -> list[str]:
-    """Every value ``--phi`` accepts: the numbers, then the names (the registry grows)."""
-    return [str(n) for n in range(len(_PHI_NAMES))] + list(_PHI_NAMES)
+def describe_phis() -> str:
+    """Every registered block as ``0=none, 1=se, ...`` (for help texts; the registry grows)."""
+    return ", ".join(f"{n}={name}" for n, name in enumerate(_PHI_NAMES))
 
 
 def resolve_phi(phi: int | str) -> tuple[int, str]:

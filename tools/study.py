@@ -2,7 +2,7 @@
 
 Usage (the demo set, small budget, minutes on a CPU):
     python -m tools.study --data demo --phis 0 1 2 3 4 --seeds 0 1 2 --epochs 15 --img-size 192
-On VOC, on a GPU box (SPEC §8 defaults otherwise):
+On VOC, on a GPU box (the rest at ``TrainConfig``'s defaults: the reference VOC schedule):
     python -m tools.study --phis 0 1 2 3 --seeds 0 1 2
 
 Each run is ``logs/<out>/phi<P>_seed<S>``; its final EMA weights (``last.pth``, never selected on
@@ -22,7 +22,9 @@ from pathlib import Path
 
 import torch
 
+import train as train_cli
 from nets.attention import resolve_phi
+from utils.config import HelpFormatter, from_args
 from utils.device import select_device
 from utils.engine.config import TrainConfig
 from utils.engine.fit import fit
@@ -74,7 +76,7 @@ def run_study(
     rows, protocol = [], ""
     for path in weights:
         row, report = evaluate_checkpoint(
-            str(path), base.voc_root, base.val_set, eval_cfg, device, names
+            str(path), base.voc_root, base.val_set, eval_cfg, device=device, class_names=names
         )
         row.name = path.parent.parent.name
         rows.append(row)
@@ -89,47 +91,31 @@ def _finished(last: Path, epochs: int) -> bool:
     return state.get("epoch", -1) >= epochs - 1
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """train.py's options (the settings every run shares) plus the study's own."""
+    per_run = ("phi", "seed", "name", "log_dir", "resume", "stop_at_epoch")
+    parser = argparse.ArgumentParser(
+        description=__doc__,
+        formatter_class=HelpFormatter,
+        parents=[train_cli.build_parser(add_help=False, exclude=per_run)],
+    )
+    study = parser.add_argument_group("study")
+    study.add_argument(
+        "--phis", nargs="+", default=["0", "1", "2", "3", "4"], help="attention types to train"
+    )
+    study.add_argument(
+        "--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds per attention type"
+    )
+    study.add_argument("--out", default="logs/study", help="study folder (default: %(default)s)")
+    # runs are compared on their final weights: evaluating during training would only cost time
+    parser.set_defaults(eval_period=0)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--phis", nargs="+", default=["0", "1", "2", "3", "4"], help="attention types")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds per phi")
-    p.add_argument("--out", default="logs/study", help="study folder")
-    p.add_argument("--data", choices=["voc", "demo"], default="voc", help="VOC or the demo set")
-    p.add_argument("--voc-root", default=TrainConfig.voc_root, help="folder holding VOC<year>/")
-    p.add_argument("--train-sets", default=TrainConfig.train_sets, help="YEAR:SET pairs")
-    p.add_argument("--val-set", default=TrainConfig.val_set, help="YEAR:SET pairs")
-    p.add_argument("--classes", default=None, help="classes file")
-    p.add_argument("--img-size", type=int, default=TrainConfig.img_size, help="input size")
-    p.add_argument("--epochs", type=int, default=TrainConfig.epochs, help="epochs per run")
-    p.add_argument("--freeze-epochs", type=int, default=TrainConfig.freeze_epochs, help="frozen")
-    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size, help="batch")
-    p.add_argument("--freeze-batch-size", type=int, default=TrainConfig.freeze_batch_size)
-    p.add_argument("--lr", type=float, default=None, help="max lr at batch 64")
-    p.add_argument("--weights", default="auto", help="initial weights for every run")
-    p.add_argument("--eval-period", type=int, default=0, help="evaluate during training")
-    p.add_argument("--workers", type=int, default=2, help="data-loading processes")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda")
-    args = p.parse_args(argv)
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    base = TrainConfig(
-        data=args.data,
-        voc_root=args.voc_root,
-        train_sets=args.train_sets,
-        val_set=args.val_set,
-        classes=args.classes,
-        img_size=args.img_size,
-        epochs=args.epochs,
-        freeze_epochs=args.freeze_epochs,
-        batch_size=args.batch_size,
-        freeze_batch_size=args.freeze_batch_size,
-        lr=args.lr,
-        weights=args.weights,
-        eval_period=args.eval_period,
-        workers=args.workers,
-        device=args.device,
-    )
+    base = from_args(TrainConfig, args)
     try:
         paths = run_study(base, args.phis, args.seeds, Path(args.out))
     except (FileNotFoundError, ValueError) as err:

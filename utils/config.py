@@ -25,7 +25,7 @@ _NO_DEFAULT = object()
 
 def option(
     default: Any,
-    help: str,
+    help: str | Callable[[], str],
     *,
     flag: str | None = None,
     group: str | None = None,
@@ -37,7 +37,8 @@ def option(
 
     Args:
         default: the one default (shown by ``--help``).
-        help: one line saying what the field holds.
+        help: one line saying what the field holds, or a callable giving it when the parser
+            is built (for text that lists a growing registry).
         flag: the flag; default ``--`` + the field name in kebab case.
         group: the ``--help`` section it is listed under.
         choices: the closed set of values, or a callable giving it when the parser is built
@@ -69,26 +70,25 @@ def add_options(
     config_cls: type,
     exclude: Iterable[str] = (),
     defaults: dict[str, Any] | None = None,
+    include: Iterable[str] | None = None,
 ) -> None:
     """Adds one flag per ``option`` field of ``config_cls`` to ``parser``.
 
     Args:
         exclude: field names not to add (a CLI that handles them itself).
         defaults: field name -> a default that replaces the dataclass's for this parser.
+        include: only these field names (another command's options shared by this one).
     """
     hints = typing.get_type_hints(config_cls)
-    groups: dict[str | None, Any] = {None: parser}
     excluded = set(exclude)
     for f in option_fields(config_cls):
-        if f.name in excluded:
+        if f.name in excluded or (include is not None and f.name not in include):
             continue
         meta = f.metadata
-        name = meta["group"]
-        if name not in groups:
-            groups[name] = parser.add_argument_group(name)
         default = (defaults or {}).get(f.name, f.default)
         flag = meta["flag"] or "--" + f.name.replace("_", "-")
-        kwargs: dict[str, Any] = {"dest": f.name, "default": default, "help": meta["help"]}
+        help_text = meta["help"]() if callable(meta["help"]) else meta["help"]
+        kwargs: dict[str, Any] = {"dest": f.name, "default": default, "help": help_text}
         kind = _scalar_type(hints[f.name])
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
@@ -97,11 +97,21 @@ def add_options(
             choices = meta["choices"]
             if choices is not None:
                 kwargs["choices"] = list(choices() if callable(choices) else choices)
-            if meta["metavar"]:
-                kwargs["metavar"] = meta["metavar"]
-        action = groups[name].add_argument(flag, **kwargs)
+            if choices is None:  # argparse shows the choices themselves otherwise
+                kwargs["metavar"] = meta["metavar"] or flag[2:].replace("-", "_").upper()
+        action = argument_group(parser, meta["group"]).add_argument(flag, **kwargs)
         if default is not None:  # set afterwards: some Pythons' BooleanOptionalAction add it too
-            action.help = meta["help"] + " (default: %(default)s)"
+            action.help = help_text + " (default: %(default)s)"
+
+
+def argument_group(parser: argparse.ArgumentParser, title: str | None) -> Any:
+    """The parser's group called ``title`` (made on first use); the parser itself for None."""
+    if title is None:
+        return parser
+    for group in parser._action_groups:
+        if group.title == title:
+            return group
+    return parser.add_argument_group(title)
 
 
 def from_args(config_cls: type, args: argparse.Namespace, **overrides: Any) -> Any:

@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from data.source import DATA_CHOICES
-from nets.attention import phi_choices
+from nets.attention import describe_phis
 from utils.config import option
+from utils.evaluation.evaluate import EvalConfig
 from utils.paths import VOC_ROOT
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -30,7 +31,10 @@ class TrainConfig:
     )
     val_set: str = option("2007:test", "YEAR:SET pairs to evaluate on", group="data")
     classes: str | None = option(
-        None, "classes file (default: VOC's 20, the demo's, or the XMLs' names)", group="data"
+        None,
+        "classes file (default: the demo's with --data demo; else the checkpoint's when "
+        "evaluating, and VOC's 20 or the names in the XMLs when training)",
+        group="data",
     )
     train_lines: str | None = option(
         None,
@@ -45,11 +49,7 @@ class TrainConfig:
     include_difficult: bool = option(False, "train on difficult objects too", group="data")
     # model
     phi: str = option(
-        "0",
-        "attention block, by number or name",
-        group="model",
-        choices=phi_choices,
-        type=str.lower,
+        "0", lambda: f"attention block, by number or name: {describe_phis()}", group="model"
     )
     img_size: int = option(
         416, "training and evaluation input side (multiple of 32)", group="model"
@@ -123,8 +123,12 @@ class TrainConfig:
         "evaluate every N epochs and after the last (0 = only the last)",
         group="evaluation and output",
     )
-    eval_conf: float = option(0.001, "score threshold for mAP", group="evaluation and output")
-    eval_nms: float = option(0.5, "NMS IoU for mAP", group="evaluation and output")
+    eval_conf: float = option(
+        EvalConfig.conf_thresh, "score threshold for mAP", group="evaluation and output"
+    )
+    eval_nms: float = option(
+        EvalConfig.nms_thresh, "NMS IoU for mAP", group="evaluation and output"
+    )
     patience: int = option(
         0,
         "stop after N evaluations without a better mAP (0 = never)",

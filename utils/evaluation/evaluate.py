@@ -17,10 +17,12 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from data.voc import Annotation
-from nets.decode import detect
+from nets.decode import Geometry, detect
+from utils.config import option
 from utils.evaluation.metrics import BoxSet, best_f1, evaluate_coco, evaluate_voc
 from utils.evaluation.metrics import read_detections_json as read_detections_file
-from utils.preprocess import ResizeMeta, boxes_to_original, resize_image
+from utils.detections import Detections
+from utils.preprocess import ResizeMeta, resize_image
 from utils.sources import ImageReadError, read_image
 
 logger = logging.getLogger(__name__)
@@ -30,15 +32,25 @@ logger = logging.getLogger(__name__)
 class EvalConfig:
     """Evaluation settings; defaults are the usual mAP protocol of this model family."""
 
-    input_size: int | None = 416  # network input side (None: the checkpoint's, in eval.py)
-    letterbox: bool = True  # letterbox (keep aspect) or plain resize
-    conf_thresh: float = 0.001  # keep low-score detections: AP integrates over all of them
-    nms_thresh: float = 0.5  # class-wise NMS IoU
-    max_det: int = 100  # detections per image after NMS
-    iou_thresh: float = 0.5  # VOC match threshold (>=)
-    batch_size: int = 16
-    workers: int = 2
-    coco: bool = True  # also compute COCO AP with pycocotools (slower)
+    input_size: int | None = option(
+        416,
+        "network input side (eval.py: default the checkpoint's)",
+        flag="--img-size",
+        group="evaluation",
+    )
+    letterbox: bool = option(
+        True, "letterbox (keep the aspect ratio) or a plain resize", group="evaluation"
+    )
+    # low-score detections are kept: AP integrates over all of them
+    conf_thresh: float = option(0.001, "score threshold", flag="--conf", group="evaluation")
+    nms_thresh: float = option(
+        0.5, "class-wise NMS IoU threshold", flag="--nms", group="evaluation"
+    )
+    max_det: int = option(100, "detections per image after NMS", group="evaluation")
+    iou_thresh: float = option(0.5, "VOC match threshold (>=)", flag="--iou", group="evaluation")
+    batch_size: int = option(16, "images per forward pass", group="evaluation")
+    workers: int = option(2, "data-loading processes", group="evaluation")
+    coco: bool = option(True, "also compute COCO AP with pycocotools (slower)", group="evaluation")
 
     def __post_init__(self) -> None:
         size = self.input_size
@@ -79,24 +91,41 @@ class Detected:
 def detect_dataset(
     model: torch.nn.Module,
     annotations: Sequence[Annotation],
-    anchors,
-    anchors_mask,
+    geometry: Geometry,
     cfg: EvalConfig,
+    *,
     device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> Detected:
     """Runs ``model`` on every image; unreadable images are reported and left out of both the
-    detections and the ground truth."""
+    detections and the ground truth.
+
+    Args:
+        model: returns raw maps for a (B, 3, S, S) RGB batch in [0, 1] (a ``YoloBody`` or an
+            ``OnnxRunner``); its train/eval mode is restored afterwards.
+        annotations: the images and their ground truth.
+        geometry: the model's anchors and masks; images are resized to ``cfg.input_size``,
+            or to ``geometry.input_size`` where that is None.
+        cfg: input size, letterbox, thresholds and loader settings.
+        device: where the model runs.
+        progress: show a progress bar.
+
+    Returns:
+        Detections and ground truth as ``BoxSet`` (xyxy, original 0-based pixels, image index
+        = annotation index), each annotation's (width, height), and the read failures.
+    """
     device = torch.device(device)
+    geometry = geometry.at_size(cfg.input_size)
     was_training = model.training
     model.eval()
     loader = DataLoader(
-        _EvalImages(annotations, cfg.input_size, cfg.letterbox),
+        _EvalImages(annotations, geometry.input_size, cfg.letterbox),
         batch_size=cfg.batch_size,
         num_workers=cfg.workers,
         collate_fn=_collate,
     )
-    det_parts: list[BoxSet] = []
+    found: list[Detections] = []
+    found_images: list[int] = []
     failures: list[str] = []
     sizes = np.zeros((len(annotations), 2), np.int64)
     for indices, images, metas, errors in tqdm(
@@ -110,32 +139,22 @@ def detect_dataset(
         outputs = model(batch)
         results = detect(
             outputs,
-            anchors,
-            anchors_mask,
-            cfg.input_size,
-            cfg.conf_thresh,
-            cfg.nms_thresh,
-            cfg.max_det,
+            geometry,
+            conf_thresh=cfg.conf_thresh,
+            nms_thresh=cfg.nms_thresh,
+            max_det=cfg.max_det,
         )
-        for k, res in zip(ok, results):
+        for k, dets in zip(ok, results):
             meta: ResizeMeta = metas[k]
             sizes[indices[k]] = (meta.width, meta.height)
-            boxes = boxes_to_original(res["boxes"].float(), meta).cpu().numpy()
-            det_parts.append(
-                BoxSet(
-                    np.full(len(boxes), indices[k]),
-                    boxes,
-                    res["labels"].cpu().numpy(),
-                    res["scores"].float().cpu().numpy(),
-                )
-            )
+            found.append(dets.to_original(meta))
+            found_images.append(indices[k])
     model.train(was_training)
     for failure in failures:
         logger.warning("%s (left out of the evaluation)", failure)
     readable = sizes[:, 0] > 0
     gts = ground_truth(annotations, readable)
-    dets = BoxSet.concat(det_parts) if det_parts else BoxSet([], np.zeros((0, 4)), [], [])
-    return Detected(dets, gts, sizes, failures)
+    return Detected(BoxSet.from_detections(found, found_images), gts, sizes, failures)
 
 
 def ground_truth(annotations: Sequence[Annotation], keep: np.ndarray | None = None) -> BoxSet:

@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,9 +18,12 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from utils.config import option
+from utils.detections import Detections
 from utils.device import synchronize
-from utils.inference.predictor import Detections, Detector
+from utils.inference.predictor import Detector
 from utils.sources import ImageReadError, Source, SourceError, open_video, read_image
+from utils.timing import StageTimer
 from utils.visualize import crop_detections, draw_detections, overlay_heatmap
 
 logger = logging.getLogger(__name__)
@@ -30,10 +32,16 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class OutputOptions:
     save_dir: Path | None  # None: write no images or videos
-    json_path: Path | None = None  # write all detections here
-    crop: bool = False  # save each detection as its own image under save_dir/crops/<class>/
-    show: bool = False  # show a window (skipped when there is no display)
-    heatmap: bool = False  # overlay max objectness under the boxes
+    json_path: Path | None = option(
+        None, "write all detections to this JSON file", flag="--json", group="output", type=Path
+    )
+    crop: bool = option(
+        False, "also save each detection as an image (save_dir/crops/<class>/)", group="output"
+    )
+    show: bool = option(False, "show results in a window (if a display exists)", group="output")
+    heatmap: bool = option(
+        False, "overlay the max-objectness heatmap under the boxes", group="output"
+    )
 
 
 @dataclass
@@ -221,26 +229,15 @@ def benchmark(detector: Detector, image: np.ndarray, runs: int = 50, warmup: int
     """Median and spread (ms) of preprocessing, forward and decode+NMS over ``runs`` calls."""
     if runs < 1:
         raise ValueError(f"benchmark needs at least one run, got {runs}")
-    stages = {"preprocess": [], "forward": [], "decode_nms": [], "total": []}
+    timer = StageTimer(sync=lambda: synchronize(detector.device))
     for i in range(warmup + runs):
-        t0 = time.perf_counter()
-        batch, metas = detector.preprocess([image])
-        synchronize(detector.device)
-        t1 = time.perf_counter()
-        outputs = detector.forward(batch)
-        synchronize(detector.device)
-        t2 = time.perf_counter()
-        detector.postprocess(outputs, metas)
-        synchronize(detector.device)
-        t3 = time.perf_counter()
-        if i >= warmup:
-            for key, value in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t3 - t0)):
-                stages[key].append(value * 1000)
-    return {
-        key: {
-            "median": float(np.median(v)),
-            "p10": float(np.percentile(v, 10)),
-            "p90": float(np.percentile(v, 90)),
-        }
-        for key, v in stages.items()
-    }
+        record = i >= warmup
+        with timer.stage("total", record=record):
+            with timer.stage("preprocess", record=record):
+                batch, metas = detector.preprocess([image])
+            with timer.stage("forward", record=record):
+                outputs = detector.forward(batch)
+            with timer.stage("decode_nms", record=record):
+                detector.postprocess(outputs, metas)
+    # preprocess, forward, decode_nms, total: the order in which the stages first end
+    return {stage: stats.as_dict() for stage, stats in timer.summary().items()}

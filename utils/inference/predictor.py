@@ -10,7 +10,8 @@ for box, score, name in zip(detections.boxes, detections.scores, detections.name
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -18,13 +19,15 @@ import numpy as np
 import torch
 
 from nets.checkpoint import ModelInfo, load_model
-from nets.decode import detect
+from nets.decode import Geometry, detect
 from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, YoloBody
 from utils.classes import read_anchors, read_class_names
+from utils.config import option
+from utils.detections import Detections
 from utils.device import select_device
 from utils.inference.deploy import fuse_model
 from utils.paths import COCO_CLASSES, OFFICIAL_WEIGHTS
-from utils.preprocess import ResizeMeta, boxes_to_original, preprocess_bgr, to_tensor
+from utils.preprocess import ResizeMeta, preprocess_bgr, to_tensor
 
 DEFAULT_WEIGHTS = str(OFFICIAL_WEIGHTS)
 
@@ -46,51 +49,44 @@ def class_names_for(
     return list(names)
 
 
+BACKENDS = ("torch", "onnxruntime")
+
+
 @dataclass(frozen=True)
 class InferenceConfig:
     """Inference settings; every default in one place."""
 
-    input_size: int | None = None  # network input side (multiple of 32); None: the checkpoint's
-    letterbox: bool = True  # keep aspect ratio with grey padding; False = plain resize
-    conf_thresh: float = 0.25  # minimum objectness * class probability
-    nms_thresh: float = 0.45  # IoU above which a lower-scored box is suppressed
-    max_det: int = 300  # detections kept per image after NMS
-    agnostic_nms: bool = False  # NMS across classes instead of per class
+    input_size: int | None = option(
+        None,
+        "network input side, a multiple of 32 (default: the checkpoint's; 416 for darknet)",
+        flag="--img-size",
+        group="model",
+    )
+    letterbox: bool = option(
+        True, "keep the aspect ratio with grey padding (else a plain resize)", group="model"
+    )
+    conf_thresh: float = option(
+        0.25, "score threshold (objectness * class)", flag="--conf", group="post-processing"
+    )
+    nms_thresh: float = option(
+        0.45,
+        "IoU above which a lower-scored box is suppressed",
+        flag="--nms",
+        group="post-processing",
+    )
+    max_det: int = option(300, "detections kept per image after NMS", group="post-processing")
+    agnostic_nms: bool = option(
+        False, "NMS across classes instead of per class", group="post-processing"
+    )
     classes_filter: tuple[int, ...] | None = None  # keep only these class ids
-    device: str = "auto"  # auto, cpu, cuda, cuda:N
-    backend: str = "torch"  # torch or onnxruntime
-    fuse: bool = True  # fold batch norm into convolutions (torch backend)
-
-
-@dataclass
-class Detections:
-    """Detections of one image, in original-image pixels (0-based, xyxy)."""
-
-    boxes: np.ndarray  # (N, 4) float32 x1, y1, x2, y2
-    scores: np.ndarray  # (N,) float32
-    labels: np.ndarray  # (N,) int64 class ids
-    class_names: list[str] = field(repr=False, default_factory=list)
-    width: int = 0
-    height: int = 0
-
-    @property
-    def names(self) -> list[str]:
-        return [self.class_names[k] if k < len(self.class_names) else str(k) for k in self.labels]
-
-    def __len__(self) -> int:
-        return len(self.scores)
-
-    def to_json(self) -> list[dict]:
-        """Rows of the ``predict.py --json`` format."""
-        return [
-            {
-                "xyxy": [round(float(v), 2) for v in box],
-                "score": round(float(score), 5),
-                "class_id": int(label),
-                "class_name": name,
-            }
-            for box, score, label, name in zip(self.boxes, self.scores, self.labels, self.names)
-        ]
+    device: str = option("auto", "auto, cpu, cuda or cuda:N", group="model")
+    backend: str = option(
+        "torch",
+        "inference engine (onnxruntime: --weights .onnx, or exported on the fly)",
+        group="deployment",
+        choices=BACKENDS,
+    )
+    fuse: bool = option(True, "fold batch norm into the convolutions (torch)", group="deployment")
 
 
 class Detector:
@@ -98,13 +94,26 @@ class Detector:
 
     The three stages are public so that they can be timed separately
     (``preprocess`` -> ``forward`` -> ``postprocess``); ``__call__`` runs all three.
+
+    Args:
+        model: the network (None when ``runner`` is given).
+        info: what the model is; its anchors and masks decode the outputs.
+        class_names: names by class id (default: ``info.class_names``).
+        config: inference settings; ``input_size`` None takes ``info.input_size``.
+        runner: a callable with the model's contract (batch in, raw maps out) run instead
+            of ``model``, such as an ``OnnxRunner``.
+
+    Raises:
+        ValueError: an input size that is not a multiple of 32, or class names that do not
+            match the model's class count.
     """
 
     def __init__(
         self,
         model: YoloBody | None,
         info: ModelInfo,
-        class_names: list[str],
+        *,
+        class_names: Sequence[str] | None = None,
         config: InferenceConfig | None = None,
         runner=None,
     ) -> None:
@@ -114,6 +123,7 @@ class Detector:
         self.config = config
         if self.config.input_size % 32 or self.config.input_size <= 0:
             raise ValueError(f"input size {self.config.input_size} is not a multiple of 32")
+        class_names = list(class_names if class_names is not None else info.class_names or [])
         if len(class_names) != info.num_classes:
             raise ValueError(
                 f"{len(class_names)} class names given for a model with {info.num_classes} classes"
@@ -126,7 +136,7 @@ class Detector:
             self.device = torch.device("cpu")
             self.model = runner
         elif self.config.backend == "onnxruntime":
-            self.model = _onnx_runner_for(model, info, self.config.input_size)
+            self.model = _onnx_runner_for(model, self.geometry)
             self.device = torch.device("cpu")
         else:
             model = model.to(self.device).eval()
@@ -138,19 +148,34 @@ class Detector:
             )
             self.model = self.model.to(memory_format=self.memory_format)
 
+    @property
+    def geometry(self) -> Geometry:
+        """The model's anchors and masks at the configured input size."""
+        return self.info.geometry.at_size(self.config.input_size)
+
     @classmethod
     def from_weights(
         cls,
         weights: str | os.PathLike = DEFAULT_WEIGHTS,
+        *,
         phi: int | str | None = None,
         classes: str | os.PathLike | list[str] | None = None,
         anchors: str | os.PathLike | None = None,
         config: InferenceConfig | None = None,
     ) -> Detector:
-        """Loads darknet ``.weights``, our checkpoint or a reference ``.pth``.
+        """Loads darknet ``.weights``, our checkpoint, a reference ``.pth`` or an ONNX export.
 
-        Class names come from ``classes`` (a file or a list), else from the checkpoint, else
-        ``model_data/coco.names`` for an 80-class darknet file.
+        Args:
+            weights: the file to load.
+            phi: required attention block (None: the file's).
+            classes: a classes file or a list of names; else the names stored in the file,
+                else ``model_data/coco.names`` for an 80-class darknet file.
+            anchors: an anchors file replacing the stored (or default) anchors.
+            config: inference settings.
+
+        Raises:
+            FileNotFoundError, ValueError, CheckpointMismatchError: unreadable or mismatching
+                inputs (the message names them).
         """
         names = read_class_names(classes) if isinstance(classes, (str, Path)) else classes
         num_classes = len(names) if names else None
@@ -158,9 +183,10 @@ class Detector:
             return cls._from_onnx(weights, names, anchors, config)
         model, info = load_model(weights, phi=phi, num_classes=num_classes)
         names = class_names_for(names, info.class_names, info.num_classes, str(weights))
+        info = replace(info, class_names=names)
         if anchors is not None:
-            info.anchors = read_anchors(anchors)
-        return cls(model, info, list(names), config)
+            info = replace(info, anchors=read_anchors(anchors))
+        return cls(model, info, config=config)
 
     @classmethod
     def _from_onnx(cls, path, names, anchors, config) -> Detector:
@@ -175,27 +201,28 @@ class Detector:
             raise ValueError(
                 f"{path} predicts {graph_classes} classes, but {len(names)} class names were given"
             )
-        anchors_list = [tuple(a) for a in meta.get("anchors", [])] or list(DEFAULT_ANCHORS)
-        size = runner.input_size or meta.get("input_size", 416)
+        if anchors is not None:
+            anchors_list = read_anchors(anchors)
+        else:
+            anchors_list = [tuple(a) for a in meta.get("anchors", [])] or list(DEFAULT_ANCHORS)
         info = ModelInfo(
-            meta.get("phi", 0),
-            meta.get("phi_name", "none"),
-            len(names),
-            list(names),
-            anchors_list,
-            masks,
-            size,
+            phi=meta.get("phi", 0),
+            phi_name=meta.get("phi_name", "none"),
+            num_classes=len(names),
+            class_names=names,
+            anchors=anchors_list,
+            anchors_mask=masks,
+            input_size=runner.input_size or meta.get("input_size", 416),
             source="onnx",
         )
-        if anchors is not None:
-            info.anchors = read_anchors(anchors)
         config = config or InferenceConfig()
         if runner.input_size and config.input_size not in (None, runner.input_size):
             raise ValueError(
                 f"{path} was exported at {runner.input_size}; "
                 f"--img-size {config.input_size} cannot be used with it"
             )
-        return cls(None, info, list(names), replace(config, backend="onnxruntime"), runner=runner)
+        config = replace(config, backend="onnxruntime")
+        return cls(None, info, config=config, runner=runner)
 
     def preprocess(self, images_bgr: list[np.ndarray]) -> tuple[torch.Tensor, list[ResizeMeta]]:
         """BGR uint8 images -> (B, 3, S, S) float tensor on the device, and their metas."""
@@ -215,33 +242,28 @@ class Detector:
 
     @torch.inference_mode()
     def postprocess(self, outputs: list[torch.Tensor], metas: list[ResizeMeta]) -> list[Detections]:
-        """Decode, filter, NMS and map boxes back to each original image."""
+        """Decode, filter, NMS and map boxes back to each original image.
+
+        Args:
+            outputs: the raw maps of ``forward``, per level (B, A*(5+C), H, W).
+            metas: per image, how ``preprocess`` resized it.
+
+        Returns:
+            Per image its ``Detections``: boxes (N, 4) float32 xyxy in 0-based original
+            pixels, scores (N,) float32, labels (N,) int64, best first.
+        """
         cfg = self.config
         results = detect(
             outputs,
-            self.info.anchors,
-            self.info.anchors_mask,
-            cfg.input_size,
-            cfg.conf_thresh,
-            cfg.nms_thresh,
-            cfg.max_det,
-            cfg.agnostic_nms,
-            cfg.classes_filter,
+            self.geometry,
+            conf_thresh=cfg.conf_thresh,
+            nms_thresh=cfg.nms_thresh,
+            max_det=cfg.max_det,
+            agnostic=cfg.agnostic_nms,
+            classes=cfg.classes_filter,
+            class_names=self.class_names,
         )
-        detections = []
-        for res, meta in zip(results, metas):
-            boxes = boxes_to_original(res["boxes"].float(), meta)
-            detections.append(
-                Detections(
-                    boxes.cpu().numpy(),
-                    res["scores"].float().cpu().numpy(),
-                    res["labels"].cpu().numpy(),
-                    self.class_names,
-                    meta.width,
-                    meta.height,
-                )
-            )
-        return detections
+        return [dets.to_original(meta) for dets, meta in zip(results, metas)]
 
     def predict_batch(self, images_bgr: list[np.ndarray]) -> list[Detections]:
         batch, metas = self.preprocess(images_bgr)
@@ -276,12 +298,13 @@ class Detector:
         return cv2.resize(crop, (meta.width, meta.height), interpolation=cv2.INTER_LINEAR)
 
 
-def _onnx_runner_for(model: YoloBody, info: ModelInfo, input_size: int):
-    """Exports ``model`` (fused, batch 1) to a temporary ONNX file and opens it in ORT."""
+def _onnx_runner_for(model: YoloBody, geometry: Geometry):
+    """Exports ``model`` (fused, batch 1, raw maps at ``geometry.input_size``) to a temporary
+    ONNX file and opens it in ORT."""
     import tempfile
 
     from utils.inference.deploy import OnnxRunner, export_onnx
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = export_onnx(model, Path(tmp) / "model.onnx", input_size)
+        path = export_onnx(model, Path(tmp) / "model.onnx", geometry)
         return OnnxRunner(path)
