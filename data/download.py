@@ -164,43 +164,46 @@ def download(url: str, path: str | Path, md5: str | None = None, progress: bool 
         _verify(path, md5, progress)
         return path
     with response:
-        status = getattr(response, "status", 200)
-        if offset and status == 206:
-            content_range = response.headers.get("Content-Range", "")
-            if not content_range.startswith(f"bytes {offset}-"):
-                part.unlink()
-                raise OSError(
-                    f"{url}: asked for bytes {offset}-, got {content_range!r}; "
-                    "partial file deleted, run again"
-                )
-            logger.info("%s: resuming at byte %d", path.name, offset)
-            mode = "ab"
-        else:
-            if offset:
-                logger.info("%s: server ignored the range request; starting over", path.name)
-            offset, mode = 0, "wb"
-        length = response.headers.get("Content-Length")
-        total = offset + int(length) if length is not None else None
-        with (
-            open(part, mode) as f,
-            tqdm(
-                total=total,
-                initial=offset,
-                unit="B",
-                unit_scale=True,
-                desc=path.name,
-                disable=not progress,
-            ) as bar,
-        ):
-            for chunk in iter(lambda: response.read(CHUNK_BYTES), b""):
-                f.write(chunk)
-                bar.update(len(chunk))
+        total = _write_response(response, url, part, offset, progress)
     size = part.stat().st_size
     if total is not None and size != total:
         raise OSError(f"{url}: connection closed at {size} of {total} bytes (run again to resume)")
     _verify(part, md5, progress, name=path.name)
     part.replace(path)
     return path
+
+
+def _write_response(response, url: str, part: Path, offset: int, progress: bool) -> int | None:
+    """Appends a 206 answer to the ``offset`` bytes already in ``part`` (or writes a 200 answer
+    from zero); returns the complete file's expected size when the server gave one."""
+    name = part.name.removesuffix(".part")
+    status = getattr(response, "status", 200)
+    if offset and status == 206:
+        content_range = response.headers.get("Content-Range", "")
+        if not content_range.startswith(f"bytes {offset}-"):
+            part.unlink()
+            raise OSError(
+                f"{url}: asked for bytes {offset}-, got {content_range!r}; "
+                "partial file deleted, run again"
+            )
+        logger.info("%s: resuming at byte %d", name, offset)
+        mode = "ab"
+    else:
+        if offset:
+            logger.info("%s: server ignored the range request; starting over", name)
+        offset, mode = 0, "wb"
+    length = response.headers.get("Content-Length")
+    total = offset + int(length) if length is not None else None
+    with (
+        open(part, mode) as f,
+        tqdm(
+            total=total, initial=offset, unit="B", unit_scale=True, desc=name, disable=not progress
+        ) as bar,
+    ):
+        for chunk in iter(lambda: response.read(CHUNK_BYTES), b""):
+            f.write(chunk)
+            bar.update(len(chunk))
+    return total
 
 
 def check_members(members: Iterable[tarfile.TarInfo], archive: str = "archive") -> None:

@@ -161,47 +161,16 @@ def parse_voc_xml(
     if image_path is None:
         filename = _text(root, "filename") or f"{image_id}.jpg"
         image_path = str(Path(xml_path).parent.parent / "JPEGImages" / filename)
-    boxes, labels, difficult = [], [], []
+    rows = []
     index = {name: i for i, name in enumerate(class_names)}
     for k, obj in enumerate(root.iter("object")):
-        name = _text(obj, "name")
-        bnd = obj.find("bndbox")
-        coords = [_text(bnd, t) for t in ("xmin", "ymin", "xmax", "ymax")]
-        if name is None or bnd is None or None in coords:
-            issues.append(
-                FileIssue(xml_path, f"object {k} lacks name or bndbox fields", "object skipped")
-            )
-            continue
-        if name not in index:
-            if unknown_classes == "error":
-                raise UnknownClassError(f"{xml_path}: unknown class {name!r}")
-            issues.append(FileIssue(xml_path, f"unknown class {name!r}", "object skipped"))
-            continue
-        try:
-            x1, y1, x2, y2 = (float(c) - 1.0 for c in coords)  # 1-based -> 0-based
-            if not np.isfinite([x1, y1, x2, y2]).all():
-                raise ValueError("not finite")
-        except ValueError:
-            issues.append(
-                FileIssue(xml_path, f"object {k} has non-numeric coordinates", "object skipped")
-            )
-            continue
-        if width > 0 and height > 0:
-            cx1, cy1 = min(max(x1, 0.0), width - 1.0), min(max(y1, 0.0), height - 1.0)
-            cx2, cy2 = min(max(x2, 0.0), width - 1.0), min(max(y2, 0.0), height - 1.0)
-            if (cx1, cy1, cx2, cy2) != (x1, y1, x2, y2):
-                issues.append(
-                    FileIssue(xml_path, f"object {k} ({name}) outside the image", "box clipped")
-                )
-                x1, y1, x2, y2 = cx1, cy1, cx2, cy2
-        if x2 < x1 or y2 < y1:  # x1 == x2 is a one-pixel-wide box in VOC's inclusive pixels
-            issues.append(
-                FileIssue(xml_path, f"object {k} ({name}) has negative size", "box dropped")
-            )
-            continue
-        boxes.append((x1, y1, x2, y2))
-        labels.append(index[name])
-        difficult.append(_flag(_text(obj, "difficult")))
+        row, problems = _parse_object(obj, k, xml_path, index, (width, height), unknown_classes)
+        issues += problems
+        if row is not None:
+            rows.append(row)
+    boxes = [r[0] for r in rows]
+    labels = [r[1] for r in rows]
+    difficult = [r[2] for r in rows]
     ann = Annotation(
         image_path,
         image_id,
@@ -212,6 +181,50 @@ def parse_voc_xml(
         height,
     )
     return ann, issues
+
+
+def _parse_object(
+    obj: ET.Element,
+    k: int,
+    xml_path: str,
+    index: dict[str, int],
+    size: tuple[int, int],
+    unknown_classes: str,
+) -> tuple[tuple | None, list[FileIssue]]:
+    """Object ``k`` of an XML as ``((x1, y1, x2, y2), label, difficult)`` in 0-based pixels,
+    clipped to ``size`` (width, height) when that is known; None when it is unusable."""
+    width, height = size
+    name = _text(obj, "name")
+    bnd = obj.find("bndbox")
+    coords = [_text(bnd, t) for t in ("xmin", "ymin", "xmax", "ymax")]
+    if name is None or bnd is None or None in coords:
+        return None, [
+            FileIssue(xml_path, f"object {k} lacks name or bndbox fields", "object skipped")
+        ]
+    if name not in index:
+        if unknown_classes == "error":
+            raise UnknownClassError(f"{xml_path}: unknown class {name!r}")
+        return None, [FileIssue(xml_path, f"unknown class {name!r}", "object skipped")]
+    try:
+        x1, y1, x2, y2 = (float(c) - 1.0 for c in coords)  # 1-based -> 0-based
+        if not np.isfinite([x1, y1, x2, y2]).all():
+            raise ValueError("not finite")
+    except ValueError:
+        issue = FileIssue(xml_path, f"object {k} has non-numeric coordinates", "object skipped")
+        return None, [issue]
+    issues = []
+    if width > 0 and height > 0:
+        cx1, cy1 = min(max(x1, 0.0), width - 1.0), min(max(y1, 0.0), height - 1.0)
+        cx2, cy2 = min(max(x2, 0.0), width - 1.0), min(max(y2, 0.0), height - 1.0)
+        if (cx1, cy1, cx2, cy2) != (x1, y1, x2, y2):
+            issues.append(
+                FileIssue(xml_path, f"object {k} ({name}) outside the image", "box clipped")
+            )
+            x1, y1, x2, y2 = cx1, cy1, cx2, cy2
+    if x2 < x1 or y2 < y1:  # x1 == x2 is a one-pixel-wide box in VOC's inclusive pixels
+        issues.append(FileIssue(xml_path, f"object {k} ({name}) has negative size", "box dropped"))
+        return None, issues
+    return ((x1, y1, x2, y2), index[name], _flag(_text(obj, "difficult"))), issues
 
 
 def read_image_set(voc_root: str | os.PathLike, year: str, image_set: str) -> list[str]:

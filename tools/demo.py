@@ -26,24 +26,25 @@ OUT = Path("logs/demo")
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--epochs", type=int, default=25, help="training epochs")
-    p.add_argument("--img-size", type=int, default=192, help="training input size")
-    p.add_argument("--phi", default="cbam", help="attention block")
+    p.add_argument("--epochs", type=int, default=25, help="training epochs (default: 25)")
+    p.add_argument("--img-size", type=int, default=192, help="training input size (default: 192)")
+    p.add_argument("--phi", default="cbam", help="attention block (default: cbam)")
     args = p.parse_args(argv)
     if OUT.exists():
         shutil.rmtree(OUT)
     OUT.mkdir(parents=True)
 
     print("== 1/5 COCO weights on the sample photos")
+    photos = OUT / "coco_photos"
     code = predict.main(
         [
             "--source",
             "model_data/samples",
             "--save-dir",
-            str(OUT / "coco_photos"),
+            str(photos),
             "--exist-ok",
             "--json",
-            str(OUT / "coco_photos" / "detections.json"),
+            str(photos / "detections.json"),
         ]
     )
     if code:
@@ -54,21 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         generate_demo(DEMO_ROOT)
 
     print(f"== 3/5 training phi {args.phi} for {args.epochs} epochs at {args.img_size}")
-    # a short schedule: smaller batches (more steps) and a higher lr than the VOC defaults
-    cfg = TrainConfig(
-        data="demo",
-        phi=args.phi,
-        img_size=args.img_size,
-        epochs=args.epochs,
-        freeze_epochs=3,
-        batch_size=8,
-        freeze_batch_size=8,
-        lr=0.08,
-        eval_period=5,
-        log_dir=str(OUT),
-        name="train",
-    )
-    result = fit(cfg)
+    result = fit(demo_config(args.phi, args.img_size, args.epochs))
     weights = result.run_dir / "weights" / "last.pth"
 
     print("== 4/5 evaluation on the demo test split")
@@ -89,17 +76,10 @@ def main(argv: list[str] | None = None) -> int:
         return code
 
     print("== 5/5 the trained model on demo test images")
-    voc2007 = DEMO_VOC_ROOT / "VOC2007"
-    test_ids = (voc2007 / "ImageSets" / "Main" / "test.txt").read_text().split()[:6]
-    images = [voc2007 / "JPEGImages" / f"{i}.jpg" for i in test_ids]
-    sample = OUT / "demo_images"
-    sample.mkdir()
-    for path in images:
-        shutil.copy(path, sample)
     code = predict.main(
         [
             "--source",
-            str(sample),
+            str(copy_test_images(6)),
             "--weights",
             str(weights),
             "--save-dir",
@@ -116,6 +96,34 @@ done. Everything is under {OUT}/:
   demo_predictions/     the trained model on demo test images
 best mAP@0.5 during training (VOC2010+ area): {result.best_map:.3f}""")
     return code
+
+
+def demo_config(phi: str, img_size: int, epochs: int) -> TrainConfig:
+    """A short schedule: smaller batches (more steps) and a higher lr than the VOC defaults."""
+    return TrainConfig(
+        data="demo",
+        phi=phi,
+        img_size=img_size,
+        epochs=epochs,
+        freeze_epochs=3,
+        batch_size=8,
+        freeze_batch_size=8,
+        lr=0.08,
+        eval_period=5,
+        log_dir=str(OUT),
+        name="train",
+    )
+
+
+def copy_test_images(count: int) -> Path:
+    """The first ``count`` images of the demo test split, copied into one folder."""
+    voc2007 = DEMO_VOC_ROOT / "VOC2007"
+    test_ids = (voc2007 / "ImageSets" / "Main" / "test.txt").read_text().split()[:count]
+    sample = OUT / "demo_images"
+    sample.mkdir()
+    for image_id in test_ids:
+        shutil.copy(voc2007 / "JPEGImages" / f"{image_id}.jpg", sample)
+    return sample
 
 
 if __name__ == "__main__":

@@ -82,21 +82,93 @@ def quantize_int8(
     fp32_path: str | os.PathLike,
     out_path: str | os.PathLike,
     calibration_paths: Sequence[str],
+    *,
     method: str = "percentile",
     letterbox: bool = True,
     per_channel: bool = True,
     reduce_range: bool = False,
     keep_heads_fp32: bool = True,
 ) -> Path:
-    """Quantizes a raw-map export; returns ``out_path``.
+    """Quantizes a raw-map export.
 
     The input size and batch come from the graph. The model's metadata is carried over, with
     a ``quantization`` entry (method, images used) added.
 
+    Args:
+        fp32_path: a raw-map ``export_onnx`` graph (outputs ``out32``/``out16``).
+        out_path: the INT8 ``.onnx`` file to write.
+        calibration_paths: images to calibrate activation ranges on.
+        method: ``minmax`` or ``percentile`` (falls back to minmax where a tensor is constant).
+        letterbox: preprocess calibration images as inference does (else a plain resize).
+        per_channel: per-output-channel weight scales.
+        reduce_range: 7-bit weights, for CPUs without VNNI whose u8 x s8 products saturate.
+        keep_heads_fp32: leave the two head convolutions in fp32.
+
+    Returns:
+        ``out_path``.
+
     Raises:
         ValueError: not a raw-map graph, unknown ``method``, or no readable calibration image.
     """
+    if method not in CALIBRATION_METHODS:
+        raise ValueError(f"calibration method {method!r}: choose one of {CALIBRATION_METHODS}")
+    if not calibration_paths:
+        raise ValueError("no calibration images given")
+    input_name, input_size, heads = _raw_map_graph(fp32_path)
+    reader = CalibrationImages(calibration_paths, input_size, input_name, letterbox)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    settings = {
+        "per_channel": per_channel,
+        "reduce_range": reduce_range,
+        "nodes_to_exclude": heads if keep_heads_fp32 else None,
+    }
+    method = _calibrate_and_quantize(fp32_path, out_path, reader, method, settings)
+    meta = onnx_metadata(fp32_path)
+    meta["quantization"] = {
+        "format": "QDQ u8 activations / s8 weights" + (" per channel" if per_channel else ""),
+        "method": method,
+        "calibration_images": reader.used,
+        "skipped_images": len(reader.skipped),
+        "heads_fp32": keep_heads_fp32,
+        "reduce_range": reduce_range,
+    }
+    _replace_metadata(out_path, meta)
+    return out_path
+
+
+def _raw_map_graph(fp32_path: str | os.PathLike) -> tuple[str, int, list[str]]:
+    """Input name, fixed input side and head-node names of a raw-map export.
+
+    Raises:
+        ValueError: the graph is not a raw-map export or its input size is not fixed.
+    """
     import onnx
+
+    graph = onnx.load(str(fp32_path)).graph
+    outputs = [o.name for o in graph.output]
+    if outputs != ["out32", "out16"]:
+        raise ValueError(
+            f"{fp32_path}: INT8 needs a raw-map export (out32/out16), got {outputs}"
+            " (export without --onnx-decode)"
+        )
+    input_size = graph.input[0].type.tensor_type.shape.dim[2].dim_value
+    if not input_size:
+        raise ValueError(f"{fp32_path}: the input size is not fixed in the graph")
+    heads = [n.name for n in graph.node if set(n.output) & set(outputs)]
+    return graph.input[0].name, input_size, heads
+
+
+def _calibrate_and_quantize(
+    fp32_path: str | os.PathLike,
+    out_path: Path,
+    reader: CalibrationImages,
+    method: str,
+    settings: dict,
+) -> str:
+    """ONNX Runtime's static QDQ quantization (u8 activations, s8 weights) of ``fp32_path``
+    into ``out_path``; returns the calibration method used (percentile falls back to minmax
+    where a tensor is constant over the calibration images)."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -106,31 +178,11 @@ def quantize_int8(
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    if method not in CALIBRATION_METHODS:
-        raise ValueError(f"calibration method {method!r}: choose one of {CALIBRATION_METHODS}")
-    if not calibration_paths:
-        raise ValueError("no calibration images given")
-    graph = onnx.load(str(fp32_path))
-    outputs = [o.name for o in graph.graph.output]
-    if outputs != ["out32", "out16"]:
-        raise ValueError(
-            f"{fp32_path}: INT8 needs a raw-map export (out32/out16), got {outputs}"
-            " (export without --onnx-decode)"
-        )
-    dims = graph.graph.input[0].type.tensor_type.shape.dim
-    input_size = dims[2].dim_value
-    if not input_size:
-        raise ValueError(f"{fp32_path}: the input size is not fixed in the graph")
-    heads = [n.name for n in graph.graph.node if set(n.output) & set(outputs)]
-
-    reader = CalibrationImages(calibration_paths, input_size, graph.graph.input[0].name, letterbox)
-
     class _Reader(CalibrationDataReader):  # the abstract base ORT type-checks against
         def get_next(self):
             return reader.get_next()
 
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile}
     # ORT prints its calibration progress; keep it out of our output (debug log instead)
     chatter = io.StringIO()
     with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(chatter):
@@ -145,15 +197,10 @@ def quantize_int8(
                 str(out_path),
                 _Reader(),
                 quant_format=QuantFormat.QDQ,
-                per_channel=per_channel,
-                reduce_range=reduce_range,
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
-                nodes_to_exclude=heads if keep_heads_fp32 else None,
-                calibrate_method={
-                    "minmax": CalibrationMethod.MinMax,
-                    "percentile": CalibrationMethod.Percentile,
-                }[calibration],
+                calibrate_method=methods[calibration],
+                **settings,
             )
 
         try:
@@ -162,7 +209,7 @@ def quantize_int8(
             if not reader.used:
                 out_path.unlink(missing_ok=True)
                 raise ValueError(
-                    f"none of the {len(calibration_paths)} calibration images was readable"
+                    f"none of the {len(reader.paths)} calibration images was readable"
                 ) from err
             # numpy: a tensor constant over all the images has no histogram range
             if method == "minmax" or not isinstance(err, ValueError) or "bins" not in str(err):
@@ -176,19 +223,16 @@ def quantize_int8(
             method = "minmax"
             run(method)
     logger.debug("onnxruntime.quantization: %s", chatter.getvalue())
-    meta = onnx_metadata(fp32_path)
-    meta["quantization"] = {
-        "format": "QDQ u8 activations / s8 weights" + (" per channel" if per_channel else ""),
-        "method": method,
-        "calibration_images": reader.used,
-        "skipped_images": len(reader.skipped),
-        "heads_fp32": keep_heads_fp32,
-        "reduce_range": reduce_range,
-    }
-    quantized = onnx.load(str(out_path))
+    return method
+
+
+def _replace_metadata(path: Path, meta: dict) -> None:
+    """Writes ``meta`` as the graph's only metadata entry and checks the model."""
+    import onnx
+
+    quantized = onnx.load(str(path))
     del quantized.metadata_props[:]
     entry = quantized.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(meta)
-    onnx.save(quantized, str(out_path))
+    onnx.save(quantized, str(path))
     onnx.checker.check_model(quantized)
-    return out_path
