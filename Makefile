@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install weights demo test lint format clean
+.PHONY: install weights demo test test-fast lint format clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python 3.10+ required"'
@@ -29,6 +29,9 @@ format: install
 
 test: weights lint  ## lint and run the whole test suite (CPU, no network)
 	YOLO_REQUIRE_ASSETS=1 $(PY) -m pytest
+
+test-fast: weights lint  ## lint and run the tests not marked slow (no training, no subprocesses)
+	YOLO_REQUIRE_ASSETS=1 $(PY) -m pytest -m "not slow"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -218,7 +218,7 @@ def _export_onnx(args: argparse.Namespace) -> int:
         names = read_class_names(args.classes) if args.classes else None
         model, info = load_model(args.weights, args.phi, len(names) if names else None)
         names = class_names_for(names, info.class_names, info.num_classes, args.weights)
-        size = args.img_size or info.input_size
+        size = args.input_size or info.input_size
         meta = {
             "phi": info.phi,
             "phi_name": info.phi_name,

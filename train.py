@@ -14,7 +14,7 @@ import logging
 import signal
 import sys
 
-from utils.config import HelpFormatter, add_options, from_args
+from utils.config import HelpFormatter, add_options, from_args, given_options
 from utils.engine.config import TrainConfig
 from utils.engine.fit import fit
 
@@ -33,12 +33,13 @@ def build_parser(add_help: bool = True, exclude: tuple[str, ...] = ()) -> argpar
     return parser
 
 
-def parse_args(argv: list[str] | None = None) -> TrainConfig:
+def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, set[str]]:
+    """The config, and the fields the command line set (a resume checks them)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return from_args(TrainConfig, args)
-    except ValueError as err:  # the config's own checks (image size)
+        return from_args(TrainConfig, args), given_options(parser, argv)
+    except ValueError as err:  # the config's own checks
         parser.error(str(err))
 
 
@@ -47,9 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     # Ctrl-C must reach the loop (which saves last.pth) even where the shell started us with
     # SIGINT ignored, as non-interactive shells do for background jobs.
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    cfg = parse_args(argv)
+    cfg, given = parse_args(argv)
     try:
-        result = fit(cfg)
+        result = fit(cfg, given)
     except KeyboardInterrupt:
         return 130
     except (FileNotFoundError, ValueError) as err:

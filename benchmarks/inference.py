@@ -9,7 +9,8 @@ Measures in one run, on the same image, with the official COCO darknet weights a
    (``predict.py --int8``), calibrated (minmax) on the images in ``--calib`` (for its latency:
    its accuracy is measured on a trained model by ``python -m benchmarks.int8``);
 5. OpenCV DNN 4.x on the darknet cfg + weights through ``cv2.dnn_DetectionModel`` (plain resize
-   to 416, scale 1/255, swapRB, conf 0.25, NMS 0.45), the reference of the issue's targets.
+   to 416, scale 1/255, swapRB, conf 0.25, NMS 0.45): the reference that the speed targets
+   are ratios of (see ``TARGET_FASTEST``, ``TARGET_TORCH_FUSED``).
 
 Each path is timed end to end (``cv2.imread`` of the JPEG every iteration, preprocessing,
 forward, decode, NMS) and forward only (network on an already preprocessed input). The paths run
@@ -39,7 +40,6 @@ import os
 import platform
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -51,6 +51,7 @@ from torch import nn
 
 from nets.attention import attention_names
 from nets.checkpoint import ModelInfo, load_model
+from nets.decode import Geometry
 from nets.yolo import YoloBody
 from utils.classes import read_class_names
 from utils.inference.deploy import OnnxRunner, export_onnx
@@ -62,19 +63,21 @@ from utils.inference.predictor import (
 from utils.inference.quantize import quantize_int8
 from utils.paths import COCO_CLASSES, OFFICIAL_CFG, SAMPLES
 from utils.sources import resolve_source
+from utils.timing import StageTimer
 
 DEFAULT_CFG = str(OFFICIAL_CFG)
 DEFAULT_IMAGE = str(SAMPLES / "bus.jpg")
 DEFAULT_CALIB = str(SAMPLES)
-INPUT_SIZE = 416  # the issue's and SPEC §4's setting
+INPUT_SIZE = 416  # the input size of the reference numbers and of the targets
 CONF_THRESH, NMS_THRESH = 0.25, 0.45  # as InferenceConfig's defaults and the OpenCV reference
-# SPEC §4, measured on the CI machine type (2-core AVX2 CPU), ms per image at 416, batch 1.
+# Reference numbers measured on the CI machine type (2-core AVX2 CPU), ms per image at 416,
+# batch 1.
 REFERENCE_MS = {
     "opencv_dnn_end_to_end": 75.0,  # OpenCV 4.14 DNN, bus.jpg
     "torch_eager_forward": 90.0,  # plain PyTorch eager forward of the lineage model
     "fp32_floor_forward": 61.0,  # 6.9 GFLOP at the measured ~113 GFLOP/s fp32 GEMM peak
 }
-# The issue's targets: end-to-end median as a fraction of OpenCV DNN's.
+# Speed targets: end-to-end median as a fraction of OpenCV DNN's, measured in the same run.
 TARGET_FASTEST = 0.8  # the fastest of our paths
 TARGET_TORCH_FUSED = 1.0  # our default Detector
 OBJECTNESS_PRIOR_BIAS = -4.6  # sigmoid = 1 %: random models then give the same (empty) NMS load
@@ -95,14 +98,6 @@ class Engine:
     variant: bool = False  # not a library default; measured to judge a suggested change
 
 
-def stats_ms(samples: list[float]) -> dict[str, float]:
-    return {
-        "median": float(np.median(samples)),
-        "p10": float(np.percentile(samples, 10)),
-        "p90": float(np.percentile(samples, 90)),
-    }
-
-
 def measure(
     engines: list[Engine], runs: int, warmup: int, block: int = 1, seed: int = 0
 ) -> dict[str, dict]:
@@ -115,32 +110,30 @@ def measure(
         Per engine ``{"end_to_end": stats, "forward": stats, "detections": n}``, stats in ms;
         ``runs`` samples each after ``warmup`` discarded ones.
     """
-    times = {e.name: {"end_to_end": [], "forward": []} for e in engines}
+    timers = {e.name: StageTimer() for e in engines}
     detections = {}
     rng = np.random.default_rng(seed)
-    seen = dict.fromkeys(times, 0)
-    while min(len(t["forward"]) for t in times.values()) < runs:
+    seen = dict.fromkeys(timers, 0)
+    while min(t.count("forward") for t in timers.values()) < runs:
         for k in rng.permutation(len(engines)):
-            engine = engines[k]
+            engine, timer = engines[k], timers[engines[k].name]
             for j in range(block + (block > 1)):
-                t0 = time.perf_counter()
-                detections[engine.name] = engine.end_to_end()
-                t1 = time.perf_counter()
-                engine.forward()
-                t2 = time.perf_counter()
                 seen[engine.name] += 1
                 keep = seen[engine.name] > warmup and (block == 1 or j > 0)
-                if keep and len(times[engine.name]["forward"]) < runs:
-                    times[engine.name]["end_to_end"].append((t1 - t0) * 1000)
-                    times[engine.name]["forward"].append((t2 - t1) * 1000)
-    return {
-        name: {
-            "end_to_end": stats_ms(t["end_to_end"]),
-            "forward": stats_ms(t["forward"]),
+                keep = keep and timer.count("forward") < runs
+                with timer.stage("end_to_end", record=keep):
+                    detections[engine.name] = engine.end_to_end()
+                with timer.stage("forward", record=keep):
+                    engine.forward()
+    results = {}
+    for name, timer in timers.items():
+        stats = timer.summary()
+        results[name] = {
+            "end_to_end": stats["end_to_end"].as_dict(),
+            "forward": stats["forward"].as_dict(),
             "detections": detections[name],
         }
-        for name, t in times.items()
-    }
+    return results
 
 
 # --------------------------------------------------------------------------- engines
@@ -173,10 +166,17 @@ def ort_runner(
     with explicit thread settings; ``spinning`` turns ORT's busy-waiting threads back on."""
     import onnxruntime as ort
 
-    path = export_onnx(model, folder / f"model_{len(list(folder.iterdir()))}.onnx", input_size)
+    path = export_onnx(
+        model,
+        path=folder / f"model_{len(list(folder.iterdir()))}.onnx",
+        geometry=Geometry(input_size=input_size),
+    )
     if int8_calibration:  # minmax: random models may have constant tensors (no histogram)
         path = quantize_int8(
-            path, path.with_name(path.stem + "_int8.onnx"), int8_calibration, "minmax"
+            path,
+            out_path=path.with_name(path.stem + "_int8.onnx"),
+            calibration_paths=int8_calibration,
+            method="minmax",
         )
     runner = OnnxRunner(path, threads=threads)
     if spinning:
@@ -230,13 +230,13 @@ def official_engines(
     cpu = InferenceConfig(input_size=INPUT_SIZE, device="cpu")
     names = read_class_names(COCO_CLASSES)
     model, info = load_model(args.weights)
-    eager = Detector(copy.deepcopy(model), info, names, replace(cpu, fuse=False))
-    fused = Detector(copy.deepcopy(model), info, names, cpu)
+    eager = Detector(copy.deepcopy(model), info, class_names=names, config=replace(cpu, fuse=False))
+    fused = Detector(copy.deepcopy(model), info, class_names=names, config=cpu)
     ort_config = replace(cpu, backend="onnxruntime")
 
     def ort_detector(threads: int | None, spinning: bool = False, int8=None) -> Detector:
         runner = ort_runner(model, folder, INPUT_SIZE, threads, spinning, int8)
-        return Detector(None, info, names, ort_config, runner=runner)
+        return Detector(None, info, class_names=names, config=ort_config, runner=runner)
 
     image = args.image
     calibration = resolve_source(args.calib).images
@@ -257,7 +257,7 @@ def official_engines(
     if not variants:
         return engines, fused
     cores = os.cpu_count() or 1
-    nchw = Detector(copy.deepcopy(model), info, names, cpu)
+    nchw = Detector(copy.deepcopy(model), info, class_names=names, config=cpu)
     nchw.memory_format = torch.contiguous_format
     nchw.model = nchw.model.to(memory_format=nchw.memory_format)
     engines.append(detector_engine("torch_fused_nchw", "PyTorch fused, NCHW", nchw, image, True))
@@ -300,22 +300,24 @@ def phi_engines(args: argparse.Namespace, folder: Path, phis: list[int]) -> list
     engines = []
     for phi in phis:
         model = random_model(phi)
-        info = ModelInfo(phi, attention_names()[phi], 80, source="random")
+        info = ModelInfo(phi=phi, phi_name=attention_names()[phi], num_classes=80, source="random")
         detectors = {
-            "torch_eager": Detector(copy.deepcopy(model), info, names, replace(cpu, fuse=False)),
-            "torch_fused": Detector(copy.deepcopy(model), info, names, cpu),
+            "torch_eager": Detector(
+                copy.deepcopy(model), info, class_names=names, config=replace(cpu, fuse=False)
+            ),
+            "torch_fused": Detector(copy.deepcopy(model), info, class_names=names, config=cpu),
             "onnxruntime": Detector(
                 None,
                 info,
-                names,
-                replace(cpu, backend="onnxruntime"),
+                class_names=names,
+                config=replace(cpu, backend="onnxruntime"),
                 runner=ort_runner(model, folder, INPUT_SIZE, args.threads),
             ),
             "onnxruntime_int8": Detector(
                 None,
                 info,
-                names,
-                replace(cpu, backend="onnxruntime"),
+                class_names=names,
+                config=replace(cpu, backend="onnxruntime"),
                 runner=ort_runner(
                     model, folder, INPUT_SIZE, args.threads, int8_calibration=calibration
                 ),
@@ -555,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
         targets = targets_report(results)
         report.update(paths=results, targets=targets, reference_ms=REFERENCE_MS)
         label = {e.name: e.label for e in engines}
-        print("\ntargets (issue), end-to-end median / OpenCV DNN's:")
+        print("\ntargets, end-to-end median / OpenCV DNN's:")
         print(
             f"  fastest path <= {TARGET_FASTEST:.2f}x: {label[targets['fastest_path']]} "
             f"{targets['fastest_ratio']:.2f}x  {'met' if targets['fastest_met'] else 'MISSED'}"
@@ -570,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{'met' if targets['torch_fused_met'] else 'MISSED'}"
         )
         best_forward = min(results[k]["forward"]["median"] for k in FP32_PATHS)
-        print("reference (SPEC §4, CI's 2-core AVX2 CPU) vs here:")
+        print("reference (measured on the CI machine type, a 2-core AVX2 CPU) vs here:")
         print(
             f"  OpenCV DNN end to end ~{REFERENCE_MS['opencv_dnn_end_to_end']:.0f} ms"
             f" | here {opencv_e2e:.1f} ms"

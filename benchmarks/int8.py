@@ -2,8 +2,9 @@
 
 For a trained checkpoint (default: the one ``make demo`` writes), in one run:
 
-1. export it to ONNX (fp32) and to INT8 with ``predict.py --export-onnx ... --int8``,
-   calibrated on images of the training split only (``--calib-split``, evenly spread);
+1. export it to ONNX (fp32) and quantize that to INT8 with the library calls behind
+   ``predict.py --export-onnx ... --int8`` (``export_onnx``, ``quantize_int8``), calibrated on
+   images of the training split only (``--calib-split``, evenly spread by ``pick_evenly``);
 2. evaluate the checkpoint (PyTorch), the fp32 export and the INT8 export on the test split
    with ``eval.py``'s code (VOC07 and VOC12 mAP@0.5, same thresholds for all three);
 3. time each end to end at batch 1 (preprocess, forward, decode, NMS; median of 20) and print
@@ -22,19 +23,37 @@ import json
 import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
 
-import predict
 from data.demo import DEMO_CLASSES, DEMO_VOC_ROOT
 from data.voc import load_voc, parse_sets
-from nets.checkpoint import load_model
+from nets.checkpoint import ModelInfo, load_model
 from utils.classes import read_class_names
 from utils.evaluation.compare import evaluate_checkpoint
 from utils.evaluation.evaluate import EvalConfig
-from utils.inference.quantize import CALIBRATION_METHODS, DEFAULT_CALIBRATION_IMAGES, pick_evenly
+from utils.inference.deploy import export_onnx
+from utils.inference.predictor import class_names_for
+from utils.inference.quantize import (
+    CALIBRATION_METHODS,
+    DEFAULT_CALIBRATION_IMAGES,
+    pick_evenly,
+    quantize_int8,
+)
 
 DEFAULT_WEIGHTS = "logs/demo/train/weights/last.pth"
+
+
+def export_metadata(info: ModelInfo, names: list[str], size: int) -> dict:
+    """What ``predict.py --export-onnx`` stores in the graph, so that ``Detector`` (and
+    ``eval.py``) can run the export without the checkpoint."""
+    return {
+        "phi": info.phi,
+        "phi_name": info.phi_name,
+        "class_names": names,
+        "anchors": [list(a) for a in info.anchors],
+        "anchors_mask": [list(m) for m in info.anchors_mask],
+        "input_size": size,
+    }
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -68,31 +87,32 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no VOCdevkit at {voc_root}{hint}", file=sys.stderr)
         return 2
     classes = args.classes or (str(DEMO_CLASSES) if args.data == "demo" else None)
-    names = read_class_names(classes) if classes else None
-    _, info = load_model(args.weights, num_classes=len(names) if names else None)
-    names = names or info.class_names
-    size = args.img_size or info.input_size
     out = Path(args.out_dir)
     fp32, int8 = out / "model_fp32.onnx", out / "model_int8.onnx"
-    export = ["--weights", args.weights, "--img-size", str(size), "--device", "cpu"]
-    if classes:
-        export += ["--classes", classes]
-
-    calib = load_voc(voc_root, parse_sets(args.calib_split), names).annotations
-    picked = pick_evenly([a.image_path for a in calib], args.calib_images)
-    with tempfile.TemporaryDirectory() as tmp:  # the split's images as one --int8 folder
-        for k, path in enumerate(picked):
-            os.symlink(os.path.abspath(path), Path(tmp) / f"{k:05d}{Path(path).suffix}")
-        quantize = ["--int8", tmp, "--calib-images", str(len(picked))]
-        quantize += ["--calib-method", args.calib_method]
-        for cmd in ([*export, "--export-onnx", str(fp32)], [*export, "--export-onnx", str(int8)]):
-            if predict.main(cmd + (quantize if cmd[-1] == str(int8) else [])):
-                return 2
+    try:
+        names = read_class_names(classes) if classes else None
+        model, info = load_model(args.weights, num_classes=len(names) if names else None)
+        names = class_names_for(names, info.class_names, info.num_classes, args.weights)
+        size = args.img_size or info.input_size
+        calib = load_voc(voc_root, parse_sets(args.calib_split), names).annotations
+        picked = pick_evenly([a.image_path for a in calib], args.calib_images)
+        if not picked:
+            raise ValueError(f"{voc_root} {args.calib_split}: no images to calibrate on")
+        geometry = info.geometry.at_size(size)
+        export_onnx(
+            model, path=fp32, geometry=geometry, metadata=export_metadata(info, names, size)
+        )
+        quantize_int8(fp32, out_path=int8, calibration_paths=picked, method=args.calib_method)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
     cfg = EvalConfig(input_size=size, workers=0, coco=False)
     rows = {}
     for label, weights in (("PyTorch fp32", args.weights), ("ORT fp32", fp32), ("ORT INT8", int8)):
-        row, _ = evaluate_checkpoint(str(weights), voc_root, args.split, cfg, "cpu", names)
+        row, _ = evaluate_checkpoint(
+            str(weights), voc_root, args.split, cfg, device="cpu", class_names=names
+        )
         rows[label] = row
     base, ort32 = rows["PyTorch fp32"], rows["ORT fp32"]
     print(f"\n{args.weights} ({info.describe()}) at {size}, {args.split} of {voc_root}")

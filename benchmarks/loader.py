@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import cv2
@@ -25,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 from data.augment import AugmentConfig
 from data.dataset import EpochSampler, MosaicMixup, VOCDetection, collate
 from data.voc import Annotation
+from utils.timing import time_call
 
 SIZE = 416
 
@@ -146,11 +146,8 @@ def throughput(loader: DataLoader, batches: int, sampler=None) -> float:
     """Images per second over ``batches`` batches, after one warm-up batch (worker start)."""
     iterator = iter(loader)
     next(iterator)
-    count, start = 0, time.perf_counter()
-    for _ in range(batches):
-        images = next(iterator)[0]
-        count += len(images)
-    return count / (time.perf_counter() - start)
+    seconds, count = time_call(lambda: sum(len(next(iterator)[0]) for _ in range(batches)))
+    return count / seconds
 
 
 def main() -> None:

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import time
 from collections.abc import Callable
 
 import torch
 
+from nets.decode import Geometry
 from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, STRIDES, YoloBody
 from utils.engine.loss import YoloLoss
+from utils.timing import StageTimer
 
 INPUT_SIZE = 416
 NUM_CLASSES = 20
@@ -46,18 +47,18 @@ def random_outputs(batch: int, gen: torch.Generator) -> list[torch.Tensor]:
 
 
 def median_seconds(step: Callable[[], None], runs: int, warmup: int) -> float:
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    timer = StageTimer()
+    for i in range(warmup + runs):
+        with timer.stage("step", record=i >= warmup):
+            step()
+    return timer.summary()["step"].median / 1000
 
 
 def bench_loss(runs: int, warmup: int) -> None:
-    criterion = YoloLoss(NUM_CLASSES, DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, INPUT_SIZE)
+    geometry = Geometry(
+        anchors=DEFAULT_ANCHORS, anchors_mask=DEFAULT_ANCHORS_MASK, input_size=INPUT_SIZE
+    )
+    criterion = YoloLoss(NUM_CLASSES, geometry)
     gen = torch.Generator().manual_seed(0)
     print(f"(a) YoloLoss forward + backward, {INPUT_SIZE} px, {NUM_CLASSES} classes")
     print(f"    median of {runs} runs after {warmup} warm-ups")
@@ -79,7 +80,10 @@ def bench_train_step(batch: int, boxes: int, runs: int, warmup: int) -> None:
     torch.manual_seed(0)
     model = YoloBody(NUM_CLASSES, phi=0).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
-    criterion = YoloLoss(NUM_CLASSES, DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, INPUT_SIZE)
+    geometry = Geometry(
+        anchors=DEFAULT_ANCHORS, anchors_mask=DEFAULT_ANCHORS_MASK, input_size=INPUT_SIZE
+    )
+    criterion = YoloLoss(NUM_CLASSES, geometry)
     gen = torch.Generator().manual_seed(1)
     images = torch.rand(batch, 3, INPUT_SIZE, INPUT_SIZE, generator=gen)
     targets = random_targets(batch, boxes, gen)
@@ -90,21 +94,18 @@ def bench_train_step(batch: int, boxes: int, runs: int, warmup: int) -> None:
     def real(outputs: list[torch.Tensor]) -> torch.Tensor:
         return criterion(outputs, targets)["loss"]
 
-    def step(loss_fn: Callable[[list[torch.Tensor]], torch.Tensor]) -> float:
-        start = time.perf_counter()
+    def step(loss_fn: Callable[[list[torch.Tensor]], torch.Tensor]) -> None:
         optimizer.zero_grad(set_to_none=True)
         loss_fn(model(images)).backward()
         optimizer.step()
-        return time.perf_counter() - start
 
-    for _ in range(warmup):
-        step(trivial)
-        step(real)
-    times: dict[str, list[float]] = {"model only": [], "with YoloLoss": []}
-    for _ in range(runs):  # interleaved, so drift in the machine's speed hits both alike
-        times["model only"].append(step(trivial))
-        times["with YoloLoss"].append(step(real))
-    medians = {name: statistics.median(t) for name, t in times.items()}
+    timer = StageTimer()
+    for i in range(warmup + runs):  # interleaved, so drift in the machine's speed hits both alike
+        with timer.stage("model only", record=i >= warmup):
+            step(trivial)
+        with timer.stage("with YoloLoss", record=i >= warmup):
+            step(real)
+    medians = {name: stats.median / 1000 for name, stats in timer.summary().items()}
     print()
     print(f"(b) training step, YoloBody phi 0, {INPUT_SIZE} px, batch {batch}, {boxes} boxes/img")
     print(f"    forward, loss, backward, SGD; median of {runs} runs after {warmup} warm-ups")

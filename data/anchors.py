@@ -36,7 +36,7 @@ from data.voc import DEFAULT_TRAIN_SETS, Annotation, discover_classes, load_voc
 
 logger = logging.getLogger(__name__)
 
-# SPEC §2, pixels at 416 (model_data/yolo_anchors.txt)
+# darknet's yolov4-tiny anchors, pixels at 416 (model_data/yolo_anchors.txt)
 DEFAULT_ANCHORS = np.array(
     [[10, 14], [23, 27], [37, 58], [81, 82], [135, 169], [344, 319]], np.float64
 )

@@ -1,4 +1,4 @@
-"""Training augmentation (SPEC §6): random resize-and-place on a grey canvas, horizontal flip,
+"""Training augmentation: random resize-and-place on a grey canvas, horizontal flip,
 HSV gains, mosaic and mixup. All geometry is done in one resize per image; boxes follow it.
 
 Every function takes an explicit ``numpy.random.Generator`` so that a sample's randomness is a

@@ -21,6 +21,7 @@ Usage: ``python -m tools.split --voc-root data/VOCdevkit --year custom`` (splits
 from __future__ import annotations
 
 import logging
+import math
 import os
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
@@ -29,7 +30,14 @@ from pathlib import Path
 
 import numpy as np
 
-from data.voc import IMAGE_SUFFIXES, Annotation, FileIssue, class_counts, parse_voc_xml
+from data.voc import (
+    IMAGE_SUFFIXES,
+    Annotation,
+    FileIssue,
+    class_counts,
+    parse_voc_xml,
+    read_xml,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -88,11 +96,12 @@ def list_pairs(folder: str | os.PathLike) -> tuple[dict[str, Path], list[FileIss
 
 
 def discover_class_names(xml_paths: Sequence[Path]) -> list[str]:
-    """Object names used in the given XML files, sorted (unparsable files are ignored)."""
+    """Object names used in the given XML files, sorted (files that do not parse or that
+    declare a DTD are ignored: ``parse_voc_xml`` reports them)."""
     names: set[str] = set()
     for path in xml_paths:
         try:
-            root = ET.parse(path).getroot()
+            root = read_xml(path)
         except (ET.ParseError, OSError):
             continue
         for obj in root.iter("object"):  # as data.voc.parse_voc_xml reads them
@@ -102,6 +111,38 @@ def discover_class_names(xml_paths: Sequence[Path]) -> list[str]:
     return sorted(names)
 
 
+def ratios_problem(ratios: Sequence[float]) -> str | None:
+    """Why ``ratios`` cannot be ``(train, val, test)`` fractions, or None when they can.
+
+    They must be three finite numbers (not NaN or infinite), each >= 0, summing to 1 within
+    1e-6; so they are not all zero and none exceeds 1.
+    """
+    try:
+        values = [float(r) for r in ratios]
+    except (TypeError, ValueError):
+        return "must be numbers"
+    if len(values) != 3:
+        return f"must be three fractions TRAIN,VAL,TEST, got {len(values)}"
+    if not all(math.isfinite(v) for v in values):
+        return "must be finite numbers (no nan or inf)"
+    if any(v < 0 for v in values):
+        return "must be >= 0"
+    if not any(values):
+        return "are all zero"
+    if abs(math.fsum(values) - 1.0) > 1e-6:
+        return f"must sum to 1, they sum to {math.fsum(values):g}"
+    return None
+
+
+def check_ratios(ratios: Sequence[float]) -> None:
+    """Raises ``ValueError`` naming the ratios when ``ratios_problem`` finds one."""
+    problem = ratios_problem(ratios)
+    if problem is not None:
+        raise ValueError(
+            f"ratios {list(ratios)} {problem} (TRAIN,VAL,TEST fractions: finite, >= 0, sum to 1)"
+        )
+
+
 def split_counts(num_images: int, ratios: Sequence[float]) -> list[int]:
     """Images per split: ``num_images * ratio`` rounded so that the counts sum to ``num_images``.
 
@@ -109,11 +150,13 @@ def split_counts(num_images: int, ratios: Sequence[float]) -> list[int]:
     largest fractional parts (ties to the earlier split).
 
     Raises:
-        ValueError: a negative ratio or ratios that do not sum to 1.
+        ValueError: ratios that ``ratios_problem`` refuses (not three finite fractions >= 0
+            summing to 1), or a negative ``num_images``.
     """
+    check_ratios(ratios)
+    if num_images < 0:
+        raise ValueError(f"num_images must be >= 0, got {num_images}")
     ratios_arr = np.asarray(ratios, np.float64)
-    if (ratios_arr < 0).any() or abs(ratios_arr.sum() - 1.0) > 1e-6:
-        raise ValueError(f"ratios must be >= 0 and sum to 1, got {list(ratios)}")
     exact = ratios_arr * num_images
     counts = np.floor(exact + 1e-9).astype(int)
     remainder = exact - counts
@@ -153,7 +196,7 @@ def split_dataset(
 
     Args:
         folder: holds ``Annotations/`` and ``JPEGImages/`` (see ``dataset_folder``).
-        ratios: ``(train, val, test)`` fractions, >= 0, summing to 1.
+        ratios: ``(train, val, test)`` fractions: finite, >= 0, summing to 1.
         seed: seed of the permutation; the same seed gives the same split.
         class_names: classes to count; ``None`` discovers them from the XMLs (sorted by name).
             Objects of other classes are reported as issues and not counted.
@@ -167,6 +210,7 @@ def split_dataset(
         FileExistsError: a set file exists and ``overwrite`` is False.
         ValueError: bad ratios, or no image has both an XML and an image file.
     """
+    check_ratios(ratios)  # before reading or writing anything
     folder = Path(folder)
     out_dir = folder / "ImageSets" / "Main"
     existing = [out_dir / f"{n}.txt" for n in SPLIT_NAMES if (out_dir / f"{n}.txt").exists()]
@@ -175,7 +219,6 @@ def split_dataset(
             f"{', '.join(map(str, existing))} already exist(s); pass --force (overwrite=True) "
             "to replace them"
         )
-    split_counts(0, ratios)  # validate before reading anything
     pairs, issues = list_pairs(folder)
     xml_paths = {i: folder / "Annotations" / f"{i}.xml" for i in pairs}
     if class_names is None:

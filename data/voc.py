@@ -9,16 +9,21 @@ whether training uses them is the dataset's choice.
 Nothing here raises on one bad file: problems are collected as ``FileIssue`` rows (file, what,
 what was done) and the file is skipped or repaired. Only an unusable setup raises (no such
 folder, no such image set).
+
+Every XML is read by ``read_xml``, which refuses document type declarations (and with them
+every entity declaration, internal or external): an annotation never needs one, and entity
+expansion is how a small file becomes gigabytes in memory or reads other files.
 """
 
 from __future__ import annotations
 
 import os
 import xml.etree.ElementTree as ET
+import xml.parsers.expat as expat
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 
@@ -74,7 +79,9 @@ class FileIssue:
 
     path: str
     problem: str
-    action: str  # "skipped", "box dropped", "box clipped", "object skipped", "converted"
+    # "skipped", "box dropped", "box clipped", "object skipped", "converted",
+    # "treated as not difficult", "size ignored", "filename ignored"
+    action: str
 
     def __str__(self) -> str:
         return f"{self.path}: {self.problem} ({self.action})"
@@ -92,6 +99,78 @@ class LoadResult:
 
 class UnknownClassError(ValueError):
     """Raised for an unknown class name when unknown classes are errors."""
+
+
+class ForbiddenXMLError(ET.ParseError):
+    """An XML document with a document type declaration, an entity declaration or an external
+    entity reference; ``read_xml`` refuses these before anything is expanded or fetched."""
+
+
+def _refuse(parser, what: str):
+    """An expat handler that stops the parse with ``ForbiddenXMLError``."""
+
+    def handler(*_args) -> None:
+        raise ForbiddenXMLError(f"{what} at line {parser.CurrentLineNumber} refused")
+
+    return handler
+
+
+def parse_xml_bytes(data: bytes) -> ET.Element:
+    """The root element of an XML document, read with expat configured to refuse any DTD.
+
+    ``<!DOCTYPE`` stops the parse as soon as it is seen, before its internal subset (where
+    ``<!ENTITY`` declarations live) is read; entity declarations and external entity
+    references are refused as well should expat ever report one, and parameter entities are
+    never parsed. Comments and processing instructions are dropped and namespace prefixes
+    are kept as written (VOC annotations have none of these).
+
+    Raises:
+        ForbiddenXMLError: a DTD, entity declaration or external entity reference.
+        xml.etree.ElementTree.ParseError: the document is not well-formed XML (an undeclared
+            entity such as ``&x;`` is one of these).
+    """
+    builder = ET.TreeBuilder()
+    parser = expat.ParserCreate()
+    parser.buffer_text = True
+    parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
+    parser.StartDoctypeDeclHandler = _refuse(parser, "<!DOCTYPE")
+    parser.EntityDeclHandler = _refuse(parser, "<!ENTITY")
+    parser.UnparsedEntityDeclHandler = _refuse(parser, "unparsed <!ENTITY")
+    parser.ExternalEntityRefHandler = _refuse(parser, "external entity reference")
+    parser.StartElementHandler = builder.start
+    parser.EndElementHandler = builder.end
+    parser.CharacterDataHandler = builder.data
+    try:
+        parser.Parse(data, True)
+    except expat.ExpatError as err:
+        error = ET.ParseError(str(err))
+        error.code, error.position = err.code, (err.lineno, err.offset)
+        raise error from None
+    return builder.close()
+
+
+def read_xml(path: str | os.PathLike) -> ET.Element:
+    """The root element of the XML file ``path``, read by ``parse_xml_bytes``.
+
+    Raises:
+        OSError: the file cannot be read.
+        ForbiddenXMLError, xml.etree.ElementTree.ParseError: see ``parse_xml_bytes``.
+    """
+    return parse_xml_bytes(Path(path).read_bytes())
+
+
+def unsafe_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be used as one file name inside a dataset folder, or None.
+
+    Refused: the empty name, ``.`` and ``..``, and anything with a path separator (``/`` or
+    ``\\`` on every platform), a Windows drive (``C:x``) or a NUL character, since joined to a
+    folder such a name could point outside it.
+    """
+    if not name or name in (".", "..") or "\x00" in name:
+        return "is not a file name"
+    if PurePosixPath(name).name != name or PureWindowsPath(name).name != name:
+        return "is a path, not a file name"
+    return None
 
 
 def parse_sets(text: str) -> list[tuple[str, str]]:
@@ -112,14 +191,18 @@ def _text(node: ET.Element | None, tag: str) -> str | None:
     return child.text.strip() if child is not None and child.text else None
 
 
-def _flag(text: str | None) -> bool:
-    """VOC 0/1 flags, tolerating '1.0', 'true' and 'false'."""
+def _flag(text: str | None) -> bool | None:
+    """A VOC 0/1 flag: False when absent or empty; '0'/'1' also as '0.0'/'1.0' or
+    'false'/'true' (any case). None for anything else ('abc', '2', 'nan'...)."""
     if not text:
         return False
-    try:
-        return float(text) != 0
-    except ValueError:
+    if text.lower() in ("true", "false"):
         return text.lower() == "true"
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return bool(value) if value in (0.0, 1.0) else None
 
 
 def parse_voc_xml(
@@ -139,7 +222,11 @@ def parse_voc_xml(
     Returns:
         ``(annotation or None when the file is unusable, issues)``. Boxes are clipped to the
         ``<size>`` when it is given; boxes with negative size are dropped (x1 == x2 is a
-        one-pixel-wide box).
+        one-pixel-wide box). A file that does not parse or has a DTD is skipped (None). A
+        ``<difficult>`` other than 0/1 is reported and the object treated as not difficult;
+        a ``<size>`` that is not a non-negative number is reported and ignored; a
+        ``<filename>`` that is a path (used only when ``image_path`` is None) is reported and
+        ``<xml stem>.jpg`` used instead.
 
     Raises:
         UnknownClassError: an unknown class with ``unknown_classes="error"``.
@@ -147,19 +234,30 @@ def parse_voc_xml(
     xml_path = str(xml_path)
     issues: list[FileIssue] = []
     try:
-        root = ET.parse(xml_path).getroot()
+        root = read_xml(xml_path)
+    except ForbiddenXMLError as err:
+        return None, [
+            FileIssue(xml_path, f"XML has a DTD or entity declaration ({err})", "skipped")
+        ]
     except (ET.ParseError, OSError) as err:
         return None, [FileIssue(xml_path, f"XML does not parse ({err})", "skipped")]
     size = root.find("size")
     try:
         width = int(float(_text(size, "width") or 0))
         height = int(float(_text(size, "height") or 0))
-    except ValueError:
+        if width < 0 or height < 0:
+            raise ValueError("negative size")
+    except (ValueError, OverflowError):  # OverflowError: int(inf)
         width = height = 0
-        issues.append(FileIssue(xml_path, "size is not a number", "size ignored"))
+        issues.append(FileIssue(xml_path, "size is not a non-negative number", "size ignored"))
     image_id = Path(xml_path).stem
     if image_path is None:
         filename = _text(root, "filename") or f"{image_id}.jpg"
+        if (problem := unsafe_name_problem(filename)) is not None:
+            issues.append(
+                FileIssue(xml_path, f"<filename> {problem} ({filename!r})", "filename ignored")
+            )
+            filename = f"{image_id}.jpg"
         image_path = str(Path(xml_path).parent.parent / "JPEGImages" / filename)
     rows = []
     index = {name: i for i, name in enumerate(class_names)}
@@ -224,11 +322,32 @@ def _parse_object(
     if x2 < x1 or y2 < y1:  # x1 == x2 is a one-pixel-wide box in VOC's inclusive pixels
         issues.append(FileIssue(xml_path, f"object {k} ({name}) has negative size", "box dropped"))
         return None, issues
-    return ((x1, y1, x2, y2), index[name], _flag(_text(obj, "difficult"))), issues
+    difficult_text = _text(obj, "difficult")
+    difficult = _flag(difficult_text)
+    if difficult is None:
+        issues.append(
+            FileIssue(
+                xml_path,
+                f"object {k} ({name}) has a difficult flag that is not 0 or 1 ({difficult_text!r})",
+                "treated as not difficult",
+            )
+        )
+        difficult = False
+    return ((x1, y1, x2, y2), index[name], difficult), issues
 
 
-def read_image_set(voc_root: str | os.PathLike, year: str, image_set: str) -> list[str]:
-    """Image ids of ``VOC<year>/ImageSets/Main/<image_set>.txt``.
+def read_image_set(
+    voc_root: str | os.PathLike,
+    year: str,
+    image_set: str,
+    issues: list[FileIssue] | None = None,
+) -> list[str]:
+    """Image ids of ``VOC<year>/ImageSets/Main/<image_set>.txt`` (first word of each line).
+
+    An id that is not a plain file name (``../x``, ``a/b``, ``C:x``...; see
+    ``unsafe_name_problem``) would name a file outside ``Annotations/`` and ``JPEGImages/``:
+    it is left out, and reported in ``issues`` (``path:line``, "skipped") when that list is
+    given. The other ids are returned.
 
     Raises:
         FileNotFoundError: the year folder or the set file does not exist (names both).
@@ -239,7 +358,19 @@ def read_image_set(voc_root: str | os.PathLike, year: str, image_set: str) -> li
     path = folder / "ImageSets" / "Main" / f"{image_set}.txt"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: image set file not found")
-    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    ids = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        image_id = line.split()[0]
+        if (problem := unsafe_name_problem(image_id)) is not None:
+            if issues is not None:
+                issues.append(
+                    FileIssue(f"{path}:{n}", f"image id {problem} ({image_id!r})", "skipped")
+                )
+            continue
+        ids.append(image_id)
+    return ids
 
 
 def _find_image(folder: Path, image_id: str) -> Path | None:
@@ -264,7 +395,7 @@ def load_voc(
     result = LoadResult()
     for year, image_set in sets:
         folder = Path(voc_root) / f"VOC{year}"
-        for image_id in read_image_set(voc_root, year, image_set):
+        for image_id in read_image_set(voc_root, year, image_set, result.issues):
             xml_path = folder / "Annotations" / f"{image_id}.xml"
             image_path = _find_image(folder / "JPEGImages", image_id)
             if image_path is None:
@@ -286,13 +417,17 @@ def load_voc(
 
 
 def discover_classes(voc_root: str | os.PathLike, sets: Iterable[tuple[str, str]]) -> list[str]:
-    """Class names used in the XMLs of the given sets, sorted by name."""
+    """Class names used in the XMLs of the given sets, sorted by name.
+
+    Files that ``load_voc`` skips (unreadable XML, ids that are not file names) are ignored;
+    ``load_voc`` reports them.
+    """
     names: set[str] = set()
     for year, image_set in sets:
         folder = Path(voc_root) / f"VOC{year}" / "Annotations"
         for image_id in read_image_set(voc_root, year, image_set):
             try:
-                root = ET.parse(folder / f"{image_id}.xml").getroot()
+                root = read_xml(folder / f"{image_id}.xml")
             except (ET.ParseError, OSError):
                 continue
             names.update(n for o in root.iter("object") if (n := _text(o, "name")))
@@ -306,6 +441,10 @@ def load_annotation_lines(
 
     Its generator copies VOC XML coordinates unchanged, so they are 1-based by default
     (``one_based=False`` for lines written in 0-based pixels). Boxes have no difficult flag.
+
+    Image paths are used as written: the generator writes absolute paths (relative ones are
+    relative to the working directory), so the file itself chooses which images it names and
+    there is no dataset folder to keep them inside.
     """
     result = LoadResult()
     offset = 1.0 if one_based else 0.0

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from torch import nn
 
 from nets.attention import attention_names, build_attention, resolve_phi
 from nets.darknet import load_darknet_weights
+from nets.decode import Geometry
 from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, YoloBody
 
 logger = logging.getLogger(__name__)
@@ -35,18 +36,45 @@ class CheckpointMismatchError(ValueError):
     """The file holds a different model (phi or class count) from the one asked for."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelInfo:
-    """What a weights file says about the model, or what was assumed for it."""
+    """What a weights file says about the model, or what was assumed for it.
+
+    Immutable: sequences given as lists are stored as tuples; derive a changed copy with
+    ``dataclasses.replace``.
+
+    Attributes:
+        phi: attention block number.
+        phi_name: its registered name.
+        num_classes: classes the head predicts.
+        class_names: their names (None: not stored).
+        anchors: (w, h) pairs in pixels at the network input.
+        anchors_mask: per output level (stride 32 first), indices into ``anchors``.
+        input_size: the input side the model was trained (or exported) at.
+        source: "checkpoint", "state_dict", "darknet", "onnx", or what built it.
+    """
 
     phi: int
     phi_name: str
     num_classes: int
-    class_names: list[str] | None = None
-    anchors: list[tuple[float, float]] = field(default_factory=lambda: list(DEFAULT_ANCHORS))
-    anchors_mask: list[tuple[int, ...]] = field(default_factory=lambda: list(DEFAULT_ANCHORS_MASK))
+    class_names: tuple[str, ...] | None = None
+    anchors: tuple[tuple[float, float], ...] = DEFAULT_ANCHORS
+    anchors_mask: tuple[tuple[int, ...], ...] = DEFAULT_ANCHORS_MASK
     input_size: int = 416
-    source: str = ""  # "checkpoint", "state_dict" or "darknet"
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if self.class_names is not None:
+            object.__setattr__(self, "class_names", tuple(self.class_names))
+        object.__setattr__(self, "anchors", tuple(tuple(a) for a in self.anchors))
+        object.__setattr__(self, "anchors_mask", tuple(tuple(m) for m in self.anchors_mask))
+
+    @property
+    def geometry(self) -> Geometry:
+        """Anchors, masks and input size as the one object decoding and the loss take."""
+        return Geometry(
+            anchors=self.anchors, anchors_mask=self.anchors_mask, input_size=self.input_size
+        )
 
     def describe(self) -> str:
         return f"phi {self.phi} ({self.phi_name}) with {self.num_classes} classes"
@@ -95,22 +123,54 @@ def infer_num_classes(state_dict: dict[str, torch.Tensor], num_anchors: int = 3)
     return state_dict[HEAD_BIAS_KEY].shape[0] // num_anchors - 5
 
 
+def load_torch_file(path: str | os.PathLike) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, with every failure turned into one
+    line that names the file and says what is wrong with it.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: empty, truncated or corrupt, not a PyTorch file, or holding Python objects
+            (which are never loaded: unpickling them can run code).
+    """
+    path = str(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"{path}: empty file, not a PyTorch checkpoint")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # zip, pickle and weights-only errors all land here
+        problem = _load_problem(err)
+        raise ValueError(f"{path}: cannot read as a PyTorch checkpoint: {problem}") from None
+
+
+def _load_problem(err: Exception) -> str:
+    """What a ``torch.load`` failure means, in a few words (torch's own message can advise
+    loading with ``weights_only=False``, which would run whatever code the file holds)."""
+    text = str(err)
+    if "Unsupported global" in text:
+        return "it stores Python objects besides tensors, which are not loaded (unsafe)"
+    if "zip archive" in text or "central directory" in text or isinstance(err, EOFError):
+        return "the file is truncated or corrupt"
+    first_line = text.split("\n", 1)[0]
+    if first_line and "Weights only load failed" not in first_line and "weights_only" not in text:
+        return first_line
+    return "not a PyTorch file (wrong format, or random bytes)"
+
+
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], ModelInfo]:
     """Reads ours or a reference-implementation ``.pth``: ``(state_dict, info)``."""
     path = str(path)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle, zip and weights_only errors all land here
-        raise ValueError(f"{path}: cannot read as a PyTorch checkpoint ({err})") from err
+    obj = load_torch_file(path)
     if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
         phi, phi_name = resolve_phi(obj["phi"])
         info = ModelInfo(
             phi=phi,
             phi_name=phi_name,
             num_classes=int(obj["num_classes"]),
-            class_names=list(obj.get("class_names") or []) or None,
-            anchors=[tuple(a) for a in obj.get("anchors", DEFAULT_ANCHORS)],
-            anchors_mask=[tuple(m) for m in obj.get("anchors_mask", DEFAULT_ANCHORS_MASK)],
+            class_names=obj.get("class_names") or None,
+            anchors=obj.get("anchors", DEFAULT_ANCHORS),
+            anchors_mask=obj.get("anchors_mask", DEFAULT_ANCHORS_MASK),
             input_size=int(obj.get("input_size", 416)),
             source="checkpoint",
         )
@@ -121,7 +181,12 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], M
         raise ValueError(f"{path}: neither our checkpoint nor a state dict")
     obj = {k.removeprefix("module."): v for k, v in obj.items()}  # saved from DataParallel
     phi = infer_phi(obj)
-    info = ModelInfo(phi, attention_names()[phi], infer_num_classes(obj), source="state_dict")
+    info = ModelInfo(
+        phi=phi,
+        phi_name=attention_names()[phi],
+        num_classes=infer_num_classes(obj),
+        source="state_dict",
+    )
     return obj, info
 
 
@@ -168,7 +233,9 @@ def load_model(
                 "train.py --weights instead."
             )
         logger.info(report.summary())
-        info = ModelInfo(phi_num, phi_name, model.num_classes, source="darknet")
+        info = ModelInfo(
+            phi=phi_num, phi_name=phi_name, num_classes=model.num_classes, source="darknet"
+        )
         return model, info
     state_dict, info = read_checkpoint(path)
     _check_request(path, info, phi, num_classes)

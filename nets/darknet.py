@@ -1,4 +1,4 @@
-"""Darknet ``.weights`` / ``.cfg`` import and export for YOLOv4-tiny (SPEC §4).
+"""Darknet ``.weights`` / ``.cfg`` import and export for YOLOv4-tiny.
 
 File layout: int32 major, minor, revision; ``seen`` as int64 when ``major * 10 + minor >= 2``
 (int32 otherwise); then float32 arrays per convolution in cfg order. A convolution with batch
@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from nets.decode import Geometry
 from nets.yolo import YoloBody
 
 logger = logging.getLogger(__name__)
@@ -266,17 +267,22 @@ def export_darknet(
     model: YoloBody,
     weights_path: str | os.PathLike,
     cfg_path: str | os.PathLike,
-    input_size: int = 416,
-    anchors: list[tuple[float, float]] | None = None,
-    anchors_mask: list[tuple[int, ...]] | None = None,
+    geometry: Geometry | None = None,
 ) -> None:
-    """Writes ``cfg_path`` and ``weights_path`` so that darknet and OpenCV DNN run the model."""
-    from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK
+    """Writes ``cfg_path`` and ``weights_path`` so that darknet and OpenCV DNN run the model.
 
-    anchors = list(anchors or DEFAULT_ANCHORS)
-    anchors_mask = list(anchors_mask or DEFAULT_ANCHORS_MASK)
+    Args:
+        model: a phi 0 model.
+        weights_path: the ``.weights`` file to write.
+        cfg_path: the ``.cfg`` file to write.
+        geometry: the cfg's input side, anchors and masks (None: the defaults at 416).
+    """
+    geometry = geometry or Geometry()
     save_darknet_weights(model, weights_path)
-    _atomic_write(Path(cfg_path), darknet_cfg(model, input_size, anchors, anchors_mask).encode())
+    cfg = darknet_cfg(
+        model, geometry.input_size, list(geometry.anchors), list(geometry.anchors_mask)
+    )
+    _atomic_write(Path(cfg_path), cfg.encode())
 
 
 def _atomic_write(path: Path, payload: bytes) -> None:

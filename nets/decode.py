@@ -1,40 +1,73 @@
 """Raw YOLO maps -> boxes, and post-processing (score filter + NMS).
 
+``Geometry`` is what turns raw maps into pixels (anchors, masks, input side); it is passed as
+one object to the decoder, the loss, the ONNX and darknet exports and the evaluation.
 ``decode_outputs`` is shared by inference and the loss so both use darknet's ``scale_x_y``.
+``detect`` is the one post-processing step of inference and evaluation: raw maps in,
+``Detections`` (network-input pixels) out.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import torch
 from torchvision.ops import batched_nms, nms
 
+from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK
+from utils.detections import Detections
+
 SCALE_X_Y = 1.05  # darknet yolov4-tiny.cfg `scale_x_y`
 
 
+@dataclass(frozen=True)
+class Geometry:
+    """The head's geometry: which anchor each prediction refines and at which input size.
+
+    Sequences are stored as tuples (lists given are converted), so a ``Geometry`` is
+    immutable and hashable; derive another one with ``dataclasses.replace`` or ``at_size``.
+
+    Attributes:
+        anchors: all anchors, (w, h) pairs in pixels at the network input.
+        anchors_mask: per output level (stride 32 first, then 16), indices into ``anchors``.
+        input_size: network input side in pixels; a level's stride is input_size / its width.
+    """
+
+    anchors: tuple[tuple[float, float], ...] = DEFAULT_ANCHORS
+    anchors_mask: tuple[tuple[int, ...], ...] = DEFAULT_ANCHORS_MASK
+    input_size: int = 416
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "anchors", tuple(tuple(a) for a in self.anchors))
+        object.__setattr__(self, "anchors_mask", tuple(tuple(m) for m in self.anchors_mask))
+        object.__setattr__(self, "input_size", int(self.input_size))
+
+    def at_size(self, input_size: int | None) -> Geometry:
+        """The same anchors at another input side (``None`` keeps this one's)."""
+        if input_size is None or input_size == self.input_size:
+            return self
+        return replace(self, input_size=input_size)
+
+
 def decode_outputs(
-    outputs: Sequence[torch.Tensor],
-    anchors: Sequence[Sequence[float]],
-    anchors_mask: Sequence[Sequence[int]],
-    input_size: int,
-    scale_x_y: float = SCALE_X_Y,
+    outputs: Sequence[torch.Tensor], geometry: Geometry, *, scale_x_y: float = SCALE_X_Y
 ) -> torch.Tensor:
     """Decodes every level into one tensor of candidate boxes.
 
     Args:
-        outputs: per level (B, A*(5+C), H, W) raw maps, in the order of ``anchors_mask``.
-        anchors: all anchors (w, h) in pixels at ``input_size``.
-        anchors_mask: per level, indices into ``anchors``.
-        input_size: network input side in pixels (stride of a level = input_size / W).
+        outputs: per level (B, A*(5+C), H, W) raw maps, in the order of
+            ``geometry.anchors_mask``.
+        geometry: anchors (pixels), masks, and the input side the maps were computed at.
         scale_x_y: darknet's grid-sensitivity factor s: cx = (sig(tx) * s - (s-1)/2 + gx) * stride.
 
     Returns:
         (B, N, 5+C) with N = sum over levels of A*H*W, ordered level, anchor, row, column:
         cx, cy, w, h in input pixels, objectness probability, C class probabilities.
     """
+    anchors, input_size = geometry.anchors, geometry.input_size
     decoded = []
-    for out, mask in zip(outputs, anchors_mask):
+    for out, mask in zip(outputs, geometry.anchors_mask):
         b, _, h, w = out.shape
         pred = out.view(b, len(mask), -1, h, w).permute(0, 1, 3, 4, 2)  # (B, A, H, W, 5+C)
         anchor_wh = torch.tensor([anchors[i] for i in mask], device=out.device, dtype=out.dtype)
@@ -56,10 +89,12 @@ def decode_boxes(
         indexing="ij",
     )
     wh = anchor_wh.view(1, na, 1, 1, 2)
-    return _cell_boxes(pred, grid_x, grid_y, wh, input_size / w, input_size / h, scale_x_y)
+    return _cell_boxes(
+        pred, grid_x, grid_y, wh, input_size / w, input_size / h, scale_x_y=scale_x_y
+    )
 
 
-def _cell_boxes(raw, grid_x, grid_y, anchor_wh, stride_x, stride_y, scale_x_y) -> torch.Tensor:
+def _cell_boxes(raw, grid_x, grid_y, anchor_wh, stride_x, stride_y, *, scale_x_y) -> torch.Tensor:
     """cx, cy, w, h in pixels from raw (..., >=4) predictions and their cells' grid
     coordinates and anchors (broadcast against ``raw[..., 0]`` and ``raw[..., :2]``):
     cx = (sigmoid(tx) * s - (s - 1) / 2 + gx) * stride, w = exp(tw) * anchor_w."""
@@ -72,28 +107,38 @@ def _cell_boxes(raw, grid_x, grid_y, anchor_wh, stride_x, stride_y, scale_x_y) -
 
 def decode_candidates(
     outputs: Sequence[torch.Tensor],
-    anchors: Sequence[Sequence[float]],
-    anchors_mask: Sequence[Sequence[int]],
-    input_size: int,
+    geometry: Geometry,
+    *,
     min_objectness: float = 0.0,
     scale_x_y: float = SCALE_X_Y,
 ) -> list[torch.Tensor]:
     """``decode_outputs`` restricted to the predictions whose objectness can pass a score
-    threshold: per image the rows (K, 5+C) with objectness >= ``min_objectness``, in the same
-    order and with the same values as ``decode_outputs``'s.
+    threshold.
 
     A score is objectness * class probability <= objectness, so with ``min_objectness`` set to
     the score threshold nothing that could pass is dropped; only the few kept cells are
     decoded (at 416 and conf 0.25: tens of the 2,535 rows). On a 2-core CPU this took
     ``Detector.postprocess`` from 1.2 to 0.9 ms inside the end-to-end loop (0.45 to 0.25 ms
     timed alone).
+
+    Args:
+        outputs: per level (B, A*(5+C), H, W) raw maps, as for ``decode_outputs``.
+        geometry: anchors, masks and input side of the maps.
+        min_objectness: rows whose objectness probability is below this are left out.
+        scale_x_y: darknet's grid-sensitivity factor, as for ``decode_outputs``.
+
+    Returns:
+        Per image (K_i, 5+C): the rows of ``decode_outputs`` (cx, cy, w, h in input pixels,
+        objectness, class probabilities) with objectness >= ``min_objectness``, in the same
+        order and with the same values.
     """
+    anchors, input_size = geometry.anchors, geometry.input_size
     batch = outputs[0].shape[0]
     # 1e-6 below the threshold: the final score test decides, this one only must not drop
     # a row whose objectness rounds differently when computed on the gathered values
     floor = min_objectness * (1 - 1e-6)
     parts: list[list[torch.Tensor]] = [[] for _ in range(batch)]
-    for out, mask in zip(outputs, anchors_mask):
+    for out, mask in zip(outputs, geometry.anchors_mask):
         b, _, h, w = out.shape
         pred = out.view(b, len(mask), -1, h, w)
         bi, ai, yi, xi = (torch.sigmoid(pred[:, :, 4]) >= floor).nonzero(as_tuple=True)
@@ -106,7 +151,7 @@ def decode_candidates(
             anchor_wh[ai],
             input_size / w,
             input_size / h,
-            scale_x_y,
+            scale_x_y=scale_x_y,
         )
         rows = torch.cat([boxes, torch.sigmoid(raw[:, 4:])], 1)
         counts = torch.bincount(bi, minlength=b).tolist()
@@ -122,12 +167,15 @@ def cxcywh_to_xyxy(boxes_cxcywh: torch.Tensor) -> torch.Tensor:
 
 def postprocess(
     decoded: torch.Tensor | Sequence[torch.Tensor],
+    *,
     conf_thresh: float = 0.25,
     nms_thresh: float = 0.45,
     max_det: int = 300,
     agnostic: bool = False,
     classes: Sequence[int] | None = None,
-) -> list[dict[str, torch.Tensor]]:
+    class_names: Sequence[str] = (),
+    input_size: int = 0,
+) -> list[Detections]:
     """Score filter and NMS per image.
 
     Each candidate keeps its best class; its score is objectness * class probability (as
@@ -135,12 +183,19 @@ def postprocess(
 
     Args:
         decoded: (B, N, 5+C) from ``decode_outputs``, or per image (N_i, 5+C) from
-            ``decode_candidates``.
+            ``decode_candidates``; boxes cx, cy, w, h in input pixels.
+        conf_thresh: minimum score kept.
+        nms_thresh: IoU above which a lower-scored box is suppressed.
+        max_det: detections kept per image after NMS.
+        agnostic: NMS across classes instead of per class.
         classes: keep only these class ids (None keeps all).
+        class_names: names by class id, attached to the results.
+        input_size: network input side, recorded as the results' width and height.
 
     Returns:
-        Per image a dict with ``boxes`` (K, 4) xyxy in input pixels, ``scores`` (K,),
-        ``labels`` (K,) int64, sorted by decreasing score, K <= max_det.
+        Per image a ``Detections`` in network-input pixels: ``boxes`` (K, 4) float32 xyxy,
+        ``scores`` (K,) float32, ``labels`` (K,) int64, sorted by decreasing score,
+        K <= max_det.
     """
     results = []
     for pred in decoded:
@@ -157,25 +212,55 @@ def postprocess(
         else:
             idx = batched_nms(boxes, scores, labels, nms_thresh)
         idx = idx[:max_det]  # nms returns indices sorted by decreasing score
-        results.append({"boxes": boxes[idx], "scores": scores[idx], "labels": labels[idx]})
+        results.append(
+            Detections(
+                boxes=boxes[idx].float().cpu().numpy(),
+                scores=scores[idx].float().cpu().numpy(),
+                labels=labels[idx].cpu().numpy(),
+                class_names=class_names,
+                width=input_size,
+                height=input_size,
+            )
+        )
     return results
 
 
 def detect(
     outputs: Sequence[torch.Tensor],
-    anchors: Sequence[Sequence[float]],
-    anchors_mask: Sequence[Sequence[int]],
-    input_size: int,
+    geometry: Geometry,
+    *,
     conf_thresh: float = 0.25,
     nms_thresh: float = 0.45,
     max_det: int = 300,
     agnostic: bool = False,
     classes: Sequence[int] | None = None,
-) -> list[dict[str, torch.Tensor]]:
-    """Raw maps -> per image detections in input pixels, as ``postprocess`` returns them
-    (``decode_candidates`` then ``postprocess``; half-precision maps are decoded in fp32).
-    The one post-processing step of inference and evaluation."""
+    class_names: Sequence[str] = (),
+) -> list[Detections]:
+    """Raw maps -> per image detections: ``decode_candidates`` then ``postprocess``.
+
+    The one post-processing step of inference and evaluation; half-precision maps are decoded
+    in fp32. Map the results to the original images with ``Detections.to_original``.
+
+    Args:
+        outputs: per level (B, A*(5+C), H, W) raw maps, as the model returns them.
+        geometry: anchors, masks and the input side the maps were computed at.
+        conf_thresh, nms_thresh, max_det, agnostic, classes, class_names: as for
+            ``postprocess``.
+
+    Returns:
+        Per image a ``Detections`` in network-input pixels (xyxy, width = height =
+        ``geometry.input_size``), sorted by decreasing score.
+    """
     candidates = decode_candidates(
-        [o.float() for o in outputs], anchors, anchors_mask, input_size, conf_thresh
+        [o.float() for o in outputs], geometry, min_objectness=conf_thresh
     )
-    return postprocess(candidates, conf_thresh, nms_thresh, max_det, agnostic, classes)
+    return postprocess(
+        candidates,
+        conf_thresh=conf_thresh,
+        nms_thresh=nms_thresh,
+        max_det=max_det,
+        agnostic=agnostic,
+        classes=classes,
+        class_names=class_names,
+        input_size=geometry.input_size,
+    )

@@ -1,4 +1,4 @@
-"""YOLOv4-tiny: backbone, FPN neck, two YOLO heads, attention on three places (SPEC §2-3).
+"""YOLOv4-tiny: backbone, FPN neck, two YOLO heads, attention on three places.
 
 ``YoloBody.forward`` only predicts: it returns raw maps, decoding lives in ``nets/decode.py``.
 """

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -38,3 +39,24 @@ def official_cfg() -> Path:
 @pytest.fixture(scope="session")
 def sample_images() -> list[Path]:
     return [require_asset(MODEL_DATA / "samples" / n) for n in ("bus.jpg", "zidane.jpg")]
+
+
+@pytest.fixture(scope="session")
+def trained_tiny_checkpoint(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Callable[[int], tuple[Path, Path, str]]:
+    """``trained_tiny_checkpoint(epochs)``: ``voc_factory.make_split`` data (6 train, 4 test
+    images) and a checkpoint trained on it for ``epochs`` epochs at 64 px, as
+    ``(voc_root, classes_file, path of last.pth)``. Each epoch count is trained once per
+    session and shared, so tests must not write into what it returns."""
+    from voc_factory import train_tiny_checkpoint
+
+    trained: dict[int, tuple[Path, Path, str]] = {}
+
+    def get(epochs: int) -> tuple[Path, Path, str]:
+        if epochs not in trained:
+            folder = tmp_path_factory.mktemp(f"tiny_checkpoint_{epochs}_epochs")
+            trained[epochs] = train_tiny_checkpoint(folder, epochs)
+        return trained[epochs]
+
+    return get

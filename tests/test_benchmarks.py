@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-from voc_factory import trained_tiny_checkpoint
 
 from benchmarks import inference as benchmark_inference
 from benchmarks import int8 as benchmark_int8
@@ -23,8 +22,12 @@ def test_benchmark_inference_runs_every_path_and_phi(
     assert benchmark_inference.main([*args, "--no-variants", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert set(report["paths"]) == set(benchmark_inference.MAIN_PATHS)
-    for path in report["paths"].values():
-        assert path["end_to_end"]["median"] > 0 and path["forward"]["median"] > 0
+    for path in report["paths"].values():  # --runs 1: one sample, so p10 = median = p90
+        for kind in ("end_to_end", "forward"):
+            assert path[kind]["p10"] == path[kind]["median"] == path[kind]["p90"], path
+    e2e = {name: path["end_to_end"]["median"] for name, path in report["paths"].items()}
+    ratio = report["targets"]["torch_fused_ratio"]
+    assert ratio == e2e["torch_fused"] / e2e["opencv_dnn"]
     # the same four detections of bus.jpg on every fp32 path of ours
     assert len({report["paths"][p]["detections"] for p in benchmark_inference.FP32_PATHS}) == 1
     assert {"fastest_met", "fastest_fp32_met", "torch_fused_met"} <= set(report["targets"])
@@ -33,8 +36,10 @@ def test_benchmark_inference_runs_every_path_and_phi(
         assert set(row) == set(benchmark_inference.OUR_PATHS)
 
 
-def test_benchmark_int8_on_a_trained_checkpoint(tmp_path: Path, capsys) -> None:
-    root, _, weights = trained_tiny_checkpoint(tmp_path, epochs=3)
+def test_benchmark_int8_on_a_trained_checkpoint(
+    tmp_path: Path, capsys, trained_tiny_checkpoint
+) -> None:
+    root, _, weights = trained_tiny_checkpoint(epochs=3)
     out = tmp_path / "int8.json"
     rc = benchmark_int8.main(
         [
@@ -60,9 +65,23 @@ def test_benchmark_int8_on_a_trained_checkpoint(tmp_path: Path, capsys) -> None:
     paths = report["paths"]
     assert set(paths) == {"PyTorch fp32", "ORT fp32", "ORT INT8"}
     assert abs(paths["ORT fp32"]["voc12"] - paths["PyTorch fp32"]["voc12"]) < 1e-3
-    assert all(p["latency_ms"] > 0 for p in paths.values())
     assert (tmp_path / "onnx" / "model_int8.onnx").is_file()
-    assert "ORT INT8" in capsys.readouterr().out
+    # The table shows the JSON's numbers, latency relative to ORT fp32's and mAP relative to
+    # PyTorch's: label, mAP50 VOC07 and VOC12 (%), dVOC12, ms, ratio.
+    lines = capsys.readouterr().out.splitlines()
+    table = {line[:14].strip(): line[14:].split() for line in lines if line[:14].strip() in paths}
+    assert set(table) == set(paths)
+    for label, p in paths.items():
+        ratio = p["latency_ms"] / paths["ORT fp32"]["latency_ms"]
+        d_voc12 = 100 * (p["voc12"] - paths["PyTorch fp32"]["voc12"])
+        assert table[label] == [
+            f"{100 * p['voc07']:.2f}",
+            f"{100 * p['voc12']:.2f}",
+            f"{d_voc12:+.2f}",
+            f"{p['latency_ms']:.2f}",
+            f"{ratio:.2f}x",
+        ]
+    assert table["ORT fp32"][-1] == "1.00x" and table["PyTorch fp32"][2] == "+0.00"
 
 
 def test_benchmark_int8_explains_a_missing_checkpoint(tmp_path, capsys) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 
 import numpy as np
 import pytest
@@ -17,7 +18,8 @@ from nets.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
-from nets.yolo import YoloBody
+from nets.decode import Geometry
+from nets.yolo import DEFAULT_ANCHORS, YoloBody
 from utils.inference.predictor import Detector, InferenceConfig
 
 
@@ -41,15 +43,32 @@ def _same_outputs(a: YoloBody, b: YoloBody) -> bool:
 def test_our_checkpoint_round_trip(tmp_path) -> None:
     model = _model(3, "cbam")
     info = ModelInfo(
-        2, "cbam", 3, class_names=["a", "b", "c"], anchors=[(5, 6)] * 6, input_size=160
+        phi=2,
+        phi_name="cbam",
+        num_classes=3,
+        class_names=["a", "b", "c"],
+        anchors=[(5, 6)] * 6,
+        input_size=160,
     )
     path = tmp_path / "ckpt.pth"
     save_checkpoint(path, model, info, config={"epochs": 3}, epoch=2)
     loaded, loaded_info = load_model(path)
     assert _same_outputs(model, loaded)
-    assert loaded_info.phi_name == "cbam" and loaded_info.class_names == ["a", "b", "c"]
-    assert loaded_info.anchors == [(5.0, 6.0)] * 6 and loaded_info.input_size == 160
+    assert loaded_info.phi_name == "cbam" and loaded_info.class_names == ("a", "b", "c")
+    assert loaded_info.anchors == ((5.0, 6.0),) * 6 and loaded_info.input_size == 160
+    assert loaded_info.geometry == Geometry(anchors=[(5, 6)] * 6, input_size=160)
     assert not path.with_name("ckpt.pth.tmp").exists()
+
+
+def test_model_info_is_immutable() -> None:
+    info = ModelInfo(phi=0, phi_name="none", num_classes=2, class_names=["a", "b"])
+    assert info.class_names == ("a", "b") and info.anchors == DEFAULT_ANCHORS
+    assert isinstance(info.anchors_mask, tuple) and hash(info) == hash(dataclasses.replace(info))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        info.anchors = ((1, 2),) * 6  # type: ignore[misc]
+    wider = dataclasses.replace(info, input_size=608)
+    assert (wider.input_size, info.input_size) == (608, 416)
+    assert wider.geometry == info.geometry.at_size(608)
 
 
 @pytest.mark.parametrize("phi", range(5))
@@ -80,7 +99,8 @@ def test_phi_mismatch_says_what_the_file_holds(tmp_path) -> None:
 
 
 def test_class_count_mismatch_says_what_the_file_holds(tmp_path) -> None:
-    save_checkpoint(tmp_path / "ours.pth", _model(3, 0), ModelInfo(0, "none", 3))
+    info = ModelInfo(phi=0, phi_name="none", num_classes=3)
+    save_checkpoint(tmp_path / "ours.pth", _model(3, 0), info)
     with pytest.raises(CheckpointMismatchError, match=r"contains phi 0 .none. with 3 classes"):
         load_model(tmp_path / "ours.pth", num_classes=20)
 
@@ -133,7 +153,8 @@ def test_load_matching_reports_what_did_not_fit() -> None:
 
 def test_detector_uses_checkpoint_class_names(tmp_path) -> None:
     names = ["cat", "dog"]
-    save_checkpoint(tmp_path / "c.pth", _model(2, 1), ModelInfo(1, "se", 2, class_names=names))
+    info = ModelInfo(phi=1, phi_name="se", num_classes=2, class_names=names)
+    save_checkpoint(tmp_path / "c.pth", _model(2, 1), info)
     detector = Detector.from_weights(tmp_path / "c.pth", config=InferenceConfig(input_size=64))
     assert detector.class_names == names
     dets = detector(np.zeros((50, 70, 3), np.uint8))
@@ -141,7 +162,8 @@ def test_detector_uses_checkpoint_class_names(tmp_path) -> None:
 
 
 def test_detector_rejects_wrong_class_file(tmp_path) -> None:
-    save_checkpoint(tmp_path / "c.pth", _model(2, 0), ModelInfo(0, "none", 2))
+    info = ModelInfo(phi=0, phi_name="none", num_classes=2)
+    save_checkpoint(tmp_path / "c.pth", _model(2, 0), info)
     (tmp_path / "names.txt").write_text("a\nb\nc\n")
     with pytest.raises(CheckpointMismatchError, match="with 2 classes"):
         Detector.from_weights(tmp_path / "c.pth", classes=tmp_path / "names.txt")

@@ -6,7 +6,7 @@ import csv
 import json
 from pathlib import Path
 
-from voc_factory import CLASSES, make_split, tiny_train_config, trained_tiny_checkpoint
+from voc_factory import CLASSES, make_split, tiny_train_config
 
 import eval as eval_cli
 from tools.study import run_study
@@ -88,10 +88,12 @@ def test_study_end_to_end_on_tiny_data(tmp_path: Path) -> None:
     assert set(json.loads(report.read_text())["runs"]) == set(weights)
 
 
-def test_eval_single_checkpoint_and_detection_file_agree(tmp_path: Path) -> None:
+def test_eval_single_checkpoint_and_detection_file_agree(
+    tmp_path: Path, trained_tiny_checkpoint
+) -> None:
     import predict
 
-    root, classes, weights = trained_tiny_checkpoint(tmp_path, epochs=2)
+    root, classes, weights = trained_tiny_checkpoint(epochs=2)
     common = [
         "--voc-root",
         str(root),
@@ -188,11 +190,13 @@ def test_eval_single_checkpoint_and_detection_file_agree(tmp_path: Path) -> None
     assert abs(f["voc07_map50"] - m["voc07_map50"]) < 1e-3
 
 
-def test_eval_scores_onnx_exports_like_the_checkpoint(tmp_path: Path) -> None:
+def test_eval_scores_onnx_exports_like_the_checkpoint(
+    tmp_path: Path, trained_tiny_checkpoint
+) -> None:
     """eval.py takes .onnx files (fp32 or INT8 exports) next to checkpoints."""
     import predict
 
-    root, _, weights = trained_tiny_checkpoint(tmp_path, epochs=3)
+    root, _, weights = trained_tiny_checkpoint(epochs=3)
     fp32, int8 = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
     export = ["--weights", weights, "--img-size", "64", "--device", "cpu"]
     assert predict.main([*export, "--export-onnx", str(fp32)]) == 0

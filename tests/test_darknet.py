@@ -18,7 +18,7 @@ from nets.darknet import (
     load_darknet_weights,
     save_darknet_weights,
 )
-from nets.decode import cxcywh_to_xyxy, decode_outputs
+from nets.decode import Geometry, cxcywh_to_xyxy, decode_outputs
 from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, YoloBody
 from utils.inference.predictor import Detector, InferenceConfig
 
@@ -77,7 +77,7 @@ def test_official_weights_other_class_count_skips_output_convs(official_weights)
 @pytest.mark.parametrize(("num_classes", "phi_ok"), [(3, True), (80, True)])
 def test_export_then_load_is_bit_exact(tmp_path, num_classes, phi_ok) -> None:
     src = _randomize(YoloBody(num_classes), seed=num_classes)
-    export_darknet(src, tmp_path / "m.weights", tmp_path / "m.cfg", input_size=160)
+    export_darknet(src, tmp_path / "m.weights", tmp_path / "m.cfg", Geometry(input_size=160))
     dst = YoloBody(num_classes)
     report = load_darknet_weights(dst, tmp_path / "m.weights")
     assert not report.skipped
@@ -153,7 +153,8 @@ def _raw_compare(model: YoloBody, net: cv2.dnn.Net, image: np.ndarray, size: int
     net.setInput(blob)
     outs = net.forward(net.getUnconnectedOutLayersNames())
     with torch.no_grad():
-        ours = decode_outputs(model(torch.from_numpy(blob)), DEFAULT_ANCHORS, anchors_mask, size)
+        geometry = Geometry(anchors=DEFAULT_ANCHORS, anchors_mask=anchors_mask, input_size=size)
+        ours = decode_outputs(model(torch.from_numpy(blob)), geometry)
     ours = ours[0].numpy()
     ref = _opencv_rows_in_our_order(list(outs), [size // 32, size // 16])
     return ours, ref
@@ -195,7 +196,7 @@ def test_official_weights_match_opencv_dnn(official_weights, official_cfg, sampl
 
     info = load_model(official_weights)[1]
     config = InferenceConfig(letterbox=False, conf_thresh=0.25, nms_thresh=0.45)
-    dets = Detector(model, info, [str(i) for i in range(80)], config)(image)
+    dets = Detector(model, info, class_names=[str(i) for i in range(80)], config=config)(image)
     assert len(dets) == len(keep) > 0
     iou = box_iou(torch.from_numpy(ref_xyxy), torch.from_numpy(dets.boxes)).numpy()
     matched = []
@@ -223,7 +224,7 @@ def test_official_weights_match_opencv_dnn(official_weights, official_cfg, sampl
 def test_exported_cfg_and_weights_run_in_opencv(tmp_path, sample_images) -> None:
     """Our cfg writer + weights writer give a network OpenCV runs with our model's outputs."""
     model = _randomize(YoloBody(3), seed=7)
-    export_darknet(model, tmp_path / "m.weights", tmp_path / "m.cfg", input_size=160)
+    export_darknet(model, tmp_path / "m.weights", tmp_path / "m.cfg", Geometry(input_size=160))
     net = cv2.dnn.readNetFromDarknet(str(tmp_path / "m.cfg"), str(tmp_path / "m.weights"))
     image = cv2.imread(str(sample_images[0]))
     ours, ref = _raw_compare(model, net, image, 160, DEFAULT_ANCHORS_MASK)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import cv2
@@ -14,7 +16,17 @@ from voc_factory import CLASSES, make_voc, xml_text
 from data.augment import AugmentConfig, clip_and_filter, hflip, mixup, mosaic, random_place
 from data.check import check_images
 from data.dataset import EpochSampler, MosaicMixup, VOCDetection, collate
-from data.voc import load_annotation_lines, load_voc, parse_sets
+from data.voc import (
+    ForbiddenXMLError,
+    discover_classes,
+    load_annotation_lines,
+    load_voc,
+    parse_sets,
+    parse_voc_xml,
+    parse_xml_bytes,
+    read_image_set,
+    read_xml,
+)
 
 RGB = {"box": [255, 0, 0], "disc": [0, 255, 255]}  # voc_factory draws BGR red and yellow-cyan
 
@@ -115,6 +127,114 @@ def test_reference_annotation_lines(tmp_path: Path) -> None:
     assert result.annotations[0].labels.tolist() == [0, 2]
     assert len(result.annotations[1].boxes) == 0
     assert [i.action for i in result.issues] == ["box dropped"]
+
+
+def test_unreadable_difficult_flags_are_reported(voc: Path) -> None:
+    flags = ["abc", "2", "nan", "-1", "1.0", "TRUE", "false", ""]
+    objects = [
+        {"name": "box", "box": (1 + 10 * k, 1, 8 + 10 * k, 8), "difficult": flag}
+        for k, flag in enumerate(flags)
+    ]
+    xml = voc / "VOC2007" / "Annotations" / "000002.xml"
+    xml.write_text(xml_text("000002.jpg", 128, 96, objects))
+    result = load_voc(voc, [("2007", "trainval")], CLASSES)
+    ann = next(a for a in result.annotations if a.image_id == "000002")
+    assert ann.difficult.tolist() == [False, False, False, False, True, True, False, False]
+    assert [(Path(i.path).name, i.action) for i in result.issues] == [
+        ("000002.xml", "treated as not difficult")
+    ] * 4
+    assert all("difficult flag" in i.problem for i in result.issues)
+    assert "'abc'" in result.issues[0].problem
+
+
+def test_image_set_ids_that_are_paths_are_refused(voc: Path) -> None:
+    # a readable pair outside VOC2007/: "../../outside/x" names both of its files
+    outside = voc / "outside"
+    outside.mkdir()
+    folder = voc / "VOC2007"
+    shutil.copy(folder / "Annotations" / "000001.xml", outside / "x.xml")
+    shutil.copy(folder / "JPEGImages" / "000001.jpg", outside / "x.jpg")
+    set_file = folder / "ImageSets" / "Main" / "trainval.txt"
+    bad = ["../../outside/x", f"{outside}/x", "..\\..\\outside\\x", "..", "C:x"]
+    set_file.write_text(set_file.read_text() + "".join(f"{b} 1\n" for b in bad))
+    result = load_voc(voc, [("2007", "trainval")], CLASSES)
+    assert [a.image_id for a in result.annotations] == [f"{i:06d}" for i in range(8)]
+    assert [i.path for i in result.issues] == [f"{set_file}:{9 + n}" for n in range(len(bad))]
+    assert {i.action for i in result.issues} == {"skipped"}
+    assert all(repr(b) in i.problem for b, i in zip(bad, result.issues, strict=True))
+    assert read_image_set(voc, "2007", "trainval") == [f"{i:06d}" for i in range(8)]
+
+
+def test_xml_filename_that_is_a_path_is_not_followed(tmp_path: Path) -> None:
+    xml = tmp_path / "VOC" / "Annotations" / "a.xml"
+    xml.parent.mkdir(parents=True)
+    xml.write_text(xml_text("../../../etc/passwd", 128, 96, []))
+    ann, issues = parse_voc_xml(xml, CLASSES)
+    assert ann is not None
+    assert ann.image_path == str(tmp_path / "VOC" / "JPEGImages" / "a.jpg")
+    assert [i.action for i in issues] == ["filename ignored"]
+
+
+@pytest.mark.parametrize("size", [("inf", "96"), ("-128", "96")])
+def test_unusable_xml_size_is_reported(tmp_path: Path, size: tuple[str, str]) -> None:
+    xml = tmp_path / "a.xml"
+    xml.write_text(xml_text("a.jpg", 128, 96, []).replace("<width>128", f"<width>{size[0]}", 1))
+    ann, issues = parse_voc_xml(xml, CLASSES, image_path="a.jpg")
+    assert ann is not None and (ann.width, ann.height) == (0, 0)
+    assert [i.action for i in issues] == ["size ignored"]
+
+
+BILLION_LAUGHS = (
+    '<?xml version="1.0"?>\n<!DOCTYPE annotation [\n<!ENTITY lol "lol">\n'
+    + "".join(
+        f'<!ENTITY lol{n} "{("&lol" + (str(n - 1) if n > 1 else "") + ";") * 10}">\n'
+        for n in range(1, 10)
+    )
+    + "]>\n<annotation><object><name>&lol9;</name></object></annotation>\n"
+)
+EXTERNAL_ENTITY = (
+    '<?xml version="1.0"?>\n<!DOCTYPE annotation [<!ENTITY secret SYSTEM "{uri}">]>\n'
+    "<annotation><filename>&secret;</filename><object><name>box</name>"
+    "<bndbox><xmin>1</xmin><ymin>1</ymin><xmax>9</xmax><ymax>9</ymax></bndbox>"
+    "</object></annotation>\n"
+)
+INTERNAL_ENTITY = (
+    '<!DOCTYPE annotation [<!ENTITY cls "unicorn">]>\n'
+    "<annotation><object><name>&cls;</name>"
+    "<bndbox><xmin>1</xmin><ymin>1</ymin><xmax>9</xmax><ymax>9</ymax></bndbox>"
+    "</object></annotation>\n"
+)
+
+
+@pytest.mark.parametrize("kind", ["billion laughs", "external entity", "internal entity"])
+def test_xml_with_a_dtd_is_refused_and_skipped(voc: Path, kind: str) -> None:
+    secret = voc / "secret.txt"
+    secret.write_text("000001.jpg")
+    text = {
+        "billion laughs": BILLION_LAUGHS,
+        "external entity": EXTERNAL_ENTITY.replace("{uri}", secret.as_uri()),
+        "internal entity": INTERNAL_ENTITY,
+    }[kind]
+    xml = voc / "VOC2007" / "Annotations" / "000002.xml"
+    xml.write_text(text)
+    with pytest.raises(ForbiddenXMLError, match="DOCTYPE"):
+        read_xml(xml)
+    result = load_voc(voc, [("2007", "trainval")], CLASSES)
+    assert [(Path(i.path).name, i.action) for i in result.issues] == [("000002.xml", "skipped")]
+    assert "DTD" in result.issues[0].problem
+    assert "000002" not in {a.image_id for a in result.annotations}
+    assert len(result.annotations) == 7
+    assert discover_classes(voc, [("2007", "trainval")]) == sorted(CLASSES)
+
+
+def test_read_xml_builds_the_same_tree_as_elementtree(voc: Path) -> None:
+    xml = voc / "VOC2007" / "Annotations" / "000001.xml"
+    ours, theirs = read_xml(xml), ET.parse(xml).getroot()
+    assert ET.tostring(ours) == ET.tostring(theirs)
+    with pytest.raises(ET.ParseError):
+        parse_xml_bytes(b"<annotation><name>&undeclared;</name></annotation>")
+    with pytest.raises(ET.ParseError):
+        parse_xml_bytes(b"<annotation>")
 
 
 # ------------------------------------------------------------------------- samples

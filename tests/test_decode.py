@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 
 import numpy as np
@@ -10,16 +12,23 @@ import torch
 
 from nets.decode import (
     SCALE_X_Y,
+    Geometry,
     cxcywh_to_xyxy,
     decode_candidates,
     decode_outputs,
     detect,
     postprocess,
 )
+from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK
+from utils.detections import Detections
 from utils.preprocess import PAD_VALUE, boxes_to_input, boxes_to_original, resize_image
 
 ANCHORS = [(10, 14), (23, 27), (37, 58), (81, 82), (135, 169), (344, 319)]
 MASK = [(3, 4, 5), (1, 2, 3)]
+
+
+def geometry(size: int) -> Geometry:
+    return Geometry(anchors=ANCHORS, anchors_mask=MASK, input_size=size)
 
 
 def _empty_maps(num_classes: int, size: int) -> list[torch.Tensor]:
@@ -39,7 +48,7 @@ def test_decode_hand_built_map() -> None:
     maps[1][0, base + 3, 3, 1] = 0.0
     maps[1][0, base + 4, 3, 1] = 3.0
     maps[1][0, base + 5 + 1, 3, 1] = 1.0
-    dec = decode_outputs(maps, ANCHORS, MASK, size)
+    dec = decode_outputs(maps, geometry(size))
     assert dec.shape == (1, 3 * 4 + 3 * 16, 5 + nc)
     index = 3 * 4 + 2 * 16 + 3 * 4 + 1  # level-0 rows, then (anchor, row, column)
     row = dec[0, index]
@@ -56,18 +65,20 @@ def test_decode_hand_built_map() -> None:
     others = torch.cat([dec[0, :index, 4], dec[0, index + 1 :, 4]])
     assert others.max() < 1e-8
 
-    result = postprocess(dec, conf_thresh=0.25)[0]
-    assert result["labels"].tolist() == [1]
+    result = postprocess(dec, conf_thresh=0.25, input_size=size)[0]
+    assert isinstance(result, Detections) and (result.width, result.height) == (size, size)
+    assert result.labels.tolist() == [1]
     cx, cy, w, h = row[:4].tolist()
     torch.testing.assert_close(
-        result["boxes"][0], torch.tensor([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
+        torch.from_numpy(result.boxes[0]),
+        torch.tensor([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]),
     )
-    torch.testing.assert_close(result["scores"][0], row[4] * row[6])
+    torch.testing.assert_close(torch.from_numpy(result.scores)[0], row[4] * row[6])
 
 
 def test_decode_non_square_uses_per_axis_stride() -> None:
     maps = [torch.zeros(1, 3 * 6, 2, 4), torch.zeros(1, 3 * 6, 4, 8)]
-    dec = decode_outputs(maps, ANCHORS, MASK, input_size=128)
+    dec = decode_outputs(maps, geometry(128))
     # Anchor 0 of level 0 at row 1, column 3: centre ((0.5 + 3) * 32, (0.5 + 1) * 128 / 2... )
     row = dec[0, 1 * 4 + 3]
     assert row[0].item() == pytest.approx(3.5 * 32)
@@ -87,8 +98,8 @@ def _random_maps(batch: int, num_classes: int, size: int, seed: int) -> list[tor
 def test_decode_candidates_equal_filtered_decode_outputs(conf: float) -> None:
     maps = _random_maps(batch=3, num_classes=4, size=128, seed=1)
     maps[0][1] = -30.0  # image 1 has no candidate on level 0
-    full = decode_outputs(maps, ANCHORS, MASK, 128)
-    candidates = decode_candidates(maps, ANCHORS, MASK, 128, min_objectness=conf)
+    full = decode_outputs(maps, geometry(128))
+    candidates = decode_candidates(maps, geometry(128), min_objectness=conf)
     assert len(candidates) == 3
     for image in range(3):
         expected = full[image][full[image][:, 4] >= conf]
@@ -101,14 +112,18 @@ def test_decode_candidates_equal_filtered_decode_outputs(conf: float) -> None:
 def test_detect_equals_postprocess_of_full_decode(agnostic, classes) -> None:
     maps = _random_maps(batch=2, num_classes=4, size=160, seed=2)
     for conf in (0.01, 0.25):
-        ours = detect(maps, ANCHORS, MASK, 160, conf, 0.45, 300, agnostic, classes)
-        full = decode_outputs(maps, ANCHORS, MASK, 160)
-        expected = postprocess(full, conf, 0.45, 300, agnostic, classes)
-        assert any(len(r["scores"]) for r in expected)
+        options = dict(
+            conf_thresh=conf, nms_thresh=0.45, max_det=300, agnostic=agnostic, classes=classes
+        )
+        ours = detect(maps, geometry(160), **options)
+        full = decode_outputs(maps, geometry(160))
+        expected = postprocess(full, **options, input_size=160)
+        assert any(len(r.scores) for r in expected)
         for a, b in zip(ours, expected):
-            assert a["labels"].tolist() == b["labels"].tolist()
-            torch.testing.assert_close(a["boxes"], b["boxes"])
-            torch.testing.assert_close(a["scores"], b["scores"])
+            assert (a.width, a.height) == (b.width, b.height) == (160, 160)
+            assert a.labels.tolist() == b.labels.tolist()
+            torch.testing.assert_close(a.boxes, b.boxes)
+            torch.testing.assert_close(a.scores, b.scores)
 
 
 @pytest.mark.parametrize(("w", "h"), [(200, 100), (100, 200), (160, 160), (333, 517)])
@@ -165,34 +180,92 @@ def test_nms_is_class_wise_by_default_and_agnostic_on_request() -> None:
         ]
     )
     res = postprocess(dec, conf_thresh=0.25, nms_thresh=0.45)[0]
-    assert res["scores"].tolist() == pytest.approx([0.9, 0.7, 0.6])
-    assert res["labels"].tolist() == [0, 1, 0]
+    assert res.scores.tolist() == pytest.approx([0.9, 0.7, 0.6])
+    assert res.labels.tolist() == [0, 1, 0]
     res = postprocess(dec, conf_thresh=0.25, nms_thresh=0.45, agnostic=True)[0]
-    assert res["scores"].tolist() == pytest.approx([0.9, 0.6])
+    assert res.scores.tolist() == pytest.approx([0.9, 0.6])
 
 
 def test_score_is_objectness_times_best_class_and_threshold_applies() -> None:
     dec = _candidates([[50, 50, 10, 10, 0.5, 2, 0.6], [90, 90, 10, 10, 0.5, 1, 0.4]])
     res = postprocess(dec, conf_thresh=0.25)[0]
-    assert res["scores"].tolist() == pytest.approx([0.3])
-    assert res["labels"].tolist() == [2]
+    assert res.scores.tolist() == pytest.approx([0.3])
+    assert res.labels.tolist() == [2]
 
 
 def test_classes_filter_and_max_det() -> None:
     rows = [[20.0 * i + 10, 10, 8, 8, 0.9 - 0.01 * i, i % 3, 1.0] for i in range(9)]
     dec = _candidates(rows)
     res = postprocess(dec, conf_thresh=0.1, classes=[1])[0]
-    assert res["labels"].tolist() == [1, 1, 1]
+    assert res.labels.tolist() == [1, 1, 1]
     res = postprocess(dec, conf_thresh=0.1, max_det=4)[0]
-    assert len(res["scores"]) == 4
-    assert res["scores"].tolist() == sorted(res["scores"].tolist(), reverse=True)
+    assert len(res.scores) == 4
+    assert res.scores.tolist() == sorted(res.scores.tolist(), reverse=True)
 
 
 def test_nothing_above_threshold_gives_empty_results() -> None:
     res = postprocess(_candidates([[10, 10, 5, 5, 0.01, 0, 0.5]]), conf_thresh=0.25)[0]
-    assert res["boxes"].shape == (0, 4) and res["scores"].shape == (0,)
+    assert res.boxes.shape == (0, 4) and res.scores.shape == (0,) and len(res) == 0
 
 
 def test_cxcywh_to_xyxy() -> None:
     out = cxcywh_to_xyxy(torch.tensor([[10.0, 20.0, 4.0, 6.0]]))
     assert out.tolist() == [[8.0, 17.0, 12.0, 23.0]]
+
+
+def test_geometry_is_immutable_and_resizable() -> None:
+    g = geometry(160)
+    assert g.anchors == tuple(ANCHORS) and g.anchors_mask == tuple(MASK)
+    assert g.at_size(None) is g and g.at_size(160) is g
+    assert g.at_size(320).input_size == 320 and g.input_size == 160
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        g.input_size = 320  # type: ignore[misc]
+    assert hash(g) == hash(geometry(160))
+    assert Geometry() == Geometry(
+        anchors=DEFAULT_ANCHORS, anchors_mask=DEFAULT_ANCHORS_MASK, input_size=416
+    )
+
+
+def test_detections_to_original_maps_clips_and_keeps_the_input() -> None:
+    _, meta = resize_image(np.zeros((50, 80, 3), np.uint8), 64, letterbox=True)
+    boxes = np.array([[-30.0, -30.0, 500.0, 500.0], [8.3, 16.7, 40.1, 47.9]], np.float32)
+    dets = Detections(
+        boxes=boxes.copy(),
+        scores=np.array([0.9, 0.5], np.float32),
+        labels=np.array([1, 0]),
+        class_names=("a", "b"),
+        width=64,
+        height=64,
+    )
+    out = dets.to_original(meta)
+    assert (out.width, out.height) == (80, 50) and out.names == ["b", "a"]
+    assert out.boxes.dtype == np.float32 and out.boxes[0].tolist() == [0.0, 0.0, 79.0, 49.0]
+    # numpy and torch boxes map to the same float32 values
+    expected = boxes_to_original(torch.from_numpy(boxes), meta).numpy()
+    np.testing.assert_array_equal(out.boxes, expected)
+    np.testing.assert_array_equal(dets.boxes, boxes)  # the input-pixel detections are kept
+    assert out.scores is dets.scores and out.labels is dets.labels
+
+
+def test_detections_json_round_trip() -> None:
+    dets = Detections(
+        boxes=np.array([[1.234, 2.5, 30.0, 40.26], [0, 0, 5, 5]], np.float32),
+        scores=np.array([0.123456, 0.05], np.float32),
+        labels=np.array([2, 7]),
+        class_names=("a", "b", "c"),
+    )
+    rows = dets.to_json()
+    assert rows[0] == {
+        "xyxy": [1.23, 2.5, 30.0, 40.26],
+        "score": 0.12346,
+        "class_id": 2,
+        "class_name": "c",
+    }
+    assert rows[1]["class_name"] == "7"  # no name for this id
+    back = Detections.from_json(json.loads(json.dumps(rows)), class_names=dets.class_names)
+    assert back.to_json() == rows
+    assert back.boxes.shape == (2, 4) and back.labels.dtype == np.int64
+    empty = Detections.from_json([], width=3, height=4)
+    assert empty.boxes.shape == (0, 4) and len(empty) == 0 and empty.to_json() == []
+    with pytest.raises(KeyError):
+        Detections.from_json([{"xyxy": [0, 0, 1, 1], "score": 0.5}])

@@ -21,10 +21,11 @@ import predict
 from nets.attention import CoordAttention
 from nets.backbone import BasicConv
 from nets.checkpoint import ModelInfo, save_checkpoint
-from nets.decode import decode_outputs
+from nets.decode import Geometry, decode_outputs
 from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, YoloBody
+from utils.detections import Detections
 from utils.inference.deploy import FusedConv, OnnxRunner, export_onnx, fuse_model, onnx_metadata
-from utils.inference.predictor import Detections, Detector, InferenceConfig
+from utils.inference.predictor import Detector, InferenceConfig
 
 NUM_CLASSES = 3
 TOL = 1e-4  # two fp32 runtimes: abs difference, relative above 1 (decoded pixel coordinates)
@@ -120,12 +121,13 @@ def torch_reference(model: YoloBody, x: torch.Tensor, decode: bool, size: int) -
     with torch.inference_mode():
         out = model(x)
         if decode:
-            out = [decode_outputs(out, DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, size)]
+            out = [decode_outputs(out, Geometry(input_size=size))]
     return [o.numpy() for o in out]
 
 
 def export_checked(model: YoloBody, path: Path, size: int, opset: int, dynamic: bool, decode: bool):
-    export_onnx(model, path, size, opset, dynamic, decode, DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK)
+    geometry = Geometry(anchors=DEFAULT_ANCHORS, anchors_mask=DEFAULT_ANCHORS_MASK, input_size=size)
+    export_onnx(model, path, geometry, opset=opset, dynamic_batch=dynamic, decode=decode)
     graph = onnx.load(str(path))
     onnx.checker.check_model(graph, full_check=True)  # independent of export_onnx's own check
     versions = {o.domain: o.version for o in graph.opset_import}
@@ -187,29 +189,24 @@ def test_onnx_metadata_round_trip(onnx_models, tmp_path) -> None:
         "anchors_mask": [list(m) for m in DEFAULT_ANCHORS_MASK],
         "input_size": 64,
     }
-    with_meta = export_onnx(onnx_models[3], tmp_path / "meta.onnx", 64, metadata=meta)
+    with_meta = export_onnx(
+        onnx_models[3], tmp_path / "meta.onnx", Geometry(input_size=64), metadata=meta
+    )
     assert onnx_metadata(with_meta) == meta
     onnx.checker.check_model(str(with_meta))
-    without = export_onnx(onnx_models[3], tmp_path / "plain.onnx", 64)
+    without = export_onnx(onnx_models[3], tmp_path / "plain.onnx", Geometry(input_size=64))
     assert onnx_metadata(without) == {}
 
 
 def test_opset_below_17_is_refused(onnx_models, tmp_path) -> None:
     with pytest.raises(ValueError, match="opset 16"):
-        export_onnx(onnx_models[0], tmp_path / "old.onnx", 64, opset=16)
+        export_onnx(onnx_models[0], tmp_path / "old.onnx", Geometry(input_size=64), opset=16)
     assert not (tmp_path / "old.onnx").exists()
 
 
 def test_onnx_runner_refuses_decoded_graph(onnx_models, tmp_path) -> None:
     path = tmp_path / "decoded.onnx"
-    export_onnx(
-        onnx_models[0],
-        path,
-        64,
-        decode=True,
-        anchors=DEFAULT_ANCHORS,
-        anchors_mask=DEFAULT_ANCHORS_MASK,
-    )
+    export_onnx(onnx_models[0], path, Geometry(input_size=64), decode=True)
     with pytest.raises(ValueError, match=r"out32/out16.*--onnx-decode"):
         OnnxRunner(path)
     with pytest.raises(ValueError, match="out32/out16"):
@@ -220,15 +217,10 @@ def test_onnx_runner_refuses_decoded_graph(onnx_models, tmp_path) -> None:
 
 
 def detections_from_json(path: Path) -> dict[str, Detections]:
-    out = {}
-    for record in json.loads(path.read_text()):
-        rows = record["detections"]
-        out[Path(record["image"]).name] = Detections(
-            np.array([r["xyxy"] for r in rows], np.float32).reshape(-1, 4),
-            np.array([r["score"] for r in rows], np.float32),
-            np.array([r["class_id"] for r in rows], np.int64),
-        )
-    return out
+    return {
+        Path(record["image"]).name: Detections.from_json(record["detections"])
+        for record in json.loads(path.read_text())
+    }
 
 
 def assert_same_detections(got: Detections, ref: Detections) -> None:
@@ -363,7 +355,8 @@ def test_cli_onnx_input_size_mismatch_is_an_error(
 
 def test_cli_export_refuses_old_opset(onnx_models, tmp_path, capsys) -> None:
     weights = tmp_path / "tiny.pth"
-    save_checkpoint(weights, onnx_models[0], ModelInfo(0, "none", NUM_CLASSES, ["a", "b", "c"]))
+    info = ModelInfo(phi=0, phi_name="none", num_classes=NUM_CLASSES, class_names=["a", "b", "c"])
+    save_checkpoint(weights, onnx_models[0], info)
     assert run_cli("--weights", weights, "--export-onnx", tmp_path / "x.onnx", "--opset", 16) == 2
     assert "opset 16" in capsys.readouterr().err
     assert not (tmp_path / "x.onnx").exists()
@@ -378,11 +371,12 @@ def test_cli_export_refuses_old_opset(onnx_models, tmp_path, capsys) -> None:
 
 @pytest.mark.parametrize("classes", [None, [f"c{i}" for i in range(20)]], ids=["coco", "20"])
 def test_onnx_class_count_is_checked_against_the_graph(onnx_models, tmp_path, classes) -> None:
-    path = export_onnx(onnx_models[0], tmp_path / "no_meta.onnx", 64)  # 3 classes, no metadata
+    # 3 classes, no metadata
+    path = export_onnx(onnx_models[0], tmp_path / "no_meta.onnx", Geometry(input_size=64))
     with pytest.raises(ValueError, match="class"):
         Detector.from_weights(path, classes=classes)
 
 
 def test_export_refuses_input_size_not_multiple_of_32(onnx_models, tmp_path) -> None:
     with pytest.raises(ValueError, match="multiple of 32"):
-        export_onnx(onnx_models[0], tmp_path / "odd.onnx", 100)
+        export_onnx(onnx_models[0], tmp_path / "odd.onnx", Geometry(input_size=100))

@@ -9,6 +9,7 @@ import pytest
 
 from data.demo import generate_demo
 from data.voc import load_voc
+from nets.decode import Geometry
 from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, YoloBody
 from utils.classes import read_class_names
 from utils.engine.config import TrainConfig
@@ -43,7 +44,8 @@ def test_short_training_raises_map_well_above_start(tmp_path: Path, official_wei
     start_model = YoloBody(len(names), cfg.phi)
     load_initial_weights(start_model, cfg)
     eval_cfg = EvalConfig(input_size=160, workers=0, coco=False)
-    detected = detect_dataset(start_model, val, DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, eval_cfg)
+    geometry = Geometry(anchors=DEFAULT_ANCHORS, anchors_mask=DEFAULT_ANCHORS_MASK)
+    detected = detect_dataset(start_model, val, geometry, eval_cfg)
     start = score(detected, names, "demo test", coco=False).voc12_map50
 
     result = fit(cfg)

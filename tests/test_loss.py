@@ -1,4 +1,4 @@
-"""YOLO targets and loss (SPEC §5): edge cases, a brute-force reference for the vectorised
+"""YOLO targets and loss: edge cases, a brute-force reference for the vectorised
 target builder, the ignore rule, label smoothing, weights and the focal option."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nets.decode import SCALE_X_Y
+from nets.decode import SCALE_X_Y, Geometry
 from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK
 from utils.engine.loss import LossConfig, YoloLoss, build_targets
 
@@ -19,7 +19,10 @@ STRIDES = (32, 16)
 
 
 def _loss(cfg: LossConfig | None = None, input_size: int = SIZE, num_classes: int = NUM_CLASSES):
-    return YoloLoss(num_classes, DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, input_size, cfg)
+    geometry = Geometry(
+        anchors=DEFAULT_ANCHORS, anchors_mask=DEFAULT_ANCHORS_MASK, input_size=input_size
+    )
+    return YoloLoss(num_classes, geometry, cfg=cfg)
 
 
 def _maps(batch: int, seed: int = 0, num_classes: int = NUM_CLASSES, size: int = SIZE):

@@ -6,11 +6,13 @@ checks the vectorised evaluator on seeded random cases. Boxes are xyxy, 0-based 
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pytest
 
+from utils.detections import Detections
 from utils.evaluation.metrics import (
     BoxSet,
     ap_voc07,
@@ -18,6 +20,7 @@ from utils.evaluation.metrics import (
     best_f1,
     evaluate_coco,
     evaluate_voc,
+    read_detections_json,
     to_coco,
 )
 
@@ -598,3 +601,55 @@ def test_best_f1_by_hand():
     alone = best_f1(out["per_class"], [1])
     assert alone["threshold"] == 0.0
     np.testing.assert_allclose(alone["f1"], [2 / 3])
+
+
+# --------------------------------------------------------------------------------------------
+# from Detections and from the predict.py --json file
+
+
+def _dets(boxes: list, scores: list, labels: list) -> Detections:
+    return Detections(
+        boxes=np.asarray(boxes, np.float32).reshape(-1, 4),
+        scores=np.asarray(scores, np.float32),
+        labels=np.asarray(labels, np.int64),
+    )
+
+
+def test_boxset_from_detections_flattens_in_order() -> None:
+    per_image = [_dets([[0, 0, 9, 9], [5, 5, 20, 20]], [0.9, 0.4], [1, 0]), _dets([], [], [])]
+    per_image.append(_dets([[1, 2, 3, 4]], [0.7], [2]))
+    flat = BoxSet.from_detections(per_image)
+    assert flat.image.tolist() == [0, 0, 2]
+    assert flat.labels.tolist() == [1, 0, 2] and flat.scores.dtype == np.float64
+    np.testing.assert_array_equal(flat.boxes, [[0, 0, 9, 9], [5, 5, 20, 20], [1, 2, 3, 4]])
+    np.testing.assert_allclose(flat.scores, [0.9, 0.4, 0.7], rtol=1e-6)
+    moved = BoxSet.from_detections(per_image, [7, 3, 5])
+    assert moved.image.tolist() == [7, 7, 5] and flat.difficult is None
+    empty = BoxSet.from_detections([])
+    assert len(empty) == 0 and empty.boxes.shape == (0, 4) and empty.scores.shape == (0,)
+
+
+def test_read_detections_json_matches_image_ids(tmp_path) -> None:
+    first = _dets([[10.5, 20.25, 30, 40]], [0.5], [1])
+    second = _dets([[1, 2, 3, 4], [5, 6, 7, 8]], [0.25, 0.125], [0, 2])
+    records = [
+        {"image": "b.jpg", "image_id": "b", "width": 9, "height": 9,
+         "detections": second.to_json()},
+        {"image": "x.jpg", "image_id": "x", "width": 9, "height": 9,
+         "detections": first.to_json()},
+        {"image": "a.jpg", "image_id": "a", "width": 9, "height": 9,
+         "detections": first.to_json()},
+    ]  # fmt: skip
+    path = tmp_path / "dets.json"
+    path.write_text(json.dumps(records))
+    dets, unknown = read_detections_json(path, ["a", "b", "c"])
+    assert unknown == [{"image": "x.jpg", "image_id": "x", "width": 9, "height": 9}]
+    expected = BoxSet.from_detections(
+        [Detections.from_json(r["detections"]) for r in (records[0], records[2])], [1, 0]
+    )
+    for name in ("image", "boxes", "labels", "scores"):
+        np.testing.assert_array_equal(getattr(dets, name), getattr(expected, name))
+    assert dets.image.tolist() == [1, 1, 0] and dets.boxes[2].tolist() == [10.5, 20.25, 30, 40]
+    path.write_text(json.dumps([{"image_id": "a", "detections": [{"xyxy": [1, 2, 3, 4]}]}]))
+    with pytest.raises(ValueError, match=r"predict\.py --json fields"):
+        read_detections_json(path, ["a"])

@@ -15,7 +15,7 @@ from nets.yolo import YoloBody
 
 # Copied from shared/golden: the reference implementation's state-dict keys and shapes.
 GOLDEN = Path(__file__).resolve().parent / "golden"
-# SPEC §3: the reference implementation's counts with 20 classes.
+# The reference implementation's parameter counts with 20 classes.
 PARAMS_VOC20 = {0: 5_918_006, 1: 5_961_014, 2: 6_004_316, 3: 5_918_021, 4: 5_982_630}
 
 

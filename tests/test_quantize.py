@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import predict
+from nets.decode import Geometry
 from nets.yolo import YoloBody
 from utils.inference.deploy import OnnxRunner, export_onnx, onnx_metadata
 from utils.inference.predictor import Detector, InferenceConfig
@@ -33,7 +34,9 @@ def _images(folder: Path, count: int, size: int = 96) -> list[str]:
 def fp32_graph(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("int8")
-    return export_onnx(YoloBody(3, 1), folder / "fp32.onnx", 64, metadata={"phi": 1})
+    return export_onnx(
+        YoloBody(3, 1), folder / "fp32.onnx", Geometry(input_size=64), metadata={"phi": 1}
+    )
 
 
 def test_pick_evenly_spreads_and_keeps_order() -> None:
@@ -95,7 +98,9 @@ def test_quantize_refuses_what_it_cannot_do(fp32_graph, tmp_path) -> None:
         quantize_int8(fp32_graph, tmp_path / "b.onnx", missing)
     assert not (tmp_path / "b.onnx").exists()
     torch.manual_seed(0)
-    decoded = export_onnx(YoloBody(3, 0), tmp_path / "dec.onnx", 64, decode=True)
+    decoded = export_onnx(
+        YoloBody(3, 0), tmp_path / "dec.onnx", Geometry(input_size=64), decode=True
+    )
     with pytest.raises(ValueError, match="raw-map export"):
         quantize_int8(decoded, tmp_path / "c.onnx", _images(tmp_path / "c", 1))
 
@@ -107,7 +112,8 @@ def test_cli_int8_errors_name_the_problem(tmp_path, capsys) -> None:
     from nets.checkpoint import ModelInfo, save_checkpoint
 
     torch.manual_seed(0)
-    save_checkpoint(weights, YoloBody(3, 0), ModelInfo(0, "none", 3, ["a", "b", "c"]))
+    info = ModelInfo(phi=0, phi_name="none", num_classes=3, class_names=["a", "b", "c"])
+    save_checkpoint(weights, YoloBody(3, 0), info)
     out = tmp_path / "m.onnx"
     base = ["--weights", str(weights), "--img-size", "64", "--export-onnx", str(out)]
     assert predict.main([*base, "--int8", str(calib), "--onnx-decode"]) == 2

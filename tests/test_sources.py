@@ -188,10 +188,20 @@ def test_read_image_jpeg_with_long_trailer(tmp_path: Path) -> None:
     assert read_image(path).shape == (48, 64, 3)
 
 
-def test_image_read_error_is_oserror() -> None:
-    # Callers that catch OSError for file problems also catch unreadable images.
-    assert issubclass(ImageReadError, OSError)
-    assert issubclass(SourceError, ValueError)
+def test_image_read_error_is_oserror(tmp_path: Path) -> None:
+    # Callers that catch OSError for file problems also catch unreadable images, and those
+    # that catch ValueError for bad arguments also catch a --source that names nothing.
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    with pytest.raises(OSError) as excinfo:
+        read_image(empty)
+    assert type(excinfo.value) is ImageReadError
+    assert str(excinfo.value) == f"{empty}: empty file (0 bytes)"
+    missing = str(tmp_path / "missing")
+    with pytest.raises(ValueError) as excinfo:
+        resolve_source(missing)
+    assert type(excinfo.value) is SourceError
+    assert str(excinfo.value) == f"{missing}: no such file or folder"
 
 
 # --------------------------------------------------------------------------- resolve_source
@@ -354,7 +364,8 @@ def test_increment_path_free_path_is_kept(tmp_path: Path) -> None:
     target = tmp_path / "predict"
     assert increment_path(target) == target
     assert increment_path(str(target)) == target  # str accepted, Path returned
-    assert isinstance(increment_path(str(target)), Path)
+    numbered = tmp_path / "predict2"  # a free name ending in a digit is not counted up either
+    assert increment_path(numbered) == numbered
     assert not target.exists()  # it only names a path, it creates nothing
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,11 +135,69 @@ def test_split_counts(num_images: int, ratios: tuple, expected: list[int]) -> No
     assert split_counts(num_images, ratios) == expected
 
 
-@pytest.mark.parametrize("ratios", [(0.7, 0.2, 0.2), (1.2, -0.1, -0.1)])
+BAD_RATIOS = [
+    (0.7, 0.2, 0.2),
+    (1.2, -0.1, -0.1),
+    (math.nan, 0.5, 0.5),
+    (math.inf, 0.0, 0.0),
+    (0.0, 0.0, 0.0),
+    (0.5, 0.5),
+    (0.5, 0.25, 0.25, 0.0),
+]
+
+
+@pytest.mark.parametrize("ratios", BAD_RATIOS)
 def test_bad_ratios_are_an_error(tree: Tree, ratios: tuple) -> None:
     with pytest.raises(ValueError, match="sum to 1"):
         split_dataset(tree.folder, ratios=ratios)
     assert not (tree.folder / "ImageSets").exists()
+    with pytest.raises(ValueError, match=r"ratios \["):
+        split_counts(32, ratios)
+    with pytest.raises(ValueError, match=r"ratios \["):
+        split_ids([f"{n}" for n in range(32)], ratios)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("nan,0.5,0.5", "finite"),
+        ("0.5,inf,0.5", "finite"),
+        ("0,0,0", "all zero"),
+        ("1,1,-1", ">= 0"),
+        ("0.5,0.5,0.5", "sum to 1"),
+        ("0.5,0.5", "TRAIN,VAL,TEST"),
+    ],
+)
+def test_main_refuses_bad_ratios_like_other_argument_errors(
+    tree: Tree, capsys, text: str, message: str
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        split_cli.main(["--folder", str(tree.folder), "--ratios", text])
+    assert exit_info.value.code == 2  # argparse's code for bad arguments
+    err = capsys.readouterr().err
+    assert "--ratios" in err and repr(text) in err and message in err
+    assert not (tree.folder / "ImageSets").exists()
+
+
+def test_main_refuses_a_negative_seed(tree: Tree, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        split_cli.main(["--folder", str(tree.folder), "--seed", "-1"])
+    assert exit_info.value.code == 2
+    assert "--seed" in capsys.readouterr().err
+    assert not (tree.folder / "ImageSets").exists()
+
+
+def test_an_xml_with_a_dtd_is_left_out_and_its_names_not_counted(tree: Tree) -> None:
+    (tree.folder / "Annotations" / "img_001.xml").write_text(
+        '<!DOCTYPE annotation [<!ENTITY c "unicorn">]>\n'
+        "<annotation><object><name>&c;</name><bndbox><xmin>1</xmin><ymin>1</ymin>"
+        "<xmax>9</xmax><ymax>9</ymax></bndbox></object></annotation>\n"
+    )
+    result = split_dataset(tree.folder)
+    assert result.class_names == list(CLASSES)
+    assert "img_001" not in result.splits["trainval"] + result.splits["test"]
+    refused = [i for i in result.issues if Path(i.path).name == "img_001.xml"]
+    assert [i.action for i in refused] == ["skipped"] and "DTD" in refused[0].problem
 
 
 def test_written_sets_load_with_data_voc(tree: Tree) -> None:

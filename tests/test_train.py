@@ -17,6 +17,7 @@ from nets.checkpoint import load_model
 from nets.yolo import YoloBody
 from utils.engine.config import TrainConfig
 from utils.engine.fit import fit
+from utils.engine.loop import TrainStep
 from utils.engine.optim import (
     ModelEMA,
     build_optimizer,
@@ -25,6 +26,7 @@ from utils.engine.optim import (
     lr_at,
     set_backbone_frozen,
 )
+from utils.engine.setup import merge_resume
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -181,7 +183,7 @@ def test_run_folder_and_checkpoint_contents(tiny_voc, tmp_path) -> None:
     assert ckpt["class_names"] == CLASSES and ckpt["input_size"] == 64 and ckpt["phi"] == "none"
     assert ckpt["config"]["epochs"] == 2 and len(ckpt["anchors"]) == 6
     model, info = load_model(run / "weights" / "best.pth")
-    assert info.class_names == CLASSES and model.num_classes == 2
+    assert info.class_names == tuple(CLASSES) and model.num_classes == 2
     header = (run / "results.csv").read_text().splitlines()[0]
     assert header.split(",")[:5] == ["epoch", "loss_box", "loss_obj", "loss_cls", "loss"]
     assert "map50_voc12" in header
@@ -339,9 +341,13 @@ def test_ctrl_c_saves_last_and_exits_cleanly(tiny_voc, tmp_path) -> None:
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err[-2000:]
-    assert "interrupted: saved" in err and "Traceback" not in err
+    assert "interrupted in epoch" in err and "Traceback" not in err
     ckpt = torch.load(last, map_location="cpu", weights_only=True)
-    assert ckpt["train_state"]["epoch"] >= 0
+    epoch = ckpt["train_state"]["epoch"]
+    # the message names the end-of-epoch state that last.pth holds (no mid-epoch weights)
+    assert f"{last} holds the end of epoch {epoch + 1}" in err
+    # last.pth only exists once an epoch finished; history holds one row per finished epoch
+    assert epoch >= 0 and len(ckpt["train_state"]["history"]) == epoch + 1
     resumed = fit(
         replace(
             TrainConfig(),
@@ -351,3 +357,135 @@ def test_ctrl_c_saves_last_and_exits_cleanly(tiny_voc, tmp_path) -> None:
         )
     )
     assert resumed.run_dir == tmp_path / "int"
+
+
+# --------------------------------------------------------------------------- failure behaviour
+
+
+def _count_steps(monkeypatch) -> list[int]:
+    """Counts ``TrainStep`` calls (the count is the list's length)."""
+    calls: list[int] = []
+    real = TrainStep.__call__
+
+    def counted(self, images, targets):
+        calls.append(1)
+        return real(self, images, targets)
+
+    monkeypatch.setattr(TrainStep, "__call__", counted)
+    return calls
+
+
+@pytest.mark.slow
+def test_interrupt_then_resume_equals_a_straight_run(tiny_voc, tmp_path, monkeypatch) -> None:
+    """Ctrl-C in the middle of an epoch, then --resume: the same losses and weights as a run
+    that was never interrupted (last.pth keeps the end of the last finished epoch)."""
+    real = TrainStep.__call__
+    calls = _count_steps(monkeypatch)
+    straight = fit(_config(tiny_voc, tmp_path, name="straight"))
+    steps_per_epoch = len(calls) // 3
+    assert steps_per_epoch >= 2  # so that "mid-epoch" is inside an epoch
+    calls.clear()
+
+    def interrupted(self, images, targets):
+        calls.append(1)
+        if len(calls) == steps_per_epoch + 2:  # the second step of the second epoch
+            raise KeyboardInterrupt
+        return real(self, images, targets)
+
+    monkeypatch.setattr(TrainStep, "__call__", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        fit(_config(tiny_voc, tmp_path, name="split"))
+    last = tmp_path / "split" / "weights" / "last.pth"
+    assert torch.load(last, map_location="cpu", weights_only=True)["train_state"]["epoch"] == 0
+    resumed = fit(_config(tiny_voc, tmp_path, resume=str(last)))
+    keys = ["loss_box", "loss_obj", "loss_cls", "loss"]
+    assert [[r[k] for k in keys] for r in resumed.history] == [
+        [r[k] for k in keys] for r in straight.history
+    ]
+    a, b = _weights(straight.run_dir / "weights" / "last.pth"), _weights(last)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_resume_keeps_the_checkpoint_settings_and_applies_changeable_ones(caplog) -> None:
+    saved = TrainConfig(phi="2", img_size=64, epochs=3, classes="a.txt", device="cpu")
+    conflicting = TrainConfig(resume="run/last.pth", phi="0", img_size=128, epochs=5)
+    with pytest.raises(ValueError) as err:
+        merge_resume(saved, conflicting, given={"resume", "phi", "img_size", "epochs"})
+    message = str(err.value)
+    assert "--phi '0' (the checkpoint has '2')" in message
+    assert "--img-size 128 (the checkpoint has 64)" in message
+    assert "--epochs" not in message.split("Only")[0]  # epochs may change: not a conflict
+    caplog.set_level("INFO")
+    merged = merge_resume(saved, TrainConfig(resume="run/last.pth", epochs=5, workers=0))
+    assert (merged.phi, merged.img_size, merged.classes) == ("2", 64, "a.txt")
+    assert (merged.epochs, merged.workers, merged.device) == (5, 0, "auto")
+    assert merged.resume == "run/last.pth"
+    assert "resume: --epochs 5 (was 3)" in caplog.text
+
+
+@pytest.mark.parametrize("kind", ["empty", "truncated", "darknet", "random"])
+def test_resume_from_an_unreadable_file_is_one_clear_error(tmp_path, kind) -> None:
+    path = tmp_path / ("last.weights" if kind == "darknet" else "last.pth")
+    if kind == "truncated":
+        torch.save({"train_state": {}, "config": {}}, path)
+        path.write_bytes(path.read_bytes()[:40])
+    else:
+        path.write_bytes(
+            {"empty": b"", "darknet": bytes(range(256)) * 8}.get(kind, os.urandom(999))
+        )
+    with pytest.raises(ValueError) as err:
+        fit(TrainConfig(resume=str(path), log_dir=str(tmp_path / "logs")))
+    message = str(err.value)
+    assert str(path) in message and "weights_only" not in message
+    assert ("darknet weights start a run with --weights" in message) == (kind == "darknet")
+    assert not (tmp_path / "logs").exists()  # a failed start leaves no run folder
+
+
+def test_training_settings_are_checked_together() -> None:
+    with pytest.raises(ValueError) as err:
+        TrainConfig(epochs=0, batch_size=0, lr=float("nan"), mosaic=1.5, img_size=100)
+    message = str(err.value)
+    for flag in ("--epochs 0", "--batch-size 0", "--lr nan", "--mosaic 1.5", "--img-size 100"):
+        assert flag in message, flag
+
+
+def test_failed_start_leaves_no_run_folder(tmp_path) -> None:
+    logs = tmp_path / "logs"
+    with pytest.raises(FileNotFoundError):
+        fit(TrainConfig(voc_root=str(tmp_path / "nowhere"), log_dir=str(logs)))
+    assert not logs.exists()
+
+
+@pytest.mark.slow
+def test_checkpoints_in_a_kill_safe_order_and_csv_follows_last(tiny_voc, tmp_path, monkeypatch):
+    """best.pth is written before last.pth; a resume removes half-written files and rewrites
+    results.csv from last.pth's history (a row written before a kill is not duplicated)."""
+    import utils.engine.state as state_module
+
+    written = []
+    real = state_module.save_checkpoint
+
+    def recording(path, *args, **kwargs):
+        written.append(Path(path).name)
+        real(path, *args, **kwargs)
+
+    monkeypatch.setattr(state_module, "save_checkpoint", recording)
+    first = fit(_config(tiny_voc, tmp_path, name="order", eval_period=1, stop_at_epoch=1))
+    assert written[:2] == ["best.pth", "last.pth"]
+    weights = first.run_dir / "weights"
+    (weights / "best.pth.tmp").write_bytes(b"half")
+    csv_path = first.run_dir / "results.csv"
+    rows = csv_path.read_text().splitlines()
+    csv_path.write_text("\n".join([*rows, rows[-1]]) + "\n")  # the row of a killed epoch
+    resumed = fit(_config(tiny_voc, tmp_path, resume=str(weights / "last.pth"), stop_at_epoch=2))
+    assert not list(weights.glob("*.tmp"))
+    assert len(csv_path.read_text().splitlines()) == 1 + len(resumed.history) == 3
+
+
+@pytest.mark.slow
+def test_fewer_images_than_a_batch_still_trains(tiny_voc, tmp_path, caplog) -> None:
+    caplog.set_level("WARNING")
+    result = fit(_config(tiny_voc, tmp_path, name="small", epochs=1, batch_size=64))
+    assert "training with batch" in caplog.text
+    assert result.history[0]["loss"] > 0  # at least one step was taken

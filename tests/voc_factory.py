@@ -102,9 +102,12 @@ def tiny_train_config(voc_root: Path, classes: Path | None, **overrides):
     return TrainConfig(**{**base, **overrides})
 
 
-def trained_tiny_checkpoint(tmp_path: Path, epochs: int) -> tuple[Path, Path, str]:
+def train_tiny_checkpoint(tmp_path: Path, epochs: int) -> tuple[Path, Path, str]:
     """``make_split`` data (6 train, 4 test images) and a checkpoint trained on it for
-    ``epochs`` epochs at 64 px: ``(voc_root, classes_file, path of last.pth)``."""
+    ``epochs`` epochs at 64 px: ``(voc_root, classes_file, path of last.pth)``.
+
+    Tests take it through conftest's session fixture ``trained_tiny_checkpoint``, which
+    trains each epoch count once per session."""
     from utils.engine.fit import fit
 
     root, classes = make_split(tmp_path, num_train=6, num_test=4)

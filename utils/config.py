@@ -14,6 +14,7 @@ parsed namespace. Booleans get ``--x/--no-x``; ``X | None`` fields parse as ``X`
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import types
 import typing
@@ -120,6 +121,15 @@ def from_args(config_cls: type, args: argparse.Namespace, **overrides: Any) -> A
         f.name: getattr(args, f.name) for f in option_fields(config_cls) if hasattr(args, f.name)
     }
     return config_cls(**{**values, **overrides})
+
+
+def given_options(parser: argparse.ArgumentParser, argv: list[str] | None) -> set[str]:
+    """The destinations of the options ``argv`` sets explicitly (whatever their values), which
+    a default-valued namespace cannot tell apart from options left out."""
+    probe = copy.deepcopy(parser)
+    for action in probe._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(probe.parse_args(argv)))
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):

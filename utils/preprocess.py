@@ -76,18 +76,28 @@ def preprocess_bgr(
     return cv2.cvtColor(canvas, cv2.COLOR_BGR2RGB), meta
 
 
-def boxes_to_original(boxes: torch.Tensor, meta: ResizeMeta, clip: bool = True) -> torch.Tensor:
-    """Maps xyxy boxes (N, 4) from network-input pixels back to original-image pixels.
+def boxes_to_original(
+    boxes: np.ndarray | torch.Tensor, meta: ResizeMeta, clip: bool = True
+) -> np.ndarray | torch.Tensor:
+    """Maps xyxy boxes from network-input pixels back to original-image pixels.
 
-    With ``clip`` the result lies in [0, W-1] x [0, H-1]: 0-based pixel coordinates, the
-    convention of our JSON output (a VOC XML coordinate v is v - 1 there).
+    Detections are mapped through ``Detections.to_original``, which calls this.
+
+    Args:
+        boxes: (N, 4) x1, y1, x2, y2 in input pixels, a numpy array or a tensor (not changed).
+        meta: how the original image was resized onto the input.
+        clip: clip to [0, W-1] x [0, H-1]: 0-based pixel coordinates, the convention of our
+            JSON output (a VOC XML coordinate v is v - 1 there).
+
+    Returns:
+        (N, 4) xyxy in original pixels, of the type and dtype of ``boxes``.
     """
-    out = boxes.clone()
+    out = boxes.clone() if isinstance(boxes, torch.Tensor) else np.array(boxes, copy=True)
     out[:, 0::2] = (out[:, 0::2] - meta.pad_x) / meta.scale_x
     out[:, 1::2] = (out[:, 1::2] - meta.pad_y) / meta.scale_y
     if clip:
-        out[:, 0::2] = out[:, 0::2].clamp(0, meta.width - 1)
-        out[:, 1::2] = out[:, 1::2].clamp(0, meta.height - 1)
+        out[:, 0::2] = out[:, 0::2].clip(0, meta.width - 1)
+        out[:, 1::2] = out[:, 1::2].clip(0, meta.height - 1)
     return out
 
 

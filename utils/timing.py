@@ -13,7 +13,7 @@ Used by ``predict.py --benchmark``, the comparison table's latency column and ev
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -80,6 +80,11 @@ class StageTimer:
 
     def count(self, name: str) -> int:
         return len(self.samples.get(name, []))
+
+    def add_total(self, name: str, stages: Iterable[str]) -> None:
+        """Records ``name`` as the sum of the latest samples of ``stages``: a total that is its
+        stages back to back, without the timer's own overhead between them."""
+        self.add(name, sum(self.samples[stage][-1] for stage in stages))
 
     def summary(self) -> dict[str, Stats]:
         return {name: Stats.of(values) for name, values in self.samples.items()}

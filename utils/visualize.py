@@ -7,7 +7,7 @@ import colorsys
 import cv2
 import numpy as np
 
-from utils.inference.predictor import Detections
+from utils.detections import Detections
 
 
 def class_color(class_id: int, num_classes: int) -> tuple[int, int, int]:

@@ -8,7 +8,10 @@ frozen backbone when starting from pretrained weights.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from data.source import DATA_CHOICES
 from nets.attention import describe_phis
@@ -152,5 +155,54 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.img_size <= 0 or self.img_size % 32:
-            raise ValueError(f"image size {self.img_size} is not a positive multiple of 32")
+        problems = config_problems(self)
+        if problems:
+            raise ValueError("invalid training settings: " + "; ".join(problems))
+
+
+# field -> (check, what it must be); the flag is the field name in kebab case
+_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "img_size": (lambda v: v > 0 and v % 32 == 0, "a positive multiple of 32"),
+    "epochs": (lambda v: v >= 1, "at least 1"),
+    "freeze_epochs": (lambda v: v >= 0, "0 or more"),
+    "batch_size": (lambda v: v >= 1, "at least 1"),
+    "freeze_batch_size": (lambda v: v >= 1, "at least 1"),
+    "lr": (lambda v: v is None or 0 < v < math.inf, "a positive number"),
+    "min_lr": (lambda v: v is None or 0 <= v < math.inf, "0 or a positive number"),
+    "warmup_epochs": (lambda v: v is None or 0 <= v < math.inf, "0 or more"),
+    "weight_decay": (lambda v: v is None or 0 <= v < math.inf, "0 or more"),
+    "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "mosaic": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+    "mixup": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+    "strong_aug_ratio": (lambda v: 0 <= v <= 1, "a fraction in [0, 1]"),
+    "label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "ignore_thresh": (lambda v: 0 < v <= 1, "an IoU in (0, 1]"),
+    "grad_clip": (lambda v: v > 0, "positive"),
+    "max_nonfinite": (lambda v: v >= 1, "at least 1"),
+    "workers": (lambda v: v >= 0, "0 or more"),
+    "eval_period": (lambda v: v >= 0, "0 or more"),
+    "eval_conf": (lambda v: 0 <= v <= 1, "a score in [0, 1]"),
+    "eval_nms": (lambda v: 0 < v <= 1, "an IoU in (0, 1]"),
+    "patience": (lambda v: v >= 0, "0 or more"),
+    "save_period": (lambda v: v >= 0, "0 or more"),
+    "max_iters": (lambda v: v >= 0, "0 or more"),
+    "stop_at_epoch": (lambda v: v >= 0, "0 or more"),
+    "data": (lambda v: v in DATA_CHOICES, f"one of {', '.join(DATA_CHOICES)}"),
+    "optimizer": (lambda v: v in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
+    "lr_schedule": (lambda v: v in ("cos", "step"), "cos or step"),
+}
+
+
+def config_problems(cfg: TrainConfig) -> list[str]:
+    """Every setting of ``cfg`` outside its valid range, as ``--flag value: must be ...``
+    (NaN fails every numeric rule)."""
+    problems = []
+    for name, (valid, must) in _RULES.items():
+        value = getattr(cfg, name)
+        try:
+            ok = bool(valid(value))
+        except TypeError:  # a string where a number belongs (a config edited by hand)
+            ok = False
+        if not ok:
+            problems.append(f"--{name.replace('_', '-')} {value!r}: must be {must}")
+    return problems

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,6 +81,7 @@ class Run:
     loader_batch: int = 0
     wrapped_frozen: bool | None = None
     last_report: EvalReport | None = None
+    saved_epoch: int = -1  # the epoch whose end last.pth holds
 
     @property
     def last_path(self) -> Path:
@@ -104,11 +106,17 @@ class Run:
         self.wrapped_frozen = frozen
 
 
-def fit(cfg: TrainConfig) -> TrainResult:
-    """Runs a whole training; returns where it went and the best mAP@0.5 (VOC2010+ area)."""
+def fit(cfg: TrainConfig, given: Collection[str] | None = None) -> TrainResult:
+    """Runs a whole training; returns where it went and the best mAP@0.5 (VOC2010+ area).
+
+    Args:
+        cfg: the run's settings.
+        given: with ``cfg.resume``, the fields set on the command line (checked against the
+            checkpoint's settings); None takes every non-default field as set.
+    """
     d, device = init_distributed(cfg.device)
     try:
-        run = start_run(cfg, d, device)
+        run = start_run(cfg, d, device, given)
         epoch = run.start_epoch
         try:
             for epoch in range(run.start_epoch, run.cfg.epochs):
@@ -123,10 +131,17 @@ def fit(cfg: TrainConfig) -> TrainResult:
                 if not run_epoch(run, epoch):
                     break
         except KeyboardInterrupt:
-            if d.main:
-                save_training_checkpoint(run.last_path, run.step, run.info, run.cfg, run.state)
+            # last.pth already holds the end of the last finished epoch: a resume from it
+            # equals a run that was never interrupted (mid-epoch weights are not saved)
+            if d.main and run.saved_epoch >= 0:
                 print(
-                    f"\ninterrupted: saved {run.last_path} (resume restarts epoch {epoch + 1})",
+                    f"\ninterrupted in epoch {epoch + 1}: {run.last_path} holds the end of epoch "
+                    f"{run.saved_epoch + 1}; --resume {run.last_path} continues from there",
+                    file=sys.stderr,
+                )
+            elif d.main:
+                print(
+                    f"\ninterrupted in epoch {epoch + 1}: no epoch finished, nothing saved",
                     file=sys.stderr,
                 )
             raise
@@ -141,15 +156,14 @@ def fit(cfg: TrainConfig) -> TrainResult:
             dist.destroy_process_group()
 
 
-def start_run(cfg: TrainConfig, d: Dist, device: torch.device) -> Run:
+def start_run(
+    cfg: TrainConfig, d: Dist, device: torch.device, given: Collection[str] | None = None
+) -> Run:
     """Builds a run from ``cfg`` (or resumes the one ``cfg.resume`` names)."""
-    cfg, checkpoint = read_resume(cfg)
+    cfg, checkpoint = read_resume(cfg, given)
     cfg = resolve_data(cfg)
     seed_run(cfg)
-    log = RunLog(cfg, Path(cfg.resume).parent.parent if cfg.resume else None) if d.main else None
     data = load_data(cfg)
-    for issue in data.issues:
-        logger.warning("input skipped or repaired: %s", issue)
     model = YoloBody(len(data.class_names), cfg.phi)
     anchors = read_anchors(cfg.anchors) if cfg.anchors else list(DEFAULT_ANCHORS)
     info = ModelInfo(
@@ -169,7 +183,12 @@ def start_run(cfg: TrainConfig, d: Dist, device: torch.device) -> Run:
     step = build_step(model, cfg, info, d, device)
     if checkpoint is not None:
         step.load_state_dict(checkpoint["train_state"], ema_weights=checkpoint["model"])
-        if d.main:
+    # the run folder only once every input has been read: a failed start leaves nothing
+    log = RunLog(cfg, Path(cfg.resume).parent.parent if cfg.resume else None) if d.main else None
+    if d.main:
+        for issue in data.issues:
+            logger.warning("input skipped or repaired: %s", issue)
+        if checkpoint is not None:
             logger.info("resumed from %s at epoch %d", cfg.resume, state.epoch + 1)
     base = VOCDetection(
         data.train,
@@ -187,7 +206,8 @@ def start_run(cfg: TrainConfig, d: Dist, device: torch.device) -> Run:
             f"device {device}; run folder {log.dir}"
         )
         logger.info("training instances per class: %s", class_counts(data.train, data.class_names))
-    return Run(cfg, d, log, data, info, step, state, train_set, start_epoch=state.epoch + 1)
+    start = state.epoch + 1
+    return Run(cfg, d, log, data, info, step, state, train_set, start, saved_epoch=start - 1)
 
 
 def build_step(
@@ -206,9 +226,7 @@ def build_step(
     loss_cfg = LossConfig(
         label_smoothing=cfg.label_smoothing, focal=cfg.focal, ignore_thresh=cfg.ignore_thresh
     )
-    criterion = YoloLoss(
-        info.num_classes, info.anchors, info.anchors_mask, info.input_size, loss_cfg
-    ).to(device)
+    criterion = YoloLoss(info.num_classes, info.geometry, cfg=loss_cfg).to(device)
     return TrainStep(
         model,
         criterion,
@@ -230,9 +248,22 @@ def make_loader(run: Run, batch_total: int) -> DataLoader:
         )
     else:
         inner = SeededShuffle(len(run.train_set), cfg.seed)
+    per_process = max(1, batch_total // d.world)
+    images = len(run.train_set) // d.world  # per process, as drop_last splits them
+    if images == 0:
+        raise ValueError(f"{len(run.train_set)} training images for {d.world} processes")
+    if per_process > images:  # drop_last would leave the epoch without a single step
+        if d.main:
+            logger.warning(
+                "batch %d is more than the %d training images: training with batch %d",
+                batch_total,
+                images * d.world,
+                images * d.world,
+            )
+        per_process = images
     return DataLoader(
         run.train_set,
-        batch_size=max(1, batch_total // d.world),
+        batch_size=per_process,
         sampler=EpochSampler(inner),
         collate_fn=collate,
         num_workers=cfg.workers,
@@ -253,7 +284,7 @@ def run_epoch(run: Run, epoch: int) -> bool:
     run.train_set.set_epoch(epoch)
     run.step.train_model.train()
     keep_frozen_bn_eval(run.step.model, frozen)
-    lr_max, lr_min = fitted_lrs(cfg, batch_total)
+    lr_max, lr_min = fitted_lrs(cfg, loader.batch_size * run.dist.world)  # the batch it runs
     progress = EpochProgress(epoch, cfg.epochs, cfg.img_size) if main else None
     first_epoch = main and epoch == run.start_epoch
     if first_epoch:
@@ -280,8 +311,9 @@ def run_epoch(run: Run, epoch: int) -> bool:
     state.history.append(record)
     state.epoch = epoch
     if main:
-        run.log.row(record)
         save_epoch_checkpoints(run, epoch, improved)
+        run.saved_epoch = epoch
+        run.log.write_history(state.history)  # after last.pth: the rows it holds
     return not should_stop(run)
 
 
@@ -311,11 +343,13 @@ def evaluate_epoch(run: Run, record: dict) -> bool:
 def save_epoch_checkpoints(run: Run, epoch: int, improved: bool) -> None:
     """``last.pth`` every epoch, ``best.pth`` on a new best, ``epoch_N.pth`` every save period."""
     weights, cfg, step, info = run.log.dir / "weights", run.cfg, run.step, run.info
-    save_training_checkpoint(weights / "last.pth", step, info, cfg, run.state)
+    # best.pth first: a kill between the two writes leaves last.pth recording the previous
+    # best, whose best.pth is still whole (resuming redoes the epoch and the new best)
     if improved:
         save_training_checkpoint(
             weights / "best.pth", step, info, cfg, epoch=epoch, map50=run.state.best_map
         )
+    save_training_checkpoint(weights / "last.pth", step, info, cfg, run.state)
     if cfg.save_period and (epoch + 1) % cfg.save_period == 0:
         save_training_checkpoint(weights / f"epoch_{epoch + 1}.pth", step, info, cfg, epoch=epoch)
 

@@ -227,5 +227,5 @@ def evaluate(
         cfg: thresholds and input size of the detection pass.
         dataset: how the split is named in the report's protocol line.
     """
-    detected = detect_dataset(model, annotations, info.anchors, info.anchors_mask, cfg, device)
+    detected = detect_dataset(model, annotations, info.geometry, cfg, device=device)
     return score(detected, info.class_names, dataset, cfg.iou_thresh, coco=cfg.coco)

@@ -1,4 +1,4 @@
-"""YOLO targets and loss (SPEC §5), as two pieces with one contract each.
+"""YOLO targets and loss, as two pieces with one contract each.
 
 ``build_targets`` (pure, vectorised, no loop over boxes) assigns each ground-truth box to one
 anchor slot per level; ``YoloLoss`` decodes the predictions with the inference decoder, marks
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import complete_box_iou_loss, sigmoid_focal_loss
 
-from nets.decode import SCALE_X_Y, cxcywh_to_xyxy, decode_boxes
+from nets.decode import SCALE_X_Y, Geometry, cxcywh_to_xyxy, decode_boxes
 
 
 @dataclass(frozen=True)
@@ -111,23 +111,23 @@ class YoloLoss(torch.nn.Module):
     ``forward(outputs, targets)`` with ``outputs`` the model's raw maps (stride 32 first) and
     ``targets`` (M, 6) returns a dict of scalar tensors ``loss_box``, ``loss_obj``,
     ``loss_cls`` (each already weighted) and their sum ``loss``.
+
+    Args:
+        num_classes: classes the head predicts.
+        geometry: anchors (pixels), masks and the training input side.
+        cfg: loss weights and options (default: ``LossConfig()``).
     """
 
     def __init__(
-        self,
-        num_classes: int,
-        anchors: Sequence[Sequence[float]],
-        anchors_mask: Sequence[Sequence[int]],
-        input_size: int,
-        cfg: LossConfig | None = None,
+        self, num_classes: int, geometry: Geometry, *, cfg: LossConfig | None = None
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.register_buffer(
-            "anchors", torch.tensor(anchors, dtype=torch.float32), persistent=False
+            "anchors", torch.tensor(geometry.anchors, dtype=torch.float32), persistent=False
         )
-        self.anchors_mask = [list(m) for m in anchors_mask]
-        self.input_size = input_size
+        self.anchors_mask = [list(m) for m in geometry.anchors_mask]
+        self.input_size = geometry.input_size
         self.cfg = cfg or LossConfig()
 
     def forward(

@@ -12,7 +12,7 @@ from utils.engine.config import TrainConfig
 
 
 def fitted_lrs(cfg: TrainConfig, batch_size: int) -> tuple[float, float]:
-    """Max and min lr scaled by batch / 64 and clamped as SPEC §8 says."""
+    """Max and min lr scaled by batch / 64, clamped to the reference implementation's bounds."""
     adam = cfg.optimizer in ("adam", "adamw")
     lr = cfg.lr if cfg.lr is not None else (1e-3 if adam else 1e-2)
     min_lr = cfg.min_lr if cfg.min_lr is not None else lr * 0.01

@@ -7,6 +7,7 @@ import contextlib
 import csv
 import json
 import logging
+import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -25,6 +26,8 @@ class RunLog:
     def __init__(self, cfg: TrainConfig, resume_dir: Path | None) -> None:
         self.dir = resume_dir or increment_path(Path(cfg.log_dir) / cfg.name)
         (self.dir / "weights").mkdir(parents=True, exist_ok=True)
+        for stale in (self.dir / "weights").glob("*.tmp"):  # a save killed halfway
+            stale.unlink()
         self.csv = self.dir / "results.csv"
         handler = logging.FileHandler(self.dir / "train.log")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -32,13 +35,15 @@ class RunLog:
         self.handler = handler
         (self.dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
 
-    def row(self, values: dict) -> None:
-        new = not self.csv.exists()
-        with open(self.csv, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(values))
-            if new:
-                writer.writeheader()
-            writer.writerow(values)
+    def write_history(self, history: list[dict]) -> None:
+        """Rewrites results.csv (atomically) and its plot from the run's per-epoch rows, so
+        that the file always matches the checkpoint a resume starts from."""
+        tmp = self.csv.with_name(self.csv.name + ".tmp")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(history[0]))
+            writer.writeheader()
+            writer.writerows(history)
+        os.replace(tmp, self.csv)
         self.plot()
 
     def plot(self) -> None:
@@ -93,10 +98,7 @@ def save_val_pictures(model, info: ModelInfo, annotations, path: Path, device) -
     from utils.visualize import draw_detections
 
     detector = Detector(
-        model,
-        info,
-        info.class_names,
-        InferenceConfig(input_size=info.input_size, device=str(device)),
+        model, info, config=InferenceConfig(input_size=info.input_size, device=str(device))
     )
     tiles = []
     for ann in annotations:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import datetime
 import logging
 import os
-from dataclasses import dataclass, field, replace
+from collections.abc import Collection
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -20,7 +21,7 @@ from data.voc import (
     load_voc,
     parse_sets,
 )
-from nets.checkpoint import load_matching, read_checkpoint
+from nets.checkpoint import load_matching, load_torch_file, read_checkpoint
 from nets.darknet import load_darknet_weights
 from nets.yolo import YoloBody
 from utils.classes import read_class_names
@@ -161,23 +162,91 @@ def resolve_data(cfg: TrainConfig) -> TrainConfig:
     )
 
 
-def read_resume(cfg: TrainConfig) -> tuple[TrainConfig, dict | None]:
-    """For ``--resume``: the interrupted run's config, in which only where and how fast it runs
-    (device, workers, stop_at_epoch) come from ``cfg``, and the checkpoint itself."""
+# settings of one invocation: always the command line's
+PER_INVOCATION = ("device", "workers", "stop_at_epoch")
+# settings a resumed run may change: applied when given (not left at their defaults)
+CHANGEABLE_ON_RESUME = ("epochs", "patience", "eval_period", "save_period", "max_iters")
+# where the run lives: a resumed run continues in its own folder
+IGNORED_ON_RESUME = ("resume", "name", "log_dir")
+
+
+def read_resume(
+    cfg: TrainConfig, given: Collection[str] | None = None
+) -> tuple[TrainConfig, dict | None]:
+    """For ``--resume``: the interrupted run's config merged with ``cfg`` (``merge_resume``;
+    ``given`` names the fields set on the command line), and the checkpoint itself.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is not a ``last.pth`` (the message names it), or a flag conflicts
+            with the checkpoint.
+    """
     if not cfg.resume:
         return cfg, None
-    checkpoint = torch.load(cfg.resume, map_location="cpu", weights_only=True)
-    if "train_state" not in checkpoint:
+    try:
+        checkpoint = load_torch_file(cfg.resume)
+    except ValueError as err:
+        hint = (
+            " (darknet weights start a run with --weights)"
+            if cfg.resume.endswith(".weights")
+            else ""
+        )
+        raise ValueError(f"{err}{hint}") from None
+    if not isinstance(checkpoint, dict) or "train_state" not in checkpoint:
         raise ValueError(f"{cfg.resume}: no training state in it (not a last.pth?)")
-    saved = type(cfg)(**checkpoint["config"])
-    resumed = replace(
-        saved,
-        resume=cfg.resume,
-        device=cfg.device,
-        workers=cfg.workers,
-        stop_at_epoch=cfg.stop_at_epoch,
-    )
-    return resumed, checkpoint
+    try:
+        saved = TrainConfig(**checkpoint["config"])
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"{cfg.resume}: its training config is unreadable ({err})") from None
+    return merge_resume(saved, cfg, given), checkpoint
+
+
+def merge_resume(
+    saved: TrainConfig, cfg: TrainConfig, given: Collection[str] | None = None
+) -> TrainConfig:
+    """The config a resumed run continues with.
+
+    Args:
+        saved: the checkpoint's config.
+        cfg: the config asked for now.
+        given: the fields set on the command line; None counts every field whose value in
+            ``cfg`` is not the default as given (the Python API).
+
+    Device, workers and ``stop_at_epoch`` come from ``cfg``. Epochs, patience, eval/save
+    periods and ``max_iters`` may change: a given value is applied and logged. Every other
+    setting is the checkpoint's: a given value other than the checkpoint's is an error naming
+    both.
+    """
+    defaults = TrainConfig()
+    if given is None:
+        given = {
+            f.name for f in fields(TrainConfig) if getattr(cfg, f.name) != getattr(defaults, f.name)
+        }
+    changes, conflicts = {}, []
+    for f in fields(TrainConfig):
+        name = f.name
+        new, old = getattr(cfg, name), getattr(saved, name)
+        if name in PER_INVOCATION:
+            changes[name] = new
+        elif name in IGNORED_ON_RESUME or new == old or name not in given:
+            continue
+        elif name in CHANGEABLE_ON_RESUME:
+            changes[name] = new
+        else:
+            conflicts.append(f"--{name.replace('_', '-')} {new!r} (the checkpoint has {old!r})")
+    if conflicts:
+        may_change = ", ".join("--" + n.replace("_", "-") for n in CHANGEABLE_ON_RESUME)
+        raise ValueError(
+            f"{cfg.resume}: a resumed run keeps its settings, and these flags conflict with "
+            f"them: {'; '.join(conflicts)}. Only {may_change} (and --device, --workers, "
+            "--stop-at-epoch) may change on --resume."
+        )
+    for name, value in changes.items():
+        if value != getattr(saved, name):
+            logger.info(
+                "resume: --%s %r (was %r)", name.replace("_", "-"), value, getattr(saved, name)
+            )
+    return replace(saved, resume=cfg.resume, **changes)
 
 
 def seed_run(cfg: TrainConfig) -> None:

@@ -178,15 +178,28 @@ def evaluate_checkpoint(
     voc_root: str,
     split: str,
     cfg,
+    *,
     device,
     class_names: list[str] | None = None,
     phi: str | None = None,
 ):
-    """Loads a checkpoint, scores it on ``split`` and measures it: ``(Row, EvalReport)``.
+    """Loads a checkpoint, scores it on ``split`` and measures it.
 
-    ``cfg`` is an ``EvalConfig`` whose ``input_size`` may be None (the checkpoint's size).
     Latency is the median end-to-end time (preprocess, forward, decode + NMS) at batch 1 on
     ``device``, over 20 runs on the split's first image.
+
+    Args:
+        weights: our checkpoint, a reference ``.pth``, darknet ``.weights`` or an ``.onnx``
+            export (run by ONNX Runtime on the CPU).
+        voc_root: the VOCdevkit folder.
+        split: ``YEAR:SET`` list to score on.
+        cfg: an ``EvalConfig`` whose ``input_size`` may be None (the checkpoint's size).
+        device: where the model runs.
+        class_names: names by class id (default: the checkpoint's).
+        phi: required attention block (None: the file's).
+
+    Returns:
+        ``(Row, EvalReport)``: the comparison-table row and the full report.
     """
     from dataclasses import replace
 
@@ -220,11 +233,14 @@ def evaluate_checkpoint(
     size = cfg.input_size or info.input_size
     cfg = replace(cfg, input_size=size)
     model.to(device)
-    detected = detect_dataset(model, annotations, info.anchors, info.anchors_mask, cfg, device)
+    detected = detect_dataset(model, annotations, info.geometry, cfg, device=device)
     report = score(detected, names, f"{voc_root} {split} at {size}", cfg.iou_thresh, cfg.coco)
     if not is_onnx:
         detector = Detector(
-            model, info, names, InferenceConfig(input_size=size, device=str(device))
+            model,
+            info,
+            class_names=names,
+            config=InferenceConfig(input_size=size, device=str(device)),
         )
     stats = benchmark(detector, read_image(annotations[0].image_path), runs=20, warmup=3)
     flops = count_flops(architecture, size) / 1e9

@@ -19,9 +19,9 @@ from tqdm import tqdm
 from data.voc import Annotation
 from nets.decode import Geometry, detect
 from utils.config import option
+from utils.detections import Detections
 from utils.evaluation.metrics import BoxSet, best_f1, evaluate_coco, evaluate_voc
 from utils.evaluation.metrics import read_detections_json as read_detections_file
-from utils.detections import Detections
 from utils.preprocess import ResizeMeta, resize_image
 from utils.sources import ImageReadError, read_image
 

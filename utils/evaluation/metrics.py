@@ -24,10 +24,11 @@ import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import chain
 from pathlib import Path
 
 import numpy as np
+
+from utils.detections import Detections
 
 
 @dataclass
@@ -51,6 +52,31 @@ class BoxSet:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @classmethod
+    def from_detections(
+        cls, detections: Sequence[Detections], images: Sequence[int] | None = None
+    ) -> BoxSet:
+        """The detections of many images as one flat set.
+
+        Args:
+            detections: per image, boxes xyxy in original 0-based pixels.
+            images: the image index of each entry (default: its position).
+
+        Returns:
+            A ``BoxSet`` with ``scores``, one row per detection, in the order given.
+        """
+        if images is None:
+            images = range(len(detections))
+        counts = [len(d) for d in detections]
+        if not detections:
+            return cls([], np.zeros((0, 4)), [], scores=[])
+        return cls(
+            np.repeat(np.asarray(images, np.int64), counts),
+            np.concatenate([d.boxes for d in detections]),
+            np.concatenate([d.labels for d in detections]),
+            scores=np.concatenate([d.scores for d in detections]),
+        )
 
     @classmethod
     def concat(cls, parts: list[BoxSet]) -> BoxSet:
@@ -303,6 +329,9 @@ def read_detections_json(
 ) -> tuple[BoxSet, list[dict]]:
     """Reads a ``predict.py --json`` file into a detections ``BoxSet``.
 
+    Each record's rows become ``Detections`` through ``Detections.from_json``, flattened by
+    ``BoxSet.from_detections``.
+
     Args:
         path: a JSON list of per-image records ``{"image", "image_id", "width", "height",
             "detections": [{"xyxy", "score", "class_id", "class_name"}]}``; xyxy in original
@@ -331,16 +360,13 @@ def read_detections_json(
             ]
             records = [r for r in records if str(r["image_id"]) in index]
             positions = [index[str(r["image_id"])] for r in records]
-            counts = [len(r["detections"]) for r in records]
-            dets = [d for r in records for d in r["detections"]]
-            n = len(dets)
-            boxes = np.fromiter(chain.from_iterable(d["xyxy"] for d in dets), np.float64, 4 * n)
-            result = BoxSet(
-                np.repeat(np.asarray(positions, np.int64), counts),
-                boxes.reshape(n, 4),
-                np.fromiter((d["class_id"] for d in dets), np.int64, n),
-                scores=np.fromiter((d["score"] for d in dets), np.float64, n),
-            )
+            dets = [
+                Detections.from_json(
+                    r["detections"], width=r.get("width", 0), height=r.get("height", 0)
+                )
+                for r in records
+            ]
+            result = BoxSet.from_detections(dets, positions)
         except (KeyError, TypeError, AttributeError, ValueError) as err:
             raise ValueError(
                 f"{path}: a record does not have the predict.py --json fields ({err!r})"

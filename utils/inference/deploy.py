@@ -22,8 +22,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from nets.attention import CoordAttention
 from nets.backbone import BasicConv
-from nets.decode import decode_outputs
-from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK
+from nets.decode import Geometry, decode_outputs
 
 
 class FusedConv(nn.Module):
@@ -57,34 +56,51 @@ def fuse_model(model: nn.Module) -> nn.Module:
 class DecodedModel(nn.Module):
     """Model + decoder in one graph: (B, 3, S, S) -> (B, N, 5 + C) as ``decode_outputs``."""
 
-    def __init__(self, model: nn.Module, anchors, anchors_mask, input_size: int) -> None:
+    def __init__(self, model: nn.Module, geometry: Geometry) -> None:
         super().__init__()
-        self.model, self.anchors, self.anchors_mask = model, anchors, anchors_mask
-        self.input_size = input_size
+        self.model, self.geometry = model, geometry
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return decode_outputs(self.model(x), self.anchors, self.anchors_mask, self.input_size)
+        return decode_outputs(self.model(x), self.geometry)
 
 
 def export_onnx(
     model: nn.Module,
     path: str | os.PathLike,
-    input_size: int = 416,
+    geometry: Geometry | None = None,
+    *,
     opset: int = 17,
     dynamic_batch: bool = False,
     decode: bool = False,
-    anchors=None,
-    anchors_mask=None,
     fuse: bool = True,
     metadata: dict | None = None,
 ) -> Path:
     """Exports to ONNX and checks the file with ``onnx.checker``.
 
-    Outputs: ``out32`` and ``out16`` (raw maps, stride 32 and 16), or with ``decode`` a single
-    ``detections`` (B, N, 5 + C): cx, cy, w, h in input pixels, objectness, class probabilities.
+    Args:
+        model: the model (not changed; a fused or plain eval-mode copy is exported on CPU).
+        path: the ``.onnx`` file to write (folders are created).
+        geometry: the input side of the graph, and with ``decode`` the anchors and masks of
+            the decoder (None: the defaults at 416).
+        opset: ONNX opset, 17 or newer.
+        dynamic_batch: a symbolic batch dimension instead of batch 1.
+        decode: put the decoder in the graph.
+        fuse: fold batch norm into the convolutions first.
+        metadata: JSON-serialisable model description stored in the file (``onnx_metadata``).
+
+    Returns:
+        ``path``. The graph takes ``images`` (B, 3, S, S) float RGB in [0, 1] and returns
+        ``out32`` and ``out16`` (raw maps, stride 32 and 16), or with ``decode`` a single
+        ``detections`` (B, N, 5 + C): cx, cy, w, h in input pixels, objectness, class
+        probabilities.
+
+    Raises:
+        ValueError: opset below 17, or an input side that is not a positive multiple of 32.
     """
     import onnx
 
+    geometry = geometry or Geometry()
+    input_size = geometry.input_size
     if opset < 17:
         raise ValueError(f"opset {opset}: 17 or newer is required")
     if input_size <= 0 or input_size % 32:
@@ -92,9 +108,7 @@ def export_onnx(
     net = fuse_model(model) if fuse else copy.deepcopy(model).eval()
     names = ["out32", "out16"]
     if decode:
-        anchors = anchors or list(DEFAULT_ANCHORS)
-        anchors_mask = anchors_mask or list(DEFAULT_ANCHORS_MASK)
-        net = DecodedModel(net, anchors, anchors_mask, input_size).eval()
+        net = DecodedModel(net, geometry).eval()
         names = ["detections"]
     axes = None
     if dynamic_batch:

@@ -232,12 +232,12 @@ def benchmark(detector: Detector, image: np.ndarray, runs: int = 50, warmup: int
     timer = StageTimer(sync=lambda: synchronize(detector.device))
     for i in range(warmup + runs):
         record = i >= warmup
-        with timer.stage("total", record=record):
-            with timer.stage("preprocess", record=record):
-                batch, metas = detector.preprocess([image])
-            with timer.stage("forward", record=record):
-                outputs = detector.forward(batch)
-            with timer.stage("decode_nms", record=record):
-                detector.postprocess(outputs, metas)
-    # preprocess, forward, decode_nms, total: the order in which the stages first end
+        with timer.stage("preprocess", record=record):
+            batch, metas = detector.preprocess([image])
+        with timer.stage("forward", record=record):
+            outputs = detector.forward(batch)
+        with timer.stage("decode_nms", record=record):
+            detector.postprocess(outputs, metas)
+        if record:
+            timer.add_total("total", ("preprocess", "forward", "decode_nms"))
     return {stage: stats.as_dict() for stage, stats in timer.summary().items()}
