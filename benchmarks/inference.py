@@ -34,42 +34,34 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import platform
 import sys
 import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
-from torch import nn
 
+from benchmarks.engines import (
+    INPUT_SIZE,
+    Engine,
+    official_engines,
+    phi_engines,
+)
 from nets.attention import attention_names
-from nets.checkpoint import ModelInfo, load_model
-from nets.decode import Geometry
-from nets.yolo import YoloBody
-from utils.classes import read_class_names
-from utils.inference.deploy import OnnxRunner, export_onnx
 from utils.inference.predictor import (
     DEFAULT_WEIGHTS,
     Detector,
-    InferenceConfig,
 )
-from utils.inference.quantize import quantize_int8
-from utils.paths import COCO_CLASSES, OFFICIAL_CFG, SAMPLES
-from utils.sources import resolve_source
+from utils.paths import OFFICIAL_CFG, SAMPLES
 from utils.timing import StageTimer
 
 DEFAULT_CFG = str(OFFICIAL_CFG)
 DEFAULT_IMAGE = str(SAMPLES / "bus.jpg")
 DEFAULT_CALIB = str(SAMPLES)
-INPUT_SIZE = 416  # the input size of the reference numbers and of the targets
-CONF_THRESH, NMS_THRESH = 0.25, 0.45  # as InferenceConfig's defaults and the OpenCV reference
 # Reference numbers measured on the CI machine type (2-core AVX2 CPU), ms per image at 416,
 # batch 1.
 REFERENCE_MS = {
@@ -80,22 +72,10 @@ REFERENCE_MS = {
 # Speed targets: end-to-end median as a fraction of OpenCV DNN's, measured in the same run.
 TARGET_FASTEST = 0.8  # the fastest of our paths
 TARGET_TORCH_FUSED = 1.0  # our default Detector
-OBJECTNESS_PRIOR_BIAS = -4.6  # sigmoid = 1 %: random models then give the same (empty) NMS load
 THREAD_ENV = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS", "GOMP_SPINCOUNT")
 MAIN_PATHS = ("torch_eager", "torch_fused", "onnxruntime", "onnxruntime_int8", "opencv_dnn")
 OUR_PATHS = MAIN_PATHS[:4]
 FP32_PATHS = MAIN_PATHS[:3]
-
-
-@dataclass
-class Engine:
-    """One measured path: ``end_to_end()`` returns the number of detections."""
-
-    name: str
-    label: str
-    end_to_end: Callable[[], int]
-    forward: Callable[[], object]
-    variant: bool = False  # not a library default; measured to judge a suggested change
 
 
 def measure(
@@ -137,195 +117,6 @@ def measure(
 
 
 # --------------------------------------------------------------------------- engines
-
-
-class WithTorchThreads:
-    """Calls ``fn`` with ``torch.set_num_threads(threads)``, restoring the setting after."""
-
-    def __init__(self, fn: Callable, threads: int) -> None:
-        self.fn, self.threads = fn, threads
-
-    def __call__(self):
-        before = torch.get_num_threads()
-        torch.set_num_threads(self.threads)
-        try:
-            return self.fn()
-        finally:
-            torch.set_num_threads(before)
-
-
-def ort_runner(
-    model: nn.Module,
-    folder: Path,
-    input_size: int,
-    threads: int | None,
-    spinning: bool = False,
-    int8_calibration: list[str] | None = None,
-) -> OnnxRunner:
-    """What ``Detector`` builds for ``backend="onnxruntime"`` (or for an ``--int8`` export),
-    with explicit thread settings; ``spinning`` turns ORT's busy-waiting threads back on."""
-    import onnxruntime as ort
-
-    path = export_onnx(
-        model,
-        path=folder / f"model_{len(list(folder.iterdir()))}.onnx",
-        geometry=Geometry(input_size=input_size),
-    )
-    if int8_calibration:  # minmax: random models may have constant tensors (no histogram)
-        path = quantize_int8(
-            path,
-            out_path=path.with_name(path.stem + "_int8.onnx"),
-            calibration_paths=int8_calibration,
-            method="minmax",
-        )
-    runner = OnnxRunner(path, threads=threads)
-    if spinning:
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            options.intra_op_num_threads = threads
-        runner.session = ort.InferenceSession(str(path), options, providers=runner.providers())
-    return runner
-
-
-def detector_engine(
-    name: str, label: str, detector: Detector, image_path: str, variant: bool = False
-) -> Engine:
-    batch, _ = detector.preprocess([cv2.imread(image_path)])
-
-    def end_to_end() -> int:
-        return len(detector(cv2.imread(image_path)))
-
-    def forward():
-        return detector.forward(batch)
-
-    return Engine(name, label, end_to_end, forward, variant)
-
-
-def opencv_engine(cfg: str, weights: str, image_path: str, input_size: int) -> Engine:
-    """OpenCV DNN as ``cv2.dnn_DetectionModel`` (end to end) and ``Net.forward`` (forward)."""
-    model = cv2.dnn_DetectionModel(cv2.dnn.readNetFromDarknet(cfg, weights))
-    model.setInputParams(size=(input_size, input_size), scale=1 / 255.0, swapRB=True)
-    net = cv2.dnn.readNetFromDarknet(cfg, weights)  # its own net: no shared input blob
-    out_names = net.getUnconnectedOutLayersNames()
-    blob = cv2.dnn.blobFromImage(
-        cv2.imread(image_path), 1 / 255.0, (input_size, input_size), swapRB=True, crop=False
-    )
-
-    def end_to_end() -> int:
-        class_ids, _, _ = model.detect(cv2.imread(image_path), CONF_THRESH, NMS_THRESH)
-        return len(class_ids)
-
-    def forward():
-        net.setInput(blob)
-        return net.forward(out_names)
-
-    return Engine("opencv_dnn", f"OpenCV DNN {cv2.__version__} (darknet)", end_to_end, forward)
-
-
-def official_engines(
-    args: argparse.Namespace, folder: Path, variants: bool
-) -> tuple[list[Engine], Detector]:
-    """The five paths of the comparison (and variants); also returns the fused Detector."""
-    cpu = InferenceConfig(input_size=INPUT_SIZE, device="cpu")
-    names = read_class_names(COCO_CLASSES)
-    model, info = load_model(args.weights)
-    eager = Detector(copy.deepcopy(model), info, class_names=names, config=replace(cpu, fuse=False))
-    fused = Detector(copy.deepcopy(model), info, class_names=names, config=cpu)
-    ort_config = replace(cpu, backend="onnxruntime")
-
-    def ort_detector(threads: int | None, spinning: bool = False, int8=None) -> Detector:
-        runner = ort_runner(model, folder, INPUT_SIZE, threads, spinning, int8)
-        return Detector(None, info, class_names=names, config=ort_config, runner=runner)
-
-    image = args.image
-    calibration = resolve_source(args.calib).images
-    engines = [
-        detector_engine("torch_eager", "PyTorch eager (unfused)", eager, image),
-        detector_engine("torch_fused", "PyTorch fused (default)", fused, image),
-        detector_engine(
-            "onnxruntime", "ONNX Runtime (Detector)", ort_detector(args.threads), image
-        ),
-        detector_engine(
-            "onnxruntime_int8",
-            f"ONNX Runtime INT8 ({len(calibration)} calib)",
-            ort_detector(args.threads, int8=calibration),
-            image,
-        ),
-        opencv_engine(args.cfg, args.weights, image, INPUT_SIZE),
-    ]
-    if not variants:
-        return engines, fused
-    cores = os.cpu_count() or 1
-    nchw = Detector(copy.deepcopy(model), info, class_names=names, config=cpu)
-    nchw.memory_format = torch.contiguous_format
-    nchw.model = nchw.model.to(memory_format=nchw.memory_format)
-    engines.append(detector_engine("torch_fused_nchw", "PyTorch fused, NCHW", nchw, image, True))
-    one_thread = detector_engine("torch_fused_1t", "PyTorch fused, 1 thread", fused, image, True)
-    one_thread.end_to_end = WithTorchThreads(one_thread.end_to_end, 1)
-    one_thread.forward = WithTorchThreads(one_thread.forward, 1)
-    engines.append(one_thread)
-    engines.append(
-        detector_engine(
-            "onnxruntime_cores", f"ORT intra_op={cores}", ort_detector(cores), image, True
-        )
-    )
-    engines.append(
-        detector_engine(
-            "onnxruntime_spin",
-            "ORT threads spinning",
-            ort_detector(args.threads, spinning=True),
-            image,
-            True,
-        )
-    )
-    return engines, fused
-
-
-def random_model(phi: int, num_classes: int = 80) -> YoloBody:
-    """Seeded random weights (the layers shared by all phis are identical), objectness bias at
-    a 1 % prior so that every phi leaves NMS the same small load."""
-    torch.manual_seed(0)
-    model = YoloBody(num_classes, phi).eval()
-    with torch.no_grad():
-        for head in (model.yolo_headP5, model.yolo_headP4):
-            head[1].bias.view(model.num_anchors, -1)[:, 4] = OBJECTNESS_PRIOR_BIAS
-    return model
-
-
-def phi_engines(args: argparse.Namespace, folder: Path, phis: list[int]) -> list[Engine]:
-    names = [f"class{i}" for i in range(80)]
-    calibration = resolve_source(args.calib).images
-    cpu = InferenceConfig(input_size=INPUT_SIZE, device="cpu")
-    engines = []
-    for phi in phis:
-        model = random_model(phi)
-        info = ModelInfo(phi=phi, phi_name=attention_names()[phi], num_classes=80, source="random")
-        detectors = {
-            "torch_eager": Detector(
-                copy.deepcopy(model), info, class_names=names, config=replace(cpu, fuse=False)
-            ),
-            "torch_fused": Detector(copy.deepcopy(model), info, class_names=names, config=cpu),
-            "onnxruntime": Detector(
-                None,
-                info,
-                class_names=names,
-                config=replace(cpu, backend="onnxruntime"),
-                runner=ort_runner(model, folder, INPUT_SIZE, args.threads),
-            ),
-            "onnxruntime_int8": Detector(
-                None,
-                info,
-                class_names=names,
-                config=replace(cpu, backend="onnxruntime"),
-                runner=ort_runner(
-                    model, folder, INPUT_SIZE, args.threads, int8_calibration=calibration
-                ),
-            ),
-        }
-        for path, detector in detectors.items():
-            engines.append(detector_engine(f"phi{phi}/{path}", path, detector, args.image))
-    return engines
 
 
 # --------------------------------------------------------------------------- profile
@@ -467,6 +258,65 @@ def print_phi_report(report: dict) -> None:
         print(f"{phi:<10}{cells}")
 
 
+def print_machine(info: dict) -> None:
+    """The machine, thread settings and versions the numbers come from."""
+    print(
+        f"machine: {info['cpu']}, {info['cpu_count']} CPUs ({info['cpus_usable']} usable, "
+        f"{info['physical_cores']} physical cores), "
+        f"SIMD {'/'.join(info['simd']) or '-'}; load average {info['load_average']}"
+    )
+    print(
+        f"threads: torch {info['torch_threads']} (interop {info['torch_interop_threads']}), "
+        f"ORT intra-op {info['ort_intra_op_threads']}, OpenCV {info['opencv_threads']}; "
+        f"torch {info['torch']}, onnxruntime {info['onnxruntime']}, OpenCV {info['opencv']}"
+    )
+    print(f"thread environment: {info['env'] or 'none set'}")
+
+
+def print_targets(results: dict[str, dict], targets: dict, engines: list[Engine]) -> None:
+    """Each target as met or MISSED, then the stored reference numbers next to this run's."""
+    opencv_e2e = results["opencv_dnn"]["end_to_end"]["median"]
+    label = {e.name: e.label for e in engines}
+    print("\ntargets, end-to-end median / OpenCV DNN's:")
+    print(
+        f"  fastest path <= {TARGET_FASTEST:.2f}x: {label[targets['fastest_path']]} "
+        f"{targets['fastest_ratio']:.2f}x  {'met' if targets['fastest_met'] else 'MISSED'}"
+    )
+    print(
+        f"  fastest fp32 path (no accuracy change) <= {TARGET_FASTEST:.2f}x: "
+        f"{label[targets['fastest_fp32_path']]} {targets['fastest_fp32_ratio']:.2f}x  "
+        f"{'met' if targets['fastest_fp32_met'] else 'MISSED'}"
+    )
+    print(
+        f"  PyTorch fused <= {TARGET_TORCH_FUSED:.2f}x: {targets['torch_fused_ratio']:.2f}x  "
+        f"{'met' if targets['torch_fused_met'] else 'MISSED'}"
+    )
+    best_forward = min(results[k]["forward"]["median"] for k in FP32_PATHS)
+    print("reference (measured on the CI machine type, a 2-core AVX2 CPU) vs here:")
+    print(
+        f"  OpenCV DNN end to end ~{REFERENCE_MS['opencv_dnn_end_to_end']:.0f} ms"
+        f" | here {opencv_e2e:.1f} ms"
+    )
+    print(
+        f"  PyTorch eager forward ~{REFERENCE_MS['torch_eager_forward']:.0f} ms"
+        f" | here {results['torch_eager']['forward']['median']:.1f} ms"
+    )
+    print(
+        f"  fp32 compute floor    ~{REFERENCE_MS['fp32_floor_forward']:.0f} ms"
+        f" | our best forward here {best_forward:.1f} ms"
+    )
+
+
+def print_profile(top: list[dict]) -> None:
+    print("\nPyTorch fused forward, top operators by self CPU time (per forward):")
+    print(f"  {'operator':<34}{'calls':>6}{'self ms':>9}{'%':>7}")
+    for row in top:
+        print(
+            f"  {row['op']:<34}{row['calls_per_forward']:>6.0f}"
+            f"{row['self_ms_per_forward']:>9.2f}{row['percent']:>7.1f}"
+        )
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -526,17 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"YOLOv4-tiny {INPUT_SIZE}, batch 1, CPU: {args.image} ({image.shape[1]}x{image.shape[0]})"
     )
-    print(
-        f"machine: {info['cpu']}, {info['cpu_count']} CPUs ({info['cpus_usable']} usable, "
-        f"{info['physical_cores']} physical cores), "
-        f"SIMD {'/'.join(info['simd']) or '-'}; load average {info['load_average']}"
-    )
-    print(
-        f"threads: torch {info['torch_threads']} (interop {info['torch_interop_threads']}), "
-        f"ORT intra-op {info['ort_intra_op_threads']}, OpenCV {info['opencv_threads']}; "
-        f"torch {info['torch']}, onnxruntime {info['onnxruntime']}, OpenCV {info['opencv']}"
-    )
-    print(f"thread environment: {info['env'] or 'none set'}")
+    print_machine(info)
     report: dict = {
         "machine": info,
         "runs": args.runs,
@@ -556,46 +396,12 @@ def main(argv: list[str] | None = None) -> int:
         print_table(results, engines, opencv_e2e)
         targets = targets_report(results)
         report.update(paths=results, targets=targets, reference_ms=REFERENCE_MS)
-        label = {e.name: e.label for e in engines}
-        print("\ntargets, end-to-end median / OpenCV DNN's:")
-        print(
-            f"  fastest path <= {TARGET_FASTEST:.2f}x: {label[targets['fastest_path']]} "
-            f"{targets['fastest_ratio']:.2f}x  {'met' if targets['fastest_met'] else 'MISSED'}"
-        )
-        print(
-            f"  fastest fp32 path (no accuracy change) <= {TARGET_FASTEST:.2f}x: "
-            f"{label[targets['fastest_fp32_path']]} {targets['fastest_fp32_ratio']:.2f}x  "
-            f"{'met' if targets['fastest_fp32_met'] else 'MISSED'}"
-        )
-        print(
-            f"  PyTorch fused <= {TARGET_TORCH_FUSED:.2f}x: {targets['torch_fused_ratio']:.2f}x  "
-            f"{'met' if targets['torch_fused_met'] else 'MISSED'}"
-        )
-        best_forward = min(results[k]["forward"]["median"] for k in FP32_PATHS)
-        print("reference (measured on the CI machine type, a 2-core AVX2 CPU) vs here:")
-        print(
-            f"  OpenCV DNN end to end ~{REFERENCE_MS['opencv_dnn_end_to_end']:.0f} ms"
-            f" | here {opencv_e2e:.1f} ms"
-        )
-        print(
-            f"  PyTorch eager forward ~{REFERENCE_MS['torch_eager_forward']:.0f} ms"
-            f" | here {results['torch_eager']['forward']['median']:.1f} ms"
-        )
-        print(
-            f"  fp32 compute floor    ~{REFERENCE_MS['fp32_floor_forward']:.0f} ms"
-            f" | our best forward here {best_forward:.1f} ms"
-        )
+        print_targets(results, targets, engines)
 
         if args.profile:
             top = profile_forward(fused, args.image, runs=10, top=args.profile_top)
             report["profile_torch_fused_forward"] = top
-            print("\nPyTorch fused forward, top operators by self CPU time (per forward):")
-            print(f"  {'operator':<34}{'calls':>6}{'self ms':>9}{'%':>7}")
-            for row in top:
-                print(
-                    f"  {row['op']:<34}{row['calls_per_forward']:>6.0f}"
-                    f"{row['self_ms_per_forward']:>9.2f}{row['percent']:>7.1f}"
-                )
+            print_profile(top)
 
         if not args.no_phi:
             phis = list(range(len(attention_names())))
