@@ -10,8 +10,20 @@ from __future__ import annotations
 import csv
 import statistics
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+
+import torch
+
+from data.voc import load_voc, parse_sets
+from nets.checkpoint import ModelInfo, load_model
+from nets.summary import count_flops, count_parameters
+from nets.yolo import YoloBody
+from utils.evaluation.evaluate import EvalConfig, detect_dataset, score
+from utils.inference.deploy import OnnxRunner
+from utils.inference.predict_loop import benchmark
+from utils.inference.predictor import Detector, InferenceConfig
+from utils.sources import read_image
 
 
 @dataclass
@@ -173,6 +185,22 @@ def write_outputs(rows: list[Row], protocol: str, out_dir: Path) -> dict[str, Pa
     return paths
 
 
+def _load_for_evaluation(
+    weights: str, cfg: EvalConfig, class_names: list[str] | None, phi: str | None
+) -> tuple[torch.nn.Module | OnnxRunner, ModelInfo, list[str], Detector | None]:
+    """The model (or ONNX Runtime session), its info and class names; for an ``.onnx`` export
+    also the ``Detector`` that runs it (fp32 or INT8, on the CPU)."""
+    if str(weights).endswith(".onnx"):
+        config = InferenceConfig(input_size=cfg.input_size, device="cpu")
+        detector = Detector.from_weights(weights, classes=class_names, config=config)
+        return detector.model, detector.info, detector.class_names, detector
+    model, info = load_model(weights, phi=phi)
+    names = class_names or info.class_names
+    if names is None or len(names) != info.num_classes:
+        raise ValueError(f"{weights}: pass a classes file with {info.num_classes} names")
+    return model, info, list(names), None
+
+
 def evaluate_checkpoint(
     weights: str,
     voc_root: str,
@@ -201,32 +229,9 @@ def evaluate_checkpoint(
     Returns:
         ``(Row, EvalReport)``: the comparison-table row and the full report.
     """
-    from dataclasses import replace
-
-    import torch
-
-    from data.voc import load_voc, parse_sets
-    from nets.checkpoint import load_model
-    from nets.summary import count_flops, count_parameters
-    from nets.yolo import YoloBody
-    from utils.evaluation.evaluate import detect_dataset, score
-    from utils.inference.predict_loop import benchmark
-    from utils.inference.predictor import Detector, InferenceConfig
-    from utils.sources import read_image
-
-    is_onnx = str(weights).endswith(".onnx")
-    if is_onnx:  # an export (fp32 or INT8), run by ONNX Runtime
-        config = InferenceConfig(input_size=cfg.input_size, device="cpu")
-        detector = Detector.from_weights(weights, classes=class_names, config=config)
-        model, info, names = detector.model, detector.info, detector.class_names
+    model, info, names, detector = _load_for_evaluation(weights, cfg, class_names, phi)
+    if detector is not None:  # an ONNX export runs on the CPU
         device = torch.device("cpu")
-        architecture = YoloBody(info.num_classes, info.phi)  # for params and FLOPs
-    else:
-        model, info = load_model(weights, phi=phi)
-        names = class_names or info.class_names
-        if names is None or len(names) != info.num_classes:
-            raise ValueError(f"{weights}: pass a classes file with {info.num_classes} names")
-        architecture = model
     annotations = load_voc(voc_root, parse_sets(split), names).annotations
     if not annotations:
         raise ValueError(f"{voc_root} {split}: no images")
@@ -235,7 +240,7 @@ def evaluate_checkpoint(
     model.to(device)
     detected = detect_dataset(model, annotations, info.geometry, cfg, device=device)
     report = score(detected, names, f"{voc_root} {split} at {size}", cfg.iou_thresh, cfg.coco)
-    if not is_onnx:
+    if detector is None:
         detector = Detector(
             model,
             info,
@@ -243,6 +248,8 @@ def evaluate_checkpoint(
             config=InferenceConfig(input_size=size, device=str(device)),
         )
     stats = benchmark(detector, read_image(annotations[0].image_path), runs=20, warmup=3)
+    # an ONNX graph has no modules to count: count an unloaded model of its architecture
+    architecture = YoloBody(info.num_classes, info.phi) if isinstance(model, OnnxRunner) else model
     flops = count_flops(architecture, size) / 1e9
     row = Row(
         str(weights),
