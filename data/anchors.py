@@ -27,12 +27,12 @@ import logging
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
 
 from data.voc import DEFAULT_TRAIN_SETS, Annotation, discover_classes, load_voc
+from utils.paths import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -220,12 +220,14 @@ def format_anchors(anchors: np.ndarray) -> str:
 def write_anchors(path: str | os.PathLike, anchors: np.ndarray) -> np.ndarray:
     """Writes anchors rounded to integers (see ``round_anchors``); returns what was written.
 
-    The file is read back by ``utils.classes.read_anchors``.
+    The file is read back by ``utils.classes.read_anchors``; it is written through a temporary
+    file and a rename.
+
+    Raises:
+        OutputPathError: the file cannot be written (no temporary file is left).
     """
     rounded = round_anchors(anchors)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(format_anchors(rounded) + "\n", encoding="utf-8")
+    write_text_atomic(path, format_anchors(rounded) + "\n")
     return rounded
 
 

@@ -36,8 +36,8 @@ from data.voc import (
     FileIssue,
     class_counts,
     parse_voc_xml,
-    read_xml,
 )
+from data.xml_safe import read_xml
 
 logger = logging.getLogger(__name__)
 

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import os
 import xml.etree.ElementTree as ET
-import xml.parsers.expat as expat
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
+
+from data.xml_safe import ForbiddenXMLError, read_xml
 
 DEFAULT_TRAIN_SETS: tuple[tuple[str, str], ...] = (("2007", "trainval"), ("2012", "trainval"))
 DEFAULT_EVAL_SETS: tuple[tuple[str, str], ...] = (("2007", "test"),)
@@ -99,64 +100,6 @@ class LoadResult:
 
 class UnknownClassError(ValueError):
     """Raised for an unknown class name when unknown classes are errors."""
-
-
-class ForbiddenXMLError(ET.ParseError):
-    """An XML document with a document type declaration, an entity declaration or an external
-    entity reference; ``read_xml`` refuses these before anything is expanded or fetched."""
-
-
-def _refuse(parser, what: str):
-    """An expat handler that stops the parse with ``ForbiddenXMLError``."""
-
-    def handler(*_args) -> None:
-        raise ForbiddenXMLError(f"{what} at line {parser.CurrentLineNumber} refused")
-
-    return handler
-
-
-def parse_xml_bytes(data: bytes) -> ET.Element:
-    """The root element of an XML document, read with expat configured to refuse any DTD.
-
-    ``<!DOCTYPE`` stops the parse as soon as it is seen, before its internal subset (where
-    ``<!ENTITY`` declarations live) is read; entity declarations and external entity
-    references are refused as well should expat ever report one, and parameter entities are
-    never parsed. Comments and processing instructions are dropped and namespace prefixes
-    are kept as written (VOC annotations have none of these).
-
-    Raises:
-        ForbiddenXMLError: a DTD, entity declaration or external entity reference.
-        xml.etree.ElementTree.ParseError: the document is not well-formed XML (an undeclared
-            entity such as ``&x;`` is one of these).
-    """
-    builder = ET.TreeBuilder()
-    parser = expat.ParserCreate()
-    parser.buffer_text = True
-    parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
-    parser.StartDoctypeDeclHandler = _refuse(parser, "<!DOCTYPE")
-    parser.EntityDeclHandler = _refuse(parser, "<!ENTITY")
-    parser.UnparsedEntityDeclHandler = _refuse(parser, "unparsed <!ENTITY")
-    parser.ExternalEntityRefHandler = _refuse(parser, "external entity reference")
-    parser.StartElementHandler = builder.start
-    parser.EndElementHandler = builder.end
-    parser.CharacterDataHandler = builder.data
-    try:
-        parser.Parse(data, True)
-    except expat.ExpatError as err:
-        error = ET.ParseError(str(err))
-        error.code, error.position = err.code, (err.lineno, err.offset)
-        raise error from None
-    return builder.close()
-
-
-def read_xml(path: str | os.PathLike) -> ET.Element:
-    """The root element of the XML file ``path``, read by ``parse_xml_bytes``.
-
-    Raises:
-        OSError: the file cannot be read.
-        ForbiddenXMLError, xml.etree.ElementTree.ParseError: see ``parse_xml_bytes``.
-    """
-    return parse_xml_bytes(Path(path).read_bytes())
 
 
 def unsafe_name_problem(name: str) -> str | None:
@@ -432,64 +375,6 @@ def discover_classes(voc_root: str | os.PathLike, sets: Iterable[tuple[str, str]
                 continue
             names.update(n for o in root.iter("object") if (n := _text(o, "name")))
     return sorted(names)
-
-
-def load_annotation_lines(
-    path: str | os.PathLike, num_classes: int, one_based: bool = True
-) -> LoadResult:
-    """Reads the reference implementation's split files: ``image x1,y1,x2,y2,cls ...``.
-
-    Its generator copies VOC XML coordinates unchanged, so they are 1-based by default
-    (``one_based=False`` for lines written in 0-based pixels). Boxes have no difficult flag.
-
-    Image paths are used as written: the generator writes absolute paths (relative ones are
-    relative to the working directory), so the file itself chooses which images it names and
-    there is no dataset folder to keep them inside.
-    """
-    result = LoadResult()
-    offset = 1.0 if one_based else 0.0
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        # The image path may contain spaces: boxes are the trailing comma-separated tokens.
-        tokens = line.split()
-        split = len(tokens)
-        while split > 1 and "," in tokens[split - 1]:
-            split -= 1
-        image_path = " ".join(tokens[:split])
-        boxes, labels = [], []
-        for token in tokens[split:]:
-            try:
-                values = [float(v) for v in token.split(",")]
-                if len(values) != 5 or not np.isfinite(values).all():
-                    raise ValueError(token)
-                *coords, cls = values
-            except ValueError:
-                result.issues.append(FileIssue(f"{path}:{n}", f"bad box {token!r}", "box dropped"))
-                continue
-            x1, y1, x2, y2 = (c - offset for c in coords)
-            if not 0 <= cls < num_classes or cls != int(cls):
-                result.issues.append(
-                    FileIssue(f"{path}:{n}", f"class id {cls:g} out of range", "box dropped")
-                )
-                continue
-            if x2 <= x1 or y2 <= y1:
-                result.issues.append(
-                    FileIssue(f"{path}:{n}", f"box {token} has no area", "box dropped")
-                )
-                continue
-            boxes.append((x1, y1, x2, y2))
-            labels.append(int(cls))
-        result.annotations.append(
-            Annotation(
-                image_path,
-                Path(image_path).stem,
-                np.array(boxes, np.float32).reshape(-1, 4),
-                np.array(labels, np.int64),
-                np.zeros(len(labels), bool),
-            )
-        )
-    return result
 
 
 def class_counts(annotations: Iterable[Annotation], class_names: Sequence[str]) -> dict[str, int]:

@@ -13,20 +13,18 @@ import torch
 from torch.utils.data import DataLoader, SequentialSampler
 from voc_factory import CLASSES, make_voc, xml_text
 
+from data.annotation_lines import load_annotation_lines
 from data.augment import AugmentConfig, clip_and_filter, hflip, mixup, mosaic, random_place
 from data.check import check_images
 from data.dataset import EpochSampler, MosaicMixup, VOCDetection, collate
 from data.voc import (
-    ForbiddenXMLError,
     discover_classes,
-    load_annotation_lines,
     load_voc,
     parse_sets,
     parse_voc_xml,
-    parse_xml_bytes,
     read_image_set,
-    read_xml,
 )
+from data.xml_safe import ForbiddenXMLError, parse_xml_bytes, read_xml
 
 RGB = {"box": [255, 0, 0], "disc": [0, 255, 255]}  # voc_factory draws BGR red and yellow-cyan
 

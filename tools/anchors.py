@@ -23,7 +23,7 @@ from data.anchors import (
 )
 from data.voc import DEFAULT_TRAIN_SETS, parse_sets
 from utils.classes import read_class_names
-from utils.paths import VOC_ROOT
+from utils.paths import VOC_ROOT, OutputPathError, check_output_path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,6 +75,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
+        check_output_path(args.output)
+    except OutputPathError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
         class_names = read_class_names(args.classes) if args.classes else None
         report = compute_anchors(
             args.voc_root,
@@ -88,7 +93,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    write_anchors(args.output, report.anchors)
+    try:
+        write_anchors(args.output, report.anchors)
+    except OutputPathError as err:  # disk full or permissions changed during the run
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     print(f"{report.num_boxes} boxes at input size {args.input_size}")
     print(f"default anchors: {format_anchors(DEFAULT_ANCHORS)}")
     print(f"  mean best IoU  {report.default_mean_iou:.4f}")

@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 
+from data.annotation_lines import load_annotation_lines
 from data.check import (
     check_images,
     summarize,
@@ -18,7 +19,6 @@ from data.check import (
 from data.voc import (
     LoadResult,
     discover_classes,
-    load_annotation_lines,
     load_voc,
     parse_sets,
 )

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from nets.checkpoint import load_model
 from nets.darknet import export_darknet
+from utils.paths import OutputPathError, check_output_path, write_failure
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,15 +24,25 @@ def main(argv: list[str] | None = None) -> int:
         "--img-size", type=int, default=None, help="cfg input size (default: the checkpoint's)"
     )
     args = p.parse_args(argv)
+    prefix = Path(args.out)
+    weights = prefix.with_name(prefix.name + ".weights")
+    cfg = prefix.with_name(prefix.name + ".cfg")
     try:
+        for path in (weights, cfg):  # before the model loads
+            check_output_path(path)
         model, info = load_model(args.weights)
-        prefix = Path(args.out)
-        weights = prefix.with_name(prefix.name + ".weights")
-        cfg = prefix.with_name(prefix.name + ".cfg")
-        export_darknet(model, weights, cfg, info.geometry.at_size(args.img_size))
-    except (FileNotFoundError, ValueError) as err:
+        geometry = info.geometry.at_size(args.img_size)
+    except (OutputPathError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    try:
+        export_darknet(model, weights, cfg, geometry)
+    except ValueError as err:  # a model darknet cannot hold (attention)
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # disk full or permissions changed during the export
+        print(f"error: {write_failure(err, weights)}", file=sys.stderr)
+        return 1
     print(f"wrote {cfg} and {weights} ({info.describe()})")
     return 0
 

@@ -12,12 +12,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from data.annotation_lines import load_annotation_lines
 from data.source import resolve_data_source
 from data.voc import (
     Annotation,
     LoadResult,
     discover_classes,
-    load_annotation_lines,
     load_voc,
     parse_sets,
 )
