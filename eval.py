@@ -31,6 +31,7 @@ from utils.evaluation.evaluate import (
     read_detections_json,
     score,
 )
+from utils.paths import OutputPathError, check_output_path, write_failure, write_text_atomic
 from utils.sources import increment_path
 
 
@@ -75,6 +76,13 @@ def main(argv: list[str] | None = None) -> int:
     source = resolve_data_source(args.data, args.voc_root, "", args.split, args.classes)
     voc_root, split = source.voc_root, source.val_set
     out_dir = increment_path(args.out_dir)
+    try:  # before any work: a result that cannot be written is lost
+        check_output_path(out_dir, folder=True)
+        if args.json:
+            check_output_path(args.json)
+    except OutputPathError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     try:
         if not Path(voc_root).is_dir():
             raise FileNotFoundError(
@@ -97,22 +105,26 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, CheckpointMismatchError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if len(reports) == 1:
-        plots = plot_report(reports[0], out_dir)
-        print(f"plots: {', '.join(map(str, plots))}")
-    else:
-        paths = write_outputs(rows, reports[0].protocol, out_dir)
-        print(paths["md"].read_text())
-        print(f"comparison: {paths['csv']}, {paths['md']}, {paths['png']}")
-    if args.json:
-        payload = (
-            reports[0].to_json()
-            if len(reports) == 1
-            else {"runs": {w: r.to_json() for w, r in zip(args.weights, reports)}}
-        )
-        Path(args.json).write_text(json.dumps(payload, indent=2))
-        print(f"metrics written to {args.json}")
+    try:
+        if args.json:  # first: the numbers matter more than the plots
+            payload = (
+                reports[0].to_json()
+                if len(reports) == 1
+                else {"runs": {w: r.to_json() for w, r in zip(args.weights, reports)}}
+            )
+            write_text_atomic(args.json, json.dumps(payload, indent=2))
+            print(f"metrics written to {args.json}")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if len(reports) == 1:
+            plots = plot_report(reports[0], out_dir)
+            print(f"plots: {', '.join(map(str, plots))}")
+        else:
+            paths = write_outputs(rows, reports[0].protocol, out_dir)
+            print(paths["md"].read_text())
+            print(f"comparison: {paths['csv']}, {paths['md']}, {paths['png']}")
+    except OSError as err:  # disk full or permissions changed during the run
+        print(f"error: {write_failure(err, out_dir)}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -130,11 +142,15 @@ def _score_file(args, source: DataSource, out_dir: Path) -> int:
         detected, names, f"{voc_root} {split} ({args.detections})", args.iou_thresh, args.coco
     )
     print(format_report(report))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    plot_report(report, out_dir)
-    if args.json:
-        Path(args.json).write_text(json.dumps(report.to_json(), indent=2))
-        print(f"metrics written to {args.json}")
+    try:
+        if args.json:
+            write_text_atomic(args.json, json.dumps(report.to_json(), indent=2))
+            print(f"metrics written to {args.json}")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        plot_report(report, out_dir)
+    except OSError as err:  # disk full or permissions changed during the run
+        print(f"error: {write_failure(err, out_dir)}", file=sys.stderr)
+        return 1
     return 0
 
 

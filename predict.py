@@ -23,7 +23,7 @@ from utils.config import HelpFormatter, add_options, argument_group, from_args
 from utils.inference.predict_loop import OutputOptions, benchmark, run_predictions
 from utils.inference.predictor import DEFAULT_WEIGHTS, Detector, InferenceConfig, class_names_for
 from utils.inference.quantize import CALIBRATION_METHODS, DEFAULT_CALIBRATION_IMAGES
-from utils.paths import ROOT, SAMPLES
+from utils.paths import ROOT, SAMPLES, OutputPathError, check_output_path, write_failure
 from utils.sources import ImageReadError, SourceError, increment_path, read_image, resolve_source
 
 
@@ -122,11 +122,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return build_parser().parse_args(argv)
 
 
+def _filter_items(text: str) -> list[str]:
+    """The comma-separated items of ``--classes-filter``.
+
+    Raises:
+        ValueError: none (an empty or all-blank list would keep no detection at all).
+    """
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise ValueError(f"--classes-filter {text!r}: give one or more class names or ids")
+    return items
+
+
 def _class_filter(text: str | None, names: list[str]) -> tuple[int, ...] | None:
-    if not text:
+    """``--classes-filter`` as class ids (None: the flag was not given).
+
+    Raises:
+        ValueError: an unknown class, or no class at all.
+    """
+    if text is None:
         return None
     ids = []
-    for item in (t.strip() for t in text.split(",") if t.strip()):
+    for item in _filter_items(text):
         if item.isdigit() and int(item) < len(names):
             ids.append(int(item))
         elif item in names:
@@ -144,16 +161,25 @@ def main(argv: list[str] | None = None) -> int:
     if args.int8:
         print("error: --int8 quantizes an export: give --export-onnx PATH too", file=sys.stderr)
         return 2
+    save_dir = None if args.no_save else increment_path(args.save_dir, args.exist_ok)
     try:
+        if not args.benchmark:  # outputs are checked before the model loads and the run starts
+            if save_dir is not None:
+                check_output_path(save_dir, folder=True)
+            if args.json_path is not None:
+                check_output_path(args.json_path)
         source = resolve_source(args.source)
         config = from_args(InferenceConfig, args)
+        if args.classes_filter is not None:
+            _filter_items(args.classes_filter)  # an empty list fails before the model loads
         detector = Detector.from_weights(
             args.weights, phi=args.phi, classes=args.classes, anchors=args.anchors, config=config
         )
-        if args.classes_filter:
+        if args.classes_filter is not None:
             filtered = _class_filter(args.classes_filter, detector.class_names)
             detector.config = replace(detector.config, classes_filter=filtered)
     except (
+        OutputPathError,
         SourceError,
         FileNotFoundError,
         ValueError,
@@ -169,10 +195,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.benchmark:
         return _benchmark(detector, source, args.benchmark_runs)
 
-    save_dir = None if args.no_save else increment_path(args.save_dir, args.exist_ok)
     opts = from_args(OutputOptions, args, save_dir=save_dir)
     try:
         summary = run_predictions(detector, source, opts)
+    except OutputPathError as err:  # the JSON, written at the end (disk full, permissions)
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -187,6 +215,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"results saved to {save_dir}/")
     if opts.json_path is not None:
         print(f"detections written to {opts.json_path}")
+    if summary.warnings:
+        print(f"{len(summary.warnings)} warning(s):", file=sys.stderr)
+        for warning in summary.warnings:
+            print(f"  {warning}", file=sys.stderr)
     if summary.failures:
         print(f"{len(summary.failures)} input(s) failed:", file=sys.stderr)
         for failure in summary.failures:
@@ -197,13 +229,20 @@ def main(argv: list[str] | None = None) -> int:
 
 def _export_onnx(args: argparse.Namespace) -> int:
     """``--export-onnx``: fused model (+ optional decoder) with its metadata, checked; with
-    ``--int8`` quantized on calibration images."""
+    ``--int8`` quantized on calibration images. The file is built in a temporary folder and
+    moved into place at the end."""
     import tempfile
 
     from utils.classes import read_class_names
     from utils.inference.deploy import export_onnx, onnx_metadata
     from utils.inference.quantize import pick_evenly, quantize_int8
+    from utils.paths import write_bytes_atomic
 
+    try:
+        check_output_path(args.export_onnx)
+    except OutputPathError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     try:
         calibration = []
         if args.int8:
@@ -230,7 +269,7 @@ def _export_onnx(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             path = export_onnx(
                 model,
-                Path(tmp) / "fp32.onnx" if args.int8 else args.export_onnx,
+                Path(tmp) / "fp32.onnx",
                 info.geometry.at_size(size),
                 opset=args.opset,
                 dynamic_batch=args.onnx_dynamic,
@@ -240,14 +279,18 @@ def _export_onnx(args: argparse.Namespace) -> int:
             if args.int8:
                 path = quantize_int8(
                     path,
-                    args.export_onnx,
+                    Path(tmp) / "int8.onnx",
                     calibration,
                     method=args.calib_method,
                     letterbox=args.letterbox,
                 )
+            path = write_bytes_atomic(args.export_onnx, path.read_bytes())
     except (FileNotFoundError, ValueError, CheckpointMismatchError, DarknetFormatError) as err:
         print(f"error: {err}", file=sys.stderr)  # SourceError is a ValueError
         return 2
+    except OSError as err:  # writing the export failed (disk full, permissions)
+        print(f"error: {write_failure(err, args.export_onnx)}", file=sys.stderr)
+        return 1
     kind = "decoded detections" if args.onnx_decode else "raw maps out32/out16"
     batch = "dynamic batch" if args.onnx_dynamic else "batch 1"
     precision = ""

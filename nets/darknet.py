@@ -21,6 +21,7 @@ from torch import nn
 
 from nets.decode import Geometry
 from nets.yolo import YoloBody
+from utils.paths import write_bytes_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -197,7 +198,7 @@ def save_darknet_weights(
         params = [bn.bias, bn.weight, bn.running_mean, bn.running_var] if bn else [conv.bias]
         for tensor in [*params, conv.weight]:
             chunks.append(tensor.detach().cpu().float().contiguous().numpy().tobytes())
-    _atomic_write(Path(path), b"".join(chunks))
+    write_bytes_atomic(path, b"".join(chunks))
 
 
 def _conv_section(filters: int, size: int, stride: int = 1, bn: bool = True) -> str:
@@ -282,11 +283,4 @@ def export_darknet(
     cfg = darknet_cfg(
         model, geometry.input_size, list(geometry.anchors), list(geometry.anchors_mask)
     )
-    _atomic_write(Path(cfg_path), cfg.encode())
-
-
-def _atomic_write(path: Path, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(payload)
-    os.replace(tmp, path)
+    write_bytes_atomic(cfg_path, cfg.encode())

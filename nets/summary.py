@@ -2,14 +2,17 @@
 
 The command line is ``python -m tools.model_summary``.
 
-GFLOPs are 2 x multiply-accumulates of convolutions and linear layers (the convention of the
-reference implementation's published numbers); element-wise work is not counted.
+GFLOPs are 2 x multiply-accumulates of convolutions, linear layers and matrix products
+(``torch.matmul``, ``torch.bmm`` and ``@``, as in the non-local block's attention): the convention
+of the reference implementation's published numbers, which have no matrix products. Element-wise
+work (activations, softmax, BN, pooling, sums) is not counted.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from nets.yolo import YoloBody
 
@@ -18,8 +21,27 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+_MATMULS = {torch.matmul, torch.bmm, torch.Tensor.matmul, torch.Tensor.bmm, torch.Tensor.__matmul__}
+
+
+class _MatmulCounter(TorchFunctionMode):
+    """Adds up the multiply-accumulates of the matrix products called while it is active:
+    per product, output elements x the contracted dimension."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.macs = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func in _MATMULS:
+            self.macs += out.numel() * args[0].shape[-1]
+        return out
+
+
 def count_flops(model: nn.Module, input_size: int = 416) -> float:
-    """FLOPs (2 x MACs) of one forward pass at ``input_size`` x ``input_size``, batch 1."""
+    """FLOPs (2 x MACs) of one forward pass at ``input_size`` x ``input_size``, batch 1:
+    convolutions, linear layers and matrix products (see the module docstring)."""
     macs = 0
 
     def conv_hook(module: nn.Conv2d | nn.Conv1d, _inputs, output: torch.Tensor) -> None:
@@ -44,7 +66,9 @@ def count_flops(model: nn.Module, input_size: int = 416) -> float:
     try:
         with torch.no_grad():
             device = next(model.parameters()).device
-            model(torch.zeros(1, 3, input_size, input_size, device=device))
+            with _MatmulCounter() as matmuls:
+                model(torch.zeros(1, 3, input_size, input_size, device=device))
+            macs += matmuls.macs
     finally:
         for h in handles:
             h.remove()

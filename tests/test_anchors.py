@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import resource
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -176,3 +180,44 @@ def test_compute_anchors_and_cli(tmp_path: Path, capsys) -> None:
     assert read_anchors(out) == [tuple(map(float, row)) for row in report.anchors]
     assert anchors_mod.main([*argv, "--num-anchors", "100"]) == 1
     assert "only 72 box" in capsys.readouterr().err
+
+
+def test_cli_checks_its_output_before_clustering(tmp_path: Path, capsys) -> None:
+    voc_root = tmp_path / "VOCdevkit"
+    write_voc(voc_root, np.random.default_rng(0))
+    (tmp_path / "a_folder").mkdir()
+    argv = ["--voc-root", str(voc_root), "--sets", "2007:trainval", "--num-anchors", "3"]
+    for out in (Path("/proc/anchors.txt"), tmp_path / "a_folder"):
+        assert anchors_mod.main([*argv, "--output", str(out)]) == 2
+        captured = capsys.readouterr()
+        assert captured.err.startswith(f"error: {out}: ") and len(captured.err.splitlines()) == 1
+        assert "boxes" not in captured.out  # nothing was clustered
+    assert list((tmp_path / "a_folder").iterdir()) == []
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_cli_write_failing_at_the_end_is_one_line(tmp_path: Path) -> None:
+    """An anchors file that cannot be written after clustering (larger than the file-size
+    limit, as on a full disk): one error line naming it, exit code 1, no temporary file."""
+    voc_root = tmp_path / "VOCdevkit"
+    write_voc(voc_root, np.random.default_rng(0))
+    out = tmp_path / "anchors.txt"
+
+    def tiny_files_only() -> None:  # in the child: writes past 16 bytes fail with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (16, 16))
+
+    cmd = [sys.executable, "-m", "tools.anchors", "--voc-root", str(voc_root)]
+    cmd += ["--sets", "2007:trainval", "--num-anchors", "3", "--output", str(out)]
+    result = subprocess.run(
+        cmd,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+        preexec_fn=tiny_files_only,
+        timeout=300,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"error: {out}: cannot write (File too large)" in result.stderr.splitlines()
+    assert not out.exists() and not list(tmp_path.glob("*.tmp"))

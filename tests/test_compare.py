@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import resource
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
 from voc_factory import CLASSES, make_split, tiny_train_config
 
 import eval as eval_cli
 from tools.study import run_study
 from utils.evaluation.compare import Row, pairwise_verdicts, summarize_by_phi, write_outputs
 from utils.evaluation.evaluate import EvalConfig
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _row(name: str, phi: int, voc12: float) -> Row:
@@ -190,6 +198,52 @@ def test_eval_single_checkpoint_and_detection_file_agree(
     assert abs(f["voc07_map50"] - m["voc07_map50"]) < 1e-3
 
 
+def test_eval_detection_file_is_refused_or_warned_about_in_one_line(tmp_path: Path, capsys) -> None:
+    """eval.py --detections: a file it cannot score is one error line naming the file (exit
+    code 2); what it reads in a way the file does not say is a warning with a count."""
+    from data.voc import load_voc, parse_sets
+
+    root, classes = make_split(tmp_path, num_train=1, num_test=3)
+    annotations = load_voc(root, parse_sets("2007:test"), CLASSES).annotations
+    records = [
+        {
+            "image": a.image_path,
+            "image_id": a.image_id,
+            "width": a.width,
+            "height": a.height,
+            "detections": [
+                {"xyxy": b.tolist(), "score": 0.9, "class_id": int(k), "class_name": CLASSES[k]}
+                for b, k in zip(a.boxes, a.labels)
+            ],
+        }
+        for a in annotations
+    ]
+    dets, metrics = tmp_path / "dets.json", tmp_path / "m.json"
+    args = ["--detections", str(dets), "--voc-root", str(root), "--classes", str(classes)]
+    args += ["--no-coco", "--out-dir", str(tmp_path / "out"), "--json", str(metrics)]
+
+    def run(payload) -> tuple[int, str]:
+        dets.write_text(payload if isinstance(payload, str) else json.dumps(payload))
+        code = eval_cli.main(args)
+        return code, capsys.readouterr().err
+
+    assert run(records) == (0, "")  # the ground truth itself
+    assert json.loads(metrics.read_text())["voc12_map50"] == 1.0
+    # before: scored, with VOC and COCO AP disagreeing about the NaN box
+    broken = json.loads(json.dumps(records))
+    broken[1]["detections"][0]["xyxy"][2] = float("nan")
+    nan = f"error: {dets}: 1 detection with a NaN or infinite coordinate (record 1)\n"
+    assert run(broken) == (2, nan)
+    # before: the JSON parser's message, without the file
+    bad_json = f"error: {dets}: not valid JSON (Expecting value at line 1 column 2)\n"
+    assert run("[,") == (2, bad_json)
+    # a box past the right edge of its image: clipped, with a warning
+    wide = json.loads(json.dumps(records))
+    wide[0]["detections"][0]["xyxy"][2] = 200.0
+    clipped = f"{dets}: 1 detection with a box partly outside its image, clipped to it (record 0)"
+    assert run(wide) == (0, f"warning: {clipped}\n")
+
+
 def test_eval_scores_onnx_exports_like_the_checkpoint(
     tmp_path: Path, trained_tiny_checkpoint
 ) -> None:
@@ -233,3 +287,102 @@ def test_eval_scores_onnx_exports_like_the_checkpoint(
     with (out / "comparison.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert len({r["params"] for r in rows}) == 1  # same architecture, counted for the .onnx too
+
+
+@pytest.fixture(scope="module")
+def tiny_voc(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return make_split(tmp_path_factory.mktemp("tiny_voc"), num_train=1, num_test=2)
+
+
+def _eval_args(voc_root: Path, classes: Path, out: Path) -> list[str]:
+    return [
+        "--voc-root",
+        str(voc_root),
+        "--split",
+        "2007:test",
+        "--classes",
+        str(classes),
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--no-coco",
+        "--out-dir",
+        str(out),
+    ]
+
+
+@pytest.mark.parametrize("name", ["empty.onnx", "random.onnx", "truncated.onnx", "random.pth"])
+def test_eval_garbage_model_file_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture, tiny_voc: tuple[Path, Path], name: str
+) -> None:
+    from nets.decode import Geometry
+    from nets.yolo import YoloBody
+    from utils.inference.deploy import export_onnx
+
+    rng = np.random.default_rng(0)
+    if name == "truncated.onnx":
+        good = export_onnx(YoloBody(2, 0), tmp_path / "good.onnx", Geometry().at_size(64))
+        payload = good.read_bytes()[: good.stat().st_size // 2]
+    else:
+        payload = b"" if name == "empty.onnx" else rng.bytes(4096)
+    path = tmp_path / name
+    path.write_bytes(payload)
+    code = eval_cli.main(["--weights", str(path), *_eval_args(*tiny_voc, tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith(f"error: {path}: ") and len(err.splitlines()) == 1, err
+    assert "weights_only" not in err and "Traceback" not in err
+
+
+def test_eval_checks_its_outputs_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture, tiny_voc: tuple[Path, Path]
+) -> None:
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "m.json").mkdir()
+    missing = tmp_path / "missing.pth"  # an error too, but only once the outputs are fine
+    args = _eval_args(*tiny_voc, tmp_path / "out")
+    for json_path in (Path("/proc/m.json"), tmp_path / "a_file" / "m.json", tmp_path / "m.json"):
+        assert eval_cli.main(["--weights", str(missing), *args, "--json", str(json_path)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {json_path}: ") and len(err.splitlines()) == 1, err
+    out_dir = tmp_path / "a_file" / "eval"
+    args = _eval_args(*tiny_voc, out_dir)
+    assert eval_cli.main(["--weights", str(missing), *args]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {out_dir}: ")
+    assert eval_cli.main(["--detections", str(missing), *args]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {out_dir}: ")
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_eval_json_write_failing_at_the_end_is_one_line(
+    tmp_path: Path, tiny_voc: tuple[Path, Path]
+) -> None:
+    """Metrics that cannot be written once scored (larger than the file-size limit, as on a
+    full disk): one error line naming the file, exit code 1, no temporary file left."""
+    from nets.checkpoint import ModelInfo, save_checkpoint
+    from nets.yolo import YoloBody
+
+    weights = tmp_path / "untrained.pth"
+    info = ModelInfo(0, "none", len(CLASSES), tuple(CLASSES), input_size=64)
+    save_checkpoint(weights, YoloBody(len(CLASSES), 0), info)
+    json_path = tmp_path / "m.json"
+
+    def small_files_only() -> None:  # in the child: writes past 64 bytes fail with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64))
+
+    cmd = [sys.executable, "eval.py", "--weights", str(weights), "--json", str(json_path)]
+    cmd += _eval_args(*tiny_voc, tmp_path / "out")
+    result = subprocess.run(
+        cmd,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "MPLCONFIGDIR": str(tmp_path)},
+        preexec_fn=small_files_only,
+        timeout=300,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"error: {json_path}: cannot write (File too large)" in result.stderr.splitlines()
+    assert not json_path.exists() and not list(tmp_path.glob("*.tmp"))

@@ -213,6 +213,43 @@ def test_onnx_runner_refuses_decoded_graph(onnx_models, tmp_path) -> None:
         Detector.from_weights(path, classes=["a", "b", "c"])
 
 
+@pytest.mark.parametrize("damage", ["empty", "random", "truncated", "text"])
+def test_unreadable_onnx_files_are_one_line_naming_the_file(onnx_models, tmp_path, damage):
+    good = export_onnx(onnx_models[0], tmp_path / "good.onnx", Geometry(input_size=64))
+    payload = {
+        "empty": b"",
+        "random": np.random.default_rng(0).bytes(4096),
+        "truncated": good.read_bytes()[: good.stat().st_size // 2],
+        "text": b"this is a text file\n" * 30,
+    }[damage]
+    path = tmp_path / f"{damage}.onnx"
+    path.write_bytes(payload)
+    for load in (onnx_metadata, OnnxRunner, lambda p: Detector.from_weights(p, classes=["a"])):
+        with pytest.raises(ValueError) as excinfo:
+            load(path)
+        message = str(excinfo.value)
+        assert message.startswith(f"{path}: ") and "\n" not in message, message
+    with pytest.raises(FileNotFoundError, match=r"missing\.onnx: no such file"):
+        OnnxRunner(tmp_path / "missing.onnx")
+
+
+def test_tools_export_checks_its_outputs_first(tmp_path, capsys) -> None:
+    from tools import export as export_tool
+
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "m.cfg").mkdir()  # the .cfg next to a writable .weights is a folder
+    missing = tmp_path / "missing.pth"  # would be an error too, but comes second
+    for out, named in [
+        ("/proc/m", "/proc/m.weights"),
+        (str(tmp_path / "a_file" / "m"), str(tmp_path / "a_file" / "m.weights")),
+        (str(tmp_path / "m"), str(tmp_path / "m.cfg")),
+    ]:
+        assert export_tool.main(["--weights", str(missing), "--out", out]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {named}: ") and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "m.weights").exists()
+
+
 # --------------------------------------------------------------------------- official weights
 
 

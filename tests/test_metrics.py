@@ -6,13 +6,16 @@ checks the vectorised evaluator on seeded random cases. Boxes are xyxy, 0-based 
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
 import numpy as np
 import pytest
 
-from utils.detections import Detections
+from data.voc import Annotation
+from utils.detections import Detections, list_positions
+from utils.evaluation.evaluate import read_detections_json as read_split_detections
 from utils.evaluation.metrics import (
     BoxSet,
     ap_voc07,
@@ -633,17 +636,20 @@ def test_read_detections_json_matches_image_ids(tmp_path) -> None:
     first = _dets([[10.5, 20.25, 30, 40]], [0.5], [1])
     second = _dets([[1, 2, 3, 4], [5, 6, 7, 8]], [0.25, 0.125], [0, 2])
     records = [
-        {"image": "b.jpg", "image_id": "b", "width": 9, "height": 9,
+        {"image": "b.jpg", "image_id": "b", "width": 50, "height": 50,
          "detections": second.to_json()},
-        {"image": "x.jpg", "image_id": "x", "width": 9, "height": 9,
+        {"image": "x.jpg", "image_id": "x", "width": 50, "height": 50,
          "detections": first.to_json()},
-        {"image": "a.jpg", "image_id": "a", "width": 9, "height": 9,
+        {"image": "a.jpg", "image_id": "a", "width": 50, "height": 50,
          "detections": first.to_json()},
     ]  # fmt: skip
     path = tmp_path / "dets.json"
     path.write_text(json.dumps(records))
-    dets, unknown = read_detections_json(path, ["a", "b", "c"])
-    assert unknown == [{"image": "x.jpg", "image_id": "x", "width": 9, "height": 9}]
+    dets, warnings = read_detections_json(path, ["a", "b", "c"])
+    assert warnings == [
+        f"{path}: 1 record of an image not in the split, left out (record 1; e.g. image_id 'x')",
+        f"{path}: 1 of the 3 images of the split without a record, scored as having no detections",
+    ]
     expected = BoxSet.from_detections(
         [Detections.from_json(r["detections"]) for r in (records[0], records[2])], [1, 0]
     )
@@ -651,5 +657,265 @@ def test_read_detections_json_matches_image_ids(tmp_path) -> None:
         np.testing.assert_array_equal(getattr(dets, name), getattr(expected, name))
     assert dets.image.tolist() == [1, 1, 0] and dets.boxes[2].tolist() == [10.5, 20.25, 30, 40]
     path.write_text(json.dumps([{"image_id": "a", "detections": [{"xyxy": [1, 2, 3, 4]}]}]))
-    with pytest.raises(ValueError, match=r"predict\.py --json fields"):
+    with pytest.raises(
+        ValueError, match=r"1 detection lacking xyxy, score or class_id \(record 0\)"
+    ):
         read_detections_json(path, ["a"])
+
+
+# --------------------------------------------------------------------------------------------
+# eval.py --detections: what cannot be scored is refused (one ValueError naming the file), what
+# is read in a way the file does not say is reported with counts (Detected.failures)
+
+SPLIT_CLASSES = ["box", "disc"]
+W, H = 100, 80  # every image of the split
+
+
+def _split() -> list[Annotation]:
+    """Images a, b, c; b's second box is difficult."""
+
+    def annotation(image_id, boxes, labels, difficult=None) -> Annotation:
+        return Annotation(
+            f"{image_id}.jpg",
+            image_id,
+            np.asarray(boxes, np.float32).reshape(-1, 4),
+            np.asarray(labels, np.int64),
+            np.asarray(difficult or [False] * len(labels), bool),
+            W,
+            H,
+        )
+
+    return [
+        annotation("a", [[10, 10, 40, 30], [50, 20, 90, 70]], [0, 1]),
+        annotation("b", [[0, 0, 20, 20], [60, 40, 99, 79]], [0, 0], [False, True]),
+        annotation("c", [[30, 30, 60, 60]], [1]),
+    ]
+
+
+def _det(xyxy: list, score: float, class_id: int) -> dict:
+    name = SPLIT_CLASSES[class_id]
+    return {"xyxy": xyxy, "score": score, "class_id": class_id, "class_name": name}
+
+
+# a valid file's detections per image: ints and floats, boxes on the image border, a duplicate
+# (FP), a match of a difficult box (ignored), wrong classes (FP)
+VALID = {
+    "a": [
+        _det([11, 10, 40, 31], 0.5, 0),
+        _det([50, 22, 88.5, 70], 0.8, 1),
+        _det([50, 20, 90, 70], 0.3, 0),
+        _det([10, 10, 40, 30], 0.2, 1),
+    ],
+    "b": [
+        _det([0, 0, 21, 19.5], 0.95, 0),
+        _det([0, 0, 20, 20], 0.6, 0),
+        _det([61, 41, 99, 79], 0.7, 0),
+        _det([0, 0, 99, 79], 0.1, 1),
+    ],
+    "c": [_det([30.5, 29, 60, 61], 0.15, 1), _det([30, 30, 60, 60], 0.85, 0)],
+}
+# its scores as read before the reader checked its input
+VOC07_BEFORE, VOC12_BEFORE = 0.8106060606060604, 0.7916666666666666
+COCO_BEFORE, COCO50_BEFORE = 0.7227722772277227, 0.7937293729372936
+
+
+def _records(detections: dict | None = None) -> list[dict]:
+    detections = copy.deepcopy(VALID if detections is None else detections)
+    return [
+        {"image": f"{k}.jpg", "image_id": k, "width": W, "height": H, "detections": rows}
+        for k, rows in detections.items()
+    ]
+
+
+def _with(image: str, index: int, **changes) -> list[dict]:
+    """The valid records, with detection ``index`` of ``image`` changed."""
+    records = _records()
+    records["abc".index(image)]["detections"][index].update(changes)
+    return records
+
+
+def _read(tmp_path, records: list | None = None, text: str | None = None):
+    path = tmp_path / "dets.json"
+    path.write_text(json.dumps(records) if text is None else text)
+    return path, read_split_detections(str(path), _split(), SPLIT_CLASSES)
+
+
+def _refused(tmp_path, records: list | None = None, text: str | None = None) -> str:
+    """The one-line message of the ValueError, which starts with the file."""
+    with pytest.raises(ValueError) as info:
+        _read(tmp_path, records, text)
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path / 'dets.json'}: ") and "\n" not in message, message
+    return message
+
+
+def test_detection_file_valid_scores_exactly_as_before(tmp_path) -> None:
+    _, detected = _read(tmp_path, _records())
+    assert detected.failures == []
+    rows = [row for image in VALID.values() for row in image]
+    assert detected.dets.image.tolist() == [0] * 4 + [1] * 4 + [2] * 2
+    np.testing.assert_array_equal(detected.dets.boxes, [r["xyxy"] for r in rows])
+    np.testing.assert_array_equal(detected.dets.scores, [r["score"] for r in rows])
+    assert detected.dets.labels.tolist() == [r["class_id"] for r in rows]
+    voc = evaluate_voc(detected.dets, detected.gts, 2)
+    coco = evaluate_coco(detected.dets, detected.gts, 2)
+    # what the reader gave before it checked its input (same arrays, so the same numbers)
+    assert (voc["voc07_map"], voc["voc12_map"]) == (VOC07_BEFORE, VOC12_BEFORE)
+    assert (coco["coco_map"], coco["coco_map50"]) == (COCO_BEFORE, COCO50_BEFORE)
+
+
+def test_detection_file_box_needs_exactly_4_coordinates(tmp_path) -> None:
+    # before: a 5th number became the next box's x1 and shifted every later box (mAP 0)
+    message = _refused(tmp_path, _with("a", 0, xyxy=[11, 10, 40, 31, 2]))
+    assert message.endswith(": 1 detection with an xyxy that is not a list of 4 numbers (record 0)")
+    message = _refused(tmp_path, _with("c", 1, xyxy=[30, 30, 60]))
+    assert message.endswith(": 1 detection with an xyxy that is not a list of 4 numbers (record 2)")
+
+
+def test_detection_file_nan_or_infinite_coordinate_is_an_error(tmp_path) -> None:
+    # before: VOC AP 0 for those boxes, while COCO AP counted them as it saw fit
+    records = _records()
+    records[0]["detections"][1]["xyxy"][2] = math.nan
+    records[1]["detections"][0]["xyxy"][0] = math.nan
+    records[1]["detections"][3]["xyxy"][3] = math.inf
+    records[2]["detections"][0]["xyxy"][1] = -math.inf
+    message = _refused(tmp_path, records)
+    path = tmp_path / "dets.json"
+    assert message == f"{path}: 4 detections with a NaN or infinite coordinate (records 0, 1, 2)"
+    # many places: the first five distinct ones
+    assert list_positions([4, 4, 17, 90, 91, 95, 99], "record") == "records 4, 17, 90, 91, 95, ..."
+
+
+def test_detection_file_score_must_be_a_probability(tmp_path) -> None:
+    # before: a NaN score sorted anywhere and dropped mAP from 0.381 to 0.091
+    message = _refused(tmp_path, _with("b", 2, score=math.nan))
+    assert message.endswith(": 1 detection with a NaN or infinite score (record 1)")
+    message = _refused(tmp_path, _with("c", 0, score=1.5))
+    assert message.endswith(": 1 detection with a score outside [0, 1] (record 2)")
+    message = _refused(tmp_path, _with("a", 3, score=-0.25))
+    assert message.endswith(": 1 detection with a score outside [0, 1] (record 0)")
+
+
+def test_detection_file_inverted_box_is_an_error(tmp_path) -> None:
+    message = _refused(tmp_path, _with("a", 0, xyxy=[40, 10, 11, 31]))
+    assert message.endswith(": 1 detection with x2 < x1 or y2 < y1 (record 0)")
+    message = _refused(tmp_path, _with("c", 1, xyxy=[30, 60, 60, 30]))
+    assert message.endswith(": 1 detection with x2 < x1 or y2 < y1 (record 2)")
+
+
+def test_detection_file_box_outside_its_image(tmp_path) -> None:
+    # partly outside (below 0, beyond W-1 or H-1): clipped to the image, with a warning
+    records = _with("a", 0, xyxy=[-3, 10, 40, 31])
+    records[1]["detections"][3]["xyxy"] = [0, 0, 100, 80]
+    path, detected = _read(tmp_path, records)
+    assert detected.failures == [
+        f"{path}: 2 detections with a box partly outside its image, clipped to it (records 0, 1)"
+    ]
+    assert detected.dets.boxes[0].tolist() == [0, 10, 40, 31]
+    assert detected.dets.boxes[7].tolist() == [0, 0, W - 1, H - 1]
+    # entirely outside: boxes of another frame or image, refused
+    message = _refused(tmp_path, _with("c", 0, xyxy=[-50, 29, -10, 61]))
+    assert message.endswith(": 1 detection with a box entirely outside its image (record 2)")
+    # a record of another size than its annotation: its boxes are in another pixel frame
+    records = _records()
+    records[1]["width"], records[1]["height"] = H, W
+    message = _refused(tmp_path, records)
+    assert (
+        ": 1 record with a width x height other than the annotation's (record 1; e.g. 80x100 "
+        "for the 100x80 image 'b')"
+    ) in message
+
+
+def test_detection_file_repeated_image_records(tmp_path) -> None:
+    records = _records()
+    # one record twice: read once, with a warning (before: its detections counted twice)
+    path, detected = _read(tmp_path, [*records, copy.deepcopy(records[1])])
+    assert detected.failures == [
+        f"{path}: 1 record with the image_id and detections of an earlier record, read once "
+        "(record 3)"
+    ]
+    assert len(detected.dets) == 10
+    # two records of one image that differ: which one holds is unknown
+    other = {**records[0], "detections": records[0]["detections"][:2]}
+    message = _refused(tmp_path, [*records, other])
+    assert message.endswith(
+        ": 1 record with the image_id of an earlier record but other detections (record 3; "
+        "e.g. image_id 'a')"
+    )
+
+
+def test_detection_file_class_name_and_id_must_agree_with_the_classes(tmp_path) -> None:
+    message = _refused(tmp_path, _with("a", 0, class_name="cat"))
+    assert message.endswith(
+        ": 1 detection with a class_name that is not one of the classes (record 0)"
+    )
+    message = _refused(tmp_path, _with("c", 0, class_name="box"))  # its class_id 1 is disc
+    assert message.endswith(": 1 detection with the class_name of another class_id (record 2)")
+    message = _refused(tmp_path, _with("b", 3, class_id=2))
+    assert message.endswith(": 1 detection with a class_id outside 0..1 (record 1)")
+    # the id as text (what predict.py writes without class names) and no name both agree
+    records = _with("a", 0, class_name="0")
+    del records[2]["detections"][1]["class_name"]
+    _, detected = _read(tmp_path, records)
+    assert detected.failures == []
+
+
+def test_detection_file_numbers_are_not_converted(tmp_path) -> None:
+    # before: "0.8" was read as 0.8, a class_id of 0.5 as 0, true as 1
+    message = _refused(tmp_path, _with("a", 1, score="0.8"))
+    assert message.endswith(": 1 detection with a score that is not a number (record 0)")
+    message = _refused(tmp_path, _with("b", 1, class_id=0.5))
+    assert message.endswith(": 1 detection with a class_id that is not an integer (record 1)")
+    for xyxy in ([30, 30, "60", 60], [30, True, 60, 60], [30, 30, None, 60]):
+        message = _refused(tmp_path, _with("c", 1, xyxy=xyxy))
+        assert message.endswith(": 1 detection with a coordinate that is not a number (record 2)")
+    # a class_id of 1.0 names one class: read as 1, with a warning
+    path, detected = _read(tmp_path, _with("c", 0, class_id=1.0))
+    assert detected.failures == [
+        f"{path}: 1 detection with a class_id written as a float (read as the integer it "
+        "equals) (record 2)"
+    ]
+    assert detected.dets.labels.tolist() == [0, 1, 0, 1, 0, 0, 0, 1, 1, 0]
+
+
+def test_detection_file_that_is_not_a_list_of_records_names_the_file(tmp_path) -> None:
+    cut = '[{"image_id": "a", "detections": ['
+    not_records = '[{"image_id": "a"}, 3, {"image_id": "b", "detections": {}}]'
+    cases = {
+        "": "empty file; expected a JSON list of per-image records",
+        " \n": "empty file; expected a JSON list of per-image records",
+        cut: "not valid JSON (Expecting value at line 1 column 35)",
+        "{}": "expected a JSON list of per-image records, found an object",
+        '"dets"': "expected a JSON list of per-image records, found a string",
+        "[]": "an empty list; expected one record per image",
+        not_records: "3 records lacking an image_id or a detections list (records 0, 1, 2)",
+    }
+    for text, expected in cases.items():
+        assert _refused(tmp_path, text=text) == f"{tmp_path / 'dets.json'}: {expected}"
+    with pytest.raises(ValueError, match=rf"^{tmp_path}: cannot be read \(Is a directory\)$"):
+        read_split_detections(str(tmp_path), _split(), SPLIT_CLASSES)
+
+
+def test_detection_file_images_outside_the_split(tmp_path) -> None:
+    others = [
+        {"image": "x.jpg", "image_id": f"x{i}", "width": W, "height": H, "detections": []}
+        for i in range(7)
+    ]
+    # records of other images: left out, one warning with the count (before: one per record)
+    path, detected = _read(tmp_path, _records() + others)
+    assert detected.failures == [
+        f"{path}: 7 records of an image not in the split, left out (records 3, 4, 5, 6, 7, ...; "
+        "e.g. image_id 'x0')"
+    ]
+    assert len(detected.dets) == 10
+    # no record of the split: nothing could be scored
+    message = _refused(tmp_path, others)
+    assert message.endswith(
+        ": no record is of an image of the split (7 records with image_ids such as 'x0'; the "
+        "split's are such as 'a')"
+    )
+    # split images without a record: scored as having no detections, with a warning
+    path, detected = _read(tmp_path, _records()[:2])
+    assert detected.failures == [
+        f"{path}: 1 of the 3 images of the split without a record, scored as having no detections"
+    ]

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+import resource
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -481,3 +486,223 @@ def test_same_names_from_different_folders_do_not_overwrite(tmp_path: Path) -> N
     code = run_cli("--source", f"{tmp_path}/*/img.*", "--img-size", "160", "--save-dir", save_dir)
     assert code == 0
     assert sorted(p.name for p in save_dir.iterdir()) == ["img.jpg", "img.png", "img_2.jpg"]
+
+
+# --------------------------------------------------------------------------- outputs and inputs
+
+
+def _folder_with_a_bad_image(root: Path) -> Path:
+    """A folder whose processing would print an error naming bad.jpg: a run that never
+    starts prints nothing about it."""
+    folder = root / "in"
+    folder.mkdir()
+    small_copy(BUS, folder / "bus.jpg", 160)
+    (folder / "bad.jpg").write_bytes(b"not an image" * 20)
+    return folder
+
+
+@pytest.mark.parametrize("target", ["proc", "folder", "under_a_file"])
+def test_unwritable_json_fails_before_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture, target: str
+) -> None:
+    folder = _folder_with_a_bad_image(tmp_path)
+    (tmp_path / "a_file").write_text("x")
+    json_path = {
+        "proc": Path("/proc/dets.json"),
+        "folder": tmp_path / "dets",
+        "under_a_file": tmp_path / "a_file" / "dets.json",
+    }[target]
+    if target == "folder":
+        json_path.mkdir()
+    save_dir = tmp_path / "out"
+    code = run_cli("--source", folder, "--save-dir", save_dir, "--json", json_path)
+    captured = capsys.readouterr()
+    assert code == 2
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {json_path}"), captured.err
+    assert "bad.jpg" not in captured.err and "images" not in captured.out  # no run
+    assert not save_dir.exists()
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_unwritable_save_dir_fails_before_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    folder = _folder_with_a_bad_image(tmp_path)
+    (tmp_path / "a_file").write_text("x")
+    for save_dir in (tmp_path / "a_file" / "out", Path("/proc/out")):
+        code = run_cli("--source", folder, "--save-dir", save_dir)
+        captured = capsys.readouterr()
+        assert code == 2
+        assert captured.err.strip() == captured.err.strip().splitlines()[0]
+        assert captured.err.startswith(f"error: {save_dir}") and "bad.jpg" not in captured.err
+    # --exist-ok writes into the folder itself: a file there is not one
+    code = run_cli("--source", folder, "--save-dir", tmp_path / "a_file", "--exist-ok")
+    assert code == 2
+    assert "a_file: exists and is not a folder" in capsys.readouterr().err
+
+
+def test_export_onnx_to_an_unwritable_path(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "folder.onnx").mkdir()
+    for target in (Path("/proc/model.onnx"), tmp_path / "folder.onnx"):
+        assert run_cli("--img-size", "64", "--export-onnx", target) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {target}") and len(err.strip().splitlines()) == 1
+    assert list((tmp_path / "folder.onnx").iterdir()) == []
+
+
+def test_json_write_failing_at_the_end_is_one_line(tmp_path: Path) -> None:
+    """A JSON that cannot be written when the run ends (here: larger than the file-size limit,
+    as on a full disk) is one error line naming it, exit code 1, no temporary file left."""
+    json_path = tmp_path / "dets.json"
+
+    def small_files_only() -> None:  # in the child: writes past 2 KB fail with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048))
+
+    cmd = [sys.executable, "predict.py", "--weights", str(WEIGHTS), "--device", "cpu"]
+    cmd += ["--source", str(BUS), "--img-size", "160", "--conf", "0.01", "--no-save"]
+    cmd += ["--json", str(json_path)]
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    result = subprocess.run(
+        cmd,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+        preexec_fn=small_files_only,
+        timeout=300,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"error: {json_path}: cannot write (File too large)" in result.stderr.splitlines()
+    assert not json_path.exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "args, flags",
+    [
+        (["--conf", "2"], ["--conf"]),
+        (["--conf", "-1"], ["--conf"]),
+        (["--conf", "nan"], ["--conf"]),
+        (["--nms", "1.5"], ["--nms"]),
+        (["--max-det", "-1"], ["--max-det"]),
+        (["--img-size", "0"], ["--img-size"]),
+        (["--conf", "nan", "--nms", "0", "--max-det", "0"], ["--conf", "--nms", "--max-det"]),
+    ],
+)
+def test_inference_settings_out_of_range(
+    capsys: pytest.CaptureFixture, args: list[str], flags: list[str]
+) -> None:
+    assert run_cli("--source", BUS, "--no-save", *args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: invalid inference settings") and len(err.splitlines()) == 1
+    assert all(f"{flag} " in err for flag in flags), err
+
+
+def test_inference_config_lists_every_bad_field() -> None:
+    with pytest.raises(ValueError) as excinfo:
+        InferenceConfig(input_size=100, conf_thresh=float("nan"), nms_thresh=1.5, max_det=-1)
+    message = str(excinfo.value)
+    for part in ("--img-size 100", "--conf nan", "--nms 1.5", "--max-det -1"):
+        assert part in message
+    with pytest.raises(ValueError, match="--classes-filter"):
+        InferenceConfig(classes_filter=())
+    with pytest.raises(ValueError, match="--backend"):
+        InferenceConfig(backend="tensorrt")
+    config = InferenceConfig(conf_thresh=0.0, nms_thresh=1.0, max_det=1, classes_filter=(0,))
+    with pytest.raises(ValueError, match="--max-det 0"):  # replace() checks too
+        dataclasses.replace(config, max_det=0)
+
+
+@pytest.mark.parametrize("text", [",", "", " , ,"])
+def test_empty_classes_filter_is_an_error(capsys: pytest.CaptureFixture, text: str) -> None:
+    assert run_cli("--source", BUS, "--classes-filter", text, "--no-save") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --classes-filter") and len(err.splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def garbage_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Model files that cannot be loaded: empty, random and truncated .onnx, random .pth."""
+    from nets.decode import Geometry
+    from nets.yolo import YoloBody
+    from utils.inference.deploy import export_onnx
+
+    folder = tmp_path_factory.mktemp("garbage_models")
+    good = export_onnx(YoloBody(1, 0), folder / "good.onnx", Geometry().at_size(64))
+    rng = np.random.default_rng(0)
+    files = {
+        "empty.onnx": b"",
+        "random.onnx": rng.bytes(4096),
+        "truncated.onnx": good.read_bytes()[: good.stat().st_size // 2],
+        "random.pth": rng.bytes(4096),
+    }
+    for name, payload in files.items():
+        (folder / name).write_bytes(payload)
+    return {name: folder / name for name in files}
+
+
+@pytest.mark.parametrize("name", ["empty.onnx", "random.onnx", "truncated.onnx", "random.pth"])
+def test_garbage_model_file_is_one_line(
+    capsys: pytest.CaptureFixture, garbage_models: dict[str, Path], name: str
+) -> None:
+    path = garbage_models[name]
+    code = predict.main(["--weights", str(path), "--source", str(BUS), "--no-save"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith(f"error: {path}: ") and len(err.splitlines()) == 1, err
+    assert "weights_only" not in err and "Traceback" not in err
+
+
+def _truncated_avi(path: Path, frames: int = 12, keep: float = 0.5) -> int:
+    """An MJPG .avi written by OpenCV, then cut to ``keep`` of its bytes (its index, at the
+    end, is lost; the header still declares every frame); returns the frames left readable."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (160, 120))
+    assert writer.isOpened()
+    bus = cv2.resize(cv2.imread(str(BUS)), (90, 120), interpolation=cv2.INTER_AREA)
+    for i in range(frames):
+        frame = np.full((120, 160, 3), 110, np.uint8)
+        frame[:, 5 * i : 5 * i + 90] = bus
+        writer.write(frame)
+    writer.release()
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    cap = cv2.VideoCapture(str(path))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == frames
+    readable = 0
+    while cap.read()[0]:
+        readable += 1
+    cap.release()
+    assert 0 < readable < frames
+    return readable
+
+
+def test_truncated_video_is_reported_and_its_frames_kept(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    clip = tmp_path / "cut.avi"
+    readable = _truncated_avi(clip)
+    json_path = tmp_path / "dets.json"
+    code = run_cli("--source", clip, "--img-size", "160", "--no-save", "--json", json_path)
+    captured = capsys.readouterr()
+    assert code == 0
+    assert f"{readable} video frames" in captured.out
+    expected = f"{clip}: read {readable} of the 12 frames its container declares"
+    warnings = [line for line in captured.err.splitlines() if expected in line]
+    assert warnings and warnings[0].startswith("warning: "), captured.err
+    assert "1 warning(s)" in captured.err
+    records = load_json(json_path)
+    assert [r["frame"] for r in records] == list(range(readable))
+
+
+def test_complete_video_has_no_frame_count_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    clip = tmp_path / "whole.avi"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (64, 48))
+    for _ in range(5):
+        writer.write(np.full((48, 64, 3), 90, np.uint8))
+    writer.release()
+    assert run_cli("--source", clip, "--img-size", "64", "--no-save") == 0
+    captured = capsys.readouterr()
+    assert "5 video frames" in captured.out and "warning" not in captured.err

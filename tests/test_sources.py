@@ -1,4 +1,5 @@
-"""Unit tests for utils/sources.py: reading images, resolving --source, opening videos."""
+"""Unit tests for utils/sources.py (reading images, resolving --source, opening videos) and
+the output-path helpers of utils/paths.py."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 from conftest import require_asset
 
+from utils.paths import OutputPathError, check_output_path, write_text_atomic
 from utils.sources import (
     ImageReadError,
     Source,
@@ -390,3 +392,50 @@ def test_increment_path_exist_ok(tmp_path: Path) -> None:
     target.mkdir()
     (tmp_path / "predict2").mkdir()
     assert increment_path(target, exist_ok=True) == target
+
+
+# --------------------------------------------------------------------------- output paths
+
+
+def test_check_output_path_accepts_what_can_be_written_and_creates_nothing(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "old.json").write_text("[]")
+    for path in (tmp_path / "new.json", tmp_path / "old.json", tmp_path / "a" / "b" / "c.json"):
+        assert check_output_path(path) == path
+    for folder in (tmp_path, tmp_path / "new" / "folder"):
+        assert check_output_path(folder, folder=True) == folder
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.json"]  # no probe left
+    assert (tmp_path / "old.json").read_text() == "[]"
+
+
+def test_check_output_path_refuses_with_one_line_naming_the_path(tmp_path: Path) -> None:
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "a_folder").mkdir()
+    cases = [
+        (Path("/proc/x.json"), False, "cannot write in /proc"),
+        (tmp_path / "a_folder", False, "is a folder"),
+        (tmp_path / "a_file" / "x.json", False, "a_file is not a folder"),
+        (tmp_path / "a_file" / "deeper" / "x.json", False, "a_file is not a folder"),
+        (tmp_path / "a_file", True, "exists and is not a folder"),
+        (Path("/proc/out"), True, "cannot write in /proc"),
+    ]
+    for path, folder, problem in cases:
+        with pytest.raises(OutputPathError) as excinfo:
+            check_output_path(path, folder=folder)
+        message = str(excinfo.value)
+        assert message.startswith(f"{path}: ") and problem in message, message
+        assert "\n" not in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "a_folder"]
+
+
+def test_write_text_atomic(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "out.json"
+    assert write_text_atomic(path, "[1]") == path and path.read_text() == "[1]"
+    write_text_atomic(path, "[2]")
+    assert path.read_text() == "[2]"
+    (tmp_path / "a_folder").mkdir()
+    with pytest.raises(OutputPathError, match="a_folder: cannot write"):
+        write_text_atomic(tmp_path / "a_folder", "[3]")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_folder", "sub"]  # no .tmp left
+    assert list((tmp_path / "a_folder").iterdir()) == []

@@ -105,6 +105,27 @@ def add_options(
             action.help = help_text + " (default: %(default)s)"
 
 
+Rule = tuple[Callable[[Any], bool], str]  # (check, what the value must be)
+
+
+def rule_problems(config: Any, rules: dict[str, Rule]) -> list[str]:
+    """Every field of the dataclass ``config`` named in ``rules`` whose value fails its check,
+    as ``--flag value: must be ...`` with the field's flag (default: ``--`` + the name in
+    kebab case). NaN fails every numeric rule; a check that raises TypeError fails."""
+    flags = {f.name: f.metadata.get("flag") for f in dataclasses.fields(config)}
+    problems = []
+    for name, (valid, must) in rules.items():
+        value = getattr(config, name)
+        try:
+            ok = bool(valid(value))
+        except TypeError:  # a string where a number belongs (a config edited by hand)
+            ok = False
+        if not ok:
+            flag = flags.get(name) or "--" + name.replace("_", "-")
+            problems.append(f"{flag} {value!r}: must be {must}")
+    return problems
+
+
 def argument_group(parser: argparse.ArgumentParser, title: str | None) -> Any:
     """The parser's group called ``title`` (made on first use); the parser itself for None."""
     if title is None:

@@ -2,10 +2,17 @@
 
 ``model_data`` paths are absolute (found from this file), so the library works from any working
 directory; ``VOC_ROOT`` is relative, a default the user reads in ``--help``.
+
+Outputs: ``check_output_path`` tells before a run whether a file or folder can be written, and
+``write_text_atomic``/``write_bytes_atomic`` write through a temporary file and a rename; both
+fail with an ``OutputPathError`` whose message is one line naming the path.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,3 +24,73 @@ VOC_CLASSES = MODEL_DATA / "voc_classes.txt"
 SAMPLES = MODEL_DATA / "samples"  # bus.jpg and zidane.jpg (`make weights`)
 
 VOC_ROOT = "data/VOCdevkit"  # where tools.download_voc puts Pascal VOC
+
+
+class OutputPathError(OSError):
+    """An output that cannot be written; ``str(err)`` is one line that names the path."""
+
+
+def check_output_path(path: str | os.PathLike, *, folder: bool = False) -> Path:
+    """Checks, before any work starts, that ``path`` can be written; creates and changes
+    nothing.
+
+    A file target must not be a folder, and its folder (or the nearest existing one above it,
+    where the rest will be created) must accept new files: outputs are written through a
+    temporary file next to the target. A ``folder`` target must be a folder, or be creatable.
+
+    Returns:
+        ``path`` as a ``Path``.
+
+    Raises:
+        OutputPathError: the path cannot be written (the message names it and says why).
+    """
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise OutputPathError(f"{path}: exists and is not a folder")
+    if not folder and path.is_dir():
+        raise OutputPathError(f"{path}: is a folder; give a file name")
+    parent = path if folder else path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputPathError(f"{path}: cannot be created, {parent} is not a folder")
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".write-check-", dir=parent)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as err:
+        raise OutputPathError(f"{path}: cannot write in {parent} ({err.strerror or err})") from None
+    return path
+
+
+def write_failure(err: OSError, path: str | os.PathLike) -> OutputPathError:
+    """``err``, raised while writing ``path`` (or a file in it), as one line naming the file."""
+    if isinstance(err, OutputPathError):
+        return err
+    return OutputPathError(f"{err.filename or path}: cannot write ({err.strerror or err})")
+
+
+def write_bytes_atomic(path: str | os.PathLike, payload: bytes) -> Path:
+    """Writes ``payload`` through a temporary file next to ``path`` and a rename, so that the
+    file is never seen half-written; missing folders are created.
+
+    Raises:
+        OutputPathError: the write failed (disk full, permissions, a folder in the way); the
+            temporary file is removed and an older ``path`` is left as it was.
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(payload)
+        os.replace(tmp, path)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise OutputPathError(f"{path}: cannot write ({err.strerror or err})") from None
+    return path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """``write_bytes_atomic`` of ``text`` in UTF-8."""
+    return write_bytes_atomic(path, text.encode("utf-8"))

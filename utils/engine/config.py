@@ -15,7 +15,7 @@ from typing import Any
 
 from data.source import DATA_CHOICES
 from nets.attention import describe_phis
-from utils.config import option
+from utils.config import option, rule_problems
 from utils.evaluation.evaluate import EvalConfig
 from utils.paths import VOC_ROOT
 
@@ -196,13 +196,4 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 def config_problems(cfg: TrainConfig) -> list[str]:
     """Every setting of ``cfg`` outside its valid range, as ``--flag value: must be ...``
     (NaN fails every numeric rule)."""
-    problems = []
-    for name, (valid, must) in _RULES.items():
-        value = getattr(cfg, name)
-        try:
-            ok = bool(valid(value))
-        except TypeError:  # a string where a number belongs (a config edited by hand)
-            ok = False
-        if not ok:
-            problems.append(f"--{name.replace('_', '-')} {value!r}: must be {must}")
-    return problems
+    return rule_problems(cfg, _RULES)

@@ -290,21 +290,20 @@ def read_detections_json(
 ) -> Detected:
     """Detections in the ``predict.py --json`` format, matched to annotations by image_id.
 
-    Records of images not in the split are left out (listed in ``failures``); split images
-    without a record have no detections.
+    The file is checked against the classes and the annotated image sizes by
+    ``utils.evaluation.metrics.read_detections_json``, whose docstring lists what is an
+    error and what a warning; the warnings (records of images not in the split, split images
+    without a record, clipped boxes, ...) become ``failures``, one line each with counts.
 
     Raises:
-        ValueError: malformed file, or class ids outside the classes file.
+        ValueError: a file that cannot be scored as it is (the message names it).
     """
-    dets, unknown = read_detections_file(path, [a.image_id for a in annotations])
-    if len(dets) and (dets.labels.min() < 0 or dets.labels.max() >= len(class_names)):
-        raise ValueError(
-            f"{path}: class ids {dets.labels.min()}..{dets.labels.max()} do not fit "
-            f"the {len(class_names)} classes of the classes file"
-        )
-    failures = [f"{path}: image_id {r.get('image_id')!r} is not in the split" for r in unknown]
-    sizes = np.array([(max(a.width, 1), max(a.height, 1)) for a in annotations], np.int64)
-    return Detected(dets, ground_truth(annotations), sizes.reshape(-1, 2), failures)
+    raw_sizes = np.array([(a.width, a.height) for a in annotations], np.int64).reshape(-1, 2)
+    dets, warnings = read_detections_file(
+        path, [a.image_id for a in annotations], class_names=class_names, image_sizes=raw_sizes
+    )
+    sizes = np.maximum(raw_sizes, 1)
+    return Detected(dets, ground_truth(annotations), sizes, warnings)
 
 
 def plot_report(report: EvalReport, out_dir) -> list:

@@ -40,7 +40,8 @@ class FusedConv(nn.Module):
 
 def fuse_model(model: nn.Module) -> nn.Module:
     """A copy of ``model`` in eval mode with conv + BN pairs folded: every ``BasicConv``
-    becomes a ``FusedConv``; coordinate attention's 1x1 conv absorbs its BN."""
+    becomes a ``FusedConv``; coordinate attention's 1x1 conv absorbs its BN, and every module
+    with a ``fold_batchnorm()`` method (BAM, cbam_plus's branches, non-local) folds its own."""
     fused = copy.deepcopy(model).eval()
     for parent in list(fused.modules()):
         for name, child in parent.named_children():
@@ -50,6 +51,9 @@ def fuse_model(model: nn.Module) -> nn.Module:
         if isinstance(parent, CoordAttention) and isinstance(parent.bn, nn.BatchNorm2d):
             parent.conv_1x1 = fuse_conv_bn_eval(parent.conv_1x1, parent.bn)
             parent.bn = nn.Identity()
+        fold = getattr(parent, "fold_batchnorm", None)  # attention blocks that know their pairs
+        if callable(fold):
+            fold()
     return fused
 
 
@@ -139,11 +143,34 @@ def export_onnx(
 METADATA_KEY = "yolov4_tiny_attention"
 
 
-def onnx_metadata(path: str | os.PathLike) -> dict:
-    """What ``export_onnx`` stored about the model (phi, classes, anchors, input size), or {}."""
-    import onnx
+def _check_onnx_file(path: str) -> None:
+    """Raises FileNotFoundError or ValueError (one line naming ``path``) for a missing or
+    empty file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"{path}: empty file, not an ONNX model")
 
-    graph = onnx.load(str(path), load_external_data=False)
+
+def onnx_metadata(path: str | os.PathLike) -> dict:
+    """What ``export_onnx`` stored about the model (phi, classes, anchors, input size), or {}.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: empty, truncated, corrupt or not ONNX (one line naming the file).
+    """
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    path = str(path)
+    _check_onnx_file(path)
+    try:
+        graph = onnx.load(path, load_external_data=False)
+    except DecodeError:
+        raise ValueError(
+            f"{path}: cannot read as an ONNX model: the file is truncated, corrupt or of "
+            "another format"
+        ) from None
     for entry in graph.metadata_props:
         if entry.key == METADATA_KEY:
             return json.loads(entry.value)
@@ -151,11 +178,18 @@ def onnx_metadata(path: str | os.PathLike) -> dict:
 
 
 class OnnxRunner:
-    """Runs an exported raw-map graph with ONNX Runtime; called like the model."""
+    """Runs an exported raw-map graph with ONNX Runtime; called like the model.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: a file ONNX Runtime cannot load (empty, truncated, corrupt, not ONNX),
+            or a graph without the raw outputs (one line naming the file).
+    """
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
         import onnxruntime as ort
 
+        _check_onnx_file(str(path))
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
@@ -163,7 +197,11 @@ class OnnxRunner:
         # spinning workers fight torch's and OpenCV's threads during pre/post-processing:
         # measured 33 -> 30 ms end to end and a p90 of 80 -> 31 ms on a 2-core CPU
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(path), options, providers=self.providers())
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=self.providers())
+        except Exception as err:  # ORT's own exception types (InvalidProtobuf, Fail, ...)
+            problem = str(err).rsplit("failed:", 1)[-1].strip() or type(err).__name__
+            raise ValueError(f"{path}: ONNX Runtime cannot load it: {problem}") from None
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
         if self.output_names != ["out32", "out16"]:

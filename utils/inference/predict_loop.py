@@ -3,6 +3,8 @@
 Outputs: annotated images and videos (same fps and size) in ``save_dir``, optional crops,
 optional JSON in the ``predict.py --json`` format, optional on-screen window.
 A file that cannot be read is reported on one line and skipped; the caller sees the count.
+A video that yields fewer (or more) frames than its container declares is reported on one
+line and its frames are kept. A JSON file that cannot be written raises ``OutputPathError``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from utils.config import option
 from utils.detections import Detections
 from utils.device import synchronize
 from utils.inference.predictor import Detector
+from utils.paths import write_text_atomic
 from utils.sources import ImageReadError, Source, SourceError, open_video, read_image
 from utils.timing import StageTimer
 from utils.visualize import crop_detections, draw_detections, overlay_heatmap
@@ -50,6 +53,7 @@ class RunSummary:
     frames: int = 0
     detections: int = 0
     failures: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # results kept, but something is off
     records: list[dict] = field(default_factory=list)
     written: set[str] = field(default_factory=set)  # output names used in this run
 
@@ -138,7 +142,9 @@ def _run_images(
             suffix = Path(path).suffix.lower()
             suffix = suffix if suffix in (".jpg", ".jpeg", ".png", ".bmp") else ".jpg"
             out = summary.output_path(opts.save_dir, stem, suffix)
-            cv2.imwrite(str(out), rendered)
+            if not cv2.imwrite(str(out), rendered):
+                tqdm.write(f"error: {out}: cannot write image", file=sys.stderr)
+                summary.failures.append(f"{out}: cannot write image")
             if opts.crop:
                 _save_crops(opts.save_dir, out.stem, image, dets)
         if rendered is not None:
@@ -168,6 +174,7 @@ def _run_stream(
             writer = None
     bar = tqdm(total=count or None, desc=name, unit="frame")
     frame_index = 0
+    stopped = False  # by the user, in the window
     try:
         while True:
             ok, frame = cap.read()
@@ -187,6 +194,7 @@ def _run_stream(
                 if writer is not None:
                     writer.write(rendered)
                 if not window.show(rendered):
+                    stopped = True
                     break
             frame_index += 1
             bar.update(1)
@@ -198,10 +206,20 @@ def _run_stream(
     if frame_index == 0 and not isinstance(video, int):
         summary.failures.append(f"{video}: video has no decodable frames")
         tqdm.write(f"error: {video}: video has no decodable frames", file=sys.stderr)
+    elif count and frame_index != count and not stopped and not isinstance(video, int):
+        problem = f"{video}: read {frame_index} of the {count} frames its container declares"
+        if frame_index < count:
+            problem += " (truncated or damaged?); the frames read are kept"
+        summary.warnings.append(problem)
+        tqdm.write(f"warning: {problem}", file=sys.stderr)
 
 
 def run_predictions(detector: Detector, source: Source, opts: OutputOptions) -> RunSummary:
-    """Processes every input of ``source``; never raises for one bad input."""
+    """Processes every input of ``source``; never raises for one bad input.
+
+    Raises:
+        OutputPathError: the JSON file cannot be written at the end.
+    """
     summary = RunSummary()
     window = _Window(opts.show)
     if opts.save_dir is not None:
@@ -219,10 +237,12 @@ def run_predictions(detector: Detector, source: Source, opts: OutputOptions) -> 
 
 
 def write_json(path: Path, records: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(records, indent=1))
-    os.replace(tmp, path)
+    """Writes the records atomically.
+
+    Raises:
+        OutputPathError: the file cannot be written (no temporary file is left).
+    """
+    write_text_atomic(path, json.dumps(records, indent=1))
 
 
 def benchmark(detector: Detector, image: np.ndarray, runs: int = 50, warmup: int = 5) -> dict:

@@ -22,7 +22,7 @@ from nets.checkpoint import ModelInfo, load_model
 from nets.decode import Geometry, detect
 from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, YoloBody
 from utils.classes import read_anchors, read_class_names
-from utils.config import option
+from utils.config import Rule, option, rule_problems
 from utils.detections import Detections
 from utils.device import select_device
 from utils.inference.deploy import fuse_model
@@ -54,7 +54,11 @@ BACKENDS = ("torch", "onnxruntime")
 
 @dataclass(frozen=True)
 class InferenceConfig:
-    """Inference settings; every default in one place."""
+    """Inference settings; every default in one place.
+
+    Checked when made (here and through ``dataclasses.replace``): a ValueError lists every
+    field outside its range by its ``predict.py`` flag.
+    """
 
     input_size: int | None = option(
         None,
@@ -87,6 +91,25 @@ class InferenceConfig:
         choices=BACKENDS,
     )
     fuse: bool = option(True, "fold batch norm into the convolutions (torch)", group="deployment")
+
+    def __post_init__(self) -> None:
+        problems = rule_problems(self, _INFERENCE_RULES)
+        if problems:
+            raise ValueError("invalid inference settings: " + "; ".join(problems))
+
+
+# field -> (check, what it must be); messages use each field's flag
+_INFERENCE_RULES: dict[str, Rule] = {
+    "input_size": (lambda v: v is None or (v > 0 and v % 32 == 0), "a positive multiple of 32"),
+    "conf_thresh": (lambda v: 0 <= v <= 1, "a score in [0, 1]"),
+    "nms_thresh": (lambda v: 0 < v <= 1, "an IoU in (0, 1]"),
+    "max_det": (lambda v: v >= 1, "at least 1"),
+    "classes_filter": (
+        lambda v: v is None or (len(v) > 0 and all(i >= 0 for i in v)),
+        "None or one or more class ids",
+    ),
+    "backend": (lambda v: v in BACKENDS, f"one of {', '.join(BACKENDS)}"),
+}
 
 
 class Detector:
@@ -121,8 +144,6 @@ class Detector:
         if config.input_size is None:
             config = replace(config, input_size=info.input_size)
         self.config = config
-        if self.config.input_size % 32 or self.config.input_size <= 0:
-            raise ValueError(f"input size {self.config.input_size} is not a multiple of 32")
         class_names = list(class_names if class_names is not None else info.class_names or [])
         if len(class_names) != info.num_classes:
             raise ValueError(
