@@ -14,15 +14,16 @@ import json
 import logging
 import sys
 from dataclasses import replace
-from pathlib import Path
 
 from nets.attention import describe_phis
 from nets.checkpoint import CheckpointMismatchError, load_model
 from nets.darknet import DarknetFormatError
+from utils.classes import read_class_names
 from utils.config import HelpFormatter, add_options, argument_group, from_args
+from utils.inference.deploy import onnx_metadata
+from utils.inference.export import ExportConfig, calibration_images, export_model
 from utils.inference.predict_loop import OutputOptions, benchmark, run_predictions
 from utils.inference.predictor import DEFAULT_WEIGHTS, Detector, InferenceConfig, class_names_for
-from utils.inference.quantize import CALIBRATION_METHODS, DEFAULT_CALIBRATION_IMAGES
 from utils.paths import ROOT, SAMPLES, OutputPathError, check_output_path, write_failure
 from utils.sources import ImageReadError, SourceError, increment_path, read_image, resolve_source
 
@@ -81,40 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument(
         "--benchmark-runs", type=int, default=50, help="timed runs for --benchmark (default: 50)"
     )
-    dep = argument_group(p, "deployment")
-    dep.add_argument(
-        "--export-onnx",
-        default=None,
-        metavar="PATH",
-        help="export the model to ONNX at --img-size and exit",
-    )
-    dep.add_argument("--onnx-dynamic", action="store_true", help="ONNX export: dynamic batch")
-    dep.add_argument(
-        "--onnx-decode",
-        action="store_true",
-        help="ONNX export: decoded boxes (B, N, 5+C) instead of raw maps",
-    )
-    dep.add_argument("--opset", type=int, default=17, help="ONNX opset, 17 or newer (default: 17)")
-    dep.add_argument(
-        "--int8",
-        default=None,
-        metavar="CALIB_SOURCE",
-        help="ONNX export: quantize to INT8 (ONNX Runtime, static), calibrating activation "
-        "ranges on images from this folder, glob or file (use training images)",
-    )
-    dep.add_argument(
-        "--calib-images",
-        type=int,
-        default=DEFAULT_CALIBRATION_IMAGES,
-        help="--int8: calibration images, spread evenly over the source (default: %(default)s)",
-    )
-    dep.add_argument(
-        "--calib-method",
-        choices=CALIBRATION_METHODS,
-        default="percentile",
-        help="--int8: how activation ranges are chosen from the calibration images "
-        "(default: %(default)s)",
-    )
+    add_options(p, ExportConfig)
     return p
 
 
@@ -156,7 +124,7 @@ def _class_filter(text: str | None, names: list[str]) -> tuple[int, ...] | None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    if args.export_onnx:
+    if args.onnx_path:  # --export-onnx
         return _export_onnx(args)
     if args.int8:
         print("error: --int8 quantizes an export: give --export-onnx PATH too", file=sys.stderr)
@@ -229,78 +197,46 @@ def main(argv: list[str] | None = None) -> int:
 
 def _export_onnx(args: argparse.Namespace) -> int:
     """``--export-onnx``: fused model (+ optional decoder) with its metadata, checked; with
-    ``--int8`` quantized on calibration images. The file is built in a temporary folder and
-    moved into place at the end."""
-    import tempfile
-
-    from utils.classes import read_class_names
-    from utils.inference.deploy import export_onnx, onnx_metadata
-    from utils.inference.quantize import pick_evenly, quantize_int8
-    from utils.paths import write_bytes_atomic
-
+    ``--int8`` quantized on calibration images."""
     try:
-        check_output_path(args.export_onnx)
-    except OutputPathError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    try:
-        calibration = []
-        if args.int8:
-            if args.onnx_decode:
-                raise ValueError("--int8 quantizes raw-map graphs: leave out --onnx-decode")
-            if args.calib_images < 1:
-                raise ValueError("--calib-images must be at least 1")
-            images = resolve_source(args.int8).images
-            if not images:
-                raise ValueError(f"{args.int8}: no images to calibrate on")
-            calibration = pick_evenly(images, args.calib_images)
+        cfg = from_args(ExportConfig, args)
+        check_output_path(cfg.onnx_path)
+        calibration = calibration_images(cfg.int8, cfg.calib_images) if cfg.int8 else []
         names = read_class_names(args.classes) if args.classes else None
         model, info = load_model(args.weights, args.phi, len(names) if names else None)
         names = class_names_for(names, info.class_names, info.num_classes, args.weights)
         size = args.input_size or info.input_size
-        meta = {
-            "phi": info.phi,
-            "phi_name": info.phi_name,
-            "class_names": names,
-            "anchors": [list(a) for a in info.anchors],
-            "anchors_mask": [list(m) for m in info.anchors_mask],
-            "input_size": size,
-        }
-        with tempfile.TemporaryDirectory() as tmp:
-            path = export_onnx(
-                model,
-                Path(tmp) / "fp32.onnx",
-                info.geometry.at_size(size),
-                opset=args.opset,
-                dynamic_batch=args.onnx_dynamic,
-                decode=args.onnx_decode,
-                metadata=meta,
-            )
-            if args.int8:
-                path = quantize_int8(
-                    path,
-                    Path(tmp) / "int8.onnx",
-                    calibration,
-                    method=args.calib_method,
-                    letterbox=args.letterbox,
-                )
-            path = write_bytes_atomic(args.export_onnx, path.read_bytes())
-    except (FileNotFoundError, ValueError, CheckpointMismatchError, DarknetFormatError) as err:
+        path = export_model(
+            model,
+            info,
+            names,
+            cfg,
+            input_size=size,
+            calibration=calibration,
+            letterbox=args.letterbox,
+        )
+    except (
+        FileNotFoundError,
+        ValueError,
+        OutputPathError,
+        CheckpointMismatchError,
+        DarknetFormatError,
+    ) as err:
         print(f"error: {err}", file=sys.stderr)  # SourceError is a ValueError
         return 2
     except OSError as err:  # writing the export failed (disk full, permissions)
-        print(f"error: {write_failure(err, args.export_onnx)}", file=sys.stderr)
+        print(f"error: {write_failure(err, cfg.onnx_path)}", file=sys.stderr)
         return 1
-    kind = "decoded detections" if args.onnx_decode else "raw maps out32/out16"
-    batch = "dynamic batch" if args.onnx_dynamic else "batch 1"
+    kind = "decoded detections" if cfg.decode else "raw maps out32/out16"
+    batch = "dynamic batch" if cfg.dynamic_batch else "batch 1"
     precision = ""
-    if args.int8:
+    if cfg.int8:
         quant = onnx_metadata(path)["quantization"]
         precision = (
             f", INT8 ({quant['method']} calibration on {quant['calibration_images']} images)"
         )
     print(
-        f"exported {path} (opset {args.opset}, {size}x{size}, {batch}, {kind}{precision}; "
+        f"exported {path} (opset {cfg.opset}, {size}x{size}, {batch}, {kind}{precision}; "
         f"{info.describe()}); onnx.checker passed"
     )
     return 0

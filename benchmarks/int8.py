@@ -27,11 +27,12 @@ from pathlib import Path
 
 from data.demo import DEMO_CLASSES, DEMO_VOC_ROOT
 from data.voc import load_voc, parse_sets
-from nets.checkpoint import ModelInfo, load_model
+from nets.checkpoint import load_model
 from utils.classes import read_class_names
 from utils.evaluation.compare import evaluate_checkpoint
 from utils.evaluation.evaluate import EvalConfig
 from utils.inference.deploy import export_onnx
+from utils.inference.export import export_metadata
 from utils.inference.predictor import class_names_for
 from utils.inference.quantize import (
     CALIBRATION_METHODS,
@@ -41,19 +42,6 @@ from utils.inference.quantize import (
 )
 
 DEFAULT_WEIGHTS = "logs/demo/train/weights/last.pth"
-
-
-def export_metadata(info: ModelInfo, names: list[str], size: int) -> dict:
-    """What ``predict.py --export-onnx`` stores in the graph, so that ``Detector`` (and
-    ``eval.py``) can run the export without the checkpoint."""
-    return {
-        "phi": info.phi,
-        "phi_name": info.phi_name,
-        "class_names": names,
-        "anchors": [list(a) for a in info.anchors],
-        "anchors_mask": [list(m) for m in info.anchors_mask],
-        "input_size": size,
-    }
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -409,12 +409,14 @@ class NonLocalBlock(nn.Module):
         nn.init.zeros_(self.out_bn.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[2:]
-        theta = self.theta(x).flatten(2).transpose(1, 2)  # (B, N, C')
-        phi = self.phi(x).flatten(2)  # (B, C', N)
-        g = self.g(x).flatten(2).transpose(1, 2)  # (B, N, C')
+        # explicit reshapes: flatten/unflatten export as Slice/Mod chains that ONNX Runtime's
+        # symbolic shape inference (run before INT8 quantization) cannot follow
+        b, _, h, w = x.shape
+        theta = self.theta(x).reshape(b, -1, h * w).transpose(1, 2)  # (B, N, C')
+        phi = self.phi(x).reshape(b, -1, h * w)  # (B, C', N)
+        g = self.g(x).reshape(b, -1, h * w).transpose(1, 2)  # (B, N, C')
         attention = torch.softmax(torch.bmm(theta, phi), dim=-1)  # (B, N, N), rows sum to 1
-        y = torch.bmm(attention, g).transpose(1, 2).unflatten(2, (h, w))  # (B, C', H, W)
+        y = torch.bmm(attention, g).transpose(1, 2).reshape(b, -1, h, w)  # (B, C', H, W)
         return x + self.out_bn(self.out_conv(y))
 
     def fold_batchnorm(self) -> None:

@@ -267,5 +267,7 @@ def test_detections_json_round_trip() -> None:
     assert back.boxes.shape == (2, 4) and back.labels.dtype == np.int64
     empty = Detections.from_json([], width=3, height=4)
     assert empty.boxes.shape == (0, 4) and len(empty) == 0 and empty.to_json() == []
-    with pytest.raises(KeyError):
+    with pytest.raises(
+        ValueError, match=r"^1 detection lacking xyxy, score or class_id \(row 0\)$"
+    ):
         Detections.from_json([{"xyxy": [0, 0, 1, 1], "score": 0.5}])

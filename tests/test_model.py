@@ -103,7 +103,7 @@ def test_resolve_phi(given, expected) -> None:
     assert resolve_phi(given) == expected
 
 
-@pytest.mark.parametrize("bad", [5, "-1", "senet", "", 2.5])
+@pytest.mark.parametrize("bad", [99, "-1", "senet", "", 2.5])
 def test_unknown_phi_lists_valid_values(bad) -> None:
     with pytest.raises(ValueError) as err:
         resolve_phi(bad)
@@ -166,6 +166,7 @@ def test_ca_matches_definition() -> None:
 def test_registering_a_new_block_takes_the_next_number(monkeypatch) -> None:
     monkeypatch.setattr(attention, "_REGISTRY", dict(attention._REGISTRY))
     monkeypatch.setattr(attention, "_PHI_NAMES", list(attention._PHI_NAMES))
+    next_phi = len(attention_names())
 
     @attention.register_attention("Scale")
     class Scale(nn.Module):
@@ -176,8 +177,8 @@ def test_registering_a_new_block_takes_the_next_number(monkeypatch) -> None:
         def forward(self, x):
             return x * self.gain[:, None, None]
 
-    assert resolve_phi("scale") == (5, "scale")
-    assert resolve_phi(5) == (5, "scale")
+    assert resolve_phi("scale") == (next_phi, "scale")
+    assert resolve_phi(next_phi) == (next_phi, "scale")
     model = YoloBody(2, "scale")
     assert "upsample_att.gain" in model.state_dict()
     with pytest.raises(ValueError, match="already registered"):

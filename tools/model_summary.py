@@ -1,6 +1,6 @@
 """Command line: parameters and GFLOPs per attention type.
 
-Usage: ``python -m tools.model_summary [--phi all|0-4|name ...] [--num-classes 20]
+Usage: ``python -m tools.model_summary [--phi all|number|name ...] [--num-classes 20]
 [--img-size 416]``
 """
 

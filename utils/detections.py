@@ -98,10 +98,10 @@ class Detections:
         """Reads back rows that ``to_json`` wrote, checked by ``parse_json_rows``.
 
         Args:
-            rows: dicts with ``xyxy`` (4 numbers), ``score``, ``class_id`` and optionally
-                ``class_name``.
-            class_names: names by class id for the result; when given, class ids must index
-                it and a ``class_name`` must agree with its id.
+            rows: dicts with ``xyxy`` (4 numbers), ``score`` and ``class_id`` (``class_name``
+                is not read).
+            class_names: names by class id for the result (ids beyond them stay valid, as
+                for any ``Detections``).
             width: width of the image the boxes are in.
             height: height of that image.
 
@@ -113,7 +113,7 @@ class Detections:
             ValueError: rows that ``parse_json_rows`` rejects, with their counts and first
                 positions in ``rows``. What it only warns about is accepted silently.
         """
-        parsed = parse_json_rows(rows, class_names)
+        parsed = parse_json_rows(rows)
         errors = [p.describe(p.rows, "row") for p in parsed.problems if p.error]
         if errors:
             raise ValueError("; ".join(errors))

@@ -467,26 +467,26 @@ def _same_image_records(
 def _image_frames(
     records: list[dict], kept: np.ndarray, position: np.ndarray, image_sizes, num_images: int
 ) -> tuple[np.ndarray, list[str]]:
-    """(I, 2) float width, height of each image (0: unknown), and the error for records
-    whose own size contradicts it."""
-    frame = np.zeros((num_images, 2))
+    """(I, 2) float width, height of each image (inf where unknown: only the bounds at 0
+    hold), and the error for records whose own size contradicts their image's."""
+    sizes = [(0.0, 0.0)] * num_images
     if image_sizes is not None:
-        frame[:] = np.asarray(image_sizes, np.float64).reshape(num_images, 2)
-    frame[~(frame > 0).all(1)] = 0
+        sizes = list(map(tuple, np.asarray(image_sizes, np.float64).reshape(-1, 2).tolist()))
     mismatch = []
-    for k in kept.tolist():
+    for k, p in zip(kept.tolist(), position[kept].tolist()):
         w, h = records[k].get("width"), records[k].get("height")
         if not (type(w) in (int, float) and type(h) in (int, float) and w > 0 and h > 0):
             continue
-        p = position[k]
-        if frame[p, 0] == 0:
-            frame[p] = w, h
-        elif (w, h) != tuple(frame[p]):
+        if not (sizes[p][0] > 0 and sizes[p][1] > 0):
+            sizes[p] = (w, h)
+        elif (w, h) != sizes[p]:
             mismatch.append(k)
+    frame = np.array(sizes, np.float64).reshape(num_images, 2)
+    frame[~(frame > 0).all(1)] = np.inf
     if not mismatch:
         return frame, []
     k = mismatch[0]
-    r, (w, h) = records[k], frame[position[k]]
+    r, (w, h) = records[k], sizes[position[k]]
     return frame, [
         f"{count_of(len(mismatch), 'record')} with a width x height other than the annotation's "
         f"({list_positions(mismatch, 'record')}; e.g. {r['width']}x{r['height']} for the "
@@ -495,15 +495,15 @@ def _image_frames(
 
 
 def _fit_to_images(boxes: np.ndarray, wh: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Boxes clipped to their image ((N, 2) width, height; 0: unknown), and masks of the
-    boxes entirely outside it and of those partly outside it (clipped)."""
-    known = wh[:, 0] > 0
-    hi = np.tile(wh - 1, 2)  # x2, y2 limits, for each of the 4 columns
-    outside = known & (
-        (boxes[:, 0] > hi[:, 0]) | (boxes[:, 1] > hi[:, 1]) | (boxes[:, 2] < 0) | (boxes[:, 3] < 0)
-    )
-    partly = known & ~outside & ((boxes < 0) | (boxes > hi)).any(1)
+    """Boxes clipped to their image ((N, 2) width, height; inf: unknown), and masks of the
+    boxes entirely outside it and of those partly outside it (clipped). Boxes are valid
+    (x1 <= x2, y1 <= y2) here."""
+    x_hi, y_hi = wh[:, 0] - 1, wh[:, 1] - 1  # the last pixel, 0-based
+    x1, y1, x2, y2 = boxes.T
+    outside = (x2 < 0) | (y2 < 0) | (x1 > x_hi) | (y1 > y_hi)
+    partly = ~outside & ((x1 < 0) | (y1 < 0) | (x2 > x_hi) | (y2 > y_hi))
     if partly.any():
+        hi = np.column_stack([x_hi, y_hi, x_hi, y_hi])
         boxes = np.where(partly[:, None], np.clip(boxes, 0, hi), boxes)
     return boxes, outside, partly
 
