@@ -15,7 +15,7 @@ import logging
 import sys
 from dataclasses import replace
 
-from nets.attention import describe_phis
+from nets.attention import describe_phis, load_attention_plugins
 from nets.checkpoint import CheckpointMismatchError, load_model
 from nets.darknet import DarknetFormatError
 from utils.classes import read_class_names
@@ -57,6 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="class-names file (default: the checkpoint's; model_data/coco.names for COCO)",
     )
     model.add_argument("--anchors", default=None, help="anchors file (w,h pairs at the input size)")
+    model.add_argument(
+        "--attention-plugin",
+        default=None,
+        metavar="MODULE",
+        help="module(s) to import first that register attention blocks (comma-separated): "
+        "needed to load a checkpoint of a plugin block",
+    )
     add_options(p, InferenceConfig)
     argument_group(p, "post-processing").add_argument(
         "--classes-filter",
@@ -140,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         config = from_args(InferenceConfig, args)
         if args.classes_filter is not None:
             _filter_items(args.classes_filter)  # an empty list fails before the model loads
+        load_attention_plugins(args.attention_plugin)
         detector = Detector.from_weights(
             args.weights, phi=args.phi, classes=args.classes, anchors=args.anchors, config=config
         )
@@ -203,6 +211,7 @@ def _export_onnx(args: argparse.Namespace) -> int:
         check_output_path(cfg.onnx_path)
         calibration = calibration_images(cfg.int8, cfg.calib_images) if cfg.int8 else []
         names = read_class_names(args.classes) if args.classes else None
+        load_attention_plugins(args.attention_plugin)
         model, info = load_model(args.weights, args.phi, len(names) if names else None)
         names = class_names_for(names, info.class_names, info.num_classes, args.weights)
         size = args.input_size or info.input_size

@@ -6,6 +6,8 @@ strictly; the darknet layer order is documented in ``utils/darknet.py``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -55,6 +57,10 @@ class ResblockBody(nn.Module):
 class CSPDarknet53Tiny(nn.Module):
     """Backbone. ``forward`` returns ``(feat1, feat2)``:
     feat1 (B, 256, S/16, S/16) and feat2 (B, 512, S/32, S/32) for an input (B, 3, S, S).
+
+    ``forward(x, after_blocks)`` applies ``after_blocks[i]`` (a module, or None for nothing) to
+    the output of CSP block ``i + 1``: (B, 128, S/8, S/8), (B, 256, S/16, S/16) and
+    (B, 512, S/32, S/32), each the block's concat after its max-pool.
     """
 
     def __init__(self) -> None:
@@ -66,10 +72,19 @@ class CSPDarknet53Tiny(nn.Module):
         self.resblock_body3 = ResblockBody(256)
         self.conv3 = BasicConv(512, 512, 3)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, after_blocks: Sequence[nn.Module | None] = (None, None, None)
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        after1, after2, after3 = after_blocks
         x = self.conv2(self.conv1(x))  # 416x416x3 -> 104x104x64
         x, _ = self.resblock_body1(x)  # -> 52x52x128
+        if after1 is not None:
+            x = after1(x)
         x, _ = self.resblock_body2(x)  # -> 26x26x256
+        if after2 is not None:
+            x = after2(x)
         x, feat1 = self.resblock_body3(x)  # -> 13x13x512, feat1 26x26x256
+        if after3 is not None:
+            x = after3(x)
         feat2 = self.conv3(x)  # 13x13x512
         return feat1, feat2

@@ -5,7 +5,12 @@ Our checkpoint is a dict::
 
     {"format": "yolov4-tiny-attention", "version": 1, "model": state_dict, "phi": "cbam",
      "num_classes": 20, "class_names": [...], "anchors": [[w, h], ...],
-     "anchors_mask": [[3, 4, 5], [1, 2, 3]], "input_size": 416, "config": {...}, ...}
+     "anchors_mask": [[3, 4, 5], [1, 2, 3]], "input_size": 416,
+     "attention_at": ["feat1", "feat2", "upsample"], "attention_args": {}, "config": {...}, ...}
+
+``phi`` is the block's name (a plugin block is found by it once its module is imported). A
+checkpoint without ``attention_at``/``attention_args`` (older ones) has the default points and
+options.
 
 Everything is read with ``torch.load(..., weights_only=True)``.
 """
@@ -21,7 +26,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from nets.attention import attention_names, build_attention, resolve_phi
+from nets.attention import (
+    ATTENTION_POINTS,
+    DEFAULT_POINTS,
+    PLUGIN_PHI,
+    attention_names,
+    build_attention,
+    format_attention_args,
+    parse_attention_args,
+    parse_points,
+    resolve_phi,
+)
 from nets.darknet import load_darknet_weights
 from nets.decode import Geometry
 from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, YoloBody
@@ -52,6 +67,9 @@ class ModelInfo:
         anchors_mask: per output level (stride 32 first), indices into ``anchors``.
         input_size: the input side the model was trained (or exported) at.
         source: "checkpoint", "state_dict", "darknet", "onnx", or what built it.
+        attention_at: the points the block is applied at (``nets.attention.ATTENTION_POINTS``).
+        attention_args: the block's options as sorted ``(name, value)`` pairs (a dict or an
+            ``"name=value,..."`` string is converted); ``attention_options`` gives the dict.
     """
 
     phi: int
@@ -62,10 +80,16 @@ class ModelInfo:
     anchors_mask: tuple[tuple[int, ...], ...] = DEFAULT_ANCHORS_MASK
     input_size: int = 416
     source: str = ""
+    attention_at: tuple[str, ...] = DEFAULT_POINTS
+    attention_args: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         if self.class_names is not None:
             object.__setattr__(self, "class_names", tuple(self.class_names))
+        object.__setattr__(self, "attention_at", parse_points(self.attention_at))
+        args = self.attention_args
+        args = parse_attention_args(args if isinstance(args, (str, dict)) else dict(args))
+        object.__setattr__(self, "attention_args", tuple(sorted(args.items())))
         object.__setattr__(self, "anchors", tuple(tuple(a) for a in self.anchors))
         object.__setattr__(self, "anchors_mask", tuple(tuple(m) for m in self.anchors_mask))
 
@@ -76,8 +100,20 @@ class ModelInfo:
             anchors=self.anchors, anchors_mask=self.anchors_mask, input_size=self.input_size
         )
 
+    @property
+    def attention_options(self) -> dict[str, Any]:
+        """The block's options as the keyword arguments of its constructor."""
+        return dict(self.attention_args)
+
     def describe(self) -> str:
-        return f"phi {self.phi} ({self.phi_name}) with {self.num_classes} classes"
+        block = f"phi {self.phi} ({self.phi_name})"
+        if self.phi == PLUGIN_PHI:
+            block = f"plugin attention {self.phi_name!r}"
+        if self.attention_at != DEFAULT_POINTS:
+            block += f" at {','.join(self.attention_at) or 'no point'}"
+        if self.attention_args:
+            block += f" [{format_attention_args(self.attention_options)}]"
+        return f"{block} with {self.num_classes} classes"
 
 
 def save_checkpoint(
@@ -95,6 +131,8 @@ def save_checkpoint(
         "anchors": [list(map(float, a)) for a in info.anchors],
         "anchors_mask": [list(m) for m in info.anchors_mask],
         "input_size": info.input_size,
+        "attention_at": list(getattr(model, "attention_at", DEFAULT_POINTS)),
+        "attention_args": dict(getattr(model, "attention_args", {})),
         **extra,
     }
     path = Path(path)
@@ -104,12 +142,24 @@ def save_checkpoint(
     os.replace(tmp, path)
 
 
+def infer_attention_at(state_dict: dict[str, torch.Tensor]) -> tuple[str, ...]:
+    """The points a state dict has attention blocks at (``<point>_att.*`` keys); the default
+    points when it has none (phi 0)."""
+    points = tuple(
+        p for p in ATTENTION_POINTS if any(k.startswith(f"{p}_att.") for k in state_dict)
+    )
+    return points or DEFAULT_POINTS
+
+
 def infer_phi(state_dict: dict[str, torch.Tensor]) -> int:
-    """Which registered attention block a state dict holds, from its ``upsample_att.*`` keys."""
-    keys = {k.split(".", 1)[1] for k in state_dict if k.startswith("upsample_att.")}
-    if not keys:
+    """Which numbered attention block a state dict holds, from the keys of its first attention
+    point (``upsample_att.*`` in the reference implementation's files)."""
+    present = [p for p in ATTENTION_POINTS if any(k.startswith(f"{p}_att.") for k in state_dict)]
+    if not present:
         return 0
-    channels = 128
+    point = "upsample" if "upsample" in present else present[0]
+    keys = {k.split(".", 1)[1] for k in state_dict if k.startswith(f"{point}_att.")}
+    channels = ATTENTION_POINTS[point]
     for phi in range(len(attention_names())):
         block = build_attention(phi, channels)
         if block is not None and set(block.state_dict()) == keys:
@@ -163,7 +213,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], M
     path = str(path)
     obj = load_torch_file(path)
     if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
-        phi, phi_name = resolve_phi(obj["phi"])
+        phi, phi_name = _resolve_stored_phi(path, obj["phi"])
         info = ModelInfo(
             phi=phi,
             phi_name=phi_name,
@@ -173,6 +223,8 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], M
             anchors_mask=obj.get("anchors_mask", DEFAULT_ANCHORS_MASK),
             input_size=int(obj.get("input_size", 416)),
             source="checkpoint",
+            attention_at=obj.get("attention_at", DEFAULT_POINTS),
+            attention_args=obj.get("attention_args") or {},
         )
         return obj["model"], info
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
@@ -186,15 +238,32 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], M
         phi_name=attention_names()[phi],
         num_classes=infer_num_classes(obj),
         source="state_dict",
+        attention_at=infer_attention_at(obj),
     )
     return obj, info
 
 
+def _resolve_stored_phi(path: str, stored: int | str) -> tuple[int, str]:
+    """The stored block name (or number, in older files) as ``(number, name)``.
+
+    Raises:
+        ValueError: the block is not registered, saying to import the plugin that registers it.
+    """
+    try:
+        return resolve_phi(stored)
+    except ValueError:
+        raise ValueError(
+            f"{path} uses the attention block {stored!r}, which is not registered: if it comes "
+            "from a plugin, pass --attention-plugin MODULE (the module that registers it) "
+            "or call nets.attention.load_attention_plugins first"
+        ) from None
+
+
 def _check_request(path: str, info: ModelInfo, phi: int | str | None, num_classes: int | None):
-    want_phi = resolve_phi(phi)[0] if phi is not None else info.phi
+    want_phi, want_name = resolve_phi(phi) if phi is not None else (info.phi, info.phi_name)
     want_nc = num_classes if num_classes is not None else info.num_classes
-    if (want_phi, want_nc) != (info.phi, info.num_classes):
-        asked = f"phi {want_phi} ({attention_names()[want_phi]}) with {want_nc} classes"
+    if (want_name, want_nc) != (info.phi_name, info.num_classes):
+        asked = f"phi {want_phi} ({want_name}) with {want_nc} classes"
         raise CheckpointMismatchError(
             f"{path} contains {info.describe()}, but {asked} was asked for"
         )
@@ -239,7 +308,12 @@ def load_model(
         return model, info
     state_dict, info = read_checkpoint(path)
     _check_request(path, info, phi, num_classes)
-    model = YoloBody(info.num_classes, info.phi)
+    model = YoloBody(
+        info.num_classes,
+        info.phi_name,
+        attention_at=info.attention_at,
+        attention_args=info.attention_options,
+    )
     model.load_state_dict(state_dict, strict=True)
     return model, info
 

@@ -172,9 +172,8 @@ def load_darknet_weights(model: YoloBody, path: str | os.PathLike) -> DarknetLoa
                 pos += n
             report.loaded.append(name)
     assert pos == data.size, (pos, data.size)  # guaranteed by the size check above
-    for name in ("feat1_att", "feat2_att", "upsample_att"):
-        if getattr(model, name) is not None:
-            report.skipped[name] = f"no darknet counterpart for attention {model.phi_name!r}"
+    for name in model.attention_blocks():
+        report.skipped[name] = f"no darknet counterpart for attention {model.phi_name!r}"
     return report
 
 

@@ -10,10 +10,14 @@ work (activations, softmax, BN, pooling, sums) is not counted.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from nets.attention import format_attention_args
 from nets.yolo import YoloBody
 
 
@@ -76,14 +80,27 @@ def count_flops(model: nn.Module, input_size: int = 416) -> float:
     return 2.0 * macs
 
 
-def summary_rows(phis: list[int | str], num_classes: int, input_size: int) -> list[dict]:
+def summary_rows(
+    phis: list[int | str],
+    num_classes: int,
+    input_size: int,
+    attention_at: str | Sequence[str] | None = None,
+    attention_args: str | Mapping[str, Any] | None = None,
+) -> list[dict]:
+    """One row per phi: number, name, attention points and options, parameters, GFLOPs.
+
+    Raises:
+        ValueError: an unknown phi or point, or an option a block does not take.
+    """
     rows = []
     for phi in phis:
-        model = YoloBody(num_classes, phi)
+        model = YoloBody(num_classes, phi, attention_at=attention_at, attention_args=attention_args)
         rows.append(
             {
                 "phi": model.phi,
                 "name": model.phi_name,
+                "points": ",".join(model.attention_at),
+                "options": format_attention_args(model.attention_args),
                 "params": count_parameters(model),
                 "gflops": count_flops(model, input_size) / 1e9,
             }

@@ -5,10 +5,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from typing import Any
+
 import torch
 from torch import nn
 
-from nets.attention import build_attention, resolve_phi
+from nets.attention import (
+    ATTENTION_POINTS,
+    build_attention,
+    parse_attention_args,
+    parse_points,
+    resolve_phi,
+)
 from nets.backbone import BasicConv, CSPDarknet53Tiny
 
 # Anchor (w, h) pairs in pixels at 416 input, as in darknet's yolov4-tiny.cfg.
@@ -56,15 +65,32 @@ class YoloBody(nn.Module):
         num_classes: number of classes C.
         phi: attention block, number or name (see ``nets.attention``).
         num_anchors: anchors per level A (3 for yolov4-tiny).
+        attention_at: where the block is applied: a subset of ``ATTENTION_POINTS`` as a list or
+            a comma-separated string (default feat1, feat2, upsample). Each point ``p`` gets its
+            own block, the module ``<p>_att``.
+        attention_args: the block's constructor options, a dict or ``"name=value,..."``.
+
+    The default points keep the reference implementation's module names and state-dict key
+    order (``feat1_att``, ``feat2_att``, ``upsample_att``, registered last); the others are
+    registered after them.
 
     ``forward(x)`` with ``x`` (B, 3, S, S), S a multiple of 32, RGB in [0, 1], returns
     ``[out_stride32 (B, A*(5+C), S/32, S/32), out_stride16 (B, A*(5+C), S/16, S/16)]``; per anchor
     the channels are tx, ty, tw, th, objectness, C class logits.
     """
 
-    def __init__(self, num_classes: int, phi: int | str = 0, num_anchors: int = 3) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        phi: int | str = 0,
+        num_anchors: int = 3,
+        attention_at: str | Iterable[str] | None = None,
+        attention_args: str | Mapping[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         self.phi, self.phi_name = resolve_phi(phi)
+        self.attention_at = parse_points(attention_at)
+        self.attention_args = parse_attention_args(attention_args)
         self.num_classes = num_classes
         self.num_anchors = num_anchors
         out_channels = num_anchors * (5 + num_classes)
@@ -76,20 +102,30 @@ class YoloBody(nn.Module):
         self.yolo_headP4 = yolo_head((256, out_channels), 384)
         # Registered last, as in the reference, so the state-dict key order matches too.
         # phi 0 registers nothing (the lineage's phi-0 checkpoints have no attention keys).
-        self.feat1_att = build_attention(self.phi, 256)
-        self.feat2_att = build_attention(self.phi, 512)
-        self.upsample_att = build_attention(self.phi, 128)
+        for point, channels in ATTENTION_POINTS.items():
+            block = None
+            if point in self.attention_at:
+                block = build_attention(self.phi_name, channels, **self.attention_args)
+            setattr(self, f"{point}_att", block)
+
+    def attention_blocks(self) -> dict[str, nn.Module]:
+        """The attention modules the model holds, by module name (``feat1_att``, ...)."""
+        names = (f"{p}_att" for p in ATTENTION_POINTS)
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+
+    def _attend(self, point: str, x: torch.Tensor) -> torch.Tensor:
+        block = getattr(self, f"{point}_att")
+        return x if block is None else block(x)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        feat1, feat2 = self.backbone(x)  # 26x26x256, 13x13x512
-        if self.feat1_att is not None:
-            feat1 = self.feat1_att(feat1)
-            feat2 = self.feat2_att(feat2)
+        csp = (self.csp1_att, self.csp2_att, self.csp3_att)
+        feat1, feat2 = self.backbone(x, csp)  # 26x26x256, 13x13x512
+        feat1 = self._attend("feat1", feat1)
+        feat2 = self._attend("feat2", feat2)
         p5 = self.conv_for_P5(feat2)  # 13x13x512 -> 13x13x256
-        out0 = self.yolo_headP5(p5)  # 13x13x(A*(5+C))
+        out0 = self.yolo_headP5(self._attend("head13", p5))  # 13x13x(A*(5+C))
         p5_up = self.upsample(p5)  # 13x13x256 -> 26x26x128
-        if self.upsample_att is not None:
-            p5_up = self.upsample_att(p5_up)
+        p5_up = self._attend("upsample", p5_up)
         p4 = torch.cat([p5_up, feat1], dim=1)  # 26x26x384
-        out1 = self.yolo_headP4(p4)  # 26x26x(A*(5+C))
+        out1 = self.yolo_headP4(self._attend("head26", p4))  # 26x26x(A*(5+C))
         return [out0, out1]

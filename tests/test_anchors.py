@@ -196,6 +196,7 @@ def test_cli_checks_its_output_before_clustering(tmp_path: Path, capsys) -> None
     assert not list(tmp_path.glob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_cli_write_failing_at_the_end_is_one_line(tmp_path: Path) -> None:
     """An anchors file that cannot be written after clustering (larger than the file-size
     limit, as on a full disk): one error line naming it, exit code 1, no temporary file."""

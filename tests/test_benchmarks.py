@@ -37,6 +37,7 @@ def test_benchmark_inference_runs_every_path_and_phi(
         assert set(row) == set(benchmark_inference.OUR_PATHS)
 
 
+@pytest.mark.slow
 def test_benchmark_int8_on_a_trained_checkpoint(
     tmp_path: Path, capsys, trained_tiny_checkpoint
 ) -> None:
@@ -90,6 +91,7 @@ def test_benchmark_int8_explains_a_missing_checkpoint(tmp_path, capsys) -> None:
     assert "none.pth not found" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_benchmark_train_runs_before_and_after(tmp_path, capsys) -> None:
     rc = benchmark_train.main(
         ["--steps", "1", "--warmup", "0", "--workers", "0", "--demo-root", str(tmp_path / "d")]

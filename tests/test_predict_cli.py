@@ -551,6 +551,7 @@ def test_export_onnx_to_an_unwritable_path(tmp_path: Path, capsys: pytest.Captur
     assert list((tmp_path / "folder.onnx").iterdir()) == []
 
 
+@pytest.mark.slow
 def test_json_write_failing_at_the_end_is_one_line(tmp_path: Path) -> None:
     """A JSON that cannot be written when the run ends (here: larger than the file-size limit,
     as on a full disk) is one error line naming it, exit code 1, no temporary file left."""

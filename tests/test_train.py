@@ -141,6 +141,7 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     }
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(tiny_voc, tmp_path) -> None:
     straight = fit(_config(tiny_voc, tmp_path, name="straight", phi="cbam"))
     first = fit(_config(tiny_voc, tmp_path, name="split", phi="cbam", stop_at_epoch=2))
@@ -160,6 +161,7 @@ def test_resume_continues_exactly(tiny_voc, tmp_path) -> None:
     assert len(rows) == 4  # header + 3 epochs, appended across the resume
 
 
+@pytest.mark.slow
 def test_run_folder_and_checkpoint_contents(tiny_voc, tmp_path) -> None:
     result = fit(
         _config(tiny_voc, tmp_path, name="run", epochs=2, eval_period=1, deterministic=False)
@@ -198,6 +200,7 @@ def test_missing_voc_explains_what_to_do(tmp_path) -> None:
     assert "tools.download_voc" in str(err.value) and "--data demo" in str(err.value)
 
 
+@pytest.mark.slow
 def test_non_finite_losses_are_skipped_then_stop(tiny_voc, tmp_path, monkeypatch, caplog) -> None:
     from utils.engine import loss as loss_module
 
@@ -247,6 +250,7 @@ def _cli(tiny_voc, tmp_path: Path, name: str, epochs: int) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_gloo(tiny_voc, tmp_path, official_weights) -> None:
     """torchrun with 2 CPU processes (gloo): trains through a frozen-backbone phase and the
     unfreezing, evaluates on rank 0 while rank 1 waits, may stop early on rank 0's decision,
@@ -282,6 +286,7 @@ def test_ddp_two_processes_gloo(tiny_voc, tmp_path, official_weights) -> None:
     assert model.num_classes == 2
 
 
+@pytest.mark.slow
 def test_reference_annotation_lines_and_discovered_classes(tiny_voc, tmp_path, caplog) -> None:
     """Training from the reference implementation's split files, and class-name discovery."""
     root, _ = tiny_voc
@@ -320,6 +325,7 @@ def test_reference_annotation_lines_and_discovered_classes(tiny_voc, tmp_path, c
     assert ckpt["class_names"] == ["box", "disc"]
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_last_and_exits_cleanly(tiny_voc, tmp_path) -> None:
     import signal
     import time

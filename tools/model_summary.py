@@ -1,7 +1,11 @@
 """Command line: parameters and GFLOPs per attention type.
 
 Usage: ``python -m tools.model_summary [--phi all|number|name ...] [--num-classes 20]
-[--img-size 416]``
+[--img-size 416] [--attention-at feat1,feat2,upsample] [--attention-args name=value,...]
+[--attention-plugin MODULE]``
+
+With ``--attention-args`` and ``--phi all``, the blocks that do not take those options are left
+out (and named); asking for such a block by number or name is an error.
 """
 
 from __future__ import annotations
@@ -9,7 +13,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nets.attention import attention_names, resolve_phi
+from nets.attention import (
+    DEFAULT_POINTS,
+    attention_names,
+    check_attention_args,
+    load_attention_plugins,
+    parse_attention_args,
+    parse_points,
+    plugin_names,
+    resolve_phi,
+)
 from nets.summary import (
     summary_rows,
 )
@@ -20,18 +33,52 @@ def main() -> None:
     parser.add_argument("--phi", nargs="+", default=["all"], help="phis (numbers or names), or all")
     parser.add_argument("--num-classes", type=int, default=20, help="number of classes")
     parser.add_argument("--img-size", type=int, default=416, help="input side, multiple of 32")
+    parser.add_argument(
+        "--attention-at",
+        default=",".join(DEFAULT_POINTS),
+        help="comma-separated points the block is applied at (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--attention-args", default="", help="the blocks' options, name=value,... (default: none)"
+    )
+    parser.add_argument(
+        "--attention-plugin", default=None, help="module(s) registering attention blocks"
+    )
     args = parser.parse_args()
     if args.img_size % 32:
         parser.error(f"--img-size {args.img_size} is not a multiple of 32")
-    phis = list(range(len(attention_names()))) if args.phi == ["all"] else args.phi
     try:
-        phis = [resolve_phi(p)[0] for p in phis]
+        load_attention_plugins(args.attention_plugin)
+        points = parse_points(args.attention_at)
+        options = parse_attention_args(args.attention_args)
+        if args.phi == ["all"]:
+            names, skipped = [*attention_names(), *plugin_names()], []
+            if options:
+                skipped = [n for n in names if not _takes(n, options)]
+                names = [n for n in names if n not in skipped]
+        else:
+            names, skipped = [resolve_phi(p)[1] for p in args.phi], []
+        rows = summary_rows(names, args.num_classes, args.img_size, points, options)
     except ValueError as err:
         parser.error(str(err))
     print(f"YOLOv4-tiny, {args.num_classes} classes, input {args.img_size}x{args.img_size}")
-    print(f"{'phi':>3}  {'attention':<9}{'params':>12}{'GFLOPs':>9}")
-    for row in summary_rows(phis, args.num_classes, args.img_size):
-        print(f"{row['phi']:>3}  {row['name']:<9}{row['params']:>12,}{row['gflops']:>9.2f}")
+    print(f"attention at: {','.join(points) or 'no point'}; options: {args.attention_args or '-'}")
+    if skipped:
+        print(f"left out (no such option): {', '.join(skipped)}")
+    print(f"{'phi':>3}  {'attention':<10}{'options':<24}{'params':>12}{'GFLOPs':>9}")
+    for row in rows:
+        print(
+            f"{row['phi']:>3}  {row['name']:<10}{row['options'] or '-':<24}"
+            f"{row['params']:>12,}{row['gflops']:>9.2f}"
+        )
+
+
+def _takes(name: str, options: dict) -> bool:
+    try:
+        check_attention_args(name, options)
+    except ValueError:
+        return False
+    return True
 
 
 if __name__ == "__main__":

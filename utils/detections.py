@@ -320,11 +320,8 @@ def parse_json_rows(rows: Sequence, class_names: Sequence[str] = ()) -> ParsedRo
     flag("with a coordinate that is not a number", coord_type)
     finite = np.isfinite(boxes).all(1)
     flag("with a NaN or infinite coordinate", ~finite)
-    with np.errstate(invalid="ignore"):
-        flag(
-            "with x2 < x1 or y2 < y1",
-            finite & ((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])),
-        )
+    inverted = (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
+    flag("with x2 < x1 or y2 < y1", finite & inverted)
 
     score_values, score_type = _numbers(scores)
     flag("with a score that is not a number", score_type)

@@ -14,7 +14,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from data.source import DATA_CHOICES
-from nets.attention import describe_phis
+from nets.attention import (
+    ATTENTION_POINTS,
+    DEFAULT_POINTS,
+    describe_phis,
+    format_attention_args,
+    parse_attention_args,
+    parse_points,
+)
 from utils.config import option, rule_problems
 from utils.evaluation.evaluate import EvalConfig
 from utils.paths import VOC_ROOT
@@ -53,6 +60,23 @@ class TrainConfig:
     # model
     phi: str = option(
         "0", lambda: f"attention block, by number or name: {describe_phis()}", group="model"
+    )
+    attention_at: str = option(
+        ",".join(DEFAULT_POINTS),
+        f"comma-separated points the block is applied at, any of: {', '.join(ATTENTION_POINTS)}",
+        group="model",
+    )
+    attention_args: str = option(
+        "",
+        "the block's options as name=value,... (e.g. reduction=8); unset ones keep the block's "
+        "defaults",
+        group="model",
+    )
+    attention_plugin: str | None = option(
+        None,
+        "module(s) to import before the model is built, registering attention blocks "
+        "(comma-separated)",
+        group="model",
     )
     img_size: int = option(
         416, "training and evaluation input side (multiple of 32)", group="model"
@@ -156,6 +180,15 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         problems = config_problems(self)
+        try:  # canonical forms: equal settings compare equal (resume)
+            object.__setattr__(self, "attention_at", ",".join(parse_points(self.attention_at)))
+        except ValueError as err:
+            problems.append(f"--attention-at {self.attention_at!r}: {err}")
+        try:
+            args = format_attention_args(parse_attention_args(self.attention_args))
+            object.__setattr__(self, "attention_args", args)
+        except ValueError as err:
+            problems.append(f"--attention-args {self.attention_args!r}: {err}")
         if problems:
             raise ValueError("invalid training settings: " + "; ".join(problems))
 

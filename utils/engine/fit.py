@@ -23,6 +23,7 @@ from tqdm import tqdm
 from data.augment import AugmentConfig
 from data.dataset import EpochSampler, MosaicMixup, SeededShuffle, VOCDetection, collate
 from data.voc import class_counts
+from nets.attention import check_attention_args, load_attention_plugins, parse_attention_args
 from nets.checkpoint import ModelInfo
 from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, YoloBody
 from utils.classes import read_anchors
@@ -161,10 +162,17 @@ def start_run(
 ) -> Run:
     """Builds a run from ``cfg`` (or resumes the one ``cfg.resume`` names)."""
     cfg, checkpoint = read_resume(cfg, given)
+    load_attention_plugins(cfg.attention_plugin)
+    check_attention_args(cfg.phi, parse_attention_args(cfg.attention_args))  # before the data
     cfg = resolve_data(cfg)
     seed_run(cfg)
     data = load_data(cfg)
-    model = YoloBody(len(data.class_names), cfg.phi)
+    model = YoloBody(
+        len(data.class_names),
+        cfg.phi,
+        attention_at=cfg.attention_at,
+        attention_args=cfg.attention_args,
+    )
     anchors = read_anchors(cfg.anchors) if cfg.anchors else list(DEFAULT_ANCHORS)
     info = ModelInfo(
         phi=model.phi,
@@ -174,6 +182,8 @@ def start_run(
         anchors=anchors,
         anchors_mask=list(DEFAULT_ANCHORS_MASK),
         input_size=cfg.img_size,
+        attention_at=model.attention_at,
+        attention_args=model.attention_args,
     )
     state = TrainState()
     if checkpoint is None:

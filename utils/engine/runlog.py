@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import logging
-import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -15,6 +15,7 @@ import numpy as np
 
 from nets.checkpoint import ModelInfo
 from utils.engine.config import TrainConfig
+from utils.paths import write_text_atomic
 from utils.sources import increment_path
 
 logger = logging.getLogger("train")
@@ -38,12 +39,11 @@ class RunLog:
     def write_history(self, history: list[dict]) -> None:
         """Rewrites results.csv (atomically) and its plot from the run's per-epoch rows, so
         that the file always matches the checkpoint a resume starts from."""
-        tmp = self.csv.with_name(self.csv.name + ".tmp")
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(history[0]))
-            writer.writeheader()
-            writer.writerows(history)
-        os.replace(tmp, self.csv)
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+        write_text_atomic(self.csv, text.getvalue())
         self.plot()
 
     def plot(self) -> None:

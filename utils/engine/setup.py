@@ -165,7 +165,14 @@ def resolve_data(cfg: TrainConfig) -> TrainConfig:
 # settings of one invocation: always the command line's
 PER_INVOCATION = ("device", "workers", "stop_at_epoch")
 # settings a resumed run may change: applied when given (not left at their defaults)
-CHANGEABLE_ON_RESUME = ("epochs", "patience", "eval_period", "save_period", "max_iters")
+CHANGEABLE_ON_RESUME = (
+    "epochs",
+    "patience",
+    "eval_period",
+    "save_period",
+    "max_iters",
+    "attention_plugin",
+)
 # where the run lives: a resumed run continues in its own folder
 IGNORED_ON_RESUME = ("resume", "name", "log_dir")
 

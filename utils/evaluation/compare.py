@@ -249,7 +249,14 @@ def evaluate_checkpoint(
         )
     stats = benchmark(detector, read_image(annotations[0].image_path), runs=20, warmup=3)
     # an ONNX graph has no modules to count: count an unloaded model of its architecture
-    architecture = YoloBody(info.num_classes, info.phi) if isinstance(model, OnnxRunner) else model
+    architecture = model
+    if isinstance(model, OnnxRunner):
+        architecture = YoloBody(
+            info.num_classes,
+            info.phi_name,
+            attention_at=info.attention_at,
+            attention_args=info.attention_options,
+        )
     flops = count_flops(architecture, size) / 1e9
     row = Row(
         str(weights),

@@ -341,6 +341,8 @@ def read_detections_json(
     """Reads a ``predict.py --json`` file into a detections ``BoxSet``, refusing what would
     score wrong and reporting, with counts, what it reads in a way the file does not say.
 
+    The rule: an error where the file as written would be scored wrong and no one reading of
+    it is clearly the intended one; a warning where one reading is (it is applied, and said).
     All rows of the file are read and checked at once by ``utils.detections.parse_json_rows``
     (its docstring lists the per-detection errors and warnings), then against the images:
 
@@ -363,7 +365,8 @@ def read_detections_json(
         - every box within [0, 1] x [0, 1]: possibly normalised coordinates, not pixels;
         - a class id written as an integral float (2.0): read as that integer.
     An image's size is its ``image_sizes`` entry, else its record's ``width`` and ``height``;
-    boxes of an image of unknown size are not checked against it.
+    for an image of unknown size only the bounds at 0 apply (x2 < 0 or y2 < 0: outside;
+    x1 < 0 or y1 < 0: clipped to 0).
 
     Args:
         path: a JSON list of per-image records ``{"image", "image_id", "width", "height",

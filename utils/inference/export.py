@@ -86,10 +86,13 @@ def calibration_images(source: str, count: int) -> list[str]:
 
 
 def export_metadata(info: ModelInfo, class_names: Sequence[str], input_size: int) -> dict:
-    """What an export stores about its model: phi, class names, anchors, masks, input size."""
+    """What an export stores about its model: phi, class names, anchors, masks, input size,
+    and the attention points and options."""
     return {
         "phi": info.phi,
         "phi_name": info.phi_name,
+        "attention_at": list(info.attention_at),
+        "attention_args": info.attention_options,
         "class_names": list(class_names),
         "anchors": [list(a) for a in info.anchors],
         "anchors_mask": [list(m) for m in info.anchors_mask],

@@ -235,6 +235,8 @@ class Detector:
             anchors_mask=masks,
             input_size=runner.input_size or meta.get("input_size", 416),
             source="onnx",
+            attention_at=meta.get("attention_at"),
+            attention_args=meta.get("attention_args") or {},
         )
         config = config or InferenceConfig()
         if runner.input_size and config.input_size not in (None, runner.input_size):
