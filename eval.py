@@ -17,7 +17,7 @@ from pathlib import Path
 
 from data.source import DataSource, resolve_data_source
 from data.voc import load_voc, parse_sets
-from nets.attention import describe_phis
+from nets.attention import describe_phis, load_attention_plugins
 from nets.checkpoint import CheckpointMismatchError
 from utils.classes import read_class_names
 from utils.config import HelpFormatter, add_options, argument_group, from_args
@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"the checkpoint's attention block ({describe_phis()}), checked against the file "
         "(default: the file's)",
     )
-    add_options(p, TrainConfig, include=("data", "voc_root", "classes"))
+    add_options(p, TrainConfig, include=("data", "voc_root", "classes", "attention_plugin"))
     argument_group(p, "data").add_argument(
         "--split", default="2007:test", help="YEAR:SET to evaluate (default: %(default)s)"
     )
@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     voc_root, split = source.voc_root, source.val_set
     out_dir = increment_path(args.out_dir)
     try:  # before any work: a result that cannot be written is lost
+        load_attention_plugins(args.attention_plugin)
         check_output_path(out_dir, folder=True)
         if args.json:
             check_output_path(args.json)

@@ -20,6 +20,7 @@ from nets.checkpoint import CheckpointMismatchError, load_model
 from nets.darknet import DarknetFormatError
 from utils.classes import read_class_names
 from utils.config import HelpFormatter, add_options, argument_group, from_args
+from utils.engine.config import TrainConfig
 from utils.inference.deploy import onnx_metadata
 from utils.inference.export import ExportConfig, calibration_images, export_model
 from utils.inference.predict_loop import OutputOptions, benchmark, run_predictions
@@ -57,13 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="class-names file (default: the checkpoint's; model_data/coco.names for COCO)",
     )
     model.add_argument("--anchors", default=None, help="anchors file (w,h pairs at the input size)")
-    model.add_argument(
-        "--attention-plugin",
-        default=None,
-        metavar="MODULE",
-        help="module(s) to import first that register attention blocks (comma-separated): "
-        "needed to load a checkpoint of a plugin block",
-    )
+    add_options(p, TrainConfig, include=("attention_plugin",))  # as training declares it
     add_options(p, InferenceConfig)
     argument_group(p, "post-processing").add_argument(
         "--classes-filter",

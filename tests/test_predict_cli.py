@@ -205,6 +205,7 @@ def _read_all(path: Path) -> tuple[list[np.ndarray], float, tuple[int, int], int
     return frames, fps, size, count
 
 
+@pytest.mark.slow
 def test_video(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     clip = tmp_path / "clip.mp4"
     _write_clip(clip)

@@ -77,6 +77,7 @@ class TrainConfig:
         "module(s) to import before the model is built, registering attention blocks "
         "(comma-separated)",
         group="model",
+        metavar="MODULE",
     )
     img_size: int = option(
         416, "training and evaluation input side (multiple of 32)", group="model"
