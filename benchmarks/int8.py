@@ -25,7 +25,7 @@ import os
 import sys
 from pathlib import Path
 
-from data.demo import DEMO_CLASSES, DEMO_VOC_ROOT
+from data.source import resolve_data_source
 from data.voc import load_voc, parse_sets
 from nets.checkpoint import load_model
 from utils.classes import read_class_names
@@ -69,12 +69,14 @@ def main(argv: list[str] | None = None) -> int:
         hint = " (run `make demo` first)" if args.weights == DEFAULT_WEIGHTS else ""
         print(f"error: {args.weights} not found{hint}", file=sys.stderr)
         return 2
-    voc_root = str(DEMO_VOC_ROOT) if args.data == "demo" else args.voc_root
+    source = resolve_data_source(
+        args.data, args.voc_root or "", "", args.split, args.classes, generate=False
+    )
+    voc_root, classes = source.voc_root, source.classes
     if not voc_root or not os.path.isdir(voc_root):
         hint = " (`make demo` generates the demo set)" if args.data == "demo" else " (--voc-root)"
         print(f"error: no VOCdevkit at {voc_root}{hint}", file=sys.stderr)
         return 2
-    classes = args.classes or (str(DEMO_CLASSES) if args.data == "demo" else None)
     out = Path(args.out_dir)
     fp32, int8 = out / "model_fp32.onnx", out / "model_int8.onnx"
     try:
