@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.evaluation.metrics import BoxSet, evaluate_voc, read_detections_json
+from utils.evaluation.detections_file import read_detections_json
+from utils.evaluation.metrics import BoxSet, evaluate_voc
 from utils.timing import StageTimer, time_call
 
 VOC_CLASSES = (

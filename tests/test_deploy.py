@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 import predict
-from nets.attention import CoordAttention
 from nets.backbone import BasicConv
+from nets.blocks import CoordAttention
 from nets.checkpoint import ModelInfo, save_checkpoint
 from nets.decode import Geometry, decode_outputs
 from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, YoloBody

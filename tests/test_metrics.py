@@ -15,6 +15,7 @@ import pytest
 
 from data.voc import Annotation
 from utils.detections import Detections, list_positions
+from utils.evaluation.detections_file import read_detections_json
 from utils.evaluation.evaluate import read_detections_json as read_split_detections
 from utils.evaluation.metrics import (
     BoxSet,
@@ -23,7 +24,6 @@ from utils.evaluation.metrics import (
     best_f1,
     evaluate_coco,
     evaluate_voc,
-    read_detections_json,
     to_coco,
 )
 

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from nets import attention
-from nets.attention import attention_names, build_attention, eca_kernel_size, resolve_phi
+from nets.attention import attention_names, build_attention, resolve_phi
+from nets.blocks import eca_kernel_size
 from nets.summary import count_flops, count_parameters
 from nets.yolo import YoloBody
 

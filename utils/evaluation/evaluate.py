@@ -20,8 +20,8 @@ from data.voc import Annotation
 from nets.decode import Geometry, detect
 from utils.config import option
 from utils.detections import Detections
+from utils.evaluation.detections_file import read_detections_json as read_detections_file
 from utils.evaluation.metrics import BoxSet, best_f1, evaluate_coco, evaluate_voc
-from utils.evaluation.metrics import read_detections_json as read_detections_file
 from utils.preprocess import ResizeMeta, resize_image
 from utils.sources import ImageReadError, read_image
 
@@ -291,7 +291,7 @@ def read_detections_json(
     """Detections in the ``predict.py --json`` format, matched to annotations by image_id.
 
     The file is checked against the classes and the annotated image sizes by
-    ``utils.evaluation.metrics.read_detections_json``, whose docstring lists what is an
+    ``utils.evaluation.detections_file.read_detections_json``, whose docstring lists what is an
     error and what a warning; the warnings (records of images not in the split, split images
     without a record, clipped boxes, ...) become ``failures``, one line each with counts.
 

@@ -20,8 +20,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from nets.attention import CoordAttention
 from nets.backbone import BasicConv
+from nets.blocks import CoordAttention
 from nets.decode import Geometry, decode_outputs
 
 
