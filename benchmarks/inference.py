@@ -1,3 +1,4 @@
+# Over 400 lines on purpose: one benchmark run (paths, targets, phi overhead) and its report.
 """CPU inference speed of YOLOv4-tiny, batch 1: ``python -m benchmarks.inference``.
 
 Measures in one run, on the same image, with the official COCO darknet weights at 416:

@@ -1,3 +1,4 @@
+# Over 400 lines on purpose: one generator whose drawing, placement and VOC writing share state.
 """A small synthetic detection dataset in the real VOCdevkit layout, for demos and tests.
 
 Three classes of shapes (``circle``, ``square``, ``triangle``) are drawn with OpenCV in random
