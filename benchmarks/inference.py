@@ -57,7 +57,7 @@ from utils.inference.predictor import (
     DEFAULT_WEIGHTS,
     Detector,
 )
-from utils.paths import OFFICIAL_CFG, SAMPLES
+from utils.paths import OFFICIAL_CFG, SAMPLES, write_text_atomic
 from utils.timing import StageTimer
 
 DEFAULT_CFG = str(OFFICIAL_CFG)
@@ -421,8 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"\nload average after: {report['machine']['load_average_after']}")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=1))
+        write_text_atomic(args.json, json.dumps(report, indent=1))
         print(f"written to {args.json}")
     return 0
 

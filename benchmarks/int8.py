@@ -40,6 +40,7 @@ from utils.inference.quantize import (
     pick_evenly,
     quantize_int8,
 )
+from utils.paths import write_text_atomic
 
 DEFAULT_WEIGHTS = "logs/demo/train/weights/last.pth"
 
@@ -127,8 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                 for k, r in rows.items()
             },
         }
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(payload, indent=1))
+        write_text_atomic(args.json, json.dumps(payload, indent=1))
         print(f"written to {args.json}")
     return 0
 
