@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import resource
-import subprocess
 import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from voc_factory import run_with_file_size_limit
 
 from data.anchors import (
     DEFAULT_ANCHORS,
@@ -204,20 +202,9 @@ def test_cli_write_failing_at_the_end_is_one_line(tmp_path: Path) -> None:
     write_voc(voc_root, np.random.default_rng(0))
     out = tmp_path / "anchors.txt"
 
-    def tiny_files_only() -> None:  # in the child: writes past 16 bytes fail with EFBIG
-        resource.setrlimit(resource.RLIMIT_FSIZE, (16, 16))
-
     cmd = [sys.executable, "-m", "tools.anchors", "--voc-root", str(voc_root)]
     cmd += ["--sets", "2007:trainval", "--num-anchors", "3", "--output", str(out)]
-    result = subprocess.run(
-        cmd,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
-        preexec_fn=tiny_files_only,
-        timeout=300,
-    )
+    result = run_with_file_size_limit(cmd, 16, ROOT)
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
     assert f"error: {out}: cannot write (File too large)" in result.stderr.splitlines()

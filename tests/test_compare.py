@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import resource
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from voc_factory import CLASSES, make_split, tiny_train_config
+from voc_factory import CLASSES, make_split, run_with_file_size_limit, tiny_train_config
 
 import eval as eval_cli
 from tools.study import run_study
@@ -375,20 +372,9 @@ def test_eval_json_write_failing_at_the_end_is_one_line(
     save_checkpoint(weights, YoloBody(len(CLASSES), 0), info)
     json_path = tmp_path / "m.json"
 
-    def small_files_only() -> None:  # in the child: writes past 64 bytes fail with EFBIG
-        resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64))
-
     cmd = [sys.executable, "eval.py", "--weights", str(weights), "--json", str(json_path)]
     cmd += _eval_args(*tiny_voc, tmp_path / "out")
-    result = subprocess.run(
-        cmd,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "MPLCONFIGDIR": str(tmp_path)},
-        preexec_fn=small_files_only,
-        timeout=300,
-    )
+    result = run_with_file_size_limit(cmd, 64, ROOT, env={"MPLCONFIGDIR": str(tmp_path)})
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
     assert f"error: {json_path}: cannot write (File too large)" in result.stderr.splitlines()

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import resource
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 from conftest import require_asset
+from voc_factory import run_with_file_size_limit
 
 import predict
 from utils.inference.predictor import Detector, InferenceConfig
@@ -558,22 +556,10 @@ def test_json_write_failing_at_the_end_is_one_line(tmp_path: Path) -> None:
     as on a full disk) is one error line naming it, exit code 1, no temporary file left."""
     json_path = tmp_path / "dets.json"
 
-    def small_files_only() -> None:  # in the child: writes past 2 KB fail with EFBIG
-        resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048))
-
     cmd = [sys.executable, "predict.py", "--weights", str(WEIGHTS), "--device", "cpu"]
     cmd += ["--source", str(BUS), "--img-size", "160", "--conf", "0.01", "--no-save"]
     cmd += ["--json", str(json_path)]
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-    result = subprocess.run(
-        cmd,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env=env,
-        preexec_fn=small_files_only,
-        timeout=300,
-    )
+    result = run_with_file_size_limit(cmd, 2048, REPO)
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
     assert f"error: {json_path}: cannot write (File too large)" in result.stderr.splitlines()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import resource
+import subprocess
 from pathlib import Path
 
 import cv2
@@ -115,3 +118,23 @@ def train_tiny_checkpoint(tmp_path: Path, epochs: int) -> tuple[Path, Path, str]
         tiny_train_config(root, classes, epochs=epochs, batch_size=2, log_dir=str(tmp_path), lr=0.1)
     )
     return root, classes, str(result.run_dir / "weights" / "last.pth")
+
+
+def run_with_file_size_limit(
+    cmd: list[str], max_bytes: int, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Runs ``cmd`` with writes past ``max_bytes`` per file failing (EFBIG), as a full disk
+    would make them fail at the end of a run."""
+
+    def limit() -> None:  # in the child only
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
+
+    return subprocess.run(
+        cmd,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1", **(env or {})},
+        preexec_fn=limit,
+        timeout=300,
+    )
