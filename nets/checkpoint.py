@@ -38,7 +38,7 @@ from nets.attention import (
     resolve_phi,
 )
 from nets.darknet import load_darknet_weights
-from nets.decode import Geometry
+from nets.decode import REFERENCE_SCALE_X_Y, SCALE_X_Y, Geometry
 from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, YoloBody
 
 logger = logging.getLogger(__name__)
@@ -70,6 +70,8 @@ class ModelInfo:
         attention_at: the points the block is applied at (``nets.attention.ATTENTION_POINTS``).
         attention_args: the block's options as sorted ``(name, value)`` pairs (a dict or an
             ``"name=value,..."`` string is converted); ``attention_options`` gives the dict.
+        scale_x_y: the grid sensitivity the weights were trained with (stored in our
+            checkpoints; 1.05 for darknet files, 1.0 for the reference implementation's).
     """
 
     phi: int
@@ -82,6 +84,7 @@ class ModelInfo:
     source: str = ""
     attention_at: tuple[str, ...] = DEFAULT_POINTS
     attention_args: tuple[tuple[str, Any], ...] = ()
+    scale_x_y: float = SCALE_X_Y
 
     def __post_init__(self) -> None:
         if self.class_names is not None:
@@ -97,7 +100,10 @@ class ModelInfo:
     def geometry(self) -> Geometry:
         """Anchors, masks and input size as the one object decoding and the loss take."""
         return Geometry(
-            anchors=self.anchors, anchors_mask=self.anchors_mask, input_size=self.input_size
+            anchors=self.anchors,
+            anchors_mask=self.anchors_mask,
+            input_size=self.input_size,
+            scale_x_y=self.scale_x_y,
         )
 
     @property
@@ -131,6 +137,7 @@ def save_checkpoint(
         "anchors": [list(map(float, a)) for a in info.anchors],
         "anchors_mask": [list(m) for m in info.anchors_mask],
         "input_size": info.input_size,
+        "scale_x_y": info.scale_x_y,
         "attention_at": list(getattr(model, "attention_at", DEFAULT_POINTS)),
         "attention_args": dict(getattr(model, "attention_args", {})),
         **extra,
@@ -225,6 +232,8 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], M
             source="checkpoint",
             attention_at=obj.get("attention_at", DEFAULT_POINTS),
             attention_args=obj.get("attention_args") or {},
+            # checkpoints written before the factor was stored were all trained with darknet's
+            scale_x_y=float(obj.get("scale_x_y", SCALE_X_Y)),
         )
         return obj["model"], info
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
@@ -239,6 +248,9 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], M
         num_classes=infer_num_classes(obj),
         source="state_dict",
         attention_at=infer_attention_at(obj),
+        # a bare state dict is the reference implementation's format, trained without grid
+        # sensitivity
+        scale_x_y=REFERENCE_SCALE_X_Y,
     )
     return obj, info
 

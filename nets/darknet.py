@@ -212,11 +212,13 @@ def _conv_section(filters: int, size: int, stride: int = 1, bn: bool = True) -> 
     )
 
 
-def _yolo_section(mask: tuple[int, ...], anchors: list[tuple[float, float]], classes: int) -> str:
+def _yolo_section(
+    mask: tuple[int, ...], anchors: list[tuple[float, float]], classes: int, scale_x_y: float
+) -> str:
     anchor_text = ",  ".join(f"{w:g},{h:g}" for w, h in anchors)
     return (
         f"[yolo]\nmask = {','.join(map(str, mask))}\nanchors = {anchor_text}\n"
-        f"classes={classes}\nnum={len(anchors)}\njitter=.3\nscale_x_y = 1.05\n"
+        f"classes={classes}\nnum={len(anchors)}\njitter=.3\nscale_x_y = {scale_x_y:g}\n"
         "cls_normalizer=1.0\niou_normalizer=0.07\niou_loss=ciou\nignore_thresh = .7\n"
         "truth_thresh = 1\nrandom=0\nresize=1.5\nnms_kind=greedynms\nbeta_nms=0.6\n"
     )
@@ -227,8 +229,11 @@ def darknet_cfg(
     input_size: int,
     anchors: list[tuple[float, float]],
     anchors_mask: list[tuple[int, ...]],
+    *,
+    scale_x_y: float = 1.05,
 ) -> str:
-    """The yolov4-tiny ``.cfg`` text for ``model`` (phi 0), matching ``save_darknet_weights``."""
+    """The yolov4-tiny ``.cfg`` text for ``model`` (phi 0), matching ``save_darknet_weights``;
+    ``scale_x_y`` is the grid sensitivity the weights were trained with."""
     sections = [
         f"[net]\nbatch=1\nsubdivisions=1\nwidth={input_size}\nheight={input_size}\n"
         "channels=3\nmomentum=0.9\ndecay=0.0005\n"
@@ -251,14 +256,14 @@ def darknet_cfg(
         _conv_section(256, 1),
         _conv_section(512, 3),
         _conv_section(out, 1, bn=False),
-        _yolo_section(anchors_mask[0], anchors, model.num_classes),
+        _yolo_section(anchors_mask[0], anchors, model.num_classes, scale_x_y),
         "[route]\nlayers = -4\n",
         _conv_section(128, 1),
         "[upsample]\nstride=2\n",
         "[route]\nlayers = -1, 23\n",  # 23: the third CSP block's conv4 (feat1)
         _conv_section(256, 3),
         _conv_section(out, 1, bn=False),
-        _yolo_section(anchors_mask[1], anchors, model.num_classes),
+        _yolo_section(anchors_mask[1], anchors, model.num_classes, scale_x_y),
     ]
     return "\n".join(sections)
 
@@ -280,6 +285,10 @@ def export_darknet(
     geometry = geometry or Geometry()
     save_darknet_weights(model, weights_path)
     cfg = darknet_cfg(
-        model, geometry.input_size, list(geometry.anchors), list(geometry.anchors_mask)
+        model,
+        geometry.input_size,
+        list(geometry.anchors),
+        list(geometry.anchors_mask),
+        scale_x_y=geometry.scale_x_y,
     )
     write_bytes_atomic(cfg_path, cfg.encode())

@@ -2,7 +2,7 @@
 
 ``Geometry`` is what turns raw maps into pixels (anchors, masks, input side); it is passed as
 one object to the decoder, the loss, the ONNX and darknet exports and the evaluation.
-``decode_outputs`` is shared by inference and the loss so both use darknet's ``scale_x_y``.
+``decode_outputs`` is shared by inference and the loss so both use the model's ``scale_x_y``.
 ``detect`` is the one post-processing step of inference and evaluation: raw maps in,
 ``Detections`` (network-input pixels) out.
 """
@@ -18,12 +18,16 @@ from torchvision.ops import batched_nms, nms
 from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK
 from utils.detections import Detections
 
-SCALE_X_Y = 1.05  # darknet yolov4-tiny.cfg `scale_x_y`
+SCALE_X_Y = 1.05  # darknet yolov4-tiny.cfg `scale_x_y`: the official weights were trained with it
+# The reference implementation's loss and decoder have no grid sensitivity, so its .pth files
+# were trained (and are decoded there) with the plain sigmoid offset.
+REFERENCE_SCALE_X_Y = 1.0
 
 
 @dataclass(frozen=True)
 class Geometry:
-    """The head's geometry: which anchor each prediction refines and at which input size.
+    """The head's geometry: which anchor each prediction refines, at which input size, and how
+    far a centre may leave its cell.
 
     Sequences are stored as tuples (lists given are converted), so a ``Geometry`` is
     immutable and hashable; derive another one with ``dataclasses.replace`` or ``at_size``.
@@ -32,13 +36,20 @@ class Geometry:
         anchors: all anchors, (w, h) pairs in pixels at the network input.
         anchors_mask: per output level (stride 32 first, then 16), indices into ``anchors``.
         input_size: network input side in pixels; a level's stride is input_size / its width.
+        scale_x_y: grid sensitivity s: cx = (sigmoid(tx) * s - (s - 1) / 2 + gx) * stride.
+            A property of how the weights were trained: 1.05 for darknet's, 1.0 for the
+            reference implementation's ``.pth`` files; training and decoding must agree.
     """
 
     anchors: tuple[tuple[float, float], ...] = DEFAULT_ANCHORS
     anchors_mask: tuple[tuple[int, ...], ...] = DEFAULT_ANCHORS_MASK
     input_size: int = 416
+    scale_x_y: float = SCALE_X_Y
 
     def __post_init__(self) -> None:
+        if not 1.0 <= self.scale_x_y <= 2.0:
+            raise ValueError(f"scale_x_y must be in [1, 2], got {self.scale_x_y}")
+        object.__setattr__(self, "scale_x_y", float(self.scale_x_y))
         object.__setattr__(self, "anchors", tuple(tuple(a) for a in self.anchors))
         object.__setattr__(self, "anchors_mask", tuple(tuple(m) for m in self.anchors_mask))
         object.__setattr__(self, "input_size", int(self.input_size))
@@ -50,16 +61,14 @@ class Geometry:
         return replace(self, input_size=input_size)
 
 
-def decode_outputs(
-    outputs: Sequence[torch.Tensor], geometry: Geometry, *, scale_x_y: float = SCALE_X_Y
-) -> torch.Tensor:
+def decode_outputs(outputs: Sequence[torch.Tensor], geometry: Geometry) -> torch.Tensor:
     """Decodes every level into one tensor of candidate boxes.
 
     Args:
         outputs: per level (B, A*(5+C), H, W) raw maps, in the order of
             ``geometry.anchors_mask``.
-        geometry: anchors (pixels), masks, and the input side the maps were computed at.
-        scale_x_y: darknet's grid-sensitivity factor s: cx = (sig(tx) * s - (s-1)/2 + gx) * stride.
+        geometry: anchors (pixels), masks, the input side the maps were computed at, and the
+            grid sensitivity.
 
     Returns:
         (B, N, 5+C) with N = sum over levels of A*H*W, ordered level, anchor, row, column:
@@ -71,7 +80,7 @@ def decode_outputs(
         b, _, h, w = out.shape
         pred = out.view(b, len(mask), -1, h, w).permute(0, 1, 3, 4, 2)  # (B, A, H, W, 5+C)
         anchor_wh = torch.tensor([anchors[i] for i in mask], device=out.device, dtype=out.dtype)
-        boxes = decode_boxes(pred, anchor_wh, input_size, scale_x_y)
+        boxes = decode_boxes(pred, anchor_wh, input_size, geometry.scale_x_y)
         level = torch.cat([boxes, torch.sigmoid(pred[..., 4:])], -1)
         decoded.append(level.reshape(b, -1, level.shape[-1]))
     return torch.cat(decoded, 1)
@@ -110,7 +119,6 @@ def decode_candidates(
     geometry: Geometry,
     *,
     min_objectness: float = 0.0,
-    scale_x_y: float = SCALE_X_Y,
 ) -> list[torch.Tensor]:
     """``decode_outputs`` restricted to the predictions whose objectness can pass a score
     threshold.
@@ -123,9 +131,8 @@ def decode_candidates(
 
     Args:
         outputs: per level (B, A*(5+C), H, W) raw maps, as for ``decode_outputs``.
-        geometry: anchors, masks and input side of the maps.
+        geometry: anchors, masks, input side and grid sensitivity of the maps.
         min_objectness: rows whose objectness probability is below this are left out.
-        scale_x_y: darknet's grid-sensitivity factor, as for ``decode_outputs``.
 
     Returns:
         Per image (K_i, 5+C): the rows of ``decode_outputs`` (cx, cy, w, h in input pixels,
@@ -151,7 +158,7 @@ def decode_candidates(
             anchor_wh[ai],
             input_size / w,
             input_size / h,
-            scale_x_y=scale_x_y,
+            scale_x_y=geometry.scale_x_y,
         )
         rows = torch.cat([boxes, torch.sigmoid(raw[:, 4:])], 1)
         counts = torch.bincount(bi, minlength=b).tolist()
@@ -170,7 +177,7 @@ def postprocess(
     *,
     conf_thresh: float = 0.25,
     nms_thresh: float = 0.45,
-    max_det: int = 300,
+    max_det: int | None = 300,
     agnostic: bool = False,
     classes: Sequence[int] | None = None,
     class_names: Sequence[str] = (),
@@ -186,7 +193,7 @@ def postprocess(
             ``decode_candidates``; boxes cx, cy, w, h in input pixels.
         conf_thresh: minimum score kept.
         nms_thresh: IoU above which a lower-scored box is suppressed.
-        max_det: detections kept per image after NMS.
+        max_det: detections kept per image after NMS (None keeps all).
         agnostic: NMS across classes instead of per class.
         classes: keep only these class ids (None keeps all).
         class_names: names by class id, attached to the results.
@@ -231,7 +238,7 @@ def detect(
     *,
     conf_thresh: float = 0.25,
     nms_thresh: float = 0.45,
-    max_det: int = 300,
+    max_det: int | None = 300,
     agnostic: bool = False,
     classes: Sequence[int] | None = None,
     class_names: Sequence[str] = (),

@@ -167,3 +167,33 @@ def test_detector_rejects_wrong_class_file(tmp_path) -> None:
     (tmp_path / "names.txt").write_text("a\nb\nc\n")
     with pytest.raises(CheckpointMismatchError, match="with 2 classes"):
         Detector.from_weights(tmp_path / "c.pth", classes=tmp_path / "names.txt")
+
+
+def test_grid_sensitivity_is_stored_and_inferred(tmp_path, official_weights) -> None:
+    """Ours: stored (1.05 when an older file has none); the reference implementation's state
+    dicts: 1.0, as it trained; darknet files: 1.05."""
+    model = _model(3, 0)
+    info = ModelInfo(phi=0, phi_name="none", num_classes=3, scale_x_y=1.0)
+    save_checkpoint(tmp_path / "ours.pth", model, info)
+    _, read = load_model(tmp_path / "ours.pth")
+    assert read.scale_x_y == 1.0 and read.geometry.scale_x_y == 1.0
+
+    payload = torch.load(tmp_path / "ours.pth", weights_only=True)
+    del payload["scale_x_y"]  # written before the factor was stored
+    torch.save(payload, tmp_path / "older.pth")
+    assert load_model(tmp_path / "older.pth")[1].scale_x_y == 1.05
+
+    torch.save(model.state_dict(), tmp_path / "reference.pth")
+    assert load_model(tmp_path / "reference.pth")[1].scale_x_y == 1.0
+    assert load_model(official_weights)[1].scale_x_y == 1.05
+
+
+def test_detector_decodes_with_the_weights_factor_unless_overridden(tmp_path) -> None:
+    model = _model(3, 0)
+    info = ModelInfo(phi=0, phi_name="none", num_classes=3, class_names=["a", "b", "c"])
+    save_checkpoint(tmp_path / "a.pth", model, dataclasses.replace(info, scale_x_y=1.0))
+    assert Detector.from_weights(tmp_path / "a.pth").geometry.scale_x_y == 1.0
+    forced = Detector.from_weights(tmp_path / "a.pth", config=InferenceConfig(scale_xy=1.1))
+    assert forced.geometry.scale_x_y == 1.1
+    with pytest.raises(ValueError, match="scale-xy"):
+        InferenceConfig(scale_xy=0.5)

@@ -206,8 +206,26 @@ def test_shared_anchor_is_positive_on_both_levels_and_anchor_0_on_none() -> None
         len(level.batch) == 0
         for level in build_targets(unused, anchors, DEFAULT_ANCHORS_MASK, grids, SIZE)
     )
-    losses = _loss()(_maps(1), unused)
+    losses = _loss(LossConfig(anchor_fallback=False))(_maps(1), unused)
     assert losses["loss_box"].item() == 0.0 and losses["loss_cls"].item() == 0.0
+
+
+def test_fallback_gives_an_anchor_0_box_the_best_anchor_a_head_predicts() -> None:
+    anchors = torch.tensor(DEFAULT_ANCHORS, dtype=torch.float32)
+    grids = [(13, 13), (26, 26)]
+    # 10x14 is anchor 0 exactly; of the used anchors 1 (23x27) fits best (IoU 140/621)
+    unused = _targets([(0, 1, _box(200, 300, 10, 14)), (0, 2, _box(100, 100, 81, 82))])
+    lv0, lv1 = build_targets(unused, anchors, DEFAULT_ANCHORS_MASK, grids, SIZE, fallback=True)
+    assert lv0.anchor.tolist() == [0]  # the 81x82 box: anchor 3, slot 0 on stride 32
+    assert sorted(zip(lv1.anchor.tolist(), lv1.labels.tolist())) == [(0, 1), (2, 2)]
+    # boxes whose best anchor a head predicts are assigned exactly as without the fallback
+    used = _targets([(0, 1, _box(200, 300, 81, 82))])
+    with_fb = build_targets(used, anchors, DEFAULT_ANCHORS_MASK, grids, SIZE, fallback=True)
+    without = build_targets(used, anchors, DEFAULT_ANCHORS_MASK, grids, SIZE)
+    for a, b in zip(with_fb, without):
+        assert a.anchor.tolist() == b.anchor.tolist() and a.gx.tolist() == b.gx.tolist()
+    losses = _loss()(_maps(1), unused[:1])
+    assert losses["loss_box"].item() > 0.0 and losses["loss_cls"].item() > 0.0
 
 
 # ---------------------------------------------------------------- 5: ignore rule

@@ -2,8 +2,10 @@
 
 Each field is also ``train.py``'s flag of the same name (``utils.config.option``); the resolved
 config is written to the run folder and into every checkpoint. The defaults are the VOC
-schedule of the reference implementation: 300 epochs on 16,551 images, the first 50 with a
-frozen backbone when starting from pretrained weights.
+schedule of the reference implementation (300 epochs on 16,551 images, the first 50 with a
+frozen backbone when starting from pretrained weights) where it fits; the batch sizes, frozen
+epochs and warmup left unset are derived from the run's length and data set size
+(``utils.engine.schedule``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from data.formats import LABEL_FORMATS
 from data.source import DATA_CHOICES
 from nets.attention import (
     ATTENTION_POINTS,
@@ -53,8 +56,48 @@ class TrainConfig:
         group="data",
     )
     val_lines: str | None = option(None, "the same for evaluation", group="data")
+    train_labels: str | None = option(
+        None,
+        "labels to train on instead of VOC image sets, in any format (a VOC folder or image-set "
+        "file, a COCO .json, a YOLO folder, data .yaml or image list, annotation lines), "
+        "detected unless --label-format; its 'train' split where it has splits (a data YAML "
+        "also gives the val split and the names)",
+        group="data",
+    )
+    val_labels: str | None = option(
+        None,
+        "labels to evaluate on, any format (default: the 'val' split of --train-labels where it "
+        "has one, else no evaluation)",
+        group="data",
+    )
+    train_images: str | None = option(
+        None,
+        "images folder of COCO --train-labels (default: the first holding its images of "
+        "<root>/images/<split>, <root>/<split>, <root>/images and the JSON's folder, <root> "
+        "being the folder above the JSON's)",
+        group="data",
+    )
+    val_images: str | None = option(
+        None, "images folder of COCO --val-labels (default: as --train-images)", group="data"
+    )
+    label_format: str = option(
+        "auto",
+        "format of --train-labels/--val-labels (auto: from the path)",
+        group="data",
+        choices=LABEL_FORMATS,
+    )
     anchors: str | None = option(
-        None, "anchors file, w,h pairs at --img-size (default: darknet's)", group="data"
+        "auto",
+        "anchors: 'auto' (k-means on the training boxes at --img-size when darknet's fit them "
+        "poorly, else darknet's), 'kmeans' (always), 'default' (darknet's), or a file of w,h "
+        "pairs at --img-size",
+        group="data",
+    )
+    anchor_fallback: bool = option(
+        True,
+        "a box whose best anchor no head predicts (anchor 0) is assigned to the best anchor a "
+        "head does predict (else it gets no positive)",
+        group="augmentation and loss",
     )
     include_difficult: bool = option(False, "train on difficult objects too", group="data")
     # model
@@ -82,6 +125,13 @@ class TrainConfig:
     img_size: int = option(
         416, "training and evaluation input side (multiple of 32)", group="model"
     )
+    scale_xy: float | None = option(
+        None,
+        "grid sensitivity of the box centres, in the loss and decoding (default: the initial "
+        "weights': 1.05 for darknet files and from scratch, 1.0 for reference-implementation "
+        ".pth files, stored in ours)",
+        group="model",
+    )
     weights: str | None = option(
         "auto",
         "initial weights: darknet .weights, our .pth, reference .pth; 'auto' = the COCO "
@@ -90,11 +140,23 @@ class TrainConfig:
     )
     # schedule
     epochs: int = option(300, "total epochs, frozen ones included", group="schedule")
-    freeze_epochs: int = option(
-        50, "first epochs with a frozen backbone (pretrained weights only)", group="schedule"
+    freeze_epochs: int | None = option(
+        None,
+        "first epochs with a frozen backbone, pretrained weights only (default: a sixth of the "
+        "run, as 50 of VOC's 300)",
+        group="schedule",
     )
-    batch_size: int = option(16, "batch over all processes, after unfreezing", group="schedule")
-    freeze_batch_size: int = option(32, "batch while the backbone is frozen", group="schedule")
+    batch_size: int | None = option(
+        None,
+        "batch over all processes, after unfreezing (default: 16, lower when the data set "
+        "would give fewer than 16 steps per epoch)",
+        group="schedule",
+    )
+    freeze_batch_size: int | None = option(
+        None,
+        "batch while the backbone is frozen (default: 32, lowered like --batch-size)",
+        group="schedule",
+    )
     optimizer: str = option(
         "sgd", "sgd (nesterov), adam or adamw", group="schedule", choices=OPTIMIZERS
     )
@@ -108,7 +170,10 @@ class TrainConfig:
         "cos", "cos (warmup, cosine, hold) or step", group="schedule", choices=("cos", "step")
     )
     warmup_epochs: float | None = option(
-        None, "quadratic warmup epochs (default min(max(0.05 E, 1), 3))", group="schedule"
+        None,
+        "quadratic warmup epochs (default min(max(0.05 E, 1), 3), at least 60 iterations or a "
+        "fifth of the run)",
+        group="schedule",
     )
     weight_decay: float | None = option(
         None, "on conv/linear weights only (default 5e-4 sgd, 0 adam)", group="schedule"
@@ -170,6 +235,12 @@ class TrainConfig:
         "exp", "run folder <log-dir>/<name> (incremented)", group="evaluation and output"
     )
     log_dir: str = option("logs", "parent folder of run folders", group="evaluation and output")
+    tensorboard: bool = option(
+        True,
+        "TensorBoard event files in the run folder: losses, lr, mAPs, pictures, settings "
+        "(tensorboard --logdir <log-dir>)",
+        group="evaluation and output",
+    )
     max_iters: int = option(
         0, "iterations per epoch (0 = all; for smoke tests)", group="evaluation and output"
     )
@@ -198,9 +269,10 @@ class TrainConfig:
 _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "img_size": (lambda v: v > 0 and v % 32 == 0, "a positive multiple of 32"),
     "epochs": (lambda v: v >= 1, "at least 1"),
-    "freeze_epochs": (lambda v: v >= 0, "0 or more"),
-    "batch_size": (lambda v: v >= 1, "at least 1"),
-    "freeze_batch_size": (lambda v: v >= 1, "at least 1"),
+    "freeze_epochs": (lambda v: v is None or v >= 0, "0 or more"),
+    "batch_size": (lambda v: v is None or v >= 1, "at least 1"),
+    "freeze_batch_size": (lambda v: v is None or v >= 1, "at least 1"),
+    "scale_xy": (lambda v: v is None or 1 <= v <= 2, "in [1, 2]"),
     "lr": (lambda v: v is None or 0 < v < math.inf, "a positive number"),
     "min_lr": (lambda v: v is None or 0 <= v < math.inf, "0 or a positive number"),
     "warmup_epochs": (lambda v: v is None or 0 <= v < math.inf, "0 or more"),
@@ -222,6 +294,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "max_iters": (lambda v: v >= 0, "0 or more"),
     "stop_at_epoch": (lambda v: v >= 0, "0 or more"),
     "data": (lambda v: v in DATA_CHOICES, f"one of {', '.join(DATA_CHOICES)}"),
+    "label_format": (lambda v: v in LABEL_FORMATS, f"one of {', '.join(LABEL_FORMATS)}"),
     "optimizer": (lambda v: v in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
     "lr_schedule": (lambda v: v in ("cos", "step"), "cos or step"),
 }

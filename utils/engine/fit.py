@@ -11,7 +11,7 @@ import logging
 import sys
 import time
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -25,8 +25,9 @@ from data.dataset import EpochSampler, MosaicMixup, SeededShuffle, VOCDetection,
 from data.voc import class_counts
 from nets.attention import check_attention_args, load_attention_plugins, parse_attention_args
 from nets.checkpoint import ModelInfo
+from nets.decode import SCALE_X_Y
 from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, YoloBody
-from utils.classes import read_anchors
+from utils.engine.anchors import resolve_anchors
 from utils.engine.config import TrainConfig
 from utils.engine.loop import EpochProgress, TrainStep, evaluate, train_one_epoch
 from utils.engine.loss import LossConfig, YoloLoss
@@ -39,6 +40,7 @@ from utils.engine.optim import (
     set_backbone_frozen,
 )
 from utils.engine.runlog import RunLog, save_batch_picture, save_val_pictures
+from utils.engine.schedule import resolve_schedule
 from utils.engine.setup import (
     DataSetup,
     Dist,
@@ -51,6 +53,7 @@ from utils.engine.setup import (
 )
 from utils.engine.state import TrainState, save_training_checkpoint
 from utils.evaluation.evaluate import EvalConfig, EvalReport, format_report
+from utils.paths import write_text_atomic
 
 logger = logging.getLogger("train")
 
@@ -148,7 +151,7 @@ def fit(cfg: TrainConfig, given: Collection[str] | None = None) -> TrainResult:
             raise
         finally:
             if run.log is not None:
-                run.log.close()
+                run.log.close(run.state.history)  # TensorBoard's hparams, whatever ended the run
         run_dir = run.log.dir if run.log else Path()
         s = run.state
         return TrainResult(run_dir, s.best_map, s.epoch, s.history, run.last_report, d.main)
@@ -173,7 +176,29 @@ def start_run(
         attention_at=cfg.attention_at,
         attention_args=cfg.attention_args,
     )
-    anchors = read_anchors(cfg.anchors) if cfg.anchors else list(DEFAULT_ANCHORS)
+    state = TrainState()
+    if checkpoint is None:
+        initial = load_initial_weights(model, cfg)
+        choice = resolve_anchors(
+            cfg.anchors,
+            data.train,
+            cfg.img_size,
+            include_difficult=cfg.include_difficult,
+            seed=cfg.seed,
+        )
+        anchors = list(choice.anchors)
+        scale = cfg.scale_xy if cfg.scale_xy is not None else initial.scale_x_y
+        pretrained = initial.pretrained
+    else:  # as the interrupted run had them
+        state.load_state_dict(checkpoint["train_state"])
+        choice = None
+        anchors = [tuple(a) for a in checkpoint.get("anchors", DEFAULT_ANCHORS)]
+        scale = float(checkpoint.get("scale_x_y", SCALE_X_Y))
+        pretrained = state.freeze_epochs > 0 or cfg.freeze_epochs != 0
+    cfg = replace(cfg, scale_xy=scale)
+    cfg, schedule = resolve_schedule(cfg, len(data.train), pretrained=pretrained, world=d.world)
+    if checkpoint is None:
+        state.freeze_epochs = cfg.freeze_epochs
     info = ModelInfo(
         phi=model.phi,
         phi_name=model.phi_name,
@@ -184,12 +209,8 @@ def start_run(
         input_size=cfg.img_size,
         attention_at=model.attention_at,
         attention_args=model.attention_args,
+        scale_x_y=scale,
     )
-    state = TrainState()
-    if checkpoint is None:
-        state.freeze_epochs = cfg.freeze_epochs if load_initial_weights(model, cfg) else 0
-    else:  # as the interrupted run had it (0 when it started from scratch)
-        state.load_state_dict(checkpoint["train_state"])
     step = build_step(model, cfg, info, d, device)
     if checkpoint is not None:
         step.load_state_dict(checkpoint["train_state"], ema_weights=checkpoint["model"])
@@ -200,6 +221,12 @@ def start_run(
             logger.warning("input skipped or repaired: %s", issue)
         if checkpoint is not None:
             logger.info("resumed from %s at epoch %d", cfg.resume, state.epoch + 1)
+        if choice is not None:
+            logger.info(choice.describe())
+            pairs = ", ".join(f"{w:g},{h:g}" for w, h in choice.anchors)
+            write_text_atomic(log.dir / "anchors.txt", pairs + "\n")
+        for warning in schedule.warnings:
+            logger.warning(warning)
     base = VOCDetection(
         data.train,
         cfg.img_size,
@@ -210,8 +237,11 @@ def start_run(
     )
     train_set = MosaicMixup(base, close_epoch=round(cfg.epochs * cfg.strong_aug_ratio))
     if d.main:
+        lr, min_lr = fitted_lrs(cfg, cfg.batch_size)
+        logger.info(schedule.describe(lr, min_lr))
         print(
-            f"training {model.phi_name} on {len(base)} images ({cfg.train_sets}), "
+            f"training {model.phi_name} on {len(base)} images "
+            f"({data.train_name or cfg.train_sets}), "
             f"{len(data.val)} for evaluation; classes: {', '.join(data.class_names)}; "
             f"device {device}; run folder {log.dir}"
         )
@@ -234,7 +264,10 @@ def build_step(
     if cfg.amp and device.type != "cuda" and d.main:
         logger.info("--amp ignored: mixed precision is for CUDA (this run is on %s)", device)
     loss_cfg = LossConfig(
-        label_smoothing=cfg.label_smoothing, focal=cfg.focal, ignore_thresh=cfg.ignore_thresh
+        label_smoothing=cfg.label_smoothing,
+        focal=cfg.focal,
+        ignore_thresh=cfg.ignore_thresh,
+        anchor_fallback=cfg.anchor_fallback,
     )
     criterion = YoloLoss(info.num_classes, info.geometry, cfg=loss_cfg).to(device)
     return TrainStep(
@@ -295,13 +328,16 @@ def run_epoch(run: Run, epoch: int) -> bool:
     run.step.train_model.train()
     keep_frozen_bn_eval(run.step.model, frozen)
     lr_max, lr_min = fitted_lrs(cfg, loader.batch_size * run.dist.world)  # the batch it runs
-    progress = EpochProgress(epoch, cfg.epochs, cfg.img_size) if main else None
+    gpu = run.step.device.type == "cuda"
+    progress = EpochProgress(epoch, cfg.epochs, cfg.img_size, gpu=gpu) if main else None
     first_epoch = main and epoch == run.start_epoch
     if first_epoch:
-        tqdm.write(EpochProgress.header())
+        tqdm.write(progress.header())
 
     def picture(images: torch.Tensor, targets: torch.Tensor) -> None:
-        save_batch_picture(images, targets, run.data.class_names, run.log.dir / "train_batch0.jpg")
+        path = run.log.dir / "train_batch0.jpg"
+        drawn = save_batch_picture(images, targets, run.data.class_names, path)
+        run.log.log_picture("train/batch0", drawn, epoch)
 
     t0 = time.time()
     means, lr = train_one_epoch(
@@ -321,6 +357,8 @@ def run_epoch(run: Run, epoch: int) -> bool:
     state.history.append(record)
     state.epoch = epoch
     if main:
+        # TensorBoard before last.pth: a resume purges the steps past the epoch it holds
+        run.log.log_epoch(record)
         save_epoch_checkpoints(run, epoch, improved)
         run.saved_epoch = epoch
         run.log.write_history(state.history)  # after last.pth: the rows it holds
@@ -344,9 +382,10 @@ def evaluate_epoch(run: Run, record: dict) -> bool:
     record["map50_voc12"] = round(report.voc12_map50, 5)
     run.last_report = report
     improved = run.state.record_map(report.voc12_map50)
-    save_val_pictures(
+    drawn = save_val_pictures(
         model, run.info, run.data.val[:4], run.log.dir / "val_predictions.jpg", device
     )
+    run.log.log_picture("val/predictions", drawn, record["epoch"])
     return improved
 
 

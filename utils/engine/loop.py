@@ -147,25 +147,36 @@ class TrainStep:
 
 @dataclass
 class EpochProgress:
-    """The progress bar's fixed columns; ``None`` turns the bar off (other DDP ranks)."""
+    """The progress bar's fixed columns; ``None`` turns the bar off (other DDP ranks).
+
+    ``gpu``: the run is on CUDA, the only device whose memory the bar can show; elsewhere the
+    ``GPU_mem`` column is left out rather than showing a meaningless 0. ``header()`` and
+    ``describe()`` give the same columns at the same widths, values right-aligned under their
+    names.
+    """
 
     epoch: int
     epochs: int
     img_size: int
+    gpu: bool = False
 
-    @staticmethod
-    def header() -> str:
+    def header(self) -> str:
+        mem = f"{'GPU_mem':>8}" if self.gpu else ""
         return (
-            f"{'Epoch':>9}{'mem':>8}{'box_loss':>10}{'obj_loss':>10}{'cls_loss':>10}"
+            f"{'Epoch':>9}{mem}{'box_loss':>10}{'obj_loss':>10}{'cls_loss':>10}"
             f"{'Instances':>10}{'Size':>6}"
         )
 
     def describe(self, means: Sequence[float], instances: int, device: torch.device) -> str:
-        mem = torch.cuda.memory_reserved(device) / 1e9 if device.type == "cuda" else 0.0
+        mem = ""
+        if self.gpu and device.type == "cuda":
+            mem = f"{torch.cuda.memory_reserved(device) / 1e9:>7.2f}G"
+        elif self.gpu:  # the column is in the header: keep the row aligned under it
+            mem = f"{'-':>8}"
         box, obj, cls = means[:3]
+        epoch = f"{self.epoch + 1}/{self.epochs}"
         return (
-            f"{self.epoch + 1:>4}/{self.epochs:<4}{mem:>7.2f}G{box:>10.4f}{obj:>10.4f}{cls:>10.4f}"
-            f"{instances:>10}{self.img_size:>6}"
+            f"{epoch:>9}{mem}{box:>10.4f}{obj:>10.4f}{cls:>10.4f}{instances:>10}{self.img_size:>6}"
         )
 
 
@@ -228,4 +239,6 @@ def evaluate(
         dataset: how the split is named in the report's protocol line.
     """
     detected = detect_dataset(model, annotations, info.geometry, cfg, device=device)
-    return score(detected, info.class_names, dataset, cfg.iou_thresh, coco=cfg.coco)
+    return score(
+        detected, info.class_names, dataset, cfg.iou_thresh, coco=cfg.coco, max_det=cfg.max_det
+    )

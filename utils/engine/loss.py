@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import complete_box_iou_loss, sigmoid_focal_loss
 
-from nets.decode import SCALE_X_Y, Geometry, cxcywh_to_xyxy, decode_boxes
+from nets.decode import Geometry, cxcywh_to_xyxy, decode_boxes
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,9 @@ class LossConfig:
     focal: bool = False  # focal loss for objectness
     focal_gamma: float = 2.0
     focal_alpha: float = 0.25
-    scale_x_y: float = SCALE_X_Y  # the decoder's grid sensitivity, as at inference
+    # a box whose best anchor no level predicts (anchor 0 with darknet's masks) takes the best
+    # anchor a level does predict, as in the reference implementation; off, it has no positive
+    anchor_fallback: bool = True
 
 
 @dataclass
@@ -64,9 +66,14 @@ def build_targets(
     anchors_mask: Sequence[Sequence[int]],
     grid_sizes: Sequence[tuple[int, int]],
     input_size: int,
+    *,
+    fallback: bool = False,
 ) -> list[LevelTargets]:
     """Assigns every GT box to its best anchor (by shape IoU over all anchors) on each level
     whose mask holds that anchor, in the cell containing its centre.
+
+    With ``fallback``, a box whose best anchor is in no mask (anchor 0 with darknet's masks)
+    takes the best of the anchors some mask holds instead of getting no positive.
 
     When several boxes land on the same slot, the last one (in ``targets`` order) wins, as in
     a sequential loop.
@@ -79,9 +86,12 @@ def build_targets(
     """
     device = targets.device
     wh = (targets[:, 4:6] - targets[:, 2:4]).clamp(min=1e-6)
-    best = (
-        shape_iou(wh, anchors.to(device)).argmax(1) if len(targets) else targets.new_zeros(0).long()
-    )
+    iou = shape_iou(wh, anchors.to(device))
+    if fallback:  # anchors no mask holds can never be the best
+        used = torch.zeros(len(anchors), dtype=torch.bool, device=device)
+        used[[i for mask in anchors_mask for i in mask]] = True
+        iou = iou.masked_fill(~used, -1.0)
+    best = iou.argmax(1) if len(targets) else targets.new_zeros(0).long()
     centre = (targets[:, 2:4] + targets[:, 4:6]) / 2
     levels = []
     for mask, (h, w) in zip(anchors_mask, grid_sizes):
@@ -114,7 +124,8 @@ class YoloLoss(torch.nn.Module):
 
     Args:
         num_classes: classes the head predicts.
-        geometry: anchors (pixels), masks and the training input side.
+        geometry: anchors (pixels), masks, the training input side and the grid sensitivity
+            (the decoder's, so that training and inference decode alike).
         cfg: loss weights and options (default: ``LossConfig()``).
     """
 
@@ -128,6 +139,7 @@ class YoloLoss(torch.nn.Module):
         )
         self.anchors_mask = [list(m) for m in geometry.anchors_mask]
         self.input_size = geometry.input_size
+        self.scale_x_y = geometry.scale_x_y
         self.cfg = cfg or LossConfig()
 
     def forward(
@@ -137,7 +149,12 @@ class YoloLoss(torch.nn.Module):
         targets = targets.to(outputs[0].device, torch.float32)
         grid_sizes = [tuple(o.shape[2:]) for o in outputs]
         assigned = build_targets(
-            targets, self.anchors, self.anchors_mask, grid_sizes, self.input_size
+            targets,
+            self.anchors,
+            self.anchors_mask,
+            grid_sizes,
+            self.input_size,
+            fallback=cfg.anchor_fallback,
         )
         obj_weight = cfg.obj_weight * self.input_size**2 / 416**2
         cls_weight = cfg.cls_weight * self.num_classes / 80
@@ -148,7 +165,7 @@ class YoloLoss(torch.nn.Module):
             b, _, h, w = out.shape
             pred = out.float().view(b, len(mask), 5 + self.num_classes, h, w).permute(0, 1, 3, 4, 2)
             boxes = cxcywh_to_xyxy(
-                decode_boxes(pred, self.anchors[mask], self.input_size, cfg.scale_x_y)
+                decode_boxes(pred, self.anchors[mask], self.input_size, self.scale_x_y)
             )
             obj_target = torch.zeros_like(pred[..., 4])
             noobj = self._not_ignored(boxes.detach(), gt_boxes, gt_batch)

@@ -13,6 +13,8 @@ import torch
 import torch.distributed as dist
 
 from data.annotation_lines import load_annotation_lines
+from data.formats import LabelSource, train_val_sources
+from data.label_io import remap_classes
 from data.source import resolve_data_source
 from data.voc import (
     Annotation,
@@ -23,6 +25,7 @@ from data.voc import (
 )
 from nets.checkpoint import load_matching, load_torch_file, read_checkpoint
 from nets.darknet import load_darknet_weights
+from nets.decode import SCALE_X_Y
 from nets.yolo import YoloBody
 from utils.classes import read_class_names
 from utils.device import select_device
@@ -66,6 +69,7 @@ class DataSetup:
     val: list[Annotation]
     val_name: str
     issues: list = field(default_factory=list)
+    train_name: str = ""  # what the training images are, when not --train-sets
 
 
 MISSING_VOC = """{root}: no Pascal VOC here.
@@ -91,7 +95,81 @@ def resolve_class_names(cfg: TrainConfig) -> list[str]:
     return found
 
 
+def label_sources(cfg: TrainConfig) -> tuple[LabelSource, LabelSource | None]:
+    """The training and evaluation labels ``--train-labels``/``--val-labels`` name (see
+    ``data.formats.train_val_sources``)."""
+    return train_val_sources(
+        cfg.train_labels,
+        cfg.val_labels,
+        fmt=cfg.label_format,
+        train_images=cfg.train_images,
+        val_images=cfg.val_images,
+    )
+
+
+def eval_label_source(cfg: TrainConfig) -> LabelSource | None:
+    """The labels a run is evaluated on when they are not VOC image sets (None: they are).
+
+    Raises:
+        ValueError: ``--train-labels`` without an evaluation split (no ``--val-labels`` and no
+            ``val`` split in it).
+    """
+    if cfg.train_labels:
+        source = label_sources(cfg)[1]
+        if source is None:
+            raise ValueError(f"{cfg.train_labels} has no val split: give --val-labels")
+        return source
+    return LabelSource(cfg.val_lines, "lines") if cfg.val_lines else None
+
+
+def load_label_data(cfg: TrainConfig) -> DataSetup:
+    """Training and evaluation data from ``--train-labels``/``--val-labels`` (any format).
+
+    Class names: ``--classes``; else the training labels' own (VOC's 20 when a VOC folder uses
+    only VOC names, as for ``--voc-root``; VOC's 20 for annotation lines, which have none).
+    Evaluation labels are matched to them by name.
+    """
+    if cfg.train_lines:
+        raise ValueError("--train-labels and --train-lines both name training labels: give one")
+    if cfg.data != "voc":
+        raise ValueError(f"--train-labels replaces --data {cfg.data}: leave --data out")
+    train_source, val_source = label_sources(cfg)
+    voc = read_class_names(VOC_CLASSES)
+    names = read_class_names(cfg.classes) if cfg.classes else None
+    if names is None and train_source.kind == "lines":
+        names = voc
+    train = train_source.load(names)
+    if names is None:
+        names = train.class_names
+        if train_source.kind == "voc" and set(names) <= set(voc):
+            names, train = voc, remap_classes(train, voc)
+        else:
+            logger.info(
+                "no --classes: using the %d class names of %s: %s",
+                len(names),
+                train_source.describe(),
+                ", ".join(names),
+            )
+    if not names:
+        raise ValueError(f"{train_source.describe()}: no class names found: give --classes")
+    if not train.annotations:
+        raise ValueError(f"no training images in {train_source.describe()}")
+    val = val_source.load(names) if val_source is not None else None
+    return DataSetup(
+        names,
+        train.annotations,
+        val.annotations if val is not None else [],
+        val_source.describe() if val_source is not None else "none",
+        train.issues + (val.issues if val is not None else []),
+        train_name=train_source.describe(),
+    )
+
+
 def load_data(cfg: TrainConfig) -> DataSetup:
+    if cfg.train_labels:
+        return load_label_data(cfg)
+    if cfg.val_labels or cfg.train_images or cfg.val_images:
+        raise ValueError("--val-labels, --train-images and --val-images go with --train-labels")
     if not cfg.train_lines and not Path(cfg.voc_root).is_dir():
         raise FileNotFoundError(MISSING_VOC.format(root=cfg.voc_root))
     names = resolve_class_names(cfg)
@@ -114,11 +192,17 @@ def load_data(cfg: TrainConfig) -> DataSetup:
     )
 
 
-def load_initial_weights(model: YoloBody, cfg: TrainConfig) -> bool:
-    """Loads ``cfg.weights`` by name and shape and logs what did and did not load.
+@dataclass(frozen=True)
+class InitialWeights:
+    """What ``load_initial_weights`` loaded: whether the weights were pretrained (which enables
+    backbone freezing) and the grid sensitivity they were trained with."""
 
-    Returns True when pretrained weights were loaded (which enables backbone freezing).
-    """
+    pretrained: bool
+    scale_x_y: float = SCALE_X_Y
+
+
+def load_initial_weights(model: YoloBody, cfg: TrainConfig) -> InitialWeights:
+    """Loads ``cfg.weights`` by name and shape and logs what did and did not load."""
     path = cfg.weights
     if path == "auto":
         path = str(OFFICIAL_WEIGHTS) if OFFICIAL_WEIGHTS.is_file() else None
@@ -126,13 +210,13 @@ def load_initial_weights(model: YoloBody, cfg: TrainConfig) -> bool:
             logger.info(
                 "no pretrained weights (run `make weights` for the COCO ones): from scratch"
             )
-            return False
+            return InitialWeights(False)
     if not path or path.lower() == "none":
-        return False
+        return InitialWeights(False)
     if path.endswith(".weights"):
         report = load_darknet_weights(model, path)
         logger.info(report.summary())
-        return True
+        return InitialWeights(True, SCALE_X_Y)
     state, info = read_checkpoint(path)
     report = load_matching(model, state)
     logger.info("%s (%s): %s", path, info.describe(), report.summary())
@@ -141,7 +225,7 @@ def load_initial_weights(model: YoloBody, cfg: TrainConfig) -> bool:
     missing = sorted({k.rsplit(".", 2)[0] for k in report.missing})
     if missing:
         logger.info("  kept initialised: %s", ", ".join(missing))
-    return True
+    return InitialWeights(True, info.scale_x_y)
 
 
 def resolve_data(cfg: TrainConfig) -> TrainConfig:
@@ -163,7 +247,7 @@ def resolve_data(cfg: TrainConfig) -> TrainConfig:
 
 
 # settings of one invocation: always the command line's
-PER_INVOCATION = ("device", "workers", "stop_at_epoch")
+PER_INVOCATION = ("device", "workers", "stop_at_epoch", "tensorboard")
 # settings a resumed run may change: applied when given (not left at their defaults)
 CHANGEABLE_ON_RESUME = (
     "epochs",
@@ -219,10 +303,10 @@ def merge_resume(
         given: the fields set on the command line; None counts every field whose value in
             ``cfg`` is not the default as given (the Python API).
 
-    Device, workers and ``stop_at_epoch`` come from ``cfg``. Epochs, patience, eval/save
-    periods and ``max_iters`` may change: a given value is applied and logged. Every other
-    setting is the checkpoint's: a given value other than the checkpoint's is an error naming
-    both.
+    Device, workers, ``stop_at_epoch`` and ``tensorboard`` come from ``cfg``. Epochs,
+    patience, eval/save periods and ``max_iters`` may change: a given value is applied and
+    logged. Every other setting is the checkpoint's: a given value other than the
+    checkpoint's is an error naming both.
     """
     defaults = TrainConfig()
     if given is None:
@@ -246,7 +330,7 @@ def merge_resume(
         raise ValueError(
             f"{cfg.resume}: a resumed run keeps its settings, and these flags conflict with "
             f"them: {'; '.join(conflicts)}. Only {may_change} (and --device, --workers, "
-            "--stop-at-epoch) may change on --resume."
+            "--stop-at-epoch, --tensorboard) may change on --resume."
         )
     for name, value in changes.items():
         if value != getattr(saved, name):

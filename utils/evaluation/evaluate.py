@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -46,7 +46,17 @@ class EvalConfig:
     nms_thresh: float = option(
         0.5, "class-wise NMS IoU threshold", flag="--nms", group="evaluation"
     )
-    max_det: int = option(100, "detections per image after NMS", group="evaluation")
+    # The VOC devkit scores every detection above the threshold; a cap can only lower AP (it
+    # drops the low-score tail the curve integrates over). COCO AP keeps the best 100 per
+    # image itself, whatever this is.
+    max_det: int = option(
+        0, "detections kept per image after NMS (0 = all, as the VOC devkit)", group="evaluation"
+    )
+    scale_xy: float | None = option(
+        None,
+        "grid sensitivity of the box centres (default: the weights', see predict.py --help)",
+        group="evaluation",
+    )
     iou_thresh: float = option(0.5, "VOC match threshold (>=)", flag="--iou", group="evaluation")
     batch_size: int = option(16, "images per forward pass", group="evaluation")
     workers: int = option(2, "data-loading processes", group="evaluation")
@@ -56,6 +66,10 @@ class EvalConfig:
         size = self.input_size
         if size is not None and (size <= 0 or size % 32):
             raise ValueError(f"input size {size} is not a positive multiple of 32")
+        if self.max_det < 0:
+            raise ValueError(f"--max-det {self.max_det}: must be 0 (all) or more")
+        if self.scale_xy is not None and not 1 <= self.scale_xy <= 2:
+            raise ValueError(f"--scale-xy {self.scale_xy}: must be in [1, 2]")
 
 
 class _EvalImages(Dataset):
@@ -116,6 +130,8 @@ def detect_dataset(
     """
     device = torch.device(device)
     geometry = geometry.at_size(cfg.input_size)
+    if cfg.scale_xy is not None:
+        geometry = replace(geometry, scale_x_y=cfg.scale_xy)
     was_training = model.training
     model.eval()
     loader = DataLoader(
@@ -142,7 +158,7 @@ def detect_dataset(
             geometry,
             conf_thresh=cfg.conf_thresh,
             nms_thresh=cfg.nms_thresh,
-            max_det=cfg.max_det,
+            max_det=cfg.max_det or None,
         )
         for k, dets in zip(ok, results):
             meta: ResizeMeta = metas[k]
@@ -203,11 +219,12 @@ class EvalReport:
         }
 
 
-def describe_protocol(dataset: str, iou_thresh: float) -> str:
+def describe_protocol(dataset: str, iou_thresh: float, max_det: int = 0) -> str:
+    cap = f"at most {max_det} detections per image" if max_det else "all detections"
     return (
         f"{dataset} | IoU >= {iou_thresh:g} (+1 pixel convention) | difficult objects "
-        "ignored | AP50(07): VOC2007 11-point, AP50(12): VOC2010+ area | COCO: pycocotools, "
-        "difficult as crowd"
+        f"ignored | {cap} | AP50(07): VOC2007 11-point, AP50(12): VOC2010+ area | COCO: "
+        "pycocotools, best 100 per image, difficult as crowd"
     )
 
 
@@ -217,8 +234,11 @@ def score(
     dataset: str,
     iou_thresh: float = 0.5,
     coco: bool = True,
+    max_det: int = 0,
 ) -> EvalReport:
-    """Scores detections against ground truth with both VOC APs, P/R at best F1 and COCO AP."""
+    """Scores detections against ground truth with both VOC APs, P/R at best F1 and COCO AP;
+    ``max_det`` is the per-image cap the detections were made with (0: none), for the
+    protocol line."""
     nc = len(class_names)
     voc = evaluate_voc(detected.dets, detected.gts, nc, iou_thresh)
     with_gt = voc["classes_with_gt"]
@@ -238,7 +258,7 @@ def score(
     coco_stats = evaluate_coco(detected.dets, detected.gts, nc) if coco else {}
     num_images = int((detected.image_sizes[:, 0] > 0).sum())
     return EvalReport(
-        protocol=describe_protocol(dataset, iou_thresh),
+        protocol=describe_protocol(dataset, iou_thresh, max_det),
         class_names=list(class_names),
         num_images=num_images,
         num_instances=int((~detected.gts.difficult).sum()),

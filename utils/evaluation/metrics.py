@@ -151,25 +151,83 @@ def _best_gt(
     return np.where(has, best_iou, 0.0), np.where(has, order[index[np.arange(n), best]], -1)
 
 
-def evaluate_class(dets: BoxSet, gts: BoxSet, cls: int, iou_thresh: float = 0.5) -> ClassResult:
-    """VOC matching and both APs for one class."""
+# COCO's object size ranges in original-image pixels (box w x h, no +1), both ends inclusive as
+# in COCOeval: an area of exactly 32^2 is small and medium
+COCO_AREA_RANGES: dict[str, tuple[float, float]] = {
+    "small": (0.0, 32.0**2),
+    "medium": (32.0**2, 96.0**2),
+    "large": (96.0**2, float("inf")),
+}
+
+
+def box_area(boxes: np.ndarray) -> np.ndarray:
+    """Areas in COCO's convention (w = x2 - x1, no +1), the one its size ranges are defined in."""
+    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+
+
+@dataclass
+class ClassMatches:
+    """One class's VOC matching outcome: the detections that count, in decreasing score order
+    (ties in input order), and the ground truth they are measured against."""
+
+    scores: np.ndarray  # (D,) ignored detections left out
+    image: np.ndarray  # (D,) image index of each detection
+    tp: np.ndarray  # (D,) bool: True = TP, False = FP
+    gt_image: np.ndarray  # (npos,) image index of each counted ground-truth box
+
+
+def match_class(
+    dets: BoxSet,
+    gts: BoxSet,
+    cls: int,
+    iou_thresh: float = 0.5,
+    area_range: tuple[float, float] | None = None,
+) -> ClassMatches:
+    """VOC matching of one class (module docstring), optionally restricted to an object size.
+
+    With ``area_range`` (lo, hi), COCOeval's area-range rule on top of the VOC matching: ground
+    truth outside [lo, hi] (``box_area``) is ignored like a difficult box (not counted, and a
+    detection whose best box it is is neither TP nor FP), and a false positive (no box at the
+    IoU threshold, or a duplicate) whose own area is outside [lo, hi] is ignored. Detections are
+    still matched against all ground truth of the class, so a detection of a large object is
+    not a false positive of the small range. Unlike COCOeval, a detection takes its best-IoU
+    box whatever its size and never falls back to a second box.
+    """
     dm, gm = dets.labels == cls, gts.labels == cls
     d_boxes, d_image, d_scores = dets.boxes[dm], dets.image[dm], dets.scores[dm]
-    g_boxes, g_image, g_diff = gts.boxes[gm], gts.image[gm], gts.difficult[gm]
-    npos = int((~g_diff).sum())
+    g_boxes, g_image, g_ignore = gts.boxes[gm], gts.image[gm], gts.difficult[gm]
+    if area_range is not None:
+        g_area = box_area(g_boxes)
+        g_ignore = g_ignore | (g_area < area_range[0]) | (g_area > area_range[1])
     order = np.argsort(-d_scores, kind="stable")
     d_boxes, d_image, d_scores = d_boxes[order], d_image[order], d_scores[order]
     best_iou, best = _best_gt(d_boxes, d_image, g_boxes, g_image)
     hit = (best >= 0) & (best_iou >= iou_thresh)
-    ignored = hit & np.append(g_diff, False)[best]  # best == -1 picks the appended False
+    ignored = hit & np.append(g_ignore, False)[best]  # best == -1 picks the appended False
     claim = hit & ~ignored
     first = np.zeros(len(d_scores), bool)
     if claim.any():
         claimed = np.flatnonzero(claim)
         _, first_pos = np.unique(best[claimed], return_index=True)
         first[claimed[first_pos]] = True
+    if area_range is not None:
+        d_area = box_area(d_boxes)
+        ignored |= ~first & ((d_area < area_range[0]) | (d_area > area_range[1]))
     keep = ~ignored
-    tp = first[keep].astype(np.float64)
+    return ClassMatches(d_scores[keep], d_image[keep], first[keep], g_image[~g_ignore])
+
+
+def evaluate_class(
+    dets: BoxSet,
+    gts: BoxSet,
+    cls: int,
+    iou_thresh: float = 0.5,
+    area_range: tuple[float, float] | None = None,
+) -> ClassResult:
+    """VOC matching and both APs for one class (``area_range``: see ``match_class``)."""
+    matches = match_class(dets, gts, cls, iou_thresh, area_range)
+    npos = len(matches.gt_image)
+    tp = matches.tp.astype(np.float64)
     ctp, cfp = np.cumsum(tp), np.cumsum(1 - tp)
     recall = ctp / max(npos, 1) if npos else np.zeros_like(ctp)
     precision = ctp / np.maximum(ctp + cfp, np.finfo(np.float64).eps)
@@ -177,16 +235,24 @@ def evaluate_class(dets: BoxSet, gts: BoxSet, cls: int, iou_thresh: float = 0.5)
         ap_voc07(recall, precision) if npos else 0.0,
         ap_voc12(recall, precision) if npos else 0.0,
         npos,
-        int(keep.sum()),
-        d_scores[keep],
+        len(tp),
+        matches.scores,
         tp,
         recall,
         precision,
     )
 
 
-def evaluate_voc(dets: BoxSet, gts: BoxSet, num_classes: int, iou_thresh: float = 0.5) -> dict:
-    """Per-class results and the means over classes that have (non-difficult) ground truth.
+def evaluate_voc(
+    dets: BoxSet,
+    gts: BoxSet,
+    num_classes: int,
+    iou_thresh: float = 0.5,
+    area_range: tuple[float, float] | None = None,
+) -> dict:
+    """Per-class results and the means over classes that have (non-difficult) ground truth;
+    with ``area_range``, AP of the objects of that size (``match_class``), averaged over the
+    classes with ground truth of that size.
 
     Returns:
         ``{"per_class": [ClassResult], "voc07_map": float, "voc12_map": float,
@@ -194,7 +260,7 @@ def evaluate_voc(dets: BoxSet, gts: BoxSet, num_classes: int, iou_thresh: float 
     """
     if gts.difficult is None:
         gts.difficult = np.zeros(len(gts), bool)
-    per_class = [evaluate_class(dets, gts, c, iou_thresh) for c in range(num_classes)]
+    per_class = [evaluate_class(dets, gts, c, iou_thresh, area_range) for c in range(num_classes)]
     with_gt = [c for c, r in enumerate(per_class) if r.num_gt > 0]
     mean = lambda v: float(np.mean(v)) if v else 0.0  # noqa: E731
     return {
@@ -283,8 +349,25 @@ def to_coco(dets: BoxSet, gts: BoxSet, num_classes: int, image_sizes: np.ndarray
     return coco_gt, coco_dt
 
 
+COCO_MAX_DETS = 100  # COCO's protocol scores at most the 100 best detections of an image
+
+
+def top_per_image(dets: BoxSet, k: int) -> BoxSet:
+    """The ``k`` highest-scored detections of every image (ties: the earlier row), in the
+    original order."""
+    if len(dets) == 0 or np.bincount(dets.image).max() <= k:
+        return dets
+    order = np.lexsort((np.arange(len(dets)), -dets.scores, dets.image))
+    image_sorted = dets.image[order]
+    starts = np.searchsorted(image_sorted, image_sorted, side="left")
+    rank = np.arange(len(dets)) - starts
+    keep = np.sort(order[rank < k])
+    return BoxSet(dets.image[keep], dets.boxes[keep], dets.labels[keep], scores=dets.scores[keep])
+
+
 def evaluate_coco(dets: BoxSet, gts: BoxSet, num_classes: int) -> dict:
-    """COCO AP (0.50:0.95), AP50, AP75, AP small/medium/large through pycocotools."""
+    """COCO AP (0.50:0.95), AP50, AP75, AP small/medium/large through pycocotools, on the 100
+    best detections of each image (pycocotools' own limit counts per image and class)."""
     import io
 
     from pycocotools.cocoeval import COCOeval
@@ -298,7 +381,7 @@ def evaluate_coco(dets: BoxSet, gts: BoxSet, num_classes: int) -> dict:
         "coco_map_large",
     ]
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress and tables
-        coco_gt, coco_dt = to_coco(dets, gts, num_classes)
+        coco_gt, coco_dt = to_coco(top_per_image(dets, COCO_MAX_DETS), gts, num_classes)
         if coco_dt is None or len(gts) == 0:
             return dict.fromkeys(keys, 0.0)
         ev = COCOeval(coco_gt, coco_dt, "bbox")

@@ -87,7 +87,7 @@ def calibration_images(source: str, count: int) -> list[str]:
 
 def export_metadata(info: ModelInfo, class_names: Sequence[str], input_size: int) -> dict:
     """What an export stores about its model: phi, class names, anchors, masks, input size,
-    and the attention points and options."""
+    grid sensitivity, and the attention points and options."""
     return {
         "phi": info.phi,
         "phi_name": info.phi_name,
@@ -97,6 +97,7 @@ def export_metadata(info: ModelInfo, class_names: Sequence[str], input_size: int
         "anchors": [list(a) for a in info.anchors],
         "anchors_mask": [list(m) for m in info.anchors_mask],
         "input_size": input_size,
+        "scale_x_y": info.scale_x_y,
     }
 
 

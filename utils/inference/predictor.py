@@ -18,8 +18,9 @@ import cv2
 import numpy as np
 import torch
 
+from nets.attention_maps import AttentionMap, capture_attention
 from nets.checkpoint import ModelInfo, load_model
-from nets.decode import Geometry, detect
+from nets.decode import SCALE_X_Y, Geometry, detect
 from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, YoloBody
 from utils.classes import read_anchors, read_class_names
 from utils.config import Rule, option, rule_problems
@@ -69,6 +70,12 @@ class InferenceConfig:
     letterbox: bool = option(
         True, "keep the aspect ratio with grey padding (else a plain resize)", group="model"
     )
+    scale_xy: float | None = option(
+        None,
+        "grid sensitivity of the box centres (default: the weights': stored in our checkpoints "
+        "and exports, 1.05 for darknet files, 1.0 for reference-implementation .pth files)",
+        group="model",
+    )
     conf_thresh: float = option(
         0.25, "score threshold (objectness * class)", flag="--conf", group="post-processing"
     )
@@ -101,6 +108,7 @@ class InferenceConfig:
 # field -> (check, what it must be); messages use each field's flag
 _INFERENCE_RULES: dict[str, Rule] = {
     "input_size": (lambda v: v is None or (v > 0 and v % 32 == 0), "a positive multiple of 32"),
+    "scale_xy": (lambda v: v is None or 1 <= v <= 2, "in [1, 2]"),
     "conf_thresh": (lambda v: 0 <= v <= 1, "a score in [0, 1]"),
     "nms_thresh": (lambda v: 0 < v <= 1, "an IoU in (0, 1]"),
     "max_det": (lambda v: v >= 1, "at least 1"),
@@ -172,7 +180,10 @@ class Detector:
     @property
     def geometry(self) -> Geometry:
         """The model's anchors and masks at the configured input size."""
-        return self.info.geometry.at_size(self.config.input_size)
+        geometry = self.info.geometry.at_size(self.config.input_size)
+        if self.config.scale_xy is not None:
+            geometry = replace(geometry, scale_x_y=self.config.scale_xy)
+        return geometry
 
     @classmethod
     def from_weights(
@@ -237,6 +248,7 @@ class Detector:
             source="onnx",
             attention_at=meta.get("attention_at"),
             attention_args=meta.get("attention_args") or {},
+            scale_x_y=meta.get("scale_x_y", SCALE_X_Y),  # exports before it was stored: ours
         )
         config = config or InferenceConfig()
         if runner.input_size and config.input_size not in (None, runner.input_size):
@@ -248,15 +260,23 @@ class Detector:
         return cls(None, info, config=config, runner=runner)
 
     def preprocess(self, images_bgr: list[np.ndarray]) -> tuple[torch.Tensor, list[ResizeMeta]]:
-        """BGR uint8 images -> (B, 3, S, S) float tensor on the device, and their metas."""
-        canvases, metas = zip(
-            *(
-                preprocess_bgr(im, self.config.input_size, self.config.letterbox)
-                for im in images_bgr
-            )
-        )
-        batch = to_tensor(list(canvases)).to(self.device, non_blocking=True)
-        return batch.contiguous(memory_format=self.memory_format), list(metas)
+        """BGR uint8 images -> (B, 3, S, S) float tensor on the device, and their metas.
+
+        The same as ``to_batch`` of each image's ``resize``, the two halves that the
+        pipelined ``predict.py`` runs in different threads."""
+        canvases, metas = zip(*(self.resize(im) for im in images_bgr))
+        return self.to_batch(list(canvases)), list(metas)
+
+    def resize(self, image_bgr: np.ndarray) -> tuple[np.ndarray, ResizeMeta]:
+        """One image -> its RGB uint8 network-input canvas and meta: the OpenCV-only half of
+        ``preprocess`` (no torch op, so reader threads run it without starting torch thread
+        pools of their own)."""
+        return preprocess_bgr(image_bgr, self.config.input_size, self.config.letterbox)
+
+    def to_batch(self, canvases: list[np.ndarray]) -> torch.Tensor:
+        """Canvases of ``resize`` -> the (B, 3, S, S) float input tensor on the device."""
+        batch = to_tensor(canvases).to(self.device, non_blocking=True)
+        return batch.contiguous(memory_format=self.memory_format)
 
     @torch.inference_mode()
     def forward(self, batch: torch.Tensor) -> list[torch.Tensor]:
@@ -301,6 +321,44 @@ class Detector:
         """
         batch, (meta,) = self.preprocess([image_bgr])
         return self.heatmap(self.forward(batch), meta)
+
+    def attention_maps(self, image_bgr: np.ndarray) -> dict[str, AttentionMap]:
+        """What each attention block attends to on this image, by insertion point.
+
+        One forward pass with forward hooks registered for the call only (removed afterwards,
+        also on error); the model's outputs are unchanged. Spatial maps are at each point's
+        resolution in network-input (letterbox) coordinates, ``AttentionMap.to_original``
+        maps them onto the image; see ``nets.attention_maps`` for what each block records.
+        A point whose block records no map (a plugin block without a recipe) is absent; a
+        model without attention (phi 0) gives ``{}``.
+
+        Raises:
+            ValueError: this Detector runs an ONNX graph, which has no hookable blocks.
+        """
+        model = self.torch_model("attention maps")
+        batch, (meta,) = self.preprocess([image_bgr])
+        with torch.inference_mode(), capture_attention(model) as capture:
+            model(batch)
+        (raw,) = capture.maps() or [{}]
+        size = self.config.input_size
+        return {
+            point: AttentionMap(point, m.block, m.spatial, m.channels, m.spatial_kind, size, meta)
+            for point, m in raw.items()
+        }
+
+    def torch_model(self, purpose: str) -> YoloBody:
+        """The PyTorch model, for ``purpose`` that needs its modules.
+
+        Raises:
+            ValueError: this Detector runs ONNX Runtime (the message names ``purpose``).
+        """
+        if not isinstance(self.model, YoloBody):
+            raise ValueError(
+                f"{purpose} need the PyTorch model, but this Detector runs an ONNX graph "
+                f"(backend {self.config.backend!r}); load the checkpoint (.pth) or darknet "
+                "weights with backend 'torch'"
+            )
+        return self.model
 
     @torch.inference_mode()
     def heatmap(self, outputs: list[torch.Tensor], meta: ResizeMeta) -> np.ndarray:

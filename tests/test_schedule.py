@@ -1,0 +1,113 @@
+"""The schedule derived from the run's length and data set size, and the anchors chosen for
+the training boxes."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from data.voc import Annotation
+from nets.yolo import DEFAULT_ANCHORS
+from utils.engine.anchors import AUTO_MIN_GAIN, resolve_anchors
+from utils.engine.config import TrainConfig
+from utils.engine.schedule import MIN_WARMUP_ITERS, resolve_schedule
+
+
+def test_voc_sized_runs_keep_the_reference_schedule() -> None:
+    cfg, s = resolve_schedule(TrainConfig(epochs=300), 16551, pretrained=True)
+    assert (cfg.batch_size, cfg.freeze_batch_size, cfg.freeze_epochs) == (16, 32, 50)
+    assert cfg.warmup_epochs == 3 and s.reasons == [] and s.warnings == []
+    assert s.steps_per_epoch == 16551 // 16 and s.strong_aug_until == 210
+
+
+def test_small_data_gets_smaller_batches_a_partial_freeze_and_a_real_warmup() -> None:
+    cfg, s = resolve_schedule(TrainConfig(epochs=60), 55, pretrained=True)
+    assert cfg.freeze_epochs == 10 < cfg.epochs
+    assert cfg.batch_size == 4 and s.steps_per_epoch == 13  # not 3 steps at batch 16
+    assert cfg.freeze_batch_size == 4
+    assert s.warmup_iters >= MIN_WARMUP_ITERS  # not 13 steps (one epoch)
+    assert s.warnings == []
+    line = s.describe(0.01, 0.0001)
+    for part in ("60 epochs", "batch 4 (13 steps/epoch)", "epochs 1-10", "until epoch 42"):
+        assert part in line
+    assert "batch 16 -> 4" in line  # says why
+
+
+def test_warmup_floor_is_at_most_a_fifth_of_a_tiny_run() -> None:
+    _, s = resolve_schedule(TrainConfig(epochs=5), 40, pretrained=False)
+    total = 5 * s.steps_per_epoch
+    assert s.warmup_iters <= 0.2 * total + 1 and s.freeze_epochs == 0
+
+
+def test_explicit_values_are_kept_with_warnings() -> None:
+    cfg = TrainConfig(epochs=20, freeze_epochs=50, batch_size=32, freeze_batch_size=32)
+    resolved, s = resolve_schedule(cfg, 55, pretrained=True)
+    assert (resolved.freeze_epochs, resolved.batch_size) == (50, 32)
+    assert any("frozen for the whole run" in w for w in s.warnings)
+    assert any("--batch-size 32 on 55 images is 1 optimizer step" in w for w in s.warnings)
+
+
+def test_no_freezing_without_pretrained_weights() -> None:
+    cfg, _ = resolve_schedule(TrainConfig(epochs=30, freeze_epochs=5), 500, pretrained=False)
+    assert cfg.freeze_epochs == 0
+
+
+def test_resolving_a_resolved_config_changes_nothing() -> None:
+    """A resumed run reads the resolved config back and must follow the same schedule."""
+    cfg, s = resolve_schedule(TrainConfig(epochs=40), 210, pretrained=True)
+    again, s2 = resolve_schedule(cfg, 210, pretrained=True)
+    assert again == cfg and s2.warmup_iters == s.warmup_iters
+
+
+def _annotations(sizes: list[tuple[float, float]]) -> list[Annotation]:
+    rng = np.random.default_rng(0)
+    out = []
+    for i, (w, h) in enumerate(sizes):
+        x, y = rng.uniform(0, 100, 2)
+        box = np.array([[x, y, x + w, y + h]], np.float32)
+        out.append(
+            Annotation(
+                f"{i}.jpg", str(i), box, np.zeros(1, np.int64), np.zeros(1, bool), 416, 416
+            )
+        )
+    return out
+
+
+def test_auto_anchors_switch_to_kmeans_only_when_it_pays() -> None:
+    rng = np.random.default_rng(1)
+    small = [tuple(rng.uniform(6, 20, 2)) for _ in range(200)]  # all far below 416's anchors
+    choice = resolve_anchors("auto", _annotations(small), 416)
+    assert choice.source == "kmeans" and choice.chosen_iou - choice.default_iou >= AUTO_MIN_GAIN
+    assert "k-means fits" in choice.describe()
+
+    # boxes that are darknet's anchors themselves: nothing to gain
+    exact = [a for a in DEFAULT_ANCHORS for _ in range(30)]
+    choice = resolve_anchors("auto", _annotations(exact), 416)
+    assert choice.source == "default" and choice.anchors == tuple(DEFAULT_ANCHORS)
+    assert choice.chosen_iou == pytest.approx(1.0)
+
+
+def test_anchor_settings_kmeans_default_and_file(tmp_path) -> None:
+    boxes = _annotations([(10 + i, 12 + 2 * i) for i in range(40)])
+    km = resolve_anchors("kmeans", boxes, 416, seed=3)
+    assert km.source == "kmeans" and len(km.anchors) == 6
+    assert resolve_anchors("kmeans", boxes, 416, seed=3) == km  # deterministic per seed
+    assert resolve_anchors(None, boxes, 416).anchors == tuple(DEFAULT_ANCHORS)
+    f = tmp_path / "a.txt"
+    f.write_text("1,2, 3,4, 5,6, 7,8, 9,10, 11,12\n")
+    assert resolve_anchors(str(f), boxes, 416).anchors[0] == (1.0, 2.0)
+    f.write_text("1,2, 3,4\n")
+    with pytest.raises(ValueError, match="2 anchors, but the model has 6"):
+        resolve_anchors(str(f), boxes, 416)
+    with pytest.raises(ValueError, match="--anchors kmeans"):
+        resolve_anchors("kmeans", boxes[:3], 416)
+
+
+def test_config_rejects_bad_schedule_values() -> None:
+    with pytest.raises(ValueError, match="--batch-size 0"):
+        TrainConfig(batch_size=0)
+    with pytest.raises(ValueError, match="--scale-xy"):
+        TrainConfig(scale_xy=3.0)
+    assert dataclasses.replace(TrainConfig(), batch_size=None).batch_size is None
