@@ -228,11 +228,13 @@ class CBAMPlusChannelGate(nn.Module):
         self.max_fc1 = nn.Conv2d(channels, hidden, 1, bias=False)
         self.max_bn = nn.BatchNorm2d(hidden)
         self.max_fc2 = nn.Conv2d(hidden, channels, 1, bias=False)
+        # the weight passes through it unchanged, so a forward hook can read it (no state)
+        self.weight_tap = nn.Identity()
 
     def weight(self, x: torch.Tensor) -> torch.Tensor:
         avg = self.avg_fc2(self.relu(self.avg_bn(self.avg_fc1(self.avg_pool(x)))))
         mx = self.max_fc2(self.relu(self.max_bn(self.max_fc1(self.max_pool(x)))))
-        return torch.sigmoid(avg + mx)  # (B, C, 1, 1)
+        return self.weight_tap(torch.sigmoid(avg + mx))  # (B, C, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.weight(x)
@@ -255,11 +257,13 @@ class CBAMPlusSpatialGate(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(width, 1, kernel_size, padding=pad, bias=False)
         self.bn2 = nn.BatchNorm2d(1)
+        # the weight passes through it unchanged, so a forward hook can read it (no state)
+        self.weight_tap = nn.Identity()
 
     def weight(self, x: torch.Tensor) -> torch.Tensor:
         pooled = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
         s = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(pooled)))))
-        return torch.sigmoid(s + pooled.mean(dim=1, keepdim=True))  # (B, 1, H, W)
+        return self.weight_tap(torch.sigmoid(s + pooled.mean(dim=1, keepdim=True)))  # (B,1,H,W)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.weight(x)
@@ -320,13 +324,15 @@ class SimAM(nn.Module):
     def __init__(self, channels: int = 0, *, e_lambda: float = 1e-4) -> None:
         super().__init__()
         self.register_buffer("e_lambda", torch.tensor(float(e_lambda)))
+        # the (B, C, H, W) weight passes through it unchanged, so a forward hook can read it
+        self.weight_tap = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[2:]
         n = max(h * w - 1, 1)
         d = (x - x.mean(dim=(2, 3), keepdim=True)).pow(2)
         var = d.sum(dim=(2, 3), keepdim=True) / n
-        return x * torch.sigmoid(d / (4 * (var + self.e_lambda)) + 0.5)
+        return x * self.weight_tap(torch.sigmoid(d / (4 * (var + self.e_lambda)) + 0.5))
 
 
 @register_attention("nonlocal")
@@ -361,6 +367,8 @@ class NonLocalBlock(nn.Module):
         self.out_conv = nn.Conv2d(inter, channels, 1, bias=False)
         self.out_bn = nn.BatchNorm2d(channels)
         nn.init.zeros_(self.out_bn.weight)
+        # the softmax affinity passes through it unchanged, so a forward hook can read it
+        self.affinity_tap = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # explicit reshapes: flatten/unflatten export as Slice/Mod chains that ONNX Runtime's
@@ -369,7 +377,8 @@ class NonLocalBlock(nn.Module):
         theta = self.theta(x).reshape(b, -1, h * w).transpose(1, 2)  # (B, N, C')
         phi = self.phi(x).reshape(b, -1, h * w)  # (B, C', N)
         g = self.g(x).reshape(b, -1, h * w).transpose(1, 2)  # (B, N, C')
-        attention = torch.softmax(torch.bmm(theta, phi), dim=-1)  # (B, N, N), rows sum to 1
+        # (B, N, N), rows sum to 1; through an identity so a forward hook can read it
+        attention = self.affinity_tap(torch.softmax(torch.bmm(theta, phi), dim=-1))
         y = torch.bmm(attention, g).transpose(1, 2).reshape(b, -1, h, w)  # (B, C', H, W)
         return x + self.out_bn(self.out_conv(y))
 
