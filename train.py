@@ -2,7 +2,7 @@
 
 Examples:
     python train.py --phi 2                                   # VOC 07+12, CBAM, 300 epochs
-    python train.py --data demo --img-size 224 --epochs 20    # the demo set, on a CPU
+    python train.py --data demo --img-size 192 --epochs 25    # the demo set, on a CPU
     python train.py --resume logs/exp/weights/last.pth
     torchrun --nproc_per_node 2 train.py --phi cbam           # multi-GPU (DDP)
 """

@@ -224,7 +224,7 @@ def test_fallback_gives_an_anchor_0_box_the_best_anchor_a_head_predicts() -> Non
     without = build_targets(used, anchors, DEFAULT_ANCHORS_MASK, grids, SIZE)
     for a, b in zip(with_fb, without):
         assert a.anchor.tolist() == b.anchor.tolist() and a.gx.tolist() == b.gx.tolist()
-    losses = _loss()(_maps(1), unused[:1])
+    losses = _loss(LossConfig(anchor_fallback=True))(_maps(1), unused[:1])
     assert losses["loss_box"].item() > 0.0 and losses["loss_cls"].item() > 0.0
 
 

@@ -10,8 +10,9 @@ import pytest
 
 from data.voc import Annotation
 from nets.yolo import DEFAULT_ANCHORS
-from utils.engine.anchors import AUTO_MIN_GAIN, resolve_anchors
+from utils.engine.anchors import AUTO_MAX_DEFAULT_IOU, resolve_anchors
 from utils.engine.config import TrainConfig
+from utils.engine.optim import fitted_lrs
 from utils.engine.schedule import MIN_WARMUP_ITERS, resolve_schedule
 
 
@@ -19,6 +20,7 @@ def test_voc_sized_runs_keep_the_reference_schedule() -> None:
     cfg, s = resolve_schedule(TrainConfig(epochs=300), 16551, pretrained=True)
     assert (cfg.batch_size, cfg.freeze_batch_size, cfg.freeze_epochs) == (16, 32, 50)
     assert cfg.warmup_epochs == 3 and s.reasons == [] and s.warnings == []
+    assert cfg.lr is None  # 1e-2 at batch 64, scaled by batch/64 as the reference does
     assert s.steps_per_epoch == 16551 // 16 and s.strong_aug_until == 210
 
 
@@ -29,6 +31,7 @@ def test_small_data_gets_smaller_batches_a_partial_freeze_and_a_real_warmup() ->
     assert cfg.freeze_batch_size == 4
     assert s.warmup_iters >= MIN_WARMUP_ITERS  # not 13 steps (one epoch)
     assert s.warnings == []
+    assert fitted_lrs(cfg, cfg.batch_size)[0] == pytest.approx(1e-2)  # not 1e-2 * 4/64
     line = s.describe(0.01, 0.0001)
     for part in ("60 epochs", "batch 4 (13 steps/epoch)", "epochs 1-10", "until epoch 42"):
         assert part in line
@@ -68,25 +71,23 @@ def _annotations(sizes: list[tuple[float, float]]) -> list[Annotation]:
         x, y = rng.uniform(0, 100, 2)
         box = np.array([[x, y, x + w, y + h]], np.float32)
         out.append(
-            Annotation(
-                f"{i}.jpg", str(i), box, np.zeros(1, np.int64), np.zeros(1, bool), 416, 416
-            )
+            Annotation(f"{i}.jpg", str(i), box, np.zeros(1, np.int64), np.zeros(1, bool), 416, 416)
         )
     return out
 
 
-def test_auto_anchors_switch_to_kmeans_only_when_it_pays() -> None:
+def test_auto_anchors_switch_to_kmeans_only_when_darknets_fit_poorly() -> None:
     rng = np.random.default_rng(1)
-    small = [tuple(rng.uniform(6, 20, 2)) for _ in range(200)]  # all far below 416's anchors
-    choice = resolve_anchors("auto", _annotations(small), 416)
-    assert choice.source == "kmeans" and choice.chosen_iou - choice.default_iou >= AUTO_MIN_GAIN
-    assert "k-means fits" in choice.describe()
+    tiny = [tuple(rng.uniform(3, 8, 2)) for _ in range(200)]  # far below 416's anchors
+    choice = resolve_anchors("auto", _annotations(tiny), 416)
+    assert choice.default_iou < AUTO_MAX_DEFAULT_IOU and choice.source == "kmeans"
+    assert choice.chosen_iou > choice.default_iou and "fit below" in choice.describe()
 
-    # boxes that are darknet's anchors themselves: nothing to gain
-    exact = [a for a in DEFAULT_ANCHORS for _ in range(30)]
-    choice = resolve_anchors("auto", _annotations(exact), 416)
-    assert choice.source == "default" and choice.anchors == tuple(DEFAULT_ANCHORS)
-    assert choice.chosen_iou == pytest.approx(1.0)
+    # the demo set's fit at 160 px (0.6): better k-means anchors exist, darknet's are kept
+    medium = [tuple(rng.uniform(15, 60, 2)) for _ in range(200)]
+    choice = resolve_anchors("auto", _annotations(medium), 416)
+    assert choice.default_iou >= AUTO_MAX_DEFAULT_IOU and choice.source == "default"
+    assert choice.anchors == tuple(DEFAULT_ANCHORS) and "k-means would reach" in choice.reason
 
 
 def test_anchor_settings_kmeans_default_and_file(tmp_path) -> None:

@@ -99,16 +99,13 @@ best mAP@0.5 during training (VOC2010+ area): {result.best_map:.3f}""")
 
 
 def demo_config(phi: str, img_size: int, epochs: int) -> TrainConfig:
-    """A short schedule: smaller batches (more steps) and a higher lr than the VOC defaults."""
+    """The demo run: batch, frozen epochs, warmup and lr come from the schedule rules for a
+    short run on 210 images (``utils.engine.schedule``), as for any user's data."""
     return TrainConfig(
         data="demo",
         phi=phi,
         img_size=img_size,
         epochs=epochs,
-        freeze_epochs=3,
-        batch_size=8,
-        freeze_batch_size=8,
-        lr=0.08,
         eval_period=5,
         log_dir=str(OUT),
         name="train",

@@ -33,9 +33,9 @@ class LossConfig:
     focal: bool = False  # focal loss for objectness
     focal_gamma: float = 2.0
     focal_alpha: float = 0.25
-    # a box whose best anchor no level predicts (anchor 0 with darknet's masks) takes the best
-    # anchor a level does predict, as in the reference implementation; off, it has no positive
-    anchor_fallback: bool = True
+    # on: a box whose best anchor no level predicts (anchor 0 with darknet's masks) takes the
+    # best anchor a level does predict; off: it has no positive (see TrainConfig's option)
+    anchor_fallback: bool = False
 
 
 @dataclass
