@@ -5,6 +5,7 @@ Examples:
     python eval.py --weights a.pth b.pth c.pth --out-dir logs/compare  # one comparison table
     python eval.py --detections dets.json --classes model_data/voc_classes.txt
     python eval.py --data demo --weights logs/exp/weights/best.pth
+    python eval.py --weights best.pth --val-labels data/mine/annotations/instances_val.json
 """
 
 from __future__ import annotations
@@ -15,15 +16,16 @@ import logging
 import sys
 from pathlib import Path
 
+from data.formats import LabelSource, role_source
 from data.source import DataSource, resolve_data_source
 from data.voc import load_voc, parse_sets
 from nets.attention import describe_phis, load_attention_plugins
 from nets.checkpoint import CheckpointMismatchError
 from utils.classes import read_class_names
 from utils.config import HelpFormatter, add_options, argument_group, from_args
-from utils.device import select_device
+from utils.device import ThreadConfig, configure_threads, select_device
 from utils.engine.config import TrainConfig
-from utils.evaluation.compare import evaluate_checkpoint, write_outputs
+from utils.evaluation.compare import CompareConfig, evaluate_checkpoint, write_outputs
 from utils.evaluation.evaluate import (
     EvalConfig,
     format_report,
@@ -47,11 +49,25 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"the checkpoint's attention block ({describe_phis()}), checked against the file "
         "(default: the file's)",
     )
-    add_options(p, TrainConfig, include=("data", "voc_root", "classes", "attention_plugin"))
+    add_options(
+        p,
+        TrainConfig,
+        include=(
+            "data",
+            "voc_root",
+            "classes",
+            "attention_plugin",
+            "val_labels",
+            "val_images",
+            "label_format",
+        ),
+    )
     argument_group(p, "data").add_argument(
         "--split", default="2007:test", help="YEAR:SET to evaluate (default: %(default)s)"
     )
     add_options(p, EvalConfig, defaults={"input_size": None})
+    add_options(p, CompareConfig)
+    add_options(p, ThreadConfig)
     out = argument_group(p, "output")
     out.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     out.add_argument("--json", default=None, help="write the metrics as JSON here")
@@ -85,22 +101,40 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     try:
-        if not Path(voc_root).is_dir():
+        labels = None
+        if args.val_labels:  # its val split where it has splits
+            labels = role_source(
+                args.val_labels, "val", fmt=args.label_format, images=args.val_images
+            )
+        elif args.val_images:
+            raise ValueError("--val-images goes with --val-labels")
+        elif not Path(voc_root).is_dir():
             raise FileNotFoundError(
                 f"{voc_root}: no VOCdevkit here (python -m tools.download_voc, or --data demo)"
             )
         if args.detections:
-            return _score_file(args, source, out_dir)
+            return _score_file(args, source, out_dir, labels)
         device = select_device(args.device)
         names = read_class_names(source.classes) if source.classes else None
         cfg = from_args(EvalConfig, args)
+        compare = from_args(CompareConfig, args)
+        configure_threads(args.threads, parallel_decode=cfg.workers > 0)
         rows, reports = [], []
         for weights in args.weights:
             row, report = evaluate_checkpoint(
-                weights, voc_root, split, cfg, device=device, class_names=names, phi=args.phi
+                weights,
+                voc_root,
+                split,
+                cfg,
+                device=device,
+                class_names=names,
+                phi=args.phi,
+                labels=labels,
             )
             print(f"== {weights} (phi {row.phi} ({row.phi_name}))")
             print(format_report(report))
+            if report.speed is not None:  # where the pass's time went
+                print(report.speed.format())
             rows.append(row)
             reports.append(report)
     except (FileNotFoundError, ValueError, CheckpointMismatchError) as err:
@@ -120,28 +154,33 @@ def main(argv: list[str] | None = None) -> int:
             plots = plot_report(reports[0], out_dir)
             print(f"plots: {', '.join(map(str, plots))}")
         else:
-            paths = write_outputs(rows, reports[0].protocol, out_dir)
+            paths = write_outputs(rows, reports[0].protocol, out_dir, compare)
             print(paths["md"].read_text())
-            print(f"comparison: {paths['csv']}, {paths['md']}, {paths['png']}")
+            print(f"comparison: {', '.join(map(str, paths.values()))}")
     except OSError as err:  # disk full or permissions changed during the run
         print(f"error: {write_failure(err, out_dir)}", file=sys.stderr)
         return 1
     return 0
 
 
-def _score_file(args, source: DataSource, out_dir: Path) -> int:
+def _score_file(args, source: DataSource, out_dir: Path, labels: LabelSource | None) -> int:
     if not source.classes:
         print("error: --detections needs --classes", file=sys.stderr)
         return 2
     names = read_class_names(source.classes)
-    voc_root, split = source.voc_root, source.val_set
-    annotations = load_voc(voc_root, parse_sets(split), names).annotations
+    if labels is not None:
+        loaded = labels.load(names)
+        for issue in loaded.issues[:10]:
+            print(f"warning: input skipped or repaired: {issue}", file=sys.stderr)
+        annotations, dataset = loaded.annotations, labels.describe()
+    else:
+        voc_root, split = source.voc_root, source.val_set
+        annotations = load_voc(voc_root, parse_sets(split), names).annotations
+        dataset = f"{voc_root} {split}"
     detected = read_detections_json(args.detections, annotations, names)
     for failure in detected.failures[:10]:
         print(f"warning: {failure}", file=sys.stderr)
-    report = score(
-        detected, names, f"{voc_root} {split} ({args.detections})", args.iou_thresh, args.coco
-    )
+    report = score(detected, names, f"{dataset} ({args.detections})", args.iou_thresh, args.coco)
     print(format_report(report))
     try:
         if args.json:

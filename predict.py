@@ -20,10 +20,16 @@ from nets.checkpoint import CheckpointMismatchError, load_model
 from nets.darknet import DarknetFormatError
 from utils.classes import read_class_names
 from utils.config import HelpFormatter, add_options, argument_group, from_args
+from utils.device import ThreadConfig, configure_threads
 from utils.engine.config import TrainConfig
 from utils.inference.deploy import onnx_metadata
 from utils.inference.export import ExportConfig, calibration_images, export_model
-from utils.inference.predict_loop import OutputOptions, benchmark, run_predictions
+from utils.inference.predict_loop import (
+    OutputOptions,
+    PipelineOptions,
+    benchmark,
+    run_predictions,
+)
 from utils.inference.predictor import DEFAULT_WEIGHTS, Detector, InferenceConfig, class_names_for
 from utils.paths import ROOT, SAMPLES, OutputPathError, check_output_path, write_failure
 from utils.sources import ImageReadError, SourceError, increment_path, read_image, resolve_source
@@ -85,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--benchmark-runs", type=int, default=50, help="timed runs for --benchmark (default: 50)"
     )
     add_options(p, ExportConfig)
+    add_options(p, PipelineOptions)
+    add_options(p, ThreadConfig)
     return p
 
 
@@ -138,8 +146,12 @@ def main(argv: list[str] | None = None) -> int:
                 check_output_path(save_dir, folder=True)
             if args.json_path is not None:
                 check_output_path(args.json_path)
+            if args.attention_maps and save_dir is None:
+                raise ValueError("--attention-maps writes into --save-dir; drop --no-save")
         source = resolve_source(args.source)
         config = from_args(InferenceConfig, args)
+        pipeline = from_args(PipelineOptions, args)
+        configure_threads(args.threads, parallel_decode=pipeline.pipelined)
         if args.classes_filter is not None:
             _filter_items(args.classes_filter)  # an empty list fails before the model loads
         load_attention_plugins(args.attention_plugin)
@@ -149,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.classes_filter is not None:
             filtered = _class_filter(args.classes_filter, detector.class_names)
             detector.config = replace(detector.config, classes_filter=filtered)
+        if args.attention_maps and not args.benchmark:
+            detector.torch_model("--attention-maps")  # an ONNX graph has no blocks to hook
     except (
         OutputPathError,
         SourceError,
@@ -168,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
 
     opts = from_args(OutputOptions, args, save_dir=save_dir)
     try:
-        summary = run_predictions(detector, source, opts)
+        summary = run_predictions(detector, source, opts, pipeline=pipeline)
     except OutputPathError as err:  # the JSON, written at the end (disk full, permissions)
         print(f"error: {err}", file=sys.stderr)
         return 1

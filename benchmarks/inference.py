@@ -53,6 +53,7 @@ from benchmarks.engines import (
     phi_engines,
 )
 from nets.attention import attention_names
+from utils.config import HelpFormatter
 from utils.inference.predictor import (
     DEFAULT_WEIGHTS,
     Detector,
@@ -319,9 +320,7 @@ def print_profile(top: list[dict]) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--runs", type=int, default=50, help="timed iterations per path")
     p.add_argument("--warmup", type=int, default=5, help="discarded iterations per path")
     p.add_argument(

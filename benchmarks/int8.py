@@ -29,6 +29,7 @@ from data.source import resolve_data_source
 from data.voc import load_voc, parse_sets
 from nets.checkpoint import load_model
 from utils.classes import read_class_names
+from utils.config import HelpFormatter
 from utils.evaluation.compare import evaluate_checkpoint
 from utils.evaluation.evaluate import EvalConfig
 from utils.inference.deploy import export_onnx
@@ -46,18 +47,30 @@ DEFAULT_WEIGHTS = "logs/demo/train/weights/last.pth"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--weights", default=DEFAULT_WEIGHTS, help="trained checkpoint")
     p.add_argument("--data", choices=["demo", "voc"], default="demo", help="dataset")
-    p.add_argument("--voc-root", default=None, help="VOCdevkit folder (--data voc)")
+    p.add_argument(
+        "--voc-root", default=None, help="VOCdevkit folder for --data voc (required with it)"
+    )
     p.add_argument("--classes", default=None, help="classes file (default: the checkpoint's)")
     p.add_argument("--calib-split", default="2007:train", help="YEAR:SET to calibrate on")
     p.add_argument("--split", default="2007:test", help="YEAR:SET to evaluate on")
-    p.add_argument("--calib-images", type=int, default=DEFAULT_CALIBRATION_IMAGES)
-    p.add_argument("--calib-method", choices=CALIBRATION_METHODS, default="percentile")
-    p.add_argument("--img-size", type=int, default=None, help="default: the checkpoint's")
+    p.add_argument(
+        "--calib-images",
+        type=int,
+        default=DEFAULT_CALIBRATION_IMAGES,
+        help="calibration images, spread evenly over --calib-split",
+    )
+    p.add_argument(
+        "--calib-method",
+        choices=CALIBRATION_METHODS,
+        default="percentile",
+        help="how activation ranges are chosen from the calibration images",
+    )
+    p.add_argument(
+        "--img-size", type=int, default=None, help="input size (default: the checkpoint's)"
+    )
     p.add_argument("--out-dir", default="logs/int8", help="where the .onnx files go")
     p.add_argument("--json", default=None, help="also write the numbers here")
     return p.parse_args(argv)

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 from data.augment import AugmentConfig
 from data.dataset import EpochSampler, MosaicMixup, VOCDetection, collate
 from data.voc import Annotation
+from utils.config import HelpFormatter
 from utils.timing import time_call
 
 SIZE = 416
@@ -151,7 +152,10 @@ def throughput(loader: DataLoader, batches: int, sampler=None) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description="Training-sample throughput vs. a reference loader")
+    p = argparse.ArgumentParser(
+        description="Training-sample throughput vs. a reference loader",
+        formatter_class=HelpFormatter,
+    )
     p.add_argument("--images", type=int, default=64, help="distinct tiles on disk")
     p.add_argument("--batches", type=int, default=12, help="timed batches of 8 per measurement")
     p.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="worker counts")

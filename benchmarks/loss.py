@@ -17,6 +17,7 @@ import torch
 
 from nets.decode import Geometry
 from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, STRIDES, YoloBody
+from utils.config import HelpFormatter
 from utils.engine.loss import YoloLoss
 from utils.timing import StageTimer
 
@@ -136,7 +137,9 @@ def cpu_busy(seconds: float = 0.5) -> float | None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=HelpFormatter
+    )
     parser.add_argument("--loss-runs", type=int, default=10, help="timed loss runs per case")
     parser.add_argument("--step-runs", type=int, default=10, help="timed training steps per kind")
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs before timing")

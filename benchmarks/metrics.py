@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from utils.config import HelpFormatter
 from utils.evaluation.detections_file import read_detections_json
 from utils.evaluation.metrics import BoxSet, evaluate_voc
 from utils.timing import StageTimer, time_call
@@ -171,14 +172,16 @@ def _subset(boxes: BoxSet, num_images: int) -> BoxSet:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter
+    )
     parser.add_argument("--images", type=int, default=4952, help="VOC07 test has 4,952")
     parser.add_argument("--dets-per-image", type=int, default=100, help="max_det of eval.py")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs; the median is shown")
     parser.add_argument(
         "--reference-images", type=int, default=500, help="images for the reference loop"
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic boxes")
     args = parser.parse_args(argv)
     num_classes = len(VOC_CLASSES)
 

@@ -43,6 +43,7 @@ from data.voc import load_voc, parse_sets
 from nets.decode import Geometry
 from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, YoloBody
 from utils.classes import read_class_names
+from utils.config import HelpFormatter
 from utils.engine import loss as loss_module
 from utils.engine.config import TrainConfig
 from utils.engine.loop import LOSS_KEYS, TrainStep
@@ -260,9 +261,7 @@ def profile_step(batches, model: YoloBody, top: int) -> list[tuple[str, float]]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--steps", type=int, default=12, help="timed steps per configuration")
     p.add_argument("--warmup", type=int, default=2, help="discarded steps per configuration")
     p.add_argument("--phi", type=int, default=2, help="attention block of the model")

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import bootstrap as benchmark_bootstrap
 from benchmarks import inference as benchmark_inference
 from benchmarks import int8 as benchmark_int8
+from benchmarks import pipeline as benchmark_pipeline
 from benchmarks import train as benchmark_train
 from nets.attention import attention_names
 
@@ -111,3 +113,35 @@ def test_benchmark_int8_explains_a_missing_dataset(tmp_path, capsys) -> None:
     )
     assert rc == 2
     assert "no VOCdevkit at" in capsys.readouterr().err
+
+
+def test_benchmark_bootstrap_runs_and_agrees_with_the_naive_loop(capsys) -> None:
+    args = ["--images", "60", "--phis", "2", "--seeds", "2", "--resamples", "100"]
+    benchmark_bootstrap.main([*args, "--naive-resamples", "1", "--dets-per-image", "20"])
+    out = capsys.readouterr().out
+    assert "2 phis x 2 seeds = 4 checkpoints, 20 detections per image" in out
+    assert "target 60 s on a 2-core CPU" in out and "naive loop" in out
+    check = next(line for line in out.splitlines() if line.startswith("check: "))
+    assert float(check.rsplit(" ", 1)[1]) < 1e-12
+    assert "phi 1 vs phi 0: " in out and "95% interval [" in out
+
+
+@pytest.mark.slow
+def test_benchmark_pipeline_reports_every_target(official_weights, tmp_path, capsys) -> None:
+    out = tmp_path / "pipeline.json"
+    args = ["--images", "3", "--frames", "3", "--repeats", "1", "--forward-runs", "1"]
+    assert benchmark_pipeline.main([*args, "--img-size", "128", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert set(report["throughput"]) == set(benchmark_pipeline.configs())
+    targets = report["targets"]
+    assert set(targets) == {
+        "a_nosave_vs_forward",
+        "b_images_pipelined_vs_serial",
+        "c_video_pipelined_vs_serial",
+        "d_threads_default_vs_1",
+    }
+    for target in targets.values():
+        assert target["ratio"] == target["value"] / target["reference"]
+        assert target["met"] == (target["ratio"] >= target["target"])
+    printed = capsys.readouterr().out
+    assert printed.count("PASS") + printed.count("FAIL") == len(targets)

@@ -1,4 +1,5 @@
-"""Attention comparison: per-phi spread, noise verdicts, outputs, and the whole study."""
+"""Attention comparison: the paired bootstrap (exactness, verdicts, seed), AP by object size,
+grouping by block name, the table outputs, and the whole study."""
 
 from __future__ import annotations
 
@@ -7,49 +8,302 @@ import json
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from voc_factory import CLASSES, make_split, run_with_file_size_limit, tiny_train_config
 
 import eval as eval_cli
 from tools.study import run_study
-from utils.evaluation.compare import Row, pairwise_verdicts, summarize_by_phi, write_outputs
+from utils.evaluation.bootstrap import (
+    MatchTable,
+    compare_groups,
+    draw_counts,
+    identity_counts,
+    materialize,
+    resampled_maps,
+)
+from utils.evaluation.compare import (
+    CompareConfig,
+    Row,
+    pairwise_verdicts,
+    size_aps,
+    summarize_by_phi,
+    write_outputs,
+)
 from utils.evaluation.evaluate import EvalConfig
+from utils.evaluation.metrics import (
+    COCO_AREA_RANGES,
+    BoxSet,
+    evaluate_class,
+    evaluate_voc,
+    to_coco,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _row(name: str, phi: int, voc12: float) -> Row:
-    return Row(name, phi, ["none", "se", "cbam"][phi], 1, 1.0, 1.0, voc12 + 0.02, voc12, None)
+def _ground_truth(rng: np.random.Generator, num_images: int, num_classes: int = 3) -> BoxSet:
+    """1-3 boxes per image, ~10% difficult, sides 10-200 pixels (all three COCO sizes)."""
+    per_image = rng.integers(1, 4, num_images)
+    image = np.repeat(np.arange(num_images), per_image)
+    wh = rng.integers(10, 200, (len(image), 2)).astype(np.float64)
+    xy = np.floor(rng.random((len(image), 2)) * 300)
+    boxes = np.column_stack([xy, xy + wh - 1])
+    labels = rng.integers(0, num_classes, len(image))
+    return BoxSet(image, boxes, labels, difficult=rng.random(len(image)) < 0.1)
 
 
-def test_mean_std_and_noise_verdicts(tmp_path: Path) -> None:
+def _detections(gts: BoxSet, recall: float, seed: int, num_classes: int = 3) -> BoxSet:
+    """Each object found with probability ``recall`` (a jittered copy, high score), 10% of
+    them twice, plus 5 random low-scored boxes per image."""
+    rng = np.random.default_rng(seed)
+    found = np.flatnonzero(rng.random(len(gts)) < recall)
+    found = np.concatenate([found, found[rng.random(len(found)) < 0.1]])
+    size = np.tile(gts.boxes[found, 2:] - gts.boxes[found, :2] + 1, 2)
+    near = gts.boxes[found] + rng.normal(0, 0.08, (len(found), 4)) * size
+    num_images = int(gts.image.max()) + 1
+    far_image = np.repeat(np.arange(num_images), 5)
+    xy = rng.random((len(far_image), 2)) * 400
+    far = np.column_stack([xy, xy + rng.uniform(5, 150, (len(far_image), 2))])
+    return BoxSet(
+        np.concatenate([gts.image[found], far_image]),
+        np.vstack([near, far]),
+        np.concatenate([gts.labels[found], rng.integers(0, num_classes, len(far_image))]),
+        scores=np.concatenate(
+            [rng.uniform(0.2, 1, len(found)), rng.uniform(0, 0.3, len(far_image))]
+        ),
+    )
+
+
+def _table(dets: BoxSet, gts: BoxSet, num_images: int) -> MatchTable:
+    return MatchTable.from_boxes(dets, gts, 3, num_images=num_images)
+
+
+def _row(name: str, phi: int, phi_name: str, dets: BoxSet, gts: BoxSet, num_images: int) -> Row:
+    voc = evaluate_voc(dets, gts, 3)
+    sizes = size_aps(dets, gts, 3)
+    return Row(
+        name, phi, phi_name, 1000 + phi, 1.5, 9.0, voc["voc07_map"], voc["voc12_map"], None,
+        cpu_forward_ms=5.0 + phi, ap_small=sizes["small"], ap_medium=sizes["medium"],
+        ap_large=sizes["large"], matches=_table(dets, gts, num_images),
+    )  # fmt: skip
+
+
+def test_identity_resample_is_the_exact_metric() -> None:
+    """All counts 1: the vectorised mAPs are evaluate_voc's, with score ties, duplicates,
+    difficult objects and a class without ground truth in the case."""
+    rng = np.random.default_rng(3)
+    gts = _ground_truth(rng, 150)
+    gts.labels[gts.labels == 2] = 1  # class 2: detections only
+    dets = _detections(gts, 0.7, 1)
+    dets.scores = np.round(dets.scores, 2)  # many exact ties
+    table = _table(dets, gts, 150)
+    voc07, voc12 = resampled_maps([table], identity_counts(table))
+    exact = evaluate_voc(dets, gts, 3)
+    assert exact["classes_with_gt"] == [0, 1]
+    assert abs(voc12[0, 0] - exact["voc12_map"]) < 1e-12
+    assert abs(voc07[0, 0] - exact["voc07_map"]) < 1e-12
+    assert 0.3 < exact["voc12_map"] < 0.95  # a case where the curve has some shape
+
+
+def test_resample_is_the_metric_of_the_resample_written_out() -> None:
+    """Images drawn k times count k times: the weighted mAPs equal evaluate_voc on the
+    resampled set written out image by image (continuous scores: no ties to order)."""
+    rng = np.random.default_rng(4)
+    gts = _ground_truth(rng, 80)
+    tables = [_table(_detections(gts, r, s), gts, 80) for r, s in ((0.5, 1), (0.8, 2))]
+    counts = draw_counts(tables[0], 4, np.random.default_rng(0))
+    assert counts.sum(1).tolist() == [80] * 4 and counts.max() >= 3  # real duplicates
+    voc07, voc12 = resampled_maps(tables, counts)
+    for b, count in enumerate(counts):
+        picks = np.repeat(np.arange(80), count)
+        for m, (r, s) in enumerate(((0.5, 1), (0.8, 2))):
+            dets = materialize(_detections(gts, r, s), picks)
+            exact = evaluate_voc(dets, materialize(gts, picks), 3)
+            assert abs(voc12[b, m] - exact["voc12_map"]) < 1e-12
+            assert abs(voc07[b, m] - exact["voc07_map"]) < 1e-12
+
+
+def test_verdicts_on_cases_with_a_known_answer() -> None:
+    rng = np.random.default_rng(5)
+    gts = _ground_truth(rng, 200)
+    weak, strong = _detections(gts, 0.4, 1), _detections(gts, 0.9, 1)
+    tables = [_table(d, gts, 200) for d in (weak, weak, strong)]
+    same, better = compare_groups(tables, [[0], [1], [2]], resamples=500)[0:2]
+    # the same detections under two names: every replicate's difference is 0
+    assert (same.difference, same.low, same.high) == (0.0, 0.0, 0.0)
+    assert same.verdict == "not distinguishable"
+    assert better.verdict == "better" and better.low > 0.2
+    worse = compare_groups(tables[::-1], [[0], [2]], resamples=500)[0]
+    assert worse.verdict == "worse" and worse.high < -0.2
+    # two seeds that disagree widely: a replicate that draws one seed twice takes that seed's
+    # mAP, so the interval spans about the gap between the two seeds
+    split_seeds = [_table(_detections(gts, r, s), gts, 200) for r, s in ((0.3, 2), (0.9, 3))]
+    steady = [_table(_detections(gts, 0.62, s), gts, 200) for s in (4, 5)]
+    mixed = compare_groups(split_seeds + steady, [[0, 1], [2, 3]], resamples=500)[0]
+    steady_only = compare_groups(steady + steady, [[0, 1], [2, 3]], resamples=500)[0]
+    seed_gap = np.ptp(resampled_maps(split_seeds, identity_counts(split_seeds[0]))[1])
+    assert seed_gap > 0.4 and mixed.verdict == "not distinguishable"
+    assert mixed.high - mixed.low > 0.8 * seed_gap
+    assert steady_only.high - steady_only.low < 0.5 * seed_gap
+
+
+def test_bootstrap_is_deterministic_with_its_seed() -> None:
+    rng = np.random.default_rng(6)
+    gts = _ground_truth(rng, 60)
+    tables = [_table(_detections(gts, r, s), gts, 60) for r, s in ((0.5, 1), (0.6, 2), (0.7, 3))]
+    groups = [[0], [1, 2]]
+    first = compare_groups(tables, groups, resamples=300, seed=7)
+    assert compare_groups(tables, groups, resamples=300, seed=7) == first
+    other = compare_groups(tables, groups, resamples=300, seed=8)
+    assert (other[0].low, other[0].high) != (first[0].low, first[0].high)
+    assert other[0].difference == first[0].difference  # the point estimate is not resampled
+
+
+def _coco_ap50_101(ev, area_index: int) -> float:
+    """COCOeval's AP at IoU 0.5 for one area range (maxDets 100), mean over classes."""
+    p = ev.eval["precision"][0, :, :, area_index, -1]  # (recall thresholds, classes)
+    return float(np.mean([p[:, k].mean() for k in range(p.shape[1]) if (p[:, k] > -1).any()]))
+
+
+def _ap_101(recall: np.ndarray, precision: np.ndarray) -> float:
+    """COCO's 101-point interpolation of a precision-recall curve."""
+    envelope = np.maximum.accumulate(np.concatenate([precision, [0.0]])[::-1])[::-1]
+    idx = np.searchsorted(recall, np.linspace(0, 1, 101), side="left")
+    return float(envelope[np.minimum(idx, len(recall))].mean())
+
+
+def test_size_range_ap_follows_cocoeval() -> None:
+    """On a case without matching ambiguity (a detection overlaps one object or none), the
+    size-range rule keeps the same detections as COCOeval's area ranges: the 101-point AP of
+    our curves equals pycocotools' AP50 for small / medium / large. The published number is
+    the area AP of the same curves (VOC2010+), which differs from 101 points only by the
+    interpolation."""
+    import contextlib
+    import io
+
+    from pycocotools.cocoeval import COCOeval
+
+    rng = np.random.default_rng(7)
+    image, boxes, labels = [], [], []
+    dets = {"image": [], "boxes": [], "labels": [], "scores": []}
+    for i in range(30):  # objects on a 4 x 4 grid of 200-pixel cells, one per cell at most
+        for cell in rng.choice(16, 5, replace=False):
+            side = rng.choice([14, 20, 50, 70, 130, 180])  # small, medium, large
+            x, y = (cell % 4) * 200 + 5, (cell // 4) * 200 + 5
+            box = np.array([x, y, x + side, y + side], np.float64)
+            image.append(i), boxes.append(box), labels.append(int(rng.integers(0, 2)))
+            for _ in range(int(rng.choice([0, 1, 1, 2]))):  # missed, found, found twice
+                shift = rng.integers(0, 2, 4)  # IoU > 0.8 with its object, 0 with the rest
+                dets["image"].append(i), dets["boxes"].append(box + shift)
+                dets["labels"].append(labels[-1]), dets["scores"].append(rng.random())
+        for _ in range(3):  # false positives in the empty band right of the grid
+            side = rng.choice([10, 60, 150])
+            y = rng.integers(0, 600)
+            dets["image"].append(i), dets["boxes"].append(np.array([820, y, 820 + side, y + side]))
+            dets["labels"].append(int(rng.integers(0, 2))), dets["scores"].append(rng.random())
+    gts = BoxSet(image, np.stack(boxes), labels, difficult=np.zeros(len(image), bool))
+    found = BoxSet(dets["image"], np.stack(dets["boxes"]), dets["labels"], scores=dets["scores"])
+    with contextlib.redirect_stdout(io.StringIO()):
+        ev = COCOeval(*to_coco(found, gts, 2), "bbox")
+        ev.evaluate()
+        ev.accumulate()
+    for area_index, (name, area) in enumerate(COCO_AREA_RANGES.items(), 1):
+        per_class = [evaluate_class(found, gts, c, 0.5, area) for c in range(2)]
+        ours = np.mean([_ap_101(r.recall, r.precision) for r in per_class if r.num_gt])
+        assert all(r.num_gt > 0 for r in per_class), name
+        assert abs(ours - _coco_ap50_101(ev, area_index)) < 1e-9, name
+        area_ap = evaluate_voc(found, gts, 2, area_range=area)["voc12_map"]
+        assert abs(area_ap - ours) < 0.02, name  # interpolation only
+    # the whole range is the plain VOC metric
+    assert (
+        evaluate_voc(found, gts, 2, area_range=(0, np.inf))["voc12_map"]
+        == evaluate_voc(found, gts, 2)["voc12_map"]
+    )
+
+
+def test_size_range_ignores_detections_of_other_sizes() -> None:
+    """A large object found, a small one missed, a small false positive and a large one:
+    the small range scores only the small object and the small false positive."""
+    gts = BoxSet([0, 0], [[0, 0, 9, 9], [100, 100, 299, 299]], [0, 0], difficult=[False, False])
+    dets = BoxSet(
+        [0, 0, 0],
+        [[100, 100, 299, 299], [400, 400, 409, 409], [500, 0, 699, 199]],
+        [0, 0, 0],
+        scores=[0.9, 0.8, 0.7],
+    )
+    small = evaluate_class(dets, gts, 0, 0.5, COCO_AREA_RANGES["small"])
+    assert (small.num_gt, small.num_det, small.tp.tolist()) == (1, 1, [0.0])
+    large = evaluate_class(dets, gts, 0, 0.5, COCO_AREA_RANGES["large"])
+    assert (large.num_gt, large.num_det, large.tp.tolist()) == (1, 2, [1.0, 0.0])
+    assert large.ap_voc12 == 1.0 and small.ap_voc12 == 0.0
+
+
+def test_table_groups_by_block_name_with_verdicts_and_cost(tmp_path: Path) -> None:
+    rng = np.random.default_rng(8)
+    gts = _ground_truth(rng, 120)
     rows = [
-        _row("a", 0, 0.70),
-        _row("b", 0, 0.72),
-        _row("c", 0, 0.74),
-        _row("d", 1, 0.71),
-        _row("e", 1, 0.73),
-        _row("f", 1, 0.75),
-        _row("g", 2, 0.90),
-        _row("h", 2, 0.91),
-        _row("i", 2, 0.92),
+        _row("a", 0, "none", _detections(gts, 0.5, 1), gts, 120),
+        _row("b", 0, "none", _detections(gts, 0.5, 2), gts, 120),
+        _row("c", 1, "se", _detections(gts, 0.95, 3), gts, 120),
+        _row("d", 1, "se", _detections(gts, 0.95, 4), gts, 120),
+        _row("e", -1, "plug_b", _detections(gts, 0.5, 5), gts, 120),
+        _row("f", -1, "plug_a", _detections(gts, 0.5, 6), gts, 120),
     ]
     summaries = summarize_by_phi(rows)
-    assert [s.runs for s in summaries] == [3, 3, 3]
-    assert abs(summaries[0].voc12_mean - 0.72) < 1e-12
-    assert abs(summaries[0].voc12_std - 0.02) < 1e-12  # sample std
-    verdicts = pairwise_verdicts(summaries)
-    assert "se vs none: +1.00 mAP50 points (within noise" in verdicts[0]
-    assert "cbam vs none: +19.00 mAP50 points (larger than the spread" in verdicts[1]
-    single = pairwise_verdicts(summarize_by_phi([_row("a", 0, 0.7), _row("b", 1, 0.8)]))
-    assert "cannot tell" in single[0]
-    paths = write_outputs(rows, "test protocol", tmp_path)
+    # plugins (phi -1) stay apart, after the built-in blocks, by name
+    assert [(s.phi_name, s.runs) for s in summaries] == [
+        ("none", 2), ("se", 2), ("plug_a", 1), ("plug_b", 1)
+    ]  # fmt: skip
+    none = summaries[0]
+    assert abs(none.voc12_mean - (rows[0].voc12 + rows[1].voc12) / 2) < 1e-12
+    assert abs(none.voc12_std - abs(rows[0].voc12 - rows[1].voc12) / 2**0.5) < 1e-12
+    assert none.cpu_ms_mean == 5.0 and none.params == 1000
+    verdicts = pairwise_verdicts(rows, summaries, resamples=300)
+    by_pair = {(v.a, v.b): v for v in verdicts}
+    assert len(verdicts) == 6 and by_pair[("none", "se")].verdict == "better"
+    assert by_pair[("se", "plug_a")].verdict == "worse"
+    assert "one run of plug_a and plug_b" in by_pair[("plug_a", "plug_b")].note
+    paths = write_outputs(rows, "test protocol", tmp_path, CompareConfig(bootstrap_resamples=300))
     md = paths["md"].read_text()
-    assert "Protocol: test protocol" in md and "72.00 ± 2.00" in md and "within noise" in md
+    assert "Protocol: test protocol" in md and "| 1 se | 2 |" in md and "plug_a (plugin)" in md
+    assert f"{100 * none.voc12_mean:.2f} ± {100 * none.voc12_std:.2f}" in md
+    assert "se vs none: " in md and ", 95% interval [+" in md and "]: better" in md
+    assert "300 paired bootstrap resamples" in md
     with open(paths["csv"]) as f:
-        assert len(list(csv.DictReader(f))) == 9
-    assert paths["png"].stat().st_size > 1000
+        table = list(csv.DictReader(f))
+    assert [r["attention"] for r in table] == ["none", "none", "se", "se", "plug_b", "plug_a"]
+    assert float(table[2]["ap50_large"]) == pytest.approx(rows[2].ap_large, abs=1e-5)
+    with open(paths["pairs"]) as f:
+        pairs = list(csv.DictReader(f))
+    assert pairs[0]["a"] == "none" and pairs[0]["b"] == "se" and pairs[0]["verdict"] == "better"
+    for key in ("png", "tradeoff"):
+        image = cv2.imread(str(paths[key]))
+        assert image is not None and image.shape[0] > 200 and image.std() > 10, key
+
+
+def test_verdicts_cannot_tell_without_per_image_results() -> None:
+    rows = [
+        Row("a", 0, "none", 1, 1.0, 1.0, 0.72, 0.70, None),
+        Row("b", 1, "se", 1, 1.0, 1.0, 0.82, 0.80, None),
+    ]
+    (verdict,) = pairwise_verdicts(rows)
+    assert verdict.verdict == "cannot tell" and abs(verdict.difference - 0.1) < 1e-12
+    assert (
+        verdict.line()
+        == "se vs none: +10.00 mAP50 points: cannot tell (no per-image results to resample)"
+    )
+
+
+def test_too_few_resamples_is_refused_before_any_work(tmp_path: Path, capsys) -> None:
+    root, classes = make_split(tmp_path, num_train=1, num_test=1)
+    args = _eval_args(root, classes, tmp_path / "out")
+    code = eval_cli.main(
+        ["--weights", str(tmp_path / "missing.pth"), *args, "--bootstrap-resamples", "10"]
+    )
+    assert code == 2
+    assert capsys.readouterr().err == "error: --bootstrap-resamples 10: must be at least 100\n"
 
 
 @pytest.mark.slow
@@ -62,7 +316,8 @@ def test_study_end_to_end_on_tiny_data(tmp_path: Path) -> None:
     assert names == ["phi0_seed0", "phi0_seed1", "phi1_seed0", "phi1_seed1"]
     md = paths["md"].read_text()
     assert "| 0 none | 2 |" in md and "| 1 se | 2 |" in md and " ± " in md
-    assert "se vs none" in md
+    assert "se vs none: " in md and "1000 paired bootstrap resamples" in md
+    assert (out / "comparison_pairs.csv").is_file() and (out / "map_vs_latency.png").is_file()
     # a second call reuses the finished runs instead of training again
     mtime = (out / "phi0_seed0" / "weights" / "last.pth").stat().st_mtime
     run_study(base, ["none", "se"], [0, 1], out, EvalConfig(input_size=64, workers=0))
@@ -118,6 +373,8 @@ def test_eval_single_checkpoint_and_detection_file_agree(
                 "--weights",
                 weights,
                 *common,
+                "--max-det",
+                "100",  # the cap predict.py runs with below
                 "--json",
                 str(metrics),
                 "--out-dir",

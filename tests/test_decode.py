@@ -17,11 +17,18 @@ from nets.decode import (
     decode_candidates,
     decode_outputs,
     detect,
+    detect_batch,
     postprocess,
 )
 from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK
 from utils.detections import Detections
-from utils.preprocess import PAD_VALUE, boxes_to_input, boxes_to_original, resize_image
+from utils.preprocess import (
+    PAD_VALUE,
+    boxes_to_input,
+    boxes_to_original,
+    boxes_to_original_many,
+    resize_image,
+)
 
 ANCHORS = [(10, 14), (23, 27), (37, 58), (81, 82), (135, 169), (344, 319)]
 MASK = [(3, 4, 5), (1, 2, 3)]
@@ -126,6 +133,38 @@ def test_detect_equals_postprocess_of_full_decode(agnostic, classes) -> None:
             torch.testing.assert_close(a.scores, b.scores)
 
 
+@pytest.mark.parametrize(("max_det", "agnostic"), [(None, False), (7, False), (None, True)])
+def test_detect_batch_equals_detect_bit_for_bit(max_det, agnostic) -> None:
+    """Evaluation's batched path gives ``detect``'s detections exactly (same floats, same
+    order): on a batch that takes both of ``batched_nms``'s paths (above and below 1,000
+    boxes), has an image without candidates, and ties in score."""
+    maps = _random_maps(batch=4, num_classes=3, size=416, seed=3)
+    for m in maps:
+        obj = m.view(4, 3, -1, *m.shape[2:])[:, :, 4]
+        obj[1] = -30.0  # no candidate at all
+        obj[2] -= 4.0  # a few hundred candidates
+        m[3] = m[3].clamp(min=0) * 40  # saturated sigmoids: many scores exactly 1.0
+    options = dict(conf_thresh=0.001, nms_thresh=0.5, max_det=max_det, agnostic=agnostic)
+    per_image = detect(maps, geometry(416), **options)
+    counts = [len(d) for d in per_image]
+    assert counts[1] == 0 and min(counts[0], counts[2], counts[3]) > 0
+    candidates = [len(c) for c in decode_candidates(maps, geometry(416), min_objectness=0.001)]
+    assert candidates[0] > 1000 > candidates[2] > 0
+    assert (per_image[3].scores == 1.0).sum() > 1
+    flat = detect_batch(maps, geometry(416), **options)
+    assert len(flat) == sum(counts)
+    assert flat.image.tolist() == np.repeat(np.arange(4), counts).tolist()
+    for name in ("boxes", "scores", "labels"):
+        expected = np.concatenate([getattr(d, name) for d in per_image])
+        assert getattr(flat, name).dtype == expected.dtype
+        assert np.array_equal(getattr(flat, name), expected), name
+
+
+def test_detect_batch_without_any_candidate() -> None:
+    flat = detect_batch(_empty_maps(2, 64), geometry(64), conf_thresh=0.25)
+    assert len(flat) == 0 and flat.boxes.shape == (0, 4) and flat.image.shape == (0,)
+
+
 @pytest.mark.parametrize(("w", "h"), [(200, 100), (100, 200), (160, 160), (333, 517)])
 def test_letterbox_geometry_and_round_trip(w: int, h: int) -> None:
     image = np.zeros((h, w, 3), np.uint8)
@@ -159,6 +198,30 @@ def test_boxes_are_clipped_to_zero_based_pixels() -> None:
     _, meta = resize_image(np.zeros((50, 80, 3), np.uint8), 64, letterbox=True)
     out = boxes_to_original(torch.tensor([[-30.0, -30.0, 500.0, 500.0]]), meta)
     assert out.tolist() == [[0.0, 0.0, 79.0, 49.0]]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_boxes_to_original_many_equals_one_call_per_image(dtype) -> None:
+    rng = np.random.default_rng(0)
+    metas = [
+        resize_image(np.zeros((h, w, 3), np.uint8), 416, letterbox=letterbox)[1]
+        for w, h, letterbox in [
+            (333, 517, True),
+            (160, 320, True),
+            (97, 61, False),
+            (416, 416, True),
+        ]
+    ]
+    image = np.sort(rng.integers(0, len(metas), 400))
+    boxes = rng.uniform(-40, 460, (400, 4)).astype(dtype)  # some outside: clipped
+    many = boxes_to_original_many(boxes, image, metas)
+    assert many.dtype == dtype
+    for k, meta in enumerate(metas):
+        expected = boxes_to_original(boxes[image == k], meta)
+        assert np.array_equal(many[image == k], expected)
+    assert np.array_equal(many, np.clip(many, 0, None)) and many.max() <= 516
+    empty = boxes_to_original_many(np.zeros((0, 4), dtype), np.zeros(0, np.int64), metas)
+    assert empty.shape == (0, 4)
 
 
 def _candidates(rows: list[list[float]], num_classes: int = 3) -> torch.Tensor:

@@ -23,12 +23,14 @@ from data.anchors import (
 )
 from data.voc import DEFAULT_TRAIN_SETS, parse_sets
 from utils.classes import read_class_names
+from utils.config import HelpFormatter
 from utils.paths import VOC_ROOT, OutputPathError, check_output_path
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tools.anchors",
+        formatter_class=HelpFormatter,
         description="Cluster the box shapes of a VOC dataset into anchors (k-means, distance "
         "1 - IoU, median update), compare them with the default anchors and write an anchors "
         "file in the format of model_data/yolo_anchors.txt.",

@@ -23,17 +23,25 @@ from data.voc import (
     parse_sets,
 )
 from utils.classes import read_class_names
+from utils.config import HelpFormatter
 from utils.paths import VOC_ROOT
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Check a VOC-format dataset file by file")
+    p = argparse.ArgumentParser(
+        description="Check a VOC-format dataset file by file", formatter_class=HelpFormatter
+    )
     p.add_argument("--voc-root", default=VOC_ROOT, help="folder holding VOC<year>/")
     p.add_argument("--sets", default="2007:trainval,2012:trainval", help="YEAR:SET,...")
     p.add_argument("--classes", default=None, help="classes file (default: discover from XMLs)")
     p.add_argument("--annotations", default=None, help="reference-style annotation lines file")
     p.add_argument("--quick", action="store_true", help="skip decoding the images")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="decoding threads")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 2,
+        help="decoding threads (default: the CPU count)",
+    )
     args = p.parse_args(argv)
     try:
         sets = parse_sets(args.sets)

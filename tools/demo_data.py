@@ -20,17 +20,23 @@ from data.demo import (
     generate_demo,
 )
 from data.voc import class_counts, load_voc
+from utils.config import HelpFormatter
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The CLI's flags (``argv`` defaults to ``sys.argv[1:]``)."""
     parser = argparse.ArgumentParser(
         prog="python -m tools.demo_data",
+        formatter_class=HelpFormatter,
         description="Generate a small synthetic shapes dataset in the VOCdevkit layout.",
     )
     parser.add_argument("--out", type=Path, default=DEMO_ROOT, help="output folder")
-    parser.add_argument("--num-images", type=int, default=DEFAULT_NUM_IMAGES)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--num-images", type=int, default=DEFAULT_NUM_IMAGES, help="images to generate"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seeds every image; a seed gives the same files"
+    )
     parser.add_argument(
         "--image-size",
         type=int,

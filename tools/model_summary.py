@@ -26,10 +26,13 @@ from nets.attention import (
 from nets.summary import (
     summary_rows,
 )
+from utils.config import HelpFormatter
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="YOLOv4-tiny parameters and GFLOPs per phi")
+    parser = argparse.ArgumentParser(
+        description="YOLOv4-tiny parameters and GFLOPs per phi", formatter_class=HelpFormatter
+    )
     parser.add_argument("--phi", nargs="+", default=["all"], help="phis (numbers or names), or all")
     parser.add_argument("--num-classes", type=int, default=20, help="number of classes")
     parser.add_argument("--img-size", type=int, default=416, help="input side, multiple of 32")

@@ -19,11 +19,12 @@ from data.preview import (
 )
 from data.voc import load_voc, parse_sets
 from utils.classes import read_class_names
+from utils.config import HelpFormatter
 from utils.paths import VOC_ROOT
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     p.add_argument("--voc-root", default=VOC_ROOT, help="folder holding VOC<year>/")
     p.add_argument("--sets", default="2007:trainval", help="YEAR:SET,...")
     p.add_argument("--classes", default="model_data/voc_classes.txt", help="classes file")

@@ -20,6 +20,7 @@ from data.split import (
     split_dataset,
 )
 from utils.classes import read_class_names
+from utils.config import HelpFormatter
 from utils.paths import VOC_ROOT
 
 
@@ -52,6 +53,7 @@ def parse_seed(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tools.split",
+        formatter_class=HelpFormatter,
         description="Split a VOC-format dataset into train/val/test and write "
         "ImageSets/Main/{train,val,trainval,test}.txt; print instances per class and split.",
     )
@@ -62,9 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder holding VOC<year>/ used with --year",
     )
     source = where.add_mutually_exclusive_group(required=True)
-    source.add_argument("--year", help="split <voc-root>/VOC<year>, e.g. custom for VOCcustom/")
     source.add_argument(
-        "--folder", help="split this folder, which holds Annotations/ and JPEGImages/"
+        "--year",
+        help="split <voc-root>/VOC<year>, e.g. custom for VOCcustom/ (required unless --folder)",
+    )
+    source.add_argument(
+        "--folder",
+        help="split this folder, which holds Annotations/ and JPEGImages/ (required unless --year)",
     )
     parser.add_argument(
         "--ratios",

@@ -7,7 +7,10 @@ On VOC, on a GPU box (the rest at ``TrainConfig``'s defaults: the reference VOC 
 
 Each run is ``logs/<out>/phi<P>_seed<S>``; its final EMA weights (``last.pth``, never selected on
 the evaluation split) are scored on the validation split and put side by side in
-``comparison.{csv,md,png}`` with mean ± std per phi and a "within noise" verdict per pair.
+``comparison.md`` (and ``.csv``, ``_pairs.csv``, ``.png``, ``map_vs_latency.png``) with mean ±
+std over seeds per attention block, its cost, and per pair of blocks the mAP50 difference with a
+95% interval from a paired bootstrap over the test images and the seeds: "better", "worse" or
+"not distinguishable". A plugin block's runs are ``<name>_seed<S>`` (plugins share phi -1).
 Runs already finished are reused, so an interrupted study continues where it stopped.
 """
 
@@ -24,12 +27,12 @@ import torch
 
 import train as train_cli
 from nets.attention import resolve_phi
-from utils.config import HelpFormatter, from_args
+from utils.config import HelpFormatter, add_options, from_args
 from utils.device import select_device
 from utils.engine.config import TrainConfig
 from utils.engine.fit import fit
-from utils.engine.setup import resolve_data
-from utils.evaluation.compare import evaluate_checkpoint, write_outputs
+from utils.engine.setup import eval_label_source, resolve_data
+from utils.evaluation.compare import CompareConfig, evaluate_checkpoint, write_outputs
 from utils.evaluation.evaluate import EvalConfig
 
 logger = logging.getLogger(__name__)
@@ -41,14 +44,20 @@ def run_study(
     seeds: list[int],
     out: Path,
     eval_cfg: EvalConfig | None = None,
+    compare: CompareConfig | None = None,
 ) -> dict[str, Path]:
-    """Trains (or reuses) every (phi, seed) run, then writes the comparison; returns its paths."""
+    """Trains (or reuses) every (phi, seed) run, then writes the comparison; returns its paths.
+
+    ``compare`` sets the bootstrap behind the pairwise verdicts (default: 1,000 resamples).
+    """
     base = resolve_data(base)
+    labels = eval_label_source(base)  # before training: a study without a val split fails now
     weights = []
     for phi in phis:
         number, name = resolve_phi(phi)
         for seed in seeds:
-            run_name = f"phi{number}_seed{seed}"
+            # plugin blocks all have phi -1: their runs are told apart by name
+            run_name = f"phi{number}_seed{seed}" if number >= 0 else f"{name}_seed{seed}"
             last = out / run_name / "weights" / "last.pth"
             if _finished(last, base.epochs):
                 logger.info("%s: already trained, reusing %s", run_name, last)
@@ -57,7 +66,7 @@ def run_study(
                     shutil.rmtree(out / run_name)  # a run that died before its first epoch
                 cfg = replace(
                     base,
-                    phi=str(number),
+                    phi=str(number) if number >= 0 else name,  # plugins: no number
                     seed=seed,
                     name=run_name,
                     log_dir=str(out),
@@ -76,12 +85,18 @@ def run_study(
     rows, protocol = [], ""
     for path in weights:
         row, report = evaluate_checkpoint(
-            str(path), base.voc_root, base.val_set, eval_cfg, device=device, class_names=names
+            str(path),
+            base.voc_root,
+            base.val_set,
+            eval_cfg,
+            device=device,
+            class_names=names,
+            labels=labels,
         )
         row.name = path.parent.parent.name
         rows.append(row)
         protocol = report.protocol
-    return write_outputs(rows, protocol, out)
+    return write_outputs(rows, protocol, out, compare)
 
 
 def _finished(last: Path, epochs: int) -> bool:
@@ -107,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds per attention type"
     )
     study.add_argument("--out", default="logs/study", help="study folder (default: %(default)s)")
+    add_options(parser, CompareConfig)
     # runs are compared on their final weights: evaluating during training would only cost time
     parser.set_defaults(eval_period=0)
     return parser
@@ -117,12 +133,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     base = from_args(TrainConfig, args)
     try:
-        paths = run_study(base, args.phis, args.seeds, Path(args.out))
+        compare = from_args(CompareConfig, args)  # checked before hours of training
+        paths = run_study(base, args.phis, args.seeds, Path(args.out), compare=compare)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(paths["md"].read_text())
-    print(f"comparison: {paths['csv']}, {paths['md']}, {paths['png']}")
+    print(f"comparison: {', '.join(map(str, paths.values()))}")
     return 0
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Callable, Iterable
@@ -153,8 +154,34 @@ def given_options(parser: argparse.ArgumentParser, argv: list[str] | None) -> se
     return set(vars(probe.parse_args(argv)))
 
 
+# help text that already says what leaving the option out does: "(default: x)",
+# "(default x for y)", "(required unless --y)"
+_NAMES_DEFAULT = re.compile(r"\((?:default|required)\b", re.IGNORECASE)
+
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Keeps the description's line breaks (its examples) and widens the option column."""
+    """Keeps the description's line breaks (its examples), widens the option column, and ends
+    each option's help with its default, so that ``--help`` alone says what leaving a flag out
+    does: ``(default: off)`` for a switch, ``(default: not set)`` for an option that is unset
+    unless given, ``(required)`` for one that must be given. Help that already says so is left
+    as written; ``--help`` and ``--version`` (no default) get none."""
 
     def __init__(self, prog: str) -> None:
         super().__init__(prog, max_help_position=34)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            not action.option_strings
+            or action.default is argparse.SUPPRESS
+            or "%(default)" in text
+            or _NAMES_DEFAULT.search(text)
+        ):
+            return text
+        if action.required:
+            return f"{text} (required)"
+        if action.nargs == 0 and isinstance(action.default, bool):  # store_true and friends
+            return f"{text} (default: {'on' if action.default else 'off'})"
+        if action.default is None:
+            return f"{text} (default: not set)"
+        return f"{text} (default: %(default)s)"

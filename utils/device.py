@@ -1,8 +1,13 @@
-"""Device selection shared by the CLIs."""
+"""Device selection and CPU thread settings shared by the CLIs."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import cv2
 import torch
+
+from utils.config import option
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -27,3 +32,42 @@ def synchronize(device: torch.device) -> None:
     """Waits for queued GPU work so that host timers measure it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+@dataclass(frozen=True)
+class ThreadConfig:
+    """CPU threads of torch and OpenCV, one flag for ``predict.py`` and ``eval.py``."""
+
+    threads: int | None = option(
+        None,
+        "CPU threads for the model (torch intra-op) and for OpenCV; OpenCV gets 1 while "
+        "images are decoded in parallel threads or loader processes (default: torch's own, "
+        "one per physical core)",
+        group="performance",
+    )
+
+    def __post_init__(self) -> None:
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"--threads {self.threads}: must be at least 1")
+
+
+def configure_threads(threads: int | None, *, parallel_decode: bool) -> tuple[int, int]:
+    """Sets torch's intra-op and OpenCV's thread counts; returns them ``(torch, opencv)``.
+
+    torch keeps its default (one thread per physical core: the convolutions scale with
+    cores, hyper-threads only add contention) unless ``threads`` is given. OpenCV gets 1 when
+    ``parallel_decode`` (decoding already runs in several threads or processes, so OpenCV's
+    own pool inside each would only oversubscribe the cores the model needs), else
+    ``threads`` or its default.
+
+    Raises:
+        ValueError: ``threads`` below 1.
+    """
+    ThreadConfig(threads)  # checks the value
+    if threads is not None:
+        torch.set_num_threads(threads)
+    if parallel_decode:
+        cv2.setNumThreads(1)
+    else:
+        cv2.setNumThreads(threads if threads is not None else -1)  # -1: OpenCV's default
+    return torch.get_num_threads(), cv2.getNumThreads()

@@ -101,6 +101,36 @@ def boxes_to_original(
     return out
 
 
+def boxes_to_original_many(
+    boxes: np.ndarray, image: np.ndarray, metas: list[ResizeMeta]
+) -> np.ndarray:
+    """``boxes_to_original`` (clipped) for the boxes of many images in one pass.
+
+    The same float operations as one ``boxes_to_original`` call per image, so the results are
+    equal bit for bit: each meta's scale is rounded to the boxes' dtype, as a Python float is
+    when it meets a float32 array.
+
+    Args:
+        boxes: (N, 4) xyxy in network-input pixels (float32 or float64).
+        image: (N,) index into ``metas`` of each box's image.
+        metas: how each image was resized onto the input.
+
+    Returns:
+        (N, 4) xyxy in the original images' 0-based pixels, clipped to each image, of the
+        dtype of ``boxes``.
+    """
+    dtype = boxes.dtype
+    table = np.array(
+        [(m.pad_x, m.pad_y, m.scale_x, m.scale_y, m.width - 1, m.height - 1) for m in metas],
+        np.float64,
+    ).reshape(-1, 6)[image]
+    pad, scale, high = (table[:, k : k + 2].astype(dtype) for k in (0, 2, 4))
+    out = np.empty_like(boxes)
+    for corner in (slice(0, 2), slice(2, 4)):  # (x1, y1), then (x2, y2)
+        out[:, corner] = np.clip((boxes[:, corner] - pad) / scale, dtype.type(0), high)
+    return out
+
+
 def boxes_to_input(boxes: torch.Tensor, meta: ResizeMeta) -> torch.Tensor:
     """Inverse of ``boxes_to_original`` (without clipping): original pixels -> input pixels."""
     out = boxes.clone()

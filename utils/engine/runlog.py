@@ -1,5 +1,5 @@
-"""The run folder: config, results.csv and its plot, train.log, and pictures of a training
-batch and of predictions."""
+"""The run folder: config, results.csv and its plot, train.log, pictures of a training batch
+and of predictions, and TensorBoard event files (``utils.engine.tensorboard``)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import numpy as np
 
 from nets.checkpoint import ModelInfo
 from utils.engine.config import TrainConfig
+from utils.engine.tensorboard import open_tensorboard
 from utils.paths import write_text_atomic
 from utils.sources import increment_path
 
@@ -22,7 +23,8 @@ logger = logging.getLogger("train")
 
 
 class RunLog:
-    """Run folder: config, results.csv, results.png, train.log, pictures, checkpoints."""
+    """Run folder: config, results.csv, results.png, train.log, pictures, checkpoints, and
+    TensorBoard events unless ``--no-tensorboard``."""
 
     def __init__(self, cfg: TrainConfig, resume_dir: Path | None) -> None:
         self.dir = resume_dir or increment_path(Path(cfg.log_dir) / cfg.name)
@@ -35,6 +37,19 @@ class RunLog:
         logging.getLogger().addHandler(handler)
         self.handler = handler
         (self.dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+        self.cfg = cfg
+        self.tensorboard = open_tensorboard(self.dir, cfg.tensorboard)
+
+    def log_epoch(self, record: dict) -> None:
+        """One epoch's results.csv row to TensorBoard, written through before last.pth: a kill
+        between the two leaves steps the resume purges, never an epoch missing."""
+        if self.tensorboard is not None:
+            self.tensorboard.epoch(record)
+
+    def log_picture(self, tag: str, image: np.ndarray | None, epoch: int) -> None:
+        """A picture also saved as a JPEG (BGR) to TensorBoard at ``epoch``."""
+        if self.tensorboard is not None:
+            self.tensorboard.image(tag, image, epoch)
 
     def write_history(self, history: list[dict]) -> None:
         """Rewrites results.csv (atomically) and its plot from the run's per-epoch rows, so
@@ -76,21 +91,35 @@ class RunLog:
         fig.savefig(self.dir / "results.png", dpi=90)
         plt.close(fig)
 
-    def close(self) -> None:
-        logging.getLogger().removeHandler(self.handler)
-        self.handler.close()
+    def close(self, history: list[dict] | None = None) -> None:
+        """Ends the run's logging, however the run ended: the settings and the final metrics
+        of ``history`` (the run's rows, resumed ones included) go to TensorBoard, its writer
+        is flushed and closed, and train.log is detached."""
+        try:
+            if self.tensorboard is not None:
+                self.tensorboard.close(self.cfg, history or [])
+        except OSError as err:  # a full disk must not hide how the run ended
+            logger.warning("TensorBoard: could not write the run's settings: %s", err)
+        finally:
+            logging.getLogger().removeHandler(self.handler)
+            self.handler.close()
 
 
-def save_batch_picture(images, targets, class_names, path: Path) -> None:
+def save_batch_picture(images, targets, class_names, path: Path) -> np.ndarray:
+    """The first 16 images of a training batch with their boxes, saved; returns the picture
+    (BGR) for TensorBoard."""
     import cv2
 
     from data.preview import draw_batch
 
-    cv2.imwrite(str(path), draw_batch(images[:16], targets[targets[:, 0] < 16], class_names))
+    picture = draw_batch(images[:16], targets[targets[:, 0] < 16], class_names)
+    cv2.imwrite(str(path), picture)
+    return picture
 
 
-def save_val_pictures(model, info: ModelInfo, annotations, path: Path, device) -> None:
-    """A few validation images with the current (EMA) model's predictions."""
+def save_val_pictures(model, info: ModelInfo, annotations, path: Path, device) -> np.ndarray | None:
+    """A few validation images with the current (EMA) model's predictions, saved side by side;
+    returns the picture (BGR), or None when no image could be read."""
     import cv2
 
     from utils.inference.predictor import Detector, InferenceConfig
@@ -106,8 +135,11 @@ def save_val_pictures(model, info: ModelInfo, annotations, path: Path, device) -
             image = read_image(ann.image_path)
             drawn = draw_detections(image, detector(image))
             tiles.append(cv2.resize(drawn, (320, round(320 * image.shape[0] / image.shape[1]))))
+    picture = None
     if tiles:
         height = max(t.shape[0] for t in tiles)
         row = [np.pad(t, ((0, height - t.shape[0]), (0, 0), (0, 0))) for t in tiles]
-        cv2.imwrite(str(path), np.hstack(row))
+        picture = np.hstack(row)
+        cv2.imwrite(str(path), picture)
     model.float()
+    return picture

@@ -2,12 +2,15 @@
 
 ``detect_dataset`` -> (detections, ground truth) as ``BoxSet`` in original 0-based pixels;
 ``score`` -> an ``EvalReport`` with every number ``eval.py --json`` writes;
-``format_report`` -> the protocol line and the per-class table.
+``format_report`` -> the protocol line and the per-class table;
+``EvalSpeed`` -> where the time of a pass went (images/s, loading wait, forward, decode+NMS,
+scoring), the line ``eval.py`` prints after the report.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -17,13 +20,14 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from data.voc import Annotation
-from nets.decode import Geometry, detect
+from nets.decode import Geometry, detect_batch
 from utils.config import option
-from utils.detections import Detections
+from utils.device import synchronize
 from utils.evaluation.detections_file import read_detections_json as read_detections_file
 from utils.evaluation.metrics import BoxSet, best_f1, evaluate_coco, evaluate_voc
-from utils.preprocess import ResizeMeta, resize_image
+from utils.preprocess import ResizeMeta, boxes_to_original_many, resize_image
 from utils.sources import ImageReadError, read_image
+from utils.timing import StageTimer
 
 logger = logging.getLogger(__name__)
 
@@ -89,8 +93,88 @@ class _EvalImages(Dataset):
         return index, torch.from_numpy(canvas.transpose(2, 0, 1).copy()), meta, None
 
 
-def _collate(batch):
-    return list(zip(*batch))
+@dataclass
+class _Batch:
+    """One loader batch, built in the worker: the readable images stacked as one uint8
+    (B, 3, S, S) tensor (one transfer, no stacking in the loop), their annotation indices and
+    resize metas, and the read errors of the others."""
+
+    indices: list[int]
+    images: torch.Tensor | None  # None when no image of the batch was readable
+    metas: list[ResizeMeta]
+    errors: list[str]
+
+    def pin_memory(self) -> _Batch:
+        """Called by ``DataLoader(pin_memory=True)``: page-locked images copy to the GPU
+        asynchronously."""
+        if self.images is not None:
+            self.images = self.images.pin_memory()
+        return self
+
+
+def _collate(samples) -> _Batch:
+    ok = [s for s in samples if s[3] is None]
+    return _Batch(
+        indices=[s[0] for s in ok],
+        images=torch.stack([s[1] for s in ok]) if ok else None,
+        metas=[s[2] for s in ok],
+        errors=[s[3] for s in samples if s[3] is not None],
+    )
+
+
+LOADING, FORWARD, DECODE, SCORING = "loading wait", "forward", "decode+NMS", "scoring"
+STAGES = (LOADING, FORWARD, DECODE, SCORING)
+
+
+@dataclass(frozen=True)
+class EvalSpeed:
+    """Where the time of an evaluation pass went.
+
+    ``wall_s`` is the whole pass as the user waits for it (loader start-up and shut-down,
+    ground truth, scoring); the stages are timed inside it, so their shares of it sum to
+    just under 1, the rest being the loop's own bookkeeping. ``loading wait`` is the time the
+    loop waited for a batch (and copied it to the device): with loader workers, the loading
+    that overlapped the forward pass is not in it.
+
+    Attributes:
+        images: images run through the model.
+        wall_s: seconds of the whole pass.
+        stages: seconds per stage, in ``STAGES`` order (``scoring`` once ``score`` ran).
+    """
+
+    images: int
+    wall_s: float
+    stages: dict[str, float]
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.wall_s if self.wall_s > 0 else 0.0
+
+    def shares(self) -> dict[str, float]:
+        """Each stage's fraction of ``wall_s``."""
+        return {k: v / self.wall_s if self.wall_s > 0 else 0.0 for k, v in self.stages.items()}
+
+    def plus(self, stage: str, seconds: float) -> EvalSpeed:
+        """This pass with one more stage timed after it (``score`` adds ``scoring``)."""
+        return EvalSpeed(self.images, self.wall_s + seconds, {**self.stages, stage: seconds})
+
+    def format(self) -> str:
+        """One line: images/s, then seconds and share of each stage."""
+        shares = self.shares()
+        parts = [f"{k} {v:.2f} s ({shares[k]:.0%})" for k, v in self.stages.items()]
+        return (
+            f"speed: {self.images_per_s:.1f} images/s ({self.images} images in "
+            f"{self.wall_s:.2f} s) | " + ", ".join(parts)
+        )
+
+    def to_json(self) -> dict:
+        shares = self.shares()
+        return {
+            "images": self.images,
+            "images_per_s": self.images_per_s,
+            "wall_s": self.wall_s,
+            "stages": {k: {"seconds": v, "share": shares[k]} for k, v in self.stages.items()},
+        }
 
 
 @dataclass
@@ -99,6 +183,7 @@ class Detected:
     gts: BoxSet
     image_sizes: np.ndarray  # (I, 2) width, height of each annotation (0 if unreadable)
     failures: list[str] = field(default_factory=list)
+    speed: EvalSpeed | None = None  # set by detect_dataset
 
 
 @torch.inference_mode()
@@ -114,6 +199,11 @@ def detect_dataset(
     """Runs ``model`` on every image; unreadable images are reported and left out of both the
     detections and the ground truth.
 
+    With ``cfg.workers`` loader processes, images are read and letterboxed while the model
+    runs (each worker keeps two batches ready); a batch is decoded in one ``detect_batch``
+    call. The detections are those of ``nets.decode.detect`` on each image, bit for bit,
+    whatever the number of workers.
+
     Args:
         model: returns raw maps for a (B, 3, S, S) RGB batch in [0, 1] (a ``YoloBody`` or an
             ``OnnxRunner``); its train/eval mode is restored afterwards.
@@ -126,8 +216,10 @@ def detect_dataset(
 
     Returns:
         Detections and ground truth as ``BoxSet`` (xyxy, original 0-based pixels, image index
-        = annotation index), each annotation's (width, height), and the read failures.
+        = annotation index), each annotation's (width, height), the read failures, and the
+        pass's ``EvalSpeed`` (loading wait, forward, decode+NMS).
     """
+    start = time.perf_counter()
     device = torch.device(device)
     geometry = geometry.at_size(cfg.input_size)
     if cfg.scale_xy is not None:
@@ -139,38 +231,58 @@ def detect_dataset(
         batch_size=cfg.batch_size,
         num_workers=cfg.workers,
         collate_fn=_collate,
+        pin_memory=device.type == "cuda",
     )
-    found: list[Detections] = []
-    found_images: list[int] = []
+    # synchronised clock readings: queued GPU work is charged to the stage that queued it
+    timer = StageTimer(sync=lambda: synchronize(device))
+    found: list[BoxSet] = []
     failures: list[str] = []
     sizes = np.zeros((len(annotations), 2), np.int64)
-    for indices, images, metas, errors in tqdm(
-        loader, desc="eval", disable=not progress, leave=False
-    ):
-        ok = [k for k, e in enumerate(errors) if e is None]
-        failures += [e for e in errors if e is not None]
-        if not ok:
-            continue
-        batch = torch.stack([images[k] for k in ok]).to(device).float().div_(255)
-        outputs = model(batch)
-        results = detect(
-            outputs,
-            geometry,
-            conf_thresh=cfg.conf_thresh,
-            nms_thresh=cfg.nms_thresh,
-            max_det=cfg.max_det or None,
-        )
-        for k, dets in zip(ok, results):
-            meta: ResizeMeta = metas[k]
-            sizes[indices[k]] = (meta.width, meta.height)
-            found.append(dets.to_original(meta))
-            found_images.append(indices[k])
+    batches = iter(loader)
+    with tqdm(total=len(annotations), desc="eval", disable=not progress, leave=False) as bar:
+        while True:
+            with timer.stage(LOADING):
+                batch = next(batches, None)
+                if batch is not None and batch.images is not None:
+                    images = batch.images.to(device, non_blocking=True).float().div_(255)
+            if batch is None:
+                break
+            bar.update(len(batch.indices) + len(batch.errors))
+            failures += batch.errors
+            if batch.images is None:
+                continue
+            with timer.stage(FORWARD):
+                outputs = model(images)
+            with timer.stage(DECODE):
+                found.append(_to_boxset(outputs, geometry, cfg, batch))
+                indices = np.asarray(batch.indices, np.int64)
+                sizes[indices] = [(m.width, m.height) for m in batch.metas]
     model.train(was_training)
     for failure in failures:
         logger.warning("%s (left out of the evaluation)", failure)
     readable = sizes[:, 0] > 0
     gts = ground_truth(annotations, readable)
-    return Detected(BoxSet.from_detections(found, found_images), gts, sizes, failures)
+    dets = BoxSet.concat(found) if found else BoxSet([], np.zeros((0, 4)), [], scores=[])
+    totals = {name: sum(timer.samples.get(name, [])) / 1000 for name in STAGES[:3]}
+    speed = EvalSpeed(int(readable.sum()), time.perf_counter() - start, totals)
+    return Detected(dets, gts, sizes, failures, speed)
+
+
+def _to_boxset(outputs, geometry: Geometry, cfg: EvalConfig, batch: _Batch) -> BoxSet:
+    """A batch's detections in original pixels, image index = annotation index."""
+    flat = detect_batch(
+        outputs,
+        geometry,
+        conf_thresh=cfg.conf_thresh,
+        nms_thresh=cfg.nms_thresh,
+        max_det=cfg.max_det or None,
+    )
+    return BoxSet(
+        np.asarray(batch.indices, np.int64)[flat.image],
+        boxes_to_original_many(flat.boxes, flat.image, batch.metas),
+        flat.labels,
+        scores=flat.scores,
+    )
 
 
 def ground_truth(annotations: Sequence[Annotation], keep: np.ndarray | None = None) -> BoxSet:
@@ -201,8 +313,10 @@ class EvalReport:
     f1_threshold: float
     per_class: dict[str, dict]
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = field(repr=False, default_factory=dict)
+    speed: EvalSpeed | None = None  # detection pass + scoring; None for a detections file
 
     def to_json(self) -> dict:
+        speed = {"speed": self.speed.to_json()} if self.speed is not None else {}
         return {
             "voc07_map50": self.voc07_map50,
             "voc12_map50": self.voc12_map50,
@@ -216,6 +330,7 @@ class EvalReport:
             "num_instances": self.num_instances,
             "per_class": self.per_class,
             "protocol": self.protocol,
+            **speed,
         }
 
 
@@ -238,7 +353,9 @@ def score(
 ) -> EvalReport:
     """Scores detections against ground truth with both VOC APs, P/R at best F1 and COCO AP;
     ``max_det`` is the per-image cap the detections were made with (0: none), for the
-    protocol line."""
+    protocol line. The report's ``speed`` is the detection pass's with the scoring time
+    added."""
+    start = time.perf_counter()
     nc = len(class_names)
     voc = evaluate_voc(detected.dets, detected.gts, nc, iou_thresh)
     with_gt = voc["classes_with_gt"]
@@ -257,6 +374,9 @@ def score(
         curves[class_names[c]] = (res.recall, res.precision)
     coco_stats = evaluate_coco(detected.dets, detected.gts, nc) if coco else {}
     num_images = int((detected.image_sizes[:, 0] > 0).sum())
+    speed = detected.speed
+    if speed is not None:
+        speed = speed.plus(SCORING, time.perf_counter() - start)
     return EvalReport(
         protocol=describe_protocol(dataset, iou_thresh, max_det),
         class_names=list(class_names),
@@ -270,6 +390,7 @@ def score(
         f1_threshold=f1["threshold"],
         per_class=per_class,
         curves=curves,
+        speed=speed,
     )
 
 

@@ -1,7 +1,8 @@
 """Runs a ``Detector`` over a resolved source and writes what the user asked for.
 
 Outputs: annotated images and videos (same fps and size) in ``save_dir``, optional crops,
-optional JSON in the ``predict.py --json`` format, optional on-screen window.
+optional JSON in the ``predict.py --json`` format, optional on-screen window, optional
+attention-map images (``utils.inference.attention_output``).
 A file that cannot be read is reported on one line and skipped; the caller sees the count.
 A video that yields fewer (or more) frames than its container declares is reported on one
 line and its frames are kept. A JSON file that cannot be written raises ``OutputPathError``.
@@ -13,23 +14,42 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import cv2
 import numpy as np
+import torch
 from tqdm import tqdm
 
-from utils.config import option
+from utils.config import option, rule_problems
 from utils.detections import Detections
 from utils.device import synchronize
+from utils.inference.attention_output import AttentionMapWriter
+from utils.inference.pipeline import (
+    OrderedSink,
+    PipelineError,
+    Prefetcher,
+    Prepared,
+    prepare_inline,
+)
 from utils.inference.predictor import Detector
 from utils.paths import write_text_atomic
+from utils.preprocess import ResizeMeta
 from utils.sources import ImageReadError, Source, SourceError, open_video, read_image
 from utils.timing import StageTimer
 from utils.visualize import crop_detections, draw_detections, overlay_heatmap
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Reader threads for image files: each decodes one image at a time; two keep the model fed on
+# a 2-core machine (benchmarks/pipeline.py) without taking more cores from it. A video decodes
+# in one more thread (its frames depend on each other) and is resized in these.
+READ_WORKERS = 2
 
 
 @dataclass(frozen=True)
@@ -45,6 +65,58 @@ class OutputOptions:
     heatmap: bool = option(
         False, "overlay the max-objectness heatmap under the boxes", group="output"
     )
+    attention_maps: bool = option(
+        False,
+        "also write each attention block's spatial map over the image (<stem>_attn_<point>.jpg)"
+        " and its channel-weight histogram (<stem>_attn_<point>_channels.png); image files "
+        "only, videos run without",
+        group="output",
+    )
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    """How ``run_predictions`` overlaps reading, the model and writing.
+
+    Pipelined (``prefetch`` > 0), the next inputs are decoded and resized in background
+    threads while the model runs, and the boxes of finished ones are decoded, drawn and
+    written in a writer thread; at most ``prefetch`` inputs wait on each side, so memory stays
+    bounded. The outputs are the same as the serial path's, in the same order.
+
+    ``batch_size`` stays 1 by default: on a 2-core CPU one forward of 4 images took as long
+    per image as 4 forwards of 1 at one torch thread (88 ms); it was faster only with the
+    cores shared with other jobs (fewer thread hand-offs). Batch 1 also keeps the results
+    bit-identical to the serial path (a batched forward differs by float rounding);
+    ``python -m benchmarks.pipeline`` prints batch 4 against batch 1.
+    """
+
+    prefetch: int = option(
+        4,
+        "inputs read ahead of the model in background threads while finished ones are "
+        "written in another; 0: one input at a time in one thread (to compare or debug)",
+        group="performance",
+    )
+    batch_size: int = option(
+        1,
+        "inputs per forward pass (more only helps where a larger batch is faster per image, "
+        "as on a GPU)",
+        group="performance",
+    )
+
+    def __post_init__(self) -> None:
+        problems = rule_problems(self, _PIPELINE_RULES)
+        if problems:
+            raise ValueError("invalid pipeline settings: " + "; ".join(problems))
+
+    @property
+    def pipelined(self) -> bool:
+        return self.prefetch > 0
+
+
+_PIPELINE_RULES = {
+    "prefetch": (lambda v: v >= 0, "0 (serial) or more"),
+    "batch_size": (lambda v: v >= 1, "at least 1"),
+}
 
 
 @dataclass
@@ -96,17 +168,6 @@ def _record(path: str, image_id: str, dets: Detections, frame: int | None = None
     return record
 
 
-def _detect(
-    detector: Detector, image: np.ndarray, heatmap: bool
-) -> tuple[Detections, np.ndarray | None]:
-    """Detections and, when asked, the objectness heatmap of the same forward pass."""
-    if not heatmap:
-        return detector(image), None
-    batch, metas = detector.preprocess([image])
-    outputs = detector.forward(batch)
-    return detector.postprocess(outputs, metas)[0], detector.heatmap(outputs, metas[0])
-
-
 def _render(image: np.ndarray, dets: Detections, heat: np.ndarray | None) -> np.ndarray:
     if heat is not None:
         image = overlay_heatmap(image, heat)
@@ -120,40 +181,218 @@ def _save_crops(save_dir: Path, stem: str, image: np.ndarray, dets: Detections) 
         cv2.imwrite(str(folder / f"{stem}_{i}.jpg"), crop)
 
 
-def _run_images(
-    detector: Detector, paths: list[str], opts: OutputOptions, summary: RunSummary, window: _Window
-) -> None:
-    for path in tqdm(paths, desc="images", unit="img", disable=len(paths) < 2):
-        try:
-            image = read_image(path)
-        except ImageReadError as err:
-            tqdm.write(f"error: {err}", file=sys.stderr)
-            summary.failures.append(str(err))
-            continue
-        draw = opts.save_dir is not None or window.enabled
-        dets, heat = _detect(detector, image, opts.heatmap and draw)
-        stem = Path(path).stem
+@dataclass
+class _Item:
+    """One image or video frame on its way: read and resized -> model -> outputs."""
+
+    path: str  # the image file, or the video (the index for a webcam)
+    image: np.ndarray | None = None  # BGR as read; None when it could not be read
+    canvas: np.ndarray | None = None  # the network input of ``Detector.resize``
+    meta: ResizeMeta | None = None
+    frame: int | None = None  # index in the video; None for an image file
+    outputs: list[torch.Tensor] | None = None  # the model's raw maps for this input alone
+    error: str | None = None  # why it could not be read, reported in its place in the order
+
+    def describe(self) -> str:
+        return self.path if self.frame is None else f"{self.path} frame {self.frame}"
+
+
+@dataclass
+class _Outputs:
+    """What the output step needs for one run over image files or over one video."""
+
+    detector: Detector
+    opts: OutputOptions
+    summary: RunSummary
+    window: _Window
+    bar: tqdm
+    draw: bool  # annotated images are needed (saved or shown)
+    attention: AttentionMapWriter | None = None
+    video: cv2.VideoWriter | None = None  # a video's annotated frames go here
+    name: str = ""  # a video's name in frame ids
+    crop_stem: str = ""  # a video's output stem, naming its frames' crops
+    frames: int = 0  # frames of this video done
+    stopped: bool = False  # the user closed the window
+
+
+def _write_outputs(item: _Item, out: _Outputs) -> None:
+    """The per-input output step, run for every input in input order (in the writer thread
+    when pipelined): decode + NMS, the JSON record, the drawing, the annotated image or video
+    frame, crops, attention maps, the window. A read failure is reported here, in its place.
+    """
+    opts, summary, detector = out.opts, out.summary, out.detector
+    if item.error is not None:
+        tqdm.write(f"error: {item.error}", file=sys.stderr)
+        summary.failures.append(item.error)
+        out.bar.update(1)
+        return
+    dets = detector.postprocess(item.outputs, [item.meta])[0]
+    heat = detector.heatmap(item.outputs, item.meta) if opts.heatmap and out.draw else None
+    summary.detections += len(dets)
+    rendered = _render(item.image, dets, heat) if out.draw else None
+    if item.frame is None:  # an image file
+        stem = Path(item.path).stem
         summary.images += 1
-        summary.detections += len(dets)
         if opts.json_path is not None:
-            summary.records.append(_record(path, stem, dets))
-        rendered = _render(image, dets, heat) if draw else None
+            summary.records.append(_record(item.path, stem, dets))
         if opts.save_dir is not None:
-            suffix = Path(path).suffix.lower()
+            suffix = Path(item.path).suffix.lower()
             suffix = suffix if suffix in (".jpg", ".jpeg", ".png", ".bmp") else ".jpg"
-            out = summary.output_path(opts.save_dir, stem, suffix)
-            if not cv2.imwrite(str(out), rendered):
-                tqdm.write(f"error: {out}: cannot write image", file=sys.stderr)
-                summary.failures.append(f"{out}: cannot write image")
+            path = summary.output_path(opts.save_dir, stem, suffix)
+            if not cv2.imwrite(str(path), rendered):
+                tqdm.write(f"error: {path}: cannot write image", file=sys.stderr)
+                summary.failures.append(f"{path}: cannot write image")
             if opts.crop:
-                _save_crops(opts.save_dir, out.stem, image, dets)
+                _save_crops(opts.save_dir, path.stem, item.image, dets)
+            if out.attention is not None:
+                out.attention.write(item.image, path.stem)
         if rendered is not None:
-            window.show(rendered)
+            out.window.show(rendered)
+    else:  # a video frame
+        summary.frames += 1
+        if opts.json_path is not None:
+            frame_id = f"{out.name}_{item.frame:06d}"
+            summary.records.append(_record(item.path, frame_id, dets, item.frame))
+        if opts.crop and opts.save_dir is not None:
+            _save_crops(opts.save_dir, f"{out.crop_stem}_{item.frame:06d}", item.image, dets)
+        if rendered is not None:
+            if out.video is not None:
+                out.video.write(rendered)
+            if not out.window.show(rendered):
+                out.stopped = True
+                return
+        out.frames += 1
+    out.bar.update(1)
+
+
+def _progress(total: int | None, desc: str, unit: str, disable: bool = False) -> tqdm:
+    """A progress bar showing throughput in inputs per second (``img/s``, ``frame/s``, i.e.
+    fps), also below one per second where tqdm's default turns to seconds per input."""
+    rate = "{rate_noinv_fmt}"
+    if total:
+        layout = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, " + rate + "]"
+    else:
+        layout = "{desc}: {n_fmt} [{elapsed}, " + rate + "]"
+    return tqdm(total=total, desc=desc, unit=unit, disable=disable, bar_format=layout)
+
+
+@contextmanager
+def _stages(
+    items: Iterable[T],
+    prepare: Callable[[T], _Item],
+    out: _Outputs,
+    pipeline: PipelineOptions,
+    source: str,
+) -> Iterator[tuple[Iterable[Prepared[T, _Item]], OrderedSink[_Item]]]:
+    """The reading and output stages around the model: background threads when pipelined,
+    else both inline. Leaving the ``with`` (also by an error or Ctrl-C) joins every thread."""
+    if not pipeline.pipelined:
+        with OrderedSink(lambda item: _write_outputs(item, out), depth=0, threaded=False) as sink:
+            yield prepare_inline(items, prepare), sink
+        return
+    # Outputs stay in this thread when they must: a window is driven from the main thread,
+    # and attention maps run a forward pass with hooks on the shared model, which must not
+    # overlap this thread's forward passes.
+    threaded = not out.window.enabled and out.attention is None
+    with (
+        OrderedSink(
+            lambda item: _write_outputs(item, out),
+            depth=pipeline.prefetch,
+            threaded=threaded,
+            name=_Item.describe,
+        ) as sink,
+        Prefetcher(
+            items, prepare, depth=pipeline.prefetch, workers=READ_WORKERS, source=source
+        ) as prepared,
+    ):
+        yield prepared, sink
+
+
+def _infer(
+    detector: Detector,
+    prepared: Iterable[Prepared[T, _Item]],
+    sink: OrderedSink[_Item],
+    out: _Outputs,
+    *,
+    batch_size: int,
+    describe: Callable[[T], str],
+) -> None:
+    """Runs the model on the prepared inputs, ``batch_size`` at a time, and hands each input
+    (or its read failure) to ``sink`` in input order. A read failure (``ImageReadError``) is
+    passed on to be reported; any other exception of the reading stage raises
+    ``PipelineError`` naming the input."""
+    pending: list[_Item] = []
+
+    def flush() -> None:
+        ready = [item for item in pending if item.error is None]
+        if ready:
+            outputs = detector.forward(detector.to_batch([item.canvas for item in ready]))
+            for k, item in enumerate(ready):
+                item.outputs = outputs if len(ready) == 1 else [o[k : k + 1] for o in outputs]
+                item.canvas = None
+        for item in pending:
+            sink.put(item)
+        pending.clear()
+
+    for p in prepared:
+        if p.error is None:
+            pending.append(p.value)
+        elif isinstance(p.error, ImageReadError):
+            pending.append(_Item(str(p.item), error=str(p.error)))
+        else:
+            raise PipelineError.wrap(describe(p.item), p.error)
+        if sum(item.error is None for item in pending) >= batch_size:
+            flush()
+        if out.stopped:
+            return
+    flush()
+
+
+def _run_images(
+    detector: Detector,
+    paths: list[str],
+    opts: OutputOptions,
+    summary: RunSummary,
+    window: _Window,
+    attention: AttentionMapWriter | None = None,
+    pipeline: PipelineOptions = PipelineOptions(),
+) -> None:
+    def prepare(path: str) -> _Item:
+        image = read_image(path)
+        canvas, meta = detector.resize(image)
+        return _Item(path, image, canvas, meta)
+
+    draw = opts.save_dir is not None or window.enabled
+    bar = _progress(len(paths), "images", "img", disable=len(paths) < 2)
+    out = _Outputs(detector, opts, summary, window, bar, draw, attention)
+    try:
+        with _stages(paths, prepare, out, pipeline, "images") as (prepared, sink):
+            _infer(detector, prepared, sink, out, batch_size=pipeline.batch_size, describe=str)
+    finally:
+        bar.close()
+
+
+def _read_frames(cap: cv2.VideoCapture) -> Iterator[tuple[int, np.ndarray]]:
+    index = 0
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            return
+        yield index, frame
+        index += 1
 
 
 def _run_stream(
-    detector: Detector, video: str | int, opts: OutputOptions, summary: RunSummary, window: _Window
+    detector: Detector,
+    video: str | int,
+    opts: OutputOptions,
+    summary: RunSummary,
+    window: _Window,
+    attention: AttentionMapWriter | None = None,
+    pipeline: PipelineOptions = PipelineOptions(),
 ) -> None:
+    if attention is not None:
+        attention.skip_stream()
     try:
         cap, fps, (width, height), count = open_video(video)
     except SourceError as err:
@@ -165,44 +404,39 @@ def _run_stream(
     writer = None
     crop_stem = name
     if opts.save_dir is not None:
-        out = summary.output_path(opts.save_dir, name, ".mp4")
-        crop_stem = out.stem
-        writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+        out_path = summary.output_path(opts.save_dir, name, ".mp4")
+        crop_stem = out_path.stem
+        fourcc = cv2.VideoWriter_fourcc(*"mp4v")
+        writer = cv2.VideoWriter(str(out_path), fourcc, fps, (width, height))
         if not writer.isOpened():
-            summary.failures.append(f"{out}: cannot open video writer")
-            tqdm.write(f"error: {out}: cannot open video writer", file=sys.stderr)
+            summary.failures.append(f"{out_path}: cannot open video writer")
+            tqdm.write(f"error: {out_path}: cannot open video writer", file=sys.stderr)
             writer = None
-    bar = tqdm(total=count or None, desc=name, unit="frame")
-    frame_index = 0
-    stopped = False  # by the user, in the window
-    try:
-        while True:
-            ok, frame = cap.read()
-            if not ok:
-                break
-            draw = writer is not None or window.enabled
-            dets, heat = _detect(detector, frame, opts.heatmap and draw)
-            summary.frames += 1
-            summary.detections += len(dets)
-            if opts.json_path is not None:
-                frame_id = f"{name}_{frame_index:06d}"
-                summary.records.append(_record(path, frame_id, dets, frame_index))
-            if opts.crop and opts.save_dir is not None:
-                _save_crops(opts.save_dir, f"{crop_stem}_{frame_index:06d}", frame, dets)
-            if draw:
-                rendered = _render(frame, dets, heat)
-                if writer is not None:
-                    writer.write(rendered)
-                if not window.show(rendered):
-                    stopped = True
-                    break
-            frame_index += 1
-            bar.update(1)
+
+    def prepare(indexed: tuple[int, np.ndarray]) -> _Item:
+        index, frame = indexed
+        canvas, meta = detector.resize(frame)
+        return _Item(path, frame, canvas, meta, frame=index)
+
+    bar = _progress(count or None, name, "frame")
+    draw = writer is not None or window.enabled
+    out = _Outputs(detector, opts, summary, window, bar, draw, None, writer, name, crop_stem)
+    try:  # the capture is read in a reader thread, joined before it is released
+        with _stages(_read_frames(cap), prepare, out, pipeline, path) as (prepared, sink):
+            _infer(
+                detector,
+                prepared,
+                sink,
+                out,
+                batch_size=pipeline.batch_size,
+                describe=lambda indexed: f"{path} frame {indexed[0]}",
+            )
     finally:
         bar.close()
         cap.release()
         if writer is not None:
             writer.release()
+    frame_index, stopped = out.frames, out.stopped
     if frame_index == 0 and not isinstance(video, int):
         summary.failures.append(f"{video}: video has no decodable frames")
         tqdm.write(f"error: {video}: video has no decodable frames", file=sys.stderr)
@@ -214,23 +448,37 @@ def _run_stream(
         tqdm.write(f"warning: {problem}", file=sys.stderr)
 
 
-def run_predictions(detector: Detector, source: Source, opts: OutputOptions) -> RunSummary:
+def run_predictions(
+    detector: Detector,
+    source: Source,
+    opts: OutputOptions,
+    *,
+    pipeline: PipelineOptions = PipelineOptions(),
+) -> RunSummary:
     """Processes every input of ``source``; never raises for one bad input.
+
+    Args:
+        pipeline: reading and writing in background threads (the default) or serial; both
+            give the same outputs in the same order.
 
     Raises:
         OutputPathError: the JSON file cannot be written at the end.
+        PipelineError: a stage failed unexpectedly (not a bad input); names the input.
     """
     summary = RunSummary()
     window = _Window(opts.show)
+    attention = None
     if opts.save_dir is not None:
         opts.save_dir.mkdir(parents=True, exist_ok=True)
+        if opts.attention_maps:
+            attention = AttentionMapWriter(detector, opts.save_dir, summary.failures)
     try:
-        _run_images(detector, source.images, opts, summary, window)
+        _run_images(detector, source.images, opts, summary, window, attention, pipeline)
         for video in source.videos:
-            _run_stream(detector, video, opts, summary, window)
+            _run_stream(detector, video, opts, summary, window, attention, pipeline)
         if source.webcam is not None:
-            _run_stream(detector, source.webcam, opts, summary, window)
-    finally:  # Ctrl-C on a webcam still leaves the JSON of what was seen
+            _run_stream(detector, source.webcam, opts, summary, window, attention, pipeline)
+    finally:  # Ctrl-C on a webcam still leaves the JSON of what was seen (threads joined)
         if opts.json_path is not None:
             write_json(opts.json_path, summary.records)
     return summary

@@ -1,0 +1,327 @@
+"""Throughput of ``predict.py`` on a folder and a video, serial vs pipelined:
+``python -m benchmarks.pipeline``.
+
+Generates ``--images`` distinct 810x1080 JPEGs (crops of ``model_data/samples`` at random
+scales, flipped and tinted) and a ``--frames``-frame 810x1080 mp4v video from them in a
+temporary folder, loads the official COCO weights at 416 on the CPU, and runs the library loop
+of ``predict.py`` (``run_predictions``) over them in every configuration below, in a new random
+order each round (``--repeats`` rounds, after a discarded warm-up), so that load from other
+jobs hits all of them alike. Throughput is inputs per second of the whole loop (reading,
+model, drawing, encoding, writing); the median over rounds is reported.
+
+Targets, each against a reference measured in the same run:
+
+(a) pipelined ``--no-save`` img/s >= 0.9 x the forward-only rate (1000 / median forward ms,
+    batch 1, on an already preprocessed input): reading and decoding hidden behind the model;
+(b) pipelined img/s >= 1.2 x serial (``--prefetch 0``) img/s, annotated images saved;
+(c) the same for the video, in frames per second, annotated video saved;
+(d) threads: the default torch thread count against ``--threads 1`` (forward ms and pipelined
+    img/s), which shows what the default buys; target: the default is not slower.
+
+Also printed: batch 4 vs batch 1 (pipelined, saving), which decides the ``--batch-size``
+default. Other processes on the machine make every figure noisy: the load average before and
+after is printed with them.
+
+Examples:
+    python -m benchmarks.pipeline
+    python -m benchmarks.pipeline --images 60 --frames 60 --repeats 2 --json logs/pipe.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from utils.config import HelpFormatter
+from utils.device import configure_threads
+from utils.inference.predict_loop import OutputOptions, PipelineOptions, run_predictions
+from utils.inference.predictor import DEFAULT_WEIGHTS, Detector, InferenceConfig
+from utils.paths import SAMPLES, write_text_atomic
+from utils.sources import Source
+from utils.timing import StageTimer, Stats
+
+SIZE = (810, 1080)  # width, height: a phone photo scaled down, portrait
+TARGET_NO_SAVE = 0.9  # pipelined --no-save img/s over the forward-only rate
+TARGET_SPEEDUP = 1.2  # pipelined over serial, saving
+TARGET_THREADS = 1.0  # default threads over 1 thread (pipelined img/s)
+SERIAL = PipelineOptions(prefetch=0)
+PIPELINED = PipelineOptions()  # the predict.py default
+
+
+def make_images(folder: Path, count: int, seed: int = 0) -> list[Path]:
+    """``count`` distinct 810x1080 JPEGs from the sample photos: a random crop (40-100 % of
+    the side), maybe mirrored, tinted per channel, resized to ``SIZE``."""
+    rng = np.random.default_rng(seed)
+    samples = [cv2.imread(str(p)) for p in sorted(SAMPLES.glob("*.jpg"))]
+    if not samples:
+        raise FileNotFoundError(f"{SAMPLES}: no sample photos (`make weights`)")
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        image = samples[i % len(samples)]
+        h, w = image.shape[:2]
+        scale = rng.uniform(0.4, 1.0)
+        ch, cw = int(h * scale), int(w * scale)
+        y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        crop = image[y : y + ch, x : x + cw]
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        tint = rng.uniform(0.8, 1.2, 3)
+        crop = np.clip(crop * tint, 0, 255).astype(np.uint8)
+        out = cv2.resize(crop, SIZE, interpolation=cv2.INTER_AREA)
+        path = folder / f"{i:04d}.jpg"
+        cv2.imwrite(str(path), out, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        paths.append(path)
+    return paths
+
+
+def make_video(path: Path, images: list[Path], frames: int, fps: float = 25.0) -> Path:
+    """An mp4v video of ``frames`` 810x1080 frames, cycling through ``images``."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, SIZE)
+    if not writer.isOpened():
+        raise OSError(f"{path}: this OpenCV build cannot write mp4v video")
+    for i in range(frames):
+        writer.write(cv2.imread(str(images[i % len(images)])))
+    writer.release()
+    return path
+
+
+@dataclass(frozen=True)
+class Config:
+    """One measured configuration of the loop."""
+
+    label: str
+    video: bool  # the video, else the image folder
+    save: bool
+    pipeline: PipelineOptions
+    threads: int | None  # None: the default
+
+
+def configs() -> dict[str, Config]:
+    one = PipelineOptions(batch_size=1)
+    return {
+        "images_serial_nosave": Config("images, serial, --no-save", False, False, SERIAL, None),
+        "images_pipelined_nosave": Config("images, pipelined, --no-save", False, False, one, None),
+        "images_serial_save": Config("images, serial, saving", False, True, SERIAL, None),
+        "images_pipelined_save": Config("images, pipelined, saving", False, True, one, None),
+        "video_serial_save": Config("video, serial, saving", True, True, SERIAL, None),
+        "video_pipelined_save": Config("video, pipelined, saving", True, True, one, None),
+        "images_pipelined_save_threads1": Config(
+            "images, pipelined, saving, --threads 1", False, True, one, 1
+        ),
+        "images_pipelined_save_batch4": Config(
+            "images, pipelined, saving, --batch-size 4",
+            False,
+            True,
+            PipelineOptions(batch_size=4),
+            None,
+        ),
+    }
+
+
+def run_once(detector: Detector, config: Config, data: dict[str, Source], tmp: Path) -> float:
+    """Inputs per second of one ``run_predictions`` over the config's source."""
+    default_threads = torch.get_num_threads()
+    configure_threads(config.threads, parallel_decode=config.pipeline.pipelined)
+    save_dir = tmp / "out" if config.save else None
+    if save_dir is not None and save_dir.exists():
+        shutil.rmtree(save_dir)
+    opts = OutputOptions(save_dir=save_dir)
+    source = data["video" if config.video else "images"]
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # no progress bars between figures
+            start = time.perf_counter()
+            summary = run_predictions(detector, source, opts, pipeline=config.pipeline)
+            elapsed = time.perf_counter() - start
+    finally:
+        torch.set_num_threads(default_threads)
+        if save_dir is not None:
+            shutil.rmtree(save_dir, ignore_errors=True)
+    if summary.failures:
+        raise RuntimeError(f"{config.label}: inputs failed: {summary.failures[:3]}")
+    return (summary.images + summary.frames) / elapsed
+
+
+def forward_ms(detector: Detector, image: np.ndarray, runs: int, threads: int) -> Stats:
+    """Forward-only latency (batch 1, preprocessed input) at ``threads`` torch threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        batch, _ = detector.preprocess([image])
+        timer = StageTimer()
+        for i in range(runs + 3):
+            with timer.stage("forward", record=i >= 3):
+                detector.forward(batch)
+    finally:
+        torch.set_num_threads(before)
+    return timer.summary()["forward"]
+
+
+def load_average() -> list[float] | None:
+    return [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--weights", default=DEFAULT_WEIGHTS, help="model to run (default: COCO)")
+    p.add_argument("--img-size", type=int, default=416, help="network input side")
+    p.add_argument("--images", type=int, default=150, help="generated 810x1080 JPEGs")
+    p.add_argument("--frames", type=int, default=150, help="frames of the generated video")
+    p.add_argument("--repeats", type=int, default=3, help="timed rounds of every configuration")
+    p.add_argument("--forward-runs", type=int, default=30, help="timed forwards per thread count")
+    p.add_argument("--only", nargs="+", choices=list(configs()), help="measure only these")
+    p.add_argument("--json", default=None, help="also write every number to this JSON file")
+    args = p.parse_args(argv)
+    if min(args.images, args.frames, args.repeats, args.forward_runs) < 1:
+        p.error("--images, --frames, --repeats and --forward-runs must be >= 1")
+    return args
+
+
+def _fmt_target(name: str, value: float, reference: float, target: float, unit: str) -> dict:
+    ratio = value / reference
+    ok = ratio >= target
+    print(
+        f"  {name:<44}{value:>7.1f} vs {reference:>7.1f} {unit:<6} {ratio:>5.2f}x "
+        f"(target >= {target:.2f}x)  {'PASS' if ok else 'FAIL'}"
+    )
+    return {"value": value, "reference": reference, "ratio": ratio, "target": target, "met": ok}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not os.path.isfile(args.weights):
+        print(
+            f"error: {args.weights} not found (model_data files: `make weights`)", file=sys.stderr
+        )
+        return 2
+    config = InferenceConfig(device="cpu", input_size=args.img_size)
+    detector = Detector.from_weights(args.weights, config=config)
+    default_threads = torch.get_num_threads()
+    chosen = {k: v for k, v in configs().items() if not args.only or k in args.only}
+    report: dict = {
+        "machine": {
+            "cpus_usable": len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else os.cpu_count(),
+            "torch_threads_default": default_threads,
+            "load_average_before": load_average(),
+            "torch": torch.__version__,
+            "opencv": cv2.__version__,
+        },
+        "images": args.images,
+        "frames": args.frames,
+        "repeats": args.repeats,
+        "input_size": args.img_size,
+    }
+    print(
+        f"predict loop throughput: {args.images} JPEGs and a {args.frames}-frame mp4v video, "
+        f"{SIZE[0]}x{SIZE[1]}, {args.img_size} input, CPU, torch {default_threads} threads "
+        f"by default; load average {report['machine']['load_average_before']}"
+    )
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        paths = make_images(tmp / "images", args.images)
+        video = make_video(tmp / "clip.mp4", paths, args.frames)
+        data = {
+            "images": Source(images=[str(p) for p in paths]),
+            "video": Source(videos=[str(video)]),
+        }
+        warm = {"images": Source(images=[str(p) for p in paths[:4]]), "video": data["video"]}
+        image = cv2.imread(str(paths[0]))
+
+        rates: dict[str, list[float]] = {k: [] for k in chosen}
+        fwd: dict[int, list[float]] = {default_threads: [], 1: []}
+        rng = np.random.default_rng(0)
+        for name in chosen:  # warm-up: every configuration once, on a few images
+            if not chosen[name].video:
+                run_once(detector, chosen[name], warm, tmp)
+        for _ in range(args.repeats):
+            for threads in fwd:
+                fwd[threads].append(forward_ms(detector, image, args.forward_runs, threads).median)
+            for k in rng.permutation(len(chosen)):
+                name = list(chosen)[k]
+                rates[name].append(run_once(detector, chosen[name], data, tmp))
+
+    forward = {t: float(np.median(v)) for t, v in fwd.items()}
+    rate = {k: float(np.median(v)) for k, v in rates.items()}
+    report["forward_ms_median"] = {str(t): v for t, v in forward.items()}
+    report["throughput"] = {
+        k: {"median": rate[k], "runs": rates[k], "unit": "frames/s" if c.video else "images/s"}
+        for k, c in chosen.items()
+    }
+    print(f"\nforward only, batch 1, median of {args.repeats} x {args.forward_runs} runs:")
+    for threads, ms in forward.items():
+        print(f"  torch {threads} thread(s): {ms:.1f} ms = {1000 / ms:.1f} img/s")
+    print(f"\nthroughput, median of {args.repeats} rounds (min-max):")
+    for name, c in chosen.items():
+        unit = "fps" if c.video else "img/s"
+        runs = rates[name]
+        print(f"  {c.label:<44}{rate[name]:>7.1f} {unit:<6} ({min(runs):.1f}-{max(runs):.1f})")
+
+    targets: dict[str, dict] = {}
+    print("\ntargets (each against a reference measured in this run):")
+    forward_rate = 1000 / forward[default_threads]
+    if "images_pipelined_nosave" in rate:
+        targets["a_nosave_vs_forward"] = _fmt_target(
+            "(a) pipelined --no-save vs forward-only rate",
+            rate["images_pipelined_nosave"],
+            forward_rate,
+            TARGET_NO_SAVE,
+            "img/s",
+        )
+    pairs = [
+        (
+            "b_images_pipelined_vs_serial",
+            "(b) images saved: pipelined vs serial",
+            "images",
+            "img/s",
+        ),
+        ("c_video_pipelined_vs_serial", "(c) video saved: pipelined vs serial", "video", "fps"),
+    ]
+    for key, label, kind, unit in pairs:
+        piped, serial = f"{kind}_pipelined_save", f"{kind}_serial_save"
+        if piped in rate and serial in rate:
+            targets[key] = _fmt_target(label, rate[piped], rate[serial], TARGET_SPEEDUP, unit)
+    if "images_pipelined_save_threads1" in rate and "images_pipelined_save" in rate:
+        targets["d_threads_default_vs_1"] = _fmt_target(
+            f"(d) pipelined, {default_threads} threads vs 1 thread",
+            rate["images_pipelined_save"],
+            rate["images_pipelined_save_threads1"],
+            TARGET_THREADS,
+            "img/s",
+        )
+        print(
+            f"      forward {forward[1]:.1f} ms at 1 thread, {forward[default_threads]:.1f} ms "
+            f"at {default_threads}: {forward[1] / forward[default_threads]:.2f}x"
+        )
+    if "images_pipelined_save_batch4" in rate and "images_pipelined_save" in rate:
+        ratio = rate["images_pipelined_save_batch4"] / rate["images_pipelined_save"]
+        report["batch4_vs_batch1"] = ratio
+        print(f"  batch 4 vs batch 1 (pipelined, saving): {ratio:.2f}x (informative)")
+    report["targets"] = targets
+    report["machine"]["load_average_after"] = load_average()
+    print(
+        f"\nload average after: {report['machine']['load_average_after']} "
+        "(other jobs on the machine make these figures noisy)"
+    )
+    if args.json:
+        write_text_atomic(args.json, json.dumps(report, indent=1))
+        print(f"written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

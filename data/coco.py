@@ -1,0 +1,309 @@
+"""COCO object-detection JSON as a labels source and target.
+
+Categories become labels 0..N-1 in category-id order, named by the categories. ``bbox`` is
+continuous ``[x, y, w, h]`` (see ``data.label_io`` for the pixel convention). ``iscrowd``
+objects are read as difficult: both are regions that evaluation ignores (the VOC metric skips
+difficult objects, COCOeval crowd regions), and difficult objects are written back as
+``iscrowd: 1``. Images without annotations are kept as negatives; image sizes are the
+records' ``width``/``height``.
+
+One JSON holds a whole split, so a file that is not JSON or not a COCO file is an error naming
+it; every other problem (a bad record, an unknown category or image, a box without area or
+outside its image, a missing image file) is reported per record and that record skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from data.label_io import (
+    LabelFormatError,
+    LabelSet,
+    WriteReport,
+    annotation,
+    check_split_name,
+    continuous_box,
+    continuous_edges,
+    finite_numbers,
+    json_number,
+    known_size,
+    output_image_names,
+    place_image,
+    read_image_size,
+    relative_path_problem,
+    remap_classes,
+)
+from data.voc import FileIssue
+from utils.paths import write_text_atomic
+from utils.sources import ImageReadError
+
+
+def coco_split_name(json_path: str | os.PathLike) -> str:
+    """``instances_val2017.json`` -> ``val2017``; ``train.json`` -> ``train``."""
+    return Path(json_path).stem.removeprefix("instances_") or Path(json_path).stem
+
+
+def image_folder_candidates(json_path: str | os.PathLike) -> list[Path]:
+    """Where a COCO file's images are looked for, in order, when no folder is given:
+    ``<root>/images/<split>``, ``<root>/<split>``, ``<root>/images`` (``<root>`` being the
+    folder above the JSON's, as in ``coco/annotations/instances_val2017.json`` next to
+    ``coco/val2017/``) and the JSON's own folder (exports that put both together)."""
+    json_path = Path(json_path)
+    folder, split = json_path.parent, coco_split_name(json_path)
+    root = folder.parent
+    return [root / "images" / split, root / split, root / "images", folder]
+
+
+def _load(json_path: Path) -> dict:
+    try:
+        payload = json.loads(json_path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise LabelFormatError(f"{json_path}: cannot read ({err.strerror or err})") from None
+    except UnicodeDecodeError as err:
+        raise LabelFormatError(f"{json_path}: not UTF-8 text ({err.reason})") from None
+    except json.JSONDecodeError as err:
+        raise LabelFormatError(
+            f"{json_path}: not valid JSON (line {err.lineno} column {err.colno}: {err.msg})"
+        ) from None
+    if not isinstance(payload, dict) or not isinstance(payload.get("images"), list):
+        raise LabelFormatError(f"{json_path}: not a COCO annotation file (no 'images' list)")
+    for key in ("annotations", "categories"):
+        if not isinstance(payload.get(key, []), list):
+            raise LabelFormatError(f"{json_path}: '{key}' is not a list")
+    return payload
+
+
+def _categories(
+    records: list, json_path: str, issues: list[FileIssue]
+) -> tuple[list[str], dict[int, int]]:
+    """Class names in category-id order and category id -> label; a bad or repeated category is
+    reported, and a second category of one name shares the first's label."""
+    valid: dict[int, str] = {}
+    for k, rec in enumerate(records):
+        cid = rec.get("id") if isinstance(rec, dict) else None
+        name = rec.get("name") if isinstance(rec, dict) else None
+        if not isinstance(cid, int) or isinstance(cid, bool) or not isinstance(name, str):
+            issues.append(
+                FileIssue(
+                    json_path,
+                    f"category record {k} lacks an integer id or a name",
+                    "category skipped",
+                )
+            )
+        elif cid in valid:
+            issues.append(FileIssue(json_path, f"category id {cid} repeated", "category skipped"))
+        else:
+            valid[cid] = name.strip()
+    names: list[str] = []
+    label_of: dict[int, int] = {}
+    for cid in sorted(valid):
+        name = valid[cid]
+        if name in names:
+            issues.append(
+                FileIssue(
+                    json_path,
+                    f"category id {cid} repeats the name {name!r}",
+                    "merged with the first",
+                )
+            )
+        else:
+            names.append(name)
+        label_of[cid] = names.index(name)
+    return names, label_of
+
+
+def _image_folder(json_path: Path, images: list, given: str | os.PathLike | None) -> Path:
+    if given is not None:
+        if not Path(given).is_dir():
+            raise LabelFormatError(f"{given}: images folder not found (for {json_path})")
+        return Path(given)
+    first = next(
+        (
+            r["file_name"]
+            for r in images
+            if isinstance(r, dict)
+            and isinstance(r.get("file_name"), str)
+            and relative_path_problem(r["file_name"]) is None
+        ),
+        None,
+    )
+    candidates = image_folder_candidates(json_path)
+    if first is None:
+        return json_path.parent
+    for folder in candidates:
+        if (folder / first).is_file():
+            return folder
+    tried = ", ".join(str(c) for c in candidates)
+    raise LabelFormatError(
+        f"{json_path}: its images (first: {first}) are in none of {tried}; give the images "
+        "folder (--images, --train-images or --val-images)"
+    )
+
+
+def _size(rec: dict) -> tuple[int, int] | None:
+    w, h = rec.get("width"), rec.get("height")
+    values = finite_numbers([w, h]) if w is not None and h is not None else None
+    if values is None or not all(v > 0 and v == int(v) for v in values):
+        return None
+    return int(values[0]), int(values[1])
+
+
+def read_coco(
+    json_path: str | os.PathLike,
+    *,
+    images: str | os.PathLike | None = None,
+    class_names: Sequence[str] | None = None,
+) -> LabelSet:
+    """Reads a COCO file; ``images`` is the folder its ``file_name``s are relative to (default:
+    the first of ``image_folder_candidates`` holding the first image). With ``class_names``,
+    labels index that list, matched by category name.
+
+    Raises:
+        LabelFormatError: the file cannot be read, is not JSON or not COCO, or its images
+            folder cannot be found.
+    """
+    json_path = Path(json_path)
+    source = str(json_path)
+    payload = _load(json_path)
+    issues: list[FileIssue] = []
+    names, label_of = _categories(payload.get("categories", []), source, issues)
+    folder = _image_folder(json_path, payload["images"], images)
+    records: dict[object, tuple[str, str, tuple[int, int]]] = {}  # id -> (path, id, size)
+    rows: dict[object, list] = {}
+    seen: set[object] = set()  # ids of image records, usable or not
+    for k, rec in enumerate(payload["images"]):
+        iid = rec.get("id") if isinstance(rec, dict) else None
+        name = rec.get("file_name") if isinstance(rec, dict) else None
+        if not isinstance(iid, (int, str)) or isinstance(iid, bool) or not isinstance(name, str):
+            issue = FileIssue(
+                source, f"image record {k} lacks an id or a file_name", "image skipped"
+            )
+            issues.append(issue)
+            continue
+        if iid in seen:
+            issues.append(FileIssue(source, f"image id {iid!r} repeated", "image skipped"))
+            continue
+        seen.add(iid)
+        if (problem := relative_path_problem(name)) is not None:
+            issues.append(
+                FileIssue(source, f"image {iid!r}: file_name {name!r} {problem}", "image skipped")
+            )
+            continue
+        path = folder / name
+        size = _size(rec)
+        try:
+            if size is None:
+                size = read_image_size(path)
+                issues.append(
+                    FileIssue(
+                        source,
+                        f"image {iid!r} ({name}) has no valid width/height",
+                        "size read from the image",
+                    )
+                )
+            elif not path.is_file():
+                raise ImageReadError(f"{path}: image missing")
+        except ImageReadError as err:
+            problem = str(err).removeprefix(f"{path}: ")
+            issues.append(
+                FileIssue(str(path), f"{problem} (image {iid!r} of {source})", "image skipped")
+            )
+            continue
+        records[iid] = (str(path), Path(name).stem, size)
+        rows[iid] = []
+    for k, rec in enumerate(payload.get("annotations", [])):
+        if not isinstance(rec, dict):
+            issues.append(
+                FileIssue(source, f"annotation record {k} is not an object", "box dropped")
+            )
+            continue
+        what = f"annotation {rec.get('id', f'record {k}')!r}"
+        iid, cid, bbox = rec.get("image_id"), rec.get("category_id"), rec.get("bbox")
+        if iid not in records:
+            if iid not in seen:  # a skipped image was reported already
+                issues.append(FileIssue(source, f"{what}: unknown image id {iid!r}", "box dropped"))
+            continue
+        if isinstance(cid, bool) or cid not in label_of:
+            issues.append(FileIssue(source, f"{what}: unknown category id {cid!r}", "box dropped"))
+            continue
+        values = finite_numbers(bbox) if isinstance(bbox, list) and len(bbox) == 4 else None
+        if values is None:
+            issues.append(
+                FileIssue(source, f"{what}: bbox {bbox!r} is not 4 numbers", "box dropped")
+            )
+            continue
+        x, y, w, h = values
+        box, problem, action = continuous_box(x, y, x + w, y + h, records[iid][2])
+        if problem is not None:
+            issues.append(FileIssue(source, f"{what}: bbox {bbox} {problem}", action))
+        if box is not None:
+            rows[iid].append((box, label_of[cid], rec.get("iscrowd") in (1, True)))
+    annotations = [annotation(p, i, rows[iid], s) for iid, (p, i, s) in records.items()]
+    labels = LabelSet(annotations, issues, names, source, "coco", coco_split_name(json_path))
+    return remap_classes(labels, class_names) if class_names is not None else labels
+
+
+def write_coco(labels: LabelSet, out: str | os.PathLike, split: str) -> WriteReport:
+    """Writes ``out/annotations/instances_<split>.json`` and the images into
+    ``out/images/<split>/`` (hard-linked or copied), where ``read_coco`` finds them.
+
+    Categories get ids 1..N in label order; images and annotations ids 1, 2, ... in order.
+    ``bbox`` values are the exact floats (integers when on the pixel grid).
+
+    Raises:
+        OutputPathError: a file cannot be written.
+    """
+    out = Path(out)
+    check_split_name(split)
+    report = WriteReport("coco", out)
+    images, objects, crowd = [], [], 0
+    for ann, filename in output_image_names(labels.annotations, report.issues):
+        size = known_size(ann, report.issues)
+        if size is None:
+            continue
+        try:
+            place_image(ann.image_path, out / "images" / split / filename)
+        except OSError as err:
+            issue = FileIssue(ann.image_path, f"cannot be copied ({err})", "image skipped")
+            report.issues.append(issue)
+            continue
+        image_id = len(images) + 1
+        images.append({"id": image_id, "file_name": filename, "width": size[0], "height": size[1]})
+        for box, label, difficult in zip(ann.boxes, ann.labels, ann.difficult):
+            x1, y1, x2, y2 = continuous_edges(box)
+            w, h = x2 - x1, y2 - y1
+            objects.append(
+                {
+                    "id": len(objects) + 1,
+                    "image_id": image_id,
+                    "category_id": int(label) + 1,
+                    "bbox": [json_number(x1), json_number(y1), json_number(w), json_number(h)],
+                    "area": json_number(w * h),
+                    "iscrowd": int(difficult),
+                    "segmentation": [],
+                }
+            )
+        crowd += int(ann.difficult.sum())
+        report.images += 1
+    report.objects = len(objects)
+    payload = {
+        "info": {"description": f"{labels.source} ({labels.format}), converted"},
+        "licenses": [],
+        "images": images,
+        "annotations": objects,
+        "categories": [
+            {"id": k + 1, "name": name, "supercategory": "none"}
+            for k, name in enumerate(labels.class_names)
+        ],
+    }
+    path = out / "annotations" / f"instances_{split}.json"
+    report.files.append(write_text_atomic(path, json.dumps(payload, ensure_ascii=False)))
+    if crowd:
+        report.notes.append(
+            f"{crowd} difficult objects written as iscrowd=1 (ignored by COCO evaluation, "
+            "as VOC ignores difficult ones; COCO trainers usually skip them too)"
+        )
+    return report

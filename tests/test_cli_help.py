@@ -1,0 +1,92 @@
+"""Every command line's ``--help`` shows what each option defaults to."""
+
+from __future__ import annotations
+
+import re
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# flags that have no default to show
+NO_DEFAULT = {"-h", "--help", "--version"}
+
+
+def _cli_modules() -> list[str]:
+    """The scripts at the root and every module of tools/ and benchmarks/ that runs as a
+    command (found, so that a new tool is covered without listing it here)."""
+    found = ["train", "predict", "eval"]
+    for folder in ("tools", "benchmarks"):
+        for path in sorted((ROOT / folder).glob("*.py")):
+            if 'if __name__ == "__main__"' in path.read_text():
+                found.append(f"{folder}.{path.stem}")
+    return found
+
+
+def option_entries(help_text: str) -> list[tuple[str, str]]:
+    """``(flags, help)`` for each option ``--help`` lists: an entry starts at a line indented
+    by exactly two spaces and a dash, and its help runs on in the more deeply indented lines
+    below it (argparse's layout). The description above the first section is skipped."""
+    entries: list[list[str]] = []
+    in_sections = False
+    for line in help_text.splitlines():
+        if re.match(r"^\S.*:$", line):  # "options:", "data:", ...
+            in_sections = True
+            entries.append([])  # a section header ends the entry before it
+            continue
+        if not in_sections:
+            continue
+        if re.match(r"^  -", line):
+            entries.append([line.strip()])
+        elif line.startswith("   ") and entries and entries[-1]:
+            entries[-1].append(line.strip())
+        elif entries:
+            entries.append([])
+    result = []
+    for entry in entries:
+        if entry:
+            flags = re.split(r"\s{2,}", entry[0], maxsplit=1)[0]
+            result.append((flags, " ".join(entry)))
+    return result
+
+
+def _shows_default(text: str) -> bool:
+    return re.search(r"\((?:default|required)\b", text, re.IGNORECASE) is not None
+
+
+def test_option_entries_parse_argparse_layout() -> None:
+    text = (
+        "usage: x [-h]\n\nSome description\n  --not-an-option in the description\n\n"
+        "options:\n  -h, --help            show this help message and exit\n"
+        "  --a A                 the a thing (default:\n                        3)\n"
+        "  --very-long-option-name VERY_LONG_OPTION_NAME\n                        "
+        "no default here\n\ngroup:\n  --b                   b\n"
+    )
+    entries = option_entries(text)
+    assert [f for f, _ in entries] == [
+        "-h, --help",
+        "--a A",
+        "--very-long-option-name VERY_LONG_OPTION_NAME",
+        "--b",
+    ]
+    assert [_shows_default(t) for _, t in entries] == [False, True, False, False]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("module", _cli_modules())
+def test_help_shows_every_default(module, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(sys, "argv", [module, "--help"])
+    with pytest.raises(SystemExit) as done:
+        runpy.run_module(module, run_name="__main__", alter_sys=False)
+    assert done.value.code in (0, None)
+    entries = option_entries(capsys.readouterr().out)
+    assert len(entries) >= 2, f"{module}: no options parsed from --help"
+    missing = [
+        flags
+        for flags, text in entries
+        if not NO_DEFAULT & set(re.split(r"[ ,]+", flags)) and not _shows_default(text)
+    ]
+    assert not missing, f"{module} --help shows no default for: {missing}"

@@ -1,0 +1,114 @@
+"""Convert detection labels between Pascal VOC XML, COCO JSON and YOLO txt.
+
+Examples:
+    python -m tools.convert_labels data/coco/annotations/instances_val.json --to yolo --out data/y
+    python -m tools.convert_labels data/y --split val --to voc --out data/voc_val
+    python -m tools.convert_labels my_voc/VOC2007 --split trainval --to coco --out data/c
+    python -m tools.convert_labels 2007_train.txt --to voc --out data/v --classes classes.txt
+
+SRC is read in any format (``data.formats.detect_format``; --from names it when the path does
+not tell). OUT is a complete data set: the images are hard-linked (or copied) next to the labels
+in the layout each format expects, ready for train.py --train-labels OUT. Boxes, labels,
+image sizes and class names carry over exactly; difficult flags too except into YOLO, which has
+none (COCO keeps them as iscrowd). Per-file problems are printed with what was done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from data.formats import LABEL_FORMATS, WRITE_FORMATS, LabelSource, convert_labels
+from data.label_io import LabelFormatError
+from utils.classes import read_class_names
+from utils.config import HelpFormatter
+from utils.paths import VOC_CLASSES, OutputPathError, check_output_path, write_failure
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m tools.convert_labels", description=__doc__, formatter_class=HelpFormatter
+    )
+    p.add_argument("src", metavar="SRC", help="labels to read: a folder, .json, .yaml or .txt")
+    p.add_argument("--to", required=True, choices=WRITE_FORMATS, help="format to write (required)")
+    p.add_argument("--out", required=True, help="folder to write the data set into (required)")
+    p.add_argument(
+        "--from",
+        dest="fmt",
+        default="auto",
+        choices=LABEL_FORMATS,
+        help="format of SRC (default: detected from the path)",
+    )
+    p.add_argument(
+        "--images",
+        default=None,
+        help="images folder of a COCO SRC (default: found next to the JSON, see "
+        "train.py --help --train-images)",
+    )
+    p.add_argument(
+        "--classes",
+        default=None,
+        help="class names, one per line: the names of the ids for sources without names "
+        "(annotation lines: default VOC's 20; YOLO without classes.txt or data YAML), else the "
+        "class order to write, matched by name (default: the source's own)",
+    )
+    p.add_argument(
+        "--split",
+        default=None,
+        help="split to read where SRC has several (a VOC image set, a YOLO images/<split> "
+        "folder or data-YAML key; default: all of SRC) and its name in OUT (default: the "
+        "source's own split name, else 'all')",
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        check_output_path(args.out, folder=True)
+        names = read_class_names(args.classes) if args.classes else None
+        if names is None and LabelSource(args.src, args.fmt).kind == "lines":
+            names = read_class_names(VOC_CLASSES)
+            print(f"note: annotation lines hold class ids only: using {VOC_CLASSES} (--classes)")
+        labels, report = convert_labels(
+            args.src,
+            args.to,
+            args.out,
+            fmt=args.fmt,
+            images=args.images,
+            class_names=names,
+            split=args.split,
+        )
+    except OutputPathError as err:
+        print(f"error: {write_failure(err, args.out)}", file=sys.stderr)
+        return 1
+    except (FileNotFoundError, LabelFormatError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # disk full or permissions changed while writing
+        print(f"error: {write_failure(err, args.out)}", file=sys.stderr)
+        return 1
+    print(
+        f"read {len(labels.annotations)} images, {labels.num_objects} objects, "
+        f"{len(labels.class_names)} classes ({', '.join(labels.class_names)}) from "
+        f"{labels.source} ({labels.format})"
+    )
+    issues = labels.issues + report.issues
+    for issue in issues:
+        print(f"  {issue}")
+    per_image = f", {report.label_files} label files" if report.label_files else ""
+    print(
+        f"wrote {report.images} images{per_image}, {report.objects} objects as "
+        f"{report.format} into {report.out}:"
+    )
+    for path in report.files:
+        print(f"  {path}")
+    for note in report.notes:
+        print(f"note: {note}")
+    if issues:
+        print(f"{len(issues)} file issue(s) above: those files were skipped or repaired")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
