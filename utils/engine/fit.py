@@ -11,7 +11,7 @@ import logging
 import sys
 import time
 from collections.abc import Collection
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,9 +25,8 @@ from data.dataset import EpochSampler, MosaicMixup, SeededShuffle, VOCDetection,
 from data.voc import class_counts
 from nets.attention import check_attention_args, load_attention_plugins, parse_attention_args
 from nets.checkpoint import ModelInfo
-from nets.decode import SCALE_X_Y
-from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, YoloBody
-from utils.engine.anchors import resolve_anchors
+from nets.yolo import YoloBody
+from utils.engine.adapt import fit_to_data
 from utils.engine.config import TrainConfig
 from utils.engine.loop import EpochProgress, TrainStep, evaluate, train_one_epoch
 from utils.engine.loss import LossConfig, YoloLoss
@@ -40,13 +39,11 @@ from utils.engine.optim import (
     set_backbone_frozen,
 )
 from utils.engine.runlog import RunLog, save_batch_picture, save_val_pictures
-from utils.engine.schedule import resolve_schedule
 from utils.engine.setup import (
     DataSetup,
     Dist,
     init_distributed,
     load_data,
-    load_initial_weights,
     read_resume,
     resolve_data,
     seed_run,
@@ -177,40 +174,8 @@ def start_run(
         attention_args=cfg.attention_args,
     )
     state = TrainState()
-    if checkpoint is None:
-        initial = load_initial_weights(model, cfg)
-        choice = resolve_anchors(
-            cfg.anchors,
-            data.train,
-            cfg.img_size,
-            include_difficult=cfg.include_difficult,
-            seed=cfg.seed,
-        )
-        anchors = list(choice.anchors)
-        scale = cfg.scale_xy if cfg.scale_xy is not None else initial.scale_x_y
-        pretrained = initial.pretrained
-    else:  # as the interrupted run had them
-        state.load_state_dict(checkpoint["train_state"])
-        choice = None
-        anchors = [tuple(a) for a in checkpoint.get("anchors", DEFAULT_ANCHORS)]
-        scale = float(checkpoint.get("scale_x_y", SCALE_X_Y))
-        pretrained = state.freeze_epochs > 0 or cfg.freeze_epochs != 0
-    cfg = replace(cfg, scale_xy=scale)
-    cfg, schedule = resolve_schedule(cfg, len(data.train), pretrained=pretrained, world=d.world)
-    if checkpoint is None:
-        state.freeze_epochs = cfg.freeze_epochs
-    info = ModelInfo(
-        phi=model.phi,
-        phi_name=model.phi_name,
-        num_classes=len(data.class_names),
-        class_names=data.class_names,
-        anchors=anchors,
-        anchors_mask=list(DEFAULT_ANCHORS_MASK),
-        input_size=cfg.img_size,
-        attention_at=model.attention_at,
-        attention_args=model.attention_args,
-        scale_x_y=scale,
-    )
+    fitted = fit_to_data(cfg, model, data, checkpoint, state, d.world)
+    cfg, info = fitted.cfg, fitted.info
     step = build_step(model, cfg, info, d, device)
     if checkpoint is not None:
         step.load_state_dict(checkpoint["train_state"], ema_weights=checkpoint["model"])
@@ -221,11 +186,11 @@ def start_run(
             logger.warning("input skipped or repaired: %s", issue)
         if checkpoint is not None:
             logger.info("resumed from %s at epoch %d", cfg.resume, state.epoch + 1)
-        if choice is not None:
-            logger.info(choice.describe())
-            pairs = ", ".join(f"{w:g},{h:g}" for w, h in choice.anchors)
+        if fitted.anchors is not None:
+            logger.info(fitted.anchors.describe())
+            pairs = ", ".join(f"{w:g},{h:g}" for w, h in fitted.anchors.anchors)
             write_text_atomic(log.dir / "anchors.txt", pairs + "\n")
-        for warning in schedule.warnings:
+        for warning in fitted.schedule.warnings:
             logger.warning(warning)
     base = VOCDetection(
         data.train,
@@ -238,7 +203,7 @@ def start_run(
     train_set = MosaicMixup(base, close_epoch=round(cfg.epochs * cfg.strong_aug_ratio))
     if d.main:
         lr, min_lr = fitted_lrs(cfg, cfg.batch_size)
-        logger.info(schedule.describe(lr, min_lr))
+        logger.info(fitted.schedule.describe(lr, min_lr))
         print(
             f"training {model.phi_name} on {len(base)} images "
             f"({data.train_name or cfg.train_sets}), "
