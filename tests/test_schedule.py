@@ -64,6 +64,15 @@ def test_resolving_a_resolved_config_changes_nothing() -> None:
     assert again == cfg and s2.warmup_iters == s.warmup_iters
 
 
+def test_a_resumed_run_saved_before_the_rules_keeps_its_warmup_and_lr() -> None:
+    old = TrainConfig(epochs=20, batch_size=8, freeze_batch_size=8, freeze_epochs=3)
+    kept, s = resolve_schedule(old, 210, pretrained=True, resumed=True)
+    assert kept.lr is None and kept.warmup_epochs is None  # the lr schedule's own defaults
+    assert s.warmup_epochs == 1 and s.warmup_iters == 26
+    new, _ = resolve_schedule(old, 210, pretrained=True)
+    assert new.lr is not None and new.warmup_epochs > 1
+
+
 def _annotations(sizes: list[tuple[float, float]]) -> list[Annotation]:
     rng = np.random.default_rng(0)
     out = []

@@ -60,7 +60,9 @@ def fit_to_data(
         scale = float(checkpoint.get("scale_x_y", SCALE_X_Y))
         pretrained = state.freeze_epochs > 0 or cfg.freeze_epochs != 0
     cfg = replace(cfg, scale_xy=scale)
-    cfg, schedule = resolve_schedule(cfg, len(data.train), pretrained=pretrained, world=world)
+    cfg, schedule = resolve_schedule(
+        cfg, len(data.train), pretrained=pretrained, world=world, resumed=checkpoint is not None
+    )
     if checkpoint is None:
         state.freeze_epochs = cfg.freeze_epochs
     info = ModelInfo(

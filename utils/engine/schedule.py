@@ -109,16 +109,24 @@ def _epochs_for(per_epoch: list[int], iters: float) -> float:
 
 
 def resolve_schedule(
-    cfg: TrainConfig, num_images: int, *, pretrained: bool, world: int = 1
+    cfg: TrainConfig,
+    num_images: int,
+    *,
+    pretrained: bool,
+    world: int = 1,
+    resumed: bool = False,
 ) -> tuple[TrainConfig, Schedule]:
-    """``cfg`` with batch sizes, frozen epochs and warmup filled in, and the ``Schedule``.
+    """``cfg`` with batch sizes, frozen epochs, warmup and lr filled in, and the ``Schedule``.
 
     Args:
         cfg: the run's settings; None in ``batch_size``, ``freeze_batch_size``,
-            ``freeze_epochs`` or ``warmup_epochs`` means "derive it".
+            ``freeze_epochs``, ``warmup_epochs`` or ``lr`` means "derive it".
         num_images: training images.
         pretrained: whether pretrained weights were loaded (only then is the backbone frozen).
         world: training processes (the batch is split over them).
+        resumed: the config comes from a checkpoint. Warmup and lr are then left as saved:
+            a run saved before these rules existed has them unset and must keep the schedule
+            it started with (the lr schedule's own defaults).
     """
     epochs, reasons, warnings = cfg.epochs, [], []
     fit_batch = max(MIN_BATCH, num_images // MIN_STEPS_PER_EPOCH)
@@ -170,7 +178,9 @@ def resolve_schedule(
     per_epoch = [frozen_steps if e < freeze else steps for e in range(epochs)]
     total_iters = sum(per_epoch)
     warmup = cfg.warmup_epochs
-    if warmup is None:
+    if warmup is None and resumed:
+        warmup = min(max(0.05 * epochs, 1), 3)  # what the lr schedule does with it unset
+    elif warmup is None:
         warmup = min(max(0.05 * epochs, 1), 3)  # the VOC schedule's, in epochs
         floor = min(MIN_WARMUP_ITERS, MAX_WARMUP_SHARE * total_iters)
         if _iters_until(per_epoch, warmup) < floor:
@@ -179,7 +189,7 @@ def resolve_schedule(
     warmup_iters = round(_iters_until(per_epoch, warmup))
 
     lr = cfg.lr
-    if lr is None and total_iters < SHORT_RUN_ITERS:
+    if lr is None and total_iters < SHORT_RUN_ITERS and not resumed:
         base = BASE_LR[cfg.optimizer]
         lr = round(base * 64 / batch, 6)  # the option is lr at batch 64, scaled by batch / 64
         reasons.append(
@@ -193,7 +203,7 @@ def resolve_schedule(
         batch_size=batch,
         freeze_batch_size=freeze_batch,
         freeze_epochs=freeze,
-        warmup_epochs=round(warmup, 4),
+        warmup_epochs=cfg.warmup_epochs if resumed else round(warmup, 4),
         lr=lr,
     )
     return resolved, Schedule(
