@@ -31,7 +31,7 @@ from data.label_io import (
     json_number,
     known_size,
     output_image_names,
-    place_image,
+    placed_or_reported,
     read_image_size,
     relative_path_problem,
     remap_classes,
@@ -264,11 +264,7 @@ def write_coco(labels: LabelSet, out: str | os.PathLike, split: str) -> WriteRep
         size = known_size(ann, report.issues)
         if size is None:
             continue
-        try:
-            place_image(ann.image_path, out / "images" / split / filename)
-        except OSError as err:
-            issue = FileIssue(ann.image_path, f"cannot be copied ({err})", "image skipped")
-            report.issues.append(issue)
+        if not placed_or_reported(ann.image_path, out / "images" / split / filename, report.issues):
             continue
         image_id = len(images) + 1
         images.append({"id": image_id, "file_name": filename, "width": size[0], "height": size[1]})

@@ -232,6 +232,17 @@ def place_image(source: str | os.PathLike, target: Path) -> None:
         shutil.copyfile(source, target)
 
 
+def placed_or_reported(source: str, target: Path, issues: list) -> bool:
+    """``place_image``; a failure becomes a ``FileIssue`` in ``issues`` ("image skipped")
+    and False, so that a writer goes on with the next image."""
+    try:
+        place_image(source, target)
+    except OSError as err:
+        issues.append(FileIssue(source, f"cannot be copied ({err})", "image skipped"))
+        return False
+    return True
+
+
 def output_image_names(
     annotations: Sequence[Annotation], issues: list[FileIssue]
 ) -> list[tuple[Annotation, str]]:

@@ -23,7 +23,7 @@ from data.label_io import (
     known_size,
     number_text,
     output_image_names,
-    place_image,
+    placed_or_reported,
 )
 from data.voc import IMAGE_SUFFIXES, Annotation, FileIssue, parse_voc_xml, unsafe_name_problem
 from data.xml_safe import read_xml
@@ -228,11 +228,7 @@ def write_voc(labels: LabelSet, out: str | os.PathLike, split: str) -> WriteRepo
         size = known_size(ann, report.issues)
         if size is None:
             continue
-        try:
-            place_image(ann.image_path, out / "JPEGImages" / filename)
-        except OSError as err:
-            issue = FileIssue(ann.image_path, f"cannot be copied ({err})", "image skipped")
-            report.issues.append(issue)
+        if not placed_or_reported(ann.image_path, out / "JPEGImages" / filename, report.issues):
             continue
         xml = _xml(ann, filename, size, labels.class_names)
         write_text_atomic(out / "Annotations" / f"{ann.image_id}.xml", xml)

@@ -36,7 +36,7 @@ from data.label_io import (
     continuous_edges,
     known_size,
     output_image_names,
-    place_image,
+    placed_or_reported,
     read_image_size,
     remap_classes,
 )
@@ -332,11 +332,7 @@ def write_yolo(labels: LabelSet, out: str | os.PathLike, split: str) -> WriteRep
         size = known_size(ann, report.issues)
         if size is None:
             continue
-        try:
-            place_image(ann.image_path, out / "images" / split / filename)
-        except OSError as err:
-            issue = FileIssue(ann.image_path, f"cannot be copied ({err})", "image skipped")
-            report.issues.append(issue)
+        if not placed_or_reported(ann.image_path, out / "images" / split / filename, report.issues):
             continue
         lines = []
         width, height = size
