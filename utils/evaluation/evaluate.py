@@ -1,3 +1,5 @@
+# Over 400 lines on purpose: the evaluation pass, its timing and the report it feeds share types
+# (Detected, EvalSpeed, EvalReport) that every caller imports from here.
 """Evaluation: run a model over annotated images, score the detections, format the results.
 
 ``detect_dataset`` -> (detections, ground truth) as ``BoxSet`` in original 0-based pixels;

@@ -1,3 +1,5 @@
+# Over 400 lines on purpose: the serial and pipelined loops share each output step here, so one
+# behaviour stays in one file.
 """Runs a ``Detector`` over a resolved source and writes what the user asked for.
 
 Outputs: annotated images and videos (same fps and size) in ``save_dir``, optional crops,
