@@ -57,10 +57,13 @@ INPUT_SIZE, BATCH = 416, 8  # the training step the reference numbers were measu
 # --------------------------------------------------------------------------- "before" pieces
 
 
-def loop_build_targets(targets, anchors, anchors_mask, grid_sizes, input_size):
+def loop_build_targets(targets, anchors, anchors_mask, grid_sizes, input_size, *, fallback=False):
     """``build_targets`` as the reference implementation does it: for every GT box, a Python
     loop over the anchors for the best shape IoU, then element writes into a per-level
-    (B, A, H, W, 6) target array; the positives are read back from the arrays."""
+    (B, A, H, W, 6) target array; the positives are read back from the arrays. ``fallback``
+    (the anchor-0 rule) is not restated: the benchmark trains with it off, the default."""
+    if fallback:
+        raise ValueError("the restated reference loop has no anchor-0 fallback")
     batch = int(targets[:, 0].max()) + 1 if len(targets) else 1
     arrays = [
         targets.new_zeros(batch, len(m), h, w, 6) for m, (h, w) in zip(anchors_mask, grid_sizes)

@@ -240,7 +240,8 @@ def detect_dataset(
     found: list[BoxSet] = []
     failures: list[str] = []
     sizes = np.zeros((len(annotations), 2), np.int64)
-    batches = iter(loader)
+    with timer.stage(LOADING):  # starting the worker processes is part of the loading
+        batches = iter(loader)
     with tqdm(total=len(annotations), desc="eval", disable=not progress, leave=False) as bar:
         while True:
             with timer.stage(LOADING):
