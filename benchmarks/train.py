@@ -1,25 +1,29 @@
-"""CPU training step at 416, batch 8, before and after: ``python -m benchmarks.train``.
+"""CPU training step at 416, batch 8: ``python -m benchmarks.train``.
 
 Runs the trainer's step (forward, ``YoloLoss``, backward, gradient clipping, SGD, EMA) on
-batches of the demo set drawn through the trainer's data pipeline (mosaic + mixup, 416), in two
-configurations, interleaved on the same batches:
+batches of the demo set drawn through the trainer's data pipeline (mosaic + mixup, 416), in
+three configurations, interleaved on the same batches:
 
-- **after** (this code base): model and batch channels-last (NHWC) on the CPU, vectorised
-  target building and ignore mask, one host transfer for the four logged loss values, EMA as
-  two multi-tensor ops;
-- **before** (the avoidable costs of the reference implementation put back into the
-  same ``TrainStep``): NCHW, a Python loop over ground-truth boxes writing per-level
-  target arrays, a loop over images for the ignore mask, one ``.item()`` per logged loss value
-  and an EMA that loops over a ``state_dict`` rebuilt every step.
+- **reference**: the avoidable costs of the reference implementation put back into the same
+  ``TrainStep``: NCHW, a Python loop over ground-truth boxes writing per-level target arrays,
+  a loop over images for the ignore mask, one ``.item()`` per logged loss value and an EMA
+  that loops over a ``state_dict`` rebuilt every step; float32, as the reference trains on a
+  CPU (its mixed precision is CUDA-only);
+- **ours, float32**: model and batch channels-last (NHWC), vectorised target building and
+  ignore mask, one host transfer for the four logged loss values, EMA as two multi-tensor ops;
+- **ours, bfloat16**: the same under bfloat16 autocast (float32 weights, loss and optimizer),
+  what ``train.py`` does by default on a CPU with native bfloat16 instructions.
 
-Both compute the same loss (checked on the first batch). Also measured: the loss alone, the
-per-epoch start-up of the data-loader workers with and without ``persistent_workers``, and the
-operators that take the step's time (``--profile``). Pinned memory only matters on CUDA (the
-trainer turns it on there); this script measures the CPU.
+All compute the same loss (checked on the first batch). Then, unless ``--no-compile``,
+``torch.compile`` of the default step: the compile time, the compiled step and the break-even
+point. Also measured: the loss alone, the per-epoch start-up of the data-loader workers with
+and without ``persistent_workers``, and the operators that take the step's time
+(``--profile``). Pinned memory only matters on CUDA (the trainer turns it on there); this
+script measures the CPU.
 
 Examples:
     python -m benchmarks.train
-    python -m benchmarks.train --steps 20 --profile
+    python -m benchmarks.train --steps 20 --no-compile --profile
 """
 
 from __future__ import annotations
@@ -27,8 +31,11 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import os
 import statistics
 import sys
+import tempfile
+import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
@@ -49,9 +56,14 @@ from utils.engine.config import TrainConfig
 from utils.engine.loop import LOSS_KEYS, TrainStep
 from utils.engine.loss import LevelTargets, YoloLoss
 from utils.engine.optim import ModelEMA, build_optimizer
+from utils.engine.precision import cpu_has_native_bf16, resolve_precision
 from utils.timing import StageTimer, Stats
 
 INPUT_SIZE, BATCH = 416, 8  # the training step the reference numbers were measured at
+# the reference implementation's own training step at 416, batch 8, phi 0, timed on a 2-core
+# CPU before this benchmark existed (images/s); printed for context, never compared against
+REFERENCE_FIGURE = (8.7, 10.6)
+VOC_STEPS = 16551 // BATCH  # one epoch of VOC07+12 trainval at this batch
 
 
 # --------------------------------------------------------------------------- "before" pieces
@@ -171,9 +183,12 @@ class ReferenceStep(TrainStep):
         ema_state_dict_loop(self.ema, self.model)
 
 
-def make_step(model: YoloBody, reference: bool) -> TrainStep:
+def make_step(
+    model: YoloBody, reference: bool, dtype: torch.dtype | None = None, compile: bool = False
+) -> TrainStep:
     """The trainer's ``TrainStep`` (or ``ReferenceStep``) on its own copy of ``model``, with
-    the trainer's optimizer, loss and EMA; the reference copy runs NCHW, ours NHWC."""
+    the trainer's optimizer, loss and EMA; the reference copy runs NCHW in float32, ours NHWC
+    under autocast to ``dtype`` (None: float32), through ``torch.compile`` if ``compile``."""
     memory_format = torch.contiguous_format if reference else torch.channels_last
     model = copy.deepcopy(model).to(memory_format=memory_format).train()
     cfg = TrainConfig()
@@ -181,10 +196,20 @@ def make_step(model: YoloBody, reference: bool) -> TrainStep:
         anchors=DEFAULT_ANCHORS, anchors_mask=DEFAULT_ANCHORS_MASK, input_size=INPUT_SIZE
     )
     criterion = YoloLoss(model.num_classes, geometry)
-    step_cls = ReferenceStep if reference else TrainStep
-    step = step_cls(
-        model, criterion, build_optimizer(model, cfg), ema=ModelEMA(model), grad_clip=cfg.grad_clip
-    )
+    optimizer = build_optimizer(model, cfg)
+    ema, clip = ModelEMA(model), cfg.grad_clip
+    if reference:
+        step = ReferenceStep(model, criterion, optimizer, ema=ema, grad_clip=clip)
+    else:
+        step = TrainStep(
+            model,
+            criterion,
+            optimizer,
+            ema=ema,
+            grad_clip=clip,
+            autocast_dtype=dtype,
+            compile=compile,
+        )
     step.memory_format = memory_format
     return step
 
@@ -192,29 +217,46 @@ def make_step(model: YoloBody, reference: bool) -> TrainStep:
 # --------------------------------------------------------------------------- measurements
 
 
-def check_same_loss(batches, model: YoloBody) -> float:
-    """Largest relative difference of the four loss values, before vs after (first batch)."""
+def first_batch_losses(batches, step: TrainStep) -> dict[str, float]:
+    """The loss values of ``step``'s model (in its layout and format) on the first batch."""
     images, targets = batches[0]
-    losses = []
-    for step in (make_step(model, False), make_step(model, True)):
-        x = images.float().div(255).contiguous(memory_format=step.memory_format)
-        pieces = reference_loss_pieces() if isinstance(step, ReferenceStep) else nullcontext()
-        with torch.no_grad(), pieces:
-            losses.append(step.criterion(step.train_model(x), targets))
-    a, b = losses
-    return max(abs(a[k].item() - b[k].item()) / max(abs(a[k].item()), 1e-12) for k in LOSS_KEYS)
+    x = images.float().div(255).contiguous(memory_format=step.memory_format)
+    pieces = reference_loss_pieces() if isinstance(step, ReferenceStep) else nullcontext()
+    autocast = step.autocast_dtype is not None
+    with torch.no_grad(), pieces:
+        with torch.autocast("cpu", dtype=step.autocast_dtype, enabled=autocast):
+            outputs = step.train_model(x)
+        losses = step.criterion([o.float() for o in outputs], targets)
+    return {k: losses[k].item() for k in LOSS_KEYS}
 
 
-def measure_steps(batches, model: YoloBody, warmup: int) -> dict[str, Stats]:
-    """Step times (ms) of both configurations, interleaved on the same batches."""
-    steps = {"before": make_step(model, True), "after": make_step(model, False)}
+def relative_difference(a: dict[str, float], b: dict[str, float]) -> float:
+    return max(abs(a[k] - b[k]) / max(abs(a[k]), 1e-12) for k in LOSS_KEYS)
+
+
+def measure_steps(batches, steps: dict[str, TrainStep], warmup: int) -> dict[str, Stats]:
+    """Step times (ms) of each configuration, interleaved on the same batches."""
     timer = StageTimer()
+    names = list(steps)
     for i, (images, targets) in enumerate(batches):
-        order = ("before", "after") if i % 2 else ("after", "before")
-        for name in order:  # alternate who goes first: drift and caches hit both alike
+        shift = i % len(names)  # rotate who goes first: drift and caches hit all alike
+        for name in names[shift:] + names[:shift]:
             with timer.stage(name, record=i >= warmup):
                 steps[name](images, targets)
     return timer.summary()
+
+
+def measure_compile(batches, step: TrainStep, warmup: int) -> tuple[float, Stats]:
+    """Seconds of the first (compiling) call of a compiled step, and its later step times."""
+    images, targets = batches[0]
+    start = time.perf_counter()
+    step(images, targets)
+    first = time.perf_counter() - start
+    timer = StageTimer()
+    for i, (images, targets) in enumerate(batches[1:]):
+        with timer.stage("compiled", record=i + 1 >= warmup):
+            step(images, targets)
+    return first, timer.summary()["compiled"]
 
 
 def measure_loss_only(batches, model: YoloBody, repeats: int) -> dict[str, Stats]:
@@ -249,10 +291,11 @@ def worker_startup(dataset, workers: int, epochs: int) -> dict[str, Stats]:
     return timer.summary()
 
 
-def profile_step(batches, model: YoloBody, top: int) -> list[tuple[str, float]]:
+def profile_step(batches, model: YoloBody, dtype: torch.dtype | None, top: int):
+    """The operators taking the most self CPU time in three steps, as (name, percent)."""
     from torch.profiler import ProfilerActivity, profile
 
-    step = make_step(model, False)
+    step = make_step(model, False, dtype)
     images, targets = batches[0]
     step(images, targets)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -267,13 +310,80 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--steps", type=int, default=12, help="timed steps per configuration")
     p.add_argument("--warmup", type=int, default=2, help="discarded steps per configuration")
-    p.add_argument("--phi", type=int, default=2, help="attention block of the model")
+    p.add_argument("--phi", type=int, default=0, help="attention block of the model")
     p.add_argument("--workers", type=int, default=2, help="data-loader workers")
+    p.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time torch.compile: its compile time, its steps and the break-even point",
+    )
     p.add_argument("--profile", action="store_true", help="top operators of the step")
     p.add_argument(
         "--demo-root", default=str(DEMO_ROOT), help="demo set (generated there if missing)"
     )
     return p.parse_args(argv)
+
+
+def print_steps(steps: dict[str, Stats], names: list[str], batches: int) -> None:
+    print(f"\nstep (forward, loss, backward, clip, SGD, EMA), median of {batches}:")
+    print(f"  {'':<28}{'s/step':>8}{'images/s':>10}{'vs reference':>14}")
+    reference = steps["reference"].median
+    for name in names:
+        stats = steps[name]
+        seconds = stats.median / 1000
+        ratio = reference / stats.median
+        print(f"  {name:<28}{seconds:>8.3f}{BATCH / seconds:>10.2f}{ratio:>13.2f}x")
+    low, high = REFERENCE_FIGURE
+    print(
+        f"  the reference implementation itself, timed when this benchmark was written on a "
+        f"2-core CPU (not this run): {low}-{high} images/s"
+    )
+
+
+@contextmanager
+def inductor_cache(folder: str):
+    """Points inductor's on-disk kernel cache at ``folder`` (restored afterwards) and empties
+    its in-memory caches, so that a compile sees only what ``folder`` holds, as a new process
+    would, whatever earlier runs left in the default cache."""
+    from torch._inductor import utils as inductor_utils
+
+    old = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
+    getattr(inductor_utils, "clear_caches", lambda: None)()
+    torch._dynamo.reset()
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["TORCHINDUCTOR_CACHE_DIR"]
+        else:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = old
+
+
+def print_compile(firsts: list[float], compiled: Stats, eager: Stats, name: str) -> None:
+    """Compile cost (cold and warm kernel cache), per-step gain and break-even (cold) of the
+    compiled step against ``eager``."""
+    cold, warm = firsts
+    overhead = cold - compiled.median / 1000  # the first call minus a normal step
+    gain = (eager.median - compiled.median) / 1000
+    print(f"\ntorch.compile (inductor) of the {name} step:")
+    print(
+        f"  first step (compiles forward and backward): {cold:.1f} s with an empty kernel "
+        f"cache, {warm:.1f} s with a filled one (a later run on the same machine)"
+    )
+    print(
+        f"  then {compiled.median / 1000:.3f} s/step ({BATCH * 1000 / compiled.median:.2f} "
+        f"images/s) against {eager.median / 1000:.3f} eager"
+    )
+    if gain <= 0:
+        print("  break-even: never (the compiled step is not faster here)")
+        return
+    steps = overhead / gain
+    print(
+        f"  break-even after {steps:,.0f} steps = {steps / VOC_STEPS:.2f} epochs of VOC07+12 at "
+        f"batch {BATCH} ({VOC_STEPS:,} steps each); a run compiles twice (frozen, then unfrozen)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -291,20 +401,39 @@ def main(argv: list[str] | None = None) -> int:
         batches += list(loader)
     batches = batches[: args.steps + args.warmup]
     boxes = statistics.mean(len(t) for _, t in batches)
+    default = resolve_precision(None, torch.device("cpu"))
+    native = "native" if cpu_has_native_bf16() else "no native bfloat16: emulated"
     print(
         f"training step, phi {args.phi}, {INPUT_SIZE} px, batch {BATCH}, demo set with mosaic "
-        f"({boxes:.0f} boxes per batch); CPU threads {torch.get_num_threads()}"
+        f"({boxes:.0f} boxes per batch); CPU threads {torch.get_num_threads()}; "
+        f"{default.describe()}"
     )
-    difference = check_same_loss(batches, model)
-    print(f"same loss before and after (NCHW vs NHWC rounding): max relative {difference:.1e}")
+    configs = {
+        "reference": make_step(model, True),
+        "ours, float32": make_step(model, False),
+        f"ours, bfloat16 ({native})": make_step(model, False, torch.bfloat16),
+    }
+    first = {name: first_batch_losses(batches, step) for name, step in configs.items()}
+    names = list(configs)
+    print(
+        "same loss as the reference on the first batch: max relative difference "
+        f"{relative_difference(first[names[0]], first[names[1]]):.1e} float32 (NCHW vs NHWC "
+        f"rounding), {relative_difference(first[names[0]], first[names[2]]):.1e} bfloat16"
+    )
+    steps = measure_steps(batches, configs, args.warmup)
+    print_steps(steps, names, args.steps)
+    default_name = names[2] if default.dtype == torch.bfloat16 else names[1]
+    print(f"  train.py's default on this machine: {default_name}")
 
-    steps = measure_steps(batches, model, args.warmup)
-    print(f"\nstep (forward, loss, backward, clip, SGD, EMA), median of {args.steps}:")
-    print(f"  {'':<8}{'s/step':>8}{'images/s':>10}")
-    for name in ("before", "after"):
-        seconds = steps[name].median / 1000
-        print(f"  {name:<8}{seconds:>8.3f}{BATCH / seconds:>10.2f}")
-    print(f"  speed-up: {steps['before'].median / steps['after'].median:.2f}x")
+    if args.compile:
+        with tempfile.TemporaryDirectory() as cache:
+            firsts = []
+            for _ in ("cold", "warm"):  # an empty kernel cache, then the one just filled
+                with inductor_cache(cache):
+                    compiled = make_step(model, False, default.dtype, compile=True)
+                    seconds, stats = measure_compile(batches, compiled, args.warmup)
+                firsts.append(seconds)
+        print_compile(firsts, stats, steps[default_name], default_name)
 
     loss = measure_loss_only(batches, model, min(len(batches), 8))
     print("\nloss + targets forward and backward alone (ms, median):")
@@ -316,8 +445,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name:<22}{stats.median / 1000:.3f}")
 
     if args.profile:
-        print("\nafter: top operators of the step by self CPU time")
-        for name, percent in profile_step(batches, model, top=12):
+        print(f"\n{default_name}: top operators of the step by self CPU time")
+        for name, percent in profile_step(batches, model, default.dtype, top=12):
             print(f"  {name:<40}{percent:>6.1f} %")
     return 0
 

@@ -200,7 +200,19 @@ class TrainConfig:
     ema: bool = option(
         True, "exponential moving average of weights (evaluated, saved)", group="machinery"
     )
-    amp: bool = option(False, "mixed precision (CUDA only)", group="machinery")
+    amp: bool | None = option(
+        None,
+        "mixed precision: float16 autocast on CUDA, bfloat16 on CPU (default: on for CPUs "
+        "with native bfloat16 instructions, AVX512-BF16 or AMX; off elsewhere)",
+        group="machinery",
+    )
+    compile: bool = option(
+        False,
+        "torch.compile the model's forward and backward (inductor; needs a C++ compiler); "
+        "costs a compile at the start and at unfreezing (python -m benchmarks.train measures "
+        "whether it pays off)",
+        group="machinery",
+    )
     grad_clip: float = option(10.0, "max gradient norm", group="machinery")
     max_nonfinite: int = option(
         10, "stop after this many non-finite losses in a row", group="machinery"

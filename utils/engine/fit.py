@@ -38,6 +38,7 @@ from utils.engine.optim import (
     lr_at,
     set_backbone_frozen,
 )
+from utils.engine.precision import check_compiler, resolve_precision
 from utils.engine.runlog import RunLog, save_batch_picture, save_val_pictures
 from utils.engine.setup import (
     DataSetup,
@@ -103,7 +104,7 @@ class Run:
         set_backbone_frozen(model, frozen)
         if self.dist.world > 1:
             ids = [device.index] if device.type == "cuda" else None
-            self.step.train_model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+            self.step.set_forward(nn.parallel.DistributedDataParallel(model, device_ids=ids))
         self.wrapped_frozen = frozen
 
 
@@ -226,8 +227,13 @@ def build_step(
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         elif d.main:
             logger.warning("--sync-bn ignored: SyncBatchNorm needs CUDA (this run is on CPU)")
-    if cfg.amp and device.type != "cuda" and d.main:
-        logger.info("--amp ignored: mixed precision is for CUDA (this run is on %s)", device)
+    precision = resolve_precision(cfg.amp, device)
+    if d.main:
+        logger.info(precision.describe())
+        if precision.warning:
+            logger.warning(precision.warning)
+    if cfg.compile:
+        check_compiler()
     loss_cfg = LossConfig(
         label_smoothing=cfg.label_smoothing,
         focal=cfg.focal,
@@ -240,7 +246,8 @@ def build_step(
         criterion,
         build_optimizer(model, cfg),
         ema=ModelEMA(model) if cfg.ema else None,
-        amp=cfg.amp,
+        autocast_dtype=precision.dtype,
+        compile=cfg.compile,
         grad_clip=cfg.grad_clip,
         max_nonfinite=cfg.max_nonfinite,
         world_size=d.world,

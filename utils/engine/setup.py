@@ -247,7 +247,7 @@ def resolve_data(cfg: TrainConfig) -> TrainConfig:
 
 
 # settings of one invocation: always the command line's
-PER_INVOCATION = ("device", "workers", "stop_at_epoch", "tensorboard")
+PER_INVOCATION = ("device", "workers", "amp", "compile", "stop_at_epoch", "tensorboard")
 # settings a resumed run may change: applied when given (not left at their defaults)
 CHANGEABLE_ON_RESUME = (
     "epochs",
@@ -303,7 +303,8 @@ def merge_resume(
         given: the fields set on the command line; None counts every field whose value in
             ``cfg`` is not the default as given (the Python API).
 
-    Device, workers, ``stop_at_epoch`` and ``tensorboard`` come from ``cfg``. Epochs,
+    Device, workers, precision (``amp``), ``compile``, ``stop_at_epoch`` and ``tensorboard``
+    come from ``cfg``: they are about the machine, not the model. Epochs,
     patience, eval/save periods and ``max_iters`` may change: a given value is applied and
     logged. Every other setting is the checkpoint's: a given value other than the
     checkpoint's is an error naming both.
@@ -330,7 +331,7 @@ def merge_resume(
         raise ValueError(
             f"{cfg.resume}: a resumed run keeps its settings, and these flags conflict with "
             f"them: {'; '.join(conflicts)}. Only {may_change} (and --device, --workers, "
-            "--stop-at-epoch, --tensorboard) may change on --resume."
+            "--amp, --compile, --stop-at-epoch, --tensorboard) may change on --resume."
         )
     for name, value in changes.items():
         if value != getattr(saved, name):

@@ -1,0 +1,127 @@
+"""The training step's number format (float32, bfloat16 on CPU, float16 on CUDA) and
+``--compile``: which one a machine gets, that autocast really runs the convolutions in it
+while weights stay float32, and that a compiled run trains like an eager one."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+
+import pytest
+import torch
+from voc_factory import make_split, tiny_train_config
+
+from nets.decode import Geometry
+from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, YoloBody
+from utils.engine import precision as precision_module
+from utils.engine.config import TrainConfig
+from utils.engine.fit import fit
+from utils.engine.loop import TrainStep
+from utils.engine.loss import YoloLoss
+from utils.engine.optim import build_optimizer
+from utils.engine.precision import check_compiler, resolve_precision
+from utils.engine.setup import merge_resume
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+HAS_COMPILER = any(shutil.which(name) for name in ("c++", "g++", "clang++"))
+
+
+@pytest.mark.parametrize(
+    ("amp", "native", "device", "dtype", "warned"),
+    [
+        (None, True, CPU, torch.bfloat16, False),  # the default where it is fast
+        (None, False, CPU, None, False),  # emulated bfloat16 is slower: float32
+        (False, True, CPU, None, False),
+        (True, True, CPU, torch.bfloat16, False),
+        (True, False, CPU, torch.bfloat16, True),  # asked for: honoured, with a warning
+        (None, True, CUDA, None, False),  # CUDA keeps float32 unless asked
+        (True, True, CUDA, torch.float16, False),
+        (False, False, CUDA, None, False),
+    ],
+)
+def test_precision_per_machine(monkeypatch, amp, native, device, dtype, warned) -> None:
+    monkeypatch.setattr(precision_module, "cpu_has_native_bf16", lambda: native)
+    chosen = resolve_precision(amp, device)
+    assert chosen.dtype == dtype
+    assert bool(chosen.warning) == warned
+    assert chosen.scaled == (dtype == torch.float16)
+    assert chosen.describe().startswith("precision: " + ("float32" if dtype is None else ""))
+
+
+def _step(model: YoloBody, dtype: torch.dtype | None) -> TrainStep:
+    model = copy.deepcopy(model).to(memory_format=torch.channels_last).train()
+    geometry = Geometry(anchors=DEFAULT_ANCHORS, anchors_mask=DEFAULT_ANCHORS_MASK, input_size=96)
+    criterion = YoloLoss(model.num_classes, geometry)
+    step = TrainStep(model, criterion, build_optimizer(model, TrainConfig()), autocast_dtype=dtype)
+    step.set_lr(0.01)
+    return step
+
+
+def _batch() -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (2, 3, 96, 96), dtype=torch.uint8, generator=generator)
+    targets = torch.tensor(
+        [[0, 0, 10.0, 12.0, 50.0, 60.0], [0, 1, 40.0, 30.0, 90.0, 70.0], [1, 2, 5, 5, 30, 40]]
+    )
+    return images, targets
+
+
+def test_bfloat16_step_convolves_in_bfloat16_and_keeps_float32_weights() -> None:
+    torch.manual_seed(0)
+    model = YoloBody(3, 0)
+    images, targets = _batch()
+    float32, bfloat16 = _step(model, None), _step(model, torch.bfloat16)
+    seen: list[torch.dtype] = []
+    first_conv = next(m for m in bfloat16.model.modules() if isinstance(m, torch.nn.Conv2d))
+    first_conv.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    before = [p.detach().clone() for p in bfloat16.model.parameters()]
+
+    reference, mixed = float32(images, targets), bfloat16(images, targets)
+
+    assert seen == [torch.bfloat16]
+    for loss_32, loss_16 in zip(reference, mixed):  # same loss up to bfloat16's 8-bit mantissa
+        assert loss_16 == pytest.approx(loss_32, rel=3e-2)
+    params = list(bfloat16.model.parameters())
+    assert all(p.dtype == torch.float32 for p in params)
+    assert all(p.grad is None or p.grad.dtype == torch.float32 for p in params)
+    assert any(not torch.equal(a, b) for a, b in zip(before, params))  # it did step
+    assert not bfloat16.scaler.is_enabled()  # bfloat16 needs no loss scaling
+
+
+def test_compile_without_a_compiler_is_one_clear_error(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("CXX", raising=False)
+    with pytest.raises(ValueError, match="--compile needs a C\\+\\+ compiler"):
+        check_compiler()
+
+
+def test_precision_and_compile_may_change_on_resume() -> None:
+    saved = TrainConfig(amp=None, compile=False)
+    asked = TrainConfig(resume="run/last.pth", amp=False, compile=True)
+    merged = merge_resume(saved, asked, given={"resume", "amp", "compile"})
+    assert (merged.amp, merged.compile) == (False, True)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_COMPILER, reason="torch.compile's inductor needs a C++ compiler")
+def test_compiled_run_trains_like_an_eager_one(tmp_path) -> None:
+    voc_root, classes = make_split(tmp_path / "voc", 6, 2)
+    runs = {}
+    for compiled in (False, True):
+        cfg = tiny_train_config(
+            voc_root,
+            classes,
+            log_dir=str(tmp_path / "logs"),
+            name=f"compile_{compiled}",
+            compile=compiled,
+            amp=False,
+            epochs=2,
+            seed=1,
+            lr=0.01,
+        )
+        runs[compiled] = fit(cfg)
+    eager, compiled = runs[False].history, runs[True].history
+    for a, b in zip(eager, compiled):  # inductor reorders float sums: close, not equal
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-3)
+    state = torch.load(runs[True].run_dir / "weights" / "last.pth", weights_only=False)
+    assert not any("_orig_mod" in key for key in state["model"])  # the bare model's keys

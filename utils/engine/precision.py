@@ -1,0 +1,93 @@
+"""Which number format the training step computes in, decided per machine.
+
+Mixed precision runs the convolutions (forward and backward) in a 16-bit format under
+``torch.autocast`` while the weights, the optimizer, the EMA and the loss stay float32:
+
+- CUDA: float16, with a gradient scaler against underflow; on with ``--amp``.
+- CPU: bfloat16 (float32's exponent range, so no scaler). oneDNN's bfloat16 convolutions
+  beat float32 only on CPUs with native bfloat16 dot products (AVX512-BF16 or AMX); elsewhere
+  it emulates them. So the default turns it on exactly where those instructions exist. The
+  convolutions are about three quarters of a CPU training step at 416 px, so this is the
+  largest lever there (``python -m benchmarks.train`` measures it).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+
+import torch
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU has bfloat16 dot-product instructions (AVX512-BF16 or AMX tiles)."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The training step's autocast format (None: float32 throughout) and why."""
+
+    dtype: torch.dtype | None
+    reason: str
+    warning: str = ""  # an explicit choice that is likely slower than the default
+
+    @property
+    def name(self) -> str:
+        return "float32" if self.dtype is None else str(self.dtype).removeprefix("torch.")
+
+    @property
+    def scaled(self) -> bool:
+        """float16 needs a gradient scaler; bfloat16 has float32's range and does not."""
+        return self.dtype == torch.float16
+
+    def describe(self) -> str:
+        if self.dtype is None:
+            return f"precision: float32 ({self.reason})"
+        return f"precision: {self.name} autocast, float32 weights ({self.reason})"
+
+
+def resolve_precision(amp: bool | None, device: torch.device) -> Precision:
+    """The step's format for ``--amp`` (None = decide from the machine) on ``device``."""
+    if device.type == "cuda":
+        if amp:
+            return Precision(torch.float16, "--amp on CUDA")
+        why = "--no-amp" if amp is False else "the CUDA default; --amp for float16"
+        return Precision(None, why)
+    if device.type != "cpu":
+        if amp:
+            return Precision(None, f"--amp ignored: no mixed precision on {device.type}")
+        return Precision(None, f"no mixed precision on {device.type}")
+    native = cpu_has_native_bf16()
+    if amp is False:
+        return Precision(None, "--no-amp")
+    if amp is None and not native:
+        return Precision(None, "this CPU has no native bfloat16 instructions; --amp to force")
+    if native:
+        why = "--amp" if amp else "this CPU has native bfloat16 instructions; --no-amp for float32"
+        return Precision(torch.bfloat16, why)
+    return Precision(
+        torch.bfloat16,
+        "--amp",
+        warning="--amp on a CPU without native bfloat16 instructions: oneDNN emulates them, "
+        "which is usually slower than float32",
+    )
+
+
+def check_compiler() -> None:
+    """``torch.compile``'s inductor backend writes C++ (CPU) or Triton (CUDA) kernels and
+    builds them with the system's C++ compiler; without one the first step would fail deep
+    inside the compiler stack, so say it before the run starts.
+
+    Raises:
+        ValueError: no C++ compiler on PATH (``$CXX``, c++, g++ or clang++).
+    """
+    names = [os.environ.get("CXX", ""), "c++", "g++", "clang++"]
+    if not any(name and shutil.which(name) for name in names):
+        raise ValueError(
+            "--compile needs a C++ compiler for torch.compile's inductor backend and none was "
+            "found ($CXX, c++, g++ or clang++ on PATH); install one (e.g. apt install g++) or "
+            "train without --compile"
+        )
