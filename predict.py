@@ -15,6 +15,8 @@ import logging
 import sys
 from dataclasses import replace
 
+import torch
+
 from nets.attention import describe_phis, load_attention_plugins
 from nets.checkpoint import CheckpointMismatchError, load_model
 from nets.darknet import DarknetFormatError
@@ -151,7 +153,6 @@ def main(argv: list[str] | None = None) -> int:
         source = resolve_source(args.source)
         config = from_args(InferenceConfig, args)
         pipeline = from_args(PipelineOptions, args)
-        configure_threads(args.threads, parallel_decode=pipeline.pipelined)
         if args.classes_filter is not None:
             _filter_items(args.classes_filter)  # an empty list fails before the model loads
         load_attention_plugins(args.attention_plugin)
@@ -163,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
             detector.config = replace(detector.config, classes_filter=filtered)
         if args.attention_maps and not args.benchmark:
             detector.torch_model("--attention-maps")  # an ONNX graph has no blocks to hook
+        model_threads = args.threads or torch.get_num_threads()
+        webcam = source.webcam is not None
+        pipeline, why = pipeline.resolve(detector.device, model_threads, webcam=webcam)
+        configure_threads(args.threads, parallel_decode=pipeline.pipelined)
     except (
         OutputPathError,
         SourceError,
@@ -181,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         return _benchmark(detector, source, args.benchmark_runs)
 
     opts = from_args(OutputOptions, args, save_dir=save_dir)
+    if why and (len(source.images) > 1 or source.videos or source.webcam is not None):
+        print(why, file=sys.stderr)  # how a folder or video is read, when chosen here
     try:
         summary = run_predictions(detector, source, opts, pipeline=pipeline)
     except OutputPathError as err:  # the JSON, written at the end (disk full, permissions)

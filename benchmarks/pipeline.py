@@ -9,14 +9,16 @@ order each round (``--repeats`` rounds, after a discarded warm-up), so that load
 jobs hits all of them alike. Throughput is inputs per second of the whole loop (reading,
 model, drawing, encoding, writing); the median over rounds is reported.
 
-Targets, each against a reference measured in the same run:
+Targets, each against a reference measured in the same run, at torch's default thread count
+and again at ``--threads 1`` (which leaves a 2-core machine one core for the background
+threads, as a machine with more cores than torch threads, or a GPU, has):
 
 (a) pipelined ``--no-save`` img/s >= 0.9 x the forward-only rate (1000 / median forward ms,
     batch 1, on an already preprocessed input): reading and decoding hidden behind the model;
 (b) pipelined img/s >= 1.2 x serial (``--prefetch 0``) img/s, annotated images saved;
 (c) the same for the video, in frames per second, annotated video saved;
-(d) threads: the default torch thread count against ``--threads 1`` (forward ms and pipelined
-    img/s), which shows what the default buys; target: the default is not slower.
+(d) threads: ``predict.py``'s default (its automatic ``--prefetch``, printed) at the default
+    thread count against the same at ``--threads 1``; target: the default is not slower.
 
 Also printed: batch 4 vs batch 1 (pipelined, saving), which decides the ``--batch-size``
 default. Other processes on the machine make every figure noisy: the load average before and
@@ -46,8 +48,13 @@ import numpy as np
 import torch
 
 from utils.config import HelpFormatter
-from utils.device import configure_threads
-from utils.inference.predict_loop import OutputOptions, PipelineOptions, run_predictions
+from utils.device import available_cpus, configure_threads
+from utils.inference.predict_loop import (
+    AUTO_PREFETCH,
+    OutputOptions,
+    PipelineOptions,
+    run_predictions,
+)
 from utils.inference.predictor import DEFAULT_WEIGHTS, Detector, InferenceConfig
 from utils.paths import SAMPLES, write_text_atomic
 from utils.sources import Source
@@ -58,7 +65,7 @@ TARGET_NO_SAVE = 0.9  # pipelined --no-save img/s over the forward-only rate
 TARGET_SPEEDUP = 1.2  # pipelined over serial, saving
 TARGET_THREADS = 1.0  # default threads over 1 thread (pipelined img/s)
 SERIAL = PipelineOptions(prefetch=0)
-PIPELINED = PipelineOptions()  # the predict.py default
+PIPELINED = PipelineOptions(prefetch=AUTO_PREFETCH)  # pipelined, at the automatic depth
 
 
 def make_images(folder: Path, count: int, seed: int = 0) -> list[Path]:
@@ -111,25 +118,27 @@ class Config:
 
 
 def configs() -> dict[str, Config]:
-    one = PipelineOptions(batch_size=1)
-    return {
-        "images_serial_nosave": Config("images, serial, --no-save", False, False, SERIAL, None),
-        "images_pipelined_nosave": Config("images, pipelined, --no-save", False, False, one, None),
-        "images_serial_save": Config("images, serial, saving", False, True, SERIAL, None),
-        "images_pipelined_save": Config("images, pipelined, saving", False, True, one, None),
-        "video_serial_save": Config("video, serial, saving", True, True, SERIAL, None),
-        "video_pipelined_save": Config("video, pipelined, saving", True, True, one, None),
-        "images_pipelined_save_threads1": Config(
-            "images, pipelined, saving, --threads 1", False, True, one, 1
-        ),
-        "images_pipelined_save_batch4": Config(
-            "images, pipelined, saving, --batch-size 4",
-            False,
-            True,
-            PipelineOptions(batch_size=4),
-            None,
-        ),
-    }
+    """Serial and pipelined, images without and with saving and the video, at torch's default
+    threads and at ``--threads 1`` (which leaves a 2-core machine a free core for the
+    background threads), plus batch 4."""
+    out = {}
+    for threads, suffix, note in ((None, "", ""), (1, "_threads1", ", --threads 1")):
+        for kind, save, tail in (("images", False, "nosave"), ("images", True, "save")):
+            for mode, options in (("serial", SERIAL), ("pipelined", PIPELINED)):
+                flag = ", --no-save" if not save else ", saving"
+                label = f"{kind}, {mode}{flag}{note}"
+                out[f"{kind}_{mode}_{tail}{suffix}"] = Config(label, False, save, options, threads)
+        for mode, options in (("serial", SERIAL), ("pipelined", PIPELINED)):
+            label = f"video, {mode}, saving{note}"
+            out[f"video_{mode}_save{suffix}"] = Config(label, True, True, options, threads)
+    out["images_pipelined_save_batch4"] = Config(
+        "images, pipelined, saving, --batch-size 4",
+        False,
+        True,
+        PipelineOptions(prefetch=AUTO_PREFETCH, batch_size=4),
+        None,
+    )
+    return out
 
 
 def run_once(detector: Detector, config: Config, data: dict[str, Source], tmp: Path) -> float:
@@ -213,9 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen = {k: v for k, v in configs().items() if not args.only or k in args.only}
     report: dict = {
         "machine": {
-            "cpus_usable": len(os.sched_getaffinity(0))
-            if hasattr(os, "sched_getaffinity")
-            else os.cpu_count(),
+            "cpus_usable": available_cpus(),
             "torch_threads_default": default_threads,
             "load_average_before": load_average(),
             "torch": torch.__version__,
@@ -273,33 +280,55 @@ def main(argv: list[str] | None = None) -> int:
 
     targets: dict[str, dict] = {}
     print("\ntargets (each against a reference measured in this run):")
-    forward_rate = 1000 / forward[default_threads]
-    if "images_pipelined_nosave" in rate:
-        targets["a_nosave_vs_forward"] = _fmt_target(
-            "(a) pipelined --no-save vs forward-only rate",
-            rate["images_pipelined_nosave"],
-            forward_rate,
-            TARGET_NO_SAVE,
-            "img/s",
+    for threads, suffix in ((default_threads, ""), (1, "_threads1")):
+        if threads == 1 and default_threads == 1:
+            continue
+        at = f"{threads} thread{'s' if threads > 1 else ''}"
+        spare = available_cpus() > threads
+        print(
+            f"  torch at {at}"
+            + (" (a CPU core free for the background threads):" if spare else ":")
         )
-    pairs = [
-        (
-            "b_images_pipelined_vs_serial",
-            "(b) images saved: pipelined vs serial",
-            "images",
-            "img/s",
-        ),
-        ("c_video_pipelined_vs_serial", "(c) video saved: pipelined vs serial", "video", "fps"),
-    ]
-    for key, label, kind, unit in pairs:
-        piped, serial = f"{kind}_pipelined_save", f"{kind}_serial_save"
-        if piped in rate and serial in rate:
-            targets[key] = _fmt_target(label, rate[piped], rate[serial], TARGET_SPEEDUP, unit)
-    if "images_pipelined_save_threads1" in rate and "images_pipelined_save" in rate:
+        nosave = f"images_pipelined_nosave{suffix}"
+        if nosave in rate:
+            targets[f"a_nosave_vs_forward{suffix}"] = _fmt_target(
+                "(a) pipelined --no-save vs forward-only rate",
+                rate[nosave],
+                1000 / forward[threads],
+                TARGET_NO_SAVE,
+                "img/s",
+            )
+        pairs = [
+            (
+                f"b_images_pipelined_vs_serial{suffix}",
+                "(b) images saved: pipelined vs serial",
+                "images",
+                "img/s",
+            ),
+            (
+                f"c_video_pipelined_vs_serial{suffix}",
+                "(c) video saved: pipelined vs serial",
+                "video",
+                "fps",
+            ),
+        ]
+        for key, label, kind, unit in pairs:
+            piped, serial = f"{kind}_pipelined_save{suffix}", f"{kind}_serial_save{suffix}"
+            if piped in rate and serial in rate:
+                targets[key] = _fmt_target(label, rate[piped], rate[serial], TARGET_SPEEDUP, unit)
+    # (d): what predict.py runs by default (its automatic --prefetch) at each thread count
+    chosen_mode = {}
+    for threads, suffix in ((default_threads, ""), (1, "_threads1")):
+        options, why = PipelineOptions().resolve(torch.device("cpu"), threads)
+        chosen_mode[suffix] = "pipelined" if options.pipelined else "serial"
+        print(f"  predict.py's default at {threads} thread(s) here: {why}")
+    default_key = f"images_{chosen_mode['']}_save"
+    one_key = f"images_{chosen_mode['_threads1']}_save_threads1"
+    if default_key in rate and one_key in rate and default_threads > 1:
         targets["d_threads_default_vs_1"] = _fmt_target(
-            f"(d) pipelined, {default_threads} threads vs 1 thread",
-            rate["images_pipelined_save"],
-            rate["images_pipelined_save_threads1"],
+            f"(d) predict.py default, {default_threads} threads vs --threads 1",
+            rate[default_key],
+            rate[one_key],
             TARGET_THREADS,
             "img/s",
         )

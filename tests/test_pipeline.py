@@ -26,6 +26,7 @@ import predict
 from nets.checkpoint import ModelInfo
 from nets.yolo import YoloBody
 from utils.device import configure_threads
+from utils.inference import predict_loop
 from utils.inference.pipeline import OrderedSink, PipelineError, Prefetcher
 from utils.inference.predict_loop import OutputOptions, PipelineOptions, run_predictions
 from utils.inference.predictor import Detector, InferenceConfig
@@ -306,6 +307,37 @@ def test_serial_and_pipelined_settings_are_checked() -> None:
         PipelineOptions(prefetch=-1)
     with pytest.raises(ValueError, match="--batch-size 0: must be at least 1"):
         replace(PIPELINED, batch_size=0)
+
+
+@pytest.mark.parametrize(
+    ("device", "cpus", "threads", "webcam", "pipelined"),
+    [
+        ("cpu", 2, 2, False, False),  # the model's threads take every core: serial
+        ("cpu", 2, 1, False, True),  # --threads 1 leaves a core to the readers
+        ("cpu", 16, 8, False, True),  # hyper-threads beyond torch's one per physical core
+        ("cpu", 2, 2, True, True),  # a webcam read waits on the camera, not on a core
+        ("cuda", 2, 2, False, True),  # the model runs on the GPU
+    ],
+)
+def test_automatic_prefetch_overlaps_only_where_a_core_is_free(
+    monkeypatch, device, cpus, threads, webcam, pipelined
+) -> None:
+    monkeypatch.setattr(predict_loop, "available_cpus", lambda: cpus)
+    options, why = PipelineOptions().resolve(torch.device(device), threads, webcam=webcam)
+    assert options.pipelined == pipelined
+    assert options.prefetch == (4 if pipelined else 0)
+    assert why.startswith("pipelined: " if pipelined else "serial: ")
+    for given in (SERIAL, PIPELINED):  # a value on the command line is kept, silently
+        assert given.resolve(torch.device(device), threads, webcam=webcam) == (given, "")
+
+
+def test_predict_prints_how_a_folder_is_read(folder: Path, restore_threads, capsys) -> None:
+    common = ["--source", str(folder), "--no-save", "--device", "cpu", "--img-size", "64"]
+    assert predict.main([*common, "--threads", "1"]) == 1  # 1: the folder has bad files
+    assert "pipelined: " in capsys.readouterr().err  # one thread leaves a core to the readers
+    assert predict.main([*common, "--prefetch", "0"]) == 1
+    err = capsys.readouterr().err
+    assert "pipelined: " not in err and "serial: " not in err  # given, not chosen: no line
 
 
 @pytest.fixture

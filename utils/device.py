@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import cv2
@@ -26,6 +27,14 @@ def select_device(name: str = "auto") -> torch.device:
             raise ValueError(f"--device {name}: CUDA is not available on this machine")
         return torch.device(name)
     raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one, as under
+    ``taskset`` or a container's CPU set), at least 1."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
 
 
 def synchronize(device: torch.device) -> None:

@@ -18,7 +18,7 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from utils.config import option, rule_problems
 from utils.detections import Detections
-from utils.device import synchronize
+from utils.device import available_cpus, synchronize
 from utils.inference.attention_output import AttentionMapWriter
 from utils.inference.pipeline import (
     OrderedSink,
@@ -85,6 +85,13 @@ class PipelineOptions:
     written in a writer thread; at most ``prefetch`` inputs wait on each side, so memory stays
     bounded. The outputs are the same as the serial path's, in the same order.
 
+    ``prefetch`` None (the default) decides per run (``resolve``): pipelined where a CPU core
+    is free for the background threads (the model on CUDA, more CPUs than model threads, or a
+    webcam, whose reads wait on the camera), serial where the model's threads already use
+    every core. There the overlap only moves work: on a 2-core CPU the forward pass took
+    44 -> 53 ms while the readers ran beside it, which ate the reading time it hid, and the
+    pipelined loop was no faster than the serial one (``python -m benchmarks.pipeline``).
+
     ``batch_size`` stays 1 by default: on a 2-core CPU one forward of 4 images took as long
     per image as 4 forwards of 1 at one torch thread (88 ms); it was faster only with the
     cores shared with other jobs (fewer thread hand-offs). Batch 1 also keeps the results
@@ -92,10 +99,12 @@ class PipelineOptions:
     ``python -m benchmarks.pipeline`` prints batch 4 against batch 1.
     """
 
-    prefetch: int = option(
-        4,
+    prefetch: int | None = option(
+        None,
         "inputs read ahead of the model in background threads while finished ones are "
-        "written in another; 0: one input at a time in one thread (to compare or debug)",
+        "written in another; 0: one input at a time in one thread (default: 4 where a CPU "
+        "core is free for those threads, the model on CUDA or more CPUs than model threads, "
+        "or a webcam; else 0)",
         group="performance",
     )
     batch_size: int = option(
@@ -112,11 +121,36 @@ class PipelineOptions:
 
     @property
     def pipelined(self) -> bool:
-        return self.prefetch > 0
+        """Reading and writing run in background threads (``prefetch`` resolved and > 0)."""
+        return bool(self.prefetch)
+
+    def resolve(
+        self, device: torch.device, model_threads: int, *, webcam: bool = False
+    ) -> tuple[PipelineOptions, str]:
+        """These options with ``prefetch`` decided for a model on ``device`` running
+        ``model_threads`` CPU threads, and why (empty when ``prefetch`` was given)."""
+        if self.prefetch is not None:
+            return self, ""
+        cpus = available_cpus()
+        threads = f"{model_threads} thread{'s' if model_threads != 1 else ''}"
+        if device.type == "cuda":
+            why = "the model runs on CUDA, so the CPU cores are free to read and write"
+        elif webcam:
+            why = "webcam frames are read while the model runs (reads wait on the camera)"
+        elif cpus > model_threads:
+            why = f"{cpus} CPUs for the model's {threads} leave a core to read and write"
+        else:
+            why = (
+                f"serial: the model's {threads} use all {cpus} CPUs, so reading beside it "
+                "would only slow it down (--prefetch 4 to overlap anyway)"
+            )
+            return replace(self, prefetch=0), why
+        return replace(self, prefetch=AUTO_PREFETCH), f"pipelined: {why}"
 
 
+AUTO_PREFETCH = 4  # inputs ahead and behind the model when pipelined by default
 _PIPELINE_RULES = {
-    "prefetch": (lambda v: v >= 0, "0 (serial) or more"),
+    "prefetch": (lambda v: v is None or v >= 0, "0 (serial) or more"),
     "batch_size": (lambda v: v >= 1, "at least 1"),
 }
 
@@ -460,8 +494,9 @@ def run_predictions(
     """Processes every input of ``source``; never raises for one bad input.
 
     Args:
-        pipeline: reading and writing in background threads (the default) or serial; both
-            give the same outputs in the same order.
+        pipeline: reading and writing in background threads or serial (both give the same
+            outputs in the same order); an unset ``prefetch`` is decided by
+            ``PipelineOptions.resolve`` for the detector's device and torch's thread count.
 
     Raises:
         OutputPathError: the JSON file cannot be written at the end.
@@ -474,12 +509,14 @@ def run_predictions(
         opts.save_dir.mkdir(parents=True, exist_ok=True)
         if opts.attention_maps:
             attention = AttentionMapWriter(detector, opts.save_dir, summary.failures)
+    files, _ = pipeline.resolve(detector.device, torch.get_num_threads())
+    camera, _ = pipeline.resolve(detector.device, torch.get_num_threads(), webcam=True)
     try:
-        _run_images(detector, source.images, opts, summary, window, attention, pipeline)
+        _run_images(detector, source.images, opts, summary, window, attention, files)
         for video in source.videos:
-            _run_stream(detector, video, opts, summary, window, attention, pipeline)
+            _run_stream(detector, video, opts, summary, window, attention, files)
         if source.webcam is not None:
-            _run_stream(detector, source.webcam, opts, summary, window, attention, pipeline)
+            _run_stream(detector, source.webcam, opts, summary, window, attention, camera)
     finally:  # Ctrl-C on a webcam still leaves the JSON of what was seen (threads joined)
         if opts.json_path is not None:
             write_json(opts.json_path, summary.records)
