@@ -162,7 +162,8 @@ def test_resume_continues_exactly(tiny_voc, tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_run_folder_and_checkpoint_contents(tiny_voc, tmp_path) -> None:
+def test_run_folder_and_checkpoint_contents(tiny_voc, tmp_path, caplog) -> None:
+    caplog.set_level("INFO", logger="train")  # as train.py logs
     result = fit(
         _config(tiny_voc, tmp_path, name="run", epochs=2, eval_period=1, deterministic=False)
     )
@@ -179,6 +180,7 @@ def test_run_folder_and_checkpoint_contents(tiny_voc, tmp_path) -> None:
     ):
         assert (run / name).is_file(), name
     assert not list(run.glob("weights/*.tmp"))
+    assert "INFO train: precision: " in (run / "train.log").read_text()  # which one, and why
     ckpt = torch.load(run / "weights" / "last.pth", map_location="cpu", weights_only=True)
     state = ckpt["train_state"]
     assert {"model", "optimizer", "scaler", "ema", "ema_updates", "epoch", "best_map"} <= set(state)

@@ -38,7 +38,7 @@ from utils.engine.optim import (
     lr_at,
     set_backbone_frozen,
 )
-from utils.engine.precision import check_compiler, resolve_precision
+from utils.engine.precision import Precision, check_compiler, resolve_precision
 from utils.engine.runlog import RunLog, save_batch_picture, save_val_pictures
 from utils.engine.setup import (
     DataSetup,
@@ -177,7 +177,8 @@ def start_run(
     state = TrainState()
     fitted = fit_to_data(cfg, model, data, checkpoint, state, d.world)
     cfg, info = fitted.cfg, fitted.info
-    step = build_step(model, cfg, info, d, device)
+    precision = resolve_precision(cfg.amp, device)
+    step = build_step(model, cfg, info, d, device, precision)
     if checkpoint is not None:
         step.load_state_dict(checkpoint["train_state"], ema_weights=checkpoint["model"])
     # the run folder only once every input has been read: a failed start leaves nothing
@@ -187,6 +188,9 @@ def start_run(
             logger.warning("input skipped or repaired: %s", issue)
         if checkpoint is not None:
             logger.info("resumed from %s at epoch %d", cfg.resume, state.epoch + 1)
+        logger.info(precision.describe())
+        if precision.warning:
+            logger.warning(precision.warning)
         if fitted.anchors is not None:
             logger.info(fitted.anchors.describe())
             pairs = ", ".join(f"{w:g},{h:g}" for w, h in fitted.anchors.anchors)
@@ -217,9 +221,15 @@ def start_run(
 
 
 def build_step(
-    model: YoloBody, cfg: TrainConfig, info: ModelInfo, d: Dist, device: torch.device
+    model: YoloBody,
+    cfg: TrainConfig,
+    info: ModelInfo,
+    d: Dist,
+    device: torch.device,
+    precision: Precision,
 ) -> TrainStep:
-    """Model on the device (SyncBatchNorm under CUDA DDP if asked), loss, optimizer and EMA."""
+    """Model on the device (SyncBatchNorm under CUDA DDP if asked), loss, optimizer and EMA,
+    the forward pass in ``precision`` (and compiled with ``--compile``)."""
     cpu = device.type == "cpu"
     model.to(device, memory_format=torch.channels_last if cpu else torch.contiguous_format)
     if d.world > 1 and cfg.sync_bn:
@@ -227,11 +237,6 @@ def build_step(
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         elif d.main:
             logger.warning("--sync-bn ignored: SyncBatchNorm needs CUDA (this run is on CPU)")
-    precision = resolve_precision(cfg.amp, device)
-    if d.main:
-        logger.info(precision.describe())
-        if precision.warning:
-            logger.warning(precision.warning)
     if cfg.compile:
         check_compiler()
     loss_cfg = LossConfig(
