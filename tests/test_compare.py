@@ -636,3 +636,14 @@ def test_eval_json_write_failing_at_the_end_is_one_line(
     assert "Traceback" not in result.stderr
     assert f"error: {json_path}: cannot write (File too large)" in result.stderr.splitlines()
     assert not json_path.exists() and not list(tmp_path.glob("*.tmp"))
+
+
+def test_evaluation_settings_are_range_checked_together(capsys) -> None:
+    with pytest.raises(ValueError) as err:
+        EvalConfig(conf_thresh=float("nan"), nms_thresh=0.0, iou_thresh=1.5, batch_size=0)
+    for part in ("--conf nan", "--nms 0.0", "--iou 1.5", "--batch-size 0"):
+        assert part in str(err.value)
+    EvalConfig(conf_thresh=0.0, nms_thresh=1.0, iou_thresh=1.0, batch_size=1, workers=0)
+    args = ["--weights", "missing.pth", "--data", "demo", "--conf", "2"]
+    assert eval_cli.main(args) == 2  # before any model or data is read
+    assert "--conf 2.0: must be a score in [0, 1]" in capsys.readouterr().err

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from data.voc import Annotation
 from nets.decode import Geometry, detect_batch
-from utils.config import option
+from utils.config import option, rule_problems
 from utils.device import synchronize
 from utils.evaluation.detections_file import read_detections_json as read_detections_file
 from utils.evaluation.metrics import BoxSet, best_f1, evaluate_coco, evaluate_voc
@@ -76,6 +76,18 @@ class EvalConfig:
             raise ValueError(f"--max-det {self.max_det}: must be 0 (all) or more")
         if self.scale_xy is not None and not 1 <= self.scale_xy <= 2:
             raise ValueError(f"--scale-xy {self.scale_xy}: must be in [1, 2]")
+        problems = rule_problems(self, _EVAL_RULES)
+        if problems:
+            raise ValueError("invalid evaluation settings: " + "; ".join(problems))
+
+
+_EVAL_RULES = {
+    "conf_thresh": (lambda v: 0 <= v <= 1, "a score in [0, 1]"),
+    "nms_thresh": (lambda v: 0 < v <= 1, "an IoU in (0, 1]"),
+    "iou_thresh": (lambda v: 0 < v <= 1, "an IoU in (0, 1]"),
+    "batch_size": (lambda v: v >= 1, "at least 1"),
+    "workers": (lambda v: v >= 0, "0 or more"),
+}
 
 
 class _EvalImages(Dataset):
