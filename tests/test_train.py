@@ -142,12 +142,14 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-def test_resume_continues_exactly(tiny_voc, tmp_path) -> None:
+def test_resume_continues_exactly(tiny_voc, tmp_path, caplog) -> None:
+    caplog.set_level("INFO", logger="train")
     straight = fit(_config(tiny_voc, tmp_path, name="straight", phi="cbam"))
     first = fit(_config(tiny_voc, tmp_path, name="split", phi="cbam", stop_at_epoch=2))
     assert len(first.history) == 2
     last = first.run_dir / "weights" / "last.pth"
     resumed = fit(_config(tiny_voc, tmp_path, resume=str(last)))
+    assert f"resumed from {last} after epoch 2" in caplog.text
     assert resumed.run_dir == first.run_dir
     keys = ["loss_box", "loss_obj", "loss_cls", "loss"]
     assert [[r[k] for k in keys] for r in resumed.history] == [
@@ -159,6 +161,9 @@ def test_resume_continues_exactly(tiny_voc, tmp_path) -> None:
         assert torch.equal(a[key], b[key]), key
     rows = (first.run_dir / "results.csv").read_text().splitlines()
     assert len(rows) == 4  # header + 3 epochs, appended across the resume
+    again = fit(_config(tiny_voc, tmp_path, resume=str(last)))  # all 3 epochs are done
+    assert "already finished all 3 epochs: nothing to train" in caplog.text
+    assert again.history == resumed.history
 
 
 @pytest.mark.slow

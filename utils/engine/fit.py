@@ -186,8 +186,14 @@ def start_run(
     if d.main:
         for issue in data.issues:
             logger.warning("input skipped or repaired: %s", issue)
-        if checkpoint is not None:
-            logger.info("resumed from %s at epoch %d", cfg.resume, state.epoch + 1)
+        if checkpoint is not None and state.epoch + 1 >= cfg.epochs:
+            logger.info(
+                "%s already finished all %d epochs: nothing to train (--epochs N to go on)",
+                cfg.resume,
+                cfg.epochs,
+            )
+        elif checkpoint is not None:
+            logger.info("resumed from %s after epoch %d", cfg.resume, state.epoch + 1)
         logger.info(precision.describe())
         if precision.warning:
             logger.warning(precision.warning)
