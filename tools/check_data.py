@@ -1,8 +1,9 @@
-"""Command line: check a VOC-format dataset file by file, and what training will do about
-each problem.
+"""Command line: check a dataset file by file, and what training will do about each problem.
 
 Usage: ``python -m tools.check_data --voc-root data/VOCdevkit --sets 2007:trainval,2012:trainval``
-(add ``--classes FILE``; ``--annotations FILE`` for reference-implementation lines instead).
+(add ``--classes FILE``; ``--annotations FILE`` for reference-implementation lines instead;
+``--labels PATH`` for labels in any format train.py reads: a COCO JSON, a YOLO folder or data
+YAML, a VOC folder, annotation lines).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from data.check import (
     check_images,
     summarize,
 )
+from data.formats import LABEL_FORMATS, LabelSource
 from data.voc import (
     LoadResult,
     discover_classes,
@@ -35,6 +37,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sets", default="2007:trainval,2012:trainval", help="YEAR:SET,...")
     p.add_argument("--classes", default=None, help="classes file (default: discover from XMLs)")
     p.add_argument("--annotations", default=None, help="reference-style annotation lines file")
+    p.add_argument(
+        "--labels",
+        default=None,
+        help="labels in any format train.py reads (COCO JSON, YOLO folder or data YAML, VOC "
+        "folder, annotation lines), instead of --voc-root/--sets",
+    )
+    p.add_argument(
+        "--label-format", default="auto", choices=LABEL_FORMATS, help="format of --labels"
+    )
+    p.add_argument("--split", default=None, help="split of --labels to check (default: all)")
+    p.add_argument("--images", default=None, help="images folder of COCO --labels")
     p.add_argument("--quick", action="store_true", help="skip decoding the images")
     p.add_argument(
         "--workers",
@@ -46,7 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sets = parse_sets(args.sets)
         names = read_class_names(args.classes) if args.classes else None
-        if args.annotations:
+        if args.labels:
+            source = LabelSource(args.labels, args.label_format, args.split, args.images)
+            result = source.load(names)
+            print(f"{source.describe()}: classes {', '.join(result.class_names)}")
+        elif args.annotations:
             if names is None:
                 p.error("--annotations needs --classes")
             result = load_annotation_lines(args.annotations, len(names))
@@ -55,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
                 names = discover_classes(args.voc_root, sets)
                 print(f"classes found in the XMLs ({len(names)}): {', '.join(names)}")
             result: LoadResult = load_voc(args.voc_root, sets, names)
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError) as err:  # a bad labels path or format too
         print(f"error: {err}", file=sys.stderr)
         return 2
     issues = list(result.issues)
@@ -64,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     for issue in issues:
         print(issue)
     print(f"{len(result.annotations)} annotated images; " + summarize(issues))
-    return 1 if any(i.action == "skipped" for i in issues) else 0
+    # 1 when training will leave a file or an image out (not for repaired boxes or objects)
+    return 1 if any(i.action in ("skipped", "image skipped") for i in issues) else 0
 
 
 if __name__ == "__main__":
