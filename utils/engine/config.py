@@ -203,14 +203,15 @@ class TrainConfig:
     amp: bool | None = option(
         None,
         "mixed precision: float16 autocast on CUDA, bfloat16 on CPU (default: on for CPUs "
-        "with native bfloat16 instructions, AVX512-BF16 or AMX; off elsewhere)",
+        "with native bfloat16 instructions, AVX512-BF16 or AMX; off on other CPUs and on "
+        "CUDA)",
         group="machinery",
     )
     compile: bool = option(
         False,
         "torch.compile the model's forward and backward (inductor; needs a C++ compiler); "
-        "costs a compile at the start and at unfreezing (python -m benchmarks.train measures "
-        "whether it pays off)",
+        "costs a compile at the start and at unfreezing, and on a CPU the compiled step was "
+        "no faster (python -m benchmarks.train measures it)",
         group="machinery",
     )
     grad_clip: float = option(10.0, "max gradient norm", group="machinery")
