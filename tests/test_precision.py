@@ -44,7 +44,6 @@ def test_precision_per_machine(monkeypatch, amp, native, device, dtype, warned) 
     chosen = resolve_precision(amp, device)
     assert chosen.dtype == dtype
     assert bool(chosen.warning) == warned
-    assert chosen.scaled == (dtype == torch.float16)
     assert chosen.describe().startswith("precision: " + ("float32" if dtype is None else ""))
 
 

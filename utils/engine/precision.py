@@ -38,11 +38,6 @@ class Precision:
     def name(self) -> str:
         return "float32" if self.dtype is None else str(self.dtype).removeprefix("torch.")
 
-    @property
-    def scaled(self) -> bool:
-        """float16 needs a gradient scaler; bfloat16 has float32's range and does not."""
-        return self.dtype == torch.float16
-
     def describe(self) -> str:
         if self.dtype is None:
             return f"precision: float32 ({self.reason})"
@@ -54,26 +49,24 @@ def resolve_precision(amp: bool | None, device: torch.device) -> Precision:
     if device.type == "cuda":
         if amp:
             return Precision(torch.float16, "--amp on CUDA")
-        why = "--no-amp" if amp is False else "the CUDA default; --amp for float16"
-        return Precision(None, why)
-    if device.type != "cpu":
-        if amp:
-            return Precision(None, f"--amp ignored: no mixed precision on {device.type}")
-        return Precision(None, f"no mixed precision on {device.type}")
-    native = cpu_has_native_bf16()
+        return Precision(
+            None, "--no-amp" if amp is False else "the CUDA default; --amp for float16"
+        )
     if amp is False:
         return Precision(None, "--no-amp")
-    if amp is None and not native:
+    native = cpu_has_native_bf16()
+    if amp is None:
+        if native:
+            why = "this CPU has native bfloat16 instructions; --no-amp for float32"
+            return Precision(torch.bfloat16, why)
         return Precision(None, "this CPU has no native bfloat16 instructions; --amp to force")
     if native:
-        why = "--amp" if amp else "this CPU has native bfloat16 instructions; --no-amp for float32"
-        return Precision(torch.bfloat16, why)
-    return Precision(
-        torch.bfloat16,
-        "--amp",
-        warning="--amp on a CPU without native bfloat16 instructions: oneDNN emulates them, "
-        "which is usually slower than float32",
+        return Precision(torch.bfloat16, "--amp")
+    warning = (
+        "--amp on a CPU without native bfloat16 instructions: oneDNN emulates them, which is "
+        "usually slower than float32"
     )
+    return Precision(torch.bfloat16, "--amp", warning)
 
 
 def check_compiler() -> None:
