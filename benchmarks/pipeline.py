@@ -63,7 +63,7 @@ from utils.timing import StageTimer, Stats
 SIZE = (810, 1080)  # width, height: a phone photo scaled down, portrait
 TARGET_NO_SAVE = 0.9  # pipelined --no-save img/s over the forward-only rate
 TARGET_SPEEDUP = 1.2  # pipelined over serial, saving
-TARGET_THREADS = 1.0  # default threads over 1 thread (pipelined img/s)
+TARGET_THREADS = 1.0  # predict.py's default at the default threads over --threads 1 (saving)
 SERIAL = PipelineOptions(prefetch=0)
 PIPELINED = PipelineOptions(prefetch=AUTO_PREFETCH)  # pipelined, at the automatic depth
 
