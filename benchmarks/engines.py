@@ -29,6 +29,13 @@ from utils.inference.quantize import quantize_int8
 from utils.paths import COCO_CLASSES
 from utils.sources import resolve_source
 
+
+def load_average() -> list[float] | None:
+    """The 1/5/15-minute load averages (rounded), or None where the OS has none: printed
+    next to timings, which other jobs on the machine make noisy."""
+    return [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
+
+
 INPUT_SIZE = 416  # the input size of the reference numbers and of the targets
 CONF_THRESH, NMS_THRESH = 0.25, 0.45  # as InferenceConfig's defaults and the OpenCV reference
 OBJECTNESS_PRIOR_BIAS = -4.6  # sigmoid = 1 %: random models then give the same (empty) NMS load

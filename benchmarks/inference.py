@@ -49,6 +49,7 @@ import torch
 from benchmarks.engines import (
     INPUT_SIZE,
     Engine,
+    load_average,
     official_engines,
     phi_engines,
 )
@@ -173,9 +174,7 @@ def machine_info(args: argparse.Namespace) -> dict:
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "physical_cores": len(cores) or None,
         "simd": [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "amx_tile") if f in flags],
-        "load_average": [round(v, 2) for v in os.getloadavg()]
-        if hasattr(os, "getloadavg")
-        else None,
+        "load_average": load_average(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
@@ -415,9 +414,7 @@ def main(argv: list[str] | None = None) -> int:
             report["phi_paths"] = phi_results
             print_phi_report(report["phi_overhead"])
 
-    report["machine"]["load_average_after"] = (
-        [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
-    )
+    report["machine"]["load_average_after"] = load_average()
     print(f"\nload average after: {report['machine']['load_average_after']}")
     if args.json:
         write_text_atomic(args.json, json.dumps(report, indent=1))

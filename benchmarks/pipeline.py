@@ -47,6 +47,7 @@ import cv2
 import numpy as np
 import torch
 
+from benchmarks.engines import load_average
 from utils.config import HelpFormatter
 from utils.device import available_cpus, configure_threads
 from utils.inference.predict_loop import (
@@ -177,10 +178,6 @@ def forward_ms(detector: Detector, image: np.ndarray, runs: int, threads: int) -
     finally:
         torch.set_num_threads(before)
     return timer.summary()["forward"]
-
-
-def load_average() -> list[float] | None:
-    return [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
