@@ -25,6 +25,7 @@ from utils.classes import read_class_names
 from utils.config import HelpFormatter, add_options, argument_group, from_args
 from utils.device import ThreadConfig, configure_threads, select_device
 from utils.engine.config import TrainConfig
+from utils.engine.precision import inference_precision
 from utils.evaluation.compare import CompareConfig, evaluate_checkpoint, write_outputs
 from utils.evaluation.evaluate import (
     EvalConfig,
@@ -119,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = from_args(EvalConfig, args)
         compare = from_args(CompareConfig, args)
         configure_threads(args.threads, parallel_decode=cfg.workers > 0)
+        if warning := inference_precision(cfg.amp, device).warning:
+            print(f"warning: {warning}", file=sys.stderr)
         rows, reports = [], []
         for weights in args.weights:
             row, report = evaluate_checkpoint(

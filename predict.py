@@ -179,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
+    if detector.precision.warning:
+        print(f"warning: {detector.precision.warning}", file=sys.stderr)
     if args.benchmark and args.benchmark_runs < 1:
         print(f"error: --benchmark-runs must be >= 1, got {args.benchmark_runs}", file=sys.stderr)
         return 2
@@ -201,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"{done}: {summary.detections} detections ({detector.info.describe()}, "
-        f"device {detector.device})"
+        f"device {_device_text(detector)})"
     )
     if save_dir is not None:
         print(f"results saved to {save_dir}/")
@@ -217,6 +219,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {failure}", file=sys.stderr)
         return 1
     return 0
+
+
+def _device_text(detector: Detector) -> str:
+    """``cpu`` or ``cpu, bfloat16 autocast`` (with ``--amp``)."""
+    dtype = detector.precision.dtype
+    return str(detector.device) + ("" if dtype is None else f", {detector.precision.name} autocast")
 
 
 def _export_onnx(args: argparse.Namespace) -> int:
@@ -280,7 +288,7 @@ def _benchmark(detector: Detector, source, runs: int) -> int:
     size = detector.config.input_size
     print(
         f"benchmark: {source.images[0]} ({image.shape[1]}x{image.shape[0]}) at {size}, batch 1, "
-        f"{runs} runs, device {detector.device}, {detector.info.describe()}"
+        f"{runs} runs, device {_device_text(detector)}, {detector.info.describe()}"
     )
     print(f"{'stage':<12}{'median ms':>11}{'p10':>9}{'p90':>9}")
     for stage, s in stats.items():

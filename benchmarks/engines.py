@@ -174,6 +174,9 @@ def official_engines(
     nchw.memory_format = torch.contiguous_format
     nchw.model = nchw.model.to(memory_format=nchw.memory_format)
     engines.append(detector_engine("torch_fused_nchw", "PyTorch fused, NCHW", nchw, image, True))
+    amp = Detector(copy.deepcopy(model), info, class_names=names, config=replace(cpu, amp=True))
+    label = f"PyTorch fused, --amp ({amp.precision.name})"
+    engines.append(detector_engine("torch_fused_amp", label, amp, image, True))
     one_thread = detector_engine("torch_fused_1t", "PyTorch fused, 1 thread", fused, image, True)
     one_thread.end_to_end = WithTorchThreads(one_thread.end_to_end, 1)
     one_thread.forward = WithTorchThreads(one_thread.forward, 1)

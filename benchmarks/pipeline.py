@@ -27,6 +27,7 @@ after is printed with them.
 Examples:
     python -m benchmarks.pipeline
     python -m benchmarks.pipeline --images 60 --frames 60 --repeats 2 --json logs/pipe.json
+    python -m benchmarks.pipeline --amp        # the model in 16-bit, as predict.py --amp
 """
 
 from __future__ import annotations
@@ -190,6 +191,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--forward-runs", type=int, default=30, help="timed forwards per thread count")
     p.add_argument("--only", nargs="+", choices=list(configs()), help="measure only these")
     p.add_argument("--json", default=None, help="also write every number to this JSON file")
+    p.add_argument(
+        "--amp", action="store_true", help="run the model as predict.py --amp (16-bit) does"
+    )
     args = p.parse_args(argv)
     if min(args.images, args.frames, args.repeats, args.forward_runs) < 1:
         p.error("--images, --frames, --repeats and --forward-runs must be >= 1")
@@ -213,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
             f"error: {args.weights} not found (model_data files: `make weights`)", file=sys.stderr
         )
         return 2
-    config = InferenceConfig(device="cpu", input_size=args.img_size)
+    config = InferenceConfig(device="cpu", input_size=args.img_size, amp=args.amp)
     detector = Detector.from_weights(args.weights, config=config)
     default_threads = torch.get_num_threads()
     chosen = {k: v for k, v in configs().items() if not args.only or k in args.only}
@@ -229,10 +233,12 @@ def main(argv: list[str] | None = None) -> int:
         "frames": args.frames,
         "repeats": args.repeats,
         "input_size": args.img_size,
+        "precision": detector.precision.name,
     }
     print(
         f"predict loop throughput: {args.images} JPEGs and a {args.frames}-frame mp4v video, "
-        f"{SIZE[0]}x{SIZE[1]}, {args.img_size} input, CPU, torch {default_threads} threads "
+        f"{SIZE[0]}x{SIZE[1]}, {args.img_size} input, CPU, {detector.precision.name}, "
+        f"torch {default_threads} threads "
         f"by default; load average {report['machine']['load_average_before']}"
     )
     with tempfile.TemporaryDirectory() as tmp_name:

@@ -56,7 +56,7 @@ from utils.engine.config import TrainConfig
 from utils.engine.loop import LOSS_KEYS, TrainStep
 from utils.engine.loss import LevelTargets, YoloLoss
 from utils.engine.optim import ModelEMA, build_optimizer
-from utils.engine.precision import cpu_has_native_bf16, resolve_precision
+from utils.engine.precision import autocast, cpu_has_native_bf16, resolve_precision
 from utils.timing import StageTimer, Stats
 
 INPUT_SIZE, BATCH = 416, 8  # the training step the reference numbers were measured at
@@ -222,9 +222,8 @@ def first_batch_losses(batches, step: TrainStep) -> dict[str, float]:
     images, targets = batches[0]
     x = images.float().div(255).contiguous(memory_format=step.memory_format)
     pieces = reference_loss_pieces() if isinstance(step, ReferenceStep) else nullcontext()
-    autocast = step.autocast_dtype is not None
     with torch.no_grad(), pieces:
-        with torch.autocast("cpu", dtype=step.autocast_dtype, enabled=autocast):
+        with autocast(step.device, step.autocast_dtype):
             outputs = step.train_model(x)
         losses = step.criterion([o.float() for o in outputs], targets)
     return {k: losses[k].item() for k in LOSS_KEYS}

@@ -1,16 +1,23 @@
-"""The training step's number format (float32, bfloat16 on CPU, float16 on CUDA) and
-``--compile``: which one a machine gets, that autocast really runs the convolutions in it
-while weights stay float32, and that a compiled run trains like an eager one."""
+"""The number format of training (float32, bfloat16 on CPU, float16 on CUDA) and of
+inference with ``--amp``, and ``--compile``: which one a machine gets, that autocast really
+runs the convolutions in it while weights and outputs stay float32, that 16-bit inference
+detects like float32, and that a compiled run trains like an eager one."""
 
 from __future__ import annotations
 
 import copy
+import json
 import shutil
+from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 import torch
 from voc_factory import make_split, tiny_train_config
 
+import eval as eval_cli
+from nets.checkpoint import ModelInfo
 from nets.decode import Geometry
 from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, YoloBody
 from utils.engine import precision as precision_module
@@ -21,6 +28,7 @@ from utils.engine.loss import YoloLoss
 from utils.engine.optim import build_optimizer
 from utils.engine.precision import check_compiler, resolve_precision
 from utils.engine.setup import merge_resume
+from utils.inference.predictor import Detector, InferenceConfig
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 HAS_COMPILER = any(shutil.which(name) for name in ("c++", "g++", "clang++"))
@@ -124,3 +132,51 @@ def test_compiled_run_trains_like_an_eager_one(tmp_path) -> None:
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-3)
     state = torch.load(runs[True].run_dir / "weights" / "last.pth", weights_only=False)
     assert not any("_orig_mod" in key for key in state["model"])  # the bare model's keys
+
+
+def _detector(weights, amp: bool) -> Detector:
+    return Detector.from_weights(str(weights), config=InferenceConfig(device="cpu", amp=amp))
+
+
+def test_inference_amp_runs_the_network_in_bfloat16_and_detects_like_float32(
+    official_weights, sample_images
+) -> None:
+    exact, fast = _detector(official_weights, False), _detector(official_weights, True)
+    assert exact.precision.dtype is None and fast.precision.dtype == torch.bfloat16
+    seen = []
+    conv = next(m for m in fast.model.modules() if isinstance(m, torch.nn.Conv2d))
+    conv.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    for path in sample_images:
+        image = cv2.imread(str(path))
+        batch, _ = fast.preprocess([image])
+        assert all(o.dtype == torch.float32 for o in fast.forward(batch))  # decoded in float32
+        want, got = exact(image), fast(image)
+        assert got.names == want.names, path  # the same objects, best first
+        assert np.abs(got.boxes - want.boxes).max() < 4.0, path  # pixels of a 1080-px photo
+        assert np.abs(got.scores - want.scores).max() < 0.03, path
+    assert seen and set(seen) == {torch.bfloat16}
+
+
+def test_inference_amp_is_refused_for_an_onnx_graph() -> None:
+    with pytest.raises(ValueError, match="--amp runs the torch backend"):
+        InferenceConfig(backend="onnxruntime", amp=True)
+    info = ModelInfo(phi=0, phi_name="none", num_classes=1)
+    with pytest.raises(ValueError, match="--amp runs the torch backend"):
+        Detector(None, info, class_names=["a"], config=InferenceConfig(amp=True), runner=print)
+
+
+@pytest.mark.slow
+def test_eval_amp_scores_like_float32_and_says_so(
+    tmp_path, trained_tiny_checkpoint, capsys
+) -> None:
+    root, classes, weights = trained_tiny_checkpoint(epochs=3)
+    args = ["--weights", weights, "--voc-root", str(root), "--classes", str(classes)]
+    args += ["--split", "2007:test", "--device", "cpu", "--no-coco", "--workers", "0"]
+    maps = {}
+    for flag in ("--no-amp", "--amp"):
+        out = tmp_path / flag.strip("-")
+        assert eval_cli.main([*args, flag, "--out-dir", str(out), "--json", f"{out}.json"]) == 0
+        maps[flag] = json.loads(Path(f"{out}.json").read_text())["voc12_map50"]
+        protocol = next(line for line in capsys.readouterr().out.splitlines() if "IoU" in line)
+        assert ("bfloat16 autocast" in protocol) == (flag == "--amp"), protocol
+    assert maps["--amp"] == pytest.approx(maps["--no-amp"], abs=0.05)

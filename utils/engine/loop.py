@@ -22,6 +22,7 @@ from tqdm import tqdm
 from data.voc import Annotation
 from nets.checkpoint import ModelInfo
 from utils.engine.optim import ModelEMA, unwrap
+from utils.engine.precision import autocast
 from utils.evaluation.evaluate import EvalConfig, EvalReport, detect_dataset, score
 
 logger = logging.getLogger("train")
@@ -100,8 +101,7 @@ class TrainStep:
         images = images.to(self.device, non_blocking=True)
         images = images.contiguous(memory_format=self.memory_format).float().div_(255)
         targets = targets.to(self.device, non_blocking=True)
-        autocast = self.autocast_dtype is not None
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=autocast):
+        with autocast(self.device, self.autocast_dtype):
             outputs = self.train_model(images)
         losses = self.criterion([o.float() for o in outputs], targets)
         values = self.loss_values(losses)

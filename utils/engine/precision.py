@@ -1,4 +1,4 @@
-"""Which number format the training step computes in, decided per machine.
+"""Which number format the training step and inference compute in.
 
 Mixed precision runs the convolutions (forward and backward) in a 16-bit format under
 ``torch.autocast`` while the weights, the optimizer, the EMA and the loss stay float32:
@@ -9,15 +9,22 @@ Mixed precision runs the convolutions (forward and backward) in a 16-bit format 
   it emulates them. So the default turns it on exactly where those instructions exist. The
   convolutions are about three quarters of a CPU training step at 416 px, so this is the
   largest lever there (``python -m benchmarks.train`` measures it).
+
+Inference (``predict.py``, ``eval.py``) stays float32 unless ``--amp`` is given: its outputs
+then differ from the float32 ones in the last digits, which would make mAP figures depend on
+the machine.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import torch
+
+AMP_TORCH_ONLY = "--amp runs the torch backend (an ONNX graph keeps its own format)"
 
 
 def cpu_has_native_bf16() -> bool:
@@ -67,6 +74,19 @@ def resolve_precision(amp: bool | None, device: torch.device) -> Precision:
         "usually slower than float32"
     )
     return Precision(torch.bfloat16, "--amp", warning)
+
+
+def inference_precision(amp: bool, device: torch.device) -> Precision:
+    """The forward pass's format for ``predict.py`` / ``eval.py`` ``--amp`` on ``device``:
+    float32 unless asked, then as training's ``--amp`` (float16 on CUDA, bfloat16 on CPU)."""
+    if not amp:
+        return Precision(None, "the inference default; --amp for 16-bit")
+    return resolve_precision(True, device)
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager:
+    """``torch.autocast`` to ``dtype`` on ``device``'s type; a no-op for None (float32)."""
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
 def check_compiler() -> None:

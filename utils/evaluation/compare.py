@@ -18,6 +18,7 @@ from data.voc import load_voc, parse_sets
 from nets.checkpoint import ModelInfo, load_model
 from nets.summary import count_flops, count_parameters
 from nets.yolo import YoloBody
+from utils.engine.precision import inference_precision
 from utils.evaluation.bootstrap import MatchTable
 
 # the table's names stay importable from here, where eval.py and tools.study find them
@@ -45,7 +46,7 @@ def _load_for_evaluation(
     """The model (or ONNX Runtime session), its info and class names; for an ``.onnx`` export
     also the ``Detector`` that runs it (fp32 or INT8, on the CPU)."""
     if str(weights).endswith(".onnx"):
-        config = InferenceConfig(input_size=cfg.input_size, device="cpu")
+        config = InferenceConfig(input_size=cfg.input_size, device="cpu", amp=cfg.amp)
         detector = Detector.from_weights(weights, classes=class_names, config=config)
         return detector.model, detector.info, detector.class_names, detector
     model, info = load_model(weights, phi=phi)
@@ -107,10 +108,12 @@ def evaluate_checkpoint(
     cfg = replace(cfg, input_size=size)
     model.to(device)
     detected = detect_dataset(model, annotations, info.geometry, cfg, device=device)
+    precision = inference_precision(cfg.amp, device)
     report = score(
         detected,
         names,
-        f"{dataset} at {size}",
+        f"{dataset} at {size}"
+        + ("" if precision.dtype is None else f", {precision.name} autocast"),
         cfg.iou_thresh,
         cfg.coco,
         max_det=cfg.max_det,
@@ -120,7 +123,7 @@ def evaluate_checkpoint(
             model,
             info,
             class_names=names,
-            config=InferenceConfig(input_size=size, device=str(device)),
+            config=InferenceConfig(input_size=size, device=str(device), amp=cfg.amp),
         )
     image = read_image(annotations[0].image_path)
     stats = benchmark(detector, image, runs=20, warmup=3)
@@ -128,7 +131,10 @@ def evaluate_checkpoint(
         cpu_forward = stats["forward"]["median"]
     else:
         on_cpu = Detector(
-            model, info, class_names=names, config=InferenceConfig(input_size=size, device="cpu")
+            model,
+            info,
+            class_names=names,
+            config=InferenceConfig(input_size=size, device="cpu", amp=cfg.amp),
         )
         cpu_forward = benchmark(on_cpu, image, runs=10, warmup=3)["forward"]["median"]
     # an ONNX graph has no modules to count: count an unloaded model of its architecture
