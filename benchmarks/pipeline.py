@@ -21,8 +21,9 @@ threads, as a machine with more cores than torch threads, or a GPU, has):
     thread count against the same at ``--threads 1``; target: the default is not slower.
 
 Also printed: batch 4 vs batch 1 (pipelined, saving), which decides the ``--batch-size``
-default. Other processes on the machine make every figure noisy: the load average before and
-after is printed with them.
+default; with ``--amp`` (the model in 16-bit, as ``predict.py --amp``), the serial saving loop
+with the float32 model as well, as the reference for the gain. Other processes on the machine
+make every figure noisy: the load average before and after is printed with them.
 
 Examples:
     python -m benchmarks.pipeline
@@ -41,7 +42,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -117,9 +118,13 @@ class Config:
     save: bool
     pipeline: PipelineOptions
     threads: int | None  # None: the default
+    float32: bool = False  # the model in float32 even under --amp (the reference for it)
 
 
-def configs() -> dict[str, Config]:
+FLOAT32_SERIAL = "images_serial_save_float32"  # measured with --amp only
+
+
+def configs(amp: bool = False) -> dict[str, Config]:
     """Serial and pipelined, images without and with saving and the video, at torch's default
     threads and at ``--threads 1`` (which leaves a 2-core machine a free core for the
     background threads), plus batch 4."""
@@ -140,6 +145,10 @@ def configs() -> dict[str, Config]:
         PipelineOptions(prefetch=AUTO_PREFETCH, batch_size=4),
         None,
     )
+    if amp:
+        out[FLOAT32_SERIAL] = Config(
+            "images, serial, saving, float32", False, True, SERIAL, None, float32=True
+        )
     return out
 
 
@@ -189,7 +198,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--frames", type=int, default=150, help="frames of the generated video")
     p.add_argument("--repeats", type=int, default=3, help="timed rounds of every configuration")
     p.add_argument("--forward-runs", type=int, default=30, help="timed forwards per thread count")
-    p.add_argument("--only", nargs="+", choices=list(configs()), help="measure only these")
+    p.add_argument("--only", nargs="+", choices=list(configs(amp=True)), help="measure only these")
     p.add_argument("--json", default=None, help="also write every number to this JSON file")
     p.add_argument(
         "--amp", action="store_true", help="run the model as predict.py --amp (16-bit) does"
@@ -219,8 +228,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     config = InferenceConfig(device="cpu", input_size=args.img_size, amp=args.amp)
     detector = Detector.from_weights(args.weights, config=config)
+    exact = Detector.from_weights(args.weights, config=replace(config, amp=False))
     default_threads = torch.get_num_threads()
-    chosen = {k: v for k, v in configs().items() if not args.only or k in args.only}
+    chosen = {k: v for k, v in configs(args.amp).items() if not args.only or k in args.only}
     report: dict = {
         "machine": {
             "cpus_usable": available_cpus(),
@@ -257,13 +267,14 @@ def main(argv: list[str] | None = None) -> int:
         rng = np.random.default_rng(0)
         for name in chosen:  # warm-up: every configuration once, on a few images
             if not chosen[name].video:
-                run_once(detector, chosen[name], warm, tmp)
+                run_once(exact if chosen[name].float32 else detector, chosen[name], warm, tmp)
         for _ in range(args.repeats):
             for threads in fwd:
                 fwd[threads].append(forward_ms(detector, image, args.forward_runs, threads).median)
             for k in rng.permutation(len(chosen)):
                 name = list(chosen)[k]
-                rates[name].append(run_once(detector, chosen[name], data, tmp))
+                model = exact if chosen[name].float32 else detector
+                rates[name].append(run_once(model, chosen[name], data, tmp))
 
     forward = {t: float(np.median(v)) for t, v in fwd.items()}
     rate = {k: float(np.median(v)) for k, v in rates.items()}
@@ -343,6 +354,10 @@ def main(argv: list[str] | None = None) -> int:
         ratio = rate["images_pipelined_save_batch4"] / rate["images_pipelined_save"]
         report["batch4_vs_batch1"] = ratio
         print(f"  batch 4 vs batch 1 (pipelined, saving): {ratio:.2f}x (informative)")
+    if FLOAT32_SERIAL in rate and "images_serial_save" in rate:
+        ratio = rate["images_serial_save"] / rate[FLOAT32_SERIAL]
+        report["amp_vs_float32"] = ratio
+        print(f"  --amp vs float32 (serial, saving): {ratio:.2f}x (informative)")
     report["targets"] = targets
     report["machine"]["load_average_after"] = load_average()
     print(

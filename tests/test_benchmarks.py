@@ -151,3 +151,21 @@ def test_benchmark_pipeline_reports_every_target(official_weights, tmp_path, cap
         assert target["met"] == (target["ratio"] >= target["target"])
     printed = capsys.readouterr().out
     assert printed.count("PASS") + printed.count("FAIL") == len(targets)
+
+
+@pytest.mark.slow
+def test_benchmark_pipeline_amp_measures_the_float32_loop_beside_it(
+    official_weights, tmp_path, capsys
+) -> None:
+    out = tmp_path / "pipeline.json"
+    args = ["--images", "2", "--frames", "2", "--repeats", "1", "--forward-runs", "1", "--amp"]
+    only = ["--only", "images_serial_save", benchmark_pipeline.FLOAT32_SERIAL]
+    assert benchmark_pipeline.main([*args, *only, "--img-size", "64", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["precision"] == "bfloat16"
+    rates = {k: v["median"] for k, v in report["throughput"].items()}
+    assert (
+        report["amp_vs_float32"]
+        == rates["images_serial_save"] / rates[benchmark_pipeline.FLOAT32_SERIAL]
+    )
+    assert "--amp vs float32 (serial, saving): " in capsys.readouterr().out
