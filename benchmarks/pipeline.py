@@ -229,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     config = InferenceConfig(device="cpu", input_size=args.img_size, amp=args.amp)
     detector = Detector.from_weights(args.weights, config=config)
     exact = Detector.from_weights(args.weights, config=replace(config, amp=False))
+    if detector.precision.warning:
+        print(f"warning: {detector.precision.warning}", file=sys.stderr)
     default_threads = torch.get_num_threads()
     chosen = {k: v for k, v in configs(args.amp).items() if not args.only or k in args.only}
     report: dict = {
