@@ -25,7 +25,7 @@ from utils.classes import read_class_names
 from utils.config import HelpFormatter, add_options, argument_group, from_args
 from utils.device import ThreadConfig, configure_threads, select_device
 from utils.engine.config import TrainConfig
-from utils.engine.precision import inference_precision
+from utils.engine.precision import AMP_TORCH_ONLY, inference_precision
 from utils.evaluation.compare import CompareConfig, evaluate_checkpoint, write_outputs
 from utils.evaluation.evaluate import (
     EvalConfig,
@@ -36,6 +36,8 @@ from utils.evaluation.evaluate import (
 )
 from utils.paths import OutputPathError, check_output_path, write_failure, write_text_atomic
 from utils.sources import increment_path
+
+VOC_TEST = "2007:test"  # the usual protocol's test set
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,9 +64,20 @@ def build_parser() -> argparse.ArgumentParser:
             "val_images",
             "label_format",
         ),
+        helps={
+            "classes": "classes file (default: the demo's with --data demo, else the "
+            "checkpoint's names)",
+            "val_labels": "labels to evaluate on instead of --voc-root, any format (VOC, COCO, "
+            "YOLO, annotation lines); --split picks one of its splits",
+            "val_images": "images folder of COCO --val-labels (default: found next to the JSON)",
+            "label_format": "format of --val-labels (auto: from the path)",
+        },
     )
     argument_group(p, "data").add_argument(
-        "--split", default="2007:test", help="YEAR:SET to evaluate (default: %(default)s)"
+        "--split",
+        default=None,
+        help="YEAR:SET to evaluate (default: 2007:test); with --val-labels, the split of "
+        "that source to read (default: its val split, or all of it when it has no splits)",
     )
     add_options(p, EvalConfig, defaults={"input_size": None})
     add_options(p, CompareConfig)
@@ -87,10 +100,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    if not args.weights and not args.detections:
-        print("error: give --weights or --detections", file=sys.stderr)
+    if bool(args.weights) == bool(args.detections):
+        print("error: give --weights (run models) or --detections (score a file)", file=sys.stderr)
         return 2
-    source = resolve_data_source(args.data, args.voc_root, "", args.split, args.classes)
+    onnx = [w for w in args.weights or [] if str(w).endswith(".onnx")]
+    if args.amp and (args.detections or onnx):
+        why = "--amp runs a model; --detections only scores" if args.detections else AMP_TORCH_ONLY
+        print(f"error: {args.detections or onnx[0]}: {why}", file=sys.stderr)
+        return 2
+    voc_split = args.split if args.split and not args.val_labels else VOC_TEST
+    source = resolve_data_source(args.data, args.voc_root, "", voc_split, args.classes)
     voc_root, split = source.voc_root, source.val_set
     out_dir = increment_path(args.out_dir)
     try:  # before any work: a result that cannot be written is lost
@@ -105,7 +124,11 @@ def main(argv: list[str] | None = None) -> int:
         labels = None
         if args.val_labels:  # its val split where it has splits
             labels = role_source(
-                args.val_labels, "val", fmt=args.label_format, images=args.val_images
+                args.val_labels,
+                "val",
+                fmt=args.label_format,
+                images=args.val_images,
+                split=args.split,
             )
         elif args.val_images:
             raise ValueError("--val-images goes with --val-labels")

@@ -137,6 +137,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     if args.onnx_path:  # --export-onnx
+        if args.amp:
+            print(
+                "error: --export-onnx writes a float32 graph (--int8 for a quantized one); "
+                "--amp applies to running a model",
+                file=sys.stderr,
+            )
+            return 2
         return _export_onnx(args)
     if args.int8:
         print("error: --int8 quantizes an export: give --export-onnx PATH too", file=sys.stderr)

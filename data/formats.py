@@ -213,28 +213,51 @@ def read_lines(path: str | os.PathLike, class_names: Sequence[str] | None) -> La
     return LabelSet(annotations, issues, list(class_names), str(path), "lines")
 
 
+# what data sets call their training and validation splits, first match wins (VOC2007 trains
+# on "trainval"; Roboflow exports say "valid")
+ROLE_NAMES = {"train": ("train", "training", "trainval"), "val": ("val", "valid", "validation")}
+
+
 def role_source(
-    path: str, role: str, *, fmt: str = "auto", images: str | None = None, required: bool = True
+    path: str,
+    role: str,
+    *,
+    fmt: str = "auto",
+    images: str | None = None,
+    required: bool = True,
+    split: str | None = None,
 ) -> LabelSource | None:
-    """``path`` as the ``role`` (``train`` or ``val``) split: its split of that name, else the
-    whole source when it has no splits.
+    """``path`` as the ``role`` (``train`` or ``val``) split: ``split`` when given, else its
+    split of that name (or an alias: ``training``, ``trainval``; ``valid``, ``validation``),
+    else the whole source when it has no splits or, when ``required``, only one.
 
     Returns None when the source has splits but no ``role`` one and ``required`` is False.
 
     Raises:
-        LabelFormatError: a VOC folder or data YAML with splits, none named ``role``, when
-            ``required`` (reading all of it would mix the other splits in).
+        LabelFormatError: ``split`` is not one of the source's splits; a source with several
+            splits, none named ``role``, when ``required`` (reading all of it would mix the
+            other splits in).
     """
     source = LabelSource(path, fmt, None, images)
     splits = source.splits()
-    if role in splits:
-        return replace(source, split=role)
+    if split is not None:
+        if split not in splits:
+            have = ", ".join(splits) or "none"
+            raise LabelFormatError(f"{path}: no split {split!r} (it has: {have})")
+        return replace(source, split=split)
+    for name in ROLE_NAMES.get(role, (role,)):
+        if name in splits:
+            return replace(source, split=name)
     if not required:
         return None
-    if splits and (source.kind == "voc" or Path(path).suffix in (".yaml", ".yml")):
+    if len(splits) == 1:  # one split is the whole source (a converter's "all")
+        return replace(source, split=splits[0])
+    if splits:
+        names = "/".join(ROLE_NAMES.get(role, (role,)))
         raise LabelFormatError(
-            f"{path} has the splits {', '.join(splits)} but no {role!r}: point at the one to "
-            "use (a VOC ImageSets/Main/<split>.txt, a YOLO images/<split> folder)"
+            f"{path} has the splits {', '.join(splits)} but none named {names}: point at the "
+            "one to use (a VOC ImageSets/Main/<split>.txt, a YOLO images/<split> folder; "
+            "eval.py --split <split>)"
         )
     return source
 

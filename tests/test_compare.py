@@ -647,3 +647,14 @@ def test_evaluation_settings_are_range_checked_together(capsys) -> None:
     args = ["--weights", "missing.pth", "--data", "demo", "--conf", "2"]
     assert eval_cli.main(args) == 2  # before any model or data is read
     assert "--conf 2.0: must be a score in [0, 1]" in capsys.readouterr().err
+
+
+def test_eval_takes_weights_or_detections_and_a_split_of_its_labels(tmp_path, capsys) -> None:
+    both = ["--weights", str(tmp_path / "a.pth"), "--detections", str(tmp_path / "d.json")]
+    assert eval_cli.main(both) == 2
+    assert "give --weights (run models) or --detections (score a file)" in capsys.readouterr().err
+    voc_root, _ = make_split(tmp_path, 2, 2)
+    folder = str(voc_root / "VOC2007")
+    args = ["--weights", str(tmp_path / "a.pth"), "--val-labels", folder, "--split", "tst"]
+    assert eval_cli.main([*args, "--out-dir", str(tmp_path / "out")]) == 2
+    assert f"{folder}: no split 'tst' (it has: test, trainval)" in capsys.readouterr().err

@@ -129,6 +129,7 @@ def test_eval_prints_the_speed_line_after_the_report(
     args += ["--split", "2007:test", "--device", "cpu", "--no-coco", "--json", str(metrics)]
     assert eval_cli.main([*args, "--out-dir", str(tmp_path / "out")]) == 0
     lines = capsys.readouterr().out.splitlines()
+    assert any(line.endswith("| COCO: not computed") for line in lines)  # --no-coco
     at = next(i for i, line in enumerate(lines) if line.startswith("speed: "))
     assert lines[at - 1].startswith("P/R at the score threshold")  # right after the report
     line = lines[at]

@@ -267,10 +267,15 @@ def test_format_detection(tmp_path: Path) -> None:
 def test_train_and_val_splits_of_one_source(tmp_path: Path) -> None:
     root = make_voc(tmp_path / "VOCdevkit", num_images=3)
     folder = root / "VOC2007"
-    # VOC2007-style sets without "train": reading all of it would mix test in
-    with pytest.raises(LabelFormatError, match="splits trainval but no 'train'"):
-        train_val_sources(str(folder))
     sets = folder / "ImageSets" / "Main"
+    # VOC2007's sets: training reads trainval, and test is no validation split
+    (sets / "test.txt").write_text("000002\n")
+    train, val = train_val_sources(str(folder))
+    assert (train.split, val) == ("trainval", None)
+    # sets that are neither: reading all of it would mix them
+    (sets / "trainval.txt").rename(sets / "part1.txt")
+    with pytest.raises(LabelFormatError, match="splits part1, test but none named train/"):
+        train_val_sources(str(folder))
     (sets / "train.txt").write_text("000000\n000001\n")
     (sets / "val.txt").write_text("000002\n")
     train, val = train_val_sources(str(folder))
@@ -280,6 +285,29 @@ def test_train_and_val_splits_of_one_source(tmp_path: Path) -> None:
     train, val = train_val_sources(str(json_path))
     assert train.split is None and val is None
     assert role_source(str(folder), "val").split == "val"
+    assert role_source(str(folder), "val", split="test").split == "test"  # eval.py --split
+    with pytest.raises(LabelFormatError, match="no split 'tst' \\(it has: part1, test, train, val"):
+        role_source(str(folder), "val", split="tst")
+
+
+def test_split_names_of_exported_data_sets(tmp_path: Path) -> None:
+    """Roboflow-style YOLO splits (train/valid/test), and a converter's single "all" split."""
+    yolo = tmp_path / "yolo"
+    for split in ("train", "valid", "test"):
+        _image(yolo / "images" / split / f"{split}.jpg", 40, 30)
+        (yolo / "labels" / split).mkdir(parents=True)
+        (yolo / "labels" / split / f"{split}.txt").write_text("0 0.5 0.5 0.5 0.5\n")
+    (yolo / "classes.txt").write_text("thing\n")
+    train, val = train_val_sources(str(yolo))
+    assert (train.split, val.split) == ("train", "valid")
+    assert [a.image_id for a in val.load().annotations] == ["valid"]
+    (yolo / "images" / "train").rename(yolo / "images" / "part1")
+    with pytest.raises(LabelFormatError, match="splits part1, test, valid but none named train"):
+        train_val_sources(str(yolo))
+    one = make_voc(tmp_path / "one", num_images=2, image_set="all")
+    train, val = train_val_sources(str(one / "VOC2007"))
+    assert (train.split, val) == ("all", None)
+    assert role_source(str(one / "VOC2007"), "val").split == "all"  # given as the val source
 
 
 # ---------------------------------------------------------------- bad input

@@ -180,3 +180,18 @@ def test_eval_amp_scores_like_float32_and_says_so(
         protocol = next(line for line in capsys.readouterr().out.splitlines() if "IoU" in line)
         assert ("bfloat16 autocast" in protocol) == (flag == "--amp"), protocol
     assert maps["--amp"] == pytest.approx(maps["--no-amp"], abs=0.05)
+
+
+def test_amp_where_it_cannot_apply_is_refused_before_any_work(tmp_path, capsys) -> None:
+    import predict
+
+    onnx = str(tmp_path / "m.onnx")
+    assert predict.main(["--export-onnx", onnx, "--amp"]) == 2
+    assert "--export-onnx writes a float32 graph" in capsys.readouterr().err
+    assert not Path(onnx).exists()
+    # the .pth would be evaluated first: the mix is refused before it is read
+    args = ["--data", "demo", "--amp", "--out-dir", str(tmp_path / "out")]
+    assert eval_cli.main([*args, "--weights", str(tmp_path / "a.pth"), onnx]) == 2
+    assert f"error: {onnx}: --amp runs the torch backend" in capsys.readouterr().err
+    assert eval_cli.main([*args, "--detections", str(tmp_path / "d.json")]) == 2
+    assert "--amp runs a model; --detections only scores" in capsys.readouterr().err

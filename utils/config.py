@@ -73,6 +73,7 @@ def add_options(
     exclude: Iterable[str] = (),
     defaults: dict[str, Any] | None = None,
     include: Iterable[str] | None = None,
+    helps: dict[str, str] | None = None,
 ) -> None:
     """Adds one flag per ``option`` field of ``config_cls`` to ``parser``.
 
@@ -80,6 +81,8 @@ def add_options(
         exclude: field names not to add (a CLI that handles them itself).
         defaults: field name -> a default that replaces the dataclass's for this parser.
         include: only these field names (another command's options shared by this one).
+        helps: field name -> the help this parser shows instead (a shared option that means
+            less here, such as a training flag on the evaluation CLI).
     """
     hints = typing.get_type_hints(config_cls)
     excluded = set(exclude)
@@ -90,6 +93,7 @@ def add_options(
         default = (defaults or {}).get(f.name, f.default)
         flag = meta["flag"] or "--" + f.name.replace("_", "-")
         help_text = meta["help"]() if callable(meta["help"]) else meta["help"]
+        help_text = (helps or {}).get(f.name, help_text)
         kwargs: dict[str, Any] = {"dest": f.name, "default": default, "help": help_text}
         kind = _scalar_type(hints[f.name])
         if kind is bool:

@@ -359,12 +359,13 @@ class EvalReport:
         }
 
 
-def describe_protocol(dataset: str, iou_thresh: float, max_det: int = 0) -> str:
+def describe_protocol(dataset: str, iou_thresh: float, max_det: int = 0, coco: bool = True) -> str:
     cap = f"at most {max_det} detections per image" if max_det else "all detections"
+    coco_text = "pycocotools, best 100 per image, difficult as crowd" if coco else "not computed"
     return (
         f"{dataset} | IoU >= {iou_thresh:g} (+1 pixel convention) | difficult objects "
         f"ignored | {cap} | AP50(07): VOC2007 11-point, AP50(12): VOC2010+ area | COCO: "
-        "pycocotools, best 100 per image, difficult as crowd"
+        f"{coco_text}"
     )
 
 
@@ -403,7 +404,7 @@ def score(
     if speed is not None:
         speed = speed.plus(SCORING, time.perf_counter() - start)
     return EvalReport(
-        protocol=describe_protocol(dataset, iou_thresh, max_det),
+        protocol=describe_protocol(dataset, iou_thresh, max_det, coco),
         class_names=list(class_names),
         num_images=num_images,
         num_instances=int((~detected.gts.difficult).sum()),
