@@ -58,10 +58,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not result.is_main:
         return 0
-    print(
-        f"done: best mAP@0.5 (VOC2010+ area) {max(result.best_map, 0):.4f}; "
-        f"run folder {result.run_dir}"
-    )
+    if result.best_map < 0:  # never evaluated: no evaluation images, or none due yet
+        print(f"done: not evaluated, so no best.pth; run folder {result.run_dir}")
+    else:
+        print(
+            f"done: best mAP@0.5 (VOC2010+ area) {result.best_map:.4f}; "
+            f"run folder {result.run_dir}"
+        )
     return 0
 
 

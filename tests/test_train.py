@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import subprocess
 import sys
@@ -502,3 +503,32 @@ def test_fewer_images_than_a_batch_still_trains(tiny_voc, tmp_path, caplog) -> N
     result = fit(_config(tiny_voc, tmp_path, name="small", epochs=1, batch_size=64))
     assert "training with batch" in caplog.text
     assert result.history[0]["loss"] > 0  # at least one step was taken
+
+
+def test_classes_that_name_no_training_object_are_one_error(tiny_voc, tmp_path) -> None:
+    voc_root, _ = tiny_voc
+    other = tmp_path / "zebra.txt"
+    other.write_text("zebra\n")
+    logs = tmp_path / "logs"
+    with pytest.raises(ValueError) as err:
+        fit(tiny_train_config(voc_root, other, log_dir=str(logs)))
+    message = str(err.value)
+    assert message.startswith(f"{voc_root} 2007:trainval: no training object of the 1 classes")
+    assert "the labels use other classes ('" in message and "give a classes file" in message
+    assert not logs.exists()  # before the run folder
+
+
+@pytest.mark.slow
+def test_a_run_without_evaluation_images_says_so(tiny_voc, tmp_path, caplog, capsys) -> None:
+    import train
+
+    voc_root, classes = tiny_voc
+    folder = str(voc_root / "VOC2007")  # a VOC folder whose sets are trainval and test
+    args = ["--train-labels", folder, "--classes", str(classes), "--img-size", "64"]
+    args += ["--epochs", "1", "--freeze-epochs", "0", "--weights", "none", "--workers", "0"]
+    with caplog.at_level(logging.INFO, logger="train"):
+        assert train.main([*args, "--log-dir", str(tmp_path / "logs"), "--no-tensorboard"]) == 0
+    assert any("no evaluation images (none)" in r.getMessage() for r in caplog.records)
+    assert "done: not evaluated, so no best.pth; run folder " in capsys.readouterr().out
+    weights = next((tmp_path / "logs").glob("*/weights"))
+    assert [p.name for p in weights.iterdir()] == ["last.pth"]

@@ -46,6 +46,7 @@ from utils.engine.setup import (
     init_distributed,
     load_data,
     read_resume,
+    require_objects,
     resolve_data,
     seed_run,
 )
@@ -168,6 +169,7 @@ def start_run(
     cfg = resolve_data(cfg)
     seed_run(cfg)
     data = load_data(cfg)
+    require_objects(data, cfg)
     model = YoloBody(
         len(data.class_names),
         cfg.phi,
@@ -222,6 +224,12 @@ def start_run(
             f"device {device}; run folder {log.dir}"
         )
         logger.info("training instances per class: %s", class_counts(data.train, data.class_names))
+        if not data.val:
+            logger.warning(
+                "no evaluation images (%s): no mAP is measured and no best.pth is written, "
+                "only last.pth; give --val-labels, or labels with a val split",
+                data.val_name,
+            )
     start = state.epoch + 1
     return Run(cfg, d, log, data, info, step, state, train_set, start, saved_epoch=start - 1)
 

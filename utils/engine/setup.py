@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import re
+from collections import Counter
 from collections.abc import Collection
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -72,6 +74,45 @@ class DataSetup:
     train_name: str = ""  # what the training images are, when not --train-sets
 
 
+NO_CLASSES_FOR_LINES = (
+    "no --classes: annotation lines hold class ids only, so they are read as VOC's 20 classes "
+    "(give a classes file, one name per line, for other data)"
+)
+
+
+def require_objects(data: DataSetup, cfg: TrainConfig) -> None:
+    """Training needs objects of its classes: a classes file that names none of the labels'
+    classes would otherwise train a model that never sees a positive.
+
+    Raises:
+        ValueError: no training object (difficult ones counted only with
+            ``--include-difficult``); names the classes the labels use instead, when known.
+    """
+    include_difficult = cfg.include_difficult
+    usable = sum(
+        len(a.labels) if include_difficult else int((~a.difficult).sum()) for a in data.train
+    )
+    if usable:
+        return
+    what = data.train_name or f"{cfg.voc_root} {cfg.train_sets}"
+    skipped = Counter(
+        m.group(2)
+        for issue in data.issues
+        if (m := re.search(r"class (['\"])(.+?)\1", getattr(issue, "problem", str(issue))))
+    )
+    message = (
+        f"{what}: no training object of the {len(data.class_names)} classes "
+        f"({', '.join(data.class_names[:6])}{', ...' if len(data.class_names) > 6 else ''}) "
+        f"in {len(data.train)} images"
+    )
+    if skipped:
+        other = ", ".join(repr(name) for name, _ in skipped.most_common(6))
+        message += f"; the labels use other classes ({other}): give a classes file listing them"
+    elif not include_difficult and any(len(a.labels) for a in data.train):
+        message += "; every object is marked difficult (--include-difficult trains on them)"
+    raise ValueError(message)
+
+
 MISSING_VOC = """{root}: no Pascal VOC here.
   Get it (about 2 GB):   python -m tools.download_voc --dest data
   Or train on the generated demo set instead:   python train.py --data demo
@@ -85,6 +126,7 @@ def resolve_class_names(cfg: TrainConfig) -> list[str]:
         return read_class_names(cfg.classes)
     voc = read_class_names(VOC_CLASSES)
     if cfg.train_lines:
+        logger.info(NO_CLASSES_FOR_LINES)
         return voc
     found = discover_classes(cfg.voc_root, parse_sets(cfg.train_sets))
     if set(found) <= set(voc):
@@ -137,6 +179,7 @@ def load_label_data(cfg: TrainConfig) -> DataSetup:
     voc = read_class_names(VOC_CLASSES)
     names = read_class_names(cfg.classes) if cfg.classes else None
     if names is None and train_source.kind == "lines":
+        logger.info(NO_CLASSES_FOR_LINES)
         names = voc
     train = train_source.load(names)
     if names is None:
@@ -177,7 +220,12 @@ def load_data(cfg: TrainConfig) -> DataSetup:
         train = load_annotation_lines(cfg.train_lines, len(names))
         val = load_annotation_lines(cfg.val_lines, len(names)) if cfg.val_lines else LoadResult()
         return DataSetup(
-            names, train.annotations, val.annotations, str(cfg.val_lines), train.issues + val.issues
+            names,
+            train.annotations,
+            val.annotations,
+            str(cfg.val_lines),
+            train.issues + val.issues,
+            train_name=str(cfg.train_lines),
         )
     train = load_voc(cfg.voc_root, parse_sets(cfg.train_sets), names)
     val = load_voc(cfg.voc_root, parse_sets(cfg.val_set), names)
