@@ -75,6 +75,7 @@ def _kind(problem: str) -> str:
 
 def summarize(issues: Sequence[FileIssue]) -> str:
     counts = Counter(f"{_kind(i.problem)} -> {i.action}" for i in issues)
-    lines = [f"{len(issues)} issue(s) in {len({i.path for i in issues})} file(s)"]
+    files = {re.sub(r":\d+$", "", i.path) for i in issues}  # "labels/a.txt:3" is a.txt's
+    lines = [f"{len(issues)} issue(s) in {len(files)} file(s)"]
     lines += [f"  {n:6d}  {what}" for what, n in counts.most_common()]
     return "\n".join(lines)

@@ -31,11 +31,17 @@ from utils.paths import VOC_ROOT
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        description="Check a VOC-format dataset file by file", formatter_class=HelpFormatter
+        prog="python -m tools.check_data",
+        description="Check a dataset (VOC, COCO, YOLO or annotation lines) file by file",
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--voc-root", default=VOC_ROOT, help="folder holding VOC<year>/")
     p.add_argument("--sets", default="2007:trainval,2012:trainval", help="YEAR:SET,...")
-    p.add_argument("--classes", default=None, help="classes file (default: discover from XMLs)")
+    p.add_argument(
+        "--classes",
+        default=None,
+        help="classes file (default: the labels' own names; for VOC, those used in the XMLs)",
+    )
     p.add_argument("--annotations", default=None, help="reference-style annotation lines file")
     p.add_argument(
         "--labels",
@@ -81,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     for issue in issues:
         print(issue)
     print(f"{len(result.annotations)} annotated images; " + summarize(issues))
+    if result.annotations and not any(len(a.labels) for a in result.annotations):
+        print("no object of these classes in any image: train.py would stop (--classes?)")
+        return 1
     # 1 when training will leave a file or an image out (not for repaired boxes or objects)
     return 1 if any(i.action in ("skipped", "image skipped") for i in issues) else 0
 

@@ -25,7 +25,7 @@ OUT = Path("logs/demo")
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m tools.demo", description=__doc__.splitlines()[0])
     p.add_argument("--epochs", type=int, default=25, help="training epochs (default: 25)")
     p.add_argument("--img-size", type=int, default=192, help="training input size (default: 192)")
     p.add_argument("--phi", default="cbam", help="attention block (default: cbam)")

@@ -18,7 +18,9 @@ from utils.paths import OutputPathError, check_output_path, write_failure
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        description="Export a YOLOv4-tiny model", formatter_class=HelpFormatter
+        prog="python -m tools.export",
+        description="Export a YOLOv4-tiny model",
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--weights", required=True, help="our checkpoint, reference .pth or .weights")
     p.add_argument("--format", choices=["darknet"], default="darknet", help="target format")

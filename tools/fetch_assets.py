@@ -82,7 +82,9 @@ def fetch_assets(dest: str | Path = "model_data", force: bool = False) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=HelpFormatter
+        prog="python -m tools.fetch_assets",
+        description=__doc__.splitlines()[0],
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--dest", default="model_data", help="destination folder")
     parser.add_argument("--force", action="store_true", help="download even if present")

@@ -31,7 +31,9 @@ from utils.config import HelpFormatter
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description="YOLOv4-tiny parameters and GFLOPs per phi", formatter_class=HelpFormatter
+        prog="python -m tools.model_summary",
+        description="YOLOv4-tiny parameters and GFLOPs per phi",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--phi", nargs="+", default=["all"], help="phis (numbers or names), or all")
     parser.add_argument("--num-classes", type=int, default=20, help="number of classes")

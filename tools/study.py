@@ -110,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     """train.py's options (the settings every run shares) plus the study's own."""
     per_run = ("phi", "seed", "name", "log_dir", "resume", "stop_at_epoch")
     parser = argparse.ArgumentParser(
+        prog="python -m tools.study",
         description=__doc__,
         formatter_class=HelpFormatter,
         parents=[train_cli.build_parser(add_help=False, exclude=per_run)],

@@ -15,6 +15,8 @@ import os
 import tempfile
 from pathlib import Path
 
+import cv2
+
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_DATA = ROOT / "model_data"
 OFFICIAL_WEIGHTS = MODEL_DATA / "yolov4-tiny.weights"  # darknet COCO weights (`make weights`)
@@ -89,6 +91,35 @@ def write_bytes_atomic(path: str | os.PathLike, payload: bytes) -> Path:
             tmp.unlink(missing_ok=True)
         raise OutputPathError(f"{path}: cannot write ({err.strerror or err})") from None
     return path
+
+
+def check_image_path(path: str | os.PathLike) -> Path:
+    """``check_output_path`` for an image file, whose suffix must name a format OpenCV writes.
+
+    Raises:
+        OutputPathError: as ``check_output_path``, or a suffix OpenCV cannot encode.
+    """
+    path = check_output_path(path)
+    if not cv2.haveImageWriter(str(path)):
+        raise OutputPathError(f"{path}: cannot write {path.suffix or 'no'} images (.jpg or .png)")
+    return path
+
+
+def write_image_atomic(path: str | os.PathLike, image) -> Path:
+    """Encodes ``image`` (BGR uint8) in the format of ``path``'s suffix and writes it as
+    ``write_bytes_atomic`` does.
+
+    Raises:
+        OutputPathError: an unknown suffix, or the write failed.
+    """
+    path = Path(path)
+    try:
+        ok, encoded = cv2.imencode(path.suffix, image)
+    except cv2.error:
+        ok = False
+    if not ok:
+        raise OutputPathError(f"{path}: cannot write {path.suffix or 'no'} images (.jpg or .png)")
+    return write_bytes_atomic(path, encoded.tobytes())
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
