@@ -167,7 +167,14 @@ def _list_images(entry: Path, source: str) -> list[Path]:
             lines = entry.read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as err:
             raise LabelFormatError(f"{entry}: image list cannot be read ({err})") from None
-        return [entry.parent / line.strip() for line in lines if line.strip()]
+        paths = [line.strip() for line in lines if line.strip()]
+        for n, line in enumerate(paths, 1):
+            if Path(line).suffix.lower() not in IMAGE_EXTENSIONS:
+                raise LabelFormatError(
+                    f"{entry}: not a YOLO image list (a folder, data YAML or .txt of image "
+                    f"paths): entry {n}, {line[:60]!r}, is not an image path"
+                )
+        return [entry.parent / line for line in paths]
     raise LabelFormatError(f"{entry}: no such images folder or list (named by {source})")
 
 

@@ -722,3 +722,9 @@ def test_train_on_yolo_and_evaluate_on_coco(tmp_path: Path) -> None:
     report = json.loads(metrics.read_text())
     assert report["num_images"] == 2 and report["num_instances"] == 3
     assert report["protocol"].startswith(f"{coco_val} (coco) at 64 |")
+
+
+def test_a_file_that_is_no_image_list_is_refused_as_yolo(tmp_path: Path) -> None:
+    json_path = _coco_set(tmp_path / "coco")
+    with pytest.raises(LabelFormatError, match="not a YOLO image list .*entry 1, '"):
+        LabelSource(str(json_path), "yolo").load(["a"])

@@ -224,12 +224,12 @@ def test_main_prints_counts(tree: Tree, tmp_path: Path, capsys) -> None:
     assert "bird" not in rows
     assert rows["images"] == [str(len(splits[n])) for n in SPLIT_NAMES]
     # a second run needs --force; --folder names the dataset folder directly
-    assert split_cli.main(argv) == 1
+    assert split_cli.main(argv) == 2
     assert "--force" in capsys.readouterr().err
     assert split_cli.main(["--folder", str(tree.folder), "--force", "--seed", "2"]) == 0
     assert "bird" in capsys.readouterr().out
 
 
 def test_main_reports_missing_folder(tmp_path: Path, capsys) -> None:
-    assert split_cli.main(["--folder", str(tmp_path / "nope")]) == 1
+    assert split_cli.main(["--folder", str(tmp_path / "nope")]) == 2
     assert "Annotations" in capsys.readouterr().err

@@ -92,9 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
             include_difficult=args.include_difficult,
         )
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError) as err:  # no such data set, sets or classes
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return 2
     try:
         write_anchors(args.output, report.anchors)
     except OutputPathError as err:  # disk full or permissions changed during the run
@@ -113,6 +113,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             "fit it best and get no positive)"
         )
     print(f"wrote {args.output}")
+    if args.num_anchors == DEFAULT_NUM_ANCHORS:
+        print(f"train with it: train.py --anchors {args.output} --img-size {args.input_size}")
+    else:
+        print(
+            f"note: YOLOv4-tiny's heads use {DEFAULT_NUM_ANCHORS} anchors: train.py needs a "
+            f"{DEFAULT_NUM_ANCHORS}-anchor file"
+        )
     return 0
 
 

@@ -99,9 +99,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         folder = dataset_folder(args.folder or args.voc_root, None if args.folder else args.year)
         class_names = read_class_names(args.classes) if args.classes else None
         result = split_dataset(folder, args.ratios, args.seed, class_names, args.force)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError) as err:  # a bad folder, ratios or lists already there
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return 2
     print(
         f"wrote {folder / 'ImageSets' / 'Main'}/{{{','.join(SPLIT_NAMES)}}}.txt (seed {args.seed})"
     )
