@@ -26,7 +26,12 @@ from utils.config import HelpFormatter, add_options, argument_group, from_args
 from utils.device import ThreadConfig, configure_threads, select_device
 from utils.engine.config import TrainConfig
 from utils.engine.precision import AMP_TORCH_ONLY, inference_precision
-from utils.evaluation.compare import CompareConfig, evaluate_checkpoint, write_outputs
+from utils.evaluation.compare import (
+    CompareConfig,
+    evaluate_checkpoint,
+    table_protocol,
+    write_outputs,
+)
 from utils.evaluation.evaluate import (
     EvalConfig,
     format_report,
@@ -180,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             plots = plot_report(reports[0], out_dir)
             print(f"plots: {', '.join(map(str, plots))}")
         else:
-            paths = write_outputs(rows, reports[0].protocol, out_dir, compare)
+            paths = write_outputs(rows, table_protocol(reports, rows), out_dir, compare)
             print(paths["md"].read_text())
             print(f"comparison: {', '.join(map(str, paths.values()))}")
     except OSError as err:  # disk full or permissions changed during the run

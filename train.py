@@ -62,8 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"done: not evaluated, so no best.pth; run folder {result.run_dir}")
     else:
         print(
-            f"done: best mAP@0.5 (VOC2010+ area) {result.best_map:.4f}; "
-            f"run folder {result.run_dir}"
+            f"done: best mAP@0.5 (VOC2010+ area) {result.best_map:.4f}; run folder {result.run_dir}"
         )
     return 0
 

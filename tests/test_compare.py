@@ -7,6 +7,7 @@ import csv
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -26,9 +27,11 @@ from utils.evaluation.bootstrap import (
 from utils.evaluation.compare import (
     CompareConfig,
     Row,
+    group_names,
     pairwise_verdicts,
     size_aps,
     summarize_by_phi,
+    table_protocol,
     write_outputs,
 )
 from utils.evaluation.evaluate import EvalConfig
@@ -88,6 +91,32 @@ def _row(name: str, phi: int, phi_name: str, dets: BoxSet, gts: BoxSet, num_imag
         cpu_forward_ms=5.0 + phi, ap_small=sizes["small"], ap_medium=sizes["medium"],
         ap_large=sizes["large"], matches=_table(dets, gts, num_images),
     )  # fmt: skip
+
+
+def test_exports_and_other_input_sizes_are_not_seeds_of_a_block(tmp_path: Path) -> None:
+    rng = np.random.default_rng(9)
+    gts = _ground_truth(rng, 40)
+    rows = [_row(n, 2, "cbam", _detections(gts, 0.6, k), gts, 40) for k, n in enumerate("abc")]
+    for row in rows:
+        row.input_size = 192
+    rows[2].runtime = "ONNX INT8"  # an export of "a": its own group, not a third seed
+    assert [(s.phi_name, s.runs) for s in summarize_by_phi(rows)] == [
+        ("cbam", 2), ("cbam, ONNX INT8", 1)
+    ]  # fmt: skip
+    rows[1].input_size = 96
+    assert group_names(rows) == ["cbam, 192 px", "cbam, 96 px", "cbam, ONNX INT8, 192 px"]
+    report = SimpleNamespace(protocol="demo 2007:test at 192 | IoU >= 0.5")
+    assert (
+        table_protocol([report], rows)
+        == "demo 2007:test at each checkpoint's own size | IoU >= 0.5"
+    )
+    paths = write_outputs(rows, "p", tmp_path, CompareConfig(bootstrap_resamples=100))
+    assert "| b | 2 cbam, 96 px |" in paths["md"].read_text()
+    with open(paths["csv"]) as f:
+        table = list(csv.DictReader(f))
+    assert [(r["runtime"], r["input_size"]) for r in table] == [
+        ("PyTorch", "192"), ("PyTorch", "96"), ("ONNX INT8", "192")
+    ]  # fmt: skip
 
 
 def test_identity_resample_is_the_exact_metric() -> None:

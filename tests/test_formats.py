@@ -726,5 +726,5 @@ def test_train_on_yolo_and_evaluate_on_coco(tmp_path: Path) -> None:
 
 def test_a_file_that_is_no_image_list_is_refused_as_yolo(tmp_path: Path) -> None:
     json_path = _coco_set(tmp_path / "coco")
-    with pytest.raises(LabelFormatError, match="not a YOLO image list .*entry 1, '"):
+    with pytest.raises(LabelFormatError, match=r"not a YOLO image list .*entry 1, '"):
         LabelSource(str(json_path), "yolo").load(["a"])

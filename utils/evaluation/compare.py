@@ -27,6 +27,7 @@ from utils.evaluation.compare_table import (  # noqa: F401
     PhiSummary,
     Row,
     Verdict,
+    group_names,
     markdown,
     pairwise_verdicts,
     size_aps,
@@ -34,7 +35,7 @@ from utils.evaluation.compare_table import (  # noqa: F401
     write_outputs,
 )
 from utils.evaluation.evaluate import EvalConfig, detect_dataset, score
-from utils.inference.deploy import OnnxRunner
+from utils.inference.deploy import OnnxRunner, onnx_metadata
 from utils.inference.predict_loop import benchmark
 from utils.inference.predictor import Detector, InferenceConfig
 from utils.sources import read_image
@@ -54,6 +55,21 @@ def _load_for_evaluation(
     if names is None or len(names) != info.num_classes:
         raise ValueError(f"{weights}: pass a classes file with {info.num_classes} names")
     return model, info, list(names), None
+
+
+def _runtime(onnx_path: str) -> str:
+    """``ONNX`` or ``ONNX INT8``: an export is no seed of the checkpoint it came from."""
+    return "ONNX INT8" if onnx_metadata(onnx_path).get("quantization") else "ONNX"
+
+
+def table_protocol(reports: list, rows: list[Row]) -> str:
+    """The comparison's protocol line: the first report's, whose "at <size>" holds for every
+    row unless they ran at different sizes (then each group's name carries its size)."""
+    protocol = reports[0].protocol
+    sizes = [r.input_size for r in rows]
+    if len(set(sizes)) > 1:
+        protocol = protocol.replace(f" at {sizes[0]}", " at each checkpoint's own size", 1)
+    return protocol
 
 
 def evaluate_checkpoint(
@@ -158,6 +174,8 @@ def evaluate_checkpoint(
         report.voc12_map50,
         report.coco.get("coco_map") if report.coco else None,
         cpu_forward_ms=cpu_forward,
+        runtime=_runtime(weights) if isinstance(model, OnnxRunner) else "",
+        input_size=size,
         matches=MatchTable.from_boxes(
             detected.dets,
             detected.gts,

@@ -2,9 +2,11 @@
 bootstrap verdicts and what each block costs.
 
 Rows are grouped by block name (``phi_name``), not phi number: every plugin block has phi -1
-and would otherwise merge with the others. Per group: mean ± sample std over seeds of mAP50
-(VOC12 and VOC07), means of AP50 by object size, and the cost (parameters, GFLOPs, CPU
-forward latency). Per pair of groups: the VOC12 mAP50 difference with a 95% percentile
+and would otherwise merge with the others. Rows that are not seeds of one training recipe stay
+apart too: an ONNX or INT8 export of a checkpoint (``Row.runtime``), and, where the table mixes
+input sizes, each size (the group's name then says which). Per group: mean ± sample std over
+seeds of mAP50 (VOC12 and VOC07), means of AP50 by object size, and the cost (parameters,
+GFLOPs, CPU forward latency). Per pair of groups: the VOC12 mAP50 difference with a 95% percentile
 interval from a paired, two-level bootstrap (the test images resampled identically for every
 checkpoint, then the seeds within each group; ``bootstrap.compare_groups`` says why), called
 "better" or "worse" when the interval excludes 0 and "not distinguishable" when it holds 0.
@@ -63,6 +65,19 @@ class Row:
     ap_medium: float | None = None
     ap_large: float | None = None
     matches: MatchTable | None = field(default=None, repr=False, compare=False)
+    runtime: str = ""  # what ran it when not the PyTorch path: "ONNX", "ONNX INT8"
+    input_size: int = 0  # the evaluation input side (0: not recorded)
+
+
+def group_names(rows: list[Row]) -> list[str]:
+    """Each row's group: its block name, plus its runtime and, where the rows were evaluated at
+    more than one input size, its size (``cbam``, ``cbam, ONNX INT8``, ``cbam, 320 px``)."""
+    sizes_differ = len({r.input_size for r in rows}) > 1
+    names = []
+    for r in rows:
+        parts = [r.phi_name, r.runtime, f"{r.input_size} px" if sizes_differ else ""]
+        names.append(", ".join(p for p in parts if p))
+    return names
 
 
 def size_aps(dets: BoxSet, gts: BoxSet, num_classes: int, iou_thresh: float = 0.5) -> dict:
@@ -80,7 +95,7 @@ class PhiSummary:
     """One attention block over its runs (seeds)."""
 
     phi: int
-    phi_name: str
+    phi_name: str  # the group's name (``group_names``): the block's, with runtime and size
     runs: int
     voc12_mean: float
     voc12_std: float | None  # None with one run
@@ -109,8 +124,8 @@ def _std(values: list[float | None]) -> float | None:
 def summarize_by_phi(rows: list[Row]) -> list[PhiSummary]:
     """Rows grouped by block name; built-in blocks in phi order, then plugins by name."""
     groups: dict[str, list[int]] = defaultdict(list)
-    for k, row in enumerate(rows):
-        groups[row.phi_name].append(k)
+    for k, name in enumerate(group_names(rows)):
+        groups[name].append(k)
     out = []
     for name, members in groups.items():
         g = [rows[k] for k in members]
@@ -236,10 +251,10 @@ def markdown(
         "mAP50 VOC12 | AP50 small | AP50 medium | AP50 large | COCO AP |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in rows:
+    for r, group in zip(rows, group_names(rows)):
         cpu = "-" if r.cpu_forward_ms is None else f"{r.cpu_forward_ms:.1f}"
         lines.append(
-            f"| {r.name} | {_block(r.phi, r.phi_name)} | {r.params:,} | {r.gflops:.2f} | {cpu} | "
+            f"| {r.name} | {_block(r.phi, group)} | {r.params:,} | {r.gflops:.2f} | {cpu} | "
             f"{r.latency_ms:.1f} | {_pct(r.voc07)} | {_pct(r.voc12)} | {_pct(r.ap_small)} | "
             f"{_pct(r.ap_medium)} | {_pct(r.ap_large)} | {_pct(r.coco)} |"
         )
@@ -278,6 +293,7 @@ def markdown(
 def _write_rows_csv(path: Path, rows: list[Row]) -> None:
     header = ["name", "phi", "attention", "params", "gflops", "latency_ms", "cpu_forward_ms"]
     header += ["map50_voc07", "map50_voc12", "ap50_small", "ap50_medium", "ap50_large", "coco_map"]
+    header += ["runtime", "input_size"]
 
     def num(value: float | None, digits: int) -> str:
         return "" if value is None else f"{value:.{digits}f}"
@@ -290,6 +306,7 @@ def _write_rows_csv(path: Path, rows: list[Row]) -> None:
                 [r.name, r.phi, r.phi_name, r.params, f"{r.gflops:.3f}", f"{r.latency_ms:.2f}"]
                 + [num(r.cpu_forward_ms, 2), f"{r.voc07:.5f}", f"{r.voc12:.5f}"]
                 + [num(v, 5) for v in (r.ap_small, r.ap_medium, r.ap_large, r.coco)]
+                + [r.runtime or "PyTorch", r.input_size or ""]
             )
 
 
