@@ -223,7 +223,12 @@ def start_run(
             f"{len(data.val)} for evaluation; classes: {', '.join(data.class_names)}; "
             f"device {device}; run folder {log.dir}"
         )
-        logger.info("training instances per class: %s", class_counts(data.train, data.class_names))
+        counted = "" if cfg.include_difficult else " (difficult ones counted; training skips them)"
+        logger.info(
+            "training instances per class%s: %s",
+            counted,
+            class_counts(data.train, data.class_names),
+        )
         if not data.val:
             logger.warning(
                 "no evaluation images (%s): no mAP is measured and no best.pth is written, "
