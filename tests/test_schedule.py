@@ -107,7 +107,14 @@ def test_anchor_settings_kmeans_default_and_file(tmp_path) -> None:
     assert resolve_anchors(None, boxes, 416).anchors == tuple(DEFAULT_ANCHORS)
     f = tmp_path / "a.txt"
     f.write_text("1,2, 3,4, 5,6, 7,8, 9,10, 11,12\n")
-    assert resolve_anchors(str(f), boxes, 416).anchors[0] == (1.0, 2.0)
+    from_file = resolve_anchors(str(f), boxes, 416)
+    assert from_file.anchors[0] == (1.0, 2.0)
+    assert from_file.chosen_iou < from_file.default_iou and "fits these boxes worse" in (
+        from_file.reason
+    )
+    km_file = tmp_path / "km.txt"
+    km_file.write_text(", ".join(f"{w:g},{h:g}" for w, h in km.anchors) + "\n")
+    assert resolve_anchors(str(km_file), boxes, 416).reason == "from the file"  # it fits better
     f.write_text("1,2, 3,4\n")
     with pytest.raises(ValueError, match="2 anchors, but the model has 6"):
         resolve_anchors(str(f), boxes, 416)

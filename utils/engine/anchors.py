@@ -90,7 +90,13 @@ def resolve_anchors(
                 f"{setting}: {len(anchors)} anchors, but the model has {len(default)} "
                 "(3 per head, one shared)"
             )
-        return _choice(anchors, str(Path(setting)), fit(default), fit(anchors), "from the file")
+        why = "from the file"
+        if fit(anchors) < fit(default):  # NaN (no boxes) compares False
+            why += (
+                ", which fits these boxes worse than darknet's: made at another input size? "
+                "(python -m tools.anchors --input-size)"
+            )
+        return _choice(anchors, str(Path(setting)), fit(default), fit(anchors), why)
     if setting == "default":
         return _choice(default, "default", fit(default), fit(default), "--anchors default")
     try:
