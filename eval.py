@@ -22,7 +22,7 @@ from data.voc import load_voc, parse_sets
 from nets.attention import describe_phis, load_attention_plugins
 from nets.checkpoint import CheckpointMismatchError
 from utils.classes import read_class_names
-from utils.config import HelpFormatter, add_options, argument_group, from_args
+from utils.config import HelpFormatter, add_options, argument_group, from_args, run_cli
 from utils.device import ThreadConfig, configure_threads, select_device
 from utils.engine.config import TrainConfig
 from utils.engine.precision import AMP_TORCH_ONLY, inference_precision
@@ -226,4 +226,4 @@ def _score_file(args, source: DataSource, out_dir: Path, labels: LabelSource | N
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -21,7 +21,7 @@ from nets.attention import describe_phis, load_attention_plugins
 from nets.checkpoint import CheckpointMismatchError, load_model
 from nets.darknet import DarknetFormatError
 from utils.classes import read_class_names
-from utils.config import HelpFormatter, add_options, argument_group, from_args
+from utils.config import HelpFormatter, add_options, argument_group, from_args, run_cli
 from utils.device import ThreadConfig, configure_threads
 from utils.engine.config import TrainConfig
 from utils.inference.deploy import onnx_metadata
@@ -305,4 +305,4 @@ def _benchmark(detector: Detector, source, runs: int) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -90,3 +90,19 @@ def test_help_shows_every_default(module, monkeypatch, capsys) -> None:
         if not NO_DEFAULT & set(re.split(r"[ ,]+", flags)) and not _shows_default(text)
     ]
     assert not missing, f"{module} --help shows no default for: {missing}"
+
+
+def test_output_into_a_closed_pipe_ends_quietly(official_weights, sample_images) -> None:
+    """``predict.py ... | head``: the reader is gone before the first line is written."""
+    import subprocess
+
+    args = ["predict.py", "--source", str(sample_images[0]), "--benchmark"]
+    proc = subprocess.Popen(
+        [sys.executable, *args, "--benchmark-runs", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    proc.stdout.close()  # long before the model has loaded and anything is printed
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 1
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err

@@ -25,7 +25,7 @@ from data.voc import (
     parse_sets,
 )
 from utils.classes import read_class_names
-from utils.config import HelpFormatter
+from utils.config import HelpFormatter, run_cli
 from utils.paths import VOC_ROOT
 
 
@@ -95,4 +95,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

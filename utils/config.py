@@ -16,7 +16,9 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import os
 import re
+import sys
 import types
 import typing
 from collections.abc import Callable, Iterable
@@ -189,3 +191,18 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         if action.default is None:
             return f"{text} (default: not set)"
         return f"{text} (default: %(default)s)"
+
+
+def run_cli(main: Callable[[], int | None]) -> None:
+    """Exits with ``main()``'s code; when stdout is a pipe whose reader has gone (``| head``),
+    exits 1 quietly instead of printing a BrokenPipeError traceback."""
+    try:
+        try:
+            code = main()
+        except SystemExit as done:  # argparse's --help and usage errors
+            code = done.code
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        code = 1
+    sys.exit(code)
