@@ -17,6 +17,7 @@ import sys
 from utils.config import HelpFormatter, add_options, from_args, given_options
 from utils.engine.config import TrainConfig
 from utils.engine.fit import fit
+from utils.paths import OutputPathError, check_output_path
 
 
 def build_parser(add_help: bool = True, exclude: tuple[str, ...] = ()) -> argparse.ArgumentParser:
@@ -50,9 +51,18 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     cfg, given = parse_args(argv)
     try:
+        if not cfg.resume:  # a resumed run writes into its own folder
+            check_output_path(cfg.log_dir, folder=True)
+    except OutputPathError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
         result = fit(cfg, given)
     except KeyboardInterrupt:
         return 130
+    except OutputPathError as err:  # a checkpoint, log or picture could not be written
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -40,6 +40,7 @@ from nets.attention import (
 from nets.darknet import load_darknet_weights
 from nets.decode import REFERENCE_SCALE_X_Y, SCALE_X_Y, Geometry
 from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, YoloBody
+from utils.paths import OutputPathError
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +126,12 @@ class ModelInfo:
 def save_checkpoint(
     path: str | os.PathLike, model: YoloBody, info: ModelInfo, **extra: Any
 ) -> None:
-    """Writes our checkpoint format atomically (temp file + rename)."""
+    """Writes our checkpoint format atomically (temp file + rename).
+
+    Raises:
+        OutputPathError: the write failed (disk full, permissions); no partial file is left
+            and an older ``path`` is kept.
+    """
     model = getattr(model, "module", model)  # unwrap DDP
     payload = {
         "format": CHECKPOINT_FORMAT,
@@ -143,10 +149,16 @@ def save_checkpoint(
         **extra,
     }
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    # torch's zip writer reports a full disk as a RuntimeError ("unexpected pos ...")
+    except (OSError, RuntimeError) as err:
+        tmp.unlink(missing_ok=True)
+        why = getattr(err, "strerror", None) or "disk full or not writable"
+        raise OutputPathError(f"{path}: cannot write ({why})") from None
 
 
 def infer_attention_at(state_dict: dict[str, torch.Tensor]) -> tuple[str, ...]:

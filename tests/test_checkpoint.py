@@ -21,6 +21,7 @@ from nets.checkpoint import (
 from nets.decode import Geometry
 from nets.yolo import DEFAULT_ANCHORS, YoloBody
 from utils.inference.predictor import Detector, InferenceConfig
+from utils.paths import OutputPathError
 
 
 def _model(num_classes: int, phi: int | str, seed: int = 0) -> YoloBody:
@@ -38,6 +39,24 @@ def _same_outputs(a: YoloBody, b: YoloBody) -> bool:
     x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         return all(torch.equal(p, q) for p, q in zip(a.eval()(x), b.eval()(x)))
+
+
+def test_a_checkpoint_write_that_fails_leaves_no_partial_file(tmp_path, monkeypatch) -> None:
+    model, info = _model(1, 0), ModelInfo(phi=0, phi_name="none", num_classes=1)
+    path = tmp_path / "last.pth"
+    save_checkpoint(path, model, info, epoch=1)
+    before = path.read_bytes()
+
+    def full_disk(payload, target) -> None:  # what torch's zip writer raises on a full disk
+        with open(target, "wb") as f:
+            f.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1 vs 0")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OutputPathError, match=r"last\.pth: cannot write \(disk full"):
+        save_checkpoint(path, model, info, epoch=2)
+    assert path.read_bytes() == before  # the older checkpoint is kept
+    assert not path.with_name("last.pth.tmp").exists()
 
 
 def test_our_checkpoint_round_trip(tmp_path) -> None:

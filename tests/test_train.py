@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -532,3 +533,21 @@ def test_a_run_without_evaluation_images_says_so(tiny_voc, tmp_path, caplog, cap
     assert "done: not evaluated, so no best.pth; run folder " in capsys.readouterr().out
     weights = next((tmp_path / "logs").glob("*/weights"))
     assert [p.name for p in weights.iterdir()] == ["last.pth"]
+
+
+def test_unreadable_training_images_and_log_dir_fail_before_the_run(tiny_voc, tmp_path, capsys):
+    import train
+
+    voc_root, classes = tiny_voc
+    local = tmp_path / "VOCdevkit"
+    shutil.copytree(voc_root, local)  # the fixture's tree is shared: no writes into it
+    for image in (local / "VOC2007" / "JPEGImages").iterdir():
+        image.write_bytes(b"")
+    logs = tmp_path / "logs"
+    with pytest.raises(ValueError, match=r"none of the 12 training images can be read \("):
+        fit(tiny_train_config(local, classes, log_dir=str(logs)))
+    assert not logs.exists()
+    blocked = tmp_path / "a_file"
+    blocked.write_text("")
+    assert train.main(["--data", "demo", "--log-dir", str(blocked / "logs")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {blocked / 'logs'}: cannot be created")

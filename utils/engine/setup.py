@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 from data.annotation_lines import load_annotation_lines
+from data.dataset import quick_check
 from data.formats import LabelSource, train_val_sources
 from data.label_io import remap_classes
 from data.source import resolve_data_source
@@ -81,20 +82,27 @@ NO_CLASSES_FOR_LINES = (
 
 
 def require_objects(data: DataSetup, cfg: TrainConfig) -> None:
-    """Training needs objects of its classes: a classes file that names none of the labels'
-    classes would otherwise train a model that never sees a positive.
+    """Training needs readable images with objects of its classes: a classes file that names
+    none of the labels' classes would otherwise train a model that never sees a positive.
 
     Raises:
-        ValueError: no training object (difficult ones counted only with
-            ``--include-difficult``); names the classes the labels use instead, when known.
+        ValueError: no training image file that exists and is not empty; no training object
+            (difficult ones counted only with ``--include-difficult``); names the classes the
+            labels use instead, when known.
     """
+    what = data.train_name or f"{cfg.voc_root} {cfg.train_sets}"
+    kept, missing = quick_check(data.train)
+    if not kept:  # before the run folder is made: a failed start leaves nothing behind
+        first = missing[0] if missing else "no images listed"
+        raise ValueError(
+            f"{what}: none of the {len(data.train)} training images can be read ({first})"
+        )
     include_difficult = cfg.include_difficult
     usable = sum(
         len(a.labels) if include_difficult else int((~a.difficult).sum()) for a in data.train
     )
     if usable:
         return
-    what = data.train_name or f"{cfg.voc_root} {cfg.train_sets}"
     skipped = Counter(
         m.group(2)
         for issue in data.issues
