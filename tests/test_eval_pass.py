@@ -171,3 +171,20 @@ def test_benchmark_eval_pass_explains_a_missing_checkpoint(tmp_path: Path, capsy
     missing = str(tmp_path / "none.pth")
     assert benchmark_eval_pass.main(["--weights", missing]) == 2
     assert f"error: {missing} not found" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_an_unreadable_first_image_is_left_out_not_fatal(
+    tmp_path: Path, trained_tiny_checkpoint, capsys
+) -> None:
+    root, classes, weights = trained_tiny_checkpoint(epochs=2)
+    local = tmp_path / "VOCdevkit"
+    shutil.copytree(root, local)  # the fixture's tree is shared: no writes into it
+    sets = local / "VOC2007" / "ImageSets" / "Main" / "test.txt"
+    first = sets.read_text().split()[0]
+    (local / "VOC2007" / "JPEGImages" / f"{first}.jpg").write_bytes(b"\x00" * 64)
+    args = ["--weights", weights, "--voc-root", str(local), "--classes", str(classes)]
+    args += ["--split", "2007:test", "--device", "cpu", "--no-coco", "--workers", "0"]
+    metrics = tmp_path / "m.json"
+    assert eval_cli.main([*args, "--out-dir", str(tmp_path / "out"), "--json", str(metrics)]) == 0
+    assert json.loads(metrics.read_text())["num_images"] == 3  # of the split's 4

@@ -86,9 +86,10 @@ def evaluate_checkpoint(
     """Loads a checkpoint, scores it on ``split`` (or ``labels``) and measures it.
 
     Latency is the median end-to-end time (preprocess, forward, decode + NMS) at batch 1 on
-    ``device``, over 20 runs on the split's first image; the CPU forward latency is the median
-    forward of those runs when ``device`` is the CPU, else of 10 more runs on the CPU (after 3
-    warm-ups), the deployment path in both cases (``Detector``: BN folded, channels-last).
+    ``device``, over 20 runs on the split's first readable image; the CPU forward latency is the
+    median forward of those runs when ``device`` is the CPU, else of 10 more runs on the CPU
+    (after 3 warm-ups), the deployment path in both cases (``Detector``: BN folded,
+    channels-last).
     The row also holds AP50 by object size and the per-image matching the comparison's
     bootstrap resamples.
 
@@ -141,7 +142,10 @@ def evaluate_checkpoint(
             class_names=names,
             config=InferenceConfig(input_size=size, device=str(device), amp=cfg.amp),
         )
-    image = read_image(annotations[0].image_path)
+    readable = np.flatnonzero(detected.image_sizes[:, 0] > 0)
+    if not len(readable):
+        raise ValueError(f"{dataset}: none of the {len(annotations)} images can be read")
+    image = read_image(annotations[readable[0]].image_path)  # the latency benchmark's input
     stats = benchmark(detector, image, runs=20, warmup=3)
     if detector.device.type == "cpu":
         cpu_forward = stats["forward"]["median"]
