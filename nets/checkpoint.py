@@ -309,7 +309,8 @@ def load_model(
 
     Raises:
         FileNotFoundError: no such file.
-        CheckpointMismatchError: the file holds a different phi or class count.
+        CheckpointMismatchError: the file holds a different phi or class count, or its
+            tensors do not make the model it says it holds (missing, unknown, misshapen).
     """
     path = str(path)
     if not os.path.isfile(path):
@@ -338,6 +339,24 @@ def load_model(
         attention_at=info.attention_at,
         attention_args=info.attention_options,
     )
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    wrong = [k for k in own if k in state_dict and state_dict[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        parts = [
+            f"{len(keys)} {what} (first: {keys[0]})"
+            for keys, what in (
+                (missing, "tensors missing"),
+                (unexpected, "unknown tensors"),
+                (wrong, "tensors of another shape"),
+            )
+            if keys
+        ]
+        raise CheckpointMismatchError(
+            f"{path}: does not match the {info.describe()} it says it holds: "
+            f"{'; '.join(parts)} (damaged or edited file?)"
+        )
     model.load_state_dict(state_dict, strict=True)
     return model, info
 

@@ -216,3 +216,19 @@ def test_detector_decodes_with_the_weights_factor_unless_overridden(tmp_path) ->
     assert forced.geometry.scale_x_y == 1.1
     with pytest.raises(ValueError, match="scale-xy"):
         InferenceConfig(scale_xy=0.5)
+
+
+def test_a_checkpoint_missing_tensors_is_one_error_naming_the_file(tmp_path) -> None:
+    info = ModelInfo(phi=2, phi_name="cbam", num_classes=3)
+    path = tmp_path / "ours.pth"
+    save_checkpoint(path, _model(3, "cbam"), info)
+    payload = torch.load(path, weights_only=False)
+    keys = list(payload["model"])
+    for key in keys[::7]:
+        del payload["model"][key]
+    torch.save(payload, path)
+    with pytest.raises(CheckpointMismatchError) as err:
+        load_model(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: does not match the phi 2 (cbam) with 3 classes")
+    assert f"{len(keys[::7])} tensors missing (first: {keys[0]})" in message
