@@ -35,7 +35,9 @@ def test_small_data_gets_smaller_batches_a_partial_freeze_and_a_real_warmup() ->
     line = s.describe(0.01, 0.0001)
     for part in ("60 epochs", "batch 4 (13 steps/epoch)", "epochs 1-10", "until epoch 42"):
         assert part in line
-    assert "batch 16 -> 4" in line  # says why
+    assert "batch 16 -> 4: the smallest batch the rules allow; 55 images give 13 steps" in line
+    _, big = resolve_schedule(TrainConfig(epochs=60), 210, pretrained=True)
+    assert "batch 16 -> 8: 210 images give at least 24 steps per epoch" in big.describe(0.01, 0)
 
 
 def test_warmup_floor_is_at_most_a_fifth_of_a_tiny_run() -> None:
@@ -53,8 +55,12 @@ def test_explicit_values_are_kept_with_warnings() -> None:
 
 
 def test_no_freezing_without_pretrained_weights() -> None:
-    cfg, _ = resolve_schedule(TrainConfig(epochs=30, freeze_epochs=5), 500, pretrained=False)
+    cfg, s = resolve_schedule(TrainConfig(epochs=30, freeze_epochs=5), 500, pretrained=False)
     assert cfg.freeze_epochs == 0
+    assert s.warnings == ["--freeze-epochs 5 ignored: training from scratch, the backbone has "
+                          "nothing to keep"]  # fmt: skip
+    _, s = resolve_schedule(TrainConfig(epochs=30), 500, pretrained=False)
+    assert s.warnings == []  # nothing was asked for
 
 
 def test_resolving_a_resolved_config_changes_nothing() -> None:

@@ -149,8 +149,8 @@ class TrainConfig:
     )
     batch_size: int | None = option(
         None,
-        "batch over all processes, after unfreezing (default: 16, lower when the data set "
-        "would give fewer than 16 steps per epoch)",
+        "batch over all processes, after unfreezing (default: 16, lower (down to 4) when the "
+        "data set would give fewer than 24 steps per epoch)",
         group="schedule",
     )
     freeze_batch_size: int | None = option(

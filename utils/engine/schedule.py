@@ -135,10 +135,14 @@ def resolve_schedule(
     if batch is None:
         batch = min(DEFAULT_BATCH, fit_batch)
         if batch < DEFAULT_BATCH:
-            reasons.append(
-                f"batch {DEFAULT_BATCH} -> {batch}: {num_images} images give at least "
-                f"{MIN_STEPS_PER_EPOCH} steps per epoch"
+            steps = max(1, num_images // batch)
+            why = (
+                f"{num_images} images give at least {MIN_STEPS_PER_EPOCH} steps per epoch"
+                if steps >= MIN_STEPS_PER_EPOCH
+                else f"the smallest batch the rules allow; {num_images} images give {steps} "
+                f"steps per epoch, fewer than the {MIN_STEPS_PER_EPOCH} aimed at"
             )
+            reasons.append(f"batch {DEFAULT_BATCH} -> {batch}: {why}")
     freeze_batch = cfg.freeze_batch_size
     if freeze_batch is None:
         freeze_batch = min(DEFAULT_FREEZE_BATCH, max(batch, fit_batch))
@@ -147,6 +151,11 @@ def resolve_schedule(
 
     freeze = cfg.freeze_epochs
     if not pretrained:
+        if freeze:
+            warnings.append(
+                f"--freeze-epochs {freeze} ignored: training from scratch, the backbone has "
+                "nothing to keep"
+            )
         freeze = 0
     elif freeze is None:
         freeze = round(epochs * FREEZE_FRACTION)
