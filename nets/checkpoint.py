@@ -283,7 +283,9 @@ def _resolve_stored_phi(path: str, stored: int | str) -> tuple[int, str]:
         ) from None
 
 
-def _check_request(path: str, info: ModelInfo, phi: int | str | None, num_classes: int | None):
+def check_request(path: str, info: ModelInfo, phi: int | str | None, num_classes: int | None):
+    """Raises CheckpointMismatchError when ``path`` (described by ``info``) holds another
+    attention block or class count than asked for (None: whatever it holds)."""
     want_phi, want_name = resolve_phi(phi) if phi is not None else (info.phi, info.phi_name)
     want_nc = num_classes if num_classes is not None else info.num_classes
     if (want_name, want_nc) != (info.phi_name, info.num_classes):
@@ -332,7 +334,7 @@ def load_model(
         )
         return model, info
     state_dict, info = read_checkpoint(path)
-    _check_request(path, info, phi, num_classes)
+    check_request(path, info, phi, num_classes)
     model = YoloBody(
         info.num_classes,
         info.phi_name,

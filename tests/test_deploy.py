@@ -20,7 +20,7 @@ from torch import nn
 import predict
 from nets.backbone import BasicConv
 from nets.blocks import CoordAttention
-from nets.checkpoint import ModelInfo, save_checkpoint
+from nets.checkpoint import CheckpointMismatchError, ModelInfo, save_checkpoint
 from nets.decode import Geometry, decode_outputs
 from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, YoloBody
 from utils.detections import Detections
@@ -196,6 +196,9 @@ def test_onnx_metadata_round_trip(onnx_models, tmp_path) -> None:
     onnx.checker.check_model(str(with_meta))
     without = export_onnx(onnx_models[3], tmp_path / "plain.onnx", Geometry(input_size=64))
     assert onnx_metadata(without) == {}
+    assert Detector.from_weights(with_meta, phi="eca").info.phi_name == "eca"
+    with pytest.raises(CheckpointMismatchError, match=r"meta\.onnx contains phi 3 \(eca\)"):
+        Detector.from_weights(with_meta, phi=2)  # --phi is checked against the graph
 
 
 def test_opset_below_17_is_refused(onnx_models, tmp_path) -> None:

@@ -48,7 +48,7 @@ def _load_for_evaluation(
     also the ``Detector`` that runs it (fp32 or INT8, on the CPU)."""
     if str(weights).endswith(".onnx"):
         config = InferenceConfig(input_size=cfg.input_size, device="cpu", amp=cfg.amp)
-        detector = Detector.from_weights(weights, classes=class_names, config=config)
+        detector = Detector.from_weights(weights, phi=phi, classes=class_names, config=config)
         return detector.model, detector.info, detector.class_names, detector
     model, info = load_model(weights, phi=phi)
     names = class_names or info.class_names

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from nets.attention_maps import AttentionMap, capture_attention
-from nets.checkpoint import ModelInfo, load_model
+from nets.checkpoint import ModelInfo, check_request, load_model
 from nets.decode import SCALE_X_Y, Geometry, detect
 from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, YoloBody
 from utils.classes import read_anchors, read_class_names
@@ -224,7 +224,7 @@ class Detector:
         names = read_class_names(classes) if isinstance(classes, (str, Path)) else classes
         num_classes = len(names) if names else None
         if str(weights).endswith(".onnx"):
-            return cls._from_onnx(weights, names, anchors, config)
+            return cls._from_onnx(weights, names, anchors, config, phi)
         model, info = load_model(weights, phi=phi, num_classes=num_classes)
         names = class_names_for(names, info.class_names, info.num_classes, str(weights))
         info = replace(info, class_names=names)
@@ -233,7 +233,7 @@ class Detector:
         return cls(model, info, config=config)
 
     @classmethod
-    def _from_onnx(cls, path, names, anchors, config) -> Detector:
+    def _from_onnx(cls, path, names, anchors, config, phi=None) -> Detector:
         from utils.inference.deploy import OnnxRunner, onnx_metadata
 
         meta = onnx_metadata(path)
@@ -262,6 +262,7 @@ class Detector:
             attention_args=meta.get("attention_args") or {},
             scale_x_y=meta.get("scale_x_y", SCALE_X_Y),  # exports before it was stored: ours
         )
+        check_request(str(path), info, phi, None)  # --phi is checked against the graph too
         config = config or InferenceConfig()
         if runner.input_size and config.input_size not in (None, runner.input_size):
             raise ValueError(
