@@ -186,9 +186,13 @@ def infer_phi(state_dict: dict[str, torch.Tensor]) -> int:
     raise CheckpointMismatchError(f"unrecognised attention keys {sorted(keys)}")
 
 
-def infer_num_classes(state_dict: dict[str, torch.Tensor], num_anchors: int = 3) -> int:
+def infer_num_classes(
+    state_dict: dict[str, torch.Tensor], num_anchors: int = 3, source: str = "state dict"
+) -> int:
     if HEAD_BIAS_KEY not in state_dict:
-        raise CheckpointMismatchError(f"no {HEAD_BIAS_KEY!r}: not a YOLOv4-tiny state dict")
+        raise CheckpointMismatchError(
+            f"{source}: no {HEAD_BIAS_KEY!r}: not a YOLOv4-tiny state dict"
+        )
     return state_dict[HEAD_BIAS_KEY].shape[0] // num_anchors - 5
 
 
@@ -217,12 +221,14 @@ def _load_problem(err: Exception) -> str:
     """What a ``torch.load`` failure means, in a few words (torch's own message can advise
     loading with ``weights_only=False``, which would run whatever code the file holds)."""
     text = str(err)
-    if "Unsupported global" in text:
+    if "Unsupported global" in text or "unsupported GLOBAL" in text:
         return "it stores Python objects besides tensors, which are not loaded (unsafe)"
     if "zip archive" in text or "central directory" in text or isinstance(err, EOFError):
         return "the file is truncated or corrupt"
     first_line = text.split("\n", 1)[0]
-    if first_line and "Weights only load failed" not in first_line and "weights_only" not in text:
+    # the legacy unpickler reads a text file's first byte as a key: "KeyError: 101" says nothing
+    meaningful = len(first_line) >= 12 and not isinstance(err, KeyError)
+    if meaningful and "Weights only load failed" not in first_line and "weights_only" not in text:
         return first_line
     return "not a PyTorch file (wrong format, or random bytes)"
 
@@ -257,7 +263,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], M
     info = ModelInfo(
         phi=phi,
         phi_name=attention_names()[phi],
-        num_classes=infer_num_classes(obj),
+        num_classes=infer_num_classes(obj, source=path),
         source="state_dict",
         attention_at=infer_attention_at(obj),
         # a bare state dict is the reference implementation's format, trained without grid

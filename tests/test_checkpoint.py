@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import os
 
 import numpy as np
 import pytest
@@ -232,3 +233,24 @@ def test_a_checkpoint_missing_tensors_is_one_error_naming_the_file(tmp_path) -> 
     message = str(err.value)
     assert message.startswith(f"{path}: does not match the phi 2 (cbam) with 3 classes")
     assert f"{len(keys[::7])} tensors missing (first: {keys[0]})" in message
+
+
+class _Callable:
+    def __reduce__(self):  # unpickling would call os.getcwd: never done by our loader
+        return (os.getcwd, ())
+
+
+@pytest.mark.parametrize(
+    ("write", "why"),
+    [
+        (lambda p: p.write_text("hello world\n"), "not a PyTorch file"),
+        (lambda p: torch.save({"x": _Callable()}, p), "stores Python objects besides tensors"),
+        (lambda p: torch.save({"a.weight": torch.zeros(1)}, p), "not a YOLOv4-tiny state dict"),
+    ],
+)
+def test_foreign_pth_files_are_named_with_what_they_are(tmp_path, write, why) -> None:
+    path = tmp_path / "model.pth"
+    write(path)
+    with pytest.raises(ValueError) as err:
+        load_model(path)
+    assert str(err.value).startswith(f"{path}: ") and why in str(err.value), err.value
