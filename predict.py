@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{done}: {summary.detections} detections ({detector.info.describe()}, "
         f"device {_device_text(detector)})"
     )
-    if save_dir is not None:
+    if save_dir is not None and save_dir.is_dir() and any(save_dir.iterdir()):
         print(f"results saved to {save_dir}/")
     if opts.json_path is not None:
         print(f"detections written to {opts.json_path}")

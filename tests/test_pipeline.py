@@ -393,7 +393,7 @@ def test_ctrl_c_on_predict_py_stops_cleanly_and_keeps_the_json(tmp_path: Path) -
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120
-        while not (save_dir / "long.mp4").exists() and proc.poll() is None:
+        while not (save_dir / "long.part.mp4").exists() and proc.poll() is None:
             assert time.monotonic() < deadline, "predict.py did not start writing"
             time.sleep(0.2)
         time.sleep(1.0)  # frames are flowing through every stage
@@ -405,3 +405,24 @@ def test_ctrl_c_on_predict_py_stops_cleanly_and_keeps_the_json(tmp_path: Path) -
     assert "interrupted" in err.decode()
     frames = [r["frame"] for r in json.loads(json_path.read_text())]
     assert frames == list(range(len(frames))) and 0 < len(frames) < 1500
+    # the frames done are a whole video under its own name
+    check = cv2.VideoCapture(str(save_dir / "long.mp4"))
+    assert check.isOpened() and check.get(cv2.CAP_PROP_FRAME_COUNT) >= len(frames) - 8
+    check.release()
+    assert not (save_dir / "long.part.mp4").exists()
+
+
+def test_an_annotated_video_that_does_not_read_back_whole_is_a_failure(tmp_path: Path) -> None:
+    """OpenCV's writer reports nothing: a full disk shows only as a file without its index."""
+    good, final = tmp_path / "a.part.mp4", tmp_path / "a.mp4"
+    write_clip(good, frames=6)
+    summary = predict_loop.RunSummary()
+    predict_loop._finish_video(good, final, 6, summary)
+    assert final.is_file() and not good.exists() and summary.failures == []
+    cut = tmp_path / "b.part.mp4"
+    cut.write_bytes(final.read_bytes()[:200])  # what a full disk leaves
+    predict_loop._finish_video(cut, tmp_path / "b.mp4", 6, summary)
+    assert summary.failures == [
+        f"{tmp_path / 'b.mp4'}: cannot write the annotated video (disk full or not writable?)"
+    ]
+    assert not cut.exists() and not (tmp_path / "b.mp4").exists()

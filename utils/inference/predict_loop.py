@@ -248,6 +248,7 @@ class _Outputs:
     name: str = ""  # a video's name in frame ids
     crop_stem: str = ""  # a video's output stem, naming its frames' crops
     frames: int = 0  # frames of this video done
+    written: int = 0  # frames handed to the video writer
     stopped: bool = False  # the user closed the window
 
 
@@ -294,6 +295,7 @@ def _write_outputs(item: _Item, out: _Outputs) -> None:
         if rendered is not None:
             if out.video is not None:
                 out.video.write(rendered)
+                out.written += 1
             if not out.window.show(rendered):
                 out.stopped = True
                 return
@@ -442,8 +444,10 @@ def _run_stream(
     if opts.save_dir is not None:
         out_path = summary.output_path(opts.save_dir, name, ".mp4")
         crop_stem = out_path.stem
+        # written under a temporary name and renamed once it reads back whole
+        part_path = out_path.with_name(out_path.stem + ".part.mp4")
         fourcc = cv2.VideoWriter_fourcc(*"mp4v")
-        writer = cv2.VideoWriter(str(out_path), fourcc, fps, (width, height))
+        writer = cv2.VideoWriter(str(part_path), fourcc, fps, (width, height))
         if not writer.isOpened():
             summary.failures.append(f"{out_path}: cannot open video writer")
             tqdm.write(f"error: {out_path}: cannot open video writer", file=sys.stderr)
@@ -472,6 +476,7 @@ def _run_stream(
         cap.release()
         if writer is not None:
             writer.release()
+            _finish_video(part_path, out_path, out.written, summary)
     frame_index, stopped = out.frames, out.stopped
     if frame_index == 0 and not isinstance(video, int):
         summary.failures.append(f"{video}: video has no decodable frames")
@@ -482,6 +487,21 @@ def _run_stream(
             problem += " (truncated or damaged?); the frames read are kept"
         summary.warnings.append(problem)
         tqdm.write(f"warning: {problem}", file=sys.stderr)
+
+
+def _finish_video(part: Path, final: Path, written: int, summary: RunSummary) -> None:
+    """Renames the finished video into place if it reads back with every frame written;
+    OpenCV's writer reports no errors, and a full disk leaves a file without its index."""
+    check = cv2.VideoCapture(str(part))
+    frames = int(check.get(cv2.CAP_PROP_FRAME_COUNT)) if check.isOpened() else -1
+    check.release()
+    if frames >= written:
+        os.replace(part, final)
+        return
+    part.unlink(missing_ok=True)
+    problem = f"{final}: cannot write the annotated video (disk full or not writable?)"
+    summary.failures.append(problem)
+    tqdm.write(f"error: {problem}", file=sys.stderr)
 
 
 def run_predictions(
