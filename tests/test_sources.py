@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 from conftest import require_asset
 
-from utils.paths import OutputPathError, check_output_path, write_text_atomic
+from utils.paths import (
+    OutputPathError,
+    check_output_path,
+    save_figure_atomic,
+    write_image_atomic,
+    write_text_atomic,
+)
 from utils.sources import (
     ImageReadError,
     Source,
@@ -439,3 +445,24 @@ def test_write_text_atomic(tmp_path: Path) -> None:
         write_text_atomic(tmp_path / "a_folder", "[3]")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_folder", "sub"]  # no .tmp left
     assert list((tmp_path / "a_folder").iterdir()) == []
+
+
+def test_pictures_are_written_whole_or_not_at_all(tmp_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(2, 2))
+    png = save_figure_atomic(fig, tmp_path / "plots" / "a.png")
+    assert png.read_bytes().startswith(b"\x89PNG")
+    blocked = tmp_path / "a_file"
+    blocked.write_text("")
+    with pytest.raises(OutputPathError, match=r"a_file/b\.png: cannot write"):
+        save_figure_atomic(fig, blocked / "b.png")
+    plt.close(fig)
+    image = np.zeros((8, 8, 3), np.uint8)
+    assert write_image_atomic(tmp_path / "c.jpg", image).read_bytes().startswith(b"\xff\xd8")
+    with pytest.raises(OutputPathError, match=r"d\.gif2: cannot write \.gif2 images"):
+        write_image_atomic(tmp_path / "d.gif2", image)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "c.jpg", "plots"]

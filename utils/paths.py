@@ -11,6 +11,7 @@ fail with an ``OutputPathError`` whose message is one line naming the path.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -120,6 +121,18 @@ def write_image_atomic(path: str | os.PathLike, image) -> Path:
     if not ok:
         raise OutputPathError(f"{path}: cannot write {path.suffix or 'no'} images (.jpg or .png)")
     return write_bytes_atomic(path, encoded.tobytes())
+
+
+def save_figure_atomic(fig, path: str | os.PathLike, dpi: int = 100) -> Path:
+    """A matplotlib figure as a PNG, written as ``write_bytes_atomic`` does (a full disk
+    leaves no empty or half-written picture behind).
+
+    Raises:
+        OutputPathError: the write failed.
+    """
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return write_bytes_atomic(path, buffer.getvalue())
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:

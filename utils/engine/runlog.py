@@ -16,7 +16,7 @@ import numpy as np
 from nets.checkpoint import ModelInfo
 from utils.engine.config import TrainConfig
 from utils.engine.tensorboard import open_tensorboard
-from utils.paths import write_text_atomic
+from utils.paths import save_figure_atomic, write_image_atomic, write_text_atomic
 from utils.sources import increment_path
 
 logger = logging.getLogger("train")
@@ -88,7 +88,7 @@ class RunLog:
         axes[3].set_title("mAP@0.5")
         axes[3].legend()
         fig.tight_layout()
-        fig.savefig(self.dir / "results.png", dpi=90)
+        save_figure_atomic(fig, self.dir / "results.png", dpi=90)
         plt.close(fig)
 
     def close(self, history: list[dict] | None = None) -> None:
@@ -108,12 +108,10 @@ class RunLog:
 def save_batch_picture(images, targets, class_names, path: Path) -> np.ndarray:
     """The first 16 images of a training batch with their boxes, saved; returns the picture
     (BGR) for TensorBoard."""
-    import cv2
-
     from data.preview import draw_batch
 
     picture = draw_batch(images[:16], targets[targets[:, 0] < 16], class_names)
-    cv2.imwrite(str(path), picture)
+    write_image_atomic(path, picture)
     return picture
 
 
@@ -140,6 +138,6 @@ def save_val_pictures(model, info: ModelInfo, annotations, path: Path, device) -
         height = max(t.shape[0] for t in tiles)
         row = [np.pad(t, ((0, height - t.shape[0]), (0, 0), (0, 0))) for t in tiles]
         picture = np.hstack(row)
-        cv2.imwrite(str(path), picture)
+        write_image_atomic(path, picture)
     model.float()
     return picture

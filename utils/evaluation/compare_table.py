@@ -23,6 +23,7 @@ from pathlib import Path
 from utils.config import option
 from utils.evaluation.bootstrap import MatchTable, compare_groups
 from utils.evaluation.metrics import COCO_AREA_RANGES, BoxSet, evaluate_voc
+from utils.paths import save_figure_atomic
 
 
 @dataclass(frozen=True)
@@ -341,7 +342,7 @@ def _plot_bars(path: Path, summaries: list[PhiSummary]) -> None:
     ax.set_ylabel("mAP@0.5 (VOC2010+ area)")
     ax.set_title("attention comparison (error bars: std over seeds)")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    save_figure_atomic(fig, path, dpi=90)
     plt.close(fig)
 
 
@@ -376,7 +377,7 @@ def _plot_tradeoff(path: Path, summaries: list[PhiSummary]) -> None:
     else:
         ax.text(0.5, 0.5, "no latency measured", ha="center", transform=ax.transAxes)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure_atomic(fig, path)
     plt.close(fig)
 
 

@@ -28,6 +28,7 @@ from utils.device import synchronize
 from utils.engine.precision import AMP_TORCH_ONLY, autocast, inference_precision
 from utils.evaluation.detections_file import read_detections_json as read_detections_file
 from utils.evaluation.metrics import BoxSet, best_f1, evaluate_coco, evaluate_voc
+from utils.paths import save_figure_atomic
 from utils.preprocess import ResizeMeta, boxes_to_original_many, resize_image
 from utils.sources import ImageReadError, read_image
 from utils.timing import StageTimer
@@ -514,7 +515,7 @@ def plot_report(report: EvalReport, out_dir) -> list:
     ax.legend(fontsize=6, loc="lower left")
     fig.tight_layout()
     pr_path = out_dir / "pr_curves.png"
-    fig.savefig(pr_path, dpi=100)
+    save_figure_atomic(fig, pr_path)
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(max(5, 0.45 * len(report.per_class) + 2), 3.5))
     names = list(report.per_class)
@@ -524,6 +525,6 @@ def plot_report(report: EvalReport, out_dir) -> list:
     ax.tick_params(axis="x", rotation=60, labelsize=7)
     fig.tight_layout()
     ap_path = out_dir / "ap_per_class.png"
-    fig.savefig(ap_path, dpi=100)
+    save_figure_atomic(fig, ap_path)
     plt.close(fig)
     return [pr_path, ap_path]
