@@ -437,6 +437,11 @@ def test_resume_keeps_the_checkpoint_settings_and_applies_changeable_ones(caplog
     assert (merged.epochs, merged.workers, merged.device) == (5, 0, "auto")
     assert merged.resume == "run/last.pth"
     assert "resume: --epochs 5 (was 3)" in caplog.text
+    merged = merge_resume(saved, TrainConfig(resume="logs/r/weights/last.pth", name="other"))
+    assert merged.name == saved.name  # the run stays in its folder, and says so
+    assert "resume: --name 'other' ignored: a resumed run continues in its own folder" in (
+        caplog.text
+    )
 
 
 @pytest.mark.parametrize("kind", ["empty", "truncated", "darknet", "random"])

@@ -376,6 +376,13 @@ def merge_resume(
         new, old = getattr(cfg, name), getattr(saved, name)
         if name in PER_INVOCATION:
             changes[name] = new
+        elif name in IGNORED_ON_RESUME and name != "resume" and name in given and new != old:
+            logger.warning(
+                "resume: --%s %r ignored: a resumed run continues in its own folder (%s)",
+                name.replace("_", "-"),
+                new,
+                Path(cfg.resume).parent.parent,
+            )
         elif name in IGNORED_ON_RESUME or new == old or name not in given:
             continue
         elif name in CHANGEABLE_ON_RESUME:
