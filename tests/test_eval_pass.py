@@ -117,17 +117,24 @@ def test_speed_line_and_json() -> None:
     assert json.loads(json.dumps(payload)) == payload
 
 
+def _eval_on_a_copy(tmp_path: Path, trained_tiny_checkpoint) -> tuple[Path, list[str]]:
+    """A copy of the tiny checkpoint's VOC tree (the fixture's is shared: no writes into it)
+    and ``eval.py`` arguments scoring its test split on it."""
+    root, classes, weights = trained_tiny_checkpoint(epochs=2)
+    local = tmp_path / "VOCdevkit"
+    shutil.copytree(root, local)
+    args = ["--weights", weights, "--voc-root", str(local), "--classes", str(classes)]
+    args += ["--split", "2007:test", "--device", "cpu", "--no-coco"]
+    return local, [*args, "--out-dir", str(tmp_path / "out")]
+
+
 @pytest.mark.slow
 def test_eval_prints_the_speed_line_after_the_report(
     tmp_path: Path, trained_tiny_checkpoint, capsys
 ) -> None:
-    root, classes, weights = trained_tiny_checkpoint(epochs=2)
-    local = tmp_path / "VOCdevkit"
-    shutil.copytree(root, local)  # the fixture's tree is shared: no writes into it
+    _, args = _eval_on_a_copy(tmp_path, trained_tiny_checkpoint)
     metrics = tmp_path / "m.json"
-    args = ["--weights", weights, "--voc-root", str(local), "--classes", str(classes)]
-    args += ["--split", "2007:test", "--device", "cpu", "--no-coco", "--json", str(metrics)]
-    assert eval_cli.main([*args, "--out-dir", str(tmp_path / "out")]) == 0
+    assert eval_cli.main([*args, "--json", str(metrics)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert any(line.endswith("| COCO: not computed") for line in lines)  # --no-coco
     at = next(i for i, line in enumerate(lines) if line.startswith("speed: "))
@@ -175,16 +182,12 @@ def test_benchmark_eval_pass_explains_a_missing_checkpoint(tmp_path: Path, capsy
 
 @pytest.mark.slow
 def test_an_unreadable_first_image_is_left_out_not_fatal(
-    tmp_path: Path, trained_tiny_checkpoint, capsys
+    tmp_path: Path, trained_tiny_checkpoint
 ) -> None:
-    root, classes, weights = trained_tiny_checkpoint(epochs=2)
-    local = tmp_path / "VOCdevkit"
-    shutil.copytree(root, local)  # the fixture's tree is shared: no writes into it
+    local, args = _eval_on_a_copy(tmp_path, trained_tiny_checkpoint)
     sets = local / "VOC2007" / "ImageSets" / "Main" / "test.txt"
     first = sets.read_text().split()[0]
     (local / "VOC2007" / "JPEGImages" / f"{first}.jpg").write_bytes(b"\x00" * 64)
-    args = ["--weights", weights, "--voc-root", str(local), "--classes", str(classes)]
-    args += ["--split", "2007:test", "--device", "cpu", "--no-coco", "--workers", "0"]
     metrics = tmp_path / "m.json"
-    assert eval_cli.main([*args, "--out-dir", str(tmp_path / "out"), "--json", str(metrics)]) == 0
+    assert eval_cli.main([*args, "--workers", "0", "--json", str(metrics)]) == 0
     assert json.loads(metrics.read_text())["num_images"] == 3  # of the split's 4
