@@ -430,6 +430,8 @@ def test_resume_keeps_the_checkpoint_settings_and_applies_changeable_ones(caplog
     message = str(err.value)
     assert "--phi '0' (the checkpoint has '2')" in message
     assert "--img-size 128 (the checkpoint has 64)" in message
+    with pytest.raises(ValueError, match=r"--lr 0\.01 \(the checkpoint has 0\.08 at batch 64; "):
+        merge_resume(replace(saved, lr=0.08), replace(conflicting, lr=0.01), given={"lr"})
     assert "--epochs" not in message.split("Only")[0]  # epochs may change: not a conflict
     caplog.set_level("INFO")
     merged = merge_resume(saved, TrainConfig(resume="run/last.pth", epochs=5, workers=0))

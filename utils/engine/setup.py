@@ -388,7 +388,9 @@ def merge_resume(
         elif name in CHANGEABLE_ON_RESUME:
             changes[name] = new
         else:
-            conflicts.append(f"--{name.replace('_', '-')} {new!r} (the checkpoint has {old!r})")
+            scale = " at batch 64; the schedule line shows it at the run's batch"
+            held = f"{old!r}{scale if name in ('lr', 'min_lr') else ''}"
+            conflicts.append(f"--{name.replace('_', '-')} {new!r} (the checkpoint has {held})")
     if conflicts:
         may_change = ", ".join("--" + n.replace("_", "-") for n in CHANGEABLE_ON_RESUME)
         raise ValueError(
