@@ -195,3 +195,21 @@ def test_amp_where_it_cannot_apply_is_refused_before_any_work(tmp_path, capsys) 
     assert f"error: {onnx}: --amp runs the torch backend" in capsys.readouterr().err
     assert eval_cli.main([*args, "--detections", str(tmp_path / "d.json")]) == 2
     assert "--amp runs a model; --detections only scores" in capsys.readouterr().err
+
+
+def test_attention_maps_under_amp_come_from_the_same_16_bit_pass() -> None:
+    torch.manual_seed(0)
+    model = YoloBody(3, "cbam").eval()
+    info = ModelInfo(phi=2, phi_name="cbam", num_classes=3, input_size=96)
+    image = np.random.default_rng(0).integers(0, 255, (80, 120, 3), np.uint8)
+    maps = {}
+    for amp in (False, True):
+        config = InferenceConfig(device="cpu", amp=amp)
+        detector = Detector(copy.deepcopy(model), info, class_names=["a", "b", "c"], config=config)
+        maps[amp] = detector.attention_maps(image)
+    assert set(maps[True]) == set(maps[False]) and maps[True]
+    for point, exact in maps[False].items():
+        fast = maps[True][point]
+        assert fast.channels.dtype == np.float32
+        assert np.abs(fast.channels - exact.channels).max() < 0.05, point
+        assert not np.array_equal(fast.channels, exact.channels), point  # really bfloat16

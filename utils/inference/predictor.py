@@ -353,7 +353,9 @@ class Detector:
         """
         model = self.torch_model("attention maps")
         batch, (meta,) = self.preprocess([image_bgr])
-        with torch.inference_mode(), capture_attention(model) as capture:
+        # in the detections' format (16-bit under --amp)
+        precision = autocast(self.device, self.precision.dtype)
+        with torch.inference_mode(), capture_attention(model) as capture, precision:
             model(batch)
         (raw,) = capture.maps() or [{}]
         size = self.config.input_size
