@@ -157,7 +157,7 @@ def save_checkpoint(
     # torch's zip writer reports a full disk as a RuntimeError ("unexpected pos ...")
     except (OSError, RuntimeError) as err:
         tmp.unlink(missing_ok=True)
-        why = getattr(err, "strerror", None) or "disk full or not writable"
+        why = getattr(err, "strerror", None) or f"disk full or not writable? {str(err)[:120]}"
         raise OutputPathError(f"{path}: cannot write ({why})") from None
 
 
