@@ -94,6 +94,10 @@ def write_bytes_atomic(path: str | os.PathLike, payload: bytes) -> Path:
     return path
 
 
+def _no_image_writer(path: Path) -> OutputPathError:
+    return OutputPathError(f"{path}: cannot write {path.suffix or 'no'} images (.jpg or .png)")
+
+
 def check_image_path(path: str | os.PathLike) -> Path:
     """``check_output_path`` for an image file, whose suffix must name a format OpenCV writes.
 
@@ -102,7 +106,7 @@ def check_image_path(path: str | os.PathLike) -> Path:
     """
     path = check_output_path(path)
     if not cv2.haveImageWriter(str(path)):
-        raise OutputPathError(f"{path}: cannot write {path.suffix or 'no'} images (.jpg or .png)")
+        raise _no_image_writer(path)
     return path
 
 
@@ -119,7 +123,7 @@ def write_image_atomic(path: str | os.PathLike, image) -> Path:
     except cv2.error:
         ok = False
     if not ok:
-        raise OutputPathError(f"{path}: cannot write {path.suffix or 'no'} images (.jpg or .png)")
+        raise _no_image_writer(path)
     return write_bytes_atomic(path, encoded.tobytes())
 
 
