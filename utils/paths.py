@@ -142,3 +142,106 @@ def save_figure_atomic(fig, path: str | os.PathLike, dpi: int = 100) -> Path:
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """``write_bytes_atomic`` of ``text`` in UTF-8."""
     return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+# Characters that never go into a path component made from data: separators of every
+# platform, NUL and other control characters, and the characters Windows refuses.
+_UNSAFE_CHARS = frozenset('/\\:*?"<>|') | {chr(c) for c in range(32)} | {chr(127)}
+# names Windows reserves for devices, whatever the extension
+_RESERVED_NAMES = frozenset(
+    ["CON", "PRN", "AUX", "NUL"] + [f"{d}{i}" for d in ("COM", "LPT") for i in range(1, 10)]
+)
+_MAX_COMPONENT_BYTES = 200  # well under the 255-byte limit of common file systems
+
+
+def safe_component(name: str, *, fallback: str = "_") -> str:
+    """``name`` (a class name, a COCO ``file_name`` stem, a run name) as one path component
+    that stays inside the folder it is joined to.
+
+    Separators, NUL and other control characters and the characters Windows refuses become
+    ``_``; leading and trailing spaces and dots are dropped, so ``..``, ``.`` and hidden names
+    cannot result; an empty result is ``fallback``; the result is cut to 200 UTF-8 bytes. A
+    name that is already safe comes back unchanged, so the mapping is the identity on
+    ordinary names. Keep the original name in the file's content: two names may map to one
+    component (``unique_components`` tells them apart).
+    """
+    text = "".join("_" if ch in _UNSAFE_CHARS else ch for ch in str(name))
+    text = text.strip(" .")
+    if text.split(".")[0].upper() in _RESERVED_NAMES:
+        text = "_" + text
+    encoded = text.encode("utf-8", "surrogatepass")
+    if len(encoded) > _MAX_COMPONENT_BYTES:
+        text = encoded[:_MAX_COMPONENT_BYTES].decode("utf-8", "ignore").rstrip(" .")
+    return text or fallback
+
+
+def unique_components(names: list[str] | tuple[str, ...]) -> list[str]:
+    """``safe_component`` of each name, with ``-2``, ``-3``... appended where two different
+    names would share one component (compared without case, as on macOS and Windows)."""
+    taken: set[str] = set()
+    out = []
+    for name in names:
+        base = safe_component(name)
+        candidate, n = base, 2
+        while candidate.casefold() in taken:
+            candidate, n = f"{base}-{n}", n + 1
+        taken.add(candidate.casefold())
+        out.append(candidate)
+    return out
+
+
+def require_component(name: str, flag: str) -> str:
+    """``name``, given by ``flag``, when it is one safe path component; else ValueError naming
+    the flag and what to give instead (a flag is refused, not rewritten: the user sees where
+    the output goes)."""
+    if safe_component(name, fallback="") != name or not name:
+        suggestion = safe_component(name)
+        raise ValueError(
+            f"{flag} {name!r}: must be one folder name (no '/', '\\', '..', leading dots, "
+            f"control characters or absolute paths); e.g. {suggestion!r}"
+        )
+    return name
+
+
+def _resolved(path: str | os.PathLike) -> Path:
+    return Path(os.path.abspath(path)).resolve()
+
+
+def _within(inner: Path, outer: Path) -> bool:
+    return inner == outer or outer in inner.parents
+
+
+def check_apart(
+    output: str | os.PathLike,
+    inputs: list[str | os.PathLike] | tuple[str | os.PathLike, ...],
+    *,
+    flag: str,
+    folder: bool = True,
+) -> None:
+    """Refuses, before any work, an output that could land on one of the command's inputs.
+
+    A ``folder`` output (one the command fills with names it makes up) must not be an input,
+    contain one, or lie inside an input folder. A file output must not be an input file (also
+    through a link) nor lie inside an input folder. Paths are compared after resolving links;
+    inputs that do not exist are skipped. ``--exist-ok`` and the like do not change this.
+
+    Raises:
+        OutputPathError: naming the flag, both paths and what to do instead.
+    """
+    out = _resolved(output)
+    for given in inputs:
+        if given is None or str(given) == "" or not os.path.exists(given):
+            continue
+        src = _resolved(given)
+        clash = ""
+        if out == src or (out.exists() and os.path.samefile(out, src)):
+            clash = "is the input"
+        elif folder and _within(out, src):
+            clash = "lies inside the input"
+        elif folder and _within(src, out):
+            clash = "contains the input"
+        if clash:
+            raise OutputPathError(
+                f"{flag} {output}: {clash} {given}; outputs never go into the command's "
+                "inputs, choose another location"
+            )

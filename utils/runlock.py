@@ -1,0 +1,81 @@
+"""An exclusive lock on a folder that one process writes, such as a training run's.
+
+The lock is an advisory ``flock`` (``msvcrt.locking`` on Windows) on a ``.lock`` file in the
+folder, which also holds the owner's process id and host. The operating system drops it when
+the process ends, however it ends, so a killed run never leaves a stale lock behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from pathlib import Path
+
+LOCK_NAME = ".lock"
+
+
+class FolderLockedError(RuntimeError):
+    """Another live process holds the folder's lock; ``str(err)`` names the folder and it."""
+
+
+def _try_lock(handle) -> bool:
+    if os.name == "nt":  # pragma: no cover - exercised on Windows only
+        import msvcrt
+
+        try:
+            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+    import fcntl
+
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
+class FolderLock:
+    """Holds ``folder``'s lock from ``acquire`` until ``release`` (or the process ends).
+
+    Raises (``acquire``):
+        FolderLockedError: another process holds it; the message names the folder, the
+            process id and host it recorded, and what to do.
+    """
+
+    def __init__(self, folder: str | os.PathLike, what: str = "folder") -> None:
+        self.path = Path(folder) / LOCK_NAME
+        self.what = what
+        self._handle = None
+
+    def acquire(self) -> FolderLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+")  # noqa: SIM115 - held open while the lock lives
+        if not _try_lock(handle):
+            handle.seek(0)
+            owner = handle.read().strip() or "another process"
+            handle.close()
+            raise FolderLockedError(
+                f"{self.path.parent}: this {self.what} is being written by {owner}; wait for "
+                "it to end or stop it, then try again"
+            )
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        self._handle = handle
+        return self
+
+    def release(self) -> None:
+        if self._handle is not None:
+            with contextlib.suppress(OSError):
+                self._handle.close()  # closing drops the flock
+            self._handle = None
+
+    def __enter__(self) -> FolderLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
