@@ -11,8 +11,10 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from data.formats import LabelSource, role_source
 from data.source import DataSource, resolve_data_source
 from data.voc import load_voc, parse_sets
 from nets.attention import describe_phis, load_attention_plugins
-from nets.checkpoint import CheckpointMismatchError
+from nets.checkpoint import CheckpointMismatchError, read_checkpoint
 from utils.classes import read_class_names
 from utils.config import HelpFormatter, add_options, argument_group, from_args, run_cli
 from utils.device import ThreadConfig, configure_threads, select_device
@@ -34,11 +36,15 @@ from utils.evaluation.compare import (
 )
 from utils.evaluation.evaluate import (
     EvalConfig,
+    check_ground_truth,
     format_report,
     plot_report,
     read_detections_json,
     score,
+    summarize_issues,
 )
+from utils.inference.deploy import onnx_metadata
+from utils.inference.predictor import check_class_names
 from utils.paths import OutputPathError, check_output_path, write_failure, write_text_atomic
 from utils.sources import increment_path
 
@@ -143,8 +149,9 @@ def main(argv: list[str] | None = None) -> int:
             )
         if args.detections:
             return _score_file(args, source, out_dir, labels)
-        device = select_device(args.device)
         names = read_class_names(source.classes) if source.classes else None
+        check_weights(args.weights, names)
+        device = select_device(args.device)
         cfg = from_args(EvalConfig, args)
         compare = from_args(CompareConfig, args)
         configure_threads(args.threads, parallel_decode=cfg.workers > 0)
@@ -194,20 +201,72 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def check_weights(weights: list[str], class_names: list[str] | None) -> None:
+    """Checks every ``--weights`` file before any is run: no file given twice (by path, link
+    or identical content: a comparison would count one run as two independent ones), and the
+    class names a checkpoint or export stores agree with ``--classes``.
+
+    Raises:
+        ValueError: a duplicate (both names given) or a contradiction (both values given).
+    """
+    seen: dict[tuple, str] = {}
+    for path in weights:
+        if not os.path.isfile(path):
+            continue  # the loader says what is missing
+        for key in _identities(path):
+            if key in seen:
+                how = "the same file" if key[0] == "file" else "files of identical content"
+                raise ValueError(
+                    f"--weights {seen[key]} and {path} are {how}: evaluating it twice would "
+                    "count one run as two in the comparison; give each checkpoint once"
+                )
+            seen[key] = path
+        stored = _stored_class_names(path)
+        if stored and class_names:
+            check_class_names(path, stored, class_names)
+
+
+def _identities(path: str) -> list[tuple]:
+    """The resolved file and a hash of its content."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return [("file", os.path.realpath(path)), ("content", digest.hexdigest())]
+
+
+def _stored_class_names(path: str) -> list[str] | None:
+    """The class names a checkpoint or export stores (None: none stored, or not read here;
+    the loader reports a file it cannot read)."""
+    try:
+        if path.endswith(".onnx"):
+            return onnx_metadata(path).get("class_names") or None
+        if path.endswith(".weights"):
+            return None
+        names = read_checkpoint(path)[1].class_names
+    except (ValueError, CheckpointMismatchError):
+        return None
+    return list(names) if names else None
+
+
 def _score_file(args, source: DataSource, out_dir: Path, labels: LabelSource | None) -> int:
     if not source.classes:
         print("error: --detections needs --classes", file=sys.stderr)
         return 2
     names = read_class_names(source.classes)
     if labels is not None:
-        loaded = labels.load(names)
-        for issue in loaded.issues[:10]:
-            print(f"warning: input skipped or repaired: {issue}", file=sys.stderr)
-        annotations, dataset = loaded.annotations, labels.describe()
+        # boxes as written, as the devkit scores them; what the reader skipped is said
+        loaded = labels.load(names, clip_boxes=False)
+        dataset = labels.describe()
     else:
         voc_root, split = source.voc_root, source.val_set
-        annotations = load_voc(voc_root, parse_sets(split), names).annotations
         dataset = f"{voc_root} {split}"
+        loaded = load_voc(voc_root, parse_sets(split), names, clip_boxes=False)
+    for line in summarize_issues(loaded.issues, dataset):
+        print(f"warning: {line}", file=sys.stderr)
+    annotations = loaded.annotations
+    for line in check_ground_truth(annotations, names, dataset):
+        print(f"warning: {line}", file=sys.stderr)
     detected = read_detections_json(args.detections, annotations, names)
     for failure in detected.failures[:10]:
         print(f"warning: {failure}", file=sys.stderr)

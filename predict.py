@@ -5,6 +5,7 @@ Examples:
     python predict.py --source clip.mp4 --weights logs/exp/best.pth --json dets.json
     python predict.py --source 0 --show
     python predict.py --source model_data/samples/bus.jpg --benchmark
+    python predict.py --source photos --no-save --json - | jq '.[].detections | length'
 """
 
 from __future__ import annotations
@@ -14,27 +15,46 @@ import json
 import logging
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 
 from nets.attention import describe_phis, load_attention_plugins
 from nets.checkpoint import CheckpointMismatchError, load_model
 from nets.darknet import DarknetFormatError
-from utils.classes import read_class_names
+from utils.classes import read_anchors, read_class_names
 from utils.config import HelpFormatter, add_options, argument_group, from_args, run_cli
 from utils.device import ThreadConfig, configure_threads
 from utils.engine.config import TrainConfig
 from utils.inference.deploy import onnx_metadata
 from utils.inference.export import ExportConfig, calibration_images, export_model
 from utils.inference.predict_loop import (
+    ATTENTION_DIR,
+    CROPS_DIR,
     OutputOptions,
     PipelineOptions,
     benchmark,
+    json_to_stdout,
     run_predictions,
 )
 from utils.inference.predictor import DEFAULT_WEIGHTS, Detector, InferenceConfig, class_names_for
-from utils.paths import ROOT, SAMPLES, OutputPathError, check_output_path, write_failure
-from utils.sources import ImageReadError, SourceError, increment_path, read_image, resolve_source
+from utils.paths import (
+    ROOT,
+    SAMPLES,
+    OutputPathError,
+    check_apart,
+    check_output_path,
+    write_failure,
+)
+from utils.sources import (
+    ImageReadError,
+    Source,
+    SourceError,
+    increment_path,
+    read_image,
+    resolve_source,
+    source_inputs,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,10 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument(
         "--save-dir",
         default="logs/predict",
-        help="folder for annotated images/videos, incremented if it exists (default: %(default)s)",
+        help="folder for annotated images/videos, incremented if it exists; never an input's "
+        "folder or one inside it (default: %(default)s)",
     )
     out.add_argument(
-        "--exist-ok", action="store_true", help="write into --save-dir even if it exists"
+        "--exist-ok",
+        action="store_true",
+        help="write into --save-dir even if it exists (still never into an input)",
     )
     out.add_argument("--no-save", action="store_true", help="do not write annotated images/videos")
     out.add_argument(
@@ -149,15 +172,15 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --int8 quantizes an export: give --export-onnx PATH too", file=sys.stderr)
         return 2
     save_dir = None if args.no_save else increment_path(args.save_dir, args.exist_ok)
+    to_stdout = json_to_stdout(args.json_path)
+    # with --json -, stdout carries the JSON alone: the summary lines go to stderr
+    info = sys.stderr if to_stdout else sys.stdout
     try:
-        if not args.benchmark:  # outputs are checked before the model loads and the run starts
-            if save_dir is not None:
-                check_output_path(save_dir, folder=True)
-            if args.json_path is not None:
-                check_output_path(args.json_path)
-            if args.attention_maps and save_dir is None:
-                raise ValueError("--attention-maps writes into --save-dir; drop --no-save")
         source = resolve_source(args.source)
+        if not args.benchmark:  # outputs are checked before the model loads and the run starts
+            _check_outputs(args, source, save_dir)
+        if args.anchors is not None:
+            read_anchors(args.anchors)  # bad values fail before the model loads
         config = from_args(InferenceConfig, args)
         pipeline = from_args(PipelineOptions, args)
         if args.classes_filter is not None:
@@ -210,11 +233,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"{done}: {summary.detections} detections ({detector.info.describe()}, "
-        f"device {_device_text(detector)})"
+        f"device {_device_text(detector)})",
+        file=info,
     )
     if save_dir is not None and save_dir.is_dir() and any(save_dir.iterdir()):
-        print(f"results saved to {save_dir}/")
-    if opts.json_path is not None:
+        print(f"results saved to {save_dir}/", file=info)
+    if opts.json_path is not None and not to_stdout:
         print(f"detections written to {opts.json_path}")
     if summary.warnings:
         print(f"{len(summary.warnings)} warning(s):", file=sys.stderr)
@@ -228,6 +252,33 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _check_outputs(args: argparse.Namespace, source: Source, save_dir: Path | None) -> None:
+    """Refuses, before any work, outputs that cannot be written or that could land on an
+    input: the annotated images' folder, its crops and attention-map folders, and the JSON
+    file, against the source's paths, the weights, the classes and the anchors files.
+
+    Raises:
+        OutputPathError: an output that cannot be written or lies on an input.
+        ValueError: --attention-maps without a folder to write into.
+    """
+    inputs = [*source_inputs(args.source, source), args.weights, args.classes, args.anchors]
+    if save_dir is not None:
+        check_apart(save_dir, inputs, flag="--save-dir")
+        check_output_path(save_dir, folder=True)
+        # a crops or attention folder left by an earlier run may be a link to elsewhere
+        for wanted, flag, sub in (
+            (args.crop, "--crop", CROPS_DIR),
+            (args.attention_maps, "--attention-maps", ATTENTION_DIR),
+        ):
+            if wanted:
+                check_apart(save_dir / sub, inputs, flag=flag)
+    if args.json_path is not None and not json_to_stdout(args.json_path):
+        check_apart(args.json_path, inputs, flag="--json", folder=False)
+        check_output_path(args.json_path)
+    if args.attention_maps and save_dir is None:
+        raise ValueError("--attention-maps writes into --save-dir; drop --no-save")
+
+
 def _device_text(detector: Detector) -> str:
     """``cpu`` or ``cpu, bfloat16 autocast`` (with ``--amp``)."""
     dtype = detector.precision.dtype
@@ -239,6 +290,10 @@ def _export_onnx(args: argparse.Namespace) -> int:
     ``--int8`` quantized on calibration images."""
     try:
         cfg = from_args(ExportConfig, args)
+        inputs = [args.weights, args.classes]
+        if cfg.int8:
+            inputs += source_inputs(cfg.int8, resolve_source(cfg.int8))
+        check_apart(cfg.onnx_path, inputs, flag="--export-onnx", folder=False)
         check_output_path(cfg.onnx_path)
         calibration = calibration_images(cfg.int8, cfg.calib_images) if cfg.int8 else []
         names = read_class_names(args.classes) if args.classes else None

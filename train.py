@@ -17,7 +17,9 @@ import sys
 from utils.config import HelpFormatter, add_options, from_args, given_options
 from utils.engine.config import TrainConfig
 from utils.engine.fit import fit
+from utils.engine.loop import NonFiniteLossError
 from utils.paths import OutputPathError, check_output_path
+from utils.runlock import FolderLockedError
 
 
 def build_parser(add_help: bool = True, exclude: tuple[str, ...] = ()) -> argparse.ArgumentParser:
@@ -63,7 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     except OutputPathError as err:  # a checkpoint, log or picture could not be written
         print(f"error: {err}", file=sys.stderr)
         return 1
-    except (FileNotFoundError, ValueError) as err:
+    except NonFiniteLossError as err:  # the message says where the last good epoch is
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except (FileNotFoundError, ValueError, FolderLockedError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if not result.is_main:

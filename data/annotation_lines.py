@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from data.label_io import brief, read_user_text
 from data.voc import Annotation, FileIssue, LoadResult
 
 
@@ -22,10 +23,14 @@ def load_annotation_lines(
     Image paths are used as written: the generator writes absolute paths (relative ones are
     relative to the working directory), so the file itself chooses which images it names and
     there is no dataset folder to keep them inside.
+
+    Raises:
+        FileNotFoundError: no such file.
+        LabelFormatError: it cannot be read or is not UTF-8 text (the message names it).
     """
     result = LoadResult()
     offset = 1.0 if one_based else 0.0
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+    for n, line in enumerate(read_user_text(path, "annotation lines file").splitlines(), 1):
         if not line.strip():
             continue
         # The image path may contain spaces: boxes are the trailing comma-separated tokens.
@@ -42,7 +47,9 @@ def load_annotation_lines(
                     raise ValueError(token)
                 *coords, cls = values
             except ValueError:
-                result.issues.append(FileIssue(f"{path}:{n}", f"bad box {token!r}", "box dropped"))
+                result.issues.append(
+                    FileIssue(f"{path}:{n}", f"bad box {brief(token)}", "box dropped")
+                )
                 continue
             x1, y1, x2, y2 = (c - offset for c in coords)
             if not 0 <= cls < num_classes or cls != int(cls):
@@ -52,7 +59,7 @@ def load_annotation_lines(
                 continue
             if x2 <= x1 or y2 <= y1:
                 result.issues.append(
-                    FileIssue(f"{path}:{n}", f"box {token} has no area", "box dropped")
+                    FileIssue(f"{path}:{n}", f"box {token[:60]} has no area", "box dropped")
                 )
                 continue
             boxes.append((x1, y1, x2, y2))

@@ -8,36 +8,45 @@ difficult objects, COCOeval crowd regions), and difficult objects are written ba
 records' ``width``/``height``.
 
 One JSON holds a whole split, so a file that is not JSON or not a COCO file is an error naming
-it; every other problem (a bad record, an unknown category or image, a box without area or
-outside its image, a missing image file) is reported per record and that record skipped.
+it, and so are categories that would not read back as the same classes (a repeated id or name,
+a blank name or one with a line break); every other problem (a record or field of the wrong
+type, an unknown category or image, a box without area or outside its image, a missing image
+file) is reported per record and that record skipped.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from data.label_io import (
     LabelFormatError,
     LabelSet,
+    OutputFile,
     WriteReport,
     annotation,
+    brief,
+    check_class_names,
     check_split_name,
+    check_unique_ids,
+    commit_files,
     continuous_box,
     continuous_edges,
     finite_numbers,
     json_number,
     known_size,
+    nothing_to_write,
     output_image_names,
-    placed_or_reported,
     read_image_size,
+    read_user_text,
     relative_path_problem,
     remap_classes,
 )
 from data.voc import FileIssue
-from utils.paths import write_text_atomic
+from utils.classes import class_name_problem
 from utils.sources import ImageReadError
 
 
@@ -58,15 +67,19 @@ def image_folder_candidates(json_path: str | os.PathLike) -> list[Path]:
 
 
 def _load(json_path: Path) -> dict:
+    text = read_user_text(json_path, "COCO file")
     try:
-        payload = json.loads(json_path.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise LabelFormatError(f"{json_path}: cannot read ({err.strerror or err})") from None
-    except UnicodeDecodeError as err:
-        raise LabelFormatError(f"{json_path}: not UTF-8 text ({err.reason})") from None
+        payload = json.loads(text)
     except json.JSONDecodeError as err:
         raise LabelFormatError(
             f"{json_path}: not valid JSON (line {err.lineno} column {err.colno}: {err.msg})"
+        ) from None
+    except RecursionError:
+        raise LabelFormatError(f"{json_path}: JSON nested too deeply for a COCO file") from None
+    except ValueError:  # the only other failure: Python's limit on the digits of an integer
+        raise LabelFormatError(
+            f"{json_path}: not valid JSON for this reader (an integer of more than "
+            f"{sys.get_int_max_str_digits()} digits)"
         ) from None
     if not isinstance(payload, dict) or not isinstance(payload.get("images"), list):
         raise LabelFormatError(f"{json_path}: not a COCO annotation file (no 'images' list)")
@@ -79,8 +92,14 @@ def _load(json_path: Path) -> dict:
 def _categories(
     records: list, json_path: str, issues: list[FileIssue]
 ) -> tuple[list[str], dict[int, int]]:
-    """Class names in category-id order and category id -> label; a bad or repeated category is
-    reported, and a second category of one name shares the first's label."""
+    """Class names in category-id order and category id -> label; a record without an integer
+    id or a string name is reported and skipped.
+
+    Raises:
+        LabelFormatError: a repeated category id, a repeated name, or a name that cannot be a
+            class name (blank, a line break: it would read back as other classes once
+            written one per line).
+    """
     valid: dict[int, str] = {}
     for k, rec in enumerate(records):
         cid = rec.get("id") if isinstance(rec, dict) else None
@@ -94,7 +113,11 @@ def _categories(
                 )
             )
         elif cid in valid:
-            issues.append(FileIssue(json_path, f"category id {cid} repeated", "category skipped"))
+            raise LabelFormatError(f"{json_path}: category id {brief(cid)} repeated (record {k})")
+        elif (problem := class_name_problem(name.strip() or name)) is not None:
+            raise LabelFormatError(
+                f"{json_path}: category id {brief(cid)} (record {k}): name {brief(name)} {problem}"
+            )
         else:
             valid[cid] = name.strip()
     names: list[str] = []
@@ -102,22 +125,19 @@ def _categories(
     for cid in sorted(valid):
         name = valid[cid]
         if name in names:
-            issues.append(
-                FileIssue(
-                    json_path,
-                    f"category id {cid} repeats the name {name!r}",
-                    "merged with the first",
-                )
+            first = next(c for c in sorted(valid) if valid[c] == name)
+            raise LabelFormatError(
+                f"{json_path}: category id {brief(cid)} repeats the name {brief(name)} of "
+                f"category id {brief(first)}"
             )
-        else:
-            names.append(name)
-        label_of[cid] = names.index(name)
+        label_of[cid] = len(names)
+        names.append(name)
     return names, label_of
 
 
 def _image_folder(json_path: Path, images: list, given: str | os.PathLike | None) -> Path:
     if given is not None:
-        if not Path(given).is_dir():
+        if not os.path.isdir(given):
             raise LabelFormatError(f"{given}: images folder not found (for {json_path})")
         return Path(given)
     first = next(
@@ -134,13 +154,25 @@ def _image_folder(json_path: Path, images: list, given: str | os.PathLike | None
     if first is None:
         return json_path.parent
     for folder in candidates:
-        if (folder / first).is_file():
+        if os.path.isfile(folder / first):
             return folder
     tried = ", ".join(str(c) for c in candidates)
     raise LabelFormatError(
         f"{json_path}: its images (first: {first}) are in none of {tried}; give the images "
         "folder (--images, --train-images or --val-images)"
     )
+
+
+def _field_problem(rec: dict) -> str | None:
+    """What is of the wrong type in an annotation record (the field and its value), or None:
+    an id that is a list or an object cannot be looked up, and guessing would score the box
+    against another image or class."""
+    iid, cid = rec.get("image_id"), rec.get("category_id")
+    if not isinstance(iid, (int, str)) or isinstance(iid, bool):
+        return f"image_id {brief(iid)} is not an integer or a string"
+    if not isinstance(cid, int) or isinstance(cid, bool):
+        return f"category_id {brief(cid)} is not an integer"
+    return None
 
 
 def _size(rec: dict) -> tuple[int, int] | None:
@@ -156,14 +188,19 @@ def read_coco(
     *,
     images: str | os.PathLike | None = None,
     class_names: Sequence[str] | None = None,
+    clip_boxes: bool = True,
 ) -> LabelSet:
     """Reads a COCO file; ``images`` is the folder its ``file_name``s are relative to (default:
     the first of ``image_folder_candidates`` holding the first image). With ``class_names``,
-    labels index that list, matched by category name.
+    labels index that list, matched by category name; ``clip_boxes``: see
+    ``data.label_io.continuous_box``.
 
     Raises:
-        LabelFormatError: the file cannot be read, is not JSON or not COCO, or its images
-            folder cannot be found.
+        FileNotFoundError: no such file.
+        LabelFormatError: the file cannot be read, is not UTF-8 JSON (or nested too deeply)
+            or not COCO, its categories repeat an id or a name or have a name that cannot
+            be a class name, two images have one id (file name stem), or its images folder
+            cannot be found.
     """
     json_path = Path(json_path)
     source = str(json_path)
@@ -184,12 +221,16 @@ def read_coco(
             issues.append(issue)
             continue
         if iid in seen:
-            issues.append(FileIssue(source, f"image id {iid!r} repeated", "image skipped"))
+            issues.append(FileIssue(source, f"image id {brief(iid)} repeated", "image skipped"))
             continue
         seen.add(iid)
         if (problem := relative_path_problem(name)) is not None:
             issues.append(
-                FileIssue(source, f"image {iid!r}: file_name {name!r} {problem}", "image skipped")
+                FileIssue(
+                    source,
+                    f"image {brief(iid)}: file_name {brief(name)} {problem}",
+                    "image skipped",
+                )
             )
             continue
         path = folder / name
@@ -200,16 +241,16 @@ def read_coco(
                 issues.append(
                     FileIssue(
                         source,
-                        f"image {iid!r} ({name}) has no valid width/height",
+                        f"image {brief(iid)} ({brief(name)}) has no valid width/height",
                         "size read from the image",
                     )
                 )
-            elif not path.is_file():
+            elif not os.path.isfile(path):
                 raise ImageReadError(f"{path}: image missing")
         except ImageReadError as err:
             problem = str(err).removeprefix(f"{path}: ")
             issues.append(
-                FileIssue(str(path), f"{problem} (image {iid!r} of {source})", "image skipped")
+                FileIssue(str(path), f"{problem} (image {brief(iid)} of {source})", "image skipped")
             )
             continue
         records[iid] = (str(path), Path(name).stem, size)
@@ -220,52 +261,78 @@ def read_coco(
                 FileIssue(source, f"annotation record {k} is not an object", "box dropped")
             )
             continue
-        what = f"annotation {rec.get('id', f'record {k}')!r}"
+        what = f"annotation {brief(rec['id']) if 'id' in rec else f'record {k}'}"
         iid, cid, bbox = rec.get("image_id"), rec.get("category_id"), rec.get("bbox")
+        if (problem := _field_problem(rec)) is not None:
+            issues.append(FileIssue(source, f"annotation record {k}: {problem}", "box dropped"))
+            continue
         if iid not in records:
             if iid not in seen:  # a skipped image was reported already
-                issues.append(FileIssue(source, f"{what}: unknown image id {iid!r}", "box dropped"))
+                issues.append(
+                    FileIssue(source, f"{what}: unknown image id {brief(iid)}", "box dropped")
+                )
             continue
-        if isinstance(cid, bool) or cid not in label_of:
-            issues.append(FileIssue(source, f"{what}: unknown category id {cid!r}", "box dropped"))
+        if cid not in label_of:
+            issues.append(
+                FileIssue(source, f"{what}: unknown category id {brief(cid)}", "box dropped")
+            )
             continue
         values = finite_numbers(bbox) if isinstance(bbox, list) and len(bbox) == 4 else None
         if values is None:
             issues.append(
-                FileIssue(source, f"{what}: bbox {bbox!r} is not 4 numbers", "box dropped")
+                FileIssue(source, f"{what}: bbox {brief(bbox)} is not 4 numbers", "box dropped")
             )
             continue
         x, y, w, h = values
-        box, problem, action = continuous_box(x, y, x + w, y + h, records[iid][2])
+        box, problem, action = continuous_box(
+            x, y, x + w, y + h, records[iid][2], clip_boxes=clip_boxes
+        )
         if problem is not None:
             issues.append(FileIssue(source, f"{what}: bbox {bbox} {problem}", action))
+        crowd = rec.get("iscrowd", 0)
+        if box is not None and crowd not in (0, 1):  # JSON values compare with ints safely
+            issues.append(
+                FileIssue(
+                    source,
+                    f"annotation record {k}: iscrowd {brief(crowd)} is not 0 or 1",
+                    "treated as not crowd",
+                )
+            )
+            crowd = 0
         if box is not None:
-            rows[iid].append((box, label_of[cid], rec.get("iscrowd") in (1, True)))
+            rows[iid].append((box, label_of[cid], crowd == 1))
     annotations = [annotation(p, i, rows[iid], s) for iid, (p, i, s) in records.items()]
+    check_unique_ids(annotations, source)
     labels = LabelSet(annotations, issues, names, source, "coco", coco_split_name(json_path))
     return remap_classes(labels, class_names) if class_names is not None else labels
 
 
-def write_coco(labels: LabelSet, out: str | os.PathLike, split: str) -> WriteReport:
+def write_coco(
+    labels: LabelSet, out: str | os.PathLike, split: str, *, overwrite: bool = False
+) -> WriteReport:
     """Writes ``out/annotations/instances_<split>.json`` and the images into
     ``out/images/<split>/`` (hard-linked or copied), where ``read_coco`` finds them.
 
     Categories get ids 1..N in label order; images and annotations ids 1, 2, ... in order.
-    ``bbox`` values are the exact floats (integers when on the pixel grid).
+    ``bbox`` values are the exact floats (integers when on the pixel grid). ``file_name``s
+    are made by ``output_image_names``; everything is checked before the first write
+    (``commit_files``: no existing file changes without ``overwrite``).
 
     Raises:
-        OutputPathError: a file cannot be written.
+        LabelFormatError: class names that cannot be written, no image to write.
+        OutputPathError: a file exists with other content (without ``overwrite``) or cannot
+            be written.
     """
     out = Path(out)
     check_split_name(split)
+    check_class_names(labels.class_names, labels.source)
     report = WriteReport("coco", out)
-    images, objects, crowd = [], [], 0
+    images, objects, crowd, placed = [], [], 0, []
     for ann, filename in output_image_names(labels.annotations, report.issues):
         size = known_size(ann, report.issues)
         if size is None:
             continue
-        if not placed_or_reported(ann.image_path, out / "images" / split / filename, report.issues):
-            continue
+        placed.append(OutputFile(out / "images" / split / filename, source=ann.image_path))
         image_id = len(images) + 1
         images.append({"id": image_id, "file_name": filename, "width": size[0], "height": size[1]})
         for box, label, difficult in zip(ann.boxes, ann.labels, ann.difficult):
@@ -285,8 +352,12 @@ def write_coco(labels: LabelSet, out: str | os.PathLike, split: str) -> WriteRep
         crowd += int(ann.difficult.sum())
         report.images += 1
     report.objects = len(objects)
+    if not images:
+        raise nothing_to_write(labels, report.issues, out)
+    # a source path with undecodable bytes cannot go into UTF-8 as it is
+    source = labels.source.encode("utf-8", "replace").decode("utf-8")
     payload = {
-        "info": {"description": f"{labels.source} ({labels.format}), converted"},
+        "info": {"description": f"{source} ({labels.format}), converted"},
         "licenses": [],
         "images": images,
         "annotations": objects,
@@ -296,7 +367,9 @@ def write_coco(labels: LabelSet, out: str | os.PathLike, split: str) -> WriteRep
         ],
     }
     path = out / "annotations" / f"instances_{split}.json"
-    report.files.append(write_text_atomic(path, json.dumps(payload, ensure_ascii=False)))
+    index = OutputFile(path, json.dumps(payload, ensure_ascii=False))
+    commit_files(out, [*placed, index], overwrite=overwrite)
+    report.files.append(path)
     if crowd:
         report.notes.append(
             f"{crowd} difficult objects written as iscrowd=1 (ignored by COCO evaluation, "

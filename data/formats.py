@@ -45,7 +45,16 @@ from data.voc_folder import (
     voc_splits,
     write_voc,
 )
-from data.yolo import IMAGE_EXTENSIONS, is_yolo_folder, read_yolo, write_yolo, yolo_splits
+from data.yolo import (
+    IMAGE_EXTENSIONS,
+    is_yolo_folder,
+    label_path,
+    read_data_yaml,
+    read_yolo,
+    write_yolo,
+    yolo_splits,
+)
+from utils.paths import check_apart, safe_component
 from utils.sources import ImageReadError
 
 FORMATS = ("voc", "coco", "yolo", "lines")
@@ -98,7 +107,7 @@ def detect_format(path: str | os.PathLike) -> str:
 
 def _sniff_txt(path: Path) -> str:
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             lines = [line.strip() for _, line in zip(range(_SNIFF_LINES * 4), f) if line.strip()]
     except (OSError, UnicodeDecodeError) as err:
         raise LabelFormatError(f"{path}: cannot be read ({err})") from None
@@ -147,13 +156,18 @@ class LabelSource:
         split = f" [{self.split}]" if self.split else ""
         return f"{self.path}{split} ({self.kind})"
 
-    def load(self, class_names: Sequence[str] | None = None) -> LabelSet:
+    def load(
+        self, class_names: Sequence[str] | None = None, *, clip_boxes: bool = True
+    ) -> LabelSet:
         """Reads the labels.
 
         Args:
             class_names: the order labels index, matched by name; for sources without names
                 (annotation lines, YOLO without a names file) the names of the ids. None:
                 the source's own names.
+            clip_boxes: clip boxes that reach outside their image (training); False keeps
+                them as written and reports them, as scoring needs (the official evaluators
+                score ground truth as given).
 
         Raises:
             FileNotFoundError, LabelFormatError: the source cannot be used at all.
@@ -164,19 +178,23 @@ class LabelSource:
                 f"{self.path}: an images folder goes with COCO labels only ({kind} labels name "
                 "their images themselves)"
             )
+        clip = {"clip_boxes": clip_boxes}
         if kind == "voc":
-            return read_voc_folder(self.path, split=self.split, class_names=class_names)
+            return read_voc_folder(self.path, split=self.split, class_names=class_names, **clip)
         if kind == "coco":
-            return read_coco(self.path, images=self.images, class_names=class_names)
+            return read_coco(self.path, images=self.images, class_names=class_names, **clip)
         if kind == "yolo":
-            return read_yolo(self.path, split=self.split, class_names=class_names)
-        return read_lines(self.path, class_names)
+            return read_yolo(self.path, split=self.split, class_names=class_names, **clip)
+        return read_lines(self.path, class_names, **clip)
 
 
-def read_lines(path: str | os.PathLike, class_names: Sequence[str] | None) -> LabelSet:
+def read_lines(
+    path: str | os.PathLike, class_names: Sequence[str] | None, *, clip_boxes: bool = True
+) -> LabelSet:
     """The reference implementation's lines (``data.annotation_lines``), checked as the other
     readers check: a missing or unreadable image is skipped, boxes are clipped to the image
-    (whose size is read from its header)."""
+    (whose size is read from its header) unless ``clip_boxes`` is False, which keeps them as
+    written and reports them (scoring)."""
     if class_names is None:
         raise LabelFormatError(f"{path}: annotation lines hold class ids only: give --classes")
     try:
@@ -192,11 +210,13 @@ def read_lines(path: str | os.PathLike, class_names: Sequence[str] | None) -> La
             issues.append(FileIssue(ann.image_path, f"{problem} (in {path})", "image skipped"))
             continue
         high = np.array([width - 1, height - 1, width - 1, height - 1], np.float32)
-        boxes = np.clip(ann.boxes, 0, high)
+        clipped = np.clip(ann.boxes, 0, high)
+        boxes = clipped if clip_boxes else ann.boxes
         keep = (boxes[:, 2] >= boxes[:, 0]) & (boxes[:, 3] >= boxes[:, 1])
-        moved = int((boxes != ann.boxes).any(axis=1).sum())
+        moved = int((clipped != ann.boxes).any(axis=1).sum())
         if moved:
             what = "box dropped" if not keep.all() else "box clipped"
+            what = what if clip_boxes else "scored as given"
             issues.append(
                 FileIssue(ann.image_path, f"{moved} boxes outside the image (in {path})", what)
             )
@@ -279,18 +299,48 @@ def train_val_sources(
     return train_source, role_source(train, "val", fmt=fmt, images=val_images, required=False)
 
 
-def write_labels(labels: LabelSet, fmt: str, out: str | os.PathLike, *, split: str) -> WriteReport:
+def write_labels(
+    labels: LabelSet,
+    fmt: str,
+    out: str | os.PathLike,
+    *,
+    split: str,
+    overwrite: bool = False,
+) -> WriteReport:
     """Writes ``labels`` as ``fmt`` (one of ``WRITE_FORMATS``) into the folder ``out``.
+
+    Other splits already in ``out`` stay; a file of this output that exists with other
+    content is replaced only with ``overwrite``.
 
     Raises:
         LabelFormatError: a split name that is not a file name, names that conflict with a
-            names file already in ``out``.
-        OutputPathError: a file cannot be written.
+            names file already in ``out``, class names that cannot be written, no image to
+            write (nothing is written then).
+        OutputPathError: an existing file would change (without ``overwrite``), or a file
+            cannot be written.
     """
     writers = {"voc": write_voc, "coco": write_coco, "yolo": write_yolo}
     if fmt not in writers:
         raise ValueError(f"cannot write {fmt!r} labels: one of {', '.join(WRITE_FORMATS)}")
-    return writers[fmt](labels, out, split)
+    return writers[fmt](labels, out, split, overwrite=overwrite)
+
+
+def input_paths(source: LabelSource, labels: LabelSet) -> list[str]:
+    """Every path a conversion reads: the source, its dataset folder, the images folder, and
+    the folder of each image and YOLO label file (``utils.paths.check_apart`` keeps the
+    output away from all of them)."""
+    path = Path(source.path)
+    paths = {source.path, source.images or ""}
+    kind = labels.format
+    if kind == "voc":
+        paths.add(str(path.parents[2] if is_image_set_file(path) else path))
+    elif kind == "yolo" and path.suffix in (".yaml", ".yml"):
+        paths.add(str(read_data_yaml(path).root))
+    for ann in labels.annotations:
+        paths.add(str(Path(ann.image_path).parent))
+        if kind == "yolo":
+            paths.add(str(label_path(ann.image_path).parent))
+    return sorted(p for p in paths if p)
 
 
 def convert_labels(
@@ -302,18 +352,30 @@ def convert_labels(
     images: str | None = None,
     class_names: Sequence[str] | None = None,
     split: str | None = None,
+    overwrite: bool = False,
 ) -> tuple[LabelSet, WriteReport]:
     """Reads ``src`` and writes it as ``to`` into ``out``.
 
     ``split`` is the split read where the source has several (all of it otherwise) and the
     split's name in ``out``; by default the name is the source's own split name (a COCO file's
-    name without ``instances_``, an image set's, an ``images/<split>`` folder's), else ``all``.
+    name without ``instances_``, an image set's, an ``images/<split>`` folder's) made a file
+    name, else ``all``. ``overwrite``: see ``write_labels``.
+
+    Raises:
+        OutputPathError: ``out`` is, contains or lies inside anything the conversion reads
+            (checked before anything is written), or see ``write_labels``.
+        FileNotFoundError, LabelFormatError: the source cannot be used, or see
+            ``write_labels``.
     """
     source = LabelSource(str(src), fmt, None, images)
+    kind = source.kind  # an unknown source is named before the output is looked at
+    check_apart(out, [src, images or ""], flag="--out")
     if split is not None:
         check_split_name(split)
-        if source.kind in ("voc", "yolo"):
+        if kind in ("voc", "yolo"):
             source = replace(source, split=split)
     labels = source.load(class_names)
-    report = write_labels(labels, to, out, split=split or labels.split or "all")
+    check_apart(out, input_paths(source, labels), flag="--out")
+    name = split or (safe_component(labels.split) if labels.split else "all")
+    report = write_labels(labels, to, out, split=name, overwrite=overwrite)
     return labels, report

@@ -12,8 +12,10 @@ is lost to the change of convention.
 from __future__ import annotations
 
 import contextlib
+import filecmp
 import math
 import os
+import re
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -23,6 +25,14 @@ import numpy as np
 from PIL import Image
 
 from data.voc import Annotation, FileIssue, LoadResult, unsafe_name_problem
+from utils.classes import class_name_problem
+from utils.paths import (
+    OutputRefusedError,
+    safe_component,
+    unique_components,
+    write_failure,
+    write_text_atomic,
+)
 from utils.sources import ImageReadError, read_image
 
 # a coordinate this close outside the image is float noise: clipped without a report
@@ -96,9 +106,19 @@ def read_image_size(path: str | os.PathLike) -> tuple[int, int]:
 
 
 def continuous_box(
-    x1: float, y1: float, x2: float, y2: float, size: tuple[int, int]
+    x1: float,
+    y1: float,
+    x2: float,
+    y2: float,
+    size: tuple[int, int],
+    *,
+    clip_boxes: bool = True,
 ) -> tuple[tuple[float, float, float, float] | None, str | None, str]:
     """A continuous box (edges x1 < x2 in [0, W]) as pixel indices, checked against the image.
+
+    ``clip_boxes=False`` (ground truth for scoring) keeps a box that reaches outside the image
+    as written, reported as "scored as given": the official evaluators do not clip, and
+    clipping would change IoU and so the metric.
 
     Returns:
         ``(box or None, problem or None, action)``: a box reaching more than
@@ -110,14 +130,17 @@ def continuous_box(
         return None, "has no area", "box dropped"
     outside = x1 < -EDGE_TOLERANCE or y1 < -EDGE_TOLERANCE
     outside |= x2 > width + EDGE_TOLERANCE or y2 > height + EDGE_TOLERANCE
-    x1, x2 = min(max(x1, 0.0), float(width)), min(max(x2, 0.0), float(width))
-    y1, y2 = min(max(y1, 0.0), float(height)), min(max(y2, 0.0), float(height))
-    if x2 - x1 < 1.0 or y2 - y1 < 1.0:
+    if clip_boxes or not outside:  # within the tolerance: float noise, clipped silently
+        x1, x2 = min(max(x1, 0.0), float(width)), min(max(x2, 0.0), float(width))
+        y1, y2 = min(max(y1, 0.0), float(height)), min(max(y2, 0.0), float(height))
+    # a one-pixel box written as normalised YOLO numbers reads back a hair under one pixel
+    if x2 - x1 < 1.0 - EDGE_TOLERANCE or y2 - y1 < 1.0 - EDGE_TOLERANCE:
         if outside:
             return None, "lies outside the image", "box dropped"
         return None, "is less than one pixel wide or high", "box dropped"
-    box = (x1, y1, x2 - 1.0, y2 - 1.0)
-    return box, ("reaches outside the image" if outside else None), "box clipped"
+    box = (x1, y1, max(x2 - 1.0, x1), max(y2 - 1.0, y1))
+    action = "box clipped" if clip_boxes else "scored as given"
+    return box, ("reaches outside the image" if outside else None), action
 
 
 def continuous_edges(box: Sequence[float]) -> tuple[float, float, float, float]:
@@ -158,13 +181,93 @@ def json_number(value: float) -> int | float:
 
 
 def finite_numbers(values: Sequence[object]) -> list[float] | None:
-    """``values`` as finite floats (bools refused: JSON ``true`` is not a coordinate), or None."""
+    """``values`` as finite floats (bools refused: JSON ``true`` is not a coordinate; integers
+    too large for a float too), or None."""
     out = []
     for v in values:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
             return None
-        out.append(float(v))
+        try:
+            value = float(v)
+        except OverflowError:
+            return None
+        if not math.isfinite(value):
+            return None
+        out.append(value)
     return out
+
+
+def brief(value: object, limit: int = 60) -> str:
+    """``value`` for an error message: the repr of a number, string or short flat list, cut to
+    ``limit`` characters; "a list of N items" or "an object" for anything bigger or nested (a
+    label file's value can be megabytes long or nested a thousand deep)."""
+    if isinstance(value, list):
+        if len(value) <= 8 and all(
+            v is None or isinstance(v, (bool, int, float, str)) for v in value
+        ):
+            text = "[" + ", ".join(brief(v, limit) for v in value) + "]"
+        else:
+            return f"a list of {len(value)} items"
+    elif isinstance(value, dict):
+        return "an object"
+    elif isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 3 * limit:
+        return "a very large integer"
+    else:
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def read_user_text(path: str | os.PathLike, what: str, max_bytes: int | None = None) -> str:
+    """A user's text file as a string: UTF-8, a leading byte-order mark dropped (editors on
+    Windows write one, and it would become part of the first name, id or path).
+
+    Args:
+        what: what the file is, for messages ("data YAML", "image list", ...).
+        max_bytes: refuse larger files (None: any size).
+
+    Raises:
+        FileNotFoundError: no such file.
+        LabelFormatError: it cannot be read, is too large or is not UTF-8 text (the message
+            names the file).
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: {what} not found")
+    try:
+        with open(path, "rb") as f:
+            data = f.read() if max_bytes is None else f.read(max_bytes + 1)
+    except OSError as err:
+        raise LabelFormatError(f"{path}: {what} cannot be read ({err.strerror or err})") from None
+    if max_bytes is not None and len(data) > max_bytes:
+        raise LabelFormatError(f"{path}: {what} cannot be read: larger than {max_bytes} bytes")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise LabelFormatError(
+            f"{path}: {what} cannot be read: not UTF-8 text (byte {err.start}: {err.reason})"
+        ) from None
+
+
+def check_unique_ids(annotations: Sequence[Annotation], source: str) -> None:
+    """Refuses two images with one image id: evaluation and detection files match images by
+    id, so the second would be scored against the first one's objects.
+
+    Raises:
+        LabelFormatError: the count of such images and the first pair (``source`` named).
+    """
+    first: dict[str, str] = {}
+    clashes: list[tuple[str, str]] = []
+    for ann in annotations:
+        if ann.image_id in first:
+            clashes.append((first[ann.image_id], ann.image_path))
+        else:
+            first[ann.image_id] = ann.image_path
+    if clashes:
+        a, b = clashes[0]
+        example = f"{a} is listed twice" if a == b else f"e.g. {a} and {b}"
+        raise LabelFormatError(
+            f"{source}: {len(clashes)} images have the id (file name without suffix) of another "
+            f"image ({example}): give them different names"
+        )
 
 
 def relative_path_problem(name: str) -> str | None:
@@ -172,6 +275,8 @@ def relative_path_problem(name: str) -> str | None:
     empty), or None: an annotation file names images in its dataset, never elsewhere."""
     if not name or "\x00" in name:
         return "is empty"
+    if any("\ud800" <= c <= "\udfff" for c in name):  # JSON escapes; no file has such a name
+        return "is not valid text (a lone surrogate)"
     posix, windows = PurePosixPath(name), PureWindowsPath(name)
     if posix.is_absolute() or windows.is_absolute() or windows.drive:
         return "is an absolute path"
@@ -213,61 +318,185 @@ def remap_classes(labels: LabelSet, class_names: Sequence[str]) -> LabelSet:
 
 
 def place_image(source: str | os.PathLike, target: Path) -> None:
-    """Puts ``source`` at ``target``: a hard link (no copy on the same file system), else a
-    copy. An older ``target`` is replaced; ``source`` itself is left alone.
+    """Puts ``source`` at ``target`` through a temporary name and a rename: a hard link (no
+    copy on the same file system), else a copy. An older ``target`` is replaced whole, never
+    seen half-copied; ``source`` itself is left alone.
 
     Raises:
-        OSError: neither worked (the caller reports the image).
+        OSError: neither worked (the temporary file is removed).
     """
     target.parent.mkdir(parents=True, exist_ok=True)
-    if target.exists():
-        if os.path.samefile(source, target):
-            return
-        target.unlink()
+    if target.exists() and os.path.samefile(source, target):
+        return
+    tmp = target.with_name(target.name + ".tmp")
     try:
-        os.link(source, target)
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
     except OSError:
         with contextlib.suppress(OSError):
-            target.unlink()
-        shutil.copyfile(source, target)
+            tmp.unlink()
+        raise
 
 
-def placed_or_reported(source: str, target: Path, issues: list) -> bool:
-    """``place_image``; a failure becomes a ``FileIssue`` in ``issues`` ("image skipped")
-    and False, so that a writer goes on with the next image."""
-    try:
-        place_image(source, target)
-    except OSError as err:
-        issues.append(FileIssue(source, f"cannot be copied ({err})", "image skipped"))
-        return False
-    return True
+# characters no output name keeps, beyond what ``safe_component`` replaces: lone surrogates
+# (undecodable bytes of a file name) and the two non-characters, which UTF-8 files, XML and
+# YAML cannot hold
+_NOT_WRITABLE = re.compile("[\ud800-\udfff\ufffe\uffff]")
+
+
+def _image_suffix(image_path: str) -> str:
+    """The image's suffix when it is a plain one (``.jpg``), else none."""
+    suffix = Path(image_path).suffix
+    return suffix if suffix[1:].isascii() and suffix[1:].isalnum() and len(suffix) <= 8 else ""
 
 
 def output_image_names(
-    annotations: Sequence[Annotation], issues: list[FileIssue]
+    annotations: Sequence[Annotation], issues: list[FileIssue], *, spaces: bool = True
 ) -> list[tuple[Annotation, str]]:
-    """Each annotation with the file name its image gets in an output folder: its id plus its
-    suffix. Ids that are not file names, and second images of one name, are reported and left
-    out ("image skipped")."""
-    taken: set[str] = set()
+    """Each annotation with the file name its image gets in an output folder, its
+    ``image_id`` replaced by that name's stem.
+
+    The stem is the id made one path component by ``utils.paths.unique_components`` (no
+    separators, ``..``, control characters; ids that differ only in case, as ``a.jpg`` and
+    ``A.png`` or ``a.jpg`` and ``a.png``, get ``-2``, ``-3``) and the suffix the image's own.
+    Each changed id is reported with the name written (the original stays the image's
+    path). ``spaces=False`` replaces white space too (VOC image sets end an id at a space).
+    """
+    wanted = [_NOT_WRITABLE.sub("_", a.image_id) for a in annotations]
+    if not spaces:
+        wanted = [re.sub(r"\s", "_", w) for w in wanted]
     out = []
-    for ann in annotations:
-        problem = unsafe_name_problem(ann.image_id)
-        if problem is not None:
-            issues.append(FileIssue(ann.image_path, f"image id {problem}", "image skipped"))
-            continue
-        if ann.image_id in taken:
-            issues.append(
-                FileIssue(
-                    ann.image_path,
-                    f"another image is already called {ann.image_id!r} in this split",
-                    "image skipped",
-                )
-            )
-            continue
-        taken.add(ann.image_id)
-        out.append((ann, ann.image_id + Path(ann.image_path).suffix))
+    for ann, want, stem in zip(annotations, wanted, unique_components(wanted)):
+        if stem != ann.image_id:
+            if stem == safe_component(want):
+                problem = f"image id {ann.image_id!r} is not a plain file name"
+            else:
+                problem = f"another image is already called {safe_component(want)!r} in this split"
+            issues.append(FileIssue(ann.image_path, problem, f"written as {stem!r}"))
+        out.append((replace(ann, image_id=stem), stem + _image_suffix(ann.image_path)))
     return out
+
+
+def check_class_names(class_names: Sequence[str], source: str) -> None:
+    """Refuses class names that would not read back the same: a names file holds one per
+    line and readers strip them; XML, JSON and YAML cannot hold every character.
+
+    Raises:
+        LabelFormatError: an empty name, white space at either end, a control character or
+            line break, a name listed twice (the name and ``source`` in the message).
+    """
+    seen: set[str] = set()
+    for name in class_names:
+        problem = class_name_problem(name)
+        if problem is not None:
+            pass
+        elif name != name.strip():
+            problem = "starts or ends with white space"
+        elif _NOT_WRITABLE.search(name):
+            problem = "holds a character UTF-8 text cannot"
+        elif name in seen:
+            problem = "is listed twice"
+        if problem is not None:
+            raise LabelFormatError(
+                f"class name {name!r} of {source} {problem}: it cannot be written as a class "
+                "name (fix the names, or give --classes)"
+            )
+        seen.add(name)
+
+
+def nothing_to_write(labels: LabelSet, issues: Sequence[FileIssue], out: Path) -> LabelFormatError:
+    """The error for a conversion without a single image to write (it writes nothing, so an
+    earlier output in ``out`` stays as it was)."""
+    if not labels.annotations and not labels.issues:
+        why = "holds no images"
+    else:
+        problems = [*labels.issues, *issues]
+        first = f"; first: {problems[0]}" if problems else ""
+        why = f"has no image that can be written ({len(problems)} file issues{first})"
+    return LabelFormatError(f"{labels.source} {why}; nothing was written to {out}")
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    """A file a writer puts into its output folder: ``text`` (UTF-8), or the image
+    ``source`` placed there (hard-linked or copied). ``merged``: a file whose new content
+    keeps all of the old (a names file checked equal, a data YAML that keeps other splits)."""
+
+    path: Path
+    text: str | None = None
+    source: str | None = None
+    merged: bool = False
+
+
+def _same_content(item: OutputFile, target: Path) -> bool:
+    if item.source is not None:
+        return os.path.samefile(item.source, target) or filecmp.cmp(
+            item.source, target, shallow=False
+        )
+    return target.read_bytes() == item.text.encode("utf-8")
+
+
+def commit_files(
+    out: Path, files: Sequence[OutputFile], *, overwrite: bool, strays: Sequence[Path] = ()
+) -> None:
+    """Writes ``files`` into ``out`` in the order given (writers list the images first and
+    the index files that name them last, so an interrupted run leaves the old index), each
+    through a temporary name and a rename; files already as they should be are left alone.
+
+    Everything is checked before the first write: each path must resolve inside ``out``
+    (also through links already in it), must not be a folder, and without ``overwrite`` no
+    existing file may change (a conversion never replaces a user's files unasked, least of
+    all with fewer images). ``strays`` are files already in ``out`` that would join this
+    output (images in a split folder this conversion does not list): always refused, since
+    nothing here deletes files.
+
+    Raises:
+        OutputRefusedError: one line naming the first offending file and what to do
+            instead; nothing was written then.
+        OutputPathError: a write that failed midway (disk full), naming its file.
+    """
+    root = Path(os.path.realpath(out))
+    changed, targets = [], set()
+    for item in files:
+        target = Path(os.path.realpath(item.path))
+        if target != root and root not in target.parents:
+            raise OutputRefusedError(f"{item.path}: lies outside the output folder {out}")
+        if str(target).casefold() in targets:  # one file would hold two of this output's
+            raise OutputRefusedError(f"{item.path}: two files of this output share the name")
+        targets.add(str(target).casefold())
+        if target.is_dir():
+            raise OutputRefusedError(f"{item.path}: is a folder, a file goes there")
+        if target.exists() and not item.merged:
+            try:
+                same = _same_content(item, target)
+            except OSError as err:
+                raise write_failure(err, item.path) from None
+            if not same:
+                changed.append(item.path)
+    if strays:
+        raise OutputRefusedError(
+            f"{strays[0]}: already in {out} and would join this output ({len(strays)} such "
+            "files); remove them or choose another --out"
+        )
+    if changed and not overwrite:
+        raise OutputRefusedError(
+            f"{changed[0]}: already in {out} with other content ({len(changed)} such files); "
+            "--force replaces them, or choose another --out"
+        )
+    for item in files:
+        target = Path(item.path)
+        try:
+            if item.source is not None:
+                place_image(item.source, target)
+            elif not target.is_file() or not _same_content(item, target):
+                write_text_atomic(target, item.text)
+        except OSError as err:
+            raise write_failure(err, target) from None
 
 
 def known_size(ann: Annotation, issues: list[FileIssue]) -> tuple[int, int] | None:
@@ -285,13 +514,19 @@ def known_size(ann: Annotation, issues: list[FileIssue]) -> tuple[int, int] | No
 
 
 def check_split_name(split: str) -> None:
-    """A split name becomes a file or folder name in the output.
+    """A split name becomes a file or folder name in the output: it must be one that
+    ``utils.paths.safe_component`` leaves as it is (refused, not rewritten, so that the user
+    sees where the output goes).
 
     Raises:
-        LabelFormatError: it is not a plain file name.
+        LabelFormatError: it is not a plain file name (or is longer than 200 bytes).
     """
     if (problem := unsafe_name_problem(split)) is not None:
         raise LabelFormatError(f"split name {split!r} {problem}")
+    if safe_component(split, fallback="") != split:
+        raise LabelFormatError(
+            f"split name {split!r} is not a plain file name; e.g. {safe_component(split)!r}"
+        )
 
 
 def check_names_file(path: Path, class_names: Sequence[str]) -> None:
@@ -303,7 +538,7 @@ def check_names_file(path: Path, class_names: Sequence[str]) -> None:
     """
     if not path.is_file():
         return
-    existing = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    existing = [line.strip() for line in read_user_text(path, "names file").splitlines()]
     existing = [n for n in existing if n]
     if existing != list(class_names):
         raise LabelFormatError(

@@ -27,6 +27,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 import numpy as np
 
 from data.xml_safe import ForbiddenXMLError, read_xml
+from utils.classes import class_name_problem
 
 DEFAULT_TRAIN_SETS: tuple[tuple[str, str], ...] = (("2007", "trainval"), ("2012", "trainval"))
 DEFAULT_EVAL_SETS: tuple[tuple[str, str], ...] = (("2007", "test"),)
@@ -153,6 +154,7 @@ def parse_voc_xml(
     class_names: Sequence[str],
     image_path: str | None = None,
     unknown_classes: str = "warn",
+    clip_boxes: bool = True,
 ) -> tuple[Annotation | None, list[FileIssue]]:
     """Parses one VOC XML file.
 
@@ -161,13 +163,15 @@ def parse_voc_xml(
         class_names: known classes; the label of a name is its index.
         image_path: the image it describes (default: ``<filename>`` next to the XML's folder).
         unknown_classes: ``"warn"`` skips such objects with an issue; ``"error"`` raises.
+        clip_boxes: clip boxes to the ``<size>`` (training); False keeps them as written,
+            with the same issue, as the VOC devkit scores them (evaluation).
 
     Returns:
         ``(annotation or None when the file is unusable, issues)``. Boxes are clipped to the
-        ``<size>`` when it is given; boxes with negative size are dropped (x1 == x2 is a
-        one-pixel-wide box). A file that does not parse or has a DTD is skipped (None). A
-        ``<difficult>`` other than 0/1 is reported and the object treated as not difficult;
-        a ``<size>`` that is not a non-negative number is reported and ignored; a
+        ``<size>`` when it is given (and ``clip_boxes``); boxes with negative size are dropped
+        (x1 == x2 is a one-pixel-wide box). A file that does not parse or has a DTD is
+        skipped (None). A ``<difficult>`` other than 0/1 is reported and the object treated
+        as not difficult; a ``<size>`` that is not a non-negative number is reported and ignored; a
         ``<filename>`` that is a path (used only when ``image_path`` is None) is reported and
         ``<xml stem>.jpg`` used instead.
 
@@ -205,7 +209,9 @@ def parse_voc_xml(
     rows = []
     index = {name: i for i, name in enumerate(class_names)}
     for k, obj in enumerate(root.iter("object")):
-        row, problems = _parse_object(obj, k, xml_path, index, (width, height), unknown_classes)
+        row, problems = _parse_object(
+            obj, k, xml_path, index, (width, height), unknown_classes, clip_boxes
+        )
         issues += problems
         if row is not None:
             rows.append(row)
@@ -231,6 +237,7 @@ def _parse_object(
     index: dict[str, int],
     size: tuple[int, int],
     unknown_classes: str,
+    clip_boxes: bool = True,
 ) -> tuple[tuple | None, list[FileIssue]]:
     """Object ``k`` of an XML as ``((x1, y1, x2, y2), label, difficult)`` in 0-based pixels,
     clipped to ``size`` (width, height) when that is known; None when it is unusable."""
@@ -258,10 +265,10 @@ def _parse_object(
         cx1, cy1 = min(max(x1, 0.0), width - 1.0), min(max(y1, 0.0), height - 1.0)
         cx2, cy2 = min(max(x2, 0.0), width - 1.0), min(max(y2, 0.0), height - 1.0)
         if (cx1, cy1, cx2, cy2) != (x1, y1, x2, y2):
-            issues.append(
-                FileIssue(xml_path, f"object {k} ({name}) outside the image", "box clipped")
-            )
-            x1, y1, x2, y2 = cx1, cy1, cx2, cy2
+            action = "box clipped" if clip_boxes else "scored as given"
+            issues.append(FileIssue(xml_path, f"object {k} ({name}) outside the image", action))
+            if clip_boxes:
+                x1, y1, x2, y2 = cx1, cy1, cx2, cy2
     if x2 < x1 or y2 < y1:  # x1 == x2 is a one-pixel-wide box in VOC's inclusive pixels
         issues.append(FileIssue(xml_path, f"object {k} ({name}) has negative size", "box dropped"))
         return None, issues
@@ -294,15 +301,21 @@ def read_image_set(
 
     Raises:
         FileNotFoundError: the year folder or the set file does not exist (names both).
+        ValueError: the set file cannot be read or is not UTF-8 text (names it).
     """
     folder = Path(voc_root) / f"VOC{year}"
-    if not folder.is_dir():
+    if not os.path.isdir(folder):
         raise FileNotFoundError(f"{folder}: no such VOC folder (under --voc-root {voc_root})")
     path = folder / "ImageSets" / "Main" / f"{image_set}.txt"
-    if not path.is_file():
+    if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: image set file not found")
+    try:
+        # a leading byte-order mark would become part of the first id
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: image set cannot be read ({err})") from None
     ids = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         image_id = line.split()[0]
@@ -319,7 +332,7 @@ def read_image_set(
 def _find_image(folder: Path, image_id: str) -> Path | None:
     for suffix in IMAGE_SUFFIXES:
         candidate = folder / f"{image_id}{suffix}"
-        if candidate.is_file():
+        if os.path.isfile(candidate):  # (Path.is_file raises for overlong names)
             return candidate
     return None
 
@@ -329,8 +342,10 @@ def load_voc(
     sets: Iterable[tuple[str, str]],
     class_names: Sequence[str],
     unknown_classes: str = "warn",
+    clip_boxes: bool = True,
 ) -> LoadResult:
-    """Reads every image of the given ``(year, image_set)`` pairs.
+    """Reads every image of the given ``(year, image_set)`` pairs (``clip_boxes``: see
+    ``parse_voc_xml``).
 
     A missing XML or image is an issue and the pair is skipped; so is an XML that does not
     parse. Images with no (remaining) objects are kept: they are valid negatives.
@@ -342,17 +357,21 @@ def load_voc(
             xml_path = folder / "Annotations" / f"{image_id}.xml"
             image_path = _find_image(folder / "JPEGImages", image_id)
             if image_path is None:
-                problem = "image missing for annotation" if xml_path.is_file() else "image missing"
+                problem = (
+                    "image missing for annotation" if os.path.isfile(xml_path) else "image missing"
+                )
                 result.issues.append(
                     FileIssue(str(folder / "JPEGImages" / image_id), problem, "skipped")
                 )
                 continue
-            if not xml_path.is_file():
+            if not os.path.isfile(xml_path):
                 result.issues.append(
                     FileIssue(str(xml_path), "annotation missing for image", "skipped")
                 )
                 continue
-            ann, issues = parse_voc_xml(xml_path, class_names, str(image_path), unknown_classes)
+            ann, issues = parse_voc_xml(
+                xml_path, class_names, str(image_path), unknown_classes, clip_boxes
+            )
             result.issues += issues
             if ann is not None:
                 result.annotations.append(ann)
@@ -373,7 +392,13 @@ def discover_classes(voc_root: str | os.PathLike, sets: Iterable[tuple[str, str]
                 root = read_xml(folder / f"{image_id}.xml")
             except (ET.ParseError, OSError):
                 continue
-            names.update(n for o in root.iter("object") if (n := _text(o, "name")))
+            # a name that cannot be a class name (a line break would shift every class after
+            # it once written one per line) is left out: its objects are reported as unknown
+            names.update(
+                n
+                for o in root.iter("object")
+                if (n := _text(o, "name")) and class_name_problem(n) is None
+            )
     return sorted(names)
 
 

@@ -17,18 +17,21 @@ from pathlib import Path
 from data.label_io import (
     LabelFormatError,
     LabelSet,
+    OutputFile,
     WriteReport,
+    check_class_names,
     check_names_file,
     check_split_name,
+    commit_files,
     known_size,
+    nothing_to_write,
     number_text,
     output_image_names,
-    placed_or_reported,
+    read_user_text,
 )
 from data.voc import IMAGE_SUFFIXES, Annotation, FileIssue, parse_voc_xml, unsafe_name_problem
 from data.xml_safe import read_xml
-from utils.classes import read_class_names
-from utils.paths import write_text_atomic
+from utils.classes import class_name_problem, read_class_names
 
 NAMES_FILE = "classes.txt"  # the class order, written next to Annotations/ by ``write_voc``
 
@@ -87,10 +90,7 @@ def voc_splits(path: Path) -> list[str]:
 
 def _read_ids(set_file: Path, issues: list[FileIssue]) -> list[str]:
     """The first word of each line; ids that are not file names are reported and left out."""
-    try:
-        lines = set_file.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise LabelFormatError(f"{set_file}: image set cannot be read ({err})") from None
+    lines = read_user_text(set_file, "image set").splitlines()
     ids = []
     for n, line in enumerate(lines, 1):
         if not line.strip():
@@ -124,16 +124,22 @@ def _discover(folder: Path, ids: Sequence[str]) -> list[str]:
             continue
         for obj in root.iter("object"):
             node = obj.find("name")
-            if node is not None and node.text and node.text.strip():
+            # a name that cannot be a class name (a line break would shift every class after
+            # it once written one per line) is left out: its objects are reported as unknown
+            if node is not None and node.text and class_name_problem(node.text.strip()) is None:
                 names.add(node.text.strip())
     return sorted(names)
 
 
 def read_voc_folder(
-    path: str | os.PathLike, *, split: str | None = None, class_names: Sequence[str] | None = None
+    path: str | os.PathLike,
+    *,
+    split: str | None = None,
+    class_names: Sequence[str] | None = None,
+    clip_boxes: bool = True,
 ) -> LabelSet:
     """Reads a VOC folder: the image set ``split`` (or the set file ``path`` names), else every
-    XML in ``Annotations/``.
+    XML in ``Annotations/`` (``clip_boxes``: see ``data.voc.parse_voc_xml``).
 
     Class names: ``class_names`` when given, else the folder's ``classes.txt``, else the names
     in the XMLs (sorted). An image is found by its id in ``JPEGImages/`` with a usual suffix,
@@ -149,11 +155,11 @@ def read_voc_folder(
     else:
         folder = voc_folder_of(path)
         set_file = folder / "ImageSets" / "Main" / f"{split}.txt" if split else None
-        if set_file is not None and not set_file.is_file():
+        if set_file is not None and not os.path.isfile(set_file):
             have = ", ".join(voc_splits(folder)) or "none"
             raise LabelFormatError(f"{set_file}: no image set {split!r} (this folder has: {have})")
     ids = _read_ids(set_file, issues) if set_file else _all_ids(folder, issues)
-    if class_names is None and (folder / NAMES_FILE).is_file():
+    if class_names is None and os.path.isfile(folder / NAMES_FILE):
         class_names = read_class_names(folder / NAMES_FILE)
     names = list(class_names) if class_names is not None else _discover(folder, ids)
     annotations = []
@@ -163,19 +169,21 @@ def read_voc_folder(
             (
                 p
                 for s in IMAGE_SUFFIXES
-                if (p := folder / "JPEGImages" / f"{image_id}{s}").is_file()
+                if os.path.isfile(p := folder / "JPEGImages" / f"{image_id}{s}")
             ),
             None,
         )
-        if not xml_path.is_file():
+        if not os.path.isfile(xml_path):  # (Path.is_file raises for overlong names)
             what = "annotation missing for image" if image else "annotation and image missing"
             issues.append(FileIssue(str(xml_path), what, "skipped"))
             continue
-        ann, problems = parse_voc_xml(xml_path, names, str(image) if image else None)
+        ann, problems = parse_voc_xml(
+            xml_path, names, str(image) if image else None, clip_boxes=clip_boxes
+        )
         issues += problems
         if ann is None:
             continue
-        if not Path(ann.image_path).is_file():
+        if not os.path.isfile(ann.image_path):
             issues.append(FileIssue(ann.image_path, "image missing for annotation", "skipped"))
             continue
         annotations.append(ann)
@@ -208,39 +216,65 @@ def _xml(ann: Annotation, filename: str, size: tuple[int, int], names: Sequence[
     return ET.tostring(root, encoding="unicode") + "\n"
 
 
-def write_voc(labels: LabelSet, out: str | os.PathLike, split: str) -> WriteReport:
+def _strays(folder: Path, planned: set[Path]) -> list[Path]:
+    """Images in ``JPEGImages/`` that share an id with a planned image but not its name: the
+    reader, finding images by id, could take the old one."""
+    stems = {p.stem for p in planned}
+    if not folder.is_dir() or not stems:
+        return []
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.stem in stems and p.suffix in IMAGE_SUFFIXES and p not in planned
+    )
+
+
+def write_voc(
+    labels: LabelSet, out: str | os.PathLike, split: str, *, overwrite: bool = False
+) -> WriteReport:
     """Writes ``out/Annotations/<id>.xml``, ``out/JPEGImages/<id><suffix>`` (hard-linked or
     copied), ``out/ImageSets/Main/<split>.txt`` and ``out/classes.txt``.
 
     Coordinates are VOC's 1-based pixels: integers when the box is on the pixel grid (always
     for boxes read from VOC), else the shortest decimal that reads back to the same float32.
+    Ids become file names through ``output_image_names`` (white space too: an image set ends
+    an id there). Everything is checked before the first write (``commit_files``): other
+    splits already in ``out`` stay, but no existing file changes without ``overwrite``.
 
     Raises:
-        LabelFormatError: ``out/classes.txt`` lists other classes.
-        OutputPathError: a file cannot be written.
+        LabelFormatError: ``out/classes.txt`` lists other classes, class names that cannot
+            be written, no image to write.
+        OutputPathError: a file exists with other content (without ``overwrite``) or cannot
+            be written.
     """
     out = Path(out)
     check_split_name(split)
+    check_class_names(labels.class_names, labels.source)
     report = WriteReport("voc", out)
     check_names_file(out / NAMES_FILE, labels.class_names)
-    ids, odd_suffixes = [], 0
-    for ann, filename in output_image_names(labels.annotations, report.issues):
+    images, xmls, ids, odd_suffixes = [], [], [], 0
+    for ann, filename in output_image_names(labels.annotations, report.issues, spaces=False):
         size = known_size(ann, report.issues)
         if size is None:
             continue
-        if not placed_or_reported(ann.image_path, out / "JPEGImages" / filename, report.issues):
-            continue
+        images.append(OutputFile(out / "JPEGImages" / filename, source=ann.image_path))
         xml = _xml(ann, filename, size, labels.class_names)
-        write_text_atomic(out / "Annotations" / f"{ann.image_id}.xml", xml)
+        xmls.append(OutputFile(out / "Annotations" / f"{ann.image_id}.xml", xml))
         ids.append(ann.image_id)
         odd_suffixes += Path(filename).suffix not in IMAGE_SUFFIXES
         report.images += 1
         report.label_files += 1
         report.objects += len(ann.labels)
-    set_file = write_text_atomic(
-        out / "ImageSets" / "Main" / f"{split}.txt", "".join(f"{i}\n" for i in ids)
-    )
-    names = write_text_atomic(out / NAMES_FILE, "".join(f"{n}\n" for n in labels.class_names))
+    if not ids:
+        raise nothing_to_write(labels, report.issues, out)
+    set_file = out / "ImageSets" / "Main" / f"{split}.txt"
+    names = out / NAMES_FILE
+    index = [
+        OutputFile(set_file, "".join(f"{i}\n" for i in ids)),
+        OutputFile(names, "".join(f"{n}\n" for n in labels.class_names), merged=True),
+    ]
+    strays = _strays(out / "JPEGImages", {f.path for f in images})
+    commit_files(out, images + xmls + index, overwrite=overwrite, strays=strays)
     report.files += [set_file, names]
     if odd_suffixes:
         report.notes.append(

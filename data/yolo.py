@@ -19,6 +19,7 @@ to 8192 pixels; within 1e-9 pixel for the rest). YOLO has no difficult flag.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,24 +29,34 @@ import yaml
 from data.label_io import (
     LabelFormatError,
     LabelSet,
+    OutputFile,
     WriteReport,
     annotation,
+    brief,
+    check_class_names,
     check_names_file,
     check_split_name,
+    check_unique_ids,
+    commit_files,
     continuous_box,
     continuous_edges,
     known_size,
+    nothing_to_write,
     output_image_names,
-    placed_or_reported,
     read_image_size,
+    read_user_text,
     remap_classes,
 )
 from data.voc import Annotation, FileIssue
-from utils.classes import read_class_names
-from utils.paths import write_text_atomic
+from utils.classes import class_name_problem, read_class_names
 from utils.sources import ImageReadError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+# image formats people keep in image folders that are not read: reported, not passed over
+UNREAD_IMAGE_SUFFIXES = frozenset(
+    {".gif", ".heic", ".heif", ".avif", ".jxl", ".svg", ".ico", ".jp2", ".jfif", ".psd"}
+)
+MAX_YAML_BYTES = 4 * 1024 * 1024  # a data YAML names folders and classes: a few KB
 SPLIT_KEYS = ("train", "val", "test")  # the data YAML keys that name images
 NAMES_FILE = "classes.txt"
 DATA_YAML = "data.yaml"
@@ -103,18 +114,31 @@ def read_data_yaml(path: str | os.PathLike) -> DataYaml:
     ``val:``, ``test:`` (each a folder, a list file or a list of those, relative to ``path:``)
     and ``names:``.
 
+    The file is read as UTF-8 (a leading byte-order mark dropped), at most
+    ``MAX_YAML_BYTES``, without aliases (``*name``).
+
     Raises:
-        LabelFormatError: unreadable YAML, or fields of the wrong kind (named).
+        FileNotFoundError: no such file.
+        LabelFormatError: unreadable, too large or not UTF-8, not YAML, aliases, fields of
+            the wrong kind, or names that are not class names (see ``_yaml_names``); the
+            message names the file and the key.
     """
     path = Path(path)
+    text = read_user_text(path, "data YAML", MAX_YAML_BYTES)
     try:
-        payload = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise LabelFormatError(f"{path}: data YAML cannot be read ({err})") from None
+        payload = yaml.load(text, Loader=_DataYamlLoader)
+    except yaml.YAMLError as err:
+        raise LabelFormatError(f"{path}: data YAML cannot be read ({_one_line(err)})") from None
+    except RecursionError:
+        raise LabelFormatError(f"{path}: data YAML nested too deeply") from None
+    except ValueError as err:  # a date such as 2024-13-01, an integer of 5000 digits...
+        raise LabelFormatError(
+            f"{path}: data YAML cannot be read (a value that cannot be converted: {str(err)[:80]})"
+        ) from None
     if not isinstance(payload, dict):
         raise LabelFormatError(f"{path}: a data YAML is a mapping (path:, train:, val:, names:)")
     root = payload.get("path") or "."
-    if not isinstance(root, str):
+    if not isinstance(root, str) or not _is_text(root):
         raise LabelFormatError(f"{path}: 'path' is not a folder name")
     splits = {}
     for key in SPLIT_KEYS:
@@ -122,26 +146,93 @@ def read_data_yaml(path: str | os.PathLike) -> DataYaml:
         entries = [value] if isinstance(value, str) else value
         if value is None or value == "":
             continue
-        if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+        if not isinstance(entries, list) or not all(
+            isinstance(e, str) and _is_text(e) for e in entries
+        ):
             raise LabelFormatError(f"{path}: '{key}' is not a folder, a list file or a list")
         splits[key] = entries
     return DataYaml(path, path.parent / root, splits, _yaml_names(path, payload))
 
 
+def _is_text(value: str) -> bool:
+    """False for strings with lone surrogates (YAML escapes such as ``"\\ud800"``): no file
+    has such a name, and they cannot even be printed."""
+    return not any("\ud800" <= c <= "\udfff" for c in value)
+
+
+class _DataYamlLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses aliases (``*name``): a data YAML never needs one, and
+    aliases of aliases are how a 1 KB file expands into gigabytes."""
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"alias *{event.anchor[:40]} (not allowed here)", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+
+def _one_line(err: yaml.YAMLError) -> str:
+    """A YAML error on one line: its problem and where."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err)
+    where = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+    return " ".join(f"{problem}{where}".split())[:200]
+
+
+def _name_ids(path: Path, names: dict) -> list[object]:
+    """The values of an ``{id: name}`` mapping in id order; ids are integers or digit strings
+    (``"1"``, as some exporters write them) that are exactly 0..N-1.
+
+    Raises:
+        LabelFormatError: another key, a repeated id, or ids that are not 0..N-1.
+    """
+    by_id: dict[int, object] = {}
+    for key, name in names.items():
+        if isinstance(key, int) and not isinstance(key, bool):
+            k = key
+        elif isinstance(key, str) and key.isascii() and key.isdigit() and len(key) < 10:
+            k = int(key) if str(int(key)) == key else None  # "01" is not how an id is written
+        else:
+            k = None
+        if k is None or k in by_id:
+            what = "repeats an id" if k is not None else "is not an id (0, 1, ...)"
+            raise LabelFormatError(f"{path}: 'names' key {brief(key)} {what}")
+        by_id[k] = name
+    if sorted(by_id) != list(range(len(by_id))):
+        raise LabelFormatError(f"{path}: 'names' ids must be 0..{len(by_id) - 1}")
+    return [by_id[k] for k in range(len(by_id))]
+
+
 def _yaml_names(path: Path, payload: dict) -> list[str] | None:
+    """``names:`` as a list (None when absent), each a non-blank string without line breaks,
+    stripped and listed once, as a classes file holds them; ``nc:``, when given, their count.
+
+    Raises:
+        LabelFormatError: names (or ``nc``) that are none of these, the key in the message;
+            numbers and booleans (``yes``) are not read as names: quoted, they are.
+    """
     names = payload.get("names")
     if names is None:
         return None
     if isinstance(names, dict):
-        if sorted(names) != list(range(len(names))):
-            raise LabelFormatError(f"{path}: 'names' ids must be 0..{len(names) - 1}")
-        names = [names[k] for k in range(len(names))]
+        names = _name_ids(path, names)
     if not isinstance(names, list) or not names:
         raise LabelFormatError(f"{path}: 'names' is not a list or an {{id: name}} mapping")
+    out: list[str] = []
+    for key, name in enumerate(names):
+        problem = class_name_problem(name.strip() or name if isinstance(name, str) else name)
+        if problem is None and name.strip() in out:
+            problem = "is listed twice"
+        if problem is not None:
+            hint = " (quote it)" if isinstance(name, (bool, int, float)) else ""
+            raise LabelFormatError(f"{path}: 'names' {key}: {brief(name)} {problem}{hint}")
+        out.append(name.strip())
     nc = payload.get("nc")
-    if nc is not None and nc != len(names):
-        raise LabelFormatError(f"{path}: nc is {nc} but 'names' has {len(names)}")
-    return [str(n) for n in names]
+    if nc is not None and (type(nc) is not int or nc != len(out)):
+        raise LabelFormatError(f"{path}: nc is {brief(nc)} but 'names' has {len(out)}")
+    return out
 
 
 def yolo_splits(path: Path) -> list[str]:
@@ -153,20 +244,18 @@ def yolo_splits(path: Path) -> list[str]:
     return []
 
 
-def _list_images(entry: Path, source: str) -> list[Path]:
+def _list_images(entry: Path, source: str, unread: list[Path]) -> list[Path]:
     """Images of a folder (recursively, sorted), of a list file (relative lines are relative
-    to its folder), or the one image named."""
-    if entry.is_dir():
-        return sorted(
-            p for p in entry.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-        )
+    to its folder), or the one image named. Files of a folder in image formats that are not
+    read (``UNREAD_IMAGE_SUFFIXES``) are added to ``unread``."""
+    if os.path.isdir(entry):
+        files = [p for p in entry.rglob("*") if p.is_file()]
+        unread += sorted(p for p in files if p.suffix.lower() in UNREAD_IMAGE_SUFFIXES)
+        return sorted(p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS)
     if entry.suffix.lower() in IMAGE_EXTENSIONS:
         return [entry]
-    if entry.is_file():
-        try:
-            lines = entry.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as err:
-            raise LabelFormatError(f"{entry}: image list cannot be read ({err})") from None
+    if os.path.isfile(entry):
+        lines = read_user_text(entry, "image list").splitlines()
         paths = [line.strip() for line in lines if line.strip()]
         for n, line in enumerate(paths, 1):
             if Path(line).suffix.lower() not in IMAGE_EXTENSIONS:
@@ -181,18 +270,21 @@ def _list_images(entry: Path, source: str) -> list[Path]:
 def _own_names(folders: Sequence[Path]) -> list[str] | None:
     """Names from a ``data.yaml`` or a ``classes.txt`` in ``folders`` (or their ``labels/``)."""
     for folder in folders:
-        if (folder / DATA_YAML).is_file():
+        if os.path.isfile(folder / DATA_YAML):
             names = read_data_yaml(folder / DATA_YAML).names
             if names:
                 return names
         for place in (folder, folder / "labels"):
-            if (place / NAMES_FILE).is_file():
+            if os.path.isfile(place / NAMES_FILE):
                 return read_class_names(place / NAMES_FILE)
     return None
 
 
-def _select(path: Path, split: str | None) -> tuple[list[Path], list[str] | None, str | None]:
-    """The images ``path`` (and ``split``) name, the source's own class names, the split."""
+def _select(
+    path: Path, split: str | None, unread: list[Path]
+) -> tuple[list[Path], list[str] | None, str | None]:
+    """The images ``path`` (and ``split``) name, the source's own class names, the split;
+    files in image formats that are not read are added to ``unread``."""
     if path.suffix in (".yaml", ".yml"):
         data = read_data_yaml(path)
         if split is not None and split not in data.splits:
@@ -200,26 +292,44 @@ def _select(path: Path, split: str | None) -> tuple[list[Path], list[str] | None
             raise LabelFormatError(f"{path}: no split {split!r} (it has: {have})")
         keys = [split] if split else list(data.splits)
         images = [
-            p for k in keys for e in data.splits[k] for p in _list_images(data.root / e, str(path))
+            p
+            for k in keys
+            for e in data.splits[k]
+            for p in _list_images(data.root / e, str(path), unread)
         ]
         return list(dict.fromkeys(images)), data.names or _own_names([data.root]), split
-    if path.is_file():  # a list of image paths
-        return _list_images(path, str(path)), _own_names([path.parent]), path.stem
-    if not path.is_dir():
+    if os.path.isfile(path):  # a list of image paths
+        return _list_images(path, str(path), unread), _own_names([path.parent]), path.stem
+    if not os.path.isdir(path):
         raise LabelFormatError(f"{path}: no such YOLO folder, data YAML or image list")
     root = yolo_root(path)
     names = _own_names(list(dict.fromkeys([root, path])))
     if (path / "images").is_dir():
         folder = path / "images" / split if split else path / "images"
-        if not folder.is_dir():
+        if not os.path.isdir(folder):
             have = ", ".join(yolo_splits(path)) or "none"
             raise LabelFormatError(f"{folder}: no split {split!r} (this folder has: {have})")
-        return _list_images(folder, str(path)), names, split
-    return _list_images(path, str(path)), names, (path.name if root != path else None)
+        return _list_images(folder, str(path), unread), names, split
+    return _list_images(path, str(path), unread), names, (path.name if root != path else None)
+
+
+def _unread_issue(source: str, unread: Sequence[Path]) -> FileIssue:
+    """One report for the files in image formats that training does not read."""
+    counts = Counter(p.suffix.lower() for p in unread)
+    kinds = ", ".join(f"{n} {suffix}" for suffix, n in sorted(counts.items()))
+    return FileIssue(
+        source,
+        f"{len(unread)} files in image formats that are not read ({kinds}; e.g. {unread[0]})",
+        "skipped",
+    )
 
 
 def read_yolo(
-    path: str | os.PathLike, *, split: str | None = None, class_names: Sequence[str] | None = None
+    path: str | os.PathLike,
+    *,
+    split: str | None = None,
+    class_names: Sequence[str] | None = None,
+    clip_boxes: bool = True,
 ) -> LabelSet:
     """Reads a YOLO dataset folder (``images/`` + ``labels/``, or one ``images/<split>``
     folder), a data YAML or a text file listing image paths.
@@ -228,47 +338,58 @@ def read_yolo(
         split: a data YAML key or an ``images/<split>`` folder (default: every image).
         class_names: the names file's names when the source has none of its own; otherwise
             the order to map the source's names into, by name.
+        clip_boxes: clip boxes to the image (training); False keeps them as written, as
+            scoring needs (``continuous_box``).
 
     Raises:
-        LabelFormatError: no such source or split, no class names, an unreadable YAML/list.
+        LabelFormatError: no such source or split, no class names, an unreadable YAML/list,
+            two images of one id (file name stem: ``a.jpg`` and ``a.png`` share
+            ``labels/a.txt``).
     """
     path = Path(path)
-    images, own, split_name = _select(path, split)
+    unread: list[Path] = []
+    images, own, split_name = _select(path, split, unread)
     names = own if own is not None else (list(class_names) if class_names is not None else None)
     if names is None:
-        where = yolo_root(path if path.is_dir() else path.parent)
+        where = yolo_root(path if os.path.isdir(path) else path.parent)
         raise LabelFormatError(
             f"{path}: no class names: give a names file (one per line, --classes), or put "
             f"{NAMES_FILE} or a {DATA_YAML} with names: in {where}"
         )
-    issues: list[FileIssue] = []
-    annotations = [a for image in images if (a := _read_image(image, len(names), issues))]
+    check_unique_ids([Annotation.empty(str(p), p.stem) for p in images], str(path))
+    issues: list[FileIssue] = [_unread_issue(str(path), unread)] if unread else []
+    annotations = [
+        a for image in images if (a := _read_image(image, len(names), issues, clip_boxes))
+    ]
     labels = LabelSet(annotations, issues, names, str(path), "yolo", split_name)
     if own is not None and class_names is not None:
         return remap_classes(labels, class_names)
     return labels
 
 
-def _read_image(image: Path, num_classes: int, issues: list[FileIssue]) -> Annotation | None:
+def _read_image(
+    image: Path, num_classes: int, issues: list[FileIssue], clip_boxes: bool
+) -> Annotation | None:
     try:
         size = read_image_size(image)
     except ImageReadError as err:
         issues.append(FileIssue(str(image), str(err).removeprefix(f"{image}: "), "image skipped"))
         return None
     path = label_path(image)
-    if not path.is_file():
+    if not os.path.isfile(path):
         return annotation(str(image), image.stem, [], size)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        issues.append(FileIssue(str(path), f"label file cannot be read ({err})", "image skipped"))
+        text = read_user_text(path, "label file")
+    except (LabelFormatError, FileNotFoundError) as err:
+        problem = str(err).removeprefix(f"{path}: ")
+        issues.append(FileIssue(str(path), problem, "image skipped"))
         return None
     rows, polygons = [], 0
     width, height = size
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
-        where = f"{path}:{n}"
+        where, shown = f"{path}:{n}", brief(line.strip(), 80)
         try:
             values = [float(t) for t in line.split()]
         except ValueError:
@@ -284,19 +405,19 @@ def _read_image(image: Path, num_classes: int, issues: list[FileIssue]) -> Annot
             issues.append(
                 FileIssue(
                     where,
-                    f"malformed line {line.strip()!r} (expected: class cx cy w h)",
+                    f"malformed line {shown} (expected: class cx cy w h)",
                     "box dropped",
                 )
             )
             continue
         if not all(abs(v) < float("inf") for v in values):
-            issues.append(FileIssue(where, f"non-finite number in {line.strip()!r}", "box dropped"))
+            issues.append(FileIssue(where, f"non-finite number in {shown}", "box dropped"))
             continue
         if cls != int(cls) or not 0 <= cls < num_classes:
             issues.append(
                 FileIssue(
                     where,
-                    f"class id {line.split()[0]} is not one of the {num_classes} "
+                    f"class id {line.split()[0][:40]} is not one of the {num_classes} "
                     f"classes (0..{num_classes - 1})",
                     "box dropped",
                 )
@@ -304,9 +425,9 @@ def _read_image(image: Path, num_classes: int, issues: list[FileIssue]) -> Annot
             continue
         scale = (width, height, width, height)
         x1, y1, x2, y2 = (v * s for v, s in zip(edges, scale))
-        box, problem, action = continuous_box(x1, y1, x2, y2, size)
+        box, problem, action = continuous_box(x1, y1, x2, y2, size, clip_boxes=clip_boxes)
         if problem is not None:
-            issues.append(FileIssue(where, f"box {line.strip()!r} {problem}", action))
+            issues.append(FileIssue(where, f"box {shown} {problem}", action))
         if box is not None:
             rows.append((box, int(cls), False))
     if polygons:
@@ -314,18 +435,27 @@ def _read_image(image: Path, num_classes: int, issues: list[FileIssue]) -> Annot
     return annotation(str(image), image.stem, rows, size)
 
 
-def write_yolo(labels: LabelSet, out: str | os.PathLike, split: str) -> WriteReport:
+def write_yolo(
+    labels: LabelSet, out: str | os.PathLike, split: str, *, overwrite: bool = False
+) -> WriteReport:
     """Writes ``out/images/<split>/`` (hard links or copies), ``out/labels/<split>/<id>.txt``
     (an empty file for an image without objects), ``out/classes.txt`` and ``out/data.yaml``
     (``names:`` and, for a ``train``/``val``/``test`` split, its key; keys written for other
     splits before are kept).
 
+    Everything is checked before the first write (``commit_files``): no existing file
+    changes without ``overwrite``, and images already in ``out/images/<split>/`` that this
+    conversion does not write are refused (they would join the split).
+
     Raises:
-        LabelFormatError: ``out/classes.txt`` or ``out/data.yaml`` lists other classes.
-        OutputPathError: a file cannot be written.
+        LabelFormatError: ``out/classes.txt`` or ``out/data.yaml`` lists other classes, class
+            names that cannot be written, no image to write.
+        OutputPathError: a file exists with other content (without ``overwrite``), a stray
+            image, or a file cannot be written.
     """
     out = Path(out)
     check_split_name(split)
+    check_class_names(labels.class_names, labels.source)
     report = WriteReport("yolo", out)
     check_names_file(out / NAMES_FILE, labels.class_names)
     splits: dict[str, list[str]] = {}
@@ -334,13 +464,13 @@ def write_yolo(labels: LabelSet, out: str | os.PathLike, split: str) -> WriteRep
         if existing.names is not None and existing.names != labels.class_names:
             raise LabelFormatError(f"{out / DATA_YAML} lists other classes: write elsewhere")
         splits = dict(existing.splits)
-    difficult = 0
+    images, label_files, difficult, odd_suffixes = [], [], 0, 0
     for ann, filename in output_image_names(labels.annotations, report.issues):
         size = known_size(ann, report.issues)
         if size is None:
             continue
-        if not placed_or_reported(ann.image_path, out / "images" / split / filename, report.issues):
-            continue
+        odd_suffixes += Path(filename).suffix.lower() not in IMAGE_EXTENSIONS
+        images.append(OutputFile(out / "images" / split / filename, source=ann.image_path))
         lines = []
         width, height = size
         for box, label in zip(ann.boxes, ann.labels):
@@ -348,14 +478,16 @@ def write_yolo(labels: LabelSet, out: str | os.PathLike, split: str) -> WriteRep
             cx, cy = (x1 + x2) / 2 / width, (y1 + y2) / 2 / height
             w, h = (x2 - x1) / width, (y2 - y1) / height
             lines.append(f"{int(label)} {cx!r} {cy!r} {w!r} {h!r}\n")
-        write_text_atomic(out / "labels" / split / f"{ann.image_id}.txt", "".join(lines))
+        label_file = out / "labels" / split / f"{ann.image_id}.txt"
+        label_files.append(OutputFile(label_file, "".join(lines)))
         difficult += int(ann.difficult.sum())
         report.images += 1
         report.label_files += 1
         report.objects += len(lines)
-    report.files.append(
-        write_text_atomic(out / NAMES_FILE, "".join(f"{n}\n" for n in labels.class_names))
-    )
+    if not images:
+        raise nothing_to_write(labels, report.issues, out)
+    names_text = "".join(f"{n}\n" for n in labels.class_names)
+    index = [OutputFile(out / NAMES_FILE, names_text, merged=True)]
     if split in SPLIT_KEYS:
         splits[split] = [f"images/{split}"]
     else:
@@ -367,9 +499,23 @@ def write_yolo(labels: LabelSet, out: str | os.PathLike, split: str) -> WriteRep
     payload["nc"] = len(labels.class_names)
     payload["names"] = dict(enumerate(labels.class_names))
     text = yaml.safe_dump(payload, sort_keys=False, allow_unicode=True)
-    report.files.append(write_text_atomic(out / DATA_YAML, text))
+    index.append(OutputFile(out / DATA_YAML, text, merged=True))
+    split_folder = out / "images" / split
+    planned = {f.path for f in images}
+    strays = sorted(
+        p
+        for p in (split_folder.rglob("*") if split_folder.is_dir() else [])
+        if p.suffix.lower() in IMAGE_EXTENSIONS and p not in planned
+    )
+    commit_files(out, images + label_files + index, overwrite=overwrite, strays=strays)
+    report.files += [f.path for f in index]
     if difficult:
         report.notes.append(
             f"{difficult} difficult objects written as ordinary ones: YOLO has no difficult flag"
+        )
+    if odd_suffixes:
+        report.notes.append(
+            f"{odd_suffixes} images are not {'/'.join(sorted(IMAGE_EXTENSIONS))}: YOLO readers "
+            "(this one too) do not list them"
         )
     return report

@@ -1,15 +1,18 @@
 """Attention blocks selected by ``--phi`` and the registry that names them.
 
 Every block maps ``(B, C, H, W) -> (B, C, H, W)`` and is built as ``cls(channels, **options)``;
-its options are the keyword arguments of its constructor, with the published values as
-defaults. The numeric aliases are frozen: users' checkpoints and published comparisons depend on
-them. A new block is one class decorated with ``@register_attention("name")``; it gets the next
-free number. A block registered by a plugin module (``load_attention_plugins``, the
-``--attention-plugin`` flag) gets a name only (its phi number is ``PLUGIN_PHI``): checkpoints
-store the name, which does not depend on the order plugins are imported in.
+its options are the keyword arguments of its constructor, with the published values as defaults,
+and its class attribute ``OPTIONS`` says what each accepts (``BlockOption``), so that a value
+that cannot work is refused with the other settings, before any work. The numeric aliases are
+frozen: users' checkpoints and published comparisons depend on them. A new block is one class
+decorated with ``@register_attention("name")``; it gets the next free number. A block registered
+by a plugin module (``load_attention_plugins``, the ``--attention-plugin`` flag) gets a name
+only (its phi number is ``PLUGIN_PHI``): checkpoints store the name, which does not depend on
+the order plugins are imported in.
 
 ``ATTENTION_POINTS`` are the places ``YoloBody`` can apply the block at; ``parse_points`` and
-``parse_attention_args`` read the ``--attention-at`` and ``--attention-args`` strings.
+``parse_attention_args`` read the ``--attention-at`` and ``--attention-args`` strings, and
+``check_attention_settings`` checks them together with the block.
 
 Parameter names follow the reference implementation so that its checkpoints load strictly.
 """
@@ -18,9 +21,15 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Iterable, Mapping
+import itertools
+import math
+import traceback
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
 _REGISTRY: dict[str, type[nn.Module]] = {}
@@ -32,6 +41,33 @@ _importing_plugin = False
 PLUGIN_PHI = -1
 
 
+class BlockSignatureError(ValueError):
+    """A class registered as an attention block cannot be built as ``cls(channels, **options)``."""
+
+
+def _check_signature(key: str, cls: type) -> None:
+    """Raises ``BlockSignatureError`` unless ``cls(channels, **options)`` can work: the
+    constructor's first parameter must take the channel count by position."""
+    try:
+        params = list(inspect.signature(cls).parameters.values())
+    except (TypeError, ValueError):  # no introspectable signature (a C type): trust it
+        return
+    first = params[0] if params else None
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if first is not None and (
+        first.kind is inspect.Parameter.VAR_POSITIONAL
+        or (first.kind in positional and first.name == "channels")
+    ):
+        return
+    where = f"{cls.__module__}.{cls.__qualname__}"
+    raise BlockSignatureError(
+        f"attention block {key!r} (class {where}): its constructor takes "
+        f"{inspect.signature(cls)}, but a block is built as {cls.__name__}(channels, **options): "
+        f"make the channel count its first parameter, e.g. "
+        f"def __init__(self, channels: int, *, option=default)"
+    )
+
+
 def register_attention(name: str, *, plugin: bool | None = None):
     """Class decorator: registers an attention block under ``name``.
 
@@ -40,18 +76,29 @@ def register_attention(name: str, *, plugin: bool | None = None):
         plugin: True registers the name only (phi number ``PLUGIN_PHI``); False gives it the
             next free number; None (default) means True while ``load_attention_plugins`` is
             importing a module, False otherwise.
+
+    Raises:
+        ValueError: the name is taken.
+        BlockSignatureError: the constructor's first parameter is not ``channels``.
     """
 
     def decorator(cls: type[nn.Module]) -> type[nn.Module]:
         key = name.lower()
         if key in _REGISTRY:
             raise ValueError(f"attention block {key!r} is already registered")
+        _check_signature(key, cls)
         _REGISTRY[key] = cls
         as_plugin = _importing_plugin if plugin is None else plugin
         (_PLUGIN_NAMES if as_plugin else _PHI_NAMES).append(key)
         return cls
 
     return decorator
+
+
+def _where(err: BaseException) -> str:
+    """`` at FILE:LINE`` of the innermost frame of ``err``'s traceback ("" without one)."""
+    frames = traceback.extract_tb(err.__traceback__)
+    return f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
 
 
 def load_attention_plugins(modules: str | Iterable[str] | None) -> list[str]:
@@ -62,7 +109,9 @@ def load_attention_plugins(modules: str | Iterable[str] | None) -> list[str]:
         the names of the blocks registered by this call.
 
     Raises:
-        ValueError: a module cannot be imported (the message names it and says why).
+        ValueError: a module cannot be imported, raises while it is imported, or registers a
+            block that cannot be built (one line naming the module and the error). The blocks
+            a failed module registered before it failed are unregistered.
     """
     global _importing_plugin
     if isinstance(modules, str):
@@ -71,14 +120,36 @@ def load_attention_plugins(modules: str | Iterable[str] | None) -> list[str]:
     for module in (m.strip() for m in modules or ()):
         if not module:
             continue
+        registered = set(_REGISTRY)
         _importing_plugin = True
         try:
             importlib.import_module(module)
         except ImportError as err:
+            _unregister(set(_REGISTRY) - registered)
             raise ValueError(f"--attention-plugin {module}: cannot import it ({err})") from err
+        except BlockSignatureError as err:
+            _unregister(set(_REGISTRY) - registered)
+            raise ValueError(f"--attention-plugin {module}: {err}") from err
+        except Exception as err:  # whatever a user's module raises: one line, not a traceback
+            _unregister(set(_REGISTRY) - registered)
+            where = "" if isinstance(err, SyntaxError) else _where(err)  # its text has the line
+            raise ValueError(
+                f"--attention-plugin {module}: importing it raised "
+                f"{type(err).__name__}: {err}{where}"
+            ) from err
         finally:
             _importing_plugin = False
     return [n for n in [*_PHI_NAMES, *_PLUGIN_NAMES] if n not in before]
+
+
+def _unregister(names: Iterable[str]) -> None:
+    """Forgets blocks registered by a plugin module whose import failed (it is not imported,
+    so its blocks must not stay half there)."""
+    for name in names:
+        del _REGISTRY[name]
+        for names_list in (_PHI_NAMES, _PLUGIN_NAMES):
+            if name in names_list:
+                names_list.remove(name)
 
 
 def plugin_names() -> list[str]:
@@ -113,17 +184,143 @@ def resolve_phi(phi: int | str) -> tuple[int, str]:
     raise ValueError(f"unknown phi {phi!r}; valid values: {describe_phis()}")
 
 
+@dataclass(frozen=True)
+class BlockOption:
+    """What one option of an attention block accepts.
+
+    A block declares its options in the class attribute ``OPTIONS`` (option name ->
+    ``BlockOption``); an option it does not declare is checked against its constructor's
+    annotation, else the type of its default.
+
+    Attributes:
+        kind: the value's type: int, float, bool, str or object (any value). A bool is never
+            an int or a float; an int is a valid float; any value is a valid str.
+        check: a further condition on a value of that type.
+        valid: the accepted values in words, for error messages ("an integer >= 1").
+        at_most_channels: the value must also be at most the channel count at each point the
+            block is applied at (a reduction of the width that must leave a channel).
+    """
+
+    kind: type
+    check: Callable[[Any], bool] = lambda value: True
+    valid: str = ""
+    at_most_channels: bool = False
+
+
+_KIND_WORDS = {
+    int: "an integer",
+    float: "a number",
+    bool: "true or false",
+    str: "a string",
+    object: "any value",
+}
+
+
+def _is_kind(value: Any, kind: type) -> bool:
+    if kind is float:
+        return type(value) in (int, float)
+    if kind in (str, object):
+        return True
+    return type(value) is kind  # type(): a bool is an int to isinstance
+
+
+def _coerce(value: Any, kind: type) -> Any:
+    if kind is float:
+        return float(value)
+    if kind is str and not isinstance(value, str):
+        return str(value).lower() if isinstance(value, bool) else str(value)
+    return value
+
+
+def _literal(value: Any) -> str:
+    """``value`` as it is written in ``--attention-args``."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _declared_kind(cls: type, param: inspect.Parameter) -> type:
+    """The type an undeclared option's annotation or default gives (``object``: any)."""
+    try:
+        hint = typing.get_type_hints(cls.__init__).get(param.name)
+    except Exception:  # an annotation that does not resolve: fall back to the default
+        hint = None
+    if hint in _KIND_WORDS:
+        return hint
+    if param.default is not inspect.Parameter.empty and type(param.default) in _KIND_WORDS:
+        return type(param.default)
+    return object
+
+
 def block_options(phi: int | str) -> dict[str, Any]:
     """The options of ``phi``'s block: its constructor's keyword arguments after ``channels``,
-    with their defaults."""
+    with their defaults (``inspect.Parameter.empty`` for one that must be given)."""
     _, name = resolve_phi(phi)
-    params = list(inspect.signature(_REGISTRY[name].__init__).parameters.values())[2:]
+    params = list(inspect.signature(_REGISTRY[name]).parameters.values())[1:]
     kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     return {p.name: p.default for p in params if p.kind in kinds}
 
 
-def check_attention_args(phi: int | str, options: Mapping[str, Any]) -> None:
-    """Raises ValueError naming every option of ``phi``'s block when ``options`` has another."""
+def option_rules(phi: int | str) -> dict[str, BlockOption]:
+    """Every option of ``phi``'s block -> what it accepts: the block's ``OPTIONS``, else its
+    constructor's annotation or default type (see ``BlockOption``)."""
+    _, name = resolve_phi(phi)
+    cls = _REGISTRY[name]
+    declared = getattr(cls, "OPTIONS", None) or {}
+    params = inspect.signature(cls).parameters
+    rules = {}
+    for key in block_options(name):
+        if key in declared:
+            rules[key] = declared[key]
+        else:
+            rules[key] = BlockOption(_declared_kind(cls, params[key]))
+    return rules
+
+
+def _option_problem(
+    name: str, key: str, value: Any, rule: BlockOption, channels: Mapping[str, int]
+) -> str | None:
+    """What is wrong with ``key=value`` for block ``name`` (None: nothing)."""
+    must = rule.valid or _KIND_WORDS[rule.kind]
+    fewest = min(channels.items(), key=lambda item: item[1]) if channels else None
+    if rule.at_most_channels and fewest is not None:
+        at = f" at {fewest[0]}" if fewest[0] else ""
+        must = f"{must} and at most {fewest[1]}, the block's channel count{at}"
+    elif rule.at_most_channels:
+        must = f"{must} and at most the block's channel count"
+    ok = _is_kind(value, rule.kind)
+    if ok:
+        typed = _coerce(value, rule.kind)
+        try:
+            ok = bool(rule.check(typed))
+        except (TypeError, ValueError):
+            ok = False
+        ok = ok and not (isinstance(typed, float) and not math.isfinite(typed))
+        if ok and rule.at_most_channels and fewest is not None:
+            ok = typed <= fewest[1]
+    if ok:
+        return None
+    return f"attention block {name!r}: option {key}={_literal(value)} is invalid: must be {must}"
+
+
+def check_attention_args(
+    phi: int | str, options: Mapping[str, Any], channels: Mapping[str, int] | None = None
+) -> dict[str, Any]:
+    """Checks ``options`` against what ``phi``'s block accepts (``option_rules``).
+
+    Args:
+        phi: the block, number or name.
+        options: option name -> value, as ``parse_attention_args`` reads them.
+        channels: attention point -> its channel count, for the options bounded by it
+            (default: not checked against channels).
+
+    Returns:
+        the options as the constructor takes them (an int given for a float option becomes a
+        float).
+
+    Raises:
+        ValueError: an option the block does not have (the message lists the ones it has), a
+            value of the wrong type or out of range (the message names the block, the option,
+            the value and the valid values), or a required option left out.
+    """
     _, name = resolve_phi(phi)
     accepted = block_options(name)
     unknown = [k for k in options if k not in accepted]
@@ -133,6 +330,15 @@ def check_attention_args(phi: int | str, options: Mapping[str, Any]) -> None:
             f"attention block {name!r} has no option {', '.join(map(repr, unknown))}; "
             f"its options (with defaults): {valid}"
         )
+    missing = [k for k, v in accepted.items() if v is inspect.Parameter.empty and k not in options]
+    if missing:
+        raise ValueError(f"attention block {name!r} needs option {', '.join(missing)}")
+    rules = option_rules(name)
+    for key, value in options.items():
+        problem = _option_problem(name, key, value, rules[key], channels or {})
+        if problem:
+            raise ValueError(problem)
+    return {key: _coerce(value, rules[key].kind) for key, value in options.items()}
 
 
 def build_attention(phi: int | str, channels: int, **options: Any) -> nn.Module | None:
@@ -141,12 +347,63 @@ def build_attention(phi: int | str, channels: int, **options: Any) -> nn.Module 
 
     Raises:
         ValueError: an unknown phi, or an option the block does not take (the message lists
-            the ones it does).
+            the ones it does) or with a value it does not accept (``check_attention_args``).
     """
     _, name = resolve_phi(phi)
-    check_attention_args(name, options)
+    options = check_attention_args(name, options, {"": channels})
     cls = _REGISTRY[name]
     return None if name == "none" else cls(channels, **options)  # phi 0 adds no module
+
+
+def check_block_output(block: nn.Module, name: str, point: str, channels: int) -> None:
+    """Runs ``block`` once on a small random input of ``channels`` channels and checks that it
+    returns a finite tensor of the input's shape, so that a block that does not fit the model
+    fails when the model is built, not in the middle of a training step.
+
+    The block runs in eval mode without gradients; its state (parameters, buffers, training
+    flag) and the global random state are as before afterwards.
+
+    Raises:
+        ValueError: the block raises, or returns something else (names the block, the point
+            and both shapes).
+    """
+    held = next(itertools.chain(block.parameters(), block.buffers()), None)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, channels, 4, 4, generator=generator)
+    if held is not None:  # where and in what precision the block computes
+        x = x.to(held.device, held.dtype if held.is_floating_point() else x.dtype)
+    what = f"attention block {name!r} at {point}"
+    saved = {k: v.detach().clone() for k, v in block.state_dict().items()}
+    was_training = block.training
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            block.eval()
+            out = block(x.clone())
+    except Exception as err:  # a user's block: one line naming it, not a traceback
+        raise ValueError(
+            f"{what}: fails on an input of shape {tuple(x.shape)}: {type(err).__name__}: {err}"
+        ) from err
+    finally:
+        block.train(was_training)
+        with torch.no_grad():
+            for k, v in block.state_dict().items():
+                if k in saved and v.shape == saved[k].shape:
+                    v.copy_(saved[k])
+    if not isinstance(out, torch.Tensor):
+        raise ValueError(
+            f"{what}: returns {type(out).__name__} for an input of shape {tuple(x.shape)}; a "
+            "block must return a tensor of its input's shape"
+        )
+    if out.shape != x.shape:
+        raise ValueError(
+            f"{what}: input shape {tuple(x.shape)} -> output shape {tuple(out.shape)}; a "
+            "block must return a tensor of its input's shape (B, C, H, W)"
+        )
+    if not torch.isfinite(out).all():
+        raise ValueError(
+            f"{what}: returns non-finite values (NaN or inf) for a finite input of shape "
+            f"{tuple(x.shape)}"
+        )
 
 
 # where YoloBody can apply the block -> the channels there. feat1/feat2: the backbone's
@@ -201,9 +458,10 @@ def _parse_value(text: str) -> bool | int | float | str:
 def parse_attention_args(args: str | Mapping[str, Any] | None) -> dict[str, Any]:
     """``--attention-args`` (``"ratio=8,kernel_size=7"``) as a dict; values become bool
     (true/false), int, float or else stay strings. A mapping is copied; None is ``{}``.
+    Whether a value suits its option is ``check_attention_args``'s part: it needs the block.
 
     Raises:
-        ValueError: an item that is not ``name=value``.
+        ValueError: an item that is not ``name=value``, or an option given twice.
     """
     if args is None:
         return {}
@@ -216,6 +474,8 @@ def parse_attention_args(args: str | Mapping[str, Any] | None) -> dict[str, Any]
         key, sep, value = item.partition("=")
         if not sep or not key.strip() or not value.strip():
             raise ValueError(f"--attention-args item {item!r}: expected name=value")
+        if key.strip() in options:  # keeping either value would hide the other
+            raise ValueError(f"--attention-args: option {key.strip()!r} is given twice")
         options[key.strip()] = _parse_value(value.strip())
     return options
 
@@ -223,6 +483,50 @@ def parse_attention_args(args: str | Mapping[str, Any] | None) -> dict[str, Any]
 def format_attention_args(args: Mapping[str, Any] | None) -> str:
     """The canonical ``--attention-args`` string of ``args`` (sorted by name; "" for none)."""
     return ",".join(f"{k}={v}" for k, v in sorted((args or {}).items()))
+
+
+def check_placement(phi: int | str, points: Iterable[str]) -> None:
+    """Raises ValueError when ``phi``'s block is not ``none`` but ``points`` is empty: such a
+    model is the plain network, and it would be labelled and compared as the block."""
+    _, name = resolve_phi(phi)
+    if name != "none" and not tuple(points):
+        raise ValueError(
+            f"--attention-at '': attention block {name!r} would be applied at no point (the "
+            "plain network under its name); give at least one point, or --phi 0 for none"
+        )
+
+
+def check_attention_settings(
+    phi: int | str,
+    attention_at: str | Iterable[str] | None,
+    attention_args: str | Mapping[str, Any] | None,
+    plugins: str | Iterable[str] | None = None,
+) -> None:
+    """The attention settings of a run or command, checked together before any work: imports
+    ``plugins``, then checks that ``phi`` is a registered block, that it is applied at a
+    point, and that ``attention_args`` suit it at the channel counts of ``attention_at``.
+
+    Raises:
+        ValueError: one line naming the flag and the problem.
+    """
+    load_attention_plugins(plugins)
+    try:
+        _, name = resolve_phi(phi)
+    except ValueError as err:
+        raise ValueError(f"--phi {phi!r}: {err}") from None
+    points = parse_points(attention_at)
+    check_placement(name, points)
+    try:
+        check_attention_args(
+            name, parse_attention_args(attention_args), {p: ATTENTION_POINTS[p] for p in points}
+        )
+    except ValueError as err:
+        text = (
+            attention_args
+            if isinstance(attention_args, str)
+            else format_attention_args(attention_args)
+        )
+        raise ValueError(f"--attention-args {text!r}: {err}") from None
 
 
 # The built-in blocks register themselves when imported, in phi order.

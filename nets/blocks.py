@@ -2,18 +2,27 @@
 2 cbam, 3 eca, 4 ca; numbers frozen), then bam, cbam_plus, simam and nonlocal (5-8).
 
 Each block is built as ``Block(channels, **options)`` (options by keyword, with the published
-values as defaults) and maps (B, C, H, W) -> (B, C, H, W). ``nets.attention`` imports this
+values as defaults, and what each accepts in the class attribute ``OPTIONS``) and maps
+(B, C, H, W) -> (B, C, H, W). ``nets.attention`` imports this
 module, so the registry always holds them.
 """
 
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 from torch import nn
 
-from nets.attention import register_attention
+from nets.attention import BlockOption, register_attention
+
+# what the options accept (checked when the settings are read, before any work)
+AT_LEAST_ONE = BlockOption(int, lambda v: v >= 1, "an integer >= 1")
+# a reduction of the width C to C // value: it must leave at least one channel
+CHANNEL_REDUCTION = BlockOption(int, lambda v: v >= 1, "an integer >= 1", at_most_channels=True)
+# 'same' padding of kernel_size // 2 keeps the map's size only for an odd kernel
+ODD_KERNEL = BlockOption(int, lambda v: v >= 1 and v % 2 == 1, "an odd integer >= 1")
 
 
 @register_attention("none")
@@ -27,6 +36,8 @@ class Identity(nn.Identity):
 @register_attention("se")
 class SEBlock(nn.Module):
     """Squeeze-and-excitation: channel weights from a 2-layer MLP on the global average."""
+
+    OPTIONS: ClassVar[dict[str, BlockOption]] = {"reduction": CHANNEL_REDUCTION}
 
     def __init__(self, channels: int, *, reduction: int = 16) -> None:
         super().__init__()
@@ -80,6 +91,11 @@ class SpatialAttention(nn.Module):
 class CBAMBlock(nn.Module):
     """CBAM: channel attention, then spatial attention, each applied multiplicatively."""
 
+    OPTIONS: ClassVar[dict[str, BlockOption]] = {
+        "ratio": CHANNEL_REDUCTION,
+        "kernel_size": ODD_KERNEL,
+    }
+
     def __init__(self, channels: int, *, ratio: int = 8, kernel_size: int = 7) -> None:
         super().__init__()
         self.channelattention = ChannelAttention(channels, ratio)
@@ -100,6 +116,11 @@ def eca_kernel_size(channels: int, gamma: int = 2, b: int = 1) -> int:
 class ECABlock(nn.Module):
     """Efficient channel attention: 1-D conv across the pooled channel descriptor."""
 
+    OPTIONS: ClassVar[dict[str, BlockOption]] = {
+        "gamma": AT_LEAST_ONE,
+        "b": BlockOption(int, valid="an integer"),
+    }
+
     def __init__(self, channels: int, *, gamma: int = 2, b: int = 1) -> None:
         super().__init__()
         k = eca_kernel_size(channels, gamma, b)
@@ -117,6 +138,8 @@ class ECABlock(nn.Module):
 @register_attention("ca")
 class CoordAttention(nn.Module):
     """Coordinate attention: separate attention maps along H and along W."""
+
+    OPTIONS: ClassVar[dict[str, BlockOption]] = {"reduction": CHANNEL_REDUCTION}
 
     def __init__(self, channels: int, *, reduction: int = 16) -> None:
         super().__init__()
@@ -167,6 +190,12 @@ class BAMBlock(nn.Module):
     normalise over the batch in training, so training needs batches of 2 or more images.
     ``fold_batchnorm`` folds them into those layers for deployment.
     """
+
+    # the hidden width is max(C // reduction, 1): any reduction leaves a channel
+    OPTIONS: ClassVar[dict[str, BlockOption]] = {
+        "reduction": AT_LEAST_ONE,
+        "dilation": AT_LEAST_ONE,
+    }
 
     def __init__(self, channels: int, *, reduction: int = 16, dilation: int = 4) -> None:
         super().__init__()
@@ -296,6 +325,13 @@ class CBAMPlusBlock(nn.Module):
     into the convolutions for deployment.
     """
 
+    # the hidden width is max(C // reduction, 4): any reduction leaves channels
+    OPTIONS: ClassVar[dict[str, BlockOption]] = {
+        "reduction": AT_LEAST_ONE,
+        "kernel_size": ODD_KERNEL,
+        "spatial_width": AT_LEAST_ONE,
+    }
+
     def __init__(
         self, channels: int, *, reduction: int = 16, kernel_size: int = 7, spatial_width: int = 32
     ) -> None:
@@ -320,6 +356,11 @@ class SimAM(nn.Module):
     ``e_lambda`` so that the block appears in state dicts and ``infer_phi`` recognises it. A
     1x1 map (n = 0) is given ``n = 1``: var 0, weight ``sigmoid(0.5)``.
     """
+
+    # lambda 0 divides 0 by 0 on a constant map
+    OPTIONS: ClassVar[dict[str, BlockOption]] = {
+        "e_lambda": BlockOption(float, lambda v: v > 0, "a positive number")
+    }
 
     def __init__(self, channels: int = 0, *, e_lambda: float = 1e-4) -> None:
         super().__init__()
@@ -357,6 +398,9 @@ class NonLocalBlock(nn.Module):
     0.779 GFLOPs in all (778,925,056; 0.380 of it matrix products), 6.81 -> 7.59 GFLOPs with
     20 classes. The (N, N) attention matrix grows with the fourth power of the input side.
     """
+
+    # the inner width is max(C // reduction, 1): any reduction leaves a channel
+    OPTIONS: ClassVar[dict[str, BlockOption]] = {"reduction": AT_LEAST_ONE}
 
     def __init__(self, channels: int, *, reduction: int = 2) -> None:
         super().__init__()

@@ -14,6 +14,8 @@ from torch import nn
 from nets.attention import (
     ATTENTION_POINTS,
     build_attention,
+    check_attention_args,
+    check_block_output,
     parse_attention_args,
     parse_points,
     resolve_phi,
@@ -72,7 +74,13 @@ class YoloBody(nn.Module):
 
     The default points keep the reference implementation's module names and state-dict key
     order (``feat1_att``, ``feat2_att``, ``upsample_att``, registered last); the others are
-    registered after them.
+    registered after them. Each block is run once on a small input when the model is built
+    (``nets.attention.check_block_output``), so a block that does not return its input's
+    shape fails here rather than in a training step.
+
+    Raises:
+        ValueError: an unknown phi or point, an option the block does not take or a value it
+            does not accept, or a block that fails on a tensor of its point's shape.
 
     ``forward(x)`` with ``x`` (B, 3, S, S), S a multiple of 32, RGB in [0, 1], returns
     ``[out_stride32 (B, A*(5+C), S/32, S/32), out_stride16 (B, A*(5+C), S/16, S/16)]``; per anchor
@@ -100,6 +108,9 @@ class YoloBody(nn.Module):
         self.yolo_headP5 = yolo_head((512, out_channels), 256)
         self.upsample = Upsample(256, 128)
         self.yolo_headP4 = yolo_head((256, out_channels), 384)
+        # every point's channel count at once: the error names the point that fails
+        at = {p: ATTENTION_POINTS[p] for p in self.attention_at}
+        check_attention_args(self.phi_name, self.attention_args, at)
         # Registered last, as in the reference, so the state-dict key order matches too.
         # phi 0 registers nothing (the lineage's phi-0 checkpoints have no attention keys).
         for point, channels in ATTENTION_POINTS.items():
@@ -107,6 +118,12 @@ class YoloBody(nn.Module):
             if point in self.attention_at:
                 block = build_attention(self.phi_name, channels, **self.attention_args)
             setattr(self, f"{point}_att", block)
+        # after every block is built: the check draws no numbers from the global generator,
+        # but leaving the init order alone keeps seeded weights as they were
+        for point in self.attention_at:
+            block = getattr(self, f"{point}_att")
+            if block is not None:
+                check_block_output(block, self.phi_name, point, ATTENTION_POINTS[point])
 
     def attention_blocks(self) -> dict[str, nn.Module]:
         """The attention modules the model holds, by module name (``feat1_att``, ...)."""

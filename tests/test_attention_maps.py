@@ -425,20 +425,25 @@ def test_cli_writes_maps_for_each_image_and_point(tiny_checkpoints, tmp_path: Pa
     assert run_predict(tiny_checkpoints["cbam"], folder, out) == 0
     stems = [p.stem for p in images]
     expected = {f"{s}.jpg" for s in stems}
-    for s in stems:
+    for s in stems:  # the maps in a folder of their own, apart from the annotated images
         for point in ("feat1", "csp2"):
-            expected |= {f"{s}_attn_{point}.jpg", f"{s}_attn_{point}_channels.png"}
-    assert {p.name for p in out.iterdir()} == expected
+            expected |= {
+                f"attention/{s}_attn_{point}.jpg",
+                f"attention/{s}_attn_{point}_channels.png",
+            }
+    assert {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()} == expected
     original = cv2.imread(str(images[0]))
-    overlay = cv2.imread(str(out / f"{stems[0]}_attn_csp2.jpg"))
+    overlay = cv2.imread(str(out / "attention" / f"{stems[0]}_attn_csp2.jpg"))
     assert overlay.shape == original.shape  # mapped back onto the original image
     assert np.abs(overlay.astype(int) - original.astype(int)).mean() > 20  # coloured
-    assert cv2.imread(str(out / f"{stems[0]}_attn_csp2_channels.png")).shape == (260, 480, 3)
+    histogram = out / "attention" / f"{stems[0]}_attn_csp2_channels.png"
+    assert cv2.imread(str(histogram)).shape == (260, 480, 3)
 
     out = tmp_path / "se"  # channel weights only: no overlay
     assert run_predict(tiny_checkpoints["se"], images[0], out) == 0
-    channels = {f"{stems[0]}_attn_{p}_channels.png" for p in DEFAULT_POINTS}
-    assert {p.name for p in out.iterdir()} == {f"{stems[0]}.jpg"} | channels
+    channels = {f"attention/{stems[0]}_attn_{p}_channels.png" for p in DEFAULT_POINTS}
+    written = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
+    assert written == {f"{stems[0]}.jpg"} | channels
 
 
 @pytest.mark.slow

@@ -522,10 +522,10 @@ def test_eval_detection_file_is_refused_or_warned_about_in_one_line(tmp_path: Pa
     # before: the JSON parser's message, without the file
     bad_json = f"error: {dets}: not valid JSON (Expecting value at line 1 column 2)\n"
     assert run("[,") == (2, bad_json)
-    # a box past the right edge of its image: clipped, with a warning
+    # a box past the right edge of its image: scored as given, with a warning
     wide = json.loads(json.dumps(records))
     wide[0]["detections"][0]["xyxy"][2] = 200.0
-    clipped = f"{dets}: 1 detection with a box partly outside its image, clipped to it (record 0)"
+    clipped = f"{dets}: 1 detection with a box partly outside its image, scored as given (record 0)"
     assert run(wide) == (0, f"warning: {clipped}\n")
 
 

@@ -804,15 +804,15 @@ def test_detection_file_inverted_box_is_an_error(tmp_path) -> None:
 
 
 def test_detection_file_box_outside_its_image(tmp_path) -> None:
-    # partly outside (below 0, beyond W-1 or H-1): clipped to the image, with a warning
+    # partly outside (below 0, beyond W-1 or H-1): scored as given, with a warning
     records = _with("a", 0, xyxy=[-3, 10, 40, 31])
     records[1]["detections"][3]["xyxy"] = [0, 0, 100, 80]
     path, detected = _read(tmp_path, records)
     assert detected.failures == [
-        f"{path}: 2 detections with a box partly outside its image, clipped to it (records 0, 1)"
+        f"{path}: 2 detections with a box partly outside its image, scored as given (records 0, 1)"
     ]
-    assert detected.dets.boxes[0].tolist() == [0, 10, 40, 31]
-    assert detected.dets.boxes[7].tolist() == [0, 0, W - 1, H - 1]
+    assert detected.dets.boxes[0].tolist() == [-3, 10, 40, 31]
+    assert detected.dets.boxes[7].tolist() == [0, 0, 100, 80]
     # entirely outside: boxes of another frame or image, refused
     message = _refused(tmp_path, _with("c", 0, xyxy=[-50, 29, -10, 61]))
     assert message.endswith(": 1 detection with a box entirely outside its image (record 2)")

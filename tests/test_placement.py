@@ -189,7 +189,7 @@ def test_onnx_export_keeps_points_and_options(tmp_path) -> None:
 
 
 def test_resume_treats_points_and_options_as_fixed() -> None:
-    saved = TrainConfig(attention_at="csp1,feat1", attention_args="reduction=8")
+    saved = TrainConfig(phi="se", attention_at="csp1,feat1", attention_args="reduction=8")
     assert (saved.attention_at, saved.attention_args) == ("feat1,csp1", "reduction=8")
     same = TrainConfig(resume="run/last.pth", attention_at="csp1 ,feat1")
     assert merge_resume(saved, same, {"attention_at"}).attention_at == "feat1,csp1"

@@ -477,12 +477,13 @@ def test_python_api() -> None:
 
 
 def test_same_names_from_different_folders_do_not_overwrite(tmp_path: Path) -> None:
+    root = tmp_path / "in"  # the output folder may not lie in the folder a pattern searches
     for sub in ("a", "b"):
-        (tmp_path / sub).mkdir()
-        small_copy(BUS, tmp_path / sub / "img.jpg", 160)
-    small_copy(ZIDANE, tmp_path / "a" / "img.png", 160)
+        (root / sub).mkdir(parents=True)
+        small_copy(BUS, root / sub / "img.jpg", 160)
+    small_copy(ZIDANE, root / "a" / "img.png", 160)
     save_dir = tmp_path / "out"
-    code = run_cli("--source", f"{tmp_path}/*/img.*", "--img-size", "160", "--save-dir", save_dir)
+    code = run_cli("--source", f"{root}/*/img.*", "--img-size", "160", "--save-dir", save_dir)
     assert code == 0
     assert sorted(p.name for p in save_dir.iterdir()) == ["img.jpg", "img.png", "img_2.jpg"]
 

@@ -4,6 +4,10 @@ Usage: ``python -m tools.check_data --voc-root data/VOCdevkit --sets 2007:trainv
 (add ``--classes FILE``; ``--annotations FILE`` for reference-implementation lines instead;
 ``--labels PATH`` for labels in any format train.py reads: a COCO JSON, a YOLO folder or data
 YAML, a VOC folder, annotation lines).
+
+Exit status: 0 when training reads every file; 1 when it would leave a file or image out, or
+would refuse the data set (no images, none readable, no object of its classes); 2 when a path
+or file cannot be used at all.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from data.check import (
     check_images,
     summarize,
 )
+from data.dataset import quick_check
 from data.formats import LABEL_FORMATS, LabelSource
 from data.voc import (
     LoadResult,
@@ -87,8 +92,18 @@ def main(argv: list[str] | None = None) -> int:
     for issue in issues:
         print(issue)
     print(f"{len(result.annotations)} annotated images; " + summarize(issues))
-    if result.annotations and not any(len(a.labels) for a in result.annotations):
+    # the data sets train.py refuses before it starts fail the check too
+    what = args.labels or args.annotations or f"{args.voc_root} {args.sets}"
+    if not quick_check(result.annotations)[0]:
+        count = len(result.annotations)
+        why = f"none of the {count} images can be read" if count else "no images"
+        print(f"error: {what}: {why}: train.py would stop", file=sys.stderr)
+        return 1
+    if not any(len(a.labels) for a in result.annotations):
         print("no object of these classes in any image: train.py would stop (--classes?)")
+        return 1
+    if not any((~a.difficult).any() for a in result.annotations):
+        print("every object is marked difficult: train.py would stop without --include-difficult")
         return 1
     # 1 when training will leave a file or an image out (not for repaired boxes or objects)
     return 1 if any(i.action in ("skipped", "image skipped") for i in issues) else 0

@@ -10,7 +10,13 @@ SRC is read in any format (``data.formats.detect_format``; --from names it when 
 not tell). OUT is a complete data set: the images are hard-linked (or copied) next to the labels
 in the layout each format expects, ready for train.py --train-labels OUT. Boxes, labels,
 image sizes and class names carry over exactly; difficult flags too except into YOLO, which has
-none (COCO keeps them as iscrowd). Per-file problems are printed with what was done.
+none (COCO keeps them as iscrowd). Per-file problems are printed with what was done; image
+names that are not plain file names are written under a safe one (printed).
+
+OUT never is, contains or lies inside SRC, --images, --classes or a folder of the source's
+images. OUT may hold other splits (they stay), but a file of this conversion that exists with
+other content is replaced only with --force; a conversion that would write no image is an
+error, and nothing is written before every check has passed.
 """
 
 from __future__ import annotations
@@ -22,7 +28,14 @@ from data.formats import LABEL_FORMATS, WRITE_FORMATS, LabelSource, convert_labe
 from data.label_io import LabelFormatError
 from utils.classes import read_class_names
 from utils.config import HelpFormatter
-from utils.paths import VOC_CLASSES, OutputPathError, check_output_path, write_failure
+from utils.paths import (
+    VOC_CLASSES,
+    OutputPathError,
+    OutputRefusedError,
+    check_apart,
+    check_output_path,
+    write_failure,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
         "folder or data-YAML key; default: all of SRC) and its name in OUT (default: the "
         "source's own split name, else 'all')",
     )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace files in OUT that this conversion writes with other content (default: "
+        "refused, nothing written); never deletes files, never writes into an input",
+    )
     return p
 
 
@@ -66,8 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         check_output_path(args.out, folder=True)
+        kind = LabelSource(args.src, args.fmt).kind  # an unknown source first: the likelier slip
+        check_apart(args.out, [args.src, args.images or "", args.classes or ""], flag="--out")
         names = read_class_names(args.classes) if args.classes else None
-        if names is None and LabelSource(args.src, args.fmt).kind == "lines":
+        if names is None and kind == "lines":
             names = read_class_names(VOC_CLASSES)
             print(f"note: annotation lines hold class ids only: using {VOC_CLASSES} (--classes)")
         labels, report = convert_labels(
@@ -78,7 +99,11 @@ def main(argv: list[str] | None = None) -> int:
             images=args.images,
             class_names=names,
             split=args.split,
+            overwrite=args.force,
         )
+    except OutputRefusedError as err:  # refused before anything was written
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except OutputPathError as err:
         print(f"error: {write_failure(err, args.out)}", file=sys.stderr)
         return 1

@@ -16,7 +16,8 @@ import sys
 from nets.attention import (
     DEFAULT_POINTS,
     attention_names,
-    check_attention_args,
+    block_options,
+    check_placement,
     load_attention_plugins,
     parse_attention_args,
     parse_points,
@@ -63,6 +64,8 @@ def main() -> None:
                 names = [n for n in names if n not in skipped]
         else:
             names, skipped = [resolve_phi(p)[1] for p in args.phi], []
+        for name in names:  # a block at no point is the plain network under its name
+            check_placement(name, points)
         rows = summary_rows(names, args.num_classes, args.img_size, points, options)
     except ValueError as err:
         parser.error(str(err))
@@ -79,11 +82,9 @@ def main() -> None:
 
 
 def _takes(name: str, options: dict) -> bool:
-    try:
-        check_attention_args(name, options)
-    except ValueError:
-        return False
-    return True
+    """Whether block ``name`` has every option in ``options`` (their values are checked when
+    the model is built: a bad value is an error, not a reason to leave a block out)."""
+    return set(options) <= set(block_options(name))
 
 
 if __name__ == "__main__":

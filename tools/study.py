@@ -11,7 +11,10 @@ the evaluation split) are scored on the validation split and put side by side in
 std over seeds per attention block, its cost, and per pair of blocks the mAP50 difference with a
 95% interval from a paired bootstrap over the test images and the seeds: "better", "worse" or
 "not distinguishable". A plugin block's runs are ``<name>_seed<S>`` (plugins share phi -1).
-Runs already finished are reused, so an interrupted study continues where it stopped.
+A run already in the study folder is reused when finished, and continued when interrupted, only
+if it was trained with the study's settings (all but those in ``NOT_COMPARED``); otherwise the
+study stops before any training with an error naming the settings that differ. Blocks, seeds
+and settings are all checked before the first run starts.
 """
 
 from __future__ import annotations
@@ -20,22 +23,224 @@ import argparse
 import logging
 import shutil
 import sys
-from dataclasses import replace
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
-import torch
-
 import train as train_cli
-from nets.attention import resolve_phi
+from data.formats import LabelSource
+from nets.attention import (
+    check_attention_args,
+    load_attention_plugins,
+    parse_attention_args,
+    resolve_phi,
+)
+from nets.checkpoint import load_torch_file
+from nets.yolo import YoloBody
 from utils.config import HelpFormatter, add_options, from_args
 from utils.device import select_device
+from utils.engine.adapt import fit_to_data
 from utils.engine.config import TrainConfig
 from utils.engine.fit import fit
-from utils.engine.setup import eval_label_source, resolve_data
+from utils.engine.loop import NonFiniteLossError
+from utils.engine.setup import (
+    DataSetup,
+    eval_label_source,
+    load_data,
+    require_objects,
+    resolve_data,
+)
+from utils.engine.state import TrainState
 from utils.evaluation.compare import CompareConfig, evaluate_checkpoint, write_outputs
 from utils.evaluation.evaluate import EvalConfig
+from utils.paths import OutputPathError, check_apart, check_output_path, unique_components
+from utils.runlock import LOCK_NAME, FolderLock, FolderLockedError
 
 logger = logging.getLogger(__name__)
+
+# Settings left out when a finished run is checked against the study's: where the run lives
+# (name, log_dir, resume), how this machine runs the same arithmetic (device, workers,
+# compile) and what is only written on the side (tensorboard, save_period) or where a run
+# pauses (stop_at_epoch). Every other setting, derived ones (batch sizes, frozen epochs,
+# warmup, lr, scale_xy) included, must be equal for a run to be reused.
+NOT_COMPARED = (
+    "name",
+    "log_dir",
+    "resume",
+    "device",
+    "workers",
+    "compile",
+    "tensorboard",
+    "save_period",
+    "stop_at_epoch",
+)
+
+
+@dataclass
+class PlannedRun:
+    """One (phi, seed) run of a study and what the study does with it: ``train`` it anew,
+    ``resume`` an interrupted run with the same settings, or ``reuse`` a finished one."""
+
+    name: str
+    cfg: TrainConfig
+    folder: Path
+    action: str
+    note: str = ""
+
+    @property
+    def last(self) -> Path:
+        return self.folder / "weights" / "last.pth"
+
+
+def plan_study(
+    base: TrainConfig, phis: Sequence[int | str], seeds: Sequence[int], out: Path
+) -> tuple[TrainConfig, list[PlannedRun], LabelSource | None]:
+    """Checks everything a study needs before its first run starts, and decides per run.
+
+    Every block name, seed and per-run config is checked, the data is read once, ``out`` must
+    be a folder apart from the inputs, and each run already in ``out`` is compared setting by
+    setting (all but ``NOT_COMPARED``) with the run the study would train.
+
+    Returns:
+        The base config with its data paths resolved, the runs in order, and the labels the
+        runs are evaluated on (None: VOC image sets).
+
+    Raises:
+        OutputPathError: ``out`` is not a folder that can be written, or holds an input.
+        ValueError: a duplicate or unknown block or seed, a bad setting, unusable data, or a
+            run in ``out`` trained with other settings (the message names the settings).
+        FolderLockedError: a run in ``out`` is being written by another live process.
+    """
+    check_output_path(out, folder=True)
+    for seed in seeds:  # a seed becomes part of a folder name: whole numbers only
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"--seeds {seed!r}: must be whole numbers")
+    _refuse_duplicates("--seeds", [(seed, str(seed)) for seed in seeds])
+    load_attention_plugins(base.attention_plugin)  # plugin blocks get their names here
+    blocks = []
+    for phi in phis:
+        try:
+            blocks.append(resolve_phi(phi))
+        except ValueError as err:
+            raise ValueError(f"--phis {phi}: {err}") from None
+    _refuse_duplicates(
+        "--phis", [(block, f"{phi} ({block[1]})") for phi, block in zip(phis, blocks)]
+    )
+    base = resolve_data(base)
+    inputs = [
+        base.voc_root,
+        base.classes,
+        base.train_lines,
+        base.val_lines,
+        base.train_labels,
+        base.val_labels,
+        base.train_images,
+        base.val_images,
+        base.weights,
+        base.anchors,
+    ]
+    check_apart(out, inputs, flag="--out")
+    labels = eval_label_source(base)  # a study without a val split fails now
+    args = parse_attention_args(base.attention_args)
+    # plugin blocks all have phi -1: their runs are told apart by their (sanitised) names
+    stems = unique_components([f"phi{n}" if n >= 0 else name for n, name in blocks])
+    runs = []
+    for (number, name), stem in zip(blocks, stems):
+        check_attention_args(name, args)
+        for seed in seeds:
+            run_name = f"{stem}_seed{seed}"
+            cfg = replace(
+                base,
+                phi=str(number) if number >= 0 else name,  # plugins: no number
+                seed=seed,
+                name=run_name,
+                log_dir=str(out),
+                resume=None,
+            )
+            runs.append(PlannedRun(run_name, cfg, out / run_name, "train"))
+    data = load_data(base)
+    require_objects(data, base)
+    conflicts = [problem for run in runs if (problem := _check_existing(run, data))]
+    if conflicts:
+        raise ValueError(
+            f"--out {out}: {'; '.join(conflicts)}. A study reuses only runs trained with its "
+            "settings: give another --out, or delete those runs to train them again"
+        )
+    return base, runs, labels
+
+
+def _refuse_duplicates(flag: str, items: list[tuple[object, str]]) -> None:
+    """ValueError naming ``flag``'s values that stand for the same run (key, as given)."""
+    seen: dict[object, str] = {}
+    for key, shown in items:
+        if key in seen:
+            raise ValueError(
+                f"{flag}: {seen[key]} and {shown} are the same; each is one run, and a run "
+                "counted twice would fake agreement between seeds"
+            )
+        seen[key] = shown
+
+
+def _check_existing(run: PlannedRun, data: DataSetup) -> str:
+    """Sets ``run.action`` for a run already in the study folder; returns why it cannot be
+    reused ("" when it can). A live run's folder raises ``FolderLockedError``."""
+    if not run.folder.exists():
+        return ""
+    if not run.folder.is_dir():
+        return f"{run.folder} is not a folder"
+    FolderLock(run.folder, "run").acquire().release()  # refuses a run another process writes
+    if not run.last.is_file():
+        # a run that died before its first epoch (its config.json is written first) has
+        # nothing trained to keep; a folder of other files is not the study's to remove
+        if not (run.folder / "config.json").is_file() and any(
+            p.name != LOCK_NAME for p in run.folder.iterdir()
+        ):
+            return f"{run.folder} holds files but no run: move it away"
+        run.note = "started but never finished an epoch: training it anew"
+        return ""
+    checkpoint = load_torch_file(run.last)
+    if not isinstance(checkpoint, dict):
+        return f"{run.last} is not a training checkpoint"
+    differences = _differences(checkpoint.get("config"), expected_config(run.cfg, data))
+    if differences:
+        return f"{run.name} was trained with other settings ({'; '.join(differences)})"
+    epoch = checkpoint.get("train_state", {}).get("epoch", -1)
+    if epoch >= run.cfg.epochs - 1:
+        run.action, run.note = "reuse", f"finished with the same settings: reusing {run.last}"
+    else:
+        run.action = "resume"
+        run.cfg = replace(run.cfg, resume=str(run.last))
+        run.note = f"stopped after epoch {epoch + 1} with the same settings: continuing it"
+    return ""
+
+
+def expected_config(cfg: TrainConfig, data: DataSetup) -> TrainConfig:
+    """The config a new run of ``cfg`` stores in its checkpoints: with the settings it derives
+    from the data and the initial weights (batch sizes, frozen epochs, warmup, lr, scale_xy),
+    derived exactly as ``fit`` derives them."""
+    model = YoloBody(
+        len(data.class_names),
+        cfg.phi,
+        attention_at=cfg.attention_at,
+        attention_args=cfg.attention_args,
+    )
+    return fit_to_data(cfg, model, data, None, TrainState(), world=1).cfg
+
+
+def _differences(stored: dict | None, expected: TrainConfig) -> list[str]:
+    """``--flag stored, here expected`` for every compared setting that differs."""
+    try:
+        saved = TrainConfig(**stored)
+    except (TypeError, ValueError) as err:  # none stored, or from another version
+        return [f"its stored settings are unreadable ({err})"]
+    out = []
+    for f in fields(TrainConfig):
+        if f.name in NOT_COMPARED:
+            continue
+        old, new = getattr(saved, f.name), getattr(expected, f.name)
+        if old != new:
+            out.append(f"--{f.name.replace('_', '-')} {old!r}, here {new!r}")
+    return out
 
 
 def run_study(
@@ -48,33 +253,39 @@ def run_study(
 ) -> dict[str, Path]:
     """Trains (or reuses) every (phi, seed) run, then writes the comparison; returns its paths.
 
-    ``compare`` sets the bootstrap behind the pairwise verdicts (default: 1,000 resamples).
+    Everything is checked first (``plan_study``): a study never trains one run and then fails
+    on the next one's settings. ``compare`` sets the bootstrap behind the pairwise verdicts
+    (default: 1,000 resamples).
     """
-    base = resolve_data(base)
-    labels = eval_label_source(base)  # before training: a study without a val split fails now
-    weights = []
-    for phi in phis:
-        number, name = resolve_phi(phi)
-        for seed in seeds:
-            # plugin blocks all have phi -1: their runs are told apart by name
-            run_name = f"phi{number}_seed{seed}" if number >= 0 else f"{name}_seed{seed}"
-            last = out / run_name / "weights" / "last.pth"
-            if _finished(last, base.epochs):
-                logger.info("%s: already trained, reusing %s", run_name, last)
-            else:
-                if (out / run_name).is_dir() and not last.is_file():
-                    shutil.rmtree(out / run_name)  # a run that died before its first epoch
-                cfg = replace(
-                    base,
-                    phi=str(number) if number >= 0 else name,  # plugins: no number
-                    seed=seed,
-                    name=run_name,
-                    log_dir=str(out),
-                    resume=str(last) if last.is_file() else None,
-                )
-                print(f"== training phi {number} ({name}), seed {seed} -> {out / run_name}")
-                fit(cfg)
-            weights.append(last)
+    base, runs, labels = plan_study(base, phis, seeds, out)
+    return train_and_compare(base, runs, labels, out, eval_cfg, compare)
+
+
+def train_and_compare(
+    base: TrainConfig,
+    runs: list[PlannedRun],
+    labels: LabelSource | None,
+    out: Path,
+    eval_cfg: EvalConfig | None = None,
+    compare: CompareConfig | None = None,
+) -> dict[str, Path]:
+    """``plan_study``'s runs trained, resumed or reused, evaluated and compared."""
+    for run in runs:
+        if run.note:
+            print(f"== {run.name}: {run.note}")
+        if run.action == "reuse":
+            continue
+        if run.action == "train" and run.folder.exists():
+            with FolderLock(run.folder, "run"):  # still no other process's
+                shutil.rmtree(run.folder)
+        number, name = resolve_phi(run.cfg.phi)
+        print(f"== training phi {number} ({name}), seed {run.cfg.seed} -> {run.folder}")
+        result = fit(run.cfg)
+        if result.run_dir != run.folder:  # another process made the folder meanwhile
+            raise FolderLockedError(
+                f"{run.folder}: made by another process while this study started the run; "
+                f"this one trained into {result.run_dir} instead. Run one study per --out"
+            )
     device = select_device(base.device)
     eval_cfg = eval_cfg or EvalConfig(input_size=base.img_size, workers=min(base.workers, 2))
     names = None
@@ -83,9 +294,9 @@ def run_study(
 
         names = read_class_names(base.classes)
     rows, protocol = [], ""
-    for path in weights:
+    for run in runs:
         row, report = evaluate_checkpoint(
-            str(path),
+            str(run.last),
             base.voc_root,
             base.val_set,
             eval_cfg,
@@ -93,17 +304,10 @@ def run_study(
             class_names=names,
             labels=labels,
         )
-        row.name = path.parent.parent.name
+        row.name = run.name
         rows.append(row)
         protocol = report.protocol
     return write_outputs(rows, protocol, out, compare)
-
-
-def _finished(last: Path, epochs: int) -> bool:
-    if not last.is_file():
-        return False
-    state = torch.load(last, map_location="cpu", weights_only=True).get("train_state", {})
-    return state.get("epoch", -1) >= epochs - 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,13 +336,23 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    base = from_args(TrainConfig, args)
-    try:
-        compare = from_args(CompareConfig, args)  # checked before hours of training
-        paths = run_study(base, args.phis, args.seeds, Path(args.out), compare=compare)
-    except (FileNotFoundError, ValueError) as err:
+    out = Path(args.out)
+    try:  # everything checked before hours of training: bad input is exit 2
+        # the base config is checked as a run of the first block: phi 0 takes no options
+        base = from_args(TrainConfig, args, phi=str(args.phis[0]))
+        compare = from_args(CompareConfig, args)
+        base, runs, labels = plan_study(base, args.phis, args.seeds, out)
+    except (FileNotFoundError, ValueError, OSError, FolderLockedError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    try:
+        paths = train_and_compare(base, runs, labels, out, compare=compare)
+    except (FileNotFoundError, ValueError, FolderLockedError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (OutputPathError, NonFiniteLossError) as err:  # a write failed, a run diverged
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     print(paths["md"].read_text())
     print(f"comparison: {', '.join(map(str, paths.values()))}")
     return 0

@@ -33,6 +33,12 @@ class OutputPathError(OSError):
     """An output that cannot be written; ``str(err)`` is one line that names the path."""
 
 
+class OutputRefusedError(OutputPathError):
+    """An output refused before any work: it cannot be created, or it would land on one of
+    the command's inputs or replace files without leave. Bad input (exit 2), unlike a write
+    that fails during the work (exit 1)."""
+
+
 def check_output_path(path: str | os.PathLike, *, folder: bool = False) -> Path:
     """Checks, before any work starts, that ``path`` can be written; creates and changes
     nothing.
@@ -45,24 +51,26 @@ def check_output_path(path: str | os.PathLike, *, folder: bool = False) -> Path:
         ``path`` as a ``Path``.
 
     Raises:
-        OutputPathError: the path cannot be written (the message names it and says why).
+        OutputRefusedError: the path cannot be written (the message names it and says why).
     """
     path = Path(path)
     if folder and path.exists() and not path.is_dir():
-        raise OutputPathError(f"{path}: exists and is not a folder")
+        raise OutputRefusedError(f"{path}: exists and is not a folder")
     if not folder and path.is_dir():
-        raise OutputPathError(f"{path}: is a folder; give a file name")
+        raise OutputRefusedError(f"{path}: is a folder; give a file name")
     parent = path if folder else path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir():
-        raise OutputPathError(f"{path}: cannot be created, {parent} is not a folder")
+        raise OutputRefusedError(f"{path}: cannot be created, {parent} is not a folder")
     try:
         handle, probe = tempfile.mkstemp(prefix=".write-check-", dir=parent)
         os.close(handle)
         os.unlink(probe)
     except OSError as err:
-        raise OutputPathError(f"{path}: cannot write in {parent} ({err.strerror or err})") from None
+        raise OutputRefusedError(
+            f"{path}: cannot write in {parent} ({err.strerror or err})"
+        ) from None
     return path
 
 
@@ -226,7 +234,7 @@ def check_apart(
     inputs that do not exist are skipped. ``--exist-ok`` and the like do not change this.
 
     Raises:
-        OutputPathError: naming the flag, both paths and what to do instead.
+        OutputRefusedError: naming the flag, both paths and what to do instead.
     """
     out = _resolved(output)
     for given in inputs:
@@ -241,7 +249,7 @@ def check_apart(
         elif folder and _within(src, out):
             clash = "contains the input"
         if clash:
-            raise OutputPathError(
+            raise OutputRefusedError(
                 f"{flag} {output}: {clash} {given}; outputs never go into the command's "
                 "inputs, choose another location"
             )

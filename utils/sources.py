@@ -111,6 +111,25 @@ def resolve_source(source: str) -> Source:
     raise SourceError(f"{source}: no such file or folder")
 
 
+def source_inputs(text: str, source: Source) -> list[str]:
+    """The paths a ``--source`` reads, for keeping outputs apart from them: the file or
+    folder given, or a pattern's matched files and the folder it searches from (the part
+    before the first ``*?[``; a later run of the same pattern would read outputs put there).
+    A webcam reads no path.
+    """
+    if source.webcam is not None:
+        return []
+    if os.path.exists(text):
+        return [text]
+    parts = Path(text).parts
+    base = []
+    for part in parts:
+        if any(ch in part for ch in "*?["):
+            break
+        base.append(part)
+    return [str(Path(*base)) if base else ".", *source.images, *source.videos]
+
+
 def open_video(path: str | int) -> tuple[cv2.VideoCapture, float, tuple[int, int], int]:
     """Opens a video file or webcam: ``(capture, fps, (width, height), frame_count)``.
 

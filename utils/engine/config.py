@@ -20,6 +20,7 @@ from data.source import DATA_CHOICES
 from nets.attention import (
     ATTENTION_POINTS,
     DEFAULT_POINTS,
+    check_attention_settings,
     describe_phis,
     format_attention_args,
     parse_attention_args,
@@ -216,7 +217,10 @@ class TrainConfig:
     )
     grad_clip: float = option(10.0, "max gradient norm", group="machinery")
     max_nonfinite: int = option(
-        10, "stop after this many non-finite losses in a row", group="machinery"
+        1,
+        "stop at the Nth non-finite loss in a row, an error naming the epoch, the step and the "
+        "last good checkpoint (1: at the first; more skips those steps, with a warning each)",
+        group="machinery",
     )
     workers: int = option(2, "data-loading processes per training process", group="machinery")
     seed: int = option(0, "model init, shuffling and augmentation", group="machinery")
@@ -276,6 +280,16 @@ class TrainConfig:
             object.__setattr__(self, "attention_args", args)
         except ValueError as err:
             problems.append(f"--attention-args {self.attention_args!r}: {err}")
+        if not self.resume and not any("--attention-" in p for p in problems):
+            # the block, its options' values and its placement together (imports the plugins
+            # that register blocks): a bad value is refused here, not in the first step. A
+            # resumed run's block is the checkpoint's: its config is checked when it is read.
+            try:
+                check_attention_settings(
+                    self.phi, self.attention_at, self.attention_args, self.attention_plugin
+                )
+            except ValueError as err:
+                problems.append(str(err))
         if problems:
             raise ValueError("invalid training settings: " + "; ".join(problems))
 

@@ -26,9 +26,15 @@ from data.voc import class_counts
 from nets.attention import check_attention_args, load_attention_plugins, parse_attention_args
 from nets.checkpoint import ModelInfo
 from nets.yolo import YoloBody
-from utils.engine.adapt import fit_to_data
+from utils.engine.adapt import FittedRun, fit_to_data
 from utils.engine.config import TrainConfig
-from utils.engine.loop import EpochProgress, TrainStep, evaluate, train_one_epoch
+from utils.engine.loop import (
+    EpochProgress,
+    NonFiniteLossError,
+    TrainStep,
+    evaluate,
+    train_one_epoch,
+)
 from utils.engine.loss import LossConfig, YoloLoss
 from utils.engine.optim import (
     ModelEMA,
@@ -52,7 +58,8 @@ from utils.engine.setup import (
 )
 from utils.engine.state import TrainState, save_training_checkpoint
 from utils.evaluation.evaluate import EvalConfig, EvalReport, format_report
-from utils.paths import write_text_atomic
+from utils.paths import require_component, write_text_atomic
+from utils.runlock import FolderLock
 
 logger = logging.getLogger("train")
 
@@ -116,7 +123,17 @@ def fit(cfg: TrainConfig, given: Collection[str] | None = None) -> TrainResult:
         cfg: the run's settings.
         given: with ``cfg.resume``, the fields set on the command line (checked against the
             checkpoint's settings); None takes every non-default field as set.
+
+    Raises:
+        ValueError: ``cfg.name`` is not one folder name (a new run only: a resumed run keeps
+            its folder), or another bad setting or input.
+        utils.runlock.FolderLockedError: another live process writes the run folder that
+            ``cfg.resume`` continues.
+        NonFiniteLossError: the loss stopped being finite (the message names the epoch, the
+            step and the last checkpoint saved).
     """
+    if not cfg.resume:  # the run folder is <log_dir>/<name>: it must stay in log_dir
+        require_component(cfg.name, "--name")
     d, device = init_distributed(cfg.device)
     try:
         run = start_run(cfg, d, device, given)
@@ -133,6 +150,10 @@ def fit(cfg: TrainConfig, given: Collection[str] | None = None) -> TrainResult:
                     break
                 if not run_epoch(run, epoch):
                     break
+        except NonFiniteLossError as err:
+            raise NonFiniteLossError(
+                f"epoch {epoch + 1}/{run.cfg.epochs}, {err}; {last_good(run)}"
+            ) from None
         except KeyboardInterrupt:
             # last.pth already holds the end of the last finished epoch: a resume from it
             # equals a run that was never interrupted (mid-epoch weights are not saved)
@@ -159,10 +180,45 @@ def fit(cfg: TrainConfig, given: Collection[str] | None = None) -> TrainResult:
             dist.destroy_process_group()
 
 
+def last_good(run: Run) -> str:
+    """Where the run's last finished epoch is saved, for a message about a failed epoch."""
+    if not run.dist.main:  # only rank 0 saves, and its message says where
+        return "the main process names the last checkpoint"
+    if run.saved_epoch < 0:
+        return "no epoch finished, so no checkpoint was saved"
+    return (
+        f"the last good checkpoint is {run.last_path} (end of epoch {run.saved_epoch + 1}); "
+        "check the data, the attention block and the lr before resuming from it"
+    )
+
+
 def start_run(
     cfg: TrainConfig, d: Dist, device: torch.device, given: Collection[str] | None = None
 ) -> Run:
-    """Builds a run from ``cfg`` (or resumes the one ``cfg.resume`` names)."""
+    """Builds a run from ``cfg`` (or resumes the one ``cfg.resume`` names).
+
+    A resumed run's folder is locked before anything else is read (rank 0 only: it is the one
+    that writes), so a second process continuing the same run stops here with
+    ``FolderLockedError``; a new run's folder is claimed and locked by ``RunLog``.
+    """
+    lock = None
+    if cfg.resume and d.main and Path(cfg.resume).is_file():
+        lock = FolderLock(Path(cfg.resume).parent.parent, "run").acquire()
+    try:
+        return _start_run(cfg, d, device, given, lock)
+    except BaseException:
+        if lock is not None:
+            lock.release()  # released again by a RunLog that took it over: harmless
+        raise
+
+
+def _start_run(
+    cfg: TrainConfig,
+    d: Dist,
+    device: torch.device,
+    given: Collection[str] | None,
+    lock: FolderLock | None,
+) -> Run:
     cfg, checkpoint = read_resume(cfg, given)
     load_attention_plugins(cfg.attention_plugin)
     check_attention_args(cfg.phi, parse_attention_args(cfg.attention_args))  # before the data
@@ -183,28 +239,6 @@ def start_run(
     step = build_step(model, cfg, info, d, device, precision)
     if checkpoint is not None:
         step.load_state_dict(checkpoint["train_state"], ema_weights=checkpoint["model"])
-    # the run folder only once every input has been read: a failed start leaves nothing
-    log = RunLog(cfg, Path(cfg.resume).parent.parent if cfg.resume else None) if d.main else None
-    if d.main:
-        for issue in data.issues:
-            logger.warning("input skipped or repaired: %s", issue)
-        if checkpoint is not None and state.epoch + 1 >= cfg.epochs:
-            logger.info(
-                "%s already finished all %d epochs: nothing to train (--epochs N to go on)",
-                cfg.resume,
-                cfg.epochs,
-            )
-        elif checkpoint is not None:
-            logger.info("resumed from %s after epoch %d", cfg.resume, state.epoch + 1)
-        logger.info(precision.describe())
-        if precision.warning:
-            logger.warning(precision.warning)
-        if fitted.anchors is not None:
-            logger.info(fitted.anchors.describe())
-            pairs = ", ".join(f"{w:g},{h:g}" for w, h in fitted.anchors.anchors)
-            write_text_atomic(log.dir / "anchors.txt", pairs + "\n")
-        for warning in fitted.schedule.warnings:
-            logger.warning(warning)
     base = VOCDetection(
         data.train,
         cfg.img_size,
@@ -214,29 +248,67 @@ def start_run(
         seed=cfg.seed,
     )
     train_set = MosaicMixup(base, close_epoch=round(cfg.epochs * cfg.strong_aug_ratio))
-    if d.main:
-        lr, min_lr = fitted_lrs(cfg, cfg.batch_size)
-        logger.info(fitted.schedule.describe(lr, min_lr))
+    start = state.epoch + 1
+    if not d.main:
+        return Run(cfg, d, None, data, info, step, state, train_set, start, saved_epoch=start - 1)
+    # the run folder only once every input has been read: a failed start leaves nothing
+    resume_dir = Path(cfg.resume).parent.parent if cfg.resume else None
+    log = RunLog(cfg, resume_dir, lock)
+    try:
+        announce_run(cfg, data, checkpoint, state, fitted, precision, log)
         print(
             f"training {model.phi_name} on {len(base)} images "
             f"({data.train_name or cfg.train_sets}), "
             f"{len(data.val)} for evaluation; classes: {', '.join(data.class_names)}; "
             f"device {device}; run folder {log.dir}"
         )
-        counted = "" if cfg.include_difficult else " (difficult ones counted; training skips them)"
-        logger.info(
-            "training instances per class%s: %s",
-            counted,
-            class_counts(data.train, data.class_names),
-        )
-        if not data.val:
-            logger.warning(
-                "no evaluation images (%s): no mAP is measured and no best.pth is written, "
-                "only last.pth; give --val-labels, or labels with a val split",
-                data.val_name,
-            )
-    start = state.epoch + 1
+    except BaseException:
+        log.close()
+        raise
     return Run(cfg, d, log, data, info, step, state, train_set, start, saved_epoch=start - 1)
+
+
+def announce_run(
+    cfg: TrainConfig,
+    data: DataSetup,
+    checkpoint: dict | None,
+    state: TrainState,
+    fitted: FittedRun,
+    precision: Precision,
+    log: RunLog,
+) -> None:
+    """Logs (rank 0) what the run reads, resumes, runs in and derived; writes anchors.txt."""
+    for issue in data.issues:
+        logger.warning("input skipped or repaired: %s", issue)
+    if checkpoint is not None and state.epoch + 1 >= cfg.epochs:
+        logger.info(
+            "%s already finished all %d epochs: nothing to train (--epochs N to go on)",
+            cfg.resume,
+            cfg.epochs,
+        )
+    elif checkpoint is not None:
+        logger.info("resumed from %s after epoch %d", cfg.resume, state.epoch + 1)
+    logger.info(precision.describe())
+    if precision.warning:
+        logger.warning(precision.warning)
+    if fitted.anchors is not None:
+        logger.info(fitted.anchors.describe())
+        pairs = ", ".join(f"{w:g},{h:g}" for w, h in fitted.anchors.anchors)
+        write_text_atomic(log.dir / "anchors.txt", pairs + "\n")
+    for warning in fitted.schedule.warnings:
+        logger.warning(warning)
+    lr, min_lr = fitted_lrs(cfg, cfg.batch_size)
+    logger.info(fitted.schedule.describe(lr, min_lr))
+    counted = "" if cfg.include_difficult else " (difficult ones counted; training skips them)"
+    logger.info(
+        "training instances per class%s: %s", counted, class_counts(data.train, data.class_names)
+    )
+    if not data.val:
+        logger.warning(
+            "no evaluation images (%s): no mAP is measured and no best.pth is written, "
+            "only last.pth; give --val-labels, or labels with a val split",
+            data.val_name,
+        )
 
 
 def build_step(

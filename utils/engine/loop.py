@@ -56,7 +56,7 @@ class TrainStep:
         autocast_dtype: torch.dtype | None = None,
         compile: bool = False,
         grad_clip: float = 10.0,
-        max_nonfinite: int = 10,
+        max_nonfinite: int = 1,
         world_size: int = 1,
     ) -> None:
         self.model, self.compile = model, compile
@@ -96,7 +96,9 @@ class TrainStep:
             None when the loss was not finite and the step was skipped.
 
         Raises:
-            NonFiniteLossError: ``max_nonfinite`` steps in a row were skipped.
+            NonFiniteLossError: the ``max_nonfinite``-th non-finite loss in a row (the first
+                one by default: a loss that is not finite means a broken model or data, unlike
+                the gradient scaler's skipped steps, which happen inside ``scaler.step``).
         """
         images = images.to(self.device, non_blocking=True)
         images = images.contiguous(memory_format=self.memory_format).float().div_(255)
@@ -109,7 +111,9 @@ class TrainStep:
             self.nonfinite += 1
             self.optimizer.zero_grad(set_to_none=True)
             if self.nonfinite >= self.max_nonfinite:
-                raise NonFiniteLossError(f"{self.nonfinite} non-finite losses in a row: stopping")
+                named = ", ".join(f"{k} {v:g}" for k, v in zip(LOSS_KEYS, values))
+                row = f", {self.nonfinite} in a row" if self.nonfinite > 1 else ""
+                raise NonFiniteLossError(f"non-finite loss ({named}{row}): training stopped")
             return None
         self.nonfinite = 0
         self.optimizer.zero_grad(set_to_none=True)
@@ -210,29 +214,43 @@ def train_one_epoch(
         on_first_batch: called with the first (images, targets) batch before the step.
 
     Returns:
-        The mean of each loss in ``LOSS_KEYS`` over the steps taken, and the last lr used.
+        The mean of each loss in ``LOSS_KEYS`` over the steps taken (skipped steps, whose loss
+        was not finite, left out), and the last lr used.
+
+    Raises:
+        NonFiniteLossError: from the step (naming the step), or when every step was skipped.
     """
     total = len(loader) if not max_iters else min(max_iters, len(loader))
-    sums, steps, lr = [0.0] * len(LOSS_KEYS), 0, lr_at(0.0)
+    sums, steps, skipped, lr = [0.0] * len(LOSS_KEYS), 0, 0, lr_at(0.0)
     bar = tqdm(total=total, disable=progress is None, bar_format=BAR_FORMAT)
-    for i, (images, targets) in enumerate(loader):
-        if i >= total:
-            break
-        if i == 0 and on_first_batch is not None:
-            on_first_batch(images, targets)
-        lr = lr_at(i / total)
-        step.set_lr(lr)
-        values = step(images, targets)
-        if values is None:
-            logger.warning("non-finite loss at iteration %d: step skipped", i)
-            continue
-        steps += 1
-        sums = [s + v for s, v in zip(sums, values)]
-        if progress is not None:
-            means = [s / steps for s in sums]
-            bar.set_description_str(progress.describe(means, len(targets), step.device))
-            bar.update(1)
-    bar.close()
+    try:  # a failed step ends the bar first: its error starts on a line of its own
+        for i, (images, targets) in enumerate(loader):
+            if i >= total:
+                break
+            if i == 0 and on_first_batch is not None:
+                on_first_batch(images, targets)
+            lr = lr_at(i / total)
+            step.set_lr(lr)
+            try:
+                values = step(images, targets)
+            except NonFiniteLossError as err:
+                raise NonFiniteLossError(f"step {i + 1}/{total}: {err}") from None
+            if values is None:
+                logger.warning("non-finite loss at step %d/%d: step skipped", i + 1, total)
+                skipped += 1
+                continue
+            steps += 1
+            sums = [s + v for s, v in zip(sums, values)]
+            if progress is not None:
+                means = [s / steps for s in sums]
+                bar.set_description_str(progress.describe(means, len(targets), step.device))
+                bar.update(1)
+    finally:
+        bar.close()
+    if skipped and not steps:  # no loss to report: a row of zeros would look like a perfect fit
+        raise NonFiniteLossError(
+            f"all {skipped} steps had a non-finite loss and were skipped: training stopped"
+        )
     return {k: s / max(steps, 1) for k, s in zip(LOSS_KEYS, sums)}, lr
 
 

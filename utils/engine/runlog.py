@@ -17,28 +17,69 @@ from nets.checkpoint import ModelInfo
 from utils.engine.config import TrainConfig
 from utils.engine.tensorboard import open_tensorboard
 from utils.paths import save_figure_atomic, write_image_atomic, write_text_atomic
+from utils.runlock import FolderLock
 from utils.sources import increment_path
 
 logger = logging.getLogger("train")
 
 
+def claim_run_folder(base: Path) -> Path:
+    """Makes a new run folder: ``base``, else ``base2``, ``base3``... whichever this call
+    creates. The folder is made without ``exist_ok`` and the next name tried when another
+    process made it first, so two runs started at once with one ``--name`` never share one."""
+    base.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        candidate = increment_path(base)
+        try:
+            candidate.mkdir()
+        except FileExistsError:  # taken between the look and the mkdir: take the next
+            continue
+        return candidate
+
+
 class RunLog:
     """Run folder: config, results.csv, results.png, train.log, pictures, checkpoints, and
-    TensorBoard events unless ``--no-tensorboard``."""
+    TensorBoard events unless ``--no-tensorboard``.
 
-    def __init__(self, cfg: TrainConfig, resume_dir: Path | None) -> None:
-        self.dir = resume_dir or increment_path(Path(cfg.log_dir) / cfg.name)
+    The folder is locked (``utils.runlock.FolderLock``) from before its first file is written
+    until ``close``: a new run claims and locks a new folder; a resumed run passes the lock it
+    took on its folder before reading anything else.
+    """
+
+    def __init__(
+        self, cfg: TrainConfig, resume_dir: Path | None, lock: FolderLock | None = None
+    ) -> None:
+        if resume_dir is None:
+            self.dir = claim_run_folder(Path(cfg.log_dir) / cfg.name)
+            lock = FolderLock(self.dir, "run").acquire()  # nobody else knows the folder yet
+        else:
+            self.dir = resume_dir
+            if lock is None:
+                lock = FolderLock(self.dir, "run").acquire()
+        self.lock = lock
+        try:
+            self._open(cfg)
+        except BaseException:
+            lock.release()  # a run that could not start holds nothing
+            raise
+
+    def _open(self, cfg: TrainConfig) -> None:
         (self.dir / "weights").mkdir(parents=True, exist_ok=True)
         for stale in (self.dir / "weights").glob("*.tmp"):  # a save killed halfway
             stale.unlink()
         self.csv = self.dir / "results.csv"
+        write_text_atomic(self.dir / "config.json", json.dumps(asdict(cfg), indent=2))
         handler = logging.FileHandler(self.dir / "train.log")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logging.getLogger().addHandler(handler)
         self.handler = handler
-        (self.dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
         self.cfg = cfg
-        self.tensorboard = open_tensorboard(self.dir, cfg.tensorboard)
+        try:
+            self.tensorboard = open_tensorboard(self.dir, cfg.tensorboard)
+        except BaseException:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+            raise
 
     def log_epoch(self, record: dict) -> None:
         """One epoch's results.csv row to TensorBoard, written through before last.pth: a kill
@@ -103,6 +144,7 @@ class RunLog:
         finally:
             logging.getLogger().removeHandler(self.handler)
             self.handler.close()
+            self.lock.release()  # last: the run has written everything it will
 
 
 def save_batch_picture(images, targets, class_names, path: Path) -> np.ndarray:

@@ -205,7 +205,8 @@ def load_label_data(cfg: TrainConfig) -> DataSetup:
         raise ValueError(f"{train_source.describe()}: no class names found: give --classes")
     if not train.annotations:
         raise ValueError(f"no training images in {train_source.describe()}")
-    val = val_source.load(names) if val_source is not None else None
+    # evaluation ground truth as written: the per-epoch mAP is then eval.py's (no clipping)
+    val = val_source.load(names, clip_boxes=False) if val_source is not None else None
     return DataSetup(
         names,
         train.annotations,
@@ -236,7 +237,7 @@ def load_data(cfg: TrainConfig) -> DataSetup:
             train_name=str(cfg.train_lines),
         )
     train = load_voc(cfg.voc_root, parse_sets(cfg.train_sets), names)
-    val = load_voc(cfg.voc_root, parse_sets(cfg.val_set), names)
+    val = load_voc(cfg.voc_root, parse_sets(cfg.val_set), names, clip_boxes=False)
     if not train.annotations:
         raise ValueError(f"no training images in {cfg.voc_root} {cfg.train_sets}")
     return DataSetup(
@@ -342,7 +343,12 @@ def read_resume(
     if not isinstance(checkpoint, dict) or "train_state" not in checkpoint:
         raise ValueError(f"{cfg.resume}: no training state in it (not a last.pth?)")
     try:
-        saved = TrainConfig(**checkpoint["config"])
+        stored = {**checkpoint["config"]}
+        if cfg.attention_plugin is not None and (given is None or "attention_plugin" in given):
+            # building the config imports its plugins: those given now, the old module may
+            # have moved (a resumed run may change --attention-plugin)
+            stored["attention_plugin"] = cfg.attention_plugin
+        saved = TrainConfig(**stored)
     except (KeyError, TypeError) as err:
         raise ValueError(f"{cfg.resume}: its training config is unreadable ({err})") from None
     return merge_resume(saved, cfg, given), checkpoint

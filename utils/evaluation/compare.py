@@ -34,10 +34,16 @@ from utils.evaluation.compare_table import (  # noqa: F401
     summarize_by_phi,
     write_outputs,
 )
-from utils.evaluation.evaluate import EvalConfig, detect_dataset, score
+from utils.evaluation.evaluate import (
+    EvalConfig,
+    check_ground_truth,
+    detect_dataset,
+    score,
+    summarize_issues,
+)
 from utils.inference.deploy import OnnxRunner, onnx_metadata
 from utils.inference.predict_loop import benchmark
-from utils.inference.predictor import Detector, InferenceConfig
+from utils.inference.predictor import Detector, InferenceConfig, check_class_names
 from utils.sources import read_image
 
 
@@ -51,6 +57,8 @@ def _load_for_evaluation(
         detector = Detector.from_weights(weights, phi=phi, classes=class_names, config=config)
         return detector.model, detector.info, detector.class_names, detector
     model, info = load_model(weights, phi=phi)
+    if class_names and info.class_names:  # the checkpoint's own names win: no silent reorder
+        check_class_names(str(weights), info.class_names, class_names)
     names = class_names or info.class_names
     if names is None or len(names) != info.num_classes:
         raise ValueError(f"{weights}: pass a classes file with {info.num_classes} names")
@@ -111,16 +119,20 @@ def evaluate_checkpoint(
     model, info, names, detector = _load_for_evaluation(weights, cfg, class_names, phi)
     if detector is not None:  # an ONNX export runs on the CPU
         device = torch.device("cpu")
+    # boxes as written, as the devkit scores them; what the reader skipped is said
     if labels is not None:
-        loaded = labels.load(names)
-        for issue in loaded.issues:
-            logging.getLogger(__name__).warning("input skipped or repaired: %s", issue)
-        annotations, dataset = loaded.annotations, labels.describe()
+        loaded = labels.load(names, clip_boxes=False)
+        dataset = labels.describe()
     else:
-        annotations = load_voc(voc_root, parse_sets(split), names).annotations
         dataset = f"{voc_root} {split}"
+        loaded = load_voc(voc_root, parse_sets(split), names, clip_boxes=False)
+    for line in summarize_issues(loaded.issues, dataset):
+        logging.getLogger(__name__).warning(line)
+    annotations = loaded.annotations
     if not annotations:
         raise ValueError(f"{dataset}: no images")
+    for line in check_ground_truth(annotations, names, dataset):  # before the model runs
+        logging.getLogger(__name__).warning(line)
     size = cfg.input_size or info.input_size
     cfg = replace(cfg, input_size=size)
     model.to(device)

@@ -65,12 +65,13 @@ def read_detections_json(
         - images of ``image_ids`` without a record: scored as having no detections;
         - a record repeated with the same detections: read once;
         - a box partly outside its image (a coordinate below 0 or above W-1 / H-1 in 0-based
-          pixels): clipped to the image, as ``predict.py`` writes boxes;
+          pixels): scored as given, as the VOC devkit and pycocotools score it (clipping would
+          shrink the union, raise the IoU and change the AP);
         - every box within [0, 1] x [0, 1]: possibly normalised coordinates, not pixels;
         - a class id written as an integral float (2.0): read as that integer.
     An image's size is its ``image_sizes`` entry, else its record's ``width`` and ``height``;
     for an image of unknown size only the bounds at 0 apply (x2 < 0 or y2 < 0: outside;
-    x1 < 0 or y1 < 0: clipped to 0).
+    x1 < 0 or y1 < 0: partly outside).
 
     Args:
         path: a JSON list of per-image records ``{"image", "image_id", "width", "height",
@@ -201,18 +202,15 @@ def _image_frames(
     ]
 
 
-def _fit_to_images(boxes: np.ndarray, wh: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Boxes clipped to their image ((N, 2) width, height; inf: unknown), and masks of the
-    boxes entirely outside it and of those partly outside it (clipped). Boxes are valid
-    (x1 <= x2, y1 <= y2) here."""
+def _outside_images(boxes: np.ndarray, wh: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Masks of the boxes entirely outside their image ((N, 2) width, height; inf: unknown)
+    and of those partly outside it. The boxes themselves are left as they are: the metric
+    scores what it is given. Boxes are valid (x1 <= x2, y1 <= y2) here."""
     x_hi, y_hi = wh[:, 0] - 1, wh[:, 1] - 1  # the last pixel, 0-based
     x1, y1, x2, y2 = boxes.T
     outside = (x2 < 0) | (y2 < 0) | (x1 > x_hi) | (y1 > y_hi)
     partly = ~outside & ((x1 < 0) | (y1 < 0) | (x2 > x_hi) | (y2 > y_hi))
-    if partly.any():
-        hi = np.column_stack([x_hi, y_hi, x_hi, y_hi])
-        boxes = np.where(partly[:, None], np.clip(boxes, 0, hi), boxes)
-    return boxes, outside, partly
+    return outside, partly
 
 
 def _read_records(
@@ -257,12 +255,12 @@ def _read_records(
     image = position[record]
     boxes = parsed.boxes
     if not any(p.error for p in parsed.problems):
-        boxes, outside, partly = _fit_to_images(boxes, frame[image])
+        outside, partly = _outside_images(boxes, frame[image])
         if outside.any():
             problem = RowProblem("with a box entirely outside its image", np.flatnonzero(outside))
             errors.append(problem.describe(record[outside], "record"))
         if partly.any():
-            what = "with a box partly outside its image, clipped to it"
+            what = "with a box partly outside its image, scored as given"
             problem = RowProblem(what, np.flatnonzero(partly), error=False)
             warnings.append(f"{path}: {problem.describe(record[partly], 'record')}")
         if len(boxes) and boxes.max() <= 1 and (frame > 2).any():

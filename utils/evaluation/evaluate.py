@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
@@ -106,13 +107,64 @@ class _EvalImages(Dataset):
         return len(self.annotations)
 
     def __getitem__(self, index: int):
-        path = self.annotations[index].image_path
+        """``(index, CHW uint8 tensor, meta, frame)``, or ``(index, None, None, read error)``
+        for an unreadable image; ``frame`` is its ``annotation_frame``."""
+        ann = self.annotations[index]
         try:
-            image = read_image(path, apply_exif=False)  # annotations use the stored pixels
+            image, frame = read_annotated_image(ann.image_path, ann.width, ann.height)
         except ImageReadError as err:
             return index, None, None, str(err)
         canvas, meta = resize_image(image[:, :, ::-1], self.input_size, self.letterbox)  # RGB
-        return index, torch.from_numpy(canvas.transpose(2, 0, 1).copy()), meta, None
+        return index, torch.from_numpy(canvas.transpose(2, 0, 1).copy()), meta, frame
+
+
+EXIF_ORIENTATION_TAG = 0x0112
+# the EXIF orientations that swap width and height (transpose, rotations by 90 and 270)
+SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
+
+
+def annotation_frame(path: str, width: int, height: int) -> str | None:
+    """Which pixels of an image with an EXIF orientation its annotation refers to.
+
+    ``predict.py`` reads an image as a viewer shows it (EXIF orientation applied); training
+    reads the stored pixels. The annotated ``width`` x ``height`` tells the two apart where
+    the orientation swaps the sides of a non-square image: the stored size means the stored
+    pixels, the swapped size the oriented image. Otherwise (a flip or a half turn, a square
+    image, no size recorded, or a size that is neither) it cannot tell.
+
+    Returns:
+        None (no EXIF orientation, or a file the header reader does not know: the decoder
+        reports it), ``"stored"``, ``"rotated"`` or ``"ambiguous"``.
+    """
+    try:
+        with Image.open(path) as im:
+            orientation = im.getexif().get(EXIF_ORIENTATION_TAG, 1)
+            stored = im.size  # the header's, before any orientation
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None
+    if not isinstance(orientation, int) or not 2 <= orientation <= 8:
+        return None
+    if orientation in SWAPPING_ORIENTATIONS and stored[0] != stored[1]:
+        if (width, height) == stored:
+            return "stored"
+        if (width, height) == stored[::-1]:
+            return "rotated"
+    return "ambiguous"
+
+
+def read_annotated_image(path: str, width: int, height: int) -> tuple[np.ndarray, str | None]:
+    """An annotated image in the pixel frame its annotation is in (``annotation_frame``):
+    oriented as ``predict.py`` reads it where the annotated size says so, else the stored
+    pixels, as training reads them.
+
+    Returns:
+        BGR pixels and the ``annotation_frame``.
+
+    Raises:
+        ImageReadError: as ``read_image``.
+    """
+    frame = annotation_frame(path, width, height)
+    return read_image(path, apply_exif=frame == "rotated"), frame
 
 
 @dataclass
@@ -125,6 +177,7 @@ class _Batch:
     images: torch.Tensor | None  # None when no image of the batch was readable
     metas: list[ResizeMeta]
     errors: list[str]
+    frames: dict[int, str] = field(default_factory=dict)  # EXIF-oriented images' frames
 
     def pin_memory(self) -> _Batch:
         """Called by ``DataLoader(pin_memory=True)``: page-locked images copy to the GPU
@@ -135,12 +188,13 @@ class _Batch:
 
 
 def _collate(samples) -> _Batch:
-    ok = [s for s in samples if s[3] is None]
+    ok = [s for s in samples if s[1] is not None]
     return _Batch(
         indices=[s[0] for s in ok],
         images=torch.stack([s[1] for s in ok]) if ok else None,
         metas=[s[2] for s in ok],
-        errors=[s[3] for s in samples if s[3] is not None],
+        errors=[s[3] for s in samples if s[1] is None],
+        frames={s[0]: s[3] for s in ok if s[3] is not None},
     )
 
 
@@ -263,6 +317,7 @@ def detect_dataset(
     found: list[BoxSet] = []
     failures: list[str] = []
     sizes = np.zeros((len(annotations), 2), np.int64)
+    frames: dict[int, str] = {}
     with timer.stage(LOADING):  # starting the worker processes is part of the loading
         batches = iter(loader)
     with tqdm(total=len(annotations), desc="eval", disable=not progress, leave=False) as bar:
@@ -275,6 +330,7 @@ def detect_dataset(
                 break
             bar.update(len(batch.indices) + len(batch.errors))
             failures += batch.errors
+            frames.update(batch.frames)
             if batch.images is None:
                 continue
             with timer.stage(FORWARD), autocast(device, precision.dtype):
@@ -286,12 +342,36 @@ def detect_dataset(
     model.train(was_training)
     for failure in failures:
         logger.warning("%s (left out of the evaluation)", failure)
+    for line in frame_warnings(frames, annotations):
+        logger.warning(line)
     readable = sizes[:, 0] > 0
     gts = ground_truth(annotations, readable)
     dets = BoxSet.concat(found) if found else BoxSet([], np.zeros((0, 4)), [], scores=[])
     totals = {name: sum(timer.samples.get(name, [])) / 1000 for name in STAGES[:3]}
     speed = EvalSpeed(int(readable.sum()), time.perf_counter() - start, totals)
     return Detected(dets, gts, sizes, failures, speed)
+
+
+def frame_warnings(frames: dict[int, str], annotations: Sequence[Annotation]) -> list[str]:
+    """One line per kind of EXIF-oriented image (``read_annotated_image``), with its count
+    and an example: which pixels they were scored on, and where that was a guess."""
+    said = {
+        "rotated": "annotated at the rotated size: read rotated, as predict.py reads them",
+        "stored": "annotated at the stored size: read as stored, as training reads them; "
+        "predict.py shows them rotated",
+        "ambiguous": "whose annotation does not tell which frame its boxes are in (a flip, a "
+        "half turn, a square image or no size recorded): read as stored, as training reads "
+        "them, while predict.py shows them oriented; check their boxes",
+    }
+    lines = []
+    for kind, text in said.items():
+        found = sorted(i for i, f in frames.items() if f == kind)
+        if found:
+            lines.append(
+                f"{len(found)} image{'s' if len(found) > 1 else ''} with an EXIF orientation "
+                f"{text} (e.g. {annotations[found[0]].image_path})"
+            )
+    return lines
 
 
 def _to_boxset(outputs, geometry: Geometry, cfg: EvalConfig, batch: _Batch) -> BoxSet:
@@ -321,6 +401,55 @@ def ground_truth(annotations: Sequence[Annotation], keep: np.ndarray | None = No
     if not parts:
         return BoxSet([], np.zeros((0, 4)), [], difficult=[])
     return BoxSet.concat(parts)
+
+
+def check_ground_truth(
+    annotations: Sequence[Annotation], class_names: Sequence[str], dataset: str
+) -> list[str]:
+    """Which of the model's classes the ground truth can score, checked before the model runs.
+
+    The mAP averages over the classes with (non-difficult) ground truth; a class without any
+    is left out of it, and a split without any object of any class would report a mAP of 0
+    that means nothing (wrong ``--classes``, split or labels).
+
+    Returns:
+        Warnings (one line naming the classes left out), empty when every class has objects.
+
+    Raises:
+        ValueError: no class has a ground-truth object (the message names ``dataset``).
+    """
+    counts = np.zeros(len(class_names), np.int64)
+    for a in annotations:
+        labels = np.asarray(a.labels, np.int64)[~np.asarray(a.difficult, bool)]
+        counts += np.bincount(labels, minlength=len(class_names))[: len(class_names)]
+    missing = [name for name, n in zip(class_names, counts) if n == 0]
+    shown = ", ".join(map(repr, missing[:10])) + (", ..." if len(missing) > 10 else "")
+    if len(missing) == len(class_names):
+        raise ValueError(
+            f"{dataset}: no ground-truth object (difficult ones aside) of any of the model's "
+            f"{len(class_names)} classes ({shown}) in {len(annotations)} images: nothing can "
+            "match and the mAP would mean nothing (wrong --classes, split or labels?)"
+        )
+    if not missing:
+        return []
+    return [
+        f"{dataset}: no ground-truth object (difficult ones aside) of {len(missing)} of the "
+        f"model's {len(class_names)} classes ({shown}): they have no AP and are left out of "
+        f"the mAP, which averages the other {len(class_names) - len(missing)}"
+    ]
+
+
+def summarize_issues(issues: Sequence, dataset: str) -> list[str]:
+    """The ground-truth reader's issues (``FileIssue``) as one warning line per action, with
+    its count and first example: what was skipped or changed before scoring."""
+    by_action: dict[str, list] = {}
+    for issue in issues:
+        by_action.setdefault(getattr(issue, "action", "reported"), []).append(issue)
+    return [
+        f"{dataset}: {len(found)} ground-truth issue{'s' if len(found) > 1 else ''} "
+        f"({action}), e.g. {found[0]}"
+        for action, found in by_action.items()
+    ]
 
 
 @dataclass
@@ -461,7 +590,8 @@ def read_detections_json(
     The file is checked against the classes and the annotated image sizes by
     ``utils.evaluation.detections_file.read_detections_json``, whose docstring lists what is an
     error and what a warning; the warnings (records of images not in the split, split images
-    without a record, clipped boxes, ...) become ``failures``, one line each with counts.
+    without a record, boxes partly outside their image, ...) become ``failures``, one line
+    each with counts.
 
     Raises:
         ValueError: a file that cannot be scored as it is (the message names it).
@@ -471,7 +601,25 @@ def read_detections_json(
         path, [a.image_id for a in annotations], class_names=class_names, image_sizes=raw_sizes
     )
     sizes = np.maximum(raw_sizes, 1)
-    return Detected(dets, ground_truth(annotations), sizes, warnings)
+    return Detected(dets, ground_truth(annotations), sizes, warnings + _oriented(annotations))
+
+
+def _oriented(annotations: Sequence[Annotation]) -> list[str]:
+    """The warning for images with an EXIF orientation whose annotation is on the stored
+    pixels, or does not say (``annotation_frame``): ``predict.py`` writes boxes in the
+    oriented frame, so its detections of them would be scored against another frame."""
+    found = [
+        a.image_path
+        for a in annotations
+        if annotation_frame(a.image_path, a.width, a.height) in ("stored", "ambiguous")
+    ]
+    if not found:
+        return []
+    return [
+        f"{len(found)} image{'s' if len(found) > 1 else ''} with an EXIF orientation whose "
+        f"annotation is on the stored pixels or does not say (e.g. {found[0]}): predict.py "
+        "writes boxes of the oriented image, which would be scored against another frame"
+    ]
 
 
 def plot_report(report: EvalReport, out_dir) -> list:

@@ -1,8 +1,12 @@
 """``predict.py --attention-maps``: what each attention block attends to, as images.
 
-Per image and insertion point: ``<stem>_attn_<point>.jpg``, the block's spatial map mapped
-back through the letterbox onto the image and overlaid in colour, and, for blocks with
-channel weights, ``<stem>_attn_<point>_channels.png``, a histogram of those weights.
+Per image and insertion point, in a folder of their own (``predict.py`` uses
+``save_dir/attention/``, so that an input image named like a map keeps its annotated copy):
+``<stem>_attn_<point>.jpg``, the block's spatial map mapped back through the letterbox onto
+the image and overlaid in colour, and, for blocks with channel weights,
+``<stem>_attn_<point>_channels.png``, a histogram of those weights. The stem is the one of
+the image's annotated copy, unique in the run, and point names hold no ``_attn_``, so no two
+maps of a run share a name.
 
 Image files only: a video or webcam is processed as usual but without maps (said once per
 run), since a map per frame and point would write several files per frame; run the frames of
@@ -14,12 +18,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
 from nets.attention_maps import AttentionMap
 from utils.inference.predictor import Detector
+from utils.paths import OutputPathError, write_image_atomic
 from utils.visualize import draw_channel_histogram, overlay_attention
 
 
@@ -47,7 +51,8 @@ def render_channels(amap: AttentionMap) -> np.ndarray:
 
 
 class AttentionMapWriter:
-    """Writes the attention images of each image into ``save_dir``.
+    """Writes the attention images of each image into ``save_dir`` (created on the first
+    write).
 
     Problems are one line each: a point whose block records no map, or a model without
     attention, is said once per run; a file that cannot be written, or an image whose maps
@@ -66,8 +71,8 @@ class AttentionMapWriter:
             tqdm.write(f"--attention-maps: {text}", file=sys.stderr)
 
     def write(self, image_bgr: np.ndarray, stem: str) -> list[Path]:
-        """Computes and writes the maps of one image (files named after ``stem``); returns
-        the paths written."""
+        """Computes and writes the maps of one image (files named after ``stem``, one safe
+        path component); returns the paths written."""
         blocks = self.detector.torch_model("--attention-maps").attention_blocks()
         if not blocks:  # no second forward pass for nothing
             self._say_once("none", "the model has no attention block (phi 0); no maps written")
@@ -97,10 +102,11 @@ class AttentionMapWriter:
         self._say_once("stream", "maps are written for image files only; videos run without")
 
     def _imwrite(self, path: Path, image: np.ndarray) -> list[Path]:
-        if cv2.imwrite(str(path), image):
-            return [path]
-        self._fail(f"{path}: cannot write image")
-        return []
+        try:
+            return [write_image_atomic(path, image)]
+        except OutputPathError as err:
+            self._fail(str(err))
+            return []
 
     def _fail(self, problem: str) -> None:
         tqdm.write(f"error: {problem}", file=sys.stderr)

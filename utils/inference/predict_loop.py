@@ -2,9 +2,14 @@
 # behaviour stays in one file.
 """Runs a ``Detector`` over a resolved source and writes what the user asked for.
 
-Outputs: annotated images and videos (same fps and size) in ``save_dir``, optional crops,
-optional JSON in the ``predict.py --json`` format, optional on-screen window, optional
-attention-map images (``utils.inference.attention_output``).
+Outputs: annotated images and videos (same fps and size) in ``save_dir``, optional crops in
+``save_dir/crops/<class>/``, optional JSON in the ``predict.py --json`` format (a file, or
+standard output for ``-``), optional on-screen window, optional attention-map images in
+``save_dir/attention/`` (``utils.inference.attention_output``). No two outputs of one run
+share a file: names come from the input's stem, made safe as a path component, with ``_2``,
+``_3``... where two inputs would give the same name (``a/x.jpg`` and ``b/x.jpg``, ``x.tif``
+next to ``x.jpg``), and the crops and attention maps sit in their own folders, so an input
+named like another input's map (``bus_attn_feat1.jpg`` next to ``bus.jpg``) keeps its own.
 A file that cannot be read is reported on one line and skipped; the caller sees the count.
 A video that yields fewer (or more) frames than its container declares is reported on one
 line and its frames are kept. A JSON file that cannot be written raises ``OutputPathError``.
@@ -19,6 +24,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import TypeVar
 
@@ -39,7 +45,13 @@ from utils.inference.pipeline import (
     prepare_inline,
 )
 from utils.inference.predictor import Detector
-from utils.paths import write_text_atomic
+from utils.paths import (
+    OutputPathError,
+    safe_component,
+    unique_components,
+    write_image_atomic,
+    write_text_atomic,
+)
 from utils.preprocess import ResizeMeta
 from utils.sources import ImageReadError, Source, SourceError, open_video, read_image
 from utils.timing import StageTimer
@@ -53,15 +65,32 @@ T = TypeVar("T")
 # in one more thread (its frames depend on each other) and is resized in these.
 READ_WORKERS = 2
 
+CROPS_DIR = "crops"  # save_dir/crops/<class>/<stem>_<k>.jpg
+ATTENTION_DIR = "attention"  # save_dir/attention/<stem>_attn_<point>.jpg
+JSON_STDOUT = Path("-")  # --json -: the records go to standard output
+
+
+def json_to_stdout(path: str | os.PathLike | None) -> bool:
+    """Whether ``--json`` names standard output (``-``; a file named ``-`` is given with a
+    folder, as ``/abs/path/-``)."""
+    return path is not None and Path(path) == JSON_STDOUT
+
 
 @dataclass(frozen=True)
 class OutputOptions:
     save_dir: Path | None  # None: write no images or videos
     json_path: Path | None = option(
-        None, "write all detections to this JSON file", flag="--json", group="output", type=Path
+        None,
+        "write all detections to this JSON file ('-': to standard output, the summary lines "
+        "then go to standard error)",
+        flag="--json",
+        group="output",
+        type=Path,
     )
     crop: bool = option(
-        False, "also save each detection as an image (save_dir/crops/<class>/)", group="output"
+        False,
+        "also save each detection as an image (save_dir/crops/<class>/<stem>_<k>.jpg)",
+        group="output",
     )
     show: bool = option(False, "show results in a window (if a display exists)", group="output")
     heatmap: bool = option(
@@ -69,9 +98,9 @@ class OutputOptions:
     )
     attention_maps: bool = option(
         False,
-        "also write each attention block's spatial map over the image (<stem>_attn_<point>.jpg)"
-        " and its channel-weight histogram (<stem>_attn_<point>_channels.png); image files "
-        "only, videos run without",
+        "also write each attention block's spatial map over the image "
+        "(save_dir/attention/<stem>_attn_<point>.jpg) and its channel-weight histogram "
+        "(<stem>_attn_<point>_channels.png); image files only, videos run without",
         group="output",
     )
 
@@ -163,15 +192,21 @@ class RunSummary:
     failures: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # results kept, but something is off
     records: list[dict] = field(default_factory=list)
-    written: set[str] = field(default_factory=set)  # output names used in this run
+    written: set[str] = field(default_factory=set)  # output paths used in this run (casefolded)
 
     def output_path(self, folder: Path, stem: str, suffix: str) -> Path:
         """``folder/stem.suffix``, or ``stem_2``, ``stem_3``... if this run already wrote it
-        (same-named files from different folders, ``a.tif`` next to ``a.jpg``)."""
+        (same-named files from different folders, ``a.tif`` next to ``a.jpg``).
+
+        ``stem`` comes from a file name, so it is made one safe path component first (a
+        name with a backslash, a control character or 250 bytes stays inside ``folder`` and
+        writable); names are compared without case, as macOS and Windows do.
+        """
+        stem = safe_component(stem, fallback="image")
         name, n = f"{stem}{suffix}", 2
-        while name in self.written:
+        while str(folder / name).casefold() in self.written:
             name, n = f"{stem}_{n}{suffix}", n + 1
-        self.written.add(name)
+        self.written.add(str(folder / name).casefold())
         return folder / name
 
 
@@ -210,11 +245,34 @@ def _render(image: np.ndarray, dets: Detections, heat: np.ndarray | None) -> np.
     return draw_detections(image, dets)
 
 
-def _save_crops(save_dir: Path, stem: str, image: np.ndarray, dets: Detections) -> None:
-    for i, (crop, name) in enumerate(zip(crop_detections(image, dets), dets.names)):
-        folder = save_dir / "crops" / name
-        folder.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(folder / f"{stem}_{i}.jpg"), crop)
+@lru_cache(maxsize=4)
+def _class_folders(class_names: tuple[str, ...]) -> tuple[str, ...]:
+    """A crops folder per class: class names come from files and checkpoints, so each is
+    made one safe path component (``../x`` or ``/tmp/x`` stays under ``crops/``), and two
+    names that would share a folder get ``-2``, ``-3``..."""
+    return tuple(unique_components(class_names))
+
+
+def _write_image(path: Path, image: np.ndarray, summary: RunSummary) -> bool:
+    """Writes through a temporary name; a failure is reported and counted, the run goes on."""
+    try:
+        write_image_atomic(path, image)
+    except OutputPathError as err:
+        tqdm.write(f"error: {err}", file=sys.stderr)
+        summary.failures.append(str(err))
+        return False
+    return True
+
+
+def _save_crops(
+    save_dir: Path, stem: str, image: np.ndarray, dets: Detections, summary: RunSummary
+) -> None:
+    folders = _class_folders(tuple(dets.class_names))
+    for i, (crop, label) in enumerate(zip(crop_detections(image, dets), dets.labels)):
+        label = int(label)
+        name = folders[label] if label < len(folders) else str(label)
+        path = summary.output_path(save_dir / CROPS_DIR / name, f"{stem}_{i}", ".jpg")
+        _write_image(path, crop, summary)
 
 
 @dataclass
@@ -276,11 +334,9 @@ def _write_outputs(item: _Item, out: _Outputs) -> None:
             suffix = Path(item.path).suffix.lower()
             suffix = suffix if suffix in (".jpg", ".jpeg", ".png", ".bmp") else ".jpg"
             path = summary.output_path(opts.save_dir, stem, suffix)
-            if not cv2.imwrite(str(path), rendered):
-                tqdm.write(f"error: {path}: cannot write image", file=sys.stderr)
-                summary.failures.append(f"{path}: cannot write image")
+            _write_image(path, rendered, summary)
             if opts.crop:
-                _save_crops(opts.save_dir, path.stem, item.image, dets)
+                _save_crops(opts.save_dir, path.stem, item.image, dets, summary)
             if out.attention is not None:
                 out.attention.write(item.image, path.stem)
         if rendered is not None:
@@ -291,7 +347,8 @@ def _write_outputs(item: _Item, out: _Outputs) -> None:
             frame_id = f"{out.name}_{item.frame:06d}"
             summary.records.append(_record(item.path, frame_id, dets, item.frame))
         if opts.crop and opts.save_dir is not None:
-            _save_crops(opts.save_dir, f"{out.crop_stem}_{item.frame:06d}", item.image, dets)
+            stem = f"{out.crop_stem}_{item.frame:06d}"
+            _save_crops(opts.save_dir, stem, item.image, dets, summary)
         if rendered is not None:
             if out.video is not None:
                 out.video.write(rendered)
@@ -528,7 +585,9 @@ def run_predictions(
     if opts.save_dir is not None:
         opts.save_dir.mkdir(parents=True, exist_ok=True)
         if opts.attention_maps:
-            attention = AttentionMapWriter(detector, opts.save_dir, summary.failures)
+            attention = AttentionMapWriter(
+                detector, opts.save_dir / ATTENTION_DIR, summary.failures
+            )
     files, _ = pipeline.resolve(detector.device, torch.get_num_threads())
     camera, _ = pipeline.resolve(detector.device, torch.get_num_threads(), webcam=True)
     try:
@@ -544,12 +603,17 @@ def run_predictions(
 
 
 def write_json(path: Path, records: list[dict]) -> None:
-    """Writes the records atomically.
+    """Writes the records atomically, or to standard output for ``-`` (``json_to_stdout``).
 
     Raises:
         OutputPathError: the file cannot be written (no temporary file is left).
     """
-    write_text_atomic(path, json.dumps(records, indent=1))
+    text = json.dumps(records, indent=1)
+    if json_to_stdout(path):
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+        return
+    write_text_atomic(path, text)
 
 
 def benchmark(detector: Detector, image: np.ndarray, runs: int = 50, warmup: int = 5) -> dict:

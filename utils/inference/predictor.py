@@ -37,11 +37,19 @@ DEFAULT_WEIGHTS = str(OFFICIAL_WEIGHTS)
 def class_names_for(
     given: list[str] | None, stored: list[str] | None, num_classes: int | None, source: str
 ) -> list[str]:
-    """Class names: given, else stored in the file, else COCO's for an 80-class model.
+    """Class names: stored in the file, else given, else COCO's for an 80-class model.
+
+    What a checkpoint or export stores about itself wins: names given as well must be the
+    stored ones in the stored order. The same names in another order are refused rather than
+    remapped, because a ``class_id`` written by ``predict.py`` or read back by ``eval.py``
+    would then mean another class than the same id in the classes file the user gave.
 
     Raises:
-        ValueError: none of these applies (the message names ``source``).
+        ValueError: none of these applies, or the given names contradict the stored ones
+            (the message names ``source`` and both values).
     """
+    if given and stored:
+        check_class_names(source, stored, given)
     names = given or stored
     if not names and num_classes == 80 and os.path.isfile(COCO_CLASSES):
         names = read_class_names(COCO_CLASSES)
@@ -49,6 +57,52 @@ def class_names_for(
         what = f"{num_classes} classes" if num_classes else "no class names stored in it"
         raise ValueError(f"{source}: {what}; pass a classes file")
     return list(names)
+
+
+def _names_text(names: Sequence[str], limit: int = 6) -> str:
+    shown = ", ".join(map(repr, names[:limit]))
+    return f"[{shown}{', ...' if len(names) > limit else ''}] ({len(names)} names)"
+
+
+def check_class_names(source: str, stored: Sequence[str], given: Sequence[str]) -> None:
+    """Raises ValueError unless ``given`` (the classes flag) is ``stored`` (the names the
+    checkpoint or export ``source`` holds), in the same order; the message names both."""
+    stored, given = list(stored), list(given)
+    if stored == given:
+        return
+    if len(stored) != len(given):
+        raise ValueError(
+            f"{source} stores {_names_text(stored)}, but --classes gives {_names_text(given)}"
+        )
+    k = next(i for i, (a, b) in enumerate(zip(stored, given)) if a != b)
+    if sorted(stored) == sorted(given):
+        raise ValueError(
+            f"{source}: --classes lists the model's class names in another order (class {k} is "
+            f"{stored[k]!r} in the model, {given[k]!r} in --classes): every id would be read "
+            f"as the wrong class; omit --classes (the model's names {_names_text(stored)} are "
+            "used) or list them in the model's order"
+        )
+    raise ValueError(
+        f"{source} stores the class names {_names_text(stored)}, but --classes gives "
+        f"{_names_text(given)} (class {k}: {stored[k]!r} vs {given[k]!r}); omit --classes to "
+        "use the model's names"
+    )
+
+
+def check_anchors(
+    source: str, stored: Sequence[Sequence[float]], given: Sequence[Sequence[float]]
+) -> None:
+    """Raises ValueError unless the anchors of an anchors flag equal those ``source`` stores
+    (to 1e-3 pixel: files written with fewer digits still agree); the message names both."""
+    a = np.asarray(stored, np.float64).reshape(-1, 2)
+    b = np.asarray(given, np.float64).reshape(-1, 2)
+    if a.shape == b.shape and np.allclose(a, b, rtol=0, atol=1e-3):
+        return
+    show = lambda v: ", ".join(f"{w:g},{h:g}" for w, h in v.tolist())  # noqa: E731
+    raise ValueError(
+        f"{source} stores the anchors {show(a)}, but --anchors gives {show(b)}; the model "
+        "was trained with its own: omit --anchors"
+    )
 
 
 BACKENDS = ("torch", "onnxruntime")
@@ -228,8 +282,10 @@ class Detector:
         model, info = load_model(weights, phi=phi, num_classes=num_classes)
         names = class_names_for(names, info.class_names, info.num_classes, str(weights))
         info = replace(info, class_names=names)
+        if anchors is not None and info.source == "checkpoint":  # stores its own anchors
+            check_anchors(str(weights), info.anchors, read_anchors(anchors))
         if anchors is not None:
-            info = replace(info, anchors=read_anchors(anchors))
+            info = replace(info, anchors=read_anchors(anchors, count=len(info.anchors)))
         return cls(model, info, config=config)
 
     @classmethod
@@ -245,8 +301,11 @@ class Detector:
             raise ValueError(
                 f"{path} predicts {graph_classes} classes, but {len(names)} class names were given"
             )
+        if anchors is not None and meta.get("anchors"):
+            check_anchors(str(path), meta["anchors"], read_anchors(anchors))
         if anchors is not None:
-            anchors_list = read_anchors(anchors)
+            stored = meta.get("anchors") or DEFAULT_ANCHORS
+            anchors_list = read_anchors(anchors, count=len(stored))
         else:
             anchors_list = [tuple(a) for a in meta.get("anchors", [])] or list(DEFAULT_ANCHORS)
         info = ModelInfo(
