@@ -18,7 +18,7 @@ from utils.config import HelpFormatter, add_options, from_args, given_options
 from utils.engine.config import TrainConfig
 from utils.engine.fit import fit
 from utils.engine.loop import NonFiniteLossError
-from utils.paths import OutputPathError, check_output_path
+from utils.paths import OutputPathError, OutputRefusedError, check_output_path
 from utils.runlock import FolderLockedError
 
 
@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         result = fit(cfg, given)
     except KeyboardInterrupt:
         return 130
+    except OutputRefusedError as err:  # refused before the run started
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except OutputPathError as err:  # a checkpoint, log or picture could not be written
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -20,6 +20,8 @@ import predict
 from data.demo import DEMO_ROOT, DEMO_VOC_ROOT, demo_is_current, generate_demo
 from utils.engine.config import TrainConfig
 from utils.engine.fit import fit
+from utils.engine.loop import NonFiniteLossError
+from utils.runlock import FolderLockedError
 
 OUT = Path("logs/demo")
 
@@ -55,7 +57,14 @@ def main(argv: list[str] | None = None) -> int:
         generate_demo(DEMO_ROOT)
 
     print(f"== 3/5 training phi {args.phi} for {args.epochs} epochs at {args.img_size}")
-    result = fit(demo_config(args.phi, args.img_size, args.epochs))
+    try:
+        result = fit(demo_config(args.phi, args.img_size, args.epochs))
+    except (NonFiniteLossError, OSError) as err:  # diverged, or a write failed (disk full)
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except (ValueError, FolderLockedError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     weights = result.run_dir / "weights" / "last.pth"
 
     print("== 4/5 evaluation on the demo test split")
