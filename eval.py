@@ -18,15 +18,17 @@ import os
 import sys
 from pathlib import Path
 
+import torch
+
 from data.formats import LabelSource, role_source
 from data.source import DataSource, resolve_data_source
-from data.voc import load_voc, parse_sets
-from nets.attention import describe_phis, load_attention_plugins
-from nets.checkpoint import CheckpointMismatchError, read_checkpoint
+from data.voc import load_voc, parse_sets, summarize_issues
+from nets.checkpoint import CheckpointMismatchError, load_torch_file, read_checkpoint
+from nets.registry import describe_phis, load_attention_plugins
 from utils.classes import read_class_names
 from utils.config import HelpFormatter, add_options, argument_group, from_args, run_cli
 from utils.device import ThreadConfig, configure_threads, select_device
-from utils.engine.config import TrainConfig
+from utils.engine.config import RESULT_NEUTRAL_FIELDS, TrainConfig
 from utils.engine.precision import AMP_TORCH_ONLY, inference_precision
 from utils.evaluation.compare import (
     CompareConfig,
@@ -41,11 +43,17 @@ from utils.evaluation.evaluate import (
     plot_report,
     read_detections_json,
     score,
-    summarize_issues,
 )
 from utils.inference.deploy import onnx_metadata
 from utils.inference.predictor import check_class_names
-from utils.paths import OutputPathError, check_output_path, write_failure, write_text_atomic
+from utils.paths import (
+    OutputPathError,
+    check_apart,
+    check_output_path,
+    check_outputs_distinct,
+    write_failure,
+    write_text_atomic,
+)
 from utils.sources import increment_path
 
 VOC_TEST = "2007:test"  # the usual protocol's test set
@@ -125,8 +133,13 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = increment_path(args.out_dir)
     try:  # before any work: a result that cannot be written is lost
         load_attention_plugins(args.attention_plugin)
+        inputs = _input_paths(args, voc_root)
+        check_outputs_distinct([("--out-dir", out_dir, True), ("--json", args.json, False)])
+        for folder in dict.fromkeys([args.out_dir, out_dir]):  # as asked, and as incremented
+            check_apart(folder, inputs, flag="--out-dir")
         check_output_path(out_dir, folder=True)
         if args.json:
+            check_apart(args.json, inputs, flag="--json", folder=False)
             check_output_path(args.json)
     except OutputPathError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -210,15 +223,20 @@ def check_weights(weights: list[str], class_names: list[str] | None) -> None:
         ValueError: a duplicate (both names given) or a contradiction (both values given).
     """
     seen: dict[tuple, str] = {}
+    hows = {
+        "file": "the same file",
+        "content": "files of identical content",
+        "weights": "checkpoints of identical weights",
+        "run": "checkpoints of one training run (the same stored settings and seed)",
+    }
     for path in weights:
         if not os.path.isfile(path):
             continue  # the loader says what is missing
         for key in _identities(path):
             if key in seen:
-                how = "the same file" if key[0] == "file" else "files of identical content"
                 raise ValueError(
-                    f"--weights {seen[key]} and {path} are {how}: evaluating it twice would "
-                    "count one run as two in the comparison; give each checkpoint once"
+                    f"--weights {seen[key]} and {path} are {hows[key[0]]}: evaluating both "
+                    "would count one run as two in the comparison; give one checkpoint per run"
                 )
             seen[key] = path
         stored = _stored_class_names(path)
@@ -227,12 +245,31 @@ def check_weights(weights: list[str], class_names: list[str] | None) -> None:
 
 
 def _identities(path: str) -> list[tuple]:
-    """The resolved file and a hash of its content."""
+    """The resolved file, a hash of its content and, for a checkpoint, a hash of its weights
+    and the training settings it stores (``best.pth`` and ``last.pth`` of one run share
+    those, and so do two runs of equal settings and seed, which compute the same numbers)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
-    return [("file", os.path.realpath(path)), ("content", digest.hexdigest())]
+    keys = [("file", os.path.realpath(path)), ("content", digest.hexdigest())]
+    if path.endswith((".onnx", ".weights")):
+        return keys
+    try:
+        payload = load_torch_file(path)
+        state, _ = read_checkpoint(path)
+    except (ValueError, CheckpointMismatchError):
+        return keys  # the loader says what is wrong with it
+    weights = hashlib.sha256()
+    for name in sorted(state):
+        weights.update(name.encode())
+        weights.update(state[name].detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+    keys.append(("weights", weights.hexdigest()))
+    config = payload.get("config") if isinstance(payload, dict) else None
+    if isinstance(config, dict) and "seed" in config:
+        settings = {k: v for k, v in config.items() if k not in RESULT_NEUTRAL_FIELDS}
+        keys.append(("run", json.dumps(settings, sort_keys=True, default=repr)))
+    return keys
 
 
 def _stored_class_names(path: str) -> list[str] | None:
@@ -249,6 +286,22 @@ def _stored_class_names(path: str) -> list[str] | None:
     return list(names) if names else None
 
 
+def _input_paths(args: argparse.Namespace, voc_root: str) -> list[str]:
+    """Everything the evaluation reads: the model files or detections file, the classes
+    file, the labels with their data set's folder (a data YAML's, or the folder above a COCO
+    file's ``annotations/``, which hold its images and names) and their images, or the
+    VOCdevkit. Outputs are kept apart from all of them."""
+    paths = [*(args.weights or []), args.detections, args.classes, args.val_images]
+    if args.val_labels:
+        labels = Path(args.val_labels)
+        paths.append(labels)
+        if labels.suffix in (".yaml", ".yml") or labels.parent.name == "annotations":
+            paths.append(labels.parent if labels.suffix != ".json" else labels.parent.parent)
+    else:
+        paths.append(voc_root)
+    return [str(p) for p in paths if p]
+
+
 def _score_file(args, source: DataSource, out_dir: Path, labels: LabelSource | None) -> int:
     if not source.classes:
         print("error: --detections needs --classes", file=sys.stderr)
@@ -262,8 +315,8 @@ def _score_file(args, source: DataSource, out_dir: Path, labels: LabelSource | N
         voc_root, split = source.voc_root, source.val_set
         dataset = f"{voc_root} {split}"
         loaded = load_voc(voc_root, parse_sets(split), names, clip_boxes=False)
-    for line in summarize_issues(loaded.issues, dataset):
-        print(f"warning: {line}", file=sys.stderr)
+    for line in summarize_issues(loaded.issues, "ground-truth issue"):
+        print(f"warning: {dataset}: {line}", file=sys.stderr)
     annotations = loaded.annotations
     for line in check_ground_truth(annotations, names, dataset):
         print(f"warning: {line}", file=sys.stderr)

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from nets.attention import describe_phis, load_attention_plugins
 from nets.checkpoint import CheckpointMismatchError, load_model
 from nets.darknet import DarknetFormatError
+from nets.registry import describe_phis, load_attention_plugins
 from utils.classes import read_anchors, read_class_names
 from utils.config import HelpFormatter, add_options, argument_group, from_args, run_cli
 from utils.device import ThreadConfig, configure_threads
@@ -44,6 +44,7 @@ from utils.paths import (
     OutputPathError,
     check_apart,
     check_output_path,
+    check_outputs_distinct,
     write_failure,
 )
 from utils.sources import (
@@ -171,6 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.int8:
         print("error: --int8 quantizes an export: give --export-onnx PATH too", file=sys.stderr)
         return 2
+    if args.benchmark and args.json_path is not None:
+        print(
+            "error: --benchmark measures speed and writes no detections: drop --json",
+            file=sys.stderr,
+        )
+        return 2
     save_dir = None if args.no_save else increment_path(args.save_dir, args.exist_ok)
     to_stdout = json_to_stdout(args.json_path)
     # with --json -, stdout carries the JSON alone: the summary lines go to stderr
@@ -262,8 +269,12 @@ def _check_outputs(args: argparse.Namespace, source: Source, save_dir: Path | No
         ValueError: --attention-maps without a folder to write into.
     """
     inputs = [*source_inputs(args.source, source), args.weights, args.classes, args.anchors]
+    json_path = None if json_to_stdout(args.json_path) else args.json_path
+    check_outputs_distinct([("--save-dir", save_dir, True), ("--json", json_path, False)])
     if save_dir is not None:
-        check_apart(save_dir, inputs, flag="--save-dir")
+        # the folder asked for, too: an input is refused, not replaced by a numbered sibling
+        for folder in dict.fromkeys([Path(args.save_dir), save_dir]):
+            check_apart(folder, inputs, flag="--save-dir")
         check_output_path(save_dir, folder=True)
         # a crops or attention folder left by an earlier run may be a link to elsewhere
         for wanted, flag, sub in (
@@ -272,9 +283,9 @@ def _check_outputs(args: argparse.Namespace, source: Source, save_dir: Path | No
         ):
             if wanted:
                 check_apart(save_dir / sub, inputs, flag=flag)
-    if args.json_path is not None and not json_to_stdout(args.json_path):
-        check_apart(args.json_path, inputs, flag="--json", folder=False)
-        check_output_path(args.json_path)
+    if json_path is not None:
+        check_apart(json_path, inputs, flag="--json", folder=False)
+        check_output_path(json_path)
     if args.attention_maps and save_dir is None:
         raise ValueError("--attention-maps writes into --save-dir; drop --no-save")
 
@@ -290,7 +301,8 @@ def _export_onnx(args: argparse.Namespace) -> int:
     ``--int8`` quantized on calibration images."""
     try:
         cfg = from_args(ExportConfig, args)
-        inputs = [args.weights, args.classes]
+        # --source is not read by an export, but an export must never replace it either
+        inputs = [args.weights, args.classes, args.anchors, args.source]
         if cfg.int8:
             inputs += source_inputs(cfg.int8, resolve_source(cfg.int8))
         check_apart(cfg.onnx_path, inputs, flag="--export-onnx", folder=False)

@@ -15,9 +15,9 @@ import cv2
 import torch
 from torch import nn
 
-from nets.attention import attention_names
 from nets.checkpoint import ModelInfo, load_model
 from nets.decode import Geometry
+from nets.registry import attention_names
 from nets.yolo import YoloBody
 from utils.classes import read_class_names
 from utils.inference.deploy import OnnxRunner, export_onnx

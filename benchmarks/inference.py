@@ -53,7 +53,7 @@ from benchmarks.engines import (
     official_engines,
     phi_engines,
 )
-from nets.attention import attention_names
+from nets.registry import attention_names
 from utils.config import HelpFormatter
 from utils.inference.predictor import (
     DEFAULT_WEIGHTS,

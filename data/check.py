@@ -11,7 +11,6 @@ that disagrees with the image is reported (boxes are clipped to the real image).
 from __future__ import annotations
 
 import re
-from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -22,6 +21,7 @@ from tqdm import tqdm
 from data.voc import (
     Annotation,
     FileIssue,
+    summarize_issues,
 )
 from utils.sources import ImageReadError, read_image
 
@@ -66,16 +66,8 @@ def check_images(annotations: Sequence[Annotation], workers: int = 4) -> list[Fi
         return [i for r in tqdm(results, total=len(annotations), desc="check") for i in r]
 
 
-def _kind(problem: str) -> str:
-    """The kind of a problem, without the object index, class or sizes that vary per file."""
-    problem = re.sub(r"object \d+( \([^)]*\))?", "object", problem)
-    problem = re.sub(r"\d+x\d+", "WxH", problem)
-    return re.sub(r" \(.*\)$", "", problem)
-
-
 def summarize(issues: Sequence[FileIssue]) -> str:
-    counts = Counter(f"{_kind(i.problem)} -> {i.action}" for i in issues)
+    """A count of issues and files, then one indented line per kind of issue."""
     files = {re.sub(r":\d+$", "", i.path) for i in issues}  # "labels/a.txt:3" is a.txt's
     lines = [f"{len(issues)} issue(s) in {len(files)} file(s)"]
-    lines += [f"  {n:6d}  {what}" for what, n in counts.most_common()]
-    return "\n".join(lines)
+    return "\n".join(lines + [f"  {line}" for line in summarize_issues(issues)])

@@ -8,8 +8,10 @@ difficult objects, COCOeval crowd regions), and difficult objects are written ba
 records' ``width``/``height``.
 
 One JSON holds a whole split, so a file that is not JSON or not a COCO file is an error naming
-it, and so are categories that would not read back as the same classes (a repeated id or name,
-a blank name or one with a line break); every other problem (a record or field of the wrong
+it, and so are a key given twice in one object (JSON readers keep the last) and categories
+that would not read back as the same classes (a record without an integer id or a string
+name, whose omission would shift the labels after it; a repeated id or name; a blank name or
+one with a line break); every other problem (a record or field of the wrong
 type, an unknown category or image, a box without area or outside its image, a missing image
 file) is reported per record and that record skipped.
 """
@@ -66,10 +68,29 @@ def image_folder_candidates(json_path: str | os.PathLike) -> list[Path]:
     return [root / "images" / split, root / split, root / "images", folder]
 
 
+class _RepeatedKey(Exception):
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
+def _object(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object that refuses a key given twice: JSON readers keep the last one, so a
+    second ``"images"`` (or ``"category_id"`` in one record) would silently replace the first."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):  # only then can a key be repeated
+        seen: set[str] = set()
+        raise _RepeatedKey(next(k for k, _ in pairs if k in seen or seen.add(k)))
+    return obj
+
+
 def _load(json_path: Path) -> dict:
     text = read_user_text(json_path, "COCO file")
     try:
-        payload = json.loads(text)
+        payload = json.loads(text, object_pairs_hook=_object)
+    except _RepeatedKey as err:
+        raise LabelFormatError(
+            f"{json_path}: key {brief(err.key)} given twice in one JSON object: which one is meant?"
+        ) from None
     except json.JSONDecodeError as err:
         raise LabelFormatError(
             f"{json_path}: not valid JSON (line {err.lineno} column {err.colno}: {err.msg})"
@@ -89,37 +110,36 @@ def _load(json_path: Path) -> dict:
     return payload
 
 
-def _categories(
-    records: list, json_path: str, issues: list[FileIssue]
-) -> tuple[list[str], dict[int, int]]:
-    """Class names in category-id order and category id -> label; a record without an integer
-    id or a string name is reported and skipped.
+def _categories(records: list, json_path: str) -> tuple[list[str], dict[int, int]]:
+    """Class names in category-id order and category id -> label.
 
     Raises:
-        LabelFormatError: a repeated category id, a repeated name, or a name that cannot be a
-            class name (blank, a line break: it would read back as other classes once
-            written one per line).
+        LabelFormatError: a record that is not an object, an id that is not an integer, a
+            name that is not a string (leaving such a record out would shift the labels of
+            every category after it), a repeated category id, a repeated name, or a name that
+            cannot be a class name (blank, a line break: it would read back as other classes
+            once written one per line).
     """
     valid: dict[int, str] = {}
     for k, rec in enumerate(records):
-        cid = rec.get("id") if isinstance(rec, dict) else None
-        name = rec.get("name") if isinstance(rec, dict) else None
-        if not isinstance(cid, int) or isinstance(cid, bool) or not isinstance(name, str):
-            issues.append(
-                FileIssue(
-                    json_path,
-                    f"category record {k} lacks an integer id or a name",
-                    "category skipped",
-                )
+        if not isinstance(rec, dict):
+            raise LabelFormatError(f"{json_path}: category record {k} is not an object")
+        cid, name = rec.get("id"), rec.get("name")
+        if not isinstance(cid, int) or isinstance(cid, bool):
+            raise LabelFormatError(
+                f"{json_path}: category record {k}: id {brief(cid)} is not an integer"
             )
-        elif cid in valid:
+        if not isinstance(name, str):
+            raise LabelFormatError(
+                f"{json_path}: category record {k}: name {brief(name)} is not a string"
+            )
+        if cid in valid:
             raise LabelFormatError(f"{json_path}: category id {brief(cid)} repeated (record {k})")
-        elif (problem := class_name_problem(name.strip() or name)) is not None:
+        if (problem := class_name_problem(name.strip() or name)) is not None:
             raise LabelFormatError(
                 f"{json_path}: category id {brief(cid)} (record {k}): name {brief(name)} {problem}"
             )
-        else:
-            valid[cid] = name.strip()
+        valid[cid] = name.strip()
     names: list[str] = []
     label_of: dict[int, int] = {}
     for cid in sorted(valid):
@@ -206,7 +226,7 @@ def read_coco(
     source = str(json_path)
     payload = _load(json_path)
     issues: list[FileIssue] = []
-    names, label_of = _categories(payload.get("categories", []), source, issues)
+    names, label_of = _categories(payload.get("categories", []), source)
     folder = _image_folder(json_path, payload["images"], images)
     records: dict[object, tuple[str, str, tuple[int, int]]] = {}  # id -> (path, id, size)
     rows: dict[object, list] = {}

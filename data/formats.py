@@ -52,6 +52,7 @@ from data.yolo import (
     read_data_yaml,
     read_yolo,
     write_yolo,
+    yolo_root,
     yolo_splits,
 )
 from utils.paths import check_apart, safe_component
@@ -326,9 +327,10 @@ def write_labels(
 
 
 def input_paths(source: LabelSource, labels: LabelSet) -> list[str]:
-    """Every path a conversion reads: the source, its dataset folder, the images folder, and
-    the folder of each image and YOLO label file (``utils.paths.check_apart`` keeps the
-    output away from all of them)."""
+    """Every path a conversion reads: the source, its whole dataset folder (an output inside
+    it would join the other splits: a YOLO split's ``images/<split>``, a COCO file's
+    ``annotations/``), the images folder, and the folder of each image and YOLO label file
+    (``utils.paths.check_apart`` keeps the output away from all of them)."""
     path = Path(source.path)
     paths = {source.path, source.images or ""}
     kind = labels.format
@@ -336,6 +338,10 @@ def input_paths(source: LabelSource, labels: LabelSet) -> list[str]:
         paths.add(str(path.parents[2] if is_image_set_file(path) else path))
     elif kind == "yolo" and path.suffix in (".yaml", ".yml"):
         paths.add(str(read_data_yaml(path).root))
+    elif kind == "yolo" and os.path.isdir(path):
+        paths.add(str(yolo_root(path)))
+    elif kind == "coco" and path.parent.name == "annotations":
+        paths.add(str(path.parent.parent))
     for ann in labels.annotations:
         paths.add(str(Path(ann.image_path).parent))
         if kind == "yolo":

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from data.voc import Annotation, FileIssue, LoadResult, unsafe_name_problem
-from utils.classes import class_name_problem
+from utils.classes import class_name_problem, read_class_names
 from utils.paths import (
     OutputRefusedError,
     safe_component,
@@ -500,17 +500,28 @@ def commit_files(
 
 
 def known_size(ann: Annotation, issues: list[FileIssue]) -> tuple[int, int] | None:
-    """The annotation's image size, read from the image header when it has none; None (and an
-    issue, "image skipped") when the image cannot be read."""
-    if ann.width > 0 and ann.height > 0:
-        return ann.width, ann.height
+    """The image's size for a writer, read from its header (writers place the image, so it
+    is read anyway); None, with an issue ("image skipped"), when the image cannot be read or
+    its size is not the one the labels give: the boxes were written in the labels' frame or
+    the image's, and written out either way they would be wrong in one of them."""
     try:
-        return read_image_size(ann.image_path)
+        size = read_image_size(ann.image_path)
     except ImageReadError as err:
         issues.append(
             FileIssue(ann.image_path, str(err).removeprefix(f"{ann.image_path}: "), "image skipped")
         )
         return None
+    if ann.width > 0 and ann.height > 0 and (ann.width, ann.height) != size:
+        issues.append(
+            FileIssue(
+                ann.image_path,
+                f"the labels give the size {ann.width}x{ann.height} but the image is "
+                f"{size[0]}x{size[1]} (which one the boxes are in is unknown)",
+                "image skipped",
+            )
+        )
+        return None
+    return size
 
 
 def check_split_name(split: str) -> None:
@@ -534,12 +545,15 @@ def check_names_file(path: Path, class_names: Sequence[str]) -> None:
     must index one class list.
 
     Raises:
-        LabelFormatError: ``path`` exists with other names (both lists in the message).
+        LabelFormatError: ``path`` exists with other names (both lists in the message), or
+            cannot be read as a classes file (``utils.classes.read_class_names``).
     """
     if not path.is_file():
         return
-    existing = [line.strip() for line in read_user_text(path, "names file").splitlines()]
-    existing = [n for n in existing if n]
+    try:
+        existing = read_class_names(path)
+    except ValueError as err:  # unreadable, or a blank line between names: ids it would shift
+        raise LabelFormatError(str(err)) from None
     if existing != list(class_names):
         raise LabelFormatError(
             f"{path} lists other classes ({', '.join(existing)}) than these labels "

@@ -18,6 +18,7 @@ expansion is how a small file becomes gigabytes in memory or reads other files.
 from __future__ import annotations
 
 import os
+import re
 import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -87,6 +88,47 @@ class FileIssue:
 
     def __str__(self) -> str:
         return f"{self.path}: {self.problem} ({self.action})"
+
+
+def issue_kind(problem: str) -> str:
+    """What kind of problem a ``FileIssue.problem`` is, without what varies from file to file
+    (object index and class, quoted names, numbers, details in parentheses):
+    ``"object 3 (dog) outside the image"`` -> ``"object outside the image"``."""
+    problem = re.sub(r"object \d+( \([^)]*\))?", "object", problem)
+    problem = re.sub(r" \(.*\)$", "", re.sub(r" \([^()]*\)", "", problem))
+    problem = re.sub(r"""\s*('[^']*'|"[^"]*")""", "", problem)
+    problem = re.sub(r"\d+x\d+", "WxH", problem)
+    problem = re.sub(r"(?<![\w.])[-+]?\d+(\.\d*)?(e[-+]?\d+)?", "N", problem)
+    return re.sub(r"N([ ,]+N)+", "N", problem)  # a box's four numbers are one N
+
+
+def summarize_issues(
+    issues: Sequence[FileIssue], noun: str = "issue", examples: int = 3
+) -> list[str]:
+    """One line per kind of issue (same action, same ``issue_kind``), most frequent first:
+    its count, what was done, the kind, how many files and the first ``examples`` of them.
+
+    ``"12 issues (box clipped): object outside the image; 9 files, e.g. a.xml, b.xml, c.xml"``.
+    Lines of one file (``labels.txt:3``, ``labels.txt:7``) count as one file and are shown
+    as given.
+    """
+    groups: dict[tuple[str, str], list[FileIssue]] = {}
+    for issue in issues:
+        groups.setdefault((issue.action, issue_kind(issue.problem)), []).append(issue)
+    lines = []
+    for (action, kind), found in sorted(groups.items(), key=lambda g: -len(g[1])):
+        places = list(dict.fromkeys(i.path for i in found))
+        files = len({re.sub(r":\d+$", "", p) for p in places})
+        lead = ", e.g." if len(places) > examples else ":"
+        lines.append(
+            f"{_counted(len(found), noun)} ({action}): {kind}; {_counted(files, 'file')}{lead} "
+            + ", ".join(places[:examples])
+        )
+    return lines
+
+
+def _counted(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' if n != 1 else ''}"
 
 
 @dataclass
@@ -261,6 +303,11 @@ def _parse_object(
         issue = FileIssue(xml_path, f"object {k} has non-numeric coordinates", "object skipped")
         return None, [issue]
     issues = []
+    entirely_outside = x2 < 0 or y2 < 0 or x1 > width - 1.0 or y1 > height - 1.0
+    if width > 0 and height > 0 and clip_boxes and entirely_outside and x2 >= x1 and y2 >= y1:
+        # clipping would leave a one-pixel sliver on the border that no object occupies
+        what = f"object {k} ({name}) lies entirely outside the image"
+        return None, [FileIssue(xml_path, what, "box dropped")]
     if width > 0 and height > 0:
         cx1, cy1 = min(max(x1, 0.0), width - 1.0), min(max(y1, 0.0), height - 1.0)
         cx2, cy2 = min(max(x2, 0.0), width - 1.0), min(max(y2, 0.0), height - 1.0)
@@ -297,7 +344,7 @@ def read_image_set(
     An id that is not a plain file name (``../x``, ``a/b``, ``C:x``...; see
     ``unsafe_name_problem``) would name a file outside ``Annotations/`` and ``JPEGImages/``:
     it is left out, and reported in ``issues`` (``path:line``, "skipped") when that list is
-    given. The other ids are returned.
+    given. The other ids are returned, each once (a repeat is reported, see ``repeated_ids``).
 
     Raises:
         FileNotFoundError: the year folder or the set file does not exist (names both).
@@ -326,7 +373,23 @@ def read_image_set(
                 )
             continue
         ids.append(image_id)
-    return ids
+    return repeated_ids(ids, path, issues if issues is not None else [])
+
+
+def repeated_ids(
+    ids: Sequence[str], set_file: str | os.PathLike, issues: list[FileIssue]
+) -> list[str]:
+    """``ids`` with each id once, in first-seen order; an id listed more than once is reported
+    with its count ("read once"): reading it twice would count its objects twice."""
+    counts = Counter(ids)
+    if len(counts) == len(ids):
+        return list(ids)
+    for image_id, count in counts.items():
+        if count > 1:
+            issues.append(
+                FileIssue(str(set_file), f"image id {image_id!r} listed {count} times", "read once")
+            )
+    return list(counts)
 
 
 def _find_image(folder: Path, image_id: str) -> Path | None:

@@ -29,7 +29,14 @@ from data.label_io import (
     output_image_names,
     read_user_text,
 )
-from data.voc import IMAGE_SUFFIXES, Annotation, FileIssue, parse_voc_xml, unsafe_name_problem
+from data.voc import (
+    IMAGE_SUFFIXES,
+    Annotation,
+    FileIssue,
+    parse_voc_xml,
+    repeated_ids,
+    unsafe_name_problem,
+)
 from data.xml_safe import read_xml
 from utils.classes import class_name_problem, read_class_names
 
@@ -89,7 +96,8 @@ def voc_splits(path: Path) -> list[str]:
 
 
 def _read_ids(set_file: Path, issues: list[FileIssue]) -> list[str]:
-    """The first word of each line; ids that are not file names are reported and left out."""
+    """The first word of each line; ids that are not file names are reported and left out,
+    and so are repeats of an id (``repeated_ids``)."""
     lines = read_user_text(set_file, "image set").splitlines()
     ids = []
     for n, line in enumerate(lines, 1):
@@ -100,7 +108,7 @@ def _read_ids(set_file: Path, issues: list[FileIssue]) -> list[str]:
             issues.append(FileIssue(f"{set_file}:{n}", f"image id {problem}", "skipped"))
             continue
         ids.append(image_id)
-    return ids
+    return repeated_ids(ids, set_file, issues)
 
 
 def _all_ids(folder: Path, issues: list[FileIssue]) -> list[str]:

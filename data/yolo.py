@@ -3,11 +3,13 @@ to the image size, in ``labels/...`` files that mirror ``images/...``.
 
 An image's label file is its path with the last ``images`` folder replaced by ``labels`` and the
 suffix by ``.txt`` (next to the image when the path has no ``images`` folder); a missing label
-file is an image without objects. The image size, which the labels are relative to, is read
-from the image header. Class names come from a data YAML (``names:`` as a list or an
-``{id: name}`` mapping), a ``classes.txt`` (one per line) in the dataset or its ``labels/``
-folder, or the caller (``--classes``). Polygon lines (``class x1 y1 x2 y2 ...``, segmentation
-labels) are read as their bounding boxes.
+file is an image without objects (reported once when no image has one: labels not found), a
+label path that is a folder or a broken link is reported and its image skipped. The image
+size, which the labels are relative to, is read from the image header. Class names come from
+a data YAML (``names:`` as a list or an ``{id: name}`` mapping), a ``classes.txt`` (one per
+line) in the dataset or its ``labels/`` folder, or the caller (``--classes``); the first of
+these files found is used, and any other that lists other names is reported. Polygon lines
+(``class x1 y1 x2 y2 ...``, segmentation labels) are read as their bounding boxes.
 
 Coordinates are written as Python's shortest exact float repr and read back in float64, then
 stored as float32 like every box: the float64 error of dividing by the image size and
@@ -162,7 +164,26 @@ def _is_text(value: str) -> bool:
 
 class _DataYamlLoader(yaml.SafeLoader):
     """``yaml.SafeLoader`` that refuses aliases (``*name``): a data YAML never needs one, and
-    aliases of aliases are how a 1 KB file expands into gigabytes."""
+    aliases of aliases are how a 1 KB file expands into gigabytes. It refuses a key given twice
+    in one mapping too: YAML readers keep the last one, so a second ``names:`` would silently
+    relabel every object."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        own = list(node.value)  # before merge keys (``<<:``) are flattened into it
+        mapping = super().construct_mapping(node, deep=deep)
+        if len(mapping) != len(node.value):  # only then can a key be repeated
+            first: dict[object, int] = {}
+            for key_node, _ in own:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node)
+                if key in first:
+                    lines = f"lines {first[key]} and {key_node.start_mark.line + 1}"
+                    raise yaml.constructor.ConstructorError(
+                        problem=f"key {brief(key)} given twice ({lines}): which one is meant?"
+                    )
+                first[key] = key_node.start_mark.line + 1
+        return mapping
 
     def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:
         if self.check_event(yaml.AliasEvent):
@@ -267,24 +288,50 @@ def _list_images(entry: Path, source: str, unread: list[Path]) -> list[Path]:
     raise LabelFormatError(f"{entry}: no such images folder or list (named by {source})")
 
 
-def _own_names(folders: Sequence[Path]) -> list[str] | None:
-    """Names from a ``data.yaml`` or a ``classes.txt`` in ``folders`` (or their ``labels/``)."""
-    for folder in folders:
-        if os.path.isfile(folder / DATA_YAML):
-            names = read_data_yaml(folder / DATA_YAML).names
-            if names:
-                return names
-        for place in (folder, folder / "labels"):
-            if os.path.isfile(place / NAMES_FILE):
-                return read_class_names(place / NAMES_FILE)
-    return None
+def _own_names(
+    folders: Sequence[Path], issues: list[FileIssue], used: tuple[Path, list[str]] | None = None
+) -> list[str] | None:
+    """Names from the first ``data.yaml`` or ``classes.txt`` in ``folders`` (or their
+    ``labels/``) that has them, or ``used`` (a data YAML's own ``(path, names)``) when given.
+    Every other such file that lists other names, or cannot be read, is reported: which list
+    is meant is the user's call, and the report says which one is used."""
+    places = [
+        p for f in folders for p in (f / DATA_YAML, f / NAMES_FILE, f / "labels" / NAMES_FILE)
+    ]
+    for place in dict.fromkeys(places):
+        if not os.path.isfile(place):
+            continue
+        if used is not None and os.path.realpath(place) == os.path.realpath(used[0]):
+            continue
+        try:
+            names = read_data_yaml(place).names if place.name == DATA_YAML else None
+            names = read_class_names(place) if place.name == NAMES_FILE else names
+        except ValueError as err:  # the names that are used come from another file
+            if used is None:
+                raise
+            problem = str(err).removeprefix(f"{place}: ")
+            issues.append(FileIssue(str(place), problem, f"class names of {used[0]} used"))
+            continue
+        if names and used is None:
+            used = (place, names)
+        elif names and names != used[1]:
+            issues.append(
+                FileIssue(
+                    str(place),
+                    f"lists other classes ({brief(', '.join(names), 80)}) than {used[0]} "
+                    f"({brief(', '.join(used[1]), 80)})",
+                    f"class names of {used[0]} used",
+                )
+            )
+    return used[1] if used is not None else None
 
 
 def _select(
-    path: Path, split: str | None, unread: list[Path]
+    path: Path, split: str | None, unread: list[Path], issues: list[FileIssue]
 ) -> tuple[list[Path], list[str] | None, str | None]:
     """The images ``path`` (and ``split``) name, the source's own class names, the split;
-    files in image formats that are not read are added to ``unread``."""
+    files in image formats that are not read are added to ``unread``, class lists that
+    disagree with the one used to ``issues``."""
     if path.suffix in (".yaml", ".yml"):
         data = read_data_yaml(path)
         if split is not None and split not in data.splits:
@@ -297,13 +344,15 @@ def _select(
             for e in data.splits[k]
             for p in _list_images(data.root / e, str(path), unread)
         ]
-        return list(dict.fromkeys(images)), data.names or _own_names([data.root]), split
+        own = (path, data.names) if data.names else None
+        return list(dict.fromkeys(images)), _own_names([data.root], issues, own), split
     if os.path.isfile(path):  # a list of image paths
-        return _list_images(path, str(path), unread), _own_names([path.parent]), path.stem
+        names = _own_names([path.parent], issues)
+        return _list_images(path, str(path), unread), names, path.stem
     if not os.path.isdir(path):
         raise LabelFormatError(f"{path}: no such YOLO folder, data YAML or image list")
     root = yolo_root(path)
-    names = _own_names(list(dict.fromkeys([root, path])))
+    names = _own_names(list(dict.fromkeys([root, path])), issues)
     if (path / "images").is_dir():
         folder = path / "images" / split if split else path / "images"
         if not os.path.isdir(folder):
@@ -348,7 +397,8 @@ def read_yolo(
     """
     path = Path(path)
     unread: list[Path] = []
-    images, own, split_name = _select(path, split, unread)
+    issues: list[FileIssue] = []
+    images, own, split_name = _select(path, split, unread, issues)
     names = own if own is not None else (list(class_names) if class_names is not None else None)
     if names is None:
         where = yolo_root(path if os.path.isdir(path) else path.parent)
@@ -357,10 +407,21 @@ def read_yolo(
             f"{NAMES_FILE} or a {DATA_YAML} with names: in {where}"
         )
     check_unique_ids([Annotation.empty(str(p), p.stem) for p in images], str(path))
-    issues: list[FileIssue] = [_unread_issue(str(path), unread)] if unread else []
+    issues += [_unread_issue(str(path), unread)] if unread else []
     annotations = [
         a for image in images if (a := _read_image(image, len(names), issues, clip_boxes))
     ]
+    # (looked for only when no image has an object)
+    unlabelled = images and not any(len(a.labels) for a in annotations)
+    if unlabelled and not any(os.path.lexists(label_path(image)) for image in images):
+        issues.append(
+            FileIssue(
+                str(path),
+                f"no label files found for any image ({len(images)} images; the first would "
+                f"be {label_path(images[0])})",
+                "images read without objects",
+            )
+        )
     labels = LabelSet(annotations, issues, names, str(path), "yolo", split_name)
     if own is not None and class_names is not None:
         return remap_classes(labels, class_names)
@@ -377,6 +438,10 @@ def _read_image(
         return None
     path = label_path(image)
     if not os.path.isfile(path):
+        if os.path.lexists(path):  # a folder, a broken link: the image's labels are unknown
+            what = "a folder" if os.path.isdir(path) else "not a readable file"
+            issues.append(FileIssue(str(path), f"label file is {what}", "image skipped"))
+            return None
         return annotation(str(image), image.stem, [], size)
     try:
         text = read_user_text(path, "label file")

@@ -3,8 +3,9 @@
 
 Each block is built as ``Block(channels, **options)`` (options by keyword, with the published
 values as defaults, and what each accepts in the class attribute ``OPTIONS``) and maps
-(B, C, H, W) -> (B, C, H, W). ``nets.attention`` imports this
-module, so the registry always holds them.
+(B, C, H, W) -> (B, C, H, W). ``nets.attention`` imports this module, so the registry
+(``nets.registry``) holds them wherever a model is built. Parameter names follow the reference
+implementation so that its checkpoints load strictly.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from nets.attention import BlockOption, register_attention
+from nets.registry import BlockOption, register_attention
 
 # what the options accept (checked when the settings are read, before any work)
 AT_LEAST_ONE = BlockOption(int, lambda v: v >= 1, "an integer >= 1")

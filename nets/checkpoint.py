@@ -29,16 +29,13 @@ from torch import nn
 from nets.attention import (
     ATTENTION_POINTS,
     DEFAULT_POINTS,
-    PLUGIN_PHI,
-    attention_names,
-    build_attention,
     format_attention_args,
     parse_attention_args,
     parse_points,
-    resolve_phi,
 )
 from nets.darknet import load_darknet_weights
 from nets.decode import REFERENCE_SCALE_X_Y, SCALE_X_Y, Geometry
+from nets.registry import PLUGIN_PHI, attention_names, build_attention, resolve_phi
 from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, YoloBody
 from utils.paths import OutputPathError
 
@@ -285,7 +282,7 @@ def _resolve_stored_phi(path: str, stored: int | str) -> tuple[int, str]:
         raise ValueError(
             f"{path} uses the attention block {stored!r}, which is not registered: if it comes "
             "from a plugin, pass --attention-plugin MODULE (the module that registers it) "
-            "or call nets.attention.load_attention_plugins first"
+            "or call nets.registry.load_attention_plugins first"
         ) from None
 
 

@@ -13,14 +13,12 @@ from torch import nn
 
 from nets.attention import (
     ATTENTION_POINTS,
-    build_attention,
-    check_attention_args,
     check_block_output,
     parse_attention_args,
     parse_points,
-    resolve_phi,
 )
 from nets.backbone import BasicConv, CSPDarknet53Tiny
+from nets.registry import build_attention, check_attention_args, resolve_phi
 
 # Anchor (w, h) pairs in pixels at 416 input, as in darknet's yolov4-tiny.cfg.
 DEFAULT_ANCHORS: tuple[tuple[float, float], ...] = (
@@ -65,7 +63,7 @@ class YoloBody(nn.Module):
 
     Args:
         num_classes: number of classes C.
-        phi: attention block, number or name (see ``nets.attention``).
+        phi: attention block, number or name (see ``nets.registry``).
         num_anchors: anchors per level A (3 for yolov4-tiny).
         attention_at: where the block is applied: a subset of ``ATTENTION_POINTS`` as a list or
             a comma-separated string (default feat1, feat2, upsample). Each point ``p`` gets its

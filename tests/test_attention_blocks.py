@@ -14,9 +14,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from nets.attention import attention_names, build_attention, resolve_phi
 from nets.checkpoint import infer_phi, load_model
 from nets.decode import Geometry
+from nets.registry import attention_names, build_attention, resolve_phi
 from nets.summary import count_flops, count_parameters
 from nets.yolo import YoloBody
 from utils.inference.deploy import OnnxRunner, export_onnx, fuse_model

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -13,12 +14,17 @@ import pytest
 import torch
 from torch import nn
 
-import nets.attention as attention
 import nets.attention_maps as attention_maps
 import predict
-from nets.attention import ATTENTION_POINTS, DEFAULT_POINTS, attention_names, plugin_names
+from nets.attention import ATTENTION_POINTS, DEFAULT_POINTS
 from nets.attention_maps import AttentionMap, capture_attention, register_attention_map
 from nets.checkpoint import ModelInfo, load_matching, load_model, save_checkpoint
+from nets.registry import (
+    attention_names,
+    plugin_names,
+    register_attention,
+    temporary_registrations,
+)
 from nets.yolo import YoloBody
 from utils.inference.attention_output import AttentionMapWriter
 from utils.inference.predictor import Detector, InferenceConfig
@@ -229,23 +235,22 @@ def test_simam_and_se_maps_match_their_definitions() -> None:
 
 
 @pytest.fixture
-def scale_block(monkeypatch: pytest.MonkeyPatch) -> type[nn.Module]:
+def scale_block(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[nn.Module]]:
     """A plugin block ("scale_gate", registered for this test only) with no map recipe."""
-    monkeypatch.setattr(attention, "_REGISTRY", dict(attention._REGISTRY))
-    monkeypatch.setattr(attention, "_PLUGIN_NAMES", list(attention._PLUGIN_NAMES))
     monkeypatch.setattr(attention_maps, "_RECIPES", dict(attention_maps._RECIPES))
+    with temporary_registrations():
 
-    @attention.register_attention("scale_gate", plugin=True)
-    class ScaleGate(nn.Module):
-        def __init__(self, channels: int) -> None:
-            super().__init__()
-            self.gain = nn.Parameter(torch.linspace(0, 1, channels))
-            self.gate = nn.Sigmoid()
+        @register_attention("scale_gate", plugin=True)
+        class ScaleGate(nn.Module):
+            def __init__(self, channels: int) -> None:
+                super().__init__()
+                self.gain = nn.Parameter(torch.linspace(0, 1, channels))
+                self.gate = nn.Sigmoid()
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return x * self.gate(self.gain)[:, None, None]
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return x * self.gate(self.gain)[:, None, None]
 
-    return ScaleGate
+        yield ScaleGate
 
 
 def test_a_block_without_recipe_gives_no_map_until_it_registers_one(scale_block) -> None:

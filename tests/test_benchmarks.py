@@ -15,7 +15,7 @@ from benchmarks import inference as benchmark_inference
 from benchmarks import int8 as benchmark_int8
 from benchmarks import pipeline as benchmark_pipeline
 from benchmarks import train as benchmark_train
-from nets.attention import attention_names
+from nets.registry import attention_names
 
 
 @pytest.mark.slow

@@ -33,10 +33,15 @@ def test_yolo_labels_are_checked_like_voc(tmp_path: Path, capsys) -> None:
     capsys.readouterr()
 
     assert check_data.main(["--labels", str(out), "--workers", "1"]) == 1  # one image skipped
-    printed = capsys.readouterr().out
+    summary = capsys.readouterr().out  # one line per kind of issue, naming its first files
+    assert f"1 issue (box clipped): box reaches outside the image; 1 file: {labels[0]}:" in summary
+    assert f"1 issue (image skipped): not a decodable image; 1 file: {images[1]}" in summary
+    assert "3 issue(s) in 2 file(s)" in summary  # lines of one label file count as one file
+    assert check_data.main(["--labels", str(out), "--workers", "1", "--verbose"]) == 1
+    printed = capsys.readouterr().out  # every issue on its own line, then the summary
     assert f"{labels[0]}:" in printed and "reaches outside the image (box clipped)" in printed
-    assert str(images[1]) in printed and "skipped" in printed
-    assert "3 issue(s) in 2 file(s)" in printed  # lines of one label file count as one file
+    assert f"{images[1]}: not a decodable image" in printed
+    assert printed.endswith(summary.split("\n", 1)[1])
     # --quick skips decoding, but YOLO labels need each image's size: its header shows it
     assert check_data.main(["--labels", str(out), "--quick"]) == 1
 

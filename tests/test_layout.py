@@ -4,12 +4,18 @@
   benchmarks/ and the three top-level CLIs);
 - no library module imports a CLI (train, predict, eval), a tool or a benchmark;
 - data/ imports nothing from the rest of the project except the low-level helpers below, and
-  those helpers import only each other.
+  those helpers import only each other;
+- no two library modules import each other, directly or through others (module-level imports:
+  the ones that run when a module is imported), and the attention registry, the blocks and
+  ``nets.attention`` each import on their own.
 """
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -39,17 +45,39 @@ def library_files() -> list[Path]:
 
 def project_imports(path: Path) -> set[str]:
     """Every project module ``path`` imports, at any depth (function-level imports too)."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            # "from utils import timing" imports utils.timing
-            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
-        else:
+    tree = ast.parse(path.read_text(), str(path))
+    return {n for node in ast.walk(tree) for n in _imported(node)}
+
+
+def module_level_imports(path: Path) -> set[str]:
+    """The project modules ``path`` imports when it is itself imported: not those inside a
+    function, nor those under ``if TYPE_CHECKING:`` (read by type checkers only)."""
+    tree = ast.parse(path.read_text(), str(path))
+    return {n for node in _run_on_import(tree.body) for n in _imported(node)}
+
+
+def _run_on_import(body: list[ast.stmt]) -> Iterator[ast.stmt]:
+    for node in body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
             continue
-        found |= {n for n in names if n.split(".")[0] in PROJECT and _exists(n)}
-    return found
+        yield node
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            yield from _run_on_import(node.orelse)
+            continue
+        for field in ("body", "orelse", "finalbody", "handlers"):
+            yield from _run_on_import(getattr(node, field, []))
+
+
+def _imported(node: ast.AST) -> set[str]:
+    """The project modules one import statement names ("" for any other node)."""
+    if isinstance(node, ast.Import):
+        names = [alias.name for alias in node.names]
+    elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+        # "from utils import timing" imports utils.timing
+        names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+    else:
+        return set()
+    return {n for n in names if n.split(".")[0] in PROJECT and _exists(n)}
 
 
 def _exists(name: str) -> bool:
@@ -91,3 +119,73 @@ def test_low_level_helpers_import_only_each_other(helper: str) -> None:
     assert path.is_file(), f"{helper} is listed as a helper but does not exist"
     outside = project_imports(path) - DATA_HELPERS - {"utils"}
     assert not outside, f"{helper} imports {sorted(outside)}"
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of ``graph`` (module -> the modules it imports) as ``[a, b, ..., a]``, or None."""
+    done: set[str] = set()
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        if node in path:
+            return [*path[path.index(node) :], node]
+        if node in done:
+            return None
+        path.append(node)
+        for imported in sorted(graph.get(node, ())):
+            cycle = visit(imported)
+            if cycle:
+                return cycle
+        path.pop()
+        done.add(node)
+        return None
+
+    return next((c for c in map(visit, sorted(graph)) if c), None)
+
+
+def library_graph() -> dict[str, set[str]]:
+    """Library module -> the library modules it imports at module level (a package by its
+    name, not ``__init__``)."""
+    graph = {}
+    for path in library_files():
+        name = module_name(path).removesuffix(".__init__")
+        graph[name] = {n for n in module_level_imports(path) if n.split(".")[0] in LIBRARY}
+    return graph
+
+
+def test_cycle_finder_finds_cycles_and_only_cycles() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a", "d"}, "d": set(), "e": {"a"}}
+    assert find_cycle(graph) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"a"}}) == ["a", "a"]
+    assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
+    # the graph has the module-level imports, not those inside a function or for type checkers
+    graph = library_graph()
+    assert "nets.registry" in graph["nets.blocks"] and "nets.blocks" in graph["nets.attention"]
+    assert "utils.engine.loop" in graph["utils.engine.fit"]
+    assert "utils.inference.predictor" in project_imports(ROOT / "utils" / "engine" / "runlog.py")
+    assert "utils.inference.predictor" not in graph["utils.engine.runlog"]
+    assert "utils.engine.loop" in project_imports(ROOT / "utils" / "engine" / "state.py")
+    assert "utils.engine.loop" not in graph["utils.engine.state"]
+
+
+def test_library_has_no_import_cycle() -> None:
+    cycle = find_cycle(library_graph())
+    assert cycle is None, f"import cycle: {' -> '.join(cycle)}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("module", "check"),
+    [
+        # the registry imports no block: they import it
+        ("nets.registry", "assert 'nets.blocks' not in sys.modules"),
+        ("nets.blocks", "assert attention_names()[:5] == ['none', 'se', 'cbam', 'eca', 'ca']"),
+        ("nets.attention", "assert len(attention_names()) == 9, attention_names()"),
+    ],
+)
+def test_attention_module_imports_alone(module: str, check: str) -> None:
+    code = f"import sys\nimport {module}\nfrom nets.registry import attention_names\n{check}"
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, f"import {module} on its own fails:\n{result.stderr}"

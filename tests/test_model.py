@@ -8,9 +8,14 @@ import pytest
 import torch
 from torch import nn
 
-from nets import attention
-from nets.attention import attention_names, build_attention, resolve_phi
 from nets.blocks import eca_kernel_size
+from nets.registry import (
+    attention_names,
+    build_attention,
+    register_attention,
+    resolve_phi,
+    temporary_registrations,
+)
 from nets.summary import count_flops, count_parameters
 from nets.yolo import YoloBody
 
@@ -164,12 +169,17 @@ def test_ca_matches_definition() -> None:
     torch.testing.assert_close(block(x), x * a_h * a_w)
 
 
-def test_registering_a_new_block_takes_the_next_number(monkeypatch) -> None:
-    monkeypatch.setattr(attention, "_REGISTRY", dict(attention._REGISTRY))
-    monkeypatch.setattr(attention, "_PHI_NAMES", list(attention._PHI_NAMES))
+@pytest.fixture
+def new_registrations_forgotten():
+    """Blocks the test registers are forgotten after it."""
+    with temporary_registrations():
+        yield
+
+
+def test_registering_a_new_block_takes_the_next_number(new_registrations_forgotten) -> None:
     next_phi = len(attention_names())
 
-    @attention.register_attention("Scale")
+    @register_attention("Scale")
     class Scale(nn.Module):
         def __init__(self, channels: int) -> None:
             super().__init__()
@@ -183,5 +193,5 @@ def test_registering_a_new_block_takes_the_next_number(monkeypatch) -> None:
     model = YoloBody(2, "scale")
     assert "upsample_att.gain" in model.state_dict()
     with pytest.raises(ValueError, match="already registered"):
-        attention.register_attention("se")(Scale)
+        register_attention("se")(Scale)
     assert attention_names()[:5] == ["none", "se", "cbam", "eca", "ca"]

@@ -9,18 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from nets import attention
-from nets.attention import (
-    ATTENTION_POINTS,
-    DEFAULT_POINTS,
+from nets.attention import ATTENTION_POINTS, DEFAULT_POINTS, parse_attention_args, parse_points
+from nets.checkpoint import ModelInfo, load_model, read_checkpoint, save_checkpoint
+from nets.registry import (
     PLUGIN_PHI,
     attention_names,
     load_attention_plugins,
-    parse_attention_args,
-    parse_points,
     resolve_phi,
+    temporary_registrations,
 )
-from nets.checkpoint import ModelInfo, load_model, read_checkpoint, save_checkpoint
 from nets.summary import count_parameters
 from nets.yolo import YoloBody
 from utils.engine.config import TrainConfig
@@ -217,38 +214,29 @@ class Gain(nn.Module):
 """
 
 
-@pytest.fixture
-def isolated_registry(monkeypatch):
-    """The attention registry as it is, restored after the test."""
-    monkeypatch.setattr(attention, "_REGISTRY", dict(attention._REGISTRY))
-    monkeypatch.setattr(attention, "_PHI_NAMES", list(attention._PHI_NAMES))
-    monkeypatch.setattr(attention, "_PLUGIN_NAMES", list(attention._PLUGIN_NAMES))
-
-
-def test_plugin_block_is_saved_and_loaded_by_name(tmp_path, monkeypatch, isolated_registry):
+def test_plugin_block_is_saved_and_loaded_by_name(tmp_path, monkeypatch):
     module = f"gain_plugin_{abs(hash(str(tmp_path)))}"
     (tmp_path / f"{module}.py").write_text(PLUGIN)
     monkeypatch.syspath_prepend(str(tmp_path))
     numbered = attention_names()
-    try:
-        assert load_attention_plugins(module) == ["gain"]
-    finally:
-        sys.modules.pop(module, None)
-    assert attention_names() == numbered  # a plugin takes no number
-    assert resolve_phi("GAIN") == (PLUGIN_PHI, "gain")
-    model = YoloBody(3, "gain", attention_at="csp1,upsample", attention_args="init=0.5")
-    assert model.csp1_att.gain.shape == (128,) and model.upsample_att.gain[0].item() == 0.5
-    path = tmp_path / "plugin.pth"
-    save_checkpoint(path, model, _info(model))
-    assert torch.load(path, weights_only=True)["phi"] == "gain"
-    loaded, info = load_model(path)
-    assert (info.phi, info.phi_name) == (PLUGIN_PHI, "gain")
-    assert "plugin attention 'gain'" in info.describe()
-    torch.testing.assert_close(loaded.csp1_att.gain, model.csp1_att.gain)
+    with temporary_registrations():
+        try:
+            assert load_attention_plugins(module) == ["gain"]
+        finally:
+            sys.modules.pop(module, None)
+        assert attention_names() == numbered  # a plugin takes no number
+        assert resolve_phi("GAIN") == (PLUGIN_PHI, "gain")
+        model = YoloBody(3, "gain", attention_at="csp1,upsample", attention_args="init=0.5")
+        assert model.csp1_att.gain.shape == (128,) and model.upsample_att.gain[0].item() == 0.5
+        path = tmp_path / "plugin.pth"
+        save_checkpoint(path, model, _info(model))
+        assert torch.load(path, weights_only=True)["phi"] == "gain"
+        loaded, info = load_model(path)
+        assert (info.phi, info.phi_name) == (PLUGIN_PHI, "gain")
+        assert "plugin attention 'gain'" in info.describe()
+        torch.testing.assert_close(loaded.csp1_att.gain, model.csp1_att.gain)
 
     # a later session that did not import the plugin
-    del attention._REGISTRY["gain"]
-    attention._PLUGIN_NAMES.remove("gain")
     with pytest.raises(ValueError) as err:
         load_model(path)
     assert "'gain'" in str(err.value) and "--attention-plugin" in str(err.value)

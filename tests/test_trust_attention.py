@@ -17,14 +17,15 @@ from hypothesis import strategies as st
 from voc_factory import make_split, tiny_train_config
 
 import train as train_cli
-from nets import attention
-from nets.attention import (
+from nets.attention import check_block_output, parse_attention_args
+from nets.checkpoint import ModelInfo, load_model, save_checkpoint
+from nets.registry import (
+    build_attention,
     check_attention_args,
     load_attention_plugins,
-    parse_attention_args,
     plugin_names,
+    temporary_registrations,
 )
-from nets.checkpoint import ModelInfo, load_model, save_checkpoint
 from nets.yolo import YoloBody
 from utils.engine.config import TrainConfig
 
@@ -32,11 +33,10 @@ _counter = itertools.count()
 
 
 @pytest.fixture
-def isolated_registry(monkeypatch):
+def isolated_registry():
     """The attention registry as it is, restored after the test."""
-    monkeypatch.setattr(attention, "_REGISTRY", dict(attention._REGISTRY))
-    monkeypatch.setattr(attention, "_PHI_NAMES", list(attention._PHI_NAMES))
-    monkeypatch.setattr(attention, "_PLUGIN_NAMES", list(attention._PLUGIN_NAMES))
+    with temporary_registrations():
+        yield
 
 
 @pytest.fixture
@@ -193,8 +193,8 @@ def test_arbitrary_attention_args_are_read_or_refused_in_one_line(phi, text) -> 
     assert parse_attention_args(cfg.attention_args) == parse_attention_args(text)
     options = parse_attention_args(cfg.attention_args)
     for channels in (128, 256, 384, 512):
-        block = attention.build_attention(phi, channels, **options)
-        attention.check_block_output(block, phi, "test", channels)
+        block = build_attention(phi, channels, **options)
+        check_block_output(block, phi, "test", channels)
 
 
 # ------------------------------------------------------------------ placement

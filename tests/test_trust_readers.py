@@ -18,8 +18,9 @@ from hypothesis import strategies as st
 
 from data.annotation_lines import load_annotation_lines
 from data.coco import read_coco
-from data.formats import LabelSource, read_lines
+from data.formats import LabelSource, convert_labels, read_lines
 from data.label_io import LabelFormatError, LabelSet
+from data.voc import load_voc
 from data.voc_folder import read_voc_folder
 from data.yolo import read_data_yaml, read_yolo
 from tools import check_data
@@ -309,7 +310,7 @@ def test_coco_fields_of_the_wrong_type_are_reported_by_record_and_field(
     ]
     assert labels.annotations[0].labels.tolist() == [0]
     capsys.readouterr()
-    assert check_data.main(["--labels", src, "--quick"]) == 0  # boxes dropped, images kept
+    assert check_data.main(["--labels", src, "--quick", "--verbose"]) == 0  # images kept
     assert "annotation record 0: image_id [1]" in capsys.readouterr().out
 
 
@@ -664,3 +665,265 @@ def test_any_bytes_as_labels_of_any_format_are_an_error_naming_them_or_read(
         path = Path(folder) / f"labels{suffix}"
         path.write_bytes(data)
         _named_error(path, lambda: LabelSource(str(path)).load(["square"]))
+
+
+def test_a_voc_box_entirely_outside_the_image_is_dropped_not_clipped_to_a_sliver(
+    tmp_path: Path,
+) -> None:
+    """Clipping a box that lies wholly past the border would leave a one-pixel box on the
+    edge that no object occupies; for scoring it is kept as written."""
+    folder = tmp_path / "VOC"
+    (folder / "Annotations").mkdir(parents=True)
+    (folder / "JPEGImages").mkdir()
+    cv2.imwrite(str(folder / "JPEGImages" / "a.jpg"), np.full((100, 224, 3), 90, np.uint8))
+    boxes = "".join(
+        f"<object><name>cat</name><bndbox><xmin>{x1}</xmin><ymin>10</ymin><xmax>{x2}</xmax>"
+        "<ymax>20</ymax></bndbox></object>"
+        for x1, x2 in ((500, 600), (200, 260), (20, 40))
+    )
+    (folder / "Annotations" / "a.xml").write_text(
+        f"<annotation><filename>a.jpg</filename><size><width>224</width><height>100</height>"
+        f"<depth>3</depth></size>{boxes}</annotation>"
+    )
+    train = read_voc_folder(folder, class_names=["cat"])
+    assert train.annotations[0].boxes.tolist() == [[199, 9, 223, 19], [19, 9, 39, 19]]
+    assert any("entirely outside" in i.problem and i.action == "box dropped" for i in train.issues)
+    scored = read_voc_folder(folder, class_names=["cat"], clip_boxes=False)
+    assert scored.annotations[0].boxes.tolist()[0] == [499, 9, 599, 19]
+
+
+# ------------------------------------------- silent relabelling: keys, blank lines, categories
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "lines"),
+    [
+        ("path: .\nnames: [square, triangle]\nnames: [triangle, square]\n", "'names'", "2 and 3"),
+        ("names:\n  0: square\n  1: triangle\n  0: circle\n", "0", "2 and 4"),
+    ],
+)
+def test_a_key_given_twice_in_a_data_yaml_is_refused(
+    tmp_path: Path, text: str, key: str, lines: str
+) -> None:
+    """YAML readers keep the last of two equal keys: a second names: would relabel every
+    object."""
+    path = tmp_path / "data.yaml"
+    path.write_text(text)
+    with pytest.raises(LabelFormatError) as err:
+        read_data_yaml(path)
+    assert str(err.value) == (
+        f"{path}: data YAML cannot be read (key {key} given twice (lines {lines}): which one "
+        "is meant?)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('{"images": [], "categories": [{"id": 1, "name": "a"}], "images": []}', "'images'"),
+        ('{"images": [], "categories": [{"id": 1, "name": "a", "name": "b"}]}', "'name'"),
+        (
+            '{"images": [], "annotations": [{"id": 1, "category_id": 1, "image_id": 1, '
+            '"category_id": 2}], "categories": []}',
+            "'category_id'",
+        ),
+    ],
+)
+def test_a_key_given_twice_in_a_coco_file_is_refused(tmp_path: Path, text: str, key: str) -> None:
+    path = tmp_path / "labels.json"
+    path.write_text(text)
+    with pytest.raises(LabelFormatError) as err:
+        read_coco(path)
+    assert (
+        str(err.value) == f"{path}: key {key} given twice in one JSON object: which one is meant?"
+    )
+
+
+def test_a_blank_line_between_class_names_is_refused(tmp_path: Path) -> None:
+    """Line k is class id k: a dropped blank line would shift every id after it."""
+    path = tmp_path / "classes.txt"
+    path.write_text("circle\n\nsquare\ntriangle")
+    with pytest.raises(ValueError) as err:
+        read_class_names(path)
+    assert str(err.value).startswith(f"{path}:2: blank line between class names")
+    path.write_text("\n\ncircle\nsquare\ntriangle\n\n")  # around the names: no id moves
+    assert read_class_names(path) == ["circle", "square", "triangle"]
+    # a YOLO dataset's classes.txt is read the same way
+    root = _yolo_set(tmp_path / "ds")
+    (root / "classes.txt").write_text("square\n \ntriangle\n")
+    with pytest.raises(ValueError, match=r"classes\.txt:2: blank line between class names"):
+        read_yolo(root)
+
+
+def test_an_output_names_file_with_a_blank_line_between_names_is_refused(tmp_path: Path) -> None:
+    root = _yolo_set(tmp_path / "ds")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "classes.txt").write_text("square\n\ntriangle\n")
+    with pytest.raises(LabelFormatError, match=r"out/classes\.txt:2: blank line between"):
+        convert_labels(root, "yolo", out)
+
+
+@pytest.mark.parametrize(
+    ("record", "problem"),
+    [
+        ({"id": 1, "name": 5}, "name 5 is not a string"),
+        ({"id": 1, "name": None}, "name None is not a string"),
+        ({"id": 1}, "name None is not a string"),
+        ({"id": 1, "name": ["a"]}, "name ['a'] is not a string"),
+        ({"id": [1], "name": "circle"}, "id [1] is not an integer"),
+        ({"id": 1.5, "name": "circle"}, "id 1.5 is not an integer"),
+        ({"id": True, "name": "circle"}, "id True is not an integer"),
+        ("circle", "is not an object"),
+    ],
+)
+def test_coco_categories_that_cannot_be_read_as_written_are_refused(
+    tmp_path: Path, record: object, problem: str
+) -> None:
+    """Skipping the record would renumber the classes after it (square would become 0)."""
+    categories = [record, {"id": 2, "name": "square"}, {"id": 3, "name": "triangle"}]
+    path = _coco_set(tmp_path, categories=categories)
+    with pytest.raises(LabelFormatError) as err:
+        read_coco(path)
+    sep = " " if problem == "is not an object" else ": "
+    assert str(err.value) == f"{path}: category record 0{sep}{problem}"
+
+
+# ------------------------------------------------------ objects that vanish without a report
+
+
+def test_a_yolo_label_path_that_is_a_folder_is_reported(tmp_path: Path, capsys) -> None:
+    root = _yolo_set(tmp_path / "ds")
+    _image(root / "images" / "train" / "b.jpg")
+    (root / "labels" / "train" / "b.txt").mkdir()
+    labels = read_yolo(root)
+    assert [a.image_id for a in labels.annotations] == ["a"]
+    folder = str(root / "labels" / "train" / "b.txt")
+    assert [(i.path, i.problem, i.action) for i in labels.issues] == [
+        (folder, "label file is a folder", "image skipped")
+    ]
+    (root / "labels" / "train" / "b.txt").rmdir()
+    (root / "labels" / "train" / "b.txt").symlink_to(root / "gone.txt")
+    assert [i.problem for i in read_yolo(root).issues] == ["label file is not a readable file"]
+    assert check_data.main(["--labels", str(root), "--quick"]) == 1
+    assert "label file is not a readable file" in capsys.readouterr().out
+
+
+def _voc_folder(root: Path, sizes: dict[str, tuple[int, int, int]], image_set: str) -> Path:
+    """``root`` as a VOC folder: per id, an image of (width, height) whose XML says
+    ``<width>`` xml_width, with one cat box; ``ImageSets/Main/val.txt`` is ``image_set``."""
+    for image_id, (width, height, xml_width) in sizes.items():
+        _image(root / "JPEGImages" / f"{image_id}.jpg", width, height)
+        (root / "Annotations").mkdir(parents=True, exist_ok=True)
+        (root / "Annotations" / f"{image_id}.xml").write_text(
+            f"<annotation><filename>{image_id}.jpg</filename><size><width>{xml_width}</width>"
+            f"<height>{height}</height><depth>3</depth></size><object><name>cat</name>"
+            "<bndbox><xmin>11</xmin><ymin>11</ymin><xmax>40</xmax><ymax>30</ymax></bndbox>"
+            "</object></annotation>"
+        )
+    (root / "ImageSets" / "Main").mkdir(parents=True)
+    (root / "ImageSets" / "Main" / "val.txt").write_text(image_set)
+    (root / "classes.txt").write_text("cat\n")
+    return root
+
+
+def test_an_id_listed_twice_in_a_voc_image_set_is_read_once(tmp_path: Path, capsys) -> None:
+    """Read twice, its objects would count twice (and a converter would write a copy)."""
+    folder = _voc_folder(
+        tmp_path / "VOCdevkit" / "VOC2007",
+        {"000008": (64, 48, 64), "000009": (64, 48, 64)},
+        "000008\n000009\n000008\n",
+    )
+    set_file = str(folder / "ImageSets" / "Main" / "val.txt")
+    expected = [(set_file, "image id '000008' listed 2 times", "read once")]
+    labels = read_voc_folder(folder, split="val")
+    assert [a.image_id for a in labels.annotations] == ["000008", "000009"]
+    assert [(i.path, i.problem, i.action) for i in labels.issues] == expected
+    result = load_voc(tmp_path / "VOCdevkit", [("2007", "val")], ["cat"])
+    assert [a.image_id for a in result.annotations] == ["000008", "000009"]
+    assert [(i.path, i.problem, i.action) for i in result.issues] == expected
+    _, report = convert_labels(folder, "yolo", tmp_path / "out", split="val")
+    assert sorted(p.name for p in (tmp_path / "out" / "labels" / "val").iterdir()) == [
+        "000008.txt",
+        "000009.txt",
+    ]
+    assert report.objects == 2
+    assert check_data.main(["--labels", str(folder), "--split", "val", "--quick"]) == 0
+    assert "(read once)" in capsys.readouterr().out
+
+
+def test_a_converter_skips_an_image_whose_size_the_labels_misstate(tmp_path: Path) -> None:
+    """A box in a 100-wide frame normalised by the wrong width lands elsewhere in the
+    224-wide image: which frame the boxes are in is unknown, so the image is not written."""
+    folder = _voc_folder(tmp_path / "VOC", {"a": (64, 48, 64), "b": (224, 48, 100)}, "a\nb\n")
+    _, report = convert_labels(folder, "yolo", tmp_path / "out", split="val")
+    image = str(folder / "JPEGImages" / "b.jpg")
+    assert [(i.path, i.problem, i.action) for i in report.issues] == [
+        (
+            image,
+            "the labels give the size 100x48 but the image is 224x48 (which one the boxes are "
+            "in is unknown)",
+            "image skipped",
+        )
+    ]
+    assert (report.images, report.objects) == (1, 1)
+    assert not (tmp_path / "out" / "labels" / "val" / "b.txt").exists()
+    # a COCO record's width/height likewise
+    coco = _coco_set(tmp_path / "coco")
+    payload = json.loads(coco.read_text())
+    payload["images"][0]["width"] = 100
+    coco.write_text(json.dumps(payload))
+    with pytest.raises(LabelFormatError, match="nothing was written"):
+        convert_labels(coco, "voc", tmp_path / "out_voc")
+
+
+# ------------------------------------------------------------ warnings: one report line each
+
+
+def test_class_lists_that_disagree_are_reported_with_the_one_used(tmp_path: Path) -> None:
+    root = _yolo_set(tmp_path / "ds")
+    (root / "labels" / "classes.txt").write_text("triangle\nsquare\n")
+    labels = read_yolo(root)
+    assert labels.class_names == ["square", "triangle"]
+    used = root / "classes.txt"
+    assert [(i.path, i.problem, i.action) for i in labels.issues] == [
+        (
+            str(root / "labels" / "classes.txt"),
+            f"lists other classes ('triangle, square') than {used} ('square, triangle')",
+            f"class names of {used} used",
+        )
+    ]
+    (root / "labels" / "classes.txt").unlink()
+    data = root / "data.yaml"
+    data.write_text("path: .\ntrain: images/train\nnames: [triangle, square]\n")
+    labels = read_yolo(data)
+    assert labels.class_names == ["triangle", "square"]
+    assert [(i.path, i.action) for i in labels.issues] == [
+        (str(used), f"class names of {data} used")
+    ]
+    assert labels.annotations[0].labels.tolist() == [1]  # ids index the list used
+    (root / "classes.txt").write_text("triangle\nsquare\n")
+    assert read_yolo(data).issues == []
+
+
+def test_a_yolo_source_without_any_label_file_is_reported(tmp_path: Path, capsys) -> None:
+    """A data YAML whose path: names a folder of images with no labels/ beside them reads as
+    images without objects: said once, not as '2 images, 0 objects'."""
+    for name in ("a", "b"):
+        _image(tmp_path / "photos" / "images" / f"{name}.jpg")
+    data = tmp_path / "data.yaml"
+    data.write_text("path: photos\nval: images\nnames: [square]\n")
+    labels = read_yolo(data)
+    assert len(labels.annotations) == 2 and labels.num_objects == 0
+    assert [(i.path, i.problem, i.action) for i in labels.issues] == [
+        (
+            str(data),
+            "no label files found for any image (2 images; the first would be "
+            f"{tmp_path / 'photos' / 'labels' / 'a.txt'})",
+            "images read without objects",
+        )
+    ]
+    (tmp_path / "photos" / "labels").mkdir()
+    (tmp_path / "photos" / "labels" / "a.txt").write_text("")  # a negative: not reported
+    assert read_yolo(data).issues == []
+    assert check_data.main(["--labels", str(data), "--quick"]) == 1

@@ -362,7 +362,7 @@ def test_study_out_that_is_a_file_or_holds_the_data_is_one_error(
     a_file.write_text("mine\n")
     assert study.main(_study_args(tiny_voc, a_file)) == 2
     err = capsys.readouterr().err
-    assert err == f"error: {a_file}: exists and is not a folder\n"
+    assert err == f"error: --out {a_file}: exists and is not a folder\n"
     assert a_file.read_text() == "mine\n"
     voc_root = tiny_voc[0]
     inside = voc_root / "study"

@@ -3,7 +3,8 @@
 Usage: ``python -m tools.check_data --voc-root data/VOCdevkit --sets 2007:trainval,2012:trainval``
 (add ``--classes FILE``; ``--annotations FILE`` for reference-implementation lines instead;
 ``--labels PATH`` for labels in any format train.py reads: a COCO JSON, a YOLO folder or data
-YAML, a VOC folder, annotation lines).
+YAML, a VOC folder, annotation lines). It prints one line per kind of issue, with its count and
+first files; ``--verbose`` lists every issue, one line each.
 
 Exit status: 0 when training reads every file; 1 when it would leave a file or image out, or
 would refuse the data set (no images, none readable, no object of its classes); 2 when a path
@@ -61,6 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", default=None, help="images folder of COCO --labels")
     p.add_argument("--quick", action="store_true", help="skip decoding the images")
     p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="list every issue, one line each (default: one line per kind of issue)",
+    )
+    p.add_argument(
         "--workers",
         type=int,
         default=os.cpu_count() or 2,
@@ -89,8 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     issues = list(result.issues)
     if not args.quick:
         issues += check_images(result.annotations, args.workers)
-    for issue in issues:
-        print(issue)
+    if args.verbose:
+        for issue in issues:
+            print(issue)
     print(f"{len(result.annotations)} annotated images; " + summarize(issues))
     # the data sets train.py refuses before it starts fail the check too
     what = args.labels or args.annotations or f"{args.voc_root} {args.sets}"

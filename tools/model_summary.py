@@ -13,14 +13,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nets.attention import (
-    DEFAULT_POINTS,
+from nets.attention import DEFAULT_POINTS, check_placement, parse_attention_args, parse_points
+from nets.registry import (
     attention_names,
     block_options,
-    check_placement,
     load_attention_plugins,
-    parse_attention_args,
-    parse_points,
     plugin_names,
     resolve_phi,
 )

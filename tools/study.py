@@ -29,18 +29,15 @@ from pathlib import Path
 
 import train as train_cli
 from data.formats import LabelSource
-from nets.attention import (
-    check_attention_args,
-    load_attention_plugins,
-    parse_attention_args,
-    resolve_phi,
-)
+from data.voc import summarize_issues
+from nets.attention import parse_attention_args
 from nets.checkpoint import load_torch_file
+from nets.registry import check_attention_args, load_attention_plugins, resolve_phi
 from nets.yolo import YoloBody
 from utils.config import HelpFormatter, add_options, from_args
 from utils.device import select_device
 from utils.engine.adapt import fit_to_data
-from utils.engine.config import TrainConfig
+from utils.engine.config import RESULT_NEUTRAL_FIELDS, TrainConfig
 from utils.engine.fit import fit
 from utils.engine.loop import NonFiniteLossError
 from utils.engine.setup import (
@@ -49,31 +46,26 @@ from utils.engine.setup import (
     load_data,
     require_objects,
     resolve_data,
+    run_inputs,
 )
 from utils.engine.state import TrainState
 from utils.evaluation.compare import CompareConfig, evaluate_checkpoint, write_outputs
 from utils.evaluation.evaluate import EvalConfig
-from utils.paths import OutputPathError, check_apart, check_output_path, unique_components
+from utils.paths import (
+    OutputPathError,
+    OutputRefusedError,
+    check_apart,
+    check_output_path,
+    unique_components,
+)
 from utils.runlock import LOCK_NAME, FolderLock, FolderLockedError
 
 logger = logging.getLogger(__name__)
 
-# Settings left out when a finished run is checked against the study's: where the run lives
-# (name, log_dir, resume), how this machine runs the same arithmetic (device, workers,
-# compile) and what is only written on the side (tensorboard, save_period) or where a run
-# pauses (stop_at_epoch). Every other setting, derived ones (batch sizes, frozen epochs,
-# warmup, lr, scale_xy) included, must be equal for a run to be reused.
-NOT_COMPARED = (
-    "name",
-    "log_dir",
-    "resume",
-    "device",
-    "workers",
-    "compile",
-    "tensorboard",
-    "save_period",
-    "stop_at_epoch",
-)
+# Settings left out when a finished run is checked against the study's (see the definition);
+# every other setting, derived ones (batch sizes, frozen epochs, warmup, lr, scale_xy)
+# included, must be equal for a run to be reused.
+NOT_COMPARED = RESULT_NEUTRAL_FIELDS
 
 
 @dataclass
@@ -97,7 +89,8 @@ def plan_study(
 ) -> tuple[TrainConfig, list[PlannedRun], LabelSource | None]:
     """Checks everything a study needs before its first run starts, and decides per run.
 
-    Every block name, seed and per-run config is checked, the data is read once, ``out`` must
+    Every block name, seed and per-run config is checked, the data is read once (what its
+    readers skipped or repaired is logged here, one line per kind), ``out`` must
     be a folder apart from the inputs, and each run already in ``out`` is compared setting by
     setting (all but ``NOT_COMPARED``) with the run the study would train.
 
@@ -111,7 +104,10 @@ def plan_study(
             run in ``out`` trained with other settings (the message names the settings).
         FolderLockedError: a run in ``out`` is being written by another live process.
     """
-    check_output_path(out, folder=True)
+    try:
+        check_output_path(out, folder=True)
+    except OutputRefusedError as err:
+        raise OutputRefusedError(f"--out {err}") from None
     for seed in seeds:  # a seed becomes part of a folder name: whole numbers only
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"--seeds {seed!r}: must be whole numbers")
@@ -127,19 +123,7 @@ def plan_study(
         "--phis", [(block, f"{phi} ({block[1]})") for phi, block in zip(phis, blocks)]
     )
     base = resolve_data(base)
-    inputs = [
-        base.voc_root,
-        base.classes,
-        base.train_lines,
-        base.val_lines,
-        base.train_labels,
-        base.val_labels,
-        base.train_images,
-        base.val_images,
-        base.weights,
-        base.anchors,
-    ]
-    check_apart(out, inputs, flag="--out")
+    check_apart(out, run_inputs(base), flag="--out")
     labels = eval_label_source(base)  # a study without a val split fails now
     args = parse_attention_args(base.attention_args)
     # plugin blocks all have phi -1: their runs are told apart by their (sanitised) names
@@ -160,6 +144,8 @@ def plan_study(
             runs.append(PlannedRun(run_name, cfg, out / run_name, "train"))
     data = load_data(base)
     require_objects(data, base)
+    for line in summarize_issues(data.issues):  # once here, not once per run
+        logger.warning("input skipped or repaired: %s", line)
     conflicts = [problem for run in runs if (problem := _check_existing(run, data))]
     if conflicts:
         raise ValueError(
@@ -280,7 +266,7 @@ def train_and_compare(
                 shutil.rmtree(run.folder)
         number, name = resolve_phi(run.cfg.phi)
         print(f"== training phi {number} ({name}), seed {run.cfg.seed} -> {run.folder}")
-        result = fit(run.cfg)
+        result = fit(run.cfg, issues_to_console=False)  # plan_study said them once
         if result.run_dir != run.folder:  # another process made the folder meanwhile
             raise FolderLockedError(
                 f"{run.folder}: made by another process while this study started the run; "

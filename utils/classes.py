@@ -30,12 +30,14 @@ def class_name_problem(name: object) -> str | None:
 
 def read_class_names(path: str | os.PathLike) -> list[str]:
     """One class name per line (a leading UTF-8 byte-order mark is not part of the first);
-    blank lines ignored, names stripped.
+    blank lines before the first name and after the last ignored, names stripped.
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the file cannot be read, is not UTF-8 text, is empty, or repeats a name or
-            holds one with control characters (the message names the file and the line).
+        ValueError: the file cannot be read, is not UTF-8 text, is empty, has a blank line
+            between two names (the line is a class id: dropping it would shift every id after
+            it), or repeats a name or holds one with control characters (the message names the
+            file and the line).
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"classes file not found: {path}")
@@ -54,11 +56,18 @@ def read_class_names(path: str | os.PathLike) -> list[str]:
         ) from None
     names: list[str] = []
     first_line: dict[str, int] = {}
+    blank = 0  # the first blank line after a name, until another name follows
     # only \n, \r\n and \r end a line, as when the file is iterated by lines
     for n, line in enumerate(text.replace("\r\n", "\n").replace("\r", "\n").split("\n"), 1):
         name = line.strip()
         if not name:
+            blank = blank or (n if names else 0)
             continue
+        if blank:
+            raise ValueError(
+                f"{path}:{blank}: blank line between class names (each line is a class id: "
+                "the ids after it would shift); remove it"
+            )
         if (problem := class_name_problem(name)) is not None:
             raise ValueError(f"{path}:{n}: class name {name[:60]!r} {problem}")
         if name in first_line:

@@ -43,7 +43,8 @@ def check_output_path(path: str | os.PathLike, *, folder: bool = False) -> Path:
     """Checks, before any work starts, that ``path`` can be written; creates and changes
     nothing.
 
-    A file target must not be a folder, and its folder (or the nearest existing one above it,
+    A file target must not be a folder or a device, pipe or socket (a rename would replace
+    the node itself), and its folder (or the nearest existing one above it,
     where the rest will be created) must accept new files: outputs are written through a
     temporary file next to the target. A ``folder`` target must be a folder, or be creatable.
 
@@ -58,6 +59,8 @@ def check_output_path(path: str | os.PathLike, *, folder: bool = False) -> Path:
         raise OutputRefusedError(f"{path}: exists and is not a folder")
     if not folder and path.is_dir():
         raise OutputRefusedError(f"{path}: is a folder; give a file name")
+    if not folder and path.exists() and not path.is_file():
+        raise OutputRefusedError(f"{path}: is not a regular file (a device, pipe or socket)")
     parent = path if folder else path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
@@ -91,6 +94,8 @@ def write_bytes_atomic(path: str | os.PathLike, payload: bytes) -> Path:
     """
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
+    if path.exists() and not path.is_file() and not path.is_dir():
+        raise OutputPathError(f"{path}: is not a regular file (a device, pipe or socket)")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_bytes(payload)
@@ -229,8 +234,10 @@ def check_apart(
     """Refuses, before any work, an output that could land on one of the command's inputs.
 
     A ``folder`` output (one the command fills with names it makes up) must not be an input,
-    contain one, or lie inside an input folder. A file output must not be an input file (also
-    through a link) nor lie inside an input folder. Paths are compared after resolving links;
+    contain one, or lie inside an input folder. A file output (one name the user chose) must
+    not be an input file (also through a link), nor an existing file inside an input folder
+    (it may be one of the files read from there); a new file name there cannot collide and is
+    allowed. Paths are compared after resolving links;
     inputs that do not exist are skipped. ``--exist-ok`` and the like do not change this.
 
     Raises:
@@ -244,7 +251,7 @@ def check_apart(
         clash = ""
         if out == src or (out.exists() and os.path.samefile(out, src)):
             clash = "is the input"
-        elif folder and _within(out, src):
+        elif _within(out, src) and (folder or out.exists()):
             clash = "lies inside the input"
         elif folder and _within(src, out):
             clash = "contains the input"
@@ -253,3 +260,26 @@ def check_apart(
                 f"{flag} {output}: {clash} {given}; outputs never go into the command's "
                 "inputs, choose another location"
             )
+
+
+def check_outputs_distinct(outputs: list[tuple[str, str | os.PathLike | None, bool]]) -> None:
+    """Refuses, before any work, two outputs of one command that would land on each other:
+    the same path named twice, or an output inside another that is a file. Each entry is
+    ``(flag, path, folder)``; None paths are skipped. A file inside an output folder is
+    allowed (``--save-dir out --json out/dets.json``): the folder's own names are made up.
+
+    Raises:
+        OutputRefusedError: naming both flags and the path.
+    """
+    given = [(flag, path, _resolved(path), folder) for flag, path, folder in outputs if path]
+    for k, (flag, path, resolved, _) in enumerate(given):
+        for other_flag, other_path, other, other_folder in given[k + 1 :]:
+            if resolved == other:
+                clash = f"{flag} {path} and {other_flag} {other_path} name one path"
+            elif not other_folder and other in resolved.parents:
+                clash = f"{flag} {path} lies inside the file {other_flag} {other_path}"
+            elif not given[k][3] and resolved in other.parents:
+                clash = f"{other_flag} {other_path} lies inside the file {flag} {path}"
+            else:
+                continue
+            raise OutputRefusedError(f"{clash}; give each output its own location")

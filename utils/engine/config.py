@@ -21,16 +21,33 @@ from nets.attention import (
     ATTENTION_POINTS,
     DEFAULT_POINTS,
     check_attention_settings,
-    describe_phis,
     format_attention_args,
     parse_attention_args,
     parse_points,
 )
+from nets.registry import describe_phis
 from utils.config import option, rule_problems
 from utils.evaluation.evaluate import EvalConfig
 from utils.paths import VOC_ROOT
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
+
+
+# TrainConfig fields that do not change what a run computes: where the run lives (name,
+# log_dir, resume), how this machine runs the same arithmetic (device, workers, compile), what
+# is only written on the side (tensorboard, save_period) and where a run pauses
+# (stop_at_epoch). Two runs equal in every other field are one run.
+RESULT_NEUTRAL_FIELDS = (
+    "name",
+    "log_dir",
+    "resume",
+    "device",
+    "workers",
+    "compile",
+    "tensorboard",
+    "save_period",
+    "stop_at_epoch",
+)
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,10 @@ from tqdm import tqdm
 
 from data.augment import AugmentConfig
 from data.dataset import EpochSampler, MosaicMixup, SeededShuffle, VOCDetection, collate
-from data.voc import class_counts
-from nets.attention import check_attention_args, load_attention_plugins, parse_attention_args
+from data.voc import class_counts, summarize_issues
+from nets.attention import parse_attention_args
 from nets.checkpoint import ModelInfo
+from nets.registry import check_attention_args, load_attention_plugins
 from nets.yolo import YoloBody
 from utils.engine.adapt import FittedRun, fit_to_data
 from utils.engine.config import TrainConfig
@@ -54,11 +55,12 @@ from utils.engine.setup import (
     read_resume,
     require_objects,
     resolve_data,
+    run_inputs,
     seed_run,
 )
 from utils.engine.state import TrainState, save_training_checkpoint
 from utils.evaluation.evaluate import EvalConfig, EvalReport, format_report
-from utils.paths import require_component, write_text_atomic
+from utils.paths import check_apart, require_component, write_text_atomic
 from utils.runlock import FolderLock
 
 logger = logging.getLogger("train")
@@ -116,13 +118,18 @@ class Run:
         self.wrapped_frozen = frozen
 
 
-def fit(cfg: TrainConfig, given: Collection[str] | None = None) -> TrainResult:
+def fit(
+    cfg: TrainConfig, given: Collection[str] | None = None, *, issues_to_console: bool = True
+) -> TrainResult:
     """Runs a whole training; returns where it went and the best mAP@0.5 (VOC2010+ area).
 
     Args:
         cfg: the run's settings.
         given: with ``cfg.resume``, the fields set on the command line (checked against the
             checkpoint's settings); None takes every non-default field as set.
+        issues_to_console: False logs the summary of the data's skipped or repaired files to
+            train.log only (a study says it once for all its runs); every issue goes to
+            train.log, one line each, either way.
 
     Raises:
         ValueError: ``cfg.name`` is not one folder name (a new run only: a resumed run keeps
@@ -136,7 +143,7 @@ def fit(cfg: TrainConfig, given: Collection[str] | None = None) -> TrainResult:
         require_component(cfg.name, "--name")
     d, device = init_distributed(cfg.device)
     try:
-        run = start_run(cfg, d, device, given)
+        run = start_run(cfg, d, device, given, issues_to_console=issues_to_console)
         epoch = run.start_epoch
         try:
             for epoch in range(run.start_epoch, run.cfg.epochs):
@@ -193,7 +200,12 @@ def last_good(run: Run) -> str:
 
 
 def start_run(
-    cfg: TrainConfig, d: Dist, device: torch.device, given: Collection[str] | None = None
+    cfg: TrainConfig,
+    d: Dist,
+    device: torch.device,
+    given: Collection[str] | None = None,
+    *,
+    issues_to_console: bool = True,
 ) -> Run:
     """Builds a run from ``cfg`` (or resumes the one ``cfg.resume`` names).
 
@@ -205,7 +217,7 @@ def start_run(
     if cfg.resume and d.main and Path(cfg.resume).is_file():
         lock = FolderLock(Path(cfg.resume).parent.parent, "run").acquire()
     try:
-        return _start_run(cfg, d, device, given, lock)
+        return _start_run(cfg, d, device, given, lock, issues_to_console)
     except BaseException:
         if lock is not None:
             lock.release()  # released again by a RunLog that took it over: harmless
@@ -218,11 +230,14 @@ def _start_run(
     device: torch.device,
     given: Collection[str] | None,
     lock: FolderLock | None,
+    issues_to_console: bool,
 ) -> Run:
     cfg, checkpoint = read_resume(cfg, given)
     load_attention_plugins(cfg.attention_plugin)
     check_attention_args(cfg.phi, parse_attention_args(cfg.attention_args))  # before the data
     cfg = resolve_data(cfg)
+    if checkpoint is None:  # a new run's folder must not land in its data
+        check_apart(Path(cfg.log_dir) / cfg.name, run_inputs(cfg), flag="--log-dir/--name")
     seed_run(cfg)
     data = load_data(cfg)
     require_objects(data, cfg)
@@ -255,6 +270,7 @@ def _start_run(
     resume_dir = Path(cfg.resume).parent.parent if cfg.resume else None
     log = RunLog(cfg, resume_dir, lock)
     try:
+        announce_issues(data, log, issues_to_console)
         announce_run(cfg, data, checkpoint, state, fitted, precision, log)
         print(
             f"training {model.phi_name} on {len(base)} images "
@@ -268,6 +284,22 @@ def _start_run(
     return Run(cfg, d, log, data, info, step, state, train_set, start, saved_epoch=start - 1)
 
 
+def announce_issues(data: DataSetup, log: RunLog, to_console: bool = True) -> None:
+    """The files the data readers skipped or repaired: one summary line per kind of issue
+    (on the console unless ``to_console`` is False), and every issue in train.log."""
+    if not data.issues:
+        return
+    for line in summarize_issues(data.issues):
+        if to_console:
+            logger.warning("input skipped or repaired: %s", line)
+        else:
+            log.to_file(logging.WARNING, "input skipped or repaired: %s", line)
+    if to_console:
+        logger.info("each of the %d is listed in %s", len(data.issues), log.dir / "train.log")
+    for issue in data.issues:
+        log.to_file(logging.WARNING, "input skipped or repaired: %s", issue)
+
+
 def announce_run(
     cfg: TrainConfig,
     data: DataSetup,
@@ -277,9 +309,7 @@ def announce_run(
     precision: Precision,
     log: RunLog,
 ) -> None:
-    """Logs (rank 0) what the run reads, resumes, runs in and derived; writes anchors.txt."""
-    for issue in data.issues:
-        logger.warning("input skipped or repaired: %s", issue)
+    """Logs (rank 0) what the run resumes, runs in and derived; writes anchors.txt."""
     if checkpoint is not None and state.epoch + 1 >= cfg.epochs:
         logger.info(
             "%s already finished all %d epochs: nothing to train (--epochs N to go on)",

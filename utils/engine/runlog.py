@@ -81,6 +81,10 @@ class RunLog:
             handler.close()
             raise
 
+    def to_file(self, level: int, msg: str, *args: object) -> None:
+        """A ``train`` message for train.log only: the detail the console gets a summary of."""
+        self.handler.handle(logger.makeRecord(logger.name, level, __file__, 0, msg, args, None))
+
     def log_epoch(self, record: dict) -> None:
         """One epoch's results.csv row to TensorBoard, written through before last.pth: a kill
         between the two leaves steps the resume purges, never an epoch missing."""

@@ -314,7 +314,27 @@ CHANGEABLE_ON_RESUME = (
     "max_iters",
     "attention_plugin",
 )
+
+
 # where the run lives: a resumed run continues in its own folder
+def run_inputs(cfg: TrainConfig) -> list[str]:
+    """Every path a training reads (after ``resolve_data``): run folders are kept apart
+    from all of them (``utils.paths.check_apart``)."""
+    paths = [
+        cfg.voc_root,
+        cfg.classes,
+        cfg.train_lines,
+        cfg.val_lines,
+        cfg.train_labels,
+        cfg.val_labels,
+        cfg.train_images,
+        cfg.val_images,
+        cfg.weights,
+        cfg.anchors,
+    ]
+    return [str(p) for p in paths if p]
+
+
 IGNORED_ON_RESUME = ("resume", "name", "log_dir")
 
 

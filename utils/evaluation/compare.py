@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from data.formats import LabelSource
-from data.voc import load_voc, parse_sets
+from data.voc import load_voc, parse_sets, summarize_issues
 from nets.checkpoint import ModelInfo, load_model
 from nets.summary import count_flops, count_parameters
 from nets.yolo import YoloBody
@@ -39,7 +39,6 @@ from utils.evaluation.evaluate import (
     check_ground_truth,
     detect_dataset,
     score,
-    summarize_issues,
 )
 from utils.inference.deploy import OnnxRunner, onnx_metadata
 from utils.inference.predict_loop import benchmark
@@ -126,8 +125,8 @@ def evaluate_checkpoint(
     else:
         dataset = f"{voc_root} {split}"
         loaded = load_voc(voc_root, parse_sets(split), names, clip_boxes=False)
-    for line in summarize_issues(loaded.issues, dataset):
-        logging.getLogger(__name__).warning(line)
+    for line in summarize_issues(loaded.issues, "ground-truth issue"):
+        logging.getLogger(__name__).warning("%s: %s", dataset, line)
     annotations = loaded.annotations
     if not annotations:
         raise ValueError(f"{dataset}: no images")

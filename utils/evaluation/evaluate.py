@@ -439,19 +439,6 @@ def check_ground_truth(
     ]
 
 
-def summarize_issues(issues: Sequence, dataset: str) -> list[str]:
-    """The ground-truth reader's issues (``FileIssue``) as one warning line per action, with
-    its count and first example: what was skipped or changed before scoring."""
-    by_action: dict[str, list] = {}
-    for issue in issues:
-        by_action.setdefault(getattr(issue, "action", "reported"), []).append(issue)
-    return [
-        f"{dataset}: {len(found)} ground-truth issue{'s' if len(found) > 1 else ''} "
-        f"({action}), e.g. {found[0]}"
-        for action, found in by_action.items()
-    ]
-
-
 @dataclass
 class EvalReport:
     """Everything ``eval.py`` prints and writes."""
