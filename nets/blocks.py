@@ -36,7 +36,8 @@ class Identity(nn.Identity):
 
 @register_attention("se")
 class SEBlock(nn.Module):
-    """Squeeze-and-excitation: channel weights from a 2-layer MLP on the global average."""
+    """Squeeze-and-excitation (Hu et al., CVPR 2018): channel weights from a 2-layer MLP on
+    the global average."""
 
     OPTIONS: ClassVar[dict[str, BlockOption]] = {"reduction": CHANNEL_REDUCTION}
 
@@ -90,7 +91,8 @@ class SpatialAttention(nn.Module):
 
 @register_attention("cbam")
 class CBAMBlock(nn.Module):
-    """CBAM: channel attention, then spatial attention, each applied multiplicatively."""
+    """CBAM (Woo et al., ECCV 2018): channel attention, then spatial attention, each applied
+    multiplicatively."""
 
     OPTIONS: ClassVar[dict[str, BlockOption]] = {
         "ratio": CHANNEL_REDUCTION,
@@ -115,7 +117,8 @@ def eca_kernel_size(channels: int, gamma: int = 2, b: int = 1) -> int:
 
 @register_attention("eca")
 class ECABlock(nn.Module):
-    """Efficient channel attention: 1-D conv across the pooled channel descriptor."""
+    """Efficient channel attention (ECA-Net, Wang et al., CVPR 2020): 1-D conv across the
+    pooled channel descriptor."""
 
     OPTIONS: ClassVar[dict[str, BlockOption]] = {
         "gamma": AT_LEAST_ONE,
@@ -138,7 +141,8 @@ class ECABlock(nn.Module):
 
 @register_attention("ca")
 class CoordAttention(nn.Module):
-    """Coordinate attention: separate attention maps along H and along W."""
+    """Coordinate attention (Hou et al., CVPR 2021): separate attention maps along H and
+    along W."""
 
     OPTIONS: ClassVar[dict[str, BlockOption]] = {"reduction": CHANNEL_REDUCTION}
 

@@ -209,3 +209,13 @@ def test_cli_write_failing_at_the_end_is_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
     assert f"error: {out}: cannot write (File too large)" in result.stderr.splitlines()
     assert not out.exists() and not list(tmp_path.glob("*.tmp"))
+
+
+def test_the_input_size_flag_is_spelled_as_in_train_and_the_old_spelling_still_works() -> None:
+    from tools import anchors as anchors_cli
+
+    parser = anchors_cli.build_parser()
+    assert parser.parse_args(["--img-size", "288"]).input_size == 288
+    assert parser.parse_args(["--input-size", "320"]).input_size == 320
+    assert parser.parse_args([]).input_size == 416
+    assert "--input-size" not in parser.format_help()

@@ -51,10 +51,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="class names file; only these classes' boxes count (default: every class in the XMLs)",
     )
     parser.add_argument(
-        "--input-size",
+        "--img-size",
+        dest="input_size",
+        metavar="IMG_SIZE",
         type=int,
         default=DEFAULT_INPUT_SIZE,
-        help="training input size the boxes are letterboxed to (default: %(default)s)",
+        help="training input size the boxes are letterboxed to, as train.py --img-size "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(  # the earlier spelling, kept working but not shown
+        "--input-size",
+        dest="input_size",
+        type=int,
+        default=argparse.SUPPRESS,
+        help=argparse.SUPPRESS,
     )
     parser.add_argument(
         "--num-anchors", type=int, default=DEFAULT_NUM_ANCHORS, help="k (default: %(default)s)"
