@@ -22,8 +22,7 @@ import torch
 
 from data.formats import LabelSource, role_source
 from data.source import DataSource, resolve_data_source
-from data.voc import load_voc, parse_sets, summarize_issues
-from nets.checkpoint import CheckpointMismatchError, load_torch_file, read_checkpoint
+from nets.checkpoint import CheckpointMismatchError, checkpoint_contents, load_torch_file
 from nets.registry import describe_phis, load_attention_plugins
 from utils.classes import read_class_names
 from utils.config import HelpFormatter, add_options, argument_group, from_args, run_cli
@@ -40,6 +39,7 @@ from utils.evaluation.evaluate import (
     EvalConfig,
     check_ground_truth,
     format_report,
+    load_ground_truth,
     plot_report,
     read_detections_json,
     score,
@@ -232,34 +232,42 @@ def check_weights(weights: list[str], class_names: list[str] | None) -> None:
     for path in weights:
         if not os.path.isfile(path):
             continue  # the loader says what is missing
-        for key in _identities(path):
+        keys, stored = _identities(path)
+        for key in keys:
             if key in seen:
                 raise ValueError(
                     f"--weights {seen[key]} and {path} are {hows[key[0]]}: evaluating both "
                     "would count one run as two in the comparison; give one checkpoint per run"
                 )
             seen[key] = path
-        stored = _stored_class_names(path)
         if stored and class_names:
             check_class_names(path, stored, class_names)
 
 
-def _identities(path: str) -> list[tuple]:
-    """The resolved file, a hash of its content and, for a checkpoint, a hash of its weights
-    and the training settings it stores (``best.pth`` and ``last.pth`` of one run share
-    those, and so do two runs of equal settings and seed, which compute the same numbers)."""
+def _identities(path: str) -> tuple[list[tuple], list[str] | None]:
+    """What tells ``path`` apart from the other ``--weights``, and the class names it stores
+    (None: none stored, or not read here; the loader reports a file it cannot read), from one
+    read of the file.
+
+    The identities are the resolved file, a hash of its content and, for a checkpoint, a
+    hash of its weights and the training settings it stores (``best.pth`` and ``last.pth``
+    of one run share those, and so do two runs of equal settings and seed, which compute
+    the same numbers).
+    """
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     keys = [("file", os.path.realpath(path)), ("content", digest.hexdigest())]
-    if path.endswith((".onnx", ".weights")):
-        return keys
+    if path.endswith(".weights"):
+        return keys, None
     try:
+        if path.endswith(".onnx"):
+            return keys, onnx_metadata(path).get("class_names") or None
         payload = load_torch_file(path)
-        state, _ = read_checkpoint(path)
+        state, info = checkpoint_contents(payload, path)
     except (ValueError, CheckpointMismatchError):
-        return keys  # the loader says what is wrong with it
+        return keys, None
     weights = hashlib.sha256()
     for name in sorted(state):
         weights.update(name.encode())
@@ -269,21 +277,7 @@ def _identities(path: str) -> list[tuple]:
     if isinstance(config, dict) and "seed" in config:
         settings = {k: v for k, v in config.items() if k not in RESULT_NEUTRAL_FIELDS}
         keys.append(("run", json.dumps(settings, sort_keys=True, default=repr)))
-    return keys
-
-
-def _stored_class_names(path: str) -> list[str] | None:
-    """The class names a checkpoint or export stores (None: none stored, or not read here;
-    the loader reports a file it cannot read)."""
-    try:
-        if path.endswith(".onnx"):
-            return onnx_metadata(path).get("class_names") or None
-        if path.endswith(".weights"):
-            return None
-        names = read_checkpoint(path)[1].class_names
-    except (ValueError, CheckpointMismatchError):
-        return None
-    return list(names) if names else None
+    return keys, list(info.class_names) if info.class_names else None
 
 
 def _input_paths(args: argparse.Namespace, voc_root: str) -> list[str]:
@@ -307,17 +301,11 @@ def _score_file(args, source: DataSource, out_dir: Path, labels: LabelSource | N
         print("error: --detections needs --classes", file=sys.stderr)
         return 2
     names = read_class_names(source.classes)
-    if labels is not None:
-        # boxes as written, as the devkit scores them; what the reader skipped is said
-        loaded = labels.load(names, clip_boxes=False)
-        dataset = labels.describe()
-    else:
-        voc_root, split = source.voc_root, source.val_set
-        dataset = f"{voc_root} {split}"
-        loaded = load_voc(voc_root, parse_sets(split), names, clip_boxes=False)
-    for line in summarize_issues(loaded.issues, "ground-truth issue"):
-        print(f"warning: {dataset}: {line}", file=sys.stderr)
-    annotations = loaded.annotations
+    annotations, dataset, warnings = load_ground_truth(
+        labels, source.voc_root, source.val_set, names
+    )
+    for line in warnings:
+        print(f"warning: {line}", file=sys.stderr)
     for line in check_ground_truth(annotations, names, dataset):
         print(f"warning: {line}", file=sys.stderr)
     detected = read_detections_json(args.detections, annotations, names)

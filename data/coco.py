@@ -31,9 +31,9 @@ from data.label_io import (
     WriteReport,
     annotation,
     brief,
-    check_class_names,
     check_split_name,
     check_unique_ids,
+    check_writable_class_names,
     commit_files,
     continuous_box,
     continuous_edges,
@@ -345,7 +345,7 @@ def write_coco(
     """
     out = Path(out)
     check_split_name(split)
-    check_class_names(labels.class_names, labels.source)
+    check_writable_class_names(labels.class_names, labels.source)
     report = WriteReport("coco", out)
     images, objects, crowd, placed = [], [], 0, []
     for ann, filename in output_image_names(labels.annotations, report.issues):

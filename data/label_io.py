@@ -382,7 +382,7 @@ def output_image_names(
     return out
 
 
-def check_class_names(class_names: Sequence[str], source: str) -> None:
+def check_writable_class_names(class_names: Sequence[str], source: str) -> None:
     """Refuses class names that would not read back the same: a names file holds one per
     line and readers strip them; XML, JSON and YAML cannot hold every character.
 
@@ -392,21 +392,25 @@ def check_class_names(class_names: Sequence[str], source: str) -> None:
     """
     seen: set[str] = set()
     for name in class_names:
-        problem = class_name_problem(name)
-        if problem is not None:
-            pass
-        elif name != name.strip():
-            problem = "starts or ends with white space"
-        elif _NOT_WRITABLE.search(name):
-            problem = "holds a character UTF-8 text cannot"
-        elif name in seen:
-            problem = "is listed twice"
+        problem = class_name_problem(name) or _unwritable_name_problem(name, seen)
         if problem is not None:
             raise LabelFormatError(
                 f"class name {name!r} of {source} {problem}: it cannot be written as a class "
                 "name (fix the names, or give --classes)"
             )
         seen.add(name)
+
+
+def _unwritable_name_problem(name: str, seen: set[str]) -> str | None:
+    """What keeps a valid class name (``class_name_problem``) from being written and read
+    back as itself, or None."""
+    if name != name.strip():
+        return "starts or ends with white space"
+    if _NOT_WRITABLE.search(name):
+        return "holds a character UTF-8 text cannot"
+    if name in seen:
+        return "is listed twice"
+    return None
 
 
 def nothing_to_write(labels: LabelSet, issues: Sequence[FileIssue], out: Path) -> LabelFormatError:

@@ -19,9 +19,9 @@ from data.label_io import (
     LabelSet,
     OutputFile,
     WriteReport,
-    check_class_names,
     check_names_file,
     check_split_name,
+    check_writable_class_names,
     commit_files,
     known_size,
     nothing_to_write,
@@ -257,7 +257,7 @@ def write_voc(
     """
     out = Path(out)
     check_split_name(split)
-    check_class_names(labels.class_names, labels.source)
+    check_writable_class_names(labels.class_names, labels.source)
     report = WriteReport("voc", out)
     check_names_file(out / NAMES_FILE, labels.class_names)
     images, xmls, ids, odd_suffixes = [], [], [], 0

@@ -35,10 +35,10 @@ from data.label_io import (
     WriteReport,
     annotation,
     brief,
-    check_class_names,
     check_names_file,
     check_split_name,
     check_unique_ids,
+    check_writable_class_names,
     commit_files,
     continuous_box,
     continuous_edges,
@@ -520,7 +520,7 @@ def write_yolo(
     """
     out = Path(out)
     check_split_name(split)
-    check_class_names(labels.class_names, labels.source)
+    check_writable_class_names(labels.class_names, labels.source)
     report = WriteReport("yolo", out)
     check_names_file(out / NAMES_FILE, labels.class_names)
     splits: dict[str, list[str]] = {}

@@ -232,8 +232,12 @@ def _load_problem(err: Exception) -> str:
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], ModelInfo]:
     """Reads ours or a reference-implementation ``.pth``: ``(state_dict, info)``."""
-    path = str(path)
-    obj = load_torch_file(path)
+    return checkpoint_contents(load_torch_file(path), str(path))
+
+
+def checkpoint_contents(obj: Any, path: str) -> tuple[dict[str, torch.Tensor], ModelInfo]:
+    """``read_checkpoint`` of what ``load_torch_file(path)`` returned, for a caller that also
+    needs the rest of the file (such as a training checkpoint's stored config)."""
     if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
         phi, phi_name = _resolve_stored_phi(path, obj["phi"])
         info = ModelInfo(

@@ -12,7 +12,8 @@ std over seeds per attention block, its cost, and per pair of blocks the mAP50 d
 95% interval from a paired bootstrap over the test images and the seeds: "better", "worse" or
 "not distinguishable". A plugin block's runs are ``<name>_seed<S>`` (plugins share phi -1).
 A run already in the study folder is reused when finished, and continued when interrupted, only
-if it was trained with the study's settings (all but those in ``NOT_COMPARED``); otherwise the
+if it was trained with the study's settings (every setting, derived ones such as batch sizes,
+frozen epochs, warmup, lr and scale_xy included, except ``RESULT_NEUTRAL_FIELDS``); otherwise the
 study stops before any training with an error naming the settings that differ. Blocks, seeds
 and settings are all checked before the first run starts.
 """
@@ -62,11 +63,6 @@ from utils.runlock import LOCK_NAME, FolderLock, FolderLockedError
 
 logger = logging.getLogger(__name__)
 
-# Settings left out when a finished run is checked against the study's (see the definition);
-# every other setting, derived ones (batch sizes, frozen epochs, warmup, lr, scale_xy)
-# included, must be equal for a run to be reused.
-NOT_COMPARED = RESULT_NEUTRAL_FIELDS
-
 
 @dataclass
 class PlannedRun:
@@ -92,7 +88,7 @@ def plan_study(
     Every block name, seed and per-run config is checked, the data is read once (what its
     readers skipped or repaired is logged here, one line per kind), ``out`` must
     be a folder apart from the inputs, and each run already in ``out`` is compared setting by
-    setting (all but ``NOT_COMPARED``) with the run the study would train.
+    setting (all but ``RESULT_NEUTRAL_FIELDS``) with the run the study would train.
 
     Returns:
         The base config with its data paths resolved, the runs in order, and the labels the
@@ -221,7 +217,7 @@ def _differences(stored: dict | None, expected: TrainConfig) -> list[str]:
         return [f"its stored settings are unreadable ({err})"]
     out = []
     for f in fields(TrainConfig):
-        if f.name in NOT_COMPARED:
+        if f.name in RESULT_NEUTRAL_FIELDS:
             continue
         old, new = getattr(saved, f.name), getattr(expected, f.name)
         if old != new:

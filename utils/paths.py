@@ -237,8 +237,8 @@ def check_apart(
     contain one, or lie inside an input folder. A file output (one name the user chose) must
     not be an input file (also through a link), nor an existing file inside an input folder
     (it may be one of the files read from there); a new file name there cannot collide and is
-    allowed. Paths are compared after resolving links;
-    inputs that do not exist are skipped. ``--exist-ok`` and the like do not change this.
+    allowed. Paths are compared after resolving links; inputs that do not exist are skipped.
+    ``--exist-ok`` and the like do not change this.
 
     Raises:
         OutputRefusedError: naming the flag, both paths and what to do instead.
@@ -272,13 +272,13 @@ def check_outputs_distinct(outputs: list[tuple[str, str | os.PathLike | None, bo
         OutputRefusedError: naming both flags and the path.
     """
     given = [(flag, path, _resolved(path), folder) for flag, path, folder in outputs if path]
-    for k, (flag, path, resolved, _) in enumerate(given):
+    for k, (flag, path, resolved, folder) in enumerate(given):
         for other_flag, other_path, other, other_folder in given[k + 1 :]:
             if resolved == other:
                 clash = f"{flag} {path} and {other_flag} {other_path} name one path"
             elif not other_folder and other in resolved.parents:
                 clash = f"{flag} {path} lies inside the file {other_flag} {other_path}"
-            elif not given[k][3] and resolved in other.parents:
+            elif not folder and resolved in other.parents:
                 clash = f"{other_flag} {other_path} lies inside the file {flag} {path}"
             else:
                 continue

@@ -316,7 +316,6 @@ CHANGEABLE_ON_RESUME = (
 )
 
 
-# where the run lives: a resumed run continues in its own folder
 def run_inputs(cfg: TrainConfig) -> list[str]:
     """Every path a training reads (after ``resolve_data``): run folders are kept apart
     from all of them (``utils.paths.check_apart``)."""
@@ -335,6 +334,7 @@ def run_inputs(cfg: TrainConfig) -> list[str]:
     return [str(p) for p in paths if p]
 
 
+# where the run lives: a resumed run continues in its own folder
 IGNORED_ON_RESUME = ("resume", "name", "log_dir")
 
 

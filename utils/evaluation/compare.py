@@ -14,7 +14,6 @@ import numpy as np
 import torch
 
 from data.formats import LabelSource
-from data.voc import load_voc, parse_sets, summarize_issues
 from nets.checkpoint import ModelInfo, load_model
 from nets.summary import count_flops, count_parameters
 from nets.yolo import YoloBody
@@ -38,6 +37,7 @@ from utils.evaluation.evaluate import (
     EvalConfig,
     check_ground_truth,
     detect_dataset,
+    load_ground_truth,
     score,
 )
 from utils.inference.deploy import OnnxRunner, onnx_metadata
@@ -118,16 +118,9 @@ def evaluate_checkpoint(
     model, info, names, detector = _load_for_evaluation(weights, cfg, class_names, phi)
     if detector is not None:  # an ONNX export runs on the CPU
         device = torch.device("cpu")
-    # boxes as written, as the devkit scores them; what the reader skipped is said
-    if labels is not None:
-        loaded = labels.load(names, clip_boxes=False)
-        dataset = labels.describe()
-    else:
-        dataset = f"{voc_root} {split}"
-        loaded = load_voc(voc_root, parse_sets(split), names, clip_boxes=False)
-    for line in summarize_issues(loaded.issues, "ground-truth issue"):
-        logging.getLogger(__name__).warning("%s: %s", dataset, line)
-    annotations = loaded.annotations
+    annotations, dataset, warnings = load_ground_truth(labels, voc_root, split, names)
+    for line in warnings:
+        logging.getLogger(__name__).warning(line)
     if not annotations:
         raise ValueError(f"{dataset}: no images")
     for line in check_ground_truth(annotations, names, dataset):  # before the model runs

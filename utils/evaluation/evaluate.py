@@ -22,7 +22,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from data.voc import Annotation
+from data.formats import LabelSource
+from data.voc import Annotation, load_voc, parse_sets, summarize_issues
 from nets.decode import Geometry, detect_batch
 from utils.config import option, rule_problems
 from utils.device import synchronize
@@ -401,6 +402,28 @@ def ground_truth(annotations: Sequence[Annotation], keep: np.ndarray | None = No
     if not parts:
         return BoxSet([], np.zeros((0, 4)), [], difficult=[])
     return BoxSet.concat(parts)
+
+
+def load_ground_truth(
+    labels: LabelSource | None, voc_root: str, split: str, class_names: Sequence[str]
+) -> tuple[list[Annotation], str, list[str]]:
+    """The ground truth to score: ``labels`` when given, else the VOCdevkit split, with boxes
+    as written (the VOC devkit and pycocotools do not clip, and clipping changes IoU).
+
+    Returns:
+        The annotations, the data set's name for messages, and one warning line per kind of
+        what the reader skipped or kept as written, with its count and first files.
+    """
+    if labels is not None:
+        loaded = labels.load(class_names, clip_boxes=False)
+        dataset = labels.describe()
+    else:
+        loaded = load_voc(voc_root, parse_sets(split), class_names, clip_boxes=False)
+        dataset = f"{voc_root} {split}"
+    warnings = [
+        f"{dataset}: {line}" for line in summarize_issues(loaded.issues, "ground-truth issue")
+    ]
+    return loaded.annotations, dataset, warnings
 
 
 def check_ground_truth(
