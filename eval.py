@@ -27,8 +27,6 @@ from nets.registry import describe_phis, load_attention_plugins
 from utils.classes import read_class_names
 from utils.config import HelpFormatter, add_options, argument_group, from_args, run_cli
 from utils.device import ThreadConfig, configure_threads, select_device
-from utils.engine.config import RESULT_NEUTRAL_FIELDS, TrainConfig
-from utils.engine.precision import AMP_TORCH_ONLY, inference_precision
 from utils.evaluation.compare import (
     CompareConfig,
     evaluate_checkpoint,
@@ -54,7 +52,9 @@ from utils.paths import (
     write_failure,
     write_text_atomic,
 )
+from utils.precision import AMP_TORCH_ONLY, inference_precision
 from utils.sources import increment_path
+from utils.training.config import RESULT_NEUTRAL_FIELDS, TrainConfig
 
 VOC_TEST = "2007:test"  # the usual protocol's test set
 

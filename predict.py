@@ -25,7 +25,6 @@ from nets.registry import describe_phis, load_attention_plugins
 from utils.classes import read_anchors, read_class_names
 from utils.config import HelpFormatter, add_options, argument_group, from_args, run_cli
 from utils.device import ThreadConfig, configure_threads
-from utils.engine.config import TrainConfig
 from utils.inference.deploy import onnx_metadata
 from utils.inference.export import ExportConfig, calibration_images, export_model
 from utils.inference.predict_loop import (
@@ -56,6 +55,7 @@ from utils.sources import (
     resolve_source,
     source_inputs,
 )
+from utils.training.config import TrainConfig
 
 
 def build_parser() -> argparse.ArgumentParser:

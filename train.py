@@ -15,11 +15,11 @@ import signal
 import sys
 
 from utils.config import HelpFormatter, add_options, from_args, given_options
-from utils.engine.config import TrainConfig
-from utils.engine.fit import fit
-from utils.engine.loop import NonFiniteLossError
 from utils.paths import OutputPathError, OutputRefusedError, check_output_path
 from utils.runlock import FolderLockedError
+from utils.training.config import TrainConfig
+from utils.training.fit import fit
+from utils.training.loop import NonFiniteLossError
 
 
 def build_parser(add_help: bool = True, exclude: tuple[str, ...] = ()) -> argparse.ArgumentParser:

@@ -18,8 +18,8 @@ import torch
 from nets.decode import Geometry
 from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, STRIDES, YoloBody
 from utils.config import HelpFormatter
-from utils.engine.loss import YoloLoss
 from utils.timing import StageTimer
+from utils.training.loss import YoloLoss
 
 INPUT_SIZE = 416
 NUM_CLASSES = 20

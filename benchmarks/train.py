@@ -51,13 +51,13 @@ from nets.decode import Geometry
 from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, YoloBody
 from utils.classes import read_class_names
 from utils.config import HelpFormatter
-from utils.engine import loss as loss_module
-from utils.engine.config import TrainConfig
-from utils.engine.loop import LOSS_KEYS, TrainStep
-from utils.engine.loss import LevelTargets, YoloLoss
-from utils.engine.optim import ModelEMA, build_optimizer
-from utils.engine.precision import autocast, cpu_has_native_bf16, resolve_precision
+from utils.precision import autocast, cpu_has_native_bf16, resolve_precision
 from utils.timing import StageTimer, Stats
+from utils.training import loss as loss_module
+from utils.training.config import TrainConfig
+from utils.training.loop import LOSS_KEYS, TrainStep
+from utils.training.loss import LevelTargets, YoloLoss
+from utils.training.optim import ModelEMA, build_optimizer
 
 INPUT_SIZE, BATCH = 416, 8  # the training step the reference numbers were measured at
 # the reference implementation's own training step at 416, batch 8, phi 0, timed on a 2-core

@@ -10,7 +10,7 @@ unknown format, an annotation file that does not parse at all) raises ``LabelFor
 ``FileNotFoundError`` naming it. ``convert_labels`` reads one format and writes another
 (``write_labels``: VOC, COCO or YOLO) so that boxes, labels, image sizes, class names and,
 where the format holds them, difficult flags survive (the modules say how: ``data.voc_folder``,
-``data.coco``, ``data.yolo``; the pixel convention is in ``data.label_io``).
+``data.coco``, ``data.yolo_txt``; the pixel convention is in ``data.label_io``).
 
 What each format cannot hold: YOLO has no difficult flag (written as ordinary objects) and no
 image size (read from the image); COCO keeps difficult as ``iscrowd``; annotation lines hold
@@ -45,7 +45,7 @@ from data.voc_folder import (
     voc_splits,
     write_voc,
 )
-from data.yolo import (
+from data.yolo_txt import (
     IMAGE_EXTENSIONS,
     is_yolo_folder,
     label_path,

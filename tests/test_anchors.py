@@ -1,4 +1,4 @@
-"""data.anchors: IoU k-means on synthetic shapes, letterbox scaling and the anchors file."""
+"""data.anchor_kmeans: IoU k-means on synthetic shapes, letterbox scaling and the anchors file."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from voc_factory import run_with_file_size_limit
 
-from data.anchors import (
+from data.anchor_kmeans import (
     DEFAULT_ANCHORS,
     compute_anchors,
     kmeans_anchors,

@@ -14,8 +14,8 @@ from voc_factory import make_split, tiny_train_config
 
 from data.voc import FileIssue, issue_kind, summarize_issues
 from tools import check_data, study
-from utils.engine.fit import fit
 from utils.evaluation.evaluate import EvalConfig
+from utils.training.fit import fit
 
 OUTSIDE, UNKNOWN = 12, 2
 

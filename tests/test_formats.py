@@ -23,7 +23,7 @@ from data.formats import (
 )
 from data.label_io import LabelFormatError, LabelSet
 from data.voc import load_voc
-from data.yolo import label_path
+from data.yolo_txt import label_path
 from tools import convert_labels as convert_cli
 
 
@@ -614,8 +614,8 @@ def test_convert_cli(tmp_path: Path, capsys) -> None:
 
 
 def test_load_data_from_labels(tmp_path: Path) -> None:
-    from utils.engine.config import TrainConfig
-    from utils.engine.setup import eval_label_source, load_data
+    from utils.training.config import TrainConfig
+    from utils.training.setup import eval_label_source, load_data
 
     train_json = _coco_set(tmp_path / "coco")
     # the val file lists the same categories in another id order: matched by name
@@ -671,8 +671,8 @@ def test_eval_and_study_parsers_take_label_flags() -> None:
 @pytest.mark.slow
 def test_train_on_yolo_and_evaluate_on_coco(tmp_path: Path) -> None:
     import eval as eval_cli
-    from utils.engine.config import TrainConfig
-    from utils.engine.fit import fit
+    from utils.training.config import TrainConfig
+    from utils.training.fit import fit
 
     voc = make_voc(tmp_path / "VOCdevkit", num_images=6, size=(96, 80)) / "VOC2007"
     (voc / "ImageSets" / "Main" / "train.txt").write_text("000000\n000001\n000002\n000003\n")

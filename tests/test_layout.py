@@ -87,10 +87,10 @@ def _exists(name: str) -> bool:
 
 def test_the_rules_see_the_whole_library() -> None:
     names = {module_name(p) for p in library_files()}
-    assert {"nets.yolo", "data.voc", "utils.engine.fit", "utils.inference.predictor"} <= names
+    assert {"nets.yolo", "data.voc", "utils.training.fit", "utils.inference.predictor"} <= names
     # the import scanner finds both import forms, function-level ones included
-    fit = project_imports(ROOT / "utils" / "engine" / "fit.py")
-    assert {"utils.engine.loop", "nets.yolo", "data.dataset"} <= fit
+    fit = project_imports(ROOT / "utils" / "training" / "fit.py")
+    assert {"utils.training.loop", "nets.yolo", "data.dataset"} <= fit
 
 
 @pytest.mark.parametrize("path", library_files(), ids=module_name)
@@ -161,11 +161,11 @@ def test_cycle_finder_finds_cycles_and_only_cycles() -> None:
     # the graph has the module-level imports, not those inside a function or for type checkers
     graph = library_graph()
     assert "nets.registry" in graph["nets.blocks"] and "nets.blocks" in graph["nets.attention"]
-    assert "utils.engine.loop" in graph["utils.engine.fit"]
-    assert "utils.inference.predictor" in project_imports(ROOT / "utils" / "engine" / "runlog.py")
-    assert "utils.inference.predictor" not in graph["utils.engine.runlog"]
-    assert "utils.engine.loop" in project_imports(ROOT / "utils" / "engine" / "state.py")
-    assert "utils.engine.loop" not in graph["utils.engine.state"]
+    assert "utils.training.loop" in graph["utils.training.fit"]
+    assert "utils.inference.predictor" in project_imports(ROOT / "utils" / "training" / "runlog.py")
+    assert "utils.inference.predictor" not in graph["utils.training.runlog"]
+    assert "utils.training.loop" in project_imports(ROOT / "utils" / "training" / "state.py")
+    assert "utils.training.loop" not in graph["utils.training.state"]
 
 
 def test_library_has_no_import_cycle() -> None:

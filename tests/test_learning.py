@@ -12,10 +12,10 @@ from data.voc import load_voc
 from nets.decode import Geometry
 from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, YoloBody
 from utils.classes import read_class_names
-from utils.engine.config import TrainConfig
-from utils.engine.fit import fit
-from utils.engine.setup import load_initial_weights
 from utils.evaluation.evaluate import EvalConfig, detect_dataset, score
+from utils.training.config import TrainConfig
+from utils.training.fit import fit
+from utils.training.setup import load_initial_weights
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from nets.decode import SCALE_X_Y, Geometry
 from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK
-from utils.engine.loss import LossConfig, YoloLoss, build_targets
+from utils.training.loss import LossConfig, YoloLoss, build_targets
 
 SIZE = 416
 NUM_CLASSES = 3

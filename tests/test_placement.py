@@ -20,8 +20,8 @@ from nets.registry import (
 )
 from nets.summary import count_parameters
 from nets.yolo import YoloBody
-from utils.engine.config import TrainConfig
-from utils.engine.setup import merge_resume
+from utils.training.config import TrainConfig
+from utils.training.setup import merge_resume
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 PARAMS = {0: 5_918_006, 1: 5_961_014, 2: 6_004_316, 3: 5_918_021, 4: 5_982_630}

@@ -20,15 +20,15 @@ import eval as eval_cli
 from nets.checkpoint import ModelInfo
 from nets.decode import Geometry
 from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, YoloBody
-from utils.engine import precision as precision_module
-from utils.engine.config import TrainConfig
-from utils.engine.fit import fit
-from utils.engine.loop import TrainStep
-from utils.engine.loss import YoloLoss
-from utils.engine.optim import build_optimizer
-from utils.engine.precision import check_compiler, resolve_precision
-from utils.engine.setup import merge_resume
+from utils import precision as precision_module
 from utils.inference.predictor import Detector, InferenceConfig
+from utils.precision import check_compiler, resolve_precision
+from utils.training.config import TrainConfig
+from utils.training.fit import fit
+from utils.training.loop import TrainStep
+from utils.training.loss import YoloLoss
+from utils.training.optim import build_optimizer
+from utils.training.setup import merge_resume
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 HAS_COMPILER = any(shutil.which(name) for name in ("c++", "g++", "clang++"))

@@ -10,10 +10,10 @@ import pytest
 
 from data.voc import Annotation
 from nets.yolo import DEFAULT_ANCHORS
-from utils.engine.anchors import AUTO_MAX_DEFAULT_IOU, resolve_anchors
-from utils.engine.config import TrainConfig
-from utils.engine.optim import fitted_lrs
-from utils.engine.schedule import MIN_WARMUP_ITERS, resolve_schedule
+from utils.training.anchor_choice import AUTO_MAX_DEFAULT_IOU, resolve_anchors
+from utils.training.config import TrainConfig
+from utils.training.optim import fitted_lrs
+from utils.training.schedule import MIN_WARMUP_ITERS, resolve_schedule
 
 
 def test_voc_sized_runs_keep_the_reference_schedule() -> None:

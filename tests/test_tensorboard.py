@@ -13,10 +13,10 @@ import pytest
 import torch
 from voc_factory import make_split, tiny_train_config
 
-from utils.engine import fit as fit_module
-from utils.engine.fit import fit
-from utils.engine.loop import EpochProgress
-from utils.engine.tensorboard import HPARAMS_DIR, final_metrics, hyper_parameters, scalar_tag
+from utils.training import fit as fit_module
+from utils.training.fit import fit
+from utils.training.loop import EpochProgress
+from utils.training.tensorboard import HPARAMS_DIR, final_metrics, hyper_parameters, scalar_tag
 
 LOSS_TAGS = ["loss/loss_box", "loss/loss_obj", "loss/loss_cls", "loss/loss"]
 MAP_TAGS = ["metrics/map50_voc07", "metrics/map50_voc12"]
@@ -203,7 +203,7 @@ def test_missing_tensorboard_is_one_line_and_training_goes_on(
 ) -> None:
     import sys
 
-    from utils.engine.tensorboard import open_tensorboard
+    from utils.training.tensorboard import open_tensorboard
 
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
     with caplog.at_level("INFO", logger="train"):

@@ -17,10 +17,10 @@ from voc_factory import CLASSES, make_split, tiny_train_config
 
 from nets.checkpoint import load_model
 from nets.yolo import YoloBody
-from utils.engine.config import TrainConfig
-from utils.engine.fit import fit
-from utils.engine.loop import TrainStep
-from utils.engine.optim import (
+from utils.training.config import TrainConfig
+from utils.training.fit import fit
+from utils.training.loop import TrainStep
+from utils.training.optim import (
     ModelEMA,
     build_optimizer,
     fitted_lrs,
@@ -28,7 +28,7 @@ from utils.engine.optim import (
     lr_at,
     set_backbone_frozen,
 )
-from utils.engine.setup import merge_resume
+from utils.training.setup import merge_resume
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -211,7 +211,7 @@ def test_missing_voc_explains_what_to_do(tmp_path) -> None:
 
 @pytest.mark.slow
 def test_non_finite_losses_are_skipped_then_stop(tiny_voc, tmp_path, monkeypatch, caplog) -> None:
-    from utils.engine import loss as loss_module
+    from utils.training import loss as loss_module
 
     real = loss_module.YoloLoss.forward
 
@@ -483,7 +483,7 @@ def test_failed_start_leaves_no_run_folder(tmp_path) -> None:
 def test_checkpoints_in_a_kill_safe_order_and_csv_follows_last(tiny_voc, tmp_path, monkeypatch):
     """best.pth is written before last.pth; a resume removes half-written files and rewrites
     results.csv from last.pth's history (a row written before a kill is not duplicated)."""
-    import utils.engine.state as state_module
+    import utils.training.state as state_module
 
     written = []
     real = state_module.save_checkpoint

@@ -27,7 +27,7 @@ from nets.registry import (
     temporary_registrations,
 )
 from nets.yolo import YoloBody
-from utils.engine.config import TrainConfig
+from utils.training.config import TrainConfig
 
 _counter = itertools.count()
 
@@ -336,7 +336,7 @@ def test_plugin_block_of_the_wrong_shape_fails_when_the_model_is_built(plugin) -
 
 @pytest.mark.slow
 def test_plugin_block_of_the_wrong_shape_leaves_no_run_folder(plugin, tmp_path) -> None:
-    from utils.engine.fit import fit
+    from utils.training.fit import fit
 
     module = plugin(SHAPES)
     voc_root, classes = make_split(tmp_path / "data", num_train=4, num_test=2)
@@ -377,7 +377,7 @@ def test_resume_imports_the_plugin_given_now(plugin, tmp_path) -> None:
     config is read with the module given now."""
     from dataclasses import asdict
 
-    from utils.engine.setup import read_resume
+    from utils.training.setup import read_resume
 
     module = plugin(SHAPES)
     stored = {**asdict(TrainConfig()), "phi": "counting", "attention_plugin": "moved_away_module"}

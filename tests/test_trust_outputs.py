@@ -22,7 +22,6 @@ import predict
 from nets.checkpoint import ModelInfo, save_checkpoint
 from nets.yolo import YoloBody
 from tools import convert_labels as convert_cli
-from utils.engine.fit import fit
 from utils.paths import (
     OutputPathError,
     OutputRefusedError,
@@ -30,6 +29,7 @@ from utils.paths import (
     check_outputs_distinct,
     write_text_atomic,
 )
+from utils.training.fit import fit
 
 REPO = Path(__file__).resolve().parents[1]
 WEIGHTS = REPO / "model_data" / "yolov4-tiny.weights"

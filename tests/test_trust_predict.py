@@ -24,7 +24,7 @@ import train
 from nets.checkpoint import load_matching, load_model, save_checkpoint
 from nets.yolo import DEFAULT_ANCHORS, YoloBody
 from utils.classes import read_anchors
-from utils.engine.anchors import resolve_anchors
+from utils.training.anchor_choice import resolve_anchors
 
 REPO = Path(__file__).resolve().parents[1]
 WEIGHTS = REPO / "model_data" / "yolov4-tiny.weights"

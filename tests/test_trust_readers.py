@@ -22,7 +22,7 @@ from data.formats import LabelSource, convert_labels, read_lines
 from data.label_io import LabelFormatError, LabelSet
 from data.voc import load_voc
 from data.voc_folder import read_voc_folder
-from data.yolo import read_data_yaml, read_yolo
+from data.yolo_txt import read_data_yaml, read_yolo
 from tools import check_data
 from utils.classes import read_class_names
 

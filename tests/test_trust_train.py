@@ -21,8 +21,8 @@ from voc_factory import make_split, tiny_train_config
 import train
 from nets.yolo import YoloBody
 from tools import study
-from utils.engine.fit import fit
 from utils.evaluation.evaluate import EvalConfig
+from utils.training.fit import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -148,7 +148,7 @@ def test_resume_of_a_run_another_process_writes_is_refused(finished_run, tmp_pat
 
 @pytest.mark.slow
 def test_a_run_holds_its_folder_lock_while_it_trains(finished_run, tiny_voc, tmp_path, monkeypatch):
-    import utils.engine.fit as fit_module
+    import utils.training.fit as fit_module
     from utils.runlock import FolderLock, FolderLockedError
 
     last = _copy_run(finished_run, tmp_path)
@@ -173,7 +173,7 @@ def test_a_run_holds_its_folder_lock_while_it_trains(finished_run, tiny_voc, tmp
 @pytest.mark.slow
 def test_a_new_run_never_shares_a_folder_made_meanwhile(tiny_voc, tmp_path, monkeypatch) -> None:
     """Another process makes <log-dir>/exp between this run's look and its mkdir."""
-    import utils.engine.runlog as runlog_module
+    import utils.training.runlog as runlog_module
 
     taken = tmp_path / "exp"
     real = runlog_module.increment_path
@@ -193,7 +193,7 @@ def test_a_new_run_never_shares_a_folder_made_meanwhile(tiny_voc, tmp_path, monk
 
 
 def test_runs_started_together_claim_different_folders(tmp_path) -> None:
-    from utils.engine.runlog import claim_run_folder
+    from utils.training.runlog import claim_run_folder
 
     claimed: list[Path] = []
     start = threading.Barrier(6)
@@ -252,7 +252,7 @@ def test_a_nan_model_output_stops_training_with_an_error(tiny_voc, tmp_path, cap
 
 @pytest.mark.slow
 def test_an_epoch_of_skipped_steps_is_never_a_row_of_zeros(tiny_voc, tmp_path, monkeypatch):
-    from utils.engine.loop import NonFiniteLossError
+    from utils.training.loop import NonFiniteLossError
 
     _nan_after(monkeypatch, 0)
     cfg = tiny_train_config(*tiny_voc, log_dir=str(tmp_path), name="skip", max_nonfinite=10)

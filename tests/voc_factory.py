@@ -86,7 +86,7 @@ def make_split(root: Path, num_train: int, num_test: int) -> tuple[Path, Path]:
 
 def tiny_train_config(voc_root: Path, classes: Path | None, **overrides):
     """A TrainConfig for seconds-long CPU runs on ``make_split`` data (64 px, from scratch)."""
-    from utils.engine.config import TrainConfig
+    from utils.training.config import TrainConfig
 
     base = {
         "voc_root": str(voc_root),
@@ -111,7 +111,7 @@ def train_tiny_checkpoint(tmp_path: Path, epochs: int) -> tuple[Path, Path, str]
 
     Tests take it through conftest's session fixture ``trained_tiny_checkpoint``, which
     trains each epoch count once per session."""
-    from utils.engine.fit import fit
+    from utils.training.fit import fit
 
     root, classes = make_split(tmp_path, num_train=6, num_test=4)
     result = fit(

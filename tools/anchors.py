@@ -11,7 +11,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from data.anchors import (
+from data.anchor_kmeans import (
     DEFAULT_ANCHORS,
     DEFAULT_INPUT_SIZE,
     DEFAULT_NUM_ANCHORS,

@@ -18,10 +18,10 @@ from pathlib import Path
 import eval as eval_cli
 import predict
 from data.demo import DEMO_ROOT, DEMO_VOC_ROOT, demo_is_current, generate_demo
-from utils.engine.config import TrainConfig
-from utils.engine.fit import fit
-from utils.engine.loop import NonFiniteLossError
 from utils.runlock import FolderLockedError
+from utils.training.config import TrainConfig
+from utils.training.fit import fit
+from utils.training.loop import NonFiniteLossError
 
 OUT = Path("logs/demo")
 
@@ -109,7 +109,7 @@ best mAP@0.5 during training (VOC2010+ area): {result.best_map:.3f}""")
 
 def demo_config(phi: str, img_size: int, epochs: int) -> TrainConfig:
     """The demo run: batch, frozen epochs, warmup and lr come from the schedule rules for a
-    short run on 210 images (``utils.engine.schedule``), as for any user's data."""
+    short run on 210 images (``utils.training.schedule``), as for any user's data."""
     return TrainConfig(
         data="demo",
         phi=phi,

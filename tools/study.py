@@ -37,19 +37,6 @@ from nets.registry import check_attention_args, load_attention_plugins, resolve_
 from nets.yolo import YoloBody
 from utils.config import HelpFormatter, add_options, from_args
 from utils.device import select_device
-from utils.engine.adapt import fit_to_data
-from utils.engine.config import RESULT_NEUTRAL_FIELDS, TrainConfig
-from utils.engine.fit import fit
-from utils.engine.loop import NonFiniteLossError
-from utils.engine.setup import (
-    DataSetup,
-    eval_label_source,
-    load_data,
-    require_objects,
-    resolve_data,
-    run_inputs,
-)
-from utils.engine.state import TrainState
 from utils.evaluation.compare import CompareConfig, evaluate_checkpoint, write_outputs
 from utils.evaluation.evaluate import EvalConfig
 from utils.paths import (
@@ -60,6 +47,19 @@ from utils.paths import (
     unique_components,
 )
 from utils.runlock import LOCK_NAME, FolderLock, FolderLockedError
+from utils.training.adapt import fit_to_data
+from utils.training.config import RESULT_NEUTRAL_FIELDS, TrainConfig
+from utils.training.fit import fit
+from utils.training.loop import NonFiniteLossError
+from utils.training.setup import (
+    DataSetup,
+    eval_label_source,
+    load_data,
+    require_objects,
+    resolve_data,
+    run_inputs,
+)
+from utils.training.state import TrainState
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,6 @@ from data.formats import LabelSource
 from nets.checkpoint import ModelInfo, load_model
 from nets.summary import count_flops, count_parameters
 from nets.yolo import YoloBody
-from utils.engine.precision import inference_precision
 from utils.evaluation.bootstrap import MatchTable
 
 # the table's names stay importable from here, where eval.py and tools.study find them
@@ -43,6 +42,7 @@ from utils.evaluation.evaluate import (
 from utils.inference.deploy import OnnxRunner, onnx_metadata
 from utils.inference.predict_loop import benchmark
 from utils.inference.predictor import Detector, InferenceConfig, check_class_names
+from utils.precision import inference_precision
 from utils.sources import read_image
 
 

@@ -27,10 +27,10 @@ from data.voc import Annotation, load_voc, parse_sets, summarize_issues
 from nets.decode import Geometry, detect_batch
 from utils.config import option, rule_problems
 from utils.device import synchronize
-from utils.engine.precision import AMP_TORCH_ONLY, autocast, inference_precision
 from utils.evaluation.detections_file import read_detections_json as read_detections_file
 from utils.evaluation.metrics import BoxSet, best_f1, evaluate_coco, evaluate_voc
 from utils.paths import save_figure_atomic
+from utils.precision import AMP_TORCH_ONLY, autocast, inference_precision
 from utils.preprocess import ResizeMeta, boxes_to_original_many, resize_image
 from utils.sources import ImageReadError, read_image
 from utils.timing import StageTimer

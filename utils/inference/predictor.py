@@ -26,9 +26,9 @@ from utils.classes import read_anchors, read_class_names
 from utils.config import Rule, option, rule_problems
 from utils.detections import Detections
 from utils.device import select_device
-from utils.engine.precision import AMP_TORCH_ONLY, autocast, inference_precision
 from utils.inference.deploy import fuse_model
 from utils.paths import COCO_CLASSES, OFFICIAL_WEIGHTS
+from utils.precision import AMP_TORCH_ONLY, autocast, inference_precision
 from utils.preprocess import ResizeMeta, preprocess_bgr, to_tensor
 
 DEFAULT_WEIGHTS = str(OFFICIAL_WEIGHTS)

@@ -32,8 +32,8 @@ from nets.decode import SCALE_X_Y
 from nets.yolo import YoloBody
 from utils.classes import read_class_names
 from utils.device import select_device
-from utils.engine.config import TrainConfig
 from utils.paths import OFFICIAL_WEIGHTS, VOC_CLASSES
+from utils.training.config import TrainConfig
 
 logger = logging.getLogger("train")
 

@@ -27,17 +27,21 @@ from nets.attention import parse_attention_args
 from nets.checkpoint import ModelInfo
 from nets.registry import check_attention_args, load_attention_plugins
 from nets.yolo import YoloBody
-from utils.engine.adapt import FittedRun, fit_to_data
-from utils.engine.config import TrainConfig
-from utils.engine.loop import (
+from utils.evaluation.evaluate import EvalConfig, EvalReport, format_report
+from utils.paths import check_apart, require_component, write_text_atomic
+from utils.precision import Precision, check_compiler, resolve_precision
+from utils.runlock import FolderLock
+from utils.training.adapt import FittedRun, fit_to_data
+from utils.training.config import TrainConfig
+from utils.training.loop import (
     EpochProgress,
     NonFiniteLossError,
     TrainStep,
     evaluate,
     train_one_epoch,
 )
-from utils.engine.loss import LossConfig, YoloLoss
-from utils.engine.optim import (
+from utils.training.loss import LossConfig, YoloLoss
+from utils.training.optim import (
     ModelEMA,
     build_optimizer,
     fitted_lrs,
@@ -45,9 +49,8 @@ from utils.engine.optim import (
     lr_at,
     set_backbone_frozen,
 )
-from utils.engine.precision import Precision, check_compiler, resolve_precision
-from utils.engine.runlog import RunLog, save_batch_picture, save_val_pictures
-from utils.engine.setup import (
+from utils.training.runlog import RunLog, save_batch_picture, save_val_pictures
+from utils.training.setup import (
     DataSetup,
     Dist,
     init_distributed,
@@ -58,10 +61,7 @@ from utils.engine.setup import (
     run_inputs,
     seed_run,
 )
-from utils.engine.state import TrainState, save_training_checkpoint
-from utils.evaluation.evaluate import EvalConfig, EvalReport, format_report
-from utils.paths import check_apart, require_component, write_text_atomic
-from utils.runlock import FolderLock
+from utils.training.state import TrainState, save_training_checkpoint
 
 logger = logging.getLogger("train")
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field, replace
 
-from utils.engine.config import TrainConfig
+from utils.training.config import TrainConfig
 
 logger = logging.getLogger("train")
 

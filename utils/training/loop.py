@@ -2,7 +2,7 @@
 
 ``TrainStep`` owns what one optimisation step touches (model, loss, optimizer, grad scaler,
 EMA); ``train_one_epoch`` runs it over a loader; ``evaluate`` is detection on a split plus its
-score. ``fit`` (``utils.engine.fit``) wires them into a run, and ``benchmarks.train`` times the
+score. ``fit`` (``utils.training.fit``) wires them into a run, and ``benchmarks.train`` times the
 same ``TrainStep``.
 """
 
@@ -21,9 +21,9 @@ from tqdm import tqdm
 
 from data.voc import Annotation
 from nets.checkpoint import ModelInfo
-from utils.engine.optim import ModelEMA, unwrap
-from utils.engine.precision import autocast
 from utils.evaluation.evaluate import EvalConfig, EvalReport, detect_dataset, score
+from utils.precision import autocast
+from utils.training.optim import ModelEMA, unwrap
 
 logger = logging.getLogger("train")
 

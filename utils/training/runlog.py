@@ -1,5 +1,5 @@
 """The run folder: config, results.csv and its plot, train.log, pictures of a training batch
-and of predictions, and TensorBoard event files (``utils.engine.tensorboard``)."""
+and of predictions, and TensorBoard event files (``utils.training.tensorboard``)."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from nets.checkpoint import ModelInfo
-from utils.engine.config import TrainConfig
-from utils.engine.tensorboard import open_tensorboard
 from utils.paths import save_figure_atomic, write_image_atomic, write_text_atomic
 from utils.runlock import FolderLock
 from utils.sources import increment_path
+from utils.training.config import TrainConfig
+from utils.training.tensorboard import open_tensorboard
 
 logger = logging.getLogger("train")
 

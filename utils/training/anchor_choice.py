@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.anchors import (
+from data.anchor_kmeans import (
     kmeans_anchors,
     letterbox_box_shapes,
     mean_best_iou,

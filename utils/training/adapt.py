@@ -8,11 +8,11 @@ from dataclasses import dataclass, replace
 from nets.checkpoint import ModelInfo
 from nets.decode import SCALE_X_Y
 from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, YoloBody
-from utils.engine.anchors import AnchorChoice, resolve_anchors
-from utils.engine.config import TrainConfig
-from utils.engine.schedule import Schedule, resolve_schedule
-from utils.engine.setup import DataSetup, load_initial_weights
-from utils.engine.state import TrainState
+from utils.training.anchor_choice import AnchorChoice, resolve_anchors
+from utils.training.config import TrainConfig
+from utils.training.schedule import Schedule, resolve_schedule
+from utils.training.setup import DataSetup, load_initial_weights
+from utils.training.state import TrainState
 
 
 @dataclass

@@ -5,7 +5,7 @@ config is written to the run folder and into every checkpoint. The defaults are 
 schedule of the reference implementation (300 epochs on 16,551 images, the first 50 with a
 frozen backbone when starting from pretrained weights) where it fits; the batch sizes, frozen
 epochs and warmup left unset are derived from the run's length and data set size
-(``utils.engine.schedule``).
+(``utils.training.schedule``).
 """
 
 from __future__ import annotations

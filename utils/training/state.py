@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 from nets.checkpoint import ModelInfo, save_checkpoint
 
 if TYPE_CHECKING:
-    from utils.engine.config import TrainConfig
-    from utils.engine.loop import TrainStep
+    from utils.training.config import TrainConfig
+    from utils.training.loop import TrainStep
 
 
 @dataclass

@@ -8,7 +8,7 @@ import math
 import torch
 from torch import nn
 
-from utils.engine.config import TrainConfig
+from utils.training.config import TrainConfig
 
 
 def fitted_lrs(cfg: TrainConfig, batch_size: int) -> tuple[float, float]:
