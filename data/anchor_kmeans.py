@@ -32,6 +32,7 @@ import cv2
 import numpy as np
 
 from data.voc import DEFAULT_TRAIN_SETS, Annotation, discover_classes, load_voc
+from utils.errors import InputError
 from utils.paths import write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -181,19 +182,19 @@ def kmeans_anchors(
     """
     shapes = np.asarray(shapes, np.float64).reshape(-1, 2)
     if num_anchors < 1 or num_restarts < 1:
-        raise ValueError(
+        raise InputError(
             f"num_anchors and num_restarts must be >= 1, got {num_anchors}, {num_restarts}"
         )
     if len(shapes) < num_anchors:
-        raise ValueError(
+        raise InputError(
             f"only {len(shapes)} box(es) to cluster into {num_anchors} anchors: "
             "use more data or fewer anchors"
         )
     if (shapes <= 0).any():
-        raise ValueError("box widths and heights must be > 0")
+        raise InputError("box widths and heights must be > 0")
     num_distinct = len(np.unique(shapes, axis=0))
     if num_distinct < num_anchors:
-        raise ValueError(
+        raise InputError(
             f"only {num_distinct} distinct box shape(s) for {num_anchors} anchors: "
             "use more data or fewer anchors"
         )

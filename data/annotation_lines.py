@@ -10,6 +10,7 @@ import numpy as np
 
 from data.label_io import brief, read_user_text
 from data.voc import Annotation, FileIssue, LoadResult
+from utils.errors import InputError
 
 
 def load_annotation_lines(
@@ -44,7 +45,7 @@ def load_annotation_lines(
             try:
                 values = [float(v) for v in token.split(",")]
                 if len(values) != 5 or not np.isfinite(values).all():
-                    raise ValueError(token)
+                    raise InputError(token)
                 *coords, cls = values
             except ValueError:
                 result.issues.append(

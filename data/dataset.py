@@ -25,6 +25,7 @@ from torch.utils.data import Dataset, Sampler
 
 from data.augment import AugmentConfig, mixup, mosaic, random_place
 from data.voc import Annotation, FileIssue
+from utils.errors import InputError
 from utils.preprocess import resize_image
 from utils.sources import ImageReadError, read_image
 
@@ -76,7 +77,7 @@ class VOCDetection(Dataset):
         if not include_difficult:
             annotations = [a.without_difficult() for a in annotations]
         if not annotations:
-            raise ValueError("no usable images in the dataset")
+            raise InputError("no usable images in the dataset")
         self.annotations = list(annotations)
         self.input_size = input_size
         self.train = train

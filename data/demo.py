@@ -39,6 +39,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from utils.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 CLASS_NAMES: tuple[str, ...] = ("circle", "square", "triangle")
@@ -371,9 +373,9 @@ def generate_demo(
     """
     min_size, max_size = (int(v) for v in image_size)
     if num_images < 1:
-        raise ValueError(f"num_images must be at least 1, got {num_images}")
+        raise InputError(f"num_images must be at least 1, got {num_images}")
     if not 32 <= min_size <= max_size:
-        raise ValueError(f"image_size must be (min, max) with 32 <= min <= max, got {image_size}")
+        raise InputError(f"image_size must be (min, max) with 32 <= min <= max, got {image_size}")
     out_dir = Path(out_dir)
     params_path = out_dir / PARAMS_FILE
     devkit = out_dir / "VOCdevkit"

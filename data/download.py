@@ -29,6 +29,8 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
+from utils.errors import FailedError, InputError
+
 logger = logging.getLogger(__name__)
 
 # The usual public mirror of the official tarballs (the Oxford host serves the same files under
@@ -51,11 +53,11 @@ CHUNK_BYTES = 1 << 20  # read/write/hash block size
 TIMEOUT_S = 60.0  # socket timeout per blocking read
 
 
-class ChecksumError(RuntimeError):
+class ChecksumError(FailedError):
     """A downloaded file does not have the expected checksum (it has been deleted)."""
 
 
-class UnsafeArchiveError(ValueError):
+class UnsafeArchiveError(InputError):
     """An archive member would be written outside the destination, or is a link or device."""
 
 
@@ -78,10 +80,10 @@ def parse_voc_sets(text: str) -> list[str]:
     """
     names = [t.strip().replace(":", "-") for t in text.split(",") if t.strip()]
     if not names:
-        raise ValueError(f"no sets in {text!r}; choose from {', '.join(VOC_TARS)}")
+        raise InputError(f"no sets in {text!r}; choose from {', '.join(VOC_TARS)}")
     unknown = [n for n in names if n not in VOC_TARS]
     if unknown:
-        raise ValueError(f"unknown set(s) {', '.join(unknown)}; choose from {', '.join(VOC_TARS)}")
+        raise InputError(f"unknown set(s) {', '.join(unknown)}; choose from {', '.join(VOC_TARS)}")
     return list(dict.fromkeys(names))  # keep order, drop repeats
 
 
@@ -281,10 +283,10 @@ def prepare_voc(
     results = []
     for set_name in sets:
         if set_name not in VOC_TARS:
-            raise ValueError(f"unknown set {set_name!r}; choose from {', '.join(VOC_TARS)}")
+            raise InputError(f"unknown set {set_name!r}; choose from {', '.join(VOC_TARS)}")
         tar_name = VOC_TARS[set_name]
         if tar_name not in checksums:
-            raise ValueError(f"no checksum for {tar_name}")
+            raise InputError(f"no checksum for {tar_name}")
         tar_path = cache / tar_name
         marker = marker_path(dest, tar_name)
         if marker.is_file():

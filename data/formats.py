@@ -55,6 +55,7 @@ from data.yolo_txt import (
     yolo_root,
     yolo_splits,
 )
+from utils.errors import InputError
 from utils.paths import check_apart, safe_component
 from utils.sources import ImageReadError
 
@@ -137,7 +138,7 @@ class LabelSource:
 
     def __post_init__(self) -> None:
         if self.format not in LABEL_FORMATS:
-            raise ValueError(f"unknown label format {self.format!r}: one of {LABEL_FORMATS}")
+            raise InputError(f"unknown label format {self.format!r}: one of {LABEL_FORMATS}")
 
     @property
     def kind(self) -> str:
@@ -322,7 +323,7 @@ def write_labels(
     """
     writers = {"voc": write_voc, "coco": write_coco, "yolo": write_yolo}
     if fmt not in writers:
-        raise ValueError(f"cannot write {fmt!r} labels: one of {', '.join(WRITE_FORMATS)}")
+        raise InputError(f"cannot write {fmt!r} labels: one of {', '.join(WRITE_FORMATS)}")
     return writers[fmt](labels, out, split, overwrite=overwrite)
 
 

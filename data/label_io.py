@@ -26,6 +26,7 @@ from PIL import Image
 
 from data.voc import Annotation, FileIssue, LoadResult, unsafe_name_problem
 from utils.classes import class_name_problem, read_class_names
+from utils.errors import InputError
 from utils.paths import (
     OutputRefusedError,
     safe_component,
@@ -39,7 +40,7 @@ from utils.sources import ImageReadError, read_image
 EDGE_TOLERANCE = 1e-6
 
 
-class LabelFormatError(ValueError):
+class LabelFormatError(InputError):
     """A labels path that cannot be used at all: unknown or ambiguous format, an annotation
     file that does not parse, a missing split or class names. The message names the path."""
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from data.demo import DEMO_CLASSES, DEMO_ROOT, DEMO_VOC_ROOT, demo_is_current, generate_demo
+from utils.errors import InputError
 
 DATA_CHOICES = ("voc", "demo")
 DEMO_TRAIN_SETS = "2007:trainval"
@@ -42,7 +43,7 @@ def resolve_data_source(
     if data == "voc":
         return DataSource(voc_root, train_sets, val_set, classes)
     if data != "demo":
-        raise ValueError(f"unknown data set {data!r}: choose one of {', '.join(DATA_CHOICES)}")
+        raise InputError(f"unknown data set {data!r}: choose one of {', '.join(DATA_CHOICES)}")
     if generate and not demo_is_current(DEMO_ROOT):
         generate_demo(DEMO_ROOT)
     return DataSource(str(DEMO_VOC_ROOT), DEMO_TRAIN_SETS, val_set, classes or str(DEMO_CLASSES))

@@ -38,6 +38,7 @@ from data.voc import (
     parse_voc_xml,
 )
 from data.xml_safe import read_xml
+from utils.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +139,7 @@ def check_ratios(ratios: Sequence[float]) -> None:
     """Raises ``ValueError`` naming the ratios when ``ratios_problem`` finds one."""
     problem = ratios_problem(ratios)
     if problem is not None:
-        raise ValueError(
+        raise InputError(
             f"ratios {list(ratios)} {problem} (TRAIN,VAL,TEST fractions: finite, >= 0, sum to 1)"
         )
 
@@ -155,7 +156,7 @@ def split_counts(num_images: int, ratios: Sequence[float]) -> list[int]:
     """
     check_ratios(ratios)
     if num_images < 0:
-        raise ValueError(f"num_images must be >= 0, got {num_images}")
+        raise InputError(f"num_images must be >= 0, got {num_images}")
     ratios_arr = np.asarray(ratios, np.float64)
     exact = ratios_arr * num_images
     counts = np.floor(exact + 1e-9).astype(int)
@@ -231,7 +232,7 @@ def split_dataset(
         if ann is not None:
             annotations[image_id] = ann
     if not annotations:
-        raise ValueError(f"{folder}: no image has both a readable XML and an image file")
+        raise InputError(f"{folder}: no image has both a readable XML and an image file")
     for issue in issues:
         logger.warning("%s", issue)
     splits = split_ids(list(annotations), ratios, seed)

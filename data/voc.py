@@ -29,6 +29,7 @@ import numpy as np
 
 from data.xml_safe import ForbiddenXMLError, read_xml
 from utils.classes import class_name_problem
+from utils.errors import InputError
 
 DEFAULT_TRAIN_SETS: tuple[tuple[str, str], ...] = (("2007", "trainval"), ("2012", "trainval"))
 DEFAULT_EVAL_SETS: tuple[tuple[str, str], ...] = (("2007", "test"),)
@@ -141,7 +142,7 @@ class LoadResult:
         self.issues += other.issues
 
 
-class UnknownClassError(ValueError):
+class UnknownClassError(InputError):
     """Raised for an unknown class name when unknown classes are errors."""
 
 
@@ -165,10 +166,10 @@ def parse_sets(text: str) -> list[tuple[str, str]]:
     for item in (t.strip() for t in text.split(",") if t.strip()):
         year, sep, name = item.partition(":")
         if not sep or not year or not name:
-            raise ValueError(f"bad image set {item!r}: expected YEAR:SET such as 2007:trainval")
+            raise InputError(f"bad image set {item!r}: expected YEAR:SET such as 2007:trainval")
         sets.append((year, name))
     if not sets:
-        raise ValueError(f"no image sets in {text!r}")
+        raise InputError(f"no image sets in {text!r}")
     return sets
 
 
@@ -235,7 +236,7 @@ def parse_voc_xml(
         width = int(float(_text(size, "width") or 0))
         height = int(float(_text(size, "height") or 0))
         if width < 0 or height < 0:
-            raise ValueError("negative size")
+            raise InputError("negative size")
     except (ValueError, OverflowError):  # OverflowError: int(inf)
         width = height = 0
         issues.append(FileIssue(xml_path, "size is not a non-negative number", "size ignored"))
@@ -298,7 +299,7 @@ def _parse_object(
     try:
         x1, y1, x2, y2 = (float(c) - 1.0 for c in coords)  # 1-based -> 0-based
         if not np.isfinite([x1, y1, x2, y2]).all():
-            raise ValueError("not finite")
+            raise InputError("not finite")
     except ValueError:
         issue = FileIssue(xml_path, f"object {k} has non-numeric coordinates", "object skipped")
         return None, [issue]
@@ -360,7 +361,7 @@ def read_image_set(
         # a leading byte-order mark would become part of the first id
         lines = path.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: image set cannot be read ({err})") from None
+        raise InputError(f"{path}: image set cannot be read ({err})") from None
     ids = []
     for n, line in enumerate(lines, 1):
         if not line.strip():

@@ -23,6 +23,7 @@ from torch import nn
 import nets.blocks  # noqa: F401
 from nets.registry import check_attention_args, load_attention_plugins, resolve_phi
 from nets.registry import register_attention as register_attention  # plugins import it here
+from utils.errors import InputError
 
 
 def check_block_output(block: nn.Module, name: str, point: str, channels: int) -> None:
@@ -50,7 +51,7 @@ def check_block_output(block: nn.Module, name: str, point: str, channels: int) -
             block.eval()
             out = block(x.clone())
     except Exception as err:  # a user's block: one line naming it, not a traceback
-        raise ValueError(
+        raise InputError(
             f"{what}: fails on an input of shape {tuple(x.shape)}: {type(err).__name__}: {err}"
         ) from err
     finally:
@@ -60,17 +61,17 @@ def check_block_output(block: nn.Module, name: str, point: str, channels: int) -
                 if k in saved and v.shape == saved[k].shape:
                     v.copy_(saved[k])
     if not isinstance(out, torch.Tensor):
-        raise ValueError(
+        raise InputError(
             f"{what}: returns {type(out).__name__} for an input of shape {tuple(x.shape)}; a "
             "block must return a tensor of its input's shape"
         )
     if out.shape != x.shape:
-        raise ValueError(
+        raise InputError(
             f"{what}: input shape {tuple(x.shape)} -> output shape {tuple(out.shape)}; a "
             "block must return a tensor of its input's shape (B, C, H, W)"
         )
     if not torch.isfinite(out).all():
-        raise ValueError(
+        raise InputError(
             f"{what}: returns non-finite values (NaN or inf) for a finite input of shape "
             f"{tuple(x.shape)}"
         )
@@ -106,7 +107,7 @@ def parse_points(points: str | Iterable[str] | None) -> tuple[str, ...]:
     chosen = {str(p).strip().lower() for p in items} - {""}
     unknown = sorted(chosen - set(ATTENTION_POINTS))
     if unknown:
-        raise ValueError(
+        raise InputError(
             f"unknown attention point {', '.join(map(repr, unknown))}; valid points: "
             f"{', '.join(ATTENTION_POINTS)}"
         )
@@ -143,9 +144,9 @@ def parse_attention_args(args: str | Mapping[str, Any] | None) -> dict[str, Any]
             continue
         key, sep, value = item.partition("=")
         if not sep or not key.strip() or not value.strip():
-            raise ValueError(f"--attention-args item {item!r}: expected name=value")
+            raise InputError(f"--attention-args item {item!r}: expected name=value")
         if key.strip() in options:  # keeping either value would hide the other
-            raise ValueError(f"--attention-args: option {key.strip()!r} is given twice")
+            raise InputError(f"--attention-args: option {key.strip()!r} is given twice")
         options[key.strip()] = _parse_value(value.strip())
     return options
 
@@ -160,7 +161,7 @@ def check_placement(phi: int | str, points: Iterable[str]) -> None:
     model is the plain network, and it would be labelled and compared as the block."""
     _, name = resolve_phi(phi)
     if name != "none" and not tuple(points):
-        raise ValueError(
+        raise InputError(
             f"--attention-at '': attention block {name!r} would be applied at no point (the "
             "plain network under its name); give at least one point, or --phi 0 for none"
         )
@@ -183,7 +184,7 @@ def check_attention_settings(
     try:
         _, name = resolve_phi(phi)
     except ValueError as err:
-        raise ValueError(f"--phi {phi!r}: {err}") from None
+        raise InputError(f"--phi {phi!r}: {err}") from None
     points = parse_points(attention_at)
     check_placement(name, points)
     try:
@@ -196,4 +197,4 @@ def check_attention_settings(
             if isinstance(attention_args, str)
             else format_attention_args(attention_args)
         )
-        raise ValueError(f"--attention-args {text!r}: {err}") from None
+        raise InputError(f"--attention-args {text!r}: {err}") from None

@@ -41,6 +41,7 @@ from nets.blocks import (
     SEBlock,
     SimAM,
 )
+from utils.errors import InputError
 from utils.preprocess import ResizeMeta
 
 # taps (submodule path -> its output, batch first) and the block's output shape (B, C, H, W)
@@ -82,7 +83,7 @@ def register_attention_map(
 
     def decorator(build: MapBuilder) -> MapBuilder:
         if block_cls in _RECIPES:
-            raise ValueError(f"{block_cls.__name__} already has an attention-map recipe")
+            raise InputError(f"{block_cls.__name__} already has an attention-map recipe")
         _RECIPES[block_cls] = MapRecipe(tuple(taps), build, spatial_kind)
         return build
 
@@ -192,7 +193,7 @@ class AttentionCapture:
             modules = dict(block.named_modules())
             for tap in recipe.taps:
                 if tap not in modules:
-                    raise ValueError(
+                    raise InputError(
                         f"attention map of {point} ({type(block).__name__}): "
                         f"the block has no submodule {tap!r}"
                     )
@@ -252,7 +253,7 @@ def _to_numpy(
     if t is None:
         return None
     if tuple(t.shape) != expected:
-        raise ValueError(f"{point}: {what} map of shape {tuple(t.shape)}, expected {expected}")
+        raise InputError(f"{point}: {what} map of shape {tuple(t.shape)}, expected {expected}")
     return t.float().cpu().numpy()
 
 
@@ -301,7 +302,7 @@ class AttentionMap:
     def stride(self) -> float:
         """Input pixels per map cell."""
         if self.spatial is None:
-            raise ValueError(f"{self.point} ({self.block}) has no spatial map")
+            raise InputError(f"{self.point} ({self.block}) has no spatial map")
         return self.input_size / self.spatial.shape[1]
 
     def to_original(self) -> np.ndarray:
@@ -313,7 +314,7 @@ class AttentionMap:
             ValueError: the block has no spatial map.
         """
         if self.spatial is None:
-            raise ValueError(f"{self.point} ({self.block}) has no spatial map")
+            raise InputError(f"{self.point} ({self.block}) has no spatial map")
         meta = self.meta
         h, w = self.spatial.shape
         sx, sy = self.input_size / w, self.input_size / h

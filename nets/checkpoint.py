@@ -37,6 +37,7 @@ from nets.darknet import load_darknet_weights
 from nets.decode import REFERENCE_SCALE_X_Y, SCALE_X_Y, Geometry
 from nets.registry import PLUGIN_PHI, attention_names, build_attention, resolve_phi
 from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, YoloBody
+from utils.errors import InputError
 from utils.paths import OutputPathError
 
 logger = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ CHECKPOINT_FORMAT = "yolov4-tiny-attention"
 HEAD_BIAS_KEY = "yolo_headP5.1.bias"
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(InputError):
     """The file holds a different model (phi or class count) from the one asked for."""
 
 
@@ -206,12 +207,12 @@ def load_torch_file(path: str | os.PathLike) -> Any:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such file")
     if os.path.getsize(path) == 0:
-        raise ValueError(f"{path}: empty file, not a PyTorch checkpoint")
+        raise InputError(f"{path}: empty file, not a PyTorch checkpoint")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # zip, pickle and weights-only errors all land here
         problem = _load_problem(err)
-        raise ValueError(f"{path}: cannot read as a PyTorch checkpoint: {problem}") from None
+        raise InputError(f"{path}: cannot read as a PyTorch checkpoint: {problem}") from None
 
 
 def _load_problem(err: Exception) -> str:
@@ -258,7 +259,7 @@ def checkpoint_contents(obj: Any, path: str) -> tuple[dict[str, torch.Tensor], M
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]  # a training checkpoint of another layout: take its weights
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path}: neither our checkpoint nor a state dict")
+        raise InputError(f"{path}: neither our checkpoint nor a state dict")
     obj = {k.removeprefix("module."): v for k, v in obj.items()}  # saved from DataParallel
     phi = infer_phi(obj)
     info = ModelInfo(
@@ -283,7 +284,7 @@ def _resolve_stored_phi(path: str, stored: int | str) -> tuple[int, str]:
     try:
         return resolve_phi(stored)
     except ValueError:
-        raise ValueError(
+        raise InputError(
             f"{path} uses the attention block {stored!r}, which is not registered: if it comes "
             "from a plugin, pass --attention-plugin MODULE (the module that registers it) "
             "or call nets.registry.load_attention_plugins first"

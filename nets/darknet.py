@@ -21,6 +21,7 @@ from torch import nn
 
 from nets.decode import Geometry
 from nets.yolo import YoloBody
+from utils.errors import InputError
 from utils.paths import write_bytes_atomic
 
 logger = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ class DarknetLoadReport:
         return "\n".join(lines)
 
 
-class DarknetFormatError(ValueError):
+class DarknetFormatError(InputError):
     """A darknet weights file that does not fit the model (header, size, leftover bytes)."""
 
 
@@ -185,7 +186,7 @@ def save_darknet_weights(
 ) -> None:
     """Writes ``model`` (phi 0 only) as a darknet ``.weights`` file, float32, cfg order."""
     if model.phi != 0:
-        raise ValueError(
+        raise InputError(
             f"darknet has no {model.phi_name!r} attention layer: "
             "only phi 0 models export to darknet"
         )

@@ -19,6 +19,7 @@ from torchvision.ops import batched_nms, nms
 
 from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK
 from utils.detections import Detections
+from utils.errors import InputError
 
 SCALE_X_Y = 1.05  # darknet yolov4-tiny.cfg `scale_x_y`: the official weights were trained with it
 # The reference implementation's loss and decoder have no grid sensitivity, so its .pth files
@@ -50,7 +51,7 @@ class Geometry:
 
     def __post_init__(self) -> None:
         if not 1.0 <= self.scale_x_y <= 2.0:
-            raise ValueError(f"scale_x_y must be in [1, 2], got {self.scale_x_y}")
+            raise InputError(f"scale_x_y must be in [1, 2], got {self.scale_x_y}")
         object.__setattr__(self, "scale_x_y", float(self.scale_x_y))
         object.__setattr__(self, "anchors", tuple(tuple(a) for a in self.anchors))
         object.__setattr__(self, "anchors_mask", tuple(tuple(m) for m in self.anchors_mask))

@@ -30,6 +30,8 @@ from typing import Any
 
 from torch import nn
 
+from utils.errors import InputError
+
 _REGISTRY: dict[str, type[nn.Module]] = {}
 _PHI_NAMES: list[str] = []  # index == numeric phi
 _PLUGIN_NAMES: list[str] = []  # registered while a plugin module was imported: no number
@@ -39,7 +41,7 @@ _importing_plugin = False
 PLUGIN_PHI = -1
 
 
-class BlockSignatureError(ValueError):
+class BlockSignatureError(InputError):
     """A class registered as an attention block cannot be built as ``cls(channels, **options)``."""
 
 
@@ -83,7 +85,7 @@ def register_attention(name: str, *, plugin: bool | None = None):
     def decorator(cls: type[nn.Module]) -> type[nn.Module]:
         key = name.lower()
         if key in _REGISTRY:
-            raise ValueError(f"attention block {key!r} is already registered")
+            raise InputError(f"attention block {key!r} is already registered")
         _check_signature(key, cls)
         _REGISTRY[key] = cls
         as_plugin = _importing_plugin if plugin is None else plugin
@@ -124,14 +126,14 @@ def load_attention_plugins(modules: str | Iterable[str] | None) -> list[str]:
             importlib.import_module(module)
         except ImportError as err:
             _unregister(set(_REGISTRY) - registered)
-            raise ValueError(f"--attention-plugin {module}: cannot import it ({err})") from err
+            raise InputError(f"--attention-plugin {module}: cannot import it ({err})") from err
         except BlockSignatureError as err:
             _unregister(set(_REGISTRY) - registered)
-            raise ValueError(f"--attention-plugin {module}: {err}") from err
+            raise InputError(f"--attention-plugin {module}: {err}") from err
         except Exception as err:  # whatever a user's module raises: one line, not a traceback
             _unregister(set(_REGISTRY) - registered)
             where = "" if isinstance(err, SyntaxError) else _where(err)  # its text has the line
-            raise ValueError(
+            raise InputError(
                 f"--attention-plugin {module}: importing it raised "
                 f"{type(err).__name__}: {err}{where}"
             ) from err
@@ -179,7 +181,7 @@ def resolve_phi(phi: int | str) -> tuple[int, str]:
         return PLUGIN_PHI, key
     if key in _REGISTRY:
         return _PHI_NAMES.index(key), key
-    raise ValueError(f"unknown phi {phi!r}; valid values: {describe_phis()}")
+    raise InputError(f"unknown phi {phi!r}; valid values: {describe_phis()}")
 
 
 @dataclass(frozen=True)
@@ -324,18 +326,18 @@ def check_attention_args(
     unknown = [k for k in options if k not in accepted]
     if unknown:
         valid = ", ".join(f"{k}={v!r}" for k, v in accepted.items()) or "none"
-        raise ValueError(
+        raise InputError(
             f"attention block {name!r} has no option {', '.join(map(repr, unknown))}; "
             f"its options (with defaults): {valid}"
         )
     missing = [k for k, v in accepted.items() if v is inspect.Parameter.empty and k not in options]
     if missing:
-        raise ValueError(f"attention block {name!r} needs option {', '.join(missing)}")
+        raise InputError(f"attention block {name!r} needs option {', '.join(missing)}")
     rules = option_rules(name)
     for key, value in options.items():
         problem = _option_problem(name, key, value, rules[key], channels or {})
         if problem:
-            raise ValueError(problem)
+            raise InputError(problem)
     return {key: _coerce(value, rules[key].kind) for key, value in options.items()}
 
 

@@ -1,10 +1,15 @@
-"""The layout rules: the library (nets/, data/, utils/) is apart from the command lines.
+"""The layout rules: the library (nets/, data/, utils/) is apart from the command lines, and
+its layers import one way, each only from those below it:
+
+    utils/*.py                 low-level helpers: paths, errors, options, images, classes, timing
+    data/      nets/           label formats and data sets; the model (neither imports the other)
+    utils/inference/           running a model: Detector, export, ONNX Runtime
+    utils/evaluation/          mAP, the comparison
+    utils/training/            TrainConfig, loss, the training loop, the run folder
 
 - no library module runs as a script (``if __name__ == "__main__"`` lives in tools/,
   benchmarks/ and the three top-level CLIs);
 - no library module imports a CLI (train, predict, eval), a tool or a benchmark;
-- data/ imports nothing from the rest of the project except the low-level helpers below, and
-  those helpers import only each other;
 - no two library modules import each other, directly or through others (module-level imports:
   the ones that run when a module is imported), and the attention registry, the blocks and
   ``nets.attention`` each import on their own.
@@ -23,14 +28,21 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 LIBRARY = ("nets", "data", "utils")
 COMMAND_LINES = ("train", "predict", "eval", "tools", "benchmarks")
-# what data/ may use from utils/: image reading, resizing, drawing, class files, paths
-DATA_HELPERS = {
-    "utils.classes",
-    "utils.detections",
-    "utils.paths",
-    "utils.preprocess",
-    "utils.sources",
-    "utils.visualize",
+# each layer, and the layers it may import (its own included); function-level imports count
+LAYERS = {
+    "utils": {"utils"},
+    "data": {"utils", "data"},
+    "nets": {"utils", "nets"},
+    "utils.inference": {"utils", "data", "nets", "utils.inference"},
+    "utils.evaluation": {"utils", "data", "nets", "utils.inference", "utils.evaluation"},
+    "utils.training": {
+        "utils",
+        "data",
+        "nets",
+        "utils.inference",
+        "utils.evaluation",
+        "utils.training",
+    },
 }
 PROJECT = (*LIBRARY, *COMMAND_LINES)
 
@@ -107,18 +119,26 @@ def test_library_never_imports_a_command_line(path: Path) -> None:
     assert not bad, f"{module_name(path)} imports {sorted(bad)}"
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "data").rglob("*.py")), ids=module_name)
-def test_data_uses_only_low_level_helpers(path: Path) -> None:
-    outside = {n for n in project_imports(path) if not n.startswith("data")}
-    assert outside <= DATA_HELPERS, f"{module_name(path)} imports {sorted(outside - DATA_HELPERS)}"
+def layer_of(module: str) -> str:
+    """``utils.training.fit`` -> ``utils.training``; ``utils.paths`` -> ``utils``;
+    ``data.voc`` -> ``data``."""
+    parts = module.split(".")
+    if parts[0] == "utils" and len(parts) > 2:
+        return ".".join(parts[:2])
+    return parts[0]
 
 
-@pytest.mark.parametrize("helper", sorted(DATA_HELPERS))
-def test_low_level_helpers_import_only_each_other(helper: str) -> None:
-    path = ROOT.joinpath(*helper.split(".")).with_suffix(".py")
-    assert path.is_file(), f"{helper} is listed as a helper but does not exist"
-    outside = project_imports(path) - DATA_HELPERS - {"utils"}
-    assert not outside, f"{helper} imports {sorted(outside)}"
+def test_every_library_folder_has_a_layer() -> None:
+    assert {layer_of(module_name(p)) for p in library_files()} == set(LAYERS)
+    assert layer_of("utils.training.fit") == "utils.training"
+    assert layer_of("utils.paths") == "utils" and layer_of("utils") == "utils"
+
+
+@pytest.mark.parametrize("path", library_files(), ids=module_name)
+def test_layers_import_only_downwards(path: Path) -> None:
+    layer = layer_of(module_name(path))
+    above = {n for n in project_imports(path) if layer_of(n) not in LAYERS[layer]}
+    assert not above, f"{module_name(path)} ({layer}) imports {sorted(above)}"
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:

@@ -6,6 +6,8 @@ import math
 import os
 import unicodedata
 
+from utils.errors import InputError
+
 # a names file is a short list: anything larger is not one (and is not read into memory)
 MAX_NAMES_FILE_BYTES = 16 * 1024 * 1024
 
@@ -45,13 +47,13 @@ def read_class_names(path: str | os.PathLike) -> list[str]:
         with open(path, "rb") as f:
             data = f.read(MAX_NAMES_FILE_BYTES + 1)
     except OSError as err:
-        raise ValueError(f"{path}: classes file cannot be read ({err.strerror or err})") from None
+        raise InputError(f"{path}: classes file cannot be read ({err.strerror or err})") from None
     if len(data) > MAX_NAMES_FILE_BYTES:
-        raise ValueError(f"{path}: classes file larger than {MAX_NAMES_FILE_BYTES} bytes")
+        raise InputError(f"{path}: classes file larger than {MAX_NAMES_FILE_BYTES} bytes")
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        raise ValueError(
+        raise InputError(
             f"{path}: classes file is not UTF-8 text (byte {err.start}: {err.reason})"
         ) from None
     names: list[str] = []
@@ -64,18 +66,18 @@ def read_class_names(path: str | os.PathLike) -> list[str]:
             blank = blank or (n if names else 0)
             continue
         if blank:
-            raise ValueError(
+            raise InputError(
                 f"{path}:{blank}: blank line between class names (each line is a class id: "
                 "the ids after it would shift); remove it"
             )
         if (problem := class_name_problem(name)) is not None:
-            raise ValueError(f"{path}:{n}: class name {name[:60]!r} {problem}")
+            raise InputError(f"{path}:{n}: class name {name[:60]!r} {problem}")
         if name in first_line:
-            raise ValueError(f"{path}:{n}: class {name[:60]!r} repeats line {first_line[name]}")
+            raise InputError(f"{path}:{n}: class {name[:60]!r} repeats line {first_line[name]}")
         first_line[name] = n
         names.append(name)
     if not names:
-        raise ValueError(f"classes file is empty: {path}")
+        raise InputError(f"classes file is empty: {path}")
     return names
 
 
@@ -98,25 +100,25 @@ def read_anchors(path: str | os.PathLike, *, count: int | None = None) -> list[t
         with open(path, encoding="utf-8") as f:
             text = f.read().replace(",", " ").split()
     except UnicodeDecodeError:
-        raise ValueError(f"{path}: not a text file of anchors (w,h pairs)") from None
+        raise InputError(f"{path}: not a text file of anchors (w,h pairs)") from None
     values = []
     for token in text:
         try:
             values.append(float(token))
         except ValueError:
-            raise ValueError(f"{path}: anchors must be numbers, got {token[:40]!r}") from None
+            raise InputError(f"{path}: anchors must be numbers, got {token[:40]!r}") from None
     if len(values) % 2 or not values:
-        raise ValueError(
+        raise InputError(
             f"{path}: expected an even count of numbers (w,h pairs), got {len(values)}"
         )
     anchors = [(values[i], values[i + 1]) for i in range(0, len(values), 2)]
     for i, pair in enumerate(anchors):
         for side, value in zip(("width", "height"), pair):
             if not (math.isfinite(value) and value > 0):
-                raise ValueError(
+                raise InputError(
                     f"{path}: anchor {i + 1} has {side} {value:g}; anchor sides are pixels, "
                     "finite and > 0"
                 )
     if count is not None and len(anchors) != count:
-        raise ValueError(f"{path}: {len(anchors)} anchors, but the model uses {count}")
+        raise InputError(f"{path}: {len(anchors)} anchors, but the model uses {count}")
     return anchors

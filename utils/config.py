@@ -24,6 +24,8 @@ import typing
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from utils.errors import BAD_INPUT, UserError
+
 _NO_DEFAULT = object()
 
 
@@ -55,6 +57,32 @@ def option(
     return dataclasses.field(default=default, metadata=meta)
 
 
+_SAME = object()
+
+
+def shared(
+    owner: type,
+    name: str,
+    default: Any = _SAME,
+    help: str | Callable[[], str] | None = None,
+    *,
+    group: str | None = None,
+) -> Any:
+    """A field declared by ``owner`` (a shared options class), reused in another config: the
+    same flag, type, choices and metavar, with this config's own default, help and group
+    where given. A flag many commands take is spelled once this way::
+
+        img_size: int = shared(ModelOptions, "img_size", 416, "training input side")
+    """
+    base = owner.__dataclass_fields__[name]
+    meta = dict(base.metadata)
+    if help is not None:
+        meta["help"] = help
+    if group is not None:
+        meta["group"] = group
+    return dataclasses.field(default=base.default if default is _SAME else default, metadata=meta)
+
+
 def _scalar_type(annotation: Any) -> Any:
     """``int | None`` -> int; other annotations unchanged."""
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
@@ -76,6 +104,8 @@ def add_options(
     defaults: dict[str, Any] | None = None,
     include: Iterable[str] | None = None,
     helps: dict[str, str] | None = None,
+    required: Iterable[str] = (),
+    nargs: dict[str, str] | None = None,
 ) -> None:
     """Adds one flag per ``option`` field of ``config_cls`` to ``parser``.
 
@@ -85,6 +115,8 @@ def add_options(
         include: only these field names (another command's options shared by this one).
         helps: field name -> the help this parser shows instead (a shared option that means
             less here, such as a training flag on the evaluation CLI).
+        required: field names this parser requires (their default is then not shown).
+        nargs: field name -> argparse ``nargs`` for this parser (``"+"``: several values).
     """
     hints = typing.get_type_hints(config_cls)
     excluded = set(exclude)
@@ -97,6 +129,10 @@ def add_options(
         help_text = meta["help"]() if callable(meta["help"]) else meta["help"]
         help_text = (helps or {}).get(f.name, help_text)
         kwargs: dict[str, Any] = {"dest": f.name, "default": default, "help": help_text}
+        if f.name in set(required):
+            kwargs["required"] = True
+        if nargs and f.name in nargs:
+            kwargs["nargs"] = nargs[f.name]
         kind = _scalar_type(hints[f.name])
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
@@ -108,11 +144,26 @@ def add_options(
             if choices is None:  # argparse shows the choices themselves otherwise
                 kwargs["metavar"] = meta["metavar"] or flag[2:].replace("-", "_").upper()
         action = argument_group(parser, meta["group"]).add_argument(flag, **kwargs)
-        if default is not None:  # set afterwards: some Pythons' BooleanOptionalAction add it too
+        if default is not None and not action.required:  # set afterwards: some Pythons' BooleanOptionalAction add it too
             action.help = help_text + " (default: %(default)s)"
 
 
 Rule = tuple[Callable[[Any], bool], str]  # (check, what the value must be)
+
+
+def add_alias(parser: argparse.ArgumentParser, old: str, new: str) -> None:
+    """Keeps an earlier spelling ``old`` of the flag ``new`` working, not shown by ``--help``
+    (the new flag's type and destination; the new one's default stands when neither is given).
+    """
+    action = next(a for a in parser._actions if new in a.option_strings)
+    kwargs: dict[str, Any] = {"dest": action.dest, "default": argparse.SUPPRESS}
+    if action.nargs == 0:  # a switch
+        kwargs["action"] = "store_const"
+        kwargs["const"] = action.const if action.const is not None else True
+    else:
+        kwargs["type"] = action.type
+        kwargs["nargs"] = action.nargs
+    parser.add_argument(old, help=argparse.SUPPRESS, **kwargs)
 
 
 def rule_problems(config: Any, rules: dict[str, Rule]) -> list[str]:
@@ -194,15 +245,38 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 def run_cli(main: Callable[[], int | None]) -> None:
-    """Exits with ``main()``'s code; when stdout is a pipe whose reader has gone (``| head``),
-    exits 1 quietly instead of printing a BrokenPipeError traceback."""
+    """Runs a command's ``main`` and exits with its code, the one way every command ends.
+
+    - a ``UserError`` (bad input, a refused or failed write, a diverged run) prints one line,
+      ``error: <message>``, and exits with the error's code (2 bad input, 1 failed work);
+    - a ``FileNotFoundError`` is an input that is not there: one line, exit 2;
+    - Ctrl-C prints ``interrupted`` and exits 130;
+    - when stdout is a pipe whose reader has gone (``| head``), exits 1 quietly instead of
+      printing a ``BrokenPipeError`` traceback;
+    - any other exception is a bug and keeps its traceback.
+    """
     try:
         try:
             code = main()
         except SystemExit as done:  # argparse's --help and usage errors
             code = done.code
+        except UserError as err:
+            code = _fail(str(err), err.exit_code)
+        except FileNotFoundError as err:
+            missing = err.filename if err.filename is not None else None
+            message = f"{missing}: no such file or folder" if missing else str(err)
+            code = _fail(message, BAD_INPUT)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            code = 130
         sys.stdout.flush()
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         code = 1
     sys.exit(code)
+
+
+def _fail(message: str, code: int) -> int:
+    sys.stdout.flush()  # what the command printed before comes first
+    print(f"error: {message}", file=sys.stderr)
+    return code

@@ -17,6 +17,7 @@ from operator import itemgetter
 
 import numpy as np
 
+from utils.errors import InputError
 from utils.preprocess import ResizeMeta, boxes_to_original
 
 
@@ -116,7 +117,7 @@ class Detections:
         parsed = parse_json_rows(rows)
         errors = [p.describe(p.rows, "row") for p in parsed.problems if p.error]
         if errors:
-            raise ValueError("; ".join(errors))
+            raise InputError("; ".join(errors))
         return cls(
             boxes=parsed.boxes,
             scores=parsed.scores,

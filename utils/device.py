@@ -9,6 +9,7 @@ import cv2
 import torch
 
 from utils.config import option
+from utils.errors import InputError
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -24,9 +25,9 @@ def select_device(name: str = "auto") -> torch.device:
         return torch.device("cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ValueError(f"--device {name}: CUDA is not available on this machine")
+            raise InputError(f"--device {name}: CUDA is not available on this machine")
         return torch.device(name)
-    raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
+    raise InputError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
 
 
 def available_cpus() -> int:
@@ -44,6 +45,20 @@ def synchronize(device: torch.device) -> None:
 
 
 @dataclass(frozen=True)
+class DeviceOptions:
+    """Where and in which number format a command computes: the ``--device`` and ``--amp``
+    every command that runs the model takes (configs reuse them with ``utils.config.shared``)."""
+
+    device: str = option("auto", "auto, cpu, cuda or cuda:N", group="model")
+    amp: bool | None = option(
+        False,
+        "run the network in 16-bit (float16 on CUDA, bfloat16 on CPU, where it pays only with "
+        "native bfloat16 instructions): faster; scores and boxes move in the last digits",
+        group="model",
+    )
+
+
+@dataclass(frozen=True)
 class ThreadConfig:
     """CPU threads of torch and OpenCV, one flag for ``predict.py`` and ``eval.py``."""
 
@@ -57,7 +72,7 @@ class ThreadConfig:
 
     def __post_init__(self) -> None:
         if self.threads is not None and self.threads < 1:
-            raise ValueError(f"--threads {self.threads}: must be at least 1")
+            raise InputError(f"--threads {self.threads}: must be at least 1")
 
 
 def configure_threads(threads: int | None, *, parallel_decode: bool) -> tuple[int, int]:

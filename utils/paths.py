@@ -18,6 +18,8 @@ from pathlib import Path
 
 import cv2
 
+from utils.errors import BAD_INPUT, InputError, WriteError
+
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_DATA = ROOT / "model_data"
 OFFICIAL_WEIGHTS = MODEL_DATA / "yolov4-tiny.weights"  # darknet COCO weights (`make weights`)
@@ -29,7 +31,7 @@ SAMPLES = MODEL_DATA / "samples"  # bus.jpg and zidane.jpg (`make weights`)
 VOC_ROOT = "data/VOCdevkit"  # where tools.download_voc puts Pascal VOC
 
 
-class OutputPathError(OSError):
+class OutputPathError(WriteError):
     """An output that cannot be written; ``str(err)`` is one line that names the path."""
 
 
@@ -37,6 +39,8 @@ class OutputRefusedError(OutputPathError):
     """An output refused before any work: it cannot be created, or it would land on one of
     the command's inputs or replace files without leave. Bad input (exit 2), unlike a write
     that fails during the work (exit 1)."""
+
+    exit_code = BAD_INPUT
 
 
 def check_output_path(path: str | os.PathLike, *, folder: bool = False) -> Path:
@@ -209,7 +213,7 @@ def require_component(name: str, flag: str) -> str:
     the output goes)."""
     if safe_component(name, fallback="") != name or not name:
         suggestion = safe_component(name)
-        raise ValueError(
+        raise InputError(
             f"{flag} {name!r}: must be one folder name (no '/', '\\', '..', leading dots, "
             f"control characters or absolute paths); e.g. {suggestion!r}"
         )

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
+from utils.errors import InputError
+
 AMP_TORCH_ONLY = "--amp runs the torch backend (an ONNX graph keeps its own format)"
 
 
@@ -99,7 +101,7 @@ def check_compiler() -> None:
     """
     names = [os.environ.get("CXX", ""), "c++", "g++", "clang++"]
     if not any(name and shutil.which(name) for name in names):
-        raise ValueError(
+        raise InputError(
             "--compile needs a C++ compiler for torch.compile's inductor backend and none was "
             "found ($CXX, c++, g++ or clang++ on PATH); install one (e.g. apt install g++) or "
             "train without --compile"

@@ -12,11 +12,14 @@ import os
 import socket
 from pathlib import Path
 
+from utils.errors import UserError
+
 LOCK_NAME = ".lock"
 
 
-class FolderLockedError(RuntimeError):
-    """Another live process holds the folder's lock; ``str(err)`` names the folder and it."""
+class FolderLockedError(UserError, RuntimeError):
+    """Another live process holds the folder's lock; ``str(err)`` names the folder and it.
+    Exit 2: the command was asked to write where another is writing."""
 
 
 def _try_lock(handle) -> bool:

@@ -14,15 +14,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from utils.errors import InputError, UserError
+
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jp2", ".pgm", ".ppm"}
 VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".m4v", ".wmv", ".mpg", ".mpeg", ".webm"}
 
 
-class ImageReadError(OSError):
+class ImageReadError(UserError, OSError):
     """An image that cannot be used; ``str(err)`` is ``'<path>: <problem>'``."""
 
 
-class SourceError(ValueError):
+class SourceError(InputError):
     """A ``--source`` that does not exist or holds nothing to process."""
 
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from utils.errors import InputError
+
 
 @dataclass(frozen=True)
 class Stats:
@@ -34,7 +36,7 @@ class Stats:
     def of(cls, samples_ms: list[float] | np.ndarray) -> Stats:
         values = np.asarray(samples_ms, dtype=np.float64)
         if values.size == 0:
-            raise ValueError("no timing samples to summarise")
+            raise InputError("no timing samples to summarise")
         return cls(
             median=float(np.median(values)),
             p10=float(np.percentile(values, 10)),

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from utils.errors import InputError
 from utils.evaluation.metrics import BoxSet, match_class
 
 # the recall thresholds of metrics.ap_voc07, built the same way (MATLAB's 0:0.1:1)
@@ -169,7 +170,7 @@ def resampled_maps(
     """
     counts = np.asarray(counts)
     if counts.ndim != 2 or (tables and counts.shape[1] != tables[0].num_images):
-        raise ValueError(f"counts of shape {counts.shape}: expected (resamples, images)")
+        raise InputError(f"counts of shape {counts.shape}: expected (resamples, images)")
     small = np.uint8 if counts.max(initial=0) < 256 else np.int64
     num_b = len(counts)
     voc07, voc12 = np.zeros((num_b, len(tables))), np.zeros((num_b, len(tables)))
@@ -285,13 +286,13 @@ def compare_groups(
         ValueError: tables of different splits, an empty group, or a bad setting.
     """
     if metric not in ("voc07", "voc12"):
-        raise ValueError(f"metric {metric!r}: must be voc07 or voc12")
+        raise InputError(f"metric {metric!r}: must be voc07 or voc12")
     if resamples < 1 or not 0 < level < 1:
-        raise ValueError(f"resamples {resamples}, level {level}: need >= 1 and in (0, 1)")
+        raise InputError(f"resamples {resamples}, level {level}: need >= 1 and in (0, 1)")
     if any(len(g) == 0 for g in groups):
-        raise ValueError("every group needs at least one checkpoint")
+        raise InputError("every group needs at least one checkpoint")
     if any(not tables[0].same_split(t) for t in tables[1:]):
-        raise ValueError("checkpoints scored on different images or ground truth cannot be paired")
+        raise InputError("checkpoints scored on different images or ground truth cannot be paired")
     images_rng, seeds_rng = (
         np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2)
     )

@@ -17,6 +17,7 @@ from data.formats import LabelSource
 from nets.checkpoint import ModelInfo, load_model
 from nets.summary import count_flops, count_parameters
 from nets.yolo import YoloBody
+from utils.errors import InputError
 from utils.evaluation.bootstrap import MatchTable
 
 # the table's names stay importable from here, where eval.py and tools.study find them
@@ -60,7 +61,7 @@ def _load_for_evaluation(
         check_class_names(str(weights), info.class_names, class_names)
     names = class_names or info.class_names
     if names is None or len(names) != info.num_classes:
-        raise ValueError(f"{weights}: pass a classes file with {info.num_classes} names")
+        raise InputError(f"{weights}: pass a classes file with {info.num_classes} names")
     return model, info, list(names), None
 
 
@@ -122,7 +123,7 @@ def evaluate_checkpoint(
     for line in warnings:
         logging.getLogger(__name__).warning(line)
     if not annotations:
-        raise ValueError(f"{dataset}: no images")
+        raise InputError(f"{dataset}: no images")
     for line in check_ground_truth(annotations, names, dataset):  # before the model runs
         logging.getLogger(__name__).warning(line)
     size = cfg.input_size or info.input_size
@@ -148,7 +149,7 @@ def evaluate_checkpoint(
         )
     readable = np.flatnonzero(detected.image_sizes[:, 0] > 0)
     if not len(readable):
-        raise ValueError(f"{dataset}: none of the {len(annotations)} images can be read")
+        raise InputError(f"{dataset}: none of the {len(annotations)} images can be read")
     image = read_image(annotations[readable[0]].image_path)  # the latency benchmark's input
     stats = benchmark(detector, image, runs=20, warmup=3)
     if detector.device.type == "cpu":

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from utils.config import option
+from utils.errors import InputError
 from utils.evaluation.bootstrap import MatchTable, compare_groups
 from utils.evaluation.metrics import COCO_AREA_RANGES, BoxSet, evaluate_voc
 from utils.paths import save_figure_atomic
@@ -42,7 +43,7 @@ class CompareConfig:
     def __post_init__(self) -> None:
         # fewer resamples leave too few points in each 2.5% tail for a stable percentile
         if self.bootstrap_resamples < 100:
-            raise ValueError(
+            raise InputError(
                 f"--bootstrap-resamples {self.bootstrap_resamples}: must be at least 100"
             )
 

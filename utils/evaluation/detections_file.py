@@ -19,6 +19,7 @@ from utils.detections import (
     list_positions,
     parse_json_rows,
 )
+from utils.errors import InputError
 from utils.evaluation.metrics import BoxSet
 
 
@@ -92,18 +93,18 @@ def read_detections_json(
     try:
         data = Path(path).read_bytes()
     except OSError as err:
-        raise ValueError(f"{path}: cannot be read ({err.strerror or err})") from None
+        raise InputError(f"{path}: cannot be read ({err.strerror or err})") from None
     if not data.strip():
-        raise ValueError(f"{path}: empty file; expected a JSON list of per-image records")
+        raise InputError(f"{path}: empty file; expected a JSON list of per-image records")
     with _gc_paused():
         try:
             records = json.loads(data)
         except json.JSONDecodeError as err:
-            raise ValueError(
+            raise InputError(
                 f"{path}: not valid JSON ({err.msg} at line {err.lineno} column {err.colno})"
             ) from None
         except ValueError as err:  # bytes that are not UTF-8/16/32 text
-            raise ValueError(f"{path}: not a JSON text ({err})") from None
+            raise InputError(f"{path}: not a JSON text ({err})") from None
         try:
             return _read_records(path, records, image_ids, class_names, image_sizes)
         finally:
@@ -115,9 +116,9 @@ def _record_fields(path, records) -> tuple[list[str], list[list]]:
     unless ``records`` is a non-empty list of objects with both."""
     if not isinstance(records, list):
         kind = {dict: "an object", str: "a string"}.get(type(records), "a number or constant")
-        raise ValueError(f"{path}: expected a JSON list of per-image records, found {kind}")
+        raise InputError(f"{path}: expected a JSON list of per-image records, found {kind}")
     if not records:
-        raise ValueError(f"{path}: an empty list; expected one record per image")
+        raise InputError(f"{path}: an empty list; expected one record per image")
     try:
         ids = [r["image_id"] for r in records]
         lists = [r["detections"] for r in records]
@@ -130,7 +131,7 @@ def _record_fields(path, records) -> tuple[list[str], list[list]]:
             for k, r in enumerate(records)
             if not (isinstance(r, dict) and "image_id" in r and type(r.get("detections")) is list)
         ]
-        raise ValueError(
+        raise InputError(
             f"{path}: {count_of(len(bad), 'record')} lacking an image_id or a "
             f"detections list ({list_positions(bad, 'record')})"
         )
@@ -222,7 +223,7 @@ def _read_records(
     position = np.fromiter((index.get(key, -1) for key in keys), np.int64, len(keys))
     if not (position >= 0).any():
         split = f"such as {str(image_ids[0])!r}" if len(image_ids) else "none"
-        raise ValueError(
+        raise InputError(
             f"{path}: no record is of an image of the split ({count_of(len(keys), 'record')} "
             f"with image_ids such as {keys[0]!r}; the split's are {split})"
         )
@@ -269,5 +270,5 @@ def _read_records(
                 "xyxy are read as pixels"
             )
     if errors:
-        raise ValueError(f"{path}: " + "; ".join(errors))
+        raise InputError(f"{path}: " + "; ".join(errors))
     return BoxSet(image, boxes, parsed.labels, scores=parsed.scores), warnings

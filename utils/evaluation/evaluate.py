@@ -27,6 +27,7 @@ from data.voc import Annotation, load_voc, parse_sets, summarize_issues
 from nets.decode import Geometry, detect_batch
 from utils.config import option, rule_problems
 from utils.device import synchronize
+from utils.errors import InputError
 from utils.evaluation.detections_file import read_detections_json as read_detections_file
 from utils.evaluation.metrics import BoxSet, best_f1, evaluate_coco, evaluate_voc
 from utils.paths import save_figure_atomic
@@ -81,14 +82,14 @@ class EvalConfig:
     def __post_init__(self) -> None:
         size = self.input_size
         if size is not None and (size <= 0 or size % 32):
-            raise ValueError(f"input size {size} is not a positive multiple of 32")
+            raise InputError(f"input size {size} is not a positive multiple of 32")
         if self.max_det < 0:
-            raise ValueError(f"--max-det {self.max_det}: must be 0 (all) or more")
+            raise InputError(f"--max-det {self.max_det}: must be 0 (all) or more")
         if self.scale_xy is not None and not 1 <= self.scale_xy <= 2:
-            raise ValueError(f"--scale-xy {self.scale_xy}: must be in [1, 2]")
+            raise InputError(f"--scale-xy {self.scale_xy}: must be in [1, 2]")
         problems = rule_problems(self, _EVAL_RULES)
         if problems:
-            raise ValueError("invalid evaluation settings: " + "; ".join(problems))
+            raise InputError("invalid evaluation settings: " + "; ".join(problems))
 
 
 _EVAL_RULES = {
@@ -302,7 +303,7 @@ def detect_dataset(
     if cfg.scale_xy is not None:
         geometry = replace(geometry, scale_x_y=cfg.scale_xy)
     if cfg.amp and not isinstance(model, torch.nn.Module):
-        raise ValueError(AMP_TORCH_ONLY)
+        raise InputError(AMP_TORCH_ONLY)
     precision = inference_precision(cfg.amp, device)
     was_training = model.training
     model.eval()
@@ -448,7 +449,7 @@ def check_ground_truth(
     missing = [name for name, n in zip(class_names, counts) if n == 0]
     shown = ", ".join(map(repr, missing[:10])) + (", ..." if len(missing) > 10 else "")
     if len(missing) == len(class_names):
-        raise ValueError(
+        raise InputError(
             f"{dataset}: no ground-truth object (difficult ones aside) of any of the model's "
             f"{len(class_names)} classes ({shown}) in {len(annotations)} images: nothing can "
             "match and the mAP would mean nothing (wrong --classes, split or labels?)"

@@ -22,6 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from nets.attention_maps import AttentionMap
+from utils.errors import InputError
 from utils.inference.predictor import Detector
 from utils.paths import OutputPathError, write_image_atomic
 from utils.visualize import draw_channel_histogram, overlay_attention
@@ -46,7 +47,7 @@ def render_channels(amap: AttentionMap) -> np.ndarray:
         ValueError: the block has no channel weights.
     """
     if amap.channels is None:
-        raise ValueError(f"{amap.point} ({amap.block}) has no channel weights")
+        raise InputError(f"{amap.point} ({amap.block}) has no channel weights")
     return draw_channel_histogram(amap.channels, f"{amap.point}: {amap.block} channel weights")
 
 

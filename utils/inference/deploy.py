@@ -23,6 +23,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from nets.backbone import BasicConv
 from nets.blocks import CoordAttention
 from nets.decode import Geometry, decode_outputs
+from utils.errors import InputError
 
 
 class FusedConv(nn.Module):
@@ -106,9 +107,9 @@ def export_onnx(
     geometry = geometry or Geometry()
     input_size = geometry.input_size
     if opset < 17:
-        raise ValueError(f"opset {opset}: 17 or newer is required")
+        raise InputError(f"opset {opset}: 17 or newer is required")
     if input_size <= 0 or input_size % 32:
-        raise ValueError(f"input size {input_size} is not a positive multiple of 32")
+        raise InputError(f"input size {input_size} is not a positive multiple of 32")
     net = fuse_model(model) if fuse else copy.deepcopy(model).eval()
     names = ["out32", "out16"]
     if decode:
@@ -149,7 +150,7 @@ def _check_onnx_file(path: str) -> None:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such file")
     if os.path.getsize(path) == 0:
-        raise ValueError(f"{path}: empty file, not an ONNX model")
+        raise InputError(f"{path}: empty file, not an ONNX model")
 
 
 def onnx_metadata(path: str | os.PathLike) -> dict:
@@ -167,7 +168,7 @@ def onnx_metadata(path: str | os.PathLike) -> dict:
     try:
         graph = onnx.load(path, load_external_data=False)
     except DecodeError:
-        raise ValueError(
+        raise InputError(
             f"{path}: cannot read as an ONNX model: the file is truncated, corrupt or of "
             "another format"
         ) from None
@@ -201,11 +202,11 @@ class OnnxRunner:
             self.session = ort.InferenceSession(str(path), options, providers=self.providers())
         except Exception as err:  # ORT's own exception types (InvalidProtobuf, Fail, ...)
             problem = str(err).rsplit("failed:", 1)[-1].strip() or type(err).__name__
-            raise ValueError(f"{path}: ONNX Runtime cannot load it: {problem}") from None
+            raise InputError(f"{path}: ONNX Runtime cannot load it: {problem}") from None
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
         if self.output_names != ["out32", "out16"]:
-            raise ValueError(
+            raise InputError(
                 f"{path}: expected raw outputs out32/out16, got {self.output_names}"
                 " (export without --onnx-decode for the onnxruntime backend)"
             )
@@ -239,7 +240,7 @@ class OnnxRunner:
 
     def train(self, mode: bool = True) -> OnnxRunner:
         if mode:
-            raise ValueError("an ONNX graph cannot be trained")
+            raise InputError("an ONNX graph cannot be trained")
         return self
 
     def to(self, *_args, **_kwargs) -> OnnxRunner:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from nets.checkpoint import ModelInfo
 from utils.config import option
+from utils.errors import InputError
 from utils.inference.deploy import export_onnx
 from utils.inference.quantize import (
     CALIBRATION_METHODS,
@@ -68,9 +69,9 @@ class ExportConfig:
 
     def __post_init__(self) -> None:
         if self.int8 and self.decode:
-            raise ValueError("--int8 quantizes raw-map graphs: leave out --onnx-decode")
+            raise InputError("--int8 quantizes raw-map graphs: leave out --onnx-decode")
         if self.calib_images < 1:
-            raise ValueError(f"--calib-images {self.calib_images}: must be at least 1")
+            raise InputError(f"--calib-images {self.calib_images}: must be at least 1")
 
 
 def calibration_images(source: str, count: int) -> list[str]:
@@ -81,7 +82,7 @@ def calibration_images(source: str, count: int) -> list[str]:
     """
     images = resolve_source(source).images
     if not images:
-        raise ValueError(f"{source}: no images to calibrate on")
+        raise InputError(f"{source}: no images to calibrate on")
     return pick_evenly(images, count)
 
 

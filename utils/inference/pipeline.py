@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from utils.errors import InputError
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -92,7 +94,7 @@ class Prefetcher(Generic[T, R]):
         source: str = "input",
     ) -> None:
         if depth < 1 or workers < 1:
-            raise ValueError(
+            raise InputError(
                 f"Prefetcher needs depth >= 1 and workers >= 1, got {depth}, {workers}"
             )
         self._items = iter(items)
@@ -202,7 +204,7 @@ class OrderedSink(Generic[T]):
         name: Callable[[T], str] = str,
     ) -> None:
         if threaded and depth < 1:
-            raise ValueError(f"OrderedSink needs depth >= 1, got {depth}")
+            raise InputError(f"OrderedSink needs depth >= 1, got {depth}")
         self._step = step
         self._name = name
         self._threaded = threaded

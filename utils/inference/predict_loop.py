@@ -36,6 +36,7 @@ from tqdm import tqdm
 from utils.config import option, rule_problems
 from utils.detections import Detections
 from utils.device import available_cpus, synchronize
+from utils.errors import InputError
 from utils.inference.attention_output import AttentionMapWriter
 from utils.inference.pipeline import (
     OrderedSink,
@@ -146,7 +147,7 @@ class PipelineOptions:
     def __post_init__(self) -> None:
         problems = rule_problems(self, _PIPELINE_RULES)
         if problems:
-            raise ValueError("invalid pipeline settings: " + "; ".join(problems))
+            raise InputError("invalid pipeline settings: " + "; ".join(problems))
 
     @property
     def pipelined(self) -> bool:
@@ -619,7 +620,7 @@ def write_json(path: Path, records: list[dict]) -> None:
 def benchmark(detector: Detector, image: np.ndarray, runs: int = 50, warmup: int = 5) -> dict:
     """Median and spread (ms) of preprocessing, forward and decode+NMS over ``runs`` calls."""
     if runs < 1:
-        raise ValueError(f"benchmark needs at least one run, got {runs}")
+        raise InputError(f"benchmark needs at least one run, got {runs}")
     timer = StageTimer(sync=lambda: synchronize(detector.device))
     for i in range(warmup + runs):
         record = i >= warmup

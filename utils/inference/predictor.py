@@ -26,6 +26,7 @@ from utils.classes import read_anchors, read_class_names
 from utils.config import Rule, option, rule_problems
 from utils.detections import Detections
 from utils.device import select_device
+from utils.errors import InputError
 from utils.inference.deploy import fuse_model
 from utils.paths import COCO_CLASSES, OFFICIAL_WEIGHTS
 from utils.precision import AMP_TORCH_ONLY, autocast, inference_precision
@@ -55,7 +56,7 @@ def class_names_for(
         names = read_class_names(COCO_CLASSES)
     if not names:
         what = f"{num_classes} classes" if num_classes else "no class names stored in it"
-        raise ValueError(f"{source}: {what}; pass a classes file")
+        raise InputError(f"{source}: {what}; pass a classes file")
     return list(names)
 
 
@@ -71,18 +72,18 @@ def check_class_names(source: str, stored: Sequence[str], given: Sequence[str]) 
     if stored == given:
         return
     if len(stored) != len(given):
-        raise ValueError(
+        raise InputError(
             f"{source} stores {_names_text(stored)}, but --classes gives {_names_text(given)}"
         )
     k = next(i for i, (a, b) in enumerate(zip(stored, given)) if a != b)
     if sorted(stored) == sorted(given):
-        raise ValueError(
+        raise InputError(
             f"{source}: --classes lists the model's class names in another order (class {k} is "
             f"{stored[k]!r} in the model, {given[k]!r} in --classes): every id would be read "
             f"as the wrong class; omit --classes (the model's names {_names_text(stored)} are "
             "used) or list them in the model's order"
         )
-    raise ValueError(
+    raise InputError(
         f"{source} stores the class names {_names_text(stored)}, but --classes gives "
         f"{_names_text(given)} (class {k}: {stored[k]!r} vs {given[k]!r}); omit --classes to "
         "use the model's names"
@@ -99,7 +100,7 @@ def check_anchors(
     if a.shape == b.shape and np.allclose(a, b, rtol=0, atol=1e-3):
         return
     show = lambda v: ", ".join(f"{w:g},{h:g}" for w, h in v.tolist())  # noqa: E731
-    raise ValueError(
+    raise InputError(
         f"{source} stores the anchors {show(a)}, but --anchors gives {show(b)}; the model "
         "was trained with its own: omit --anchors"
     )
@@ -165,7 +166,7 @@ class InferenceConfig:
         if self.amp and self.backend != "torch":
             problems.append(AMP_TORCH_ONLY)
         if problems:
-            raise ValueError("invalid inference settings: " + "; ".join(problems))
+            raise InputError("invalid inference settings: " + "; ".join(problems))
 
 
 # field -> (check, what it must be); messages use each field's flag
@@ -217,7 +218,7 @@ class Detector:
         self.config = config
         class_names = list(class_names if class_names is not None else info.class_names or [])
         if len(class_names) != info.num_classes:
-            raise ValueError(
+            raise InputError(
                 f"{len(class_names)} class names given for a model with {info.num_classes} classes"
             )
         self.device = select_device(self.config.device)
@@ -225,7 +226,7 @@ class Detector:
         self.info = info
         self.class_names = class_names
         if runner is not None and config.amp:
-            raise ValueError(AMP_TORCH_ONLY)
+            raise InputError(AMP_TORCH_ONLY)
         self.precision = inference_precision(config.amp, self.device)
         if runner is not None:  # ONNX Runtime (or any callable with the model's contract)
             self.device = torch.device("cpu")
@@ -298,7 +299,7 @@ class Detector:
         graph_classes = runner.out_channels // len(masks[0]) - 5 if runner.out_channels else None
         names = class_names_for(names, meta.get("class_names"), graph_classes, str(path))
         if graph_classes is not None and len(names) != graph_classes:
-            raise ValueError(
+            raise InputError(
                 f"{path} predicts {graph_classes} classes, but {len(names)} class names were given"
             )
         if anchors is not None and meta.get("anchors"):
@@ -324,7 +325,7 @@ class Detector:
         check_request(str(path), info, phi, None)  # --phi is checked against the graph too
         config = config or InferenceConfig()
         if runner.input_size and config.input_size not in (None, runner.input_size):
-            raise ValueError(
+            raise InputError(
                 f"{path} was exported at {runner.input_size}; "
                 f"--img-size {config.input_size} cannot be used with it"
             )
@@ -430,7 +431,7 @@ class Detector:
             ValueError: this Detector runs ONNX Runtime (the message names ``purpose``).
         """
         if not isinstance(self.model, YoloBody):
-            raise ValueError(
+            raise InputError(
                 f"{purpose} need the PyTorch model, but this Detector runs an ONNX graph "
                 f"(backend {self.config.backend!r}); load the checkpoint (.pth) or darknet "
                 "weights with backend 'torch'"

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from utils.errors import InputError
 from utils.inference.deploy import METADATA_KEY, onnx_metadata
 from utils.preprocess import preprocess_bgr, to_tensor
 from utils.sources import ImageReadError, read_image
@@ -111,9 +112,9 @@ def quantize_int8(
         ValueError: not a raw-map graph, unknown ``method``, or no readable calibration image.
     """
     if method not in CALIBRATION_METHODS:
-        raise ValueError(f"calibration method {method!r}: choose one of {CALIBRATION_METHODS}")
+        raise InputError(f"calibration method {method!r}: choose one of {CALIBRATION_METHODS}")
     if not calibration_paths:
-        raise ValueError("no calibration images given")
+        raise InputError("no calibration images given")
     input_name, input_size, heads = _raw_map_graph(fp32_path)
     reader = CalibrationImages(calibration_paths, input_size, input_name, letterbox)
     out_path = Path(out_path)
@@ -148,13 +149,13 @@ def _raw_map_graph(fp32_path: str | os.PathLike) -> tuple[str, int, list[str]]:
     graph = onnx.load(str(fp32_path)).graph
     outputs = [o.name for o in graph.output]
     if outputs != ["out32", "out16"]:
-        raise ValueError(
+        raise InputError(
             f"{fp32_path}: INT8 needs a raw-map export (out32/out16), got {outputs}"
             " (export without --onnx-decode)"
         )
     input_size = graph.input[0].type.tensor_type.shape.dim[2].dim_value
     if not input_size:
-        raise ValueError(f"{fp32_path}: the input size is not fixed in the graph")
+        raise InputError(f"{fp32_path}: the input size is not fixed in the graph")
     heads = [n.name for n in graph.node if set(n.output) & set(outputs)]
     return graph.input[0].name, input_size, heads
 
@@ -208,7 +209,7 @@ def _calibrate_and_quantize(
         except Exception as err:
             if not reader.used:
                 out_path.unlink(missing_ok=True)
-                raise ValueError(
+                raise InputError(
                     f"none of the {len(reader.paths)} calibration images was readable"
                 ) from err
             # numpy: a tensor constant over all the images has no histogram range

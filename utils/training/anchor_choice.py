@@ -23,6 +23,7 @@ from data.anchor_kmeans import (
 from data.voc import Annotation
 from nets.yolo import DEFAULT_ANCHORS
 from utils.classes import read_anchors
+from utils.errors import InputError
 
 logger = logging.getLogger("train")
 
@@ -86,7 +87,7 @@ def resolve_anchors(
     if setting not in ANCHOR_CHOICES:
         anchors = np.asarray(read_anchors(setting), np.float64)
         if len(anchors) != len(default):
-            raise ValueError(
+            raise InputError(
                 f"{setting}: {len(anchors)} anchors, but the model has {len(default)} "
                 "(3 per head, one shared)"
             )
@@ -103,7 +104,7 @@ def resolve_anchors(
         kmeans = round_anchors(kmeans_anchors(shapes, len(default), seed)).astype(np.float64)
     except ValueError as err:
         if setting == "kmeans":
-            raise ValueError(f"--anchors kmeans: {err}") from None
+            raise InputError(f"--anchors kmeans: {err}") from None
         return _choice(default, "default", fit(default), fit(default), f"k-means impossible: {err}")
     if setting == "kmeans":
         return _choice(kmeans, "kmeans", fit(default), fit(kmeans), "--anchors kmeans")

@@ -27,6 +27,7 @@ from nets.attention import (
 )
 from nets.registry import describe_phis
 from utils.config import option, rule_problems
+from utils.errors import InputError
 from utils.evaluation.evaluate import EvalConfig
 from utils.paths import VOC_ROOT
 
@@ -308,7 +309,7 @@ class TrainConfig:
             except ValueError as err:
                 problems.append(str(err))
         if problems:
-            raise ValueError("invalid training settings: " + "; ".join(problems))
+            raise InputError("invalid training settings: " + "; ".join(problems))
 
 
 # field -> (check, what it must be); the flag is the field name in kebab case

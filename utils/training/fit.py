@@ -27,6 +27,7 @@ from nets.attention import parse_attention_args
 from nets.checkpoint import ModelInfo
 from nets.registry import check_attention_args, load_attention_plugins
 from nets.yolo import YoloBody
+from utils.errors import InputError
 from utils.evaluation.evaluate import EvalConfig, EvalReport, format_report
 from utils.paths import check_apart, require_component, write_text_atomic
 from utils.precision import Precision, check_compiler, resolve_precision
@@ -392,7 +393,7 @@ def make_loader(run: Run, batch_total: int) -> DataLoader:
     per_process = max(1, batch_total // d.world)
     images = len(run.train_set) // d.world  # per process, as drop_last splits them
     if images == 0:
-        raise ValueError(f"{len(run.train_set)} training images for {d.world} processes")
+        raise InputError(f"{len(run.train_set)} training images for {d.world} processes")
     if per_process > images:  # drop_last would leave the epoch without a single step
         if d.main:
             logger.warning(

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from data.voc import Annotation
 from nets.checkpoint import ModelInfo
+from utils.errors import FailedError
 from utils.evaluation.evaluate import EvalConfig, EvalReport, detect_dataset, score
 from utils.precision import autocast
 from utils.training.optim import ModelEMA, unwrap
@@ -31,7 +32,7 @@ LOSS_KEYS = ("loss_box", "loss_obj", "loss_cls", "loss")  # "loss" (the total) l
 BAR_FORMAT = "{desc}{percentage:3.0f}%|{bar:20}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}]"
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(FailedError):
     """Too many optimisation steps in a row had a non-finite loss."""
 
 

@@ -32,6 +32,7 @@ from nets.decode import SCALE_X_Y
 from nets.yolo import YoloBody
 from utils.classes import read_class_names
 from utils.device import select_device
+from utils.errors import InputError
 from utils.paths import OFFICIAL_WEIGHTS, VOC_CLASSES
 from utils.training.config import TrainConfig
 
@@ -94,7 +95,7 @@ def require_objects(data: DataSetup, cfg: TrainConfig) -> None:
     kept, missing = quick_check(data.train)
     if not kept:  # before the run folder is made: a failed start leaves nothing behind
         first = missing[0] if missing else "no images listed"
-        raise ValueError(
+        raise InputError(
             f"{what}: none of the {len(data.train)} training images can be read ({first})"
         )
     include_difficult = cfg.include_difficult
@@ -118,7 +119,7 @@ def require_objects(data: DataSetup, cfg: TrainConfig) -> None:
         message += f"; the labels use other classes ({other}): give a classes file listing them"
     elif not include_difficult and any(len(a.labels) for a in data.train):
         message += "; every object is marked difficult (--include-difficult trains on them)"
-    raise ValueError(message)
+    raise InputError(message)
 
 
 MISSING_VOC = """{root}: no Pascal VOC here.
@@ -167,7 +168,7 @@ def eval_label_source(cfg: TrainConfig) -> LabelSource | None:
     if cfg.train_labels:
         source = label_sources(cfg)[1]
         if source is None:
-            raise ValueError(f"{cfg.train_labels} has no val split: give --val-labels")
+            raise InputError(f"{cfg.train_labels} has no val split: give --val-labels")
         return source
     return LabelSource(cfg.val_lines, "lines") if cfg.val_lines else None
 
@@ -180,9 +181,9 @@ def load_label_data(cfg: TrainConfig) -> DataSetup:
     Evaluation labels are matched to them by name.
     """
     if cfg.train_lines:
-        raise ValueError("--train-labels and --train-lines both name training labels: give one")
+        raise InputError("--train-labels and --train-lines both name training labels: give one")
     if cfg.data != "voc":
-        raise ValueError(f"--train-labels replaces --data {cfg.data}: leave --data out")
+        raise InputError(f"--train-labels replaces --data {cfg.data}: leave --data out")
     train_source, val_source = label_sources(cfg)
     voc = read_class_names(VOC_CLASSES)
     names = read_class_names(cfg.classes) if cfg.classes else None
@@ -202,9 +203,9 @@ def load_label_data(cfg: TrainConfig) -> DataSetup:
                 ", ".join(names),
             )
     if not names:
-        raise ValueError(f"{train_source.describe()}: no class names found: give --classes")
+        raise InputError(f"{train_source.describe()}: no class names found: give --classes")
     if not train.annotations:
-        raise ValueError(f"no training images in {train_source.describe()}")
+        raise InputError(f"no training images in {train_source.describe()}")
     # evaluation ground truth as written: the per-epoch mAP is then eval.py's (no clipping)
     val = val_source.load(names, clip_boxes=False) if val_source is not None else None
     return DataSetup(
@@ -221,7 +222,7 @@ def load_data(cfg: TrainConfig) -> DataSetup:
     if cfg.train_labels:
         return load_label_data(cfg)
     if cfg.val_labels or cfg.train_images or cfg.val_images:
-        raise ValueError("--val-labels, --train-images and --val-images go with --train-labels")
+        raise InputError("--val-labels, --train-images and --val-images go with --train-labels")
     if not cfg.train_lines and not Path(cfg.voc_root).is_dir():
         raise FileNotFoundError(MISSING_VOC.format(root=cfg.voc_root))
     names = resolve_class_names(cfg)
@@ -239,7 +240,7 @@ def load_data(cfg: TrainConfig) -> DataSetup:
     train = load_voc(cfg.voc_root, parse_sets(cfg.train_sets), names)
     val = load_voc(cfg.voc_root, parse_sets(cfg.val_set), names, clip_boxes=False)
     if not train.annotations:
-        raise ValueError(f"no training images in {cfg.voc_root} {cfg.train_sets}")
+        raise InputError(f"no training images in {cfg.voc_root} {cfg.train_sets}")
     return DataSetup(
         names,
         train.annotations,
@@ -359,9 +360,9 @@ def read_resume(
             if cfg.resume.endswith(".weights")
             else ""
         )
-        raise ValueError(f"{err}{hint}") from None
+        raise InputError(f"{err}{hint}") from None
     if not isinstance(checkpoint, dict) or "train_state" not in checkpoint:
-        raise ValueError(f"{cfg.resume}: no training state in it (not a last.pth?)")
+        raise InputError(f"{cfg.resume}: no training state in it (not a last.pth?)")
     try:
         stored = {**checkpoint["config"]}
         if cfg.attention_plugin is not None and (given is None or "attention_plugin" in given):
@@ -370,7 +371,7 @@ def read_resume(
             stored["attention_plugin"] = cfg.attention_plugin
         saved = TrainConfig(**stored)
     except (KeyError, TypeError) as err:
-        raise ValueError(f"{cfg.resume}: its training config is unreadable ({err})") from None
+        raise InputError(f"{cfg.resume}: its training config is unreadable ({err})") from None
     return merge_resume(saved, cfg, given), checkpoint
 
 
@@ -419,7 +420,7 @@ def merge_resume(
             conflicts.append(f"--{name.replace('_', '-')} {new!r} (the checkpoint has {held})")
     if conflicts:
         may_change = ", ".join("--" + n.replace("_", "-") for n in CHANGEABLE_ON_RESUME)
-        raise ValueError(
+        raise InputError(
             f"{cfg.resume}: a resumed run keeps its settings, and these flags conflict with "
             f"them: {'; '.join(conflicts)}. Only {may_change} (and --device, --workers, "
             "--amp, --compile, --stop-at-epoch, --tensorboard) may change on --resume."
