@@ -1,8 +1,8 @@
 """Evaluate checkpoints with the VOC devkit protocol (and COCO AP), or compare several.
 
 Examples:
-    python eval.py --weights logs/exp/weights/best.pth                 # VOC 2007 test
-    python eval.py --weights a.pth b.pth c.pth --out-dir logs/compare  # one comparison table
+    python eval.py --weights logs/exp/weights/best.pth                  # VOC 2007 test
+    python eval.py --weights a.pth b.pth c.pth --save-dir logs/compare  # one comparison table
     python eval.py --detections dets.json --classes model_data/voc_classes.txt
     python eval.py --data demo --weights logs/exp/weights/best.pth
     python eval.py --weights best.pth --val-labels data/mine/annotations/instances_val.json
@@ -21,20 +21,32 @@ from pathlib import Path
 import torch
 
 from data.formats import LabelSource, role_source
+from data.options import DataOptions
 from data.source import DataSource, resolve_data_source
-from nets.checkpoint import CheckpointMismatchError, checkpoint_contents, load_torch_file
+from nets.checkpoint import checkpoint_contents, load_torch_file
+from nets.options import ModelOptions
 from nets.registry import describe_phis, load_attention_plugins
 from utils.classes import read_class_names
-from utils.config import HelpFormatter, add_options, argument_group, from_args, run_cli
-from utils.device import ThreadConfig, configure_threads, select_device
+from utils.config import (
+    HelpFormatter,
+    add_alias,
+    add_options,
+    argument_group,
+    from_args,
+    run_cli,
+)
+from utils.device import DeviceOptions, ThreadConfig, configure_threads, select_device
+from utils.errors import InputError
 from utils.evaluation.compare import (
     CompareConfig,
+    Row,
     evaluate_checkpoint,
     table_protocol,
     write_outputs,
 )
 from utils.evaluation.evaluate import (
     EvalConfig,
+    EvalReport,
     check_ground_truth,
     format_report,
     load_ground_truth,
@@ -42,10 +54,9 @@ from utils.evaluation.evaluate import (
     read_detections_json,
     score,
 )
-from utils.inference.deploy import onnx_metadata
+from utils.inference.onnx_runner import onnx_metadata
 from utils.inference.predictor import check_class_names
 from utils.paths import (
-    OutputPathError,
     check_apart,
     check_output_path,
     check_outputs_distinct,
@@ -60,56 +71,78 @@ VOC_TEST = "2007:test"  # the usual protocol's test set
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """``EvalConfig``'s flags, training's data flags, and what to evaluate."""
+    """The model and data flags shared with the other commands, ``EvalConfig``'s and
+    ``CompareConfig``'s, and this command's detections file and outputs."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    what = argument_group(p, "what to evaluate")
-    what.add_argument("--weights", nargs="+", default=[], help="checkpoint(s) or .onnx export(s)")
-    what.add_argument("--detections", default=None, help="score a predict.py --json file instead")
-    what.add_argument(
-        "--phi",
+    add_options(
+        p,
+        ModelOptions,
+        include=("weights", "phi", "attention_plugin"),
+        nargs={"weights": "+"},
+        helps={
+            "weights": "checkpoint(s) or .onnx export(s) to evaluate, several for one "
+            "comparison table (required unless --detections)",
+            "phi": f"the checkpoint's attention block ({describe_phis()}), checked against the "
+            "file (default: the file's)",
+        },
+    )
+    add_options(p, DeviceOptions, include=("device",))
+    argument_group(p, "detections file").add_argument(
+        "--detections",
         default=None,
-        help=f"the checkpoint's attention block ({describe_phis()}), checked against the file "
-        "(default: the file's)",
+        help="score a predict.py --json file instead of running --weights",
+    )
+    add_options(
+        p,
+        DataOptions,
+        include=("data", "voc_root", "classes", "label_format", "split"),
+        helps={
+            "classes": "classes file (default: the demo's with --data demo, else the "
+            "checkpoint's names)",
+            "label_format": "format of --val-labels (auto: from the path)",
+            "split": "YEAR:SET to evaluate (default: 2007:test); with --val-labels, the split "
+            "of that source to read (default: its val split, or all of it when it has no "
+            "splits)",
+        },
     )
     add_options(
         p,
         TrainConfig,
-        include=(
-            "data",
-            "voc_root",
-            "classes",
-            "attention_plugin",
-            "val_labels",
-            "val_images",
-            "label_format",
-        ),
+        include=("val_labels", "val_images"),
         helps={
-            "classes": "classes file (default: the demo's with --data demo, else the "
-            "checkpoint's names)",
             "val_labels": "labels to evaluate on instead of --voc-root, any format (VOC, COCO, "
             "YOLO, annotation lines); --split picks one of its splits",
             "val_images": "images folder of COCO --val-labels (default: found next to the JSON)",
-            "label_format": "format of --val-labels (auto: from the path)",
         },
     )
-    argument_group(p, "data").add_argument(
-        "--split",
-        default=None,
-        help="YEAR:SET to evaluate (default: 2007:test); with --val-labels, the split of "
-        "that source to read (default: its val split, or all of it when it has no splits)",
+    add_options(
+        p,
+        EvalConfig,
+        defaults={"img_size": None},
+        helps={"img_size": "network input side, a multiple of 32 (default: the checkpoint's)"},
     )
-    add_options(p, EvalConfig, defaults={"input_size": None})
     add_options(p, CompareConfig)
     add_options(p, ThreadConfig)
+    _add_output_flags(p)
+    return p
+
+
+def _add_output_flags(p: argparse.ArgumentParser) -> None:
+    """Where the metrics, plots and tables go (``--out-dir``: the earlier spelling)."""
     out = argument_group(p, "output")
-    out.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     out.add_argument("--json", default=None, help="write the metrics as JSON here")
     out.add_argument(
-        "--out-dir",
+        "--save-dir",
         default="logs/eval",
-        help="plots and tables, incremented if it exists (default: %(default)s)",
+        help="folder for the plots and tables, numbered (DIR2, ...) if it exists; never an "
+        "input's folder or one inside it (default: %(default)s)",
     )
-    return p
+    out.add_argument(
+        "--exist-ok",
+        action="store_true",
+        help="write into --save-dir even if it exists (still never into an input)",
+    )
+    add_alias(p, "--out-dir", "--save-dir")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -119,80 +152,123 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    _check_flags(args)
+    voc_split = args.split if args.split and not args.val_labels else VOC_TEST
+    source = resolve_data_source(args.data, args.voc_root, "", voc_split, args.classes)
+    save_dir = increment_path(args.save_dir, args.exist_ok)
+    load_attention_plugins(args.attention_plugin)
+    _check_outputs(args, source.voc_root, save_dir)  # before any work: a result would be lost
+    labels = _labels(args, source.voc_root)
+    if args.detections:
+        return _score_file(args, source, save_dir, labels)
+    compare = from_args(CompareConfig, args)  # its values are checked before the models run
+    rows, reports = _evaluate_weights(args, source, labels)
+    _write_results(args, rows, reports, compare, save_dir)
+    return 0
+
+
+def _check_flags(args: argparse.Namespace) -> None:
+    """Refuses flags that contradict each other, before anything is read.
+
+    Raises:
+        InputError: naming the flag and what to do instead.
+    """
     if bool(args.weights) == bool(args.detections):
-        print("error: give --weights (run models) or --detections (score a file)", file=sys.stderr)
-        return 2
+        raise InputError("give --weights (run models) or --detections (score a file)")
     onnx = [w for w in args.weights or [] if str(w).endswith(".onnx")]
     if args.amp and (args.detections or onnx):
         why = "--amp runs a model; --detections only scores" if args.detections else AMP_TORCH_ONLY
-        print(f"error: {args.detections or onnx[0]}: {why}", file=sys.stderr)
-        return 2
-    voc_split = args.split if args.split and not args.val_labels else VOC_TEST
-    source = resolve_data_source(args.data, args.voc_root, "", voc_split, args.classes)
-    voc_root, split = source.voc_root, source.val_set
-    out_dir = increment_path(args.out_dir)
-    try:  # before any work: a result that cannot be written is lost
-        load_attention_plugins(args.attention_plugin)
-        inputs = _input_paths(args, voc_root)
-        check_outputs_distinct([("--out-dir", out_dir, True), ("--json", args.json, False)])
-        for folder in dict.fromkeys([args.out_dir, out_dir]):  # as asked, and as incremented
-            check_apart(folder, inputs, flag="--out-dir")
-        check_output_path(out_dir, folder=True)
+        raise InputError(f"{args.detections or onnx[0]}: {why}")
+
+
+def _check_outputs(args: argparse.Namespace, voc_root: str, save_dir: Path) -> None:
+    """Refuses, before any work, a results folder or JSON file that cannot be written, that
+    would land on the other or on an input.
+
+    Raises:
+        OutputRefusedError: naming the flag and the path.
+    """
+    inputs = _input_paths(args, voc_root)
+    check_outputs_distinct([("--save-dir", save_dir, True), ("--json", args.json, False)])
+    for folder in dict.fromkeys([args.save_dir, save_dir]):  # as asked, and as numbered
+        check_apart(folder, inputs, flag="--save-dir")
+    check_output_path(save_dir, folder=True)
+    if args.json:
+        check_apart(args.json, inputs, flag="--json", folder=False)
+        check_output_path(args.json)
+
+
+def _labels(args: argparse.Namespace, voc_root: str) -> LabelSource | None:
+    """The ``--val-labels`` to score on (its val split where it has splits), or None for the
+    VOCdevkit at ``voc_root``.
+
+    Raises:
+        InputError: --val-images without --val-labels, or no VOCdevkit at ``voc_root``.
+    """
+    if args.val_labels:
+        return role_source(
+            args.val_labels, "val", fmt=args.label_format, images=args.val_images, split=args.split
+        )
+    if args.val_images:
+        raise InputError("--val-images goes with --val-labels")
+    if not Path(voc_root).is_dir():
+        raise InputError(
+            f"{voc_root}: no VOCdevkit here (python -m tools.download_voc, or --data demo)"
+        )
+    return None
+
+
+def _evaluate_weights(
+    args: argparse.Namespace, source: DataSource, labels: LabelSource | None
+) -> tuple[list[Row], list[EvalReport]]:
+    """Scores and measures every ``--weights`` file in turn, printing each one's report.
+
+    Raises:
+        UserError: an unreadable, duplicate or mismatching model file, or bad settings.
+    """
+    names = read_class_names(source.classes) if source.classes else None
+    check_weights(args.weights, names)
+    device = select_device(args.device)
+    cfg = from_args(EvalConfig, args)
+    configure_threads(args.threads, parallel_decode=cfg.workers > 0)
+    if warning := inference_precision(cfg.amp, device).warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    rows, reports = [], []
+    for weights in args.weights:
+        row, report = evaluate_checkpoint(
+            weights,
+            source.voc_root,
+            source.val_set,
+            cfg,
+            device=device,
+            class_names=names,
+            phi=args.phi,
+            labels=labels,
+        )
+        print(f"== {weights} (phi {row.phi} ({row.phi_name}))")
+        print(format_report(report))
+        if report.speed is not None:  # where the pass's time went
+            print(report.speed.format())
+        rows.append(row)
+        reports.append(report)
+    return rows, reports
+
+
+def _write_results(
+    args: argparse.Namespace,
+    rows: list[Row],
+    reports: list[EvalReport],
+    compare: CompareConfig,
+    save_dir: Path,
+) -> None:
+    """The JSON metrics first (the numbers matter more than the plots), then one run's plots
+    or several runs' comparison table.
+
+    Raises:
+        OutputPathError: a write failed (disk full or permissions changed during the run).
+    """
+    try:
         if args.json:
-            check_apart(args.json, inputs, flag="--json", folder=False)
-            check_output_path(args.json)
-    except OutputPathError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    try:
-        labels = None
-        if args.val_labels:  # its val split where it has splits
-            labels = role_source(
-                args.val_labels,
-                "val",
-                fmt=args.label_format,
-                images=args.val_images,
-                split=args.split,
-            )
-        elif args.val_images:
-            raise ValueError("--val-images goes with --val-labels")
-        elif not Path(voc_root).is_dir():
-            raise FileNotFoundError(
-                f"{voc_root}: no VOCdevkit here (python -m tools.download_voc, or --data demo)"
-            )
-        if args.detections:
-            return _score_file(args, source, out_dir, labels)
-        names = read_class_names(source.classes) if source.classes else None
-        check_weights(args.weights, names)
-        device = select_device(args.device)
-        cfg = from_args(EvalConfig, args)
-        compare = from_args(CompareConfig, args)
-        configure_threads(args.threads, parallel_decode=cfg.workers > 0)
-        if warning := inference_precision(cfg.amp, device).warning:
-            print(f"warning: {warning}", file=sys.stderr)
-        rows, reports = [], []
-        for weights in args.weights:
-            row, report = evaluate_checkpoint(
-                weights,
-                voc_root,
-                split,
-                cfg,
-                device=device,
-                class_names=names,
-                phi=args.phi,
-                labels=labels,
-            )
-            print(f"== {weights} (phi {row.phi} ({row.phi_name}))")
-            print(format_report(report))
-            if report.speed is not None:  # where the pass's time went
-                print(report.speed.format())
-            rows.append(row)
-            reports.append(report)
-    except (FileNotFoundError, ValueError, CheckpointMismatchError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    try:
-        if args.json:  # first: the numbers matter more than the plots
             payload = (
                 reports[0].to_json()
                 if len(reports) == 1
@@ -200,18 +276,16 @@ def main(argv: list[str] | None = None) -> int:
             )
             write_text_atomic(args.json, json.dumps(payload, indent=2))
             print(f"metrics written to {args.json}")
-        out_dir.mkdir(parents=True, exist_ok=True)
+        save_dir.mkdir(parents=True, exist_ok=True)
         if len(reports) == 1:
-            plots = plot_report(reports[0], out_dir)
+            plots = plot_report(reports[0], save_dir)
             print(f"plots: {', '.join(map(str, plots))}")
         else:
-            paths = write_outputs(rows, table_protocol(reports, rows), out_dir, compare)
+            paths = write_outputs(rows, table_protocol(reports, rows), save_dir, compare)
             print(paths["md"].read_text())
             print(f"comparison: {', '.join(map(str, paths.values()))}")
-    except OSError as err:  # disk full or permissions changed during the run
-        print(f"error: {write_failure(err, out_dir)}", file=sys.stderr)
-        return 1
-    return 0
+    except OSError as err:
+        raise write_failure(err, save_dir) from None
 
 
 def check_weights(weights: list[str], class_names: list[str] | None) -> None:
@@ -220,7 +294,7 @@ def check_weights(weights: list[str], class_names: list[str] | None) -> None:
     class names a checkpoint or export stores agree with ``--classes``.
 
     Raises:
-        ValueError: a duplicate (both names given) or a contradiction (both values given).
+        InputError: a duplicate (both names given) or a contradiction (both values given).
     """
     seen: dict[tuple, str] = {}
     hows = {
@@ -235,7 +309,7 @@ def check_weights(weights: list[str], class_names: list[str] | None) -> None:
         keys, stored = _identities(path)
         for key in keys:
             if key in seen:
-                raise ValueError(
+                raise InputError(
                     f"--weights {seen[key]} and {path} are {hows[key[0]]}: evaluating both "
                     "would count one run as two in the comparison; give one checkpoint per run"
                 )
@@ -266,7 +340,7 @@ def _identities(path: str) -> tuple[list[tuple], list[str] | None]:
             return keys, onnx_metadata(path).get("class_names") or None
         payload = load_torch_file(path)
         state, info = checkpoint_contents(payload, path)
-    except (ValueError, CheckpointMismatchError):
+    except ValueError:  # the loader says what is wrong with the file
         return keys, None
     weights = hashlib.sha256()
     for name in sorted(state):
@@ -296,10 +370,17 @@ def _input_paths(args: argparse.Namespace, voc_root: str) -> list[str]:
     return [str(p) for p in paths if p]
 
 
-def _score_file(args, source: DataSource, out_dir: Path, labels: LabelSource | None) -> int:
+def _score_file(
+    args: argparse.Namespace, source: DataSource, save_dir: Path, labels: LabelSource | None
+) -> int:
+    """``--detections``: scores a ``predict.py --json`` file against the ground truth.
+
+    Raises:
+        InputError: no classes file, or a file that cannot be scored as it is.
+        OutputPathError: a write failed during the run.
+    """
     if not source.classes:
-        print("error: --detections needs --classes", file=sys.stderr)
-        return 2
+        raise InputError("--detections needs --classes")
     names = read_class_names(source.classes)
     annotations, dataset, warnings = load_ground_truth(
         labels, source.voc_root, source.val_set, names
@@ -317,11 +398,10 @@ def _score_file(args, source: DataSource, out_dir: Path, labels: LabelSource | N
         if args.json:
             write_text_atomic(args.json, json.dumps(report.to_json(), indent=2))
             print(f"metrics written to {args.json}")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        plot_report(report, out_dir)
-    except OSError as err:  # disk full or permissions changed during the run
-        print(f"error: {write_failure(err, out_dir)}", file=sys.stderr)
-        return 1
+        save_dir.mkdir(parents=True, exist_ok=True)
+        plot_report(report, save_dir)
+    except OSError as err:
+        raise write_failure(err, save_dir) from None
     return 0
 
 

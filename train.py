@@ -12,14 +12,11 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
-import sys
 
-from utils.config import HelpFormatter, add_options, from_args, given_options
-from utils.paths import OutputPathError, OutputRefusedError, check_output_path
-from utils.runlock import FolderLockedError
+from utils.config import HelpFormatter, add_options, from_args, given_options, run_cli
+from utils.paths import check_output_path
 from utils.training.config import TrainConfig
 from utils.training.fit import fit
-from utils.training.loop import NonFiniteLossError
 
 
 def build_parser(add_help: bool = True, exclude: tuple[str, ...] = ()) -> argparse.ArgumentParser:
@@ -37,13 +34,14 @@ def build_parser(add_help: bool = True, exclude: tuple[str, ...] = ()) -> argpar
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, set[str]]:
-    """The config, and the fields the command line set (a resume checks them)."""
+    """The config, and the fields the command line set (a resume checks them).
+
+    Raises:
+        InputError: a setting outside its range (the config's own checks).
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return from_args(TrainConfig, args), given_options(parser, argv)
-    except ValueError as err:  # the config's own checks
-        parser.error(str(err))
+    return from_args(TrainConfig, args), given_options(parser, argv)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,28 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     # SIGINT ignored, as non-interactive shells do for background jobs.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     cfg, given = parse_args(argv)
-    try:
-        if not cfg.resume:  # a resumed run writes into its own folder
-            check_output_path(cfg.log_dir, folder=True)
-    except OutputPathError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    try:
-        result = fit(cfg, given)
-    except KeyboardInterrupt:
-        return 130
-    except OutputRefusedError as err:  # refused before the run started
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except OutputPathError as err:  # a checkpoint, log or picture could not be written
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except NonFiniteLossError as err:  # the message says where the last good epoch is
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except (FileNotFoundError, ValueError, FolderLockedError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    if not cfg.resume:  # a resumed run writes into its own folder
+        check_output_path(cfg.log_dir, folder=True)
+    result = fit(cfg, given)
     if not result.is_main:
         return 0
     if result.best_map < 0:  # never evaluated: no evaluation images, or none due yet
@@ -86,4 +65,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -1,9 +1,9 @@
 """Benchmark of the paired bootstrap behind the comparison table's verdicts, at VOC07 test size.
 
-    python -m benchmarks.bootstrap [--images 4952] [--phis 5] [--seeds 3] [--resamples 1000]
+    python -m benchmarks.bootstrap [--num-images 4952] [--phis 5] [--seeds 3] [--resamples 1000]
                                    [--dets-per-image 100] [--naive-resamples 2]
 
-A seeded synthetic split: ``--images`` images (VOC07 test has 4,952), 20 classes, 1-4 objects
+A seeded synthetic split: ``--num-images`` images (VOC07 test has 4,952), 20 classes, 1-4 objects
 per image (~10% difficult, sizes from small to large), and per checkpoint ``--dets-per-image``
 detections per image: every object is found with a probability that depends on the phi and
 seed (jittered box, a high score), a few duplicates, and the rest low-scored boxes of random
@@ -18,21 +18,14 @@ vectorised ones). Prints numbers only: speed is measured here, not asserted in t
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from collections.abc import Sequence
 
 import numpy as np
 
-from utils.config import HelpFormatter
-from utils.evaluation.bootstrap import (
-    MatchTable,
-    compare_groups,
-    draw_counts,
-    identity_counts,
-    materialize,
-    resampled_maps,
-)
+from benchmarks.common import add_synthetic_case_options, check_at_least, start
+from utils.config import HelpFormatter, run_cli
+from utils.evaluation import bootstrap as paired
 from utils.evaluation.metrics import BoxSet, evaluate_voc
 from utils.timing import time_call
 
@@ -87,47 +80,91 @@ def make_detections(gts: BoxSet, num_images: int, per_image: int, recall: float,
     )
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter
     )
-    parser.add_argument("--images", type=int, default=4952, help="VOC07 test has 4,952")
+    add_synthetic_case_options(parser, "detections per image", "seed of the synthetic case")
     parser.add_argument("--phis", type=int, default=5, help="attention types compared")
     parser.add_argument("--seeds", type=int, default=3, help="training seeds per phi")
     parser.add_argument("--resamples", type=int, default=1000, help="bootstrap replicates")
-    parser.add_argument("--dets-per-image", type=int, default=100, help="detections per image")
     parser.add_argument(
         "--naive-resamples", type=int, default=2, help="resamples timed for the naive loop"
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic case")
     args = parser.parse_args(argv)
+    check_at_least(
+        args, num_images=1, phis=1, seeds=1, resamples=1, dets_per_image=1, naive_resamples=1
+    )
+    return args
 
-    gts = make_split(args.images, args.seed)
+
+def make_checkpoints(args: argparse.Namespace) -> tuple[BoxSet, list[BoxSet], list[list[int]]]:
+    """The ground truth, every phi x seed checkpoint's detections (recall rising by 2 points
+    per phi, 1 per seed) and the checkpoints' indices grouped by phi."""
+    gts = make_split(args.num_images, args.seed)
     models = []
     for p in range(args.phis):
         for s in range(args.seeds):
             recall = 0.75 + 0.02 * p + 0.01 * (s - 1)
-            dets = make_detections(gts, args.images, args.dets_per_image, recall, 1000 * p + s)
-            models.append(dets)
+            seed = 1000 * p + s
+            models.append(make_detections(gts, args.num_images, args.dets_per_image, recall, seed))
     groups = [list(range(p * args.seeds, (p + 1) * args.seeds)) for p in range(args.phis)]
-    num_dets = sum(len(d) for d in models)
-    print(
-        f"case: {args.images} images, {NUM_CLASSES} classes, {len(gts)} GT "
-        f"({int(gts.difficult.sum())} difficult); {args.phis} phis x {args.seeds} seeds = "
-        f"{len(models)} checkpoints, {args.dets_per_image} detections per image each "
-        f"({num_dets:,} in all); {args.resamples} resamples; {os.cpu_count()} CPUs"
-    )
+    return gts, models, groups
 
+
+def time_vectorised(args, gts: BoxSet, models: list[BoxSet], groups: list[list[int]]):
+    """Matching and the paired bootstrap of every pair of phis, timed.
+
+    Returns:
+        (match tables, the pairs' results, matching s, resampling s, CPU s)
+    """
     cpu_start = time.process_time()  # CPU seconds: what a shared machine's load does not inflate
     match_s, tables = time_call(
-        lambda: [MatchTable.from_boxes(d, gts, NUM_CLASSES, num_images=args.images) for d in models]
+        lambda: [
+            paired.MatchTable.from_boxes(d, gts, NUM_CLASSES, num_images=args.num_images)
+            for d in models
+        ]
     )
     boot_s, pairs = time_call(
-        lambda: compare_groups(tables, groups, resamples=args.resamples, seed=args.seed)
+        lambda: paired.compare_groups(tables, groups, resamples=args.resamples, seed=args.seed)
     )
+    return tables, pairs, match_s, boot_s, time.process_time() - cpu_start
+
+
+def time_naive(args, gts: BoxSet, models: list[BoxSet], tables) -> tuple[float, float]:
+    """The naive loop on ``--naive-resamples`` resamples: seconds per resample, and the largest
+    mAP difference to the vectorised bootstrap on the same resamples."""
+    rng = np.random.default_rng(args.seed + 1)
+    counts = paired.draw_counts(tables[0], args.naive_resamples, rng)
+    picks = [np.repeat(np.arange(args.num_images), c) for c in counts]
+
+    def naive() -> np.ndarray:
+        out = np.zeros((len(picks), len(models)))
+        for b, pick in enumerate(picks):
+            resampled_gts = paired.materialize(gts, pick)
+            for m, dets in enumerate(models):
+                resampled = paired.materialize(dets, pick)
+                out[b, m] = evaluate_voc(resampled, resampled_gts, NUM_CLASSES)["voc12_map"]
+        return out
+
+    naive_s, naive_maps = time_call(naive)
+    fast = paired.resampled_maps(tables, counts)[1]
+    return naive_s / len(picks), float(np.abs(fast - naive_maps).max())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    gts, models, groups = make_checkpoints(args)
+    num_dets = sum(len(d) for d in models)
+    start(
+        f"case: {args.num_images} images, {NUM_CLASSES} classes, {len(gts)} GT "
+        f"({int(gts.difficult.sum())} difficult); {args.phis} phis x {args.seeds} seeds = "
+        f"{len(models)} checkpoints, {args.dets_per_image} detections per image each "
+        f"({num_dets:,} in all); {args.resamples} resamples"
+    )
+    tables, pairs, match_s, boot_s, cpu_s = time_vectorised(args, gts, models, groups)
     total_s = match_s + boot_s
-    cpu_s = time.process_time() - cpu_start
-    exact = resampled_maps(tables, identity_counts(tables[0]))[1][0]
+    exact = paired.resampled_maps(tables, paired.identity_counts(tables[0]))[1][0]
     tps = sum(len(c.tp_image) for c in tables[0].classes)
     fps = sum(len(c.fp_image) for c in tables[0].classes)
     runs = sum(len(c.fp_starts) for c in tables[0].classes)
@@ -141,41 +178,22 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"({1000 * boot_s / args.resamples:.1f} ms per resample), {cpu_s:.1f} s of CPU time; "
         f"target {TARGET_S:.0f} s on a 2-core CPU: {'met' if total_s <= TARGET_S else 'missed'}"
     )
-
-    rng = np.random.default_rng(args.seed + 1)
-    counts = draw_counts(tables[0], args.naive_resamples, rng)
-    picks = [np.repeat(np.arange(args.images), c) for c in counts]
-
-    def naive() -> np.ndarray:
-        out = np.zeros((len(picks), len(models)))
-        for b, pick in enumerate(picks):
-            resampled_gts = materialize(gts, pick)
-            for m, dets in enumerate(models):
-                out[b, m] = evaluate_voc(materialize(dets, pick), resampled_gts, NUM_CLASSES)[
-                    "voc12_map"
-                ]
-        return out
-
-    naive_s, naive_maps = time_call(naive)
-    per_resample = naive_s / len(picks)
+    per_resample, difference = time_naive(args, gts, models, tables)
     extrapolated = per_resample * args.resamples
-    fast = resampled_maps(tables, counts)[1]
     print(
         f"reference, naive loop (materialize + evaluate_voc per resample, all checkpoints): "
-        f"{per_resample:.2f} s per resample (mean of {len(picks)} timed) -> "
+        f"{per_resample:.2f} s per resample (mean of {args.naive_resamples} timed) -> "
         f"{extrapolated:.0f} s for {args.resamples} (extrapolated, not measured); "
         f"vectorised {extrapolated / total_s:.0f}x faster"
     )
-    print(
-        f"check: max |mAP vectorised - naive| on those resamples "
-        f"{np.abs(fast - naive_maps).max():.1e}"
-    )
+    print(f"check: max |mAP vectorised - naive| on those resamples {difference:.1e}")
     for r in pairs[: args.phis - 1]:
         print(
             f"  phi {r.b} vs phi {r.a}: {100 * r.difference:+.2f} points, 95% interval "
             f"[{100 * r.low:+.2f}, {100 * r.high:+.2f}]: {r.verdict}"
         )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

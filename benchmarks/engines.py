@@ -20,7 +20,8 @@ from nets.decode import Geometry
 from nets.registry import attention_names
 from nets.yolo import YoloBody
 from utils.classes import read_class_names
-from utils.inference.deploy import OnnxRunner, export_onnx
+from utils.inference.export import export_onnx
+from utils.inference.onnx_runner import OnnxRunner
 from utils.inference.predictor import (
     Detector,
     InferenceConfig,
@@ -28,13 +29,6 @@ from utils.inference.predictor import (
 from utils.inference.quantize import quantize_int8
 from utils.paths import COCO_CLASSES
 from utils.sources import resolve_source
-
-
-def load_average() -> list[float] | None:
-    """The 1/5/15-minute load averages (rounded), or None where the OS has none: printed
-    next to timings, which other jobs on the machine make noisy."""
-    return [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
-
 
 INPUT_SIZE = 416  # the input size of the reference numbers and of the targets
 CONF_THRESH, NMS_THRESH = 0.25, 0.45  # as InferenceConfig's defaults and the OpenCV reference
@@ -140,7 +134,7 @@ def official_engines(
     args: argparse.Namespace, folder: Path, variants: bool
 ) -> tuple[list[Engine], Detector]:
     """The five paths of the comparison (and variants); also returns the fused Detector."""
-    cpu = InferenceConfig(input_size=INPUT_SIZE, device="cpu")
+    cpu = InferenceConfig(img_size=INPUT_SIZE, device="cpu")
     names = read_class_names(COCO_CLASSES)
     model, info = load_model(args.weights)
     eager = Detector(copy.deepcopy(model), info, class_names=names, config=replace(cpu, fuse=False))
@@ -212,7 +206,7 @@ def random_model(phi: int, num_classes: int = 80) -> YoloBody:
 def phi_engines(args: argparse.Namespace, folder: Path, phis: list[int]) -> list[Engine]:
     names = [f"class{i}" for i in range(80)]
     calibration = resolve_source(args.calib).images
-    cpu = InferenceConfig(input_size=INPUT_SIZE, device="cpu")
+    cpu = InferenceConfig(img_size=INPUT_SIZE, device="cpu")
     engines = []
     for phi in phis:
         model = random_model(phi)

@@ -20,30 +20,35 @@ that a shared machine's load changes between rounds cancel out).
 Examples:
     make demo && python -m benchmarks.eval_pass
     python -m benchmarks.eval_pass --weights best.pth --data voc --voc-root data/VOCdevkit \\
-        --images 500 --rounds 3 --json logs/eval_pass.json
+        --num-images 500 --rounds 3 --json logs/eval_pass.json
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
 import statistics
-import sys
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from data.source import resolve_data_source
+from benchmarks.common import (
+    add_checkpoint_options,
+    check_at_least,
+    checkpoint_and_data,
+    finish,
+    start,
+)
 from data.voc import Annotation, load_voc, parse_sets
-from nets.checkpoint import load_model
+from nets.checkpoint import ModelInfo, load_model
 from nets.decode import Geometry, detect
 from utils.classes import read_class_names
-from utils.config import HelpFormatter
-from utils.device import select_device, synchronize
+from utils.config import HelpFormatter, add_options, run_cli
+from utils.device import DeviceOptions, select_device, synchronize
+from utils.errors import InputError
 from utils.evaluation.evaluate import (
     Detected,
     EvalConfig,
@@ -54,49 +59,42 @@ from utils.evaluation.evaluate import (
 )
 from utils.evaluation.metrics import BoxSet
 from utils.inference.predictor import class_names_for
-from utils.paths import write_text_atomic
 from utils.preprocess import resize_image
 from utils.sources import ImageReadError, read_image
 from utils.timing import time_call
 
-DEFAULT_WEIGHTS = "logs/demo/train/weights/last.pth"
 TARGET = 0.80  # the full pass, as a fraction of forward-only images/s
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--weights", default=DEFAULT_WEIGHTS, help="trained checkpoint")
-    p.add_argument("--data", choices=["demo", "voc"], default="demo", help="dataset")
-    p.add_argument("--voc-root", default=None, help="VOCdevkit folder for --data voc")
-    p.add_argument("--classes", default=None, help="classes file (default: the checkpoint's)")
-    p.add_argument("--split", default="2007:test", help="YEAR:SET to evaluate on")
-    p.add_argument("--images", type=int, default=0, help="first N images of the split (0: all)")
-    p.add_argument(
-        "--img-size", type=int, default=None, help="input size (default: the checkpoint's)"
-    )
+    add_checkpoint_options(p)
+    p.add_argument("--num-images", type=int, default=0, help="first N images of the split (0: all)")
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
     p.add_argument("--workers", type=int, default=2, help="loader processes of the after path")
     p.add_argument(
         "--before-workers", type=int, default=0, help="loader processes of the before path"
     )
-    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    add_options(
+        p,
+        DeviceOptions,
+        include=("device",),
+        defaults={"device": "cpu"},
+        helps={"device": "cpu, cuda or auto"},
+    )
     p.add_argument("--no-coco", action="store_true", help="score VOC mAP only (both paths)")
     p.add_argument("--rounds", type=int, default=1, help="forward/before/after rounds")
     p.add_argument("--json", default=None, help="also write the numbers here")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    check_at_least(args, num_images=0, batch_size=1, workers=0, before_workers=0, rounds=1)
+    return args
 
 
 def _letterboxed(annotations: Sequence[Annotation], size: int, letterbox: bool) -> list:
     """(annotation index, RGB CHW uint8 tensor, meta) of every readable image."""
-    out = []
-    for i, ann in enumerate(annotations):
-        try:
-            image = read_image(ann.image_path, apply_exif=False)
-        except ImageReadError:
-            continue
-        canvas, meta = resize_image(image[:, :, ::-1], size, letterbox)
-        out.append((i, torch.from_numpy(canvas.transpose(2, 0, 1).copy()), meta))
-    return out
+    images = _SerialImages(annotations, size, letterbox)
+    samples = (images[i] for i in range(len(images)))
+    return [(i, tensor, meta) for i, tensor, meta, error in samples if error is None]
 
 
 def forward_only(
@@ -179,42 +177,39 @@ def _same(a: Detected, b: Detected, ra: EvalReport, rb: EvalReport) -> bool:
     ) and ra.to_json() | {"speed": None} == rb.to_json() | {"speed": None}
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    if not os.path.isfile(args.weights):
-        hint = " (run `make demo` first)" if args.weights == DEFAULT_WEIGHTS else ""
-        print(f"error: {args.weights} not found{hint}", file=sys.stderr)
-        return 2
-    source = resolve_data_source(
-        args.data, args.voc_root or "", "", args.split, args.classes, generate=False
-    )
-    if not source.voc_root or not os.path.isdir(source.voc_root):
-        hint = " (`make demo` generates the demo set)" if args.data == "demo" else " (--voc-root)"
-        print(f"error: no VOCdevkit at {source.voc_root}{hint}", file=sys.stderr)
-        return 2
-    try:
-        device = select_device(args.device)
-        names = read_class_names(source.classes) if source.classes else None
-        model, info = load_model(args.weights, num_classes=len(names) if names else None)
-        names = class_names_for(names, info.class_names, info.num_classes, args.weights)
-        annotations = load_voc(source.voc_root, parse_sets(args.split), names).annotations
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if args.images:
-        annotations = annotations[: args.images]
+@dataclass
+class Case:
+    """What every round measures: the model on its device, the split and its pre-loaded
+    batches (for forward only), and the two evaluation configs."""
+
+    model: torch.nn.Module
+    info: ModelInfo
+    names: list[str]
+    annotations: list[Annotation]
+    dataset: str
+    device: torch.device
+    geometry: Geometry
+    cfg: EvalConfig  # after
+    before_cfg: EvalConfig
+    loaded: list  # (index, tensor, meta) of the readable images
+    batches: list[torch.Tensor]
+
+
+def load_case(args: argparse.Namespace) -> Case:
+    """The checkpoint, the split (its first ``--num-images``) and the pre-loaded batches."""
+    source = checkpoint_and_data(args)
+    device = select_device(args.device)
+    names = read_class_names(source.classes) if source.classes else None
+    model, info = load_model(args.weights, num_classes=len(names) if names else None)
+    names = class_names_for(names, info.class_names, info.num_classes, args.weights)
+    annotations = load_voc(source.voc_root, parse_sets(args.split), names).annotations
+    annotations = annotations[: args.num_images] if args.num_images else annotations
     if not annotations:
-        print(f"error: {source.voc_root} {args.split}: no images", file=sys.stderr)
-        return 2
+        raise InputError(f"{source.voc_root} {args.split}: no images")
     size = args.img_size or info.input_size
     cfg = EvalConfig(
-        input_size=size, batch_size=args.batch_size, workers=args.workers, coco=not args.no_coco
+        img_size=size, batch_size=args.batch_size, workers=args.workers, coco=not args.no_coco
     )
-    before_cfg = EvalConfig(
-        input_size=size, batch_size=args.batch_size, workers=args.before_workers, coco=cfg.coco
-    )
-    geometry = info.geometry.at_size(size)
     model.to(device).eval()
     loaded = _letterboxed(annotations, size, cfg.letterbox)
     batches = [
@@ -222,38 +217,55 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(0, len(loaded), args.batch_size)
     ]
     dataset = f"{source.voc_root} {args.split}"
+    geometry = info.geometry.at_size(size)
+    before_cfg = replace(cfg, workers=args.before_workers)
+    return Case(
+        model, info, names, annotations, dataset, device, geometry, cfg, before_cfg, loaded, batches
+    )
+
+
+def measure_rounds(case: Case, rounds: int) -> tuple[dict[str, list[float]], list, bool]:
+    """Forward only, before and after in turn, ``rounds`` times: their images/s per round,
+    after's reports, and whether before and after found the same every round."""
+    cfg = case.cfg
 
     def before() -> tuple[Detected, EvalReport]:
-        detected = before_detect(model, annotations, geometry, before_cfg, device)
-        return detected, score(detected, names, dataset, cfg.iou_thresh, cfg.coco)
+        detected = before_detect(
+            case.model, case.annotations, case.geometry, case.before_cfg, case.device
+        )
+        return detected, score(detected, case.names, case.dataset, cfg.iou_thresh, cfg.coco)
 
     def after() -> tuple[Detected, EvalReport]:
-        detected = detect_dataset(model, annotations, geometry, cfg, device=device, progress=False)
-        return detected, score(detected, names, dataset, cfg.iou_thresh, cfg.coco)
+        detected = detect_dataset(
+            case.model, case.annotations, case.geometry, cfg, device=case.device, progress=False
+        )
+        return detected, score(detected, case.names, case.dataset, cfg.iou_thresh, cfg.coco)
 
     rates: dict[str, list[float]] = {"forward": [], "before": [], "after": []}
     after_reports: list[EvalReport] = []
     identical = True
-    for _ in range(args.rounds):
-        rates["forward"].append(forward_only(model, batches, device))
+    for _ in range(rounds):
+        rates["forward"].append(forward_only(case.model, case.batches, case.device))
         seconds, (old, old_report) = time_call(before)
-        rates["before"].append(len(loaded) / seconds)
+        rates["before"].append(len(case.loaded) / seconds)
         seconds, (new, new_report) = time_call(after)
-        rates["after"].append(len(loaded) / seconds)
+        rates["after"].append(len(case.loaded) / seconds)
         after_reports.append(new_report)
         identical &= _same(old, new, old_report, new_report)
+    return rates, after_reports, identical
+
+
+def summarize(rates: dict[str, list[float]]) -> tuple[dict[str, float], dict[str, float]]:
+    """Per path: the median images/s over the rounds, and the median of each round's ratio to
+    that round's forward-only rate (so that load changing between rounds cancels out)."""
     median = {k: statistics.median(v) for k, v in rates.items()}
     ratio = {
         k: statistics.median(r / f for r, f in zip(v, rates["forward"])) for k, v in rates.items()
     }
-    speed = sorted(after_reports, key=lambda r: r.speed.wall_s)[len(after_reports) // 2].speed
-    passed = ratio["after"] >= TARGET
+    return median, ratio
 
-    print(
-        f"eval pass: {len(loaded)} images of {dataset}, {args.weights} ({info.describe()}), "
-        f"input {size}, batch {args.batch_size}, device {device}, "
-        f"{torch.get_num_threads()} torch threads, median of {args.rounds} round(s)"
-    )
+
+def print_rates(args, median: dict, ratio: dict, rates: dict, passed: bool) -> None:
     labels = {
         "forward": "forward only (pre-loaded batches)",
         "before": f"before: serial loop, per-image decode (workers {args.before_workers})",
@@ -268,35 +280,52 @@ def main(argv: list[str] | None = None) -> int:
         )
     after_before = statistics.median(a / b for a, b in zip(rates["after"], rates["before"]))
     print(f"after / before: {after_before:.2f}x")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    case = load_case(args)
+    title = (
+        f"eval pass: {len(case.loaded)} images of {case.dataset}, {args.weights} "
+        f"({case.info.describe()}), input {case.cfg.img_size}, batch {args.batch_size}, "
+        f"device {case.device}, median of {args.rounds} round(s)"
+    )
+    machine = start(title)
+    rates, after_reports, identical = measure_rounds(case, args.rounds)
+    median, ratio = summarize(rates)
+    speed = sorted(after_reports, key=lambda r: r.speed.wall_s)[len(after_reports) // 2].speed
+    passed = ratio["after"] >= TARGET
+    print_rates(args, median, ratio, rates, passed)
     print(
         f"before and after identical (detections and every metric): {'yes' if identical else 'NO'}"
-        f" (mAP50 VOC12 {new_report.voc12_map50:.6f})"
+        f" (mAP50 VOC12 {after_reports[-1].voc12_map50:.6f})"
     )
     print(f"after, stage breakdown: {speed.format()}")
-    if args.json:
-        payload = {
-            "weights": args.weights,
-            "dataset": dataset,
-            "images": len(loaded),
-            "input_size": size,
-            "batch_size": args.batch_size,
-            "device": str(device),
-            "workers": {"before": args.before_workers, "after": args.workers},
-            "rounds": args.rounds,
-            "images_per_s": {
-                "forward_only": median["forward"],
-                "before": median["before"],
-                "after": median["after"],
-            },
-            "ratio_to_forward": {"before": ratio["before"], "after": ratio["after"]},
-            "target": TARGET,
-            "passed": passed,
-            "identical": identical,
-            "breakdown": speed.to_json(),
-        }
-        write_text_atomic(args.json, json.dumps(payload, indent=2))
+    report = {
+        "machine": machine,
+        "weights": args.weights,
+        "dataset": case.dataset,
+        "images": len(case.loaded),
+        "input_size": case.cfg.img_size,
+        "batch_size": args.batch_size,
+        "device": str(case.device),
+        "workers": {"before": args.before_workers, "after": args.workers},
+        "rounds": args.rounds,
+        "images_per_s": {
+            "forward_only": median["forward"],
+            "before": median["before"],
+            "after": median["after"],
+        },
+        "ratio_to_forward": {"before": ratio["before"], "after": ratio["after"]},
+        "target": TARGET,
+        "passed": passed,
+        "identical": identical,
+        "breakdown": speed.to_json(),
+    }
+    finish(report, args.json)
     return 0 if identical else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

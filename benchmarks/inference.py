@@ -1,4 +1,3 @@
-# Over 400 lines on purpose: one benchmark run (paths, targets, phi overhead) and its report.
 """CPU inference speed of YOLOv4-tiny, batch 1: ``python -m benchmarks.inference``.
 
 Measures in one run, on the same image, with the official COCO darknet weights at 416:
@@ -35,31 +34,23 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import sys
 import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 
-from benchmarks.engines import (
-    INPUT_SIZE,
-    Engine,
-    load_average,
-    official_engines,
-    phi_engines,
-)
+from benchmarks.common import check_at_least, check_files, finish, start
+from benchmarks.engines import INPUT_SIZE, Engine, official_engines, phi_engines
+from nets.options import ModelOptions
 from nets.registry import attention_names
-from utils.config import HelpFormatter
+from utils.config import HelpFormatter, add_options, run_cli
+from utils.device import ThreadConfig
 from utils.inference.predictor import (
     DEFAULT_WEIGHTS,
     Detector,
 )
-from utils.paths import OFFICIAL_CFG, SAMPLES, write_text_atomic
+from utils.paths import OFFICIAL_CFG, SAMPLES
 from utils.timing import StageTimer
 
 DEFAULT_CFG = str(OFFICIAL_CFG)
@@ -75,7 +66,6 @@ REFERENCE_MS = {
 # Speed targets: end-to-end median as a fraction of OpenCV DNN's, measured in the same run.
 TARGET_FASTEST = 0.8  # the fastest of our paths
 TARGET_TORCH_FUSED = 1.0  # our default Detector
-THREAD_ENV = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS", "GOMP_SPINCOUNT")
 MAIN_PATHS = ("torch_eager", "torch_fused", "onnxruntime", "onnxruntime_int8", "opencv_dnn")
 OUR_PATHS = MAIN_PATHS[:4]
 FP32_PATHS = MAIN_PATHS[:3]
@@ -119,9 +109,6 @@ def measure(
     return results
 
 
-# --------------------------------------------------------------------------- engines
-
-
 # --------------------------------------------------------------------------- profile
 
 
@@ -149,42 +136,6 @@ def profile_forward(detector: Detector, image_path: str, runs: int, top: int) ->
 
 
 # --------------------------------------------------------------------------- report
-
-
-def machine_info(args: argparse.Namespace) -> dict:
-    import onnxruntime as ort
-
-    model_name, flags, cores, physical = platform.processor() or "", set(), set(), ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = (part.strip() for part in line.partition(":"))
-            if key == "model name" and not model_name:
-                model_name = value
-            elif key == "flags" and not flags:
-                flags = set(value.split())
-            elif key == "physical id":
-                physical = value
-            elif key == "core id":
-                cores.add((physical, value))
-    except OSError:
-        pass
-    return {
-        "cpu": model_name,
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "physical_cores": len(cores) or None,
-        "simd": [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "amx_tile") if f in flags],
-        "load_average": load_average(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "torch_interop_threads": torch.get_num_interop_threads(),
-        "onnxruntime": ort.__version__,
-        "ort_intra_op_threads": args.threads or "ORT default (0: one per physical core)",
-        "opencv": cv2.__version__,
-        "opencv_threads": cv2.getNumThreads(),
-        "env": {k: os.environ.get(k) for k in THREAD_ENV if k in os.environ},
-    }
 
 
 def print_table(results: dict[str, dict], engines: list[Engine], opencv_e2e: float) -> None:
@@ -259,21 +210,6 @@ def print_phi_report(report: dict) -> None:
         print(f"{phi:<10}{cells}")
 
 
-def print_machine(info: dict) -> None:
-    """The machine, thread settings and versions the numbers come from."""
-    print(
-        f"machine: {info['cpu']}, {info['cpu_count']} CPUs ({info['cpus_usable']} usable, "
-        f"{info['physical_cores']} physical cores), "
-        f"SIMD {'/'.join(info['simd']) or '-'}; load average {info['load_average']}"
-    )
-    print(
-        f"threads: torch {info['torch_threads']} (interop {info['torch_interop_threads']}), "
-        f"ORT intra-op {info['ort_intra_op_threads']}, OpenCV {info['opencv_threads']}; "
-        f"torch {info['torch']}, onnxruntime {info['onnxruntime']}, OpenCV {info['opencv']}"
-    )
-    print(f"thread environment: {info['env'] or 'none set'}")
-
-
 def print_targets(results: dict[str, dict], targets: dict, engines: list[Engine]) -> None:
     """Each target as met or MISSED, then the stored reference numbers next to this run's."""
     opencv_e2e = results["opencv_dnn"]["end_to_end"]["median"]
@@ -335,13 +271,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=DEFAULT_CALIB,
         help="INT8 calibration images (folder, glob or file) for the ONNX Runtime INT8 path",
     )
-    p.add_argument("--weights", default=DEFAULT_WEIGHTS, help="official darknet .weights")
-    p.add_argument("--cfg", default=DEFAULT_CFG, help="its darknet .cfg (for OpenCV DNN)")
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch, OpenCV and ORT intra-op threads (default: each library's own default)",
+    add_options(
+        p,
+        ModelOptions,
+        include=("weights",),
+        defaults={"weights": DEFAULT_WEIGHTS},
+        helps={"weights": "official darknet .weights"},
+    )
+    p.add_argument("--cfg", default=DEFAULT_CFG, help="darknet .cfg of --weights (for OpenCV DNN)")
+    add_options(
+        p,
+        ThreadConfig,
+        helps={"threads": "torch, OpenCV and ORT intra-op threads (default: each library's own)"},
     )
     p.add_argument("--json", default=None, help="also write every number to this JSON file")
     p.add_argument(
@@ -354,73 +295,66 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--phi-runs", type=int, default=20, help="timed iterations per path in the phi section"
     )
     args = p.parse_args(argv)
-    if min(args.runs, args.phi_runs, args.block) < 1 or args.warmup < 0:
-        p.error("--runs, --phi-runs and --block must be >= 1, --warmup >= 0")
-    if args.threads is not None and args.threads < 1:
-        p.error("--threads must be >= 1")
+    check_at_least(args, runs=1, phi_runs=1, block=1, warmup=0)
     return args
+
+
+def measure_official(args: argparse.Namespace, folder: Path, report: dict) -> Detector:
+    """The official-weights section: every path (and variant) timed, the table and the
+    targets printed and added to ``report``; returns the fused Detector for ``--profile``."""
+    engines, fused = official_engines(args, folder, not args.no_variants)
+    print(
+        f"\nofficial COCO weights; {args.runs} runs after {args.warmup} warm-ups, paths "
+        f"interleaved in random order, {args.block} iteration(s) per turn; ms per image"
+    )
+    print("e2e = cv2.imread + preprocess + forward + decode + NMS; fwd = network only")
+    results = measure(engines, args.runs, args.warmup, args.block)
+    print_table(results, engines, results["opencv_dnn"]["end_to_end"]["median"])
+    targets = targets_report(results)
+    report.update(paths=results, targets=targets, reference_ms=REFERENCE_MS)
+    print_targets(results, targets, engines)
+    return fused
+
+
+def measure_phis(args: argparse.Namespace, folder: Path, report: dict) -> None:
+    """The attention-overhead section: random-weight models of every phi, timed alike."""
+    phis = list(range(len(attention_names())))
+    print(
+        f"\nattention overhead: random weights, 80 classes, {INPUT_SIZE}, "
+        f"{args.phi_runs} runs, interleaved as above; median ms (+ms over phi 0)"
+    )
+    engines = phi_engines(args, folder, phis)
+    phi_results = measure(engines, args.phi_runs, min(args.warmup, 2), args.block)
+    report["phi_overhead"] = phi_report(phi_results, phis)
+    report["phi_paths"] = phi_results
+    print_phi_report(report["phi_overhead"])
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    for path in (args.image, args.weights, args.cfg):
-        if not os.path.isfile(path):
-            print(f"error: {path} not found (model_data files: `make weights`)", file=sys.stderr)
-            return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
-        cv2.setNumThreads(args.threads)
-    info = machine_info(args)
+    check_files(args.image, args.weights, args.cfg, hint="model_data files: `make weights`")
     image = cv2.imread(args.image)
-    print(
+    title = (
         f"YOLOv4-tiny {INPUT_SIZE}, batch 1, CPU: {args.image} ({image.shape[1]}x{image.shape[0]})"
     )
-    print_machine(info)
     report: dict = {
-        "machine": info,
+        "machine": start(title, args.threads, onnxruntime=True),
         "runs": args.runs,
         "warmup": args.warmup,
         "block": args.block,
         "image": args.image,
     }
     with tempfile.TemporaryDirectory() as tmp:
-        engines, fused = official_engines(args, Path(tmp), not args.no_variants)
-        print(
-            f"\nofficial COCO weights; {args.runs} runs after {args.warmup} warm-ups, paths "
-            f"interleaved in random order, {args.block} iteration(s) per turn; ms per image"
-        )
-        print("e2e = cv2.imread + preprocess + forward + decode + NMS; fwd = network only")
-        results = measure(engines, args.runs, args.warmup, args.block)
-        opencv_e2e = results["opencv_dnn"]["end_to_end"]["median"]
-        print_table(results, engines, opencv_e2e)
-        targets = targets_report(results)
-        report.update(paths=results, targets=targets, reference_ms=REFERENCE_MS)
-        print_targets(results, targets, engines)
-
+        fused = measure_official(args, Path(tmp), report)
         if args.profile:
             top = profile_forward(fused, args.image, runs=10, top=args.profile_top)
             report["profile_torch_fused_forward"] = top
             print_profile(top)
-
         if not args.no_phi:
-            phis = list(range(len(attention_names())))
-            print(
-                f"\nattention overhead: random weights, 80 classes, {INPUT_SIZE}, "
-                f"{args.phi_runs} runs, interleaved as above; median ms (+ms over phi 0)"
-            )
-            engines = phi_engines(args, Path(tmp), phis)
-            phi_results = measure(engines, args.phi_runs, min(args.warmup, 2), args.block)
-            report["phi_overhead"] = phi_report(phi_results, phis)
-            report["phi_paths"] = phi_results
-            print_phi_report(report["phi_overhead"])
-
-    report["machine"]["load_average_after"] = load_average()
-    print(f"\nload average after: {report['machine']['load_average_after']}")
-    if args.json:
-        write_text_atomic(args.json, json.dumps(report, indent=1))
-        print(f"written to {args.json}")
+            measure_phis(args, Path(tmp), report)
+    finish(report, args.json)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

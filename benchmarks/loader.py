@@ -1,6 +1,6 @@
 """Training-sample throughput: our loader vs. a reference-style loader, same data, same run.
 
-Usage: ``python -m benchmarks.loader [--images 64] [--batches 12] [--workers 0 2]``
+Usage: ``python -m benchmarks.loader [--num-images 64] [--batches 12] [--workers 0 2]``
 
 Data: seeded 416x416 JPEG tiles with a few boxes each (written to a temporary VOC tree).
 Ours: ``MosaicMixup(VOCDetection)`` at 416, mosaic p=0.5, mixup p=0.5, batches of 8.
@@ -21,10 +21,12 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
+from benchmarks.common import check_at_least, start
 from data.augment import AugmentConfig
 from data.dataset import EpochSampler, MosaicMixup, VOCDetection, collate
 from data.voc import Annotation
-from utils.config import HelpFormatter
+from utils.config import HelpFormatter, run_cli
+from utils.errors import InputError
 from utils.timing import time_call
 
 SIZE = 416
@@ -151,26 +153,29 @@ def throughput(loader: DataLoader, batches: int, sampler=None) -> float:
     return count / seconds
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description="Training-sample throughput vs. a reference loader",
         formatter_class=HelpFormatter,
     )
-    p.add_argument("--images", type=int, default=64, help="distinct tiles on disk")
+    p.add_argument("--num-images", type=int, default=64, help="distinct tiles on disk")
     p.add_argument("--batches", type=int, default=12, help="timed batches of 8 per measurement")
     p.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="worker counts")
-    args = p.parse_args()
-    torch.set_num_threads(1)
+    args = p.parse_args(argv)
+    check_at_least(args, num_images=1, batches=1)
+    if min(args.workers) < 0:
+        raise InputError(f"--workers {min(args.workers)}: must be at least 0")
+    torch.set_num_threads(1)  # the samples, not the tensor ops, are measured
     cfg = AugmentConfig(mosaic_p=0.5, mixup_p=0.5)
+    start(
+        f"training samples at {SIZE}, mosaic 0.5, mixup 0.5, batch 8, "
+        f"{args.num_images} JPEG tiles, {args.batches} timed batches"
+    )
     with tempfile.TemporaryDirectory() as tmp:
-        annotations = make_tiles(Path(tmp), args.images)
+        annotations = make_tiles(Path(tmp), args.num_images)
         ours = MosaicMixup(VOCDetection(annotations, SIZE, train=True, cfg=cfg))
         reference = ReferenceStyleDataset(annotations, cfg)
         n = args.batches * 8 + 8
-        print(
-            f"training samples at {SIZE}, mosaic 0.5, mixup 0.5, batch 8, "
-            f"{args.images} JPEG tiles, {args.batches} timed batches"
-        )
         print(f"{'workers':>7}  {'reference img/s':>15}  {'ours img/s':>10}  {'ratio':>6}")
         for workers in args.workers:
             common = {"batch_size": 8, "num_workers": workers, "drop_last": True}
@@ -189,7 +194,8 @@ def main() -> None:
             ref = throughput(ref_loader, args.batches)
             our = throughput(our_loader, args.batches)
             print(f"{workers:>7}  {ref:>15.1f}  {our:>10.1f}  {our / ref:>5.2f}x")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

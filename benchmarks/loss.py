@@ -9,15 +9,16 @@ the same step with a trivial loss, i.e. what the real loss costs a training step
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from collections.abc import Callable
 
 import torch
 
+from benchmarks.common import check_at_least, start
 from nets.decode import Geometry
 from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, STRIDES, YoloBody
-from utils.config import HelpFormatter
+from utils.config import HelpFormatter, add_options, run_cli
+from utils.device import ThreadConfig
 from utils.timing import StageTimer
 from utils.training.loss import YoloLoss
 
@@ -136,29 +137,29 @@ def cpu_busy(seconds: float = 0.5) -> float | None:
     return (busy1 - busy0) / max(total1 - total0, 1)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=HelpFormatter
     )
     parser.add_argument("--loss-runs", type=int, default=10, help="timed loss runs per case")
     parser.add_argument("--step-runs", type=int, default=10, help="timed training steps per kind")
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs before timing")
-    parser.add_argument(
-        "--threads", type=int, default=None, help="torch threads (default: torch's)"
+    add_options(
+        parser, ThreadConfig, helps={"threads": "torch and OpenCV threads (default: their own)"}
     )
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parser.parse_args(argv)
+    check_at_least(args, loss_runs=1, step_runs=1, warmup=0)
+    start("YoloLoss speed on this machine's CPU", args.threads)
     # Other busy processes make multi-threaded torch stall at every parallel op: report them.
     busy = cpu_busy()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
     if busy is not None:
         note = "" if busy < 0.2 else "  (other processes are busy: timings will be inflated)"
         print(f"CPU busy before the run: {busy * 100:.0f}%{note}")
     print()
     bench_loss(args.loss_runs, args.warmup)
     bench_train_step(8, 10, args.step_runs, args.warmup)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -1,6 +1,6 @@
 """Benchmark of the VOC evaluator on a seeded random case the size of VOC07 test.
 
-    python -m benchmarks.metrics [--images 4952] [--repeats 3] [--reference-images 500]
+    python -m benchmarks.metrics [--num-images 4952] [--repeats 3] [--reference-images 500]
 
 Detections go through a temporary file in the ``predict.py --json`` format, so the timing
 includes reading them back. A straightforward per-detection Python loop port of VOCevaldet.m
@@ -13,14 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from utils.config import HelpFormatter
+from benchmarks.common import add_synthetic_case_options, check_at_least, start
+from utils.config import HelpFormatter, run_cli
 from utils.evaluation.detections_file import read_detections_json
 from utils.evaluation.metrics import BoxSet, evaluate_voc
 from utils.timing import StageTimer, time_call
@@ -171,21 +171,20 @@ def _subset(boxes: BoxSet, num_images: int) -> BoxSet:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter
     )
-    parser.add_argument("--images", type=int, default=4952, help="VOC07 test has 4,952")
-    parser.add_argument("--dets-per-image", type=int, default=100, help="max_det of eval.py")
+    add_synthetic_case_options(parser, "max_det of eval.py", "seed of the synthetic boxes")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs; the median is shown")
     parser.add_argument(
         "--reference-images", type=int, default=500, help="images for the reference loop"
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic boxes")
     args = parser.parse_args(argv)
+    check_at_least(args, num_images=1, dets_per_image=1, repeats=1, reference_images=1)
     num_classes = len(VOC_CLASSES)
 
-    records, gts, image_ids = make_case(args.images, args.dets_per_image, args.seed)
+    records, gts, image_ids = make_case(args.num_images, args.dets_per_image, args.seed)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "detections.json"
         path.write_text(json.dumps(records, indent=1))  # as predict_loop.write_json does
@@ -201,10 +200,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     medians = timer.summary()
     read_s, eval_s, total_s = (medians[k].median / 1000 for k in ("read", "evaluate", "total"))
 
-    ref_images = min(args.reference_images, args.images)
+    ref_images = min(args.reference_images, args.num_images)
     dets_sub, gts_sub = _subset(dets, ref_images), _subset(gts, ref_images)
     ref_s, ref = time_call(reference_evaluate, dets_sub, gts_sub, num_classes)
-    ref_full_s = ref_s * args.images / ref_images
+    ref_full_s = ref_s * args.num_images / ref_images
     ours_sub = evaluate_voc(dets_sub, gts_sub, num_classes)
     ours_sub_res = [ours_sub["per_class"][c] for c in ours_sub["classes_with_gt"]]
     diff07 = [abs(r.ap_voc07 - a[0]) for r, a in zip(ours_sub_res, ref)]
@@ -213,10 +212,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     at_six_seven = [bool(np.isin(r.recall, [0.6, 0.7]).any()) for r in ours_sub_res]
     differ07 = [d > 1e-12 for d in diff07]
 
-    print(
-        f"case: {args.images} images, {num_classes} classes, {len(gts)} GT "
+    start(
+        f"case: {args.num_images} images, {num_classes} classes, {len(gts)} GT "
         f"({int(gts.difficult.sum())} difficult), {len(dets)} detections, seed {args.seed}; "
-        f"detections JSON {size_mb:.1f} MB (predict.py --json format); {os.cpu_count()} CPUs"
+        f"detections JSON {size_mb:.1f} MB (predict.py --json format)"
     )
     print(f"median of {args.repeats} runs (time.perf_counter):")
     print(f"  (a) read detections JSON -> BoxSet  {read_s:7.3f} s")
@@ -225,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(
         f"reference per-detection Python loop (VOCevaldet.m port), evaluation only: "
         f"{ref_s:.3f} s on the first {ref_images} images -> {ref_full_s:.2f} s for "
-        f"{args.images} images (linear extrapolation, not measured)"
+        f"{args.num_images} images (linear extrapolation, not measured)"
     )
     print(
         f"ratio reference (extrapolated) / evaluate_voc: {ref_full_s / eval_s:.1f}x; "
@@ -246,7 +245,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"{sum(differ07)} classes, all with a recall of exactly 0.6 or 0.7: "
         f"{all(s for s, d in zip(at_six_seven, differ07) if d)} (linspace vs MATLAB 0:0.1:1)"
     )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -1,7 +1,7 @@
 """Throughput of ``predict.py`` on a folder and a video, serial vs pipelined:
 ``python -m benchmarks.pipeline``.
 
-Generates ``--images`` distinct 810x1080 JPEGs (crops of ``model_data/samples`` at random
+Generates ``--num-images`` distinct 810x1080 JPEGs (crops of ``model_data/samples`` at random
 scales, flipped and tinted) and a ``--frames``-frame 810x1080 mp4v video from them in a
 temporary folder, loads the official COCO weights at 416 on the CPU, and runs the library loop
 of ``predict.py`` (``run_predictions``) over them in every configuration below, in a new random
@@ -27,7 +27,7 @@ make every figure noisy: the load average before and after is printed with them.
 
 Examples:
     python -m benchmarks.pipeline
-    python -m benchmarks.pipeline --images 60 --frames 60 --repeats 2 --json logs/pipe.json
+    python -m benchmarks.pipeline --num-images 60 --frames 60 --repeats 2 --json logs/pipe.json
     python -m benchmarks.pipeline --amp        # the model in 16-bit, as predict.py --amp
 """
 
@@ -36,8 +36,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
-import os
 import shutil
 import sys
 import tempfile
@@ -49,9 +47,10 @@ import cv2
 import numpy as np
 import torch
 
-from benchmarks.engines import load_average
-from utils.config import HelpFormatter
-from utils.device import available_cpus, configure_threads
+from benchmarks.common import check_at_least, check_files, finish, start
+from nets.options import ModelOptions
+from utils.config import HelpFormatter, add_options, run_cli
+from utils.device import DeviceOptions, available_cpus, configure_threads
 from utils.inference.predict_loop import (
     AUTO_PREFETCH,
     OutputOptions,
@@ -59,7 +58,7 @@ from utils.inference.predict_loop import (
     run_predictions,
 )
 from utils.inference.predictor import DEFAULT_WEIGHTS, Detector, InferenceConfig
-from utils.paths import SAMPLES, write_text_atomic
+from utils.paths import SAMPLES
 from utils.sources import Source
 from utils.timing import StageTimer, Stats
 
@@ -192,70 +191,80 @@ def forward_ms(detector: Detector, image: np.ndarray, runs: int, threads: int) -
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--weights", default=DEFAULT_WEIGHTS, help="model to run (default: COCO)")
-    p.add_argument("--img-size", type=int, default=416, help="network input side")
-    p.add_argument("--images", type=int, default=150, help="generated 810x1080 JPEGs")
+    add_options(
+        p,
+        ModelOptions,
+        include=("weights", "img_size"),
+        defaults={"weights": DEFAULT_WEIGHTS, "img_size": 416},
+        helps={"weights": "model to run", "img_size": "network input side"},
+    )
+    add_options(
+        p,
+        DeviceOptions,
+        include=("amp",),
+        helps={"amp": "run the model as predict.py --amp (16-bit) does"},
+    )
+    p.add_argument("--num-images", type=int, default=150, help="generated 810x1080 JPEGs")
     p.add_argument("--frames", type=int, default=150, help="frames of the generated video")
     p.add_argument("--repeats", type=int, default=3, help="timed rounds of every configuration")
     p.add_argument("--forward-runs", type=int, default=30, help="timed forwards per thread count")
     p.add_argument("--only", nargs="+", choices=list(configs(amp=True)), help="measure only these")
     p.add_argument("--json", default=None, help="also write every number to this JSON file")
-    p.add_argument(
-        "--amp", action="store_true", help="run the model as predict.py --amp (16-bit) does"
-    )
     args = p.parse_args(argv)
-    if min(args.images, args.frames, args.repeats, args.forward_runs) < 1:
-        p.error("--images, --frames, --repeats and --forward-runs must be >= 1")
+    check_at_least(args, num_images=1, frames=1, repeats=1, forward_runs=1)
     return args
 
 
-def _fmt_target(name: str, value: float, reference: float, target: float, unit: str) -> dict:
+def check_target(value: float, reference: float, target: float) -> dict:
+    """One target's row: ``value`` over ``reference`` against the ``target`` ratio."""
     ratio = value / reference
-    ok = ratio >= target
-    print(
-        f"  {name:<44}{value:>7.1f} vs {reference:>7.1f} {unit:<6} {ratio:>5.2f}x "
-        f"(target >= {target:.2f}x)  {'PASS' if ok else 'FAIL'}"
-    )
-    return {"value": value, "reference": reference, "ratio": ratio, "target": target, "met": ok}
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if not os.path.isfile(args.weights):
-        print(
-            f"error: {args.weights} not found (model_data files: `make weights`)", file=sys.stderr
-        )
-        return 2
-    config = InferenceConfig(device="cpu", input_size=args.img_size, amp=args.amp)
-    detector = Detector.from_weights(args.weights, config=config)
-    exact = Detector.from_weights(args.weights, config=replace(config, amp=False))
-    if detector.precision.warning:
-        print(f"warning: {detector.precision.warning}", file=sys.stderr)
-    default_threads = torch.get_num_threads()
-    chosen = {k: v for k, v in configs(args.amp).items() if not args.only or k in args.only}
-    report: dict = {
-        "machine": {
-            "cpus_usable": available_cpus(),
-            "torch_threads_default": default_threads,
-            "load_average_before": load_average(),
-            "torch": torch.__version__,
-            "opencv": cv2.__version__,
-        },
-        "images": args.images,
-        "frames": args.frames,
-        "repeats": args.repeats,
-        "input_size": args.img_size,
-        "precision": detector.precision.name,
+    return {
+        "value": value,
+        "reference": reference,
+        "ratio": ratio,
+        "target": target,
+        "met": ratio >= target,
     }
+
+
+def print_target(name: str, row: dict, unit: str) -> None:
     print(
-        f"predict loop throughput: {args.images} JPEGs and a {args.frames}-frame mp4v video, "
-        f"{SIZE[0]}x{SIZE[1]}, {args.img_size} input, CPU, {detector.precision.name}, "
-        f"torch {default_threads} threads "
-        f"by default; load average {report['machine']['load_average_before']}"
+        f"  {name:<44}{row['value']:>7.1f} vs {row['reference']:>7.1f} {unit:<6} "
+        f"{row['ratio']:>5.2f}x (target >= {row['target']:.2f}x)  "
+        + ("PASS" if row["met"] else "FAIL")
     )
+
+
+def pipelining_targets(
+    rate: dict[str, float], forward_ms: float, suffix: str
+) -> list[tuple[str, str, str, dict]]:
+    """Targets (a), (b) and (c) at one thread count (``suffix``: its configurations' suffix,
+    ``forward_ms``: its forward-only median) as ``(key, label, unit, row)``, for those whose
+    configurations were measured."""
+    found = []
+    nosave = f"images_pipelined_nosave{suffix}"
+    if nosave in rate:
+        row = check_target(rate[nosave], 1000 / forward_ms, TARGET_NO_SAVE)
+        label = "(a) pipelined --no-save vs forward-only rate"
+        found.append((f"a_nosave_vs_forward{suffix}", label, "img/s", row))
+    for letter, kind, unit in (("b", "images", "img/s"), ("c", "video", "fps")):
+        piped, serial = f"{kind}_pipelined_save{suffix}", f"{kind}_serial_save{suffix}"
+        if piped in rate and serial in rate:
+            row = check_target(rate[piped], rate[serial], TARGET_SPEEDUP)
+            label = f"({letter}) {kind} saved: pipelined vs serial"
+            found.append((f"{letter}_{kind}_pipelined_vs_serial{suffix}", label, unit, row))
+    return found
+
+
+def measure(args: argparse.Namespace, chosen: dict[str, Config], detector, exact):
+    """Every chosen configuration ``--repeats`` times in a new random order each round (after
+    a warm-up round on a few images), with the forward-only latency at the default thread
+    count and at 1 thread before each round; returns the rates and forward medians (ms)."""
+    fwd: dict[int, list[float]] = {torch.get_num_threads(): [], 1: []}
+    rates: dict[str, list[float]] = {k: [] for k in chosen}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        paths = make_images(tmp / "images", args.images)
+        paths = make_images(tmp / "images", args.num_images)
         video = make_video(tmp / "clip.mp4", paths, args.frames)
         data = {
             "images": Source(images=[str(p) for p in paths]),
@@ -263,13 +272,10 @@ def main(argv: list[str] | None = None) -> int:
         }
         warm = {"images": Source(images=[str(p) for p in paths[:4]]), "video": data["video"]}
         image = cv2.imread(str(paths[0]))
-
-        rates: dict[str, list[float]] = {k: [] for k in chosen}
-        fwd: dict[int, list[float]] = {default_threads: [], 1: []}
         rng = np.random.default_rng(0)
-        for name in chosen:  # warm-up: every configuration once, on a few images
-            if not chosen[name].video:
-                run_once(exact if chosen[name].float32 else detector, chosen[name], warm, tmp)
+        for config in chosen.values():  # warm-up: every configuration once, on a few images
+            if not config.video:
+                run_once(exact if config.float32 else detector, config, warm, tmp)
         for _ in range(args.repeats):
             for threads in fwd:
                 fwd[threads].append(forward_ms(detector, image, args.forward_runs, threads).median)
@@ -277,14 +283,10 @@ def main(argv: list[str] | None = None) -> int:
                 name = list(chosen)[k]
                 model = exact if chosen[name].float32 else detector
                 rates[name].append(run_once(model, chosen[name], data, tmp))
+    return rates, {t: float(np.median(v)) for t, v in fwd.items()}
 
-    forward = {t: float(np.median(v)) for t, v in fwd.items()}
-    rate = {k: float(np.median(v)) for k, v in rates.items()}
-    report["forward_ms_median"] = {str(t): v for t, v in forward.items()}
-    report["throughput"] = {
-        k: {"median": rate[k], "runs": rates[k], "unit": "frames/s" if c.video else "images/s"}
-        for k, c in chosen.items()
-    }
+
+def print_rates(args, chosen: dict[str, Config], rates: dict, forward: dict[int, float]) -> None:
     print(f"\nforward only, batch 1, median of {args.repeats} x {args.forward_runs} runs:")
     for threads, ms in forward.items():
         print(f"  torch {threads} thread(s): {ms:.1f} ms = {1000 / ms:.1f} img/s")
@@ -292,8 +294,14 @@ def main(argv: list[str] | None = None) -> int:
     for name, c in chosen.items():
         unit = "fps" if c.video else "img/s"
         runs = rates[name]
-        print(f"  {c.label:<44}{rate[name]:>7.1f} {unit:<6} ({min(runs):.1f}-{max(runs):.1f})")
+        print(f"  {c.label:<44}{np.median(runs):>7.1f} {unit:<6} ({min(runs):.1f}-{max(runs):.1f})")
 
+
+def report_targets(
+    rate: dict[str, float], forward: dict[int, float], default_threads: int
+) -> dict[str, dict]:
+    """Prints and returns every target: (a)-(c) at the default thread count and at 1, then
+    (d); ``forward``: forward-only medians (ms) by thread count."""
     targets: dict[str, dict] = {}
     print("\ntargets (each against a reference measured in this run):")
     for threads, suffix in ((default_threads, ""), (1, "_threads1")):
@@ -305,72 +313,89 @@ def main(argv: list[str] | None = None) -> int:
             f"  torch at {at}"
             + (" (a CPU core free for the background threads):" if spare else ":")
         )
-        nosave = f"images_pipelined_nosave{suffix}"
-        if nosave in rate:
-            targets[f"a_nosave_vs_forward{suffix}"] = _fmt_target(
-                "(a) pipelined --no-save vs forward-only rate",
-                rate[nosave],
-                1000 / forward[threads],
-                TARGET_NO_SAVE,
-                "img/s",
-            )
-        pairs = [
-            (
-                f"b_images_pipelined_vs_serial{suffix}",
-                "(b) images saved: pipelined vs serial",
-                "images",
-                "img/s",
-            ),
-            (
-                f"c_video_pipelined_vs_serial{suffix}",
-                "(c) video saved: pipelined vs serial",
-                "video",
-                "fps",
-            ),
-        ]
-        for key, label, kind, unit in pairs:
-            piped, serial = f"{kind}_pipelined_save{suffix}", f"{kind}_serial_save{suffix}"
-            if piped in rate and serial in rate:
-                targets[key] = _fmt_target(label, rate[piped], rate[serial], TARGET_SPEEDUP, unit)
+        for key, label, unit, row in pipelining_targets(rate, forward[threads], suffix):
+            print_target(label, row, unit)
+            targets[key] = row
     # (d): what predict.py runs by default (its automatic --prefetch) at each thread count
-    chosen_mode = {}
+    mode = {}
     for threads, suffix in ((default_threads, ""), (1, "_threads1")):
         options, why = PipelineOptions().resolve(torch.device("cpu"), threads)
-        chosen_mode[suffix] = "pipelined" if options.pipelined else "serial"
+        mode[suffix] = "pipelined" if options.pipelined else "serial"
         print(f"  predict.py's default at {threads} thread(s) here: {why}")
-    default_key = f"images_{chosen_mode['']}_save"
-    one_key = f"images_{chosen_mode['_threads1']}_save_threads1"
+    default_key = f"images_{mode['']}_save"
+    one_key = f"images_{mode['_threads1']}_save_threads1"
     if default_key in rate and one_key in rate and default_threads > 1:
-        targets["d_threads_default_vs_1"] = _fmt_target(
-            f"(d) predict.py default, {default_threads} threads vs --threads 1",
-            rate[default_key],
-            rate[one_key],
-            TARGET_THREADS,
-            "img/s",
+        row = check_target(rate[default_key], rate[one_key], TARGET_THREADS)
+        print_target(
+            f"(d) predict.py default, {default_threads} threads vs --threads 1", row, "img/s"
         )
+        targets["d_threads_default_vs_1"] = row
         print(
             f"      forward {forward[1]:.1f} ms at 1 thread, {forward[default_threads]:.1f} ms "
             f"at {default_threads}: {forward[1] / forward[default_threads]:.2f}x"
         )
-    if "images_pipelined_save_batch4" in rate and "images_pipelined_save" in rate:
-        ratio = rate["images_pipelined_save_batch4"] / rate["images_pipelined_save"]
-        report["batch4_vs_batch1"] = ratio
-        print(f"  batch 4 vs batch 1 (pipelined, saving): {ratio:.2f}x (informative)")
-    if FLOAT32_SERIAL in rate and "images_serial_save" in rate:
-        ratio = rate["images_serial_save"] / rate[FLOAT32_SERIAL]
-        report["amp_vs_float32"] = ratio
-        print(f"  --amp vs float32 (serial, saving): {ratio:.2f}x (informative)")
-    report["targets"] = targets
-    report["machine"]["load_average_after"] = load_average()
-    print(
-        f"\nload average after: {report['machine']['load_average_after']} "
-        "(other jobs on the machine make these figures noisy)"
+    return targets
+
+
+def informative_ratios(rate: dict[str, float]) -> dict[str, float]:
+    """Batch 4 over batch 1 (pipelined, saving) and, with ``--amp``, the 16-bit model over the
+    float32 one (serial, saving), for those measured; printed, no targets."""
+    found = {}
+    pairs = (
+        (
+            "batch4_vs_batch1",
+            "images_pipelined_save_batch4",
+            "images_pipelined_save",
+            "batch 4 vs batch 1 (pipelined, saving)",
+        ),
+        (
+            "amp_vs_float32",
+            "images_serial_save",
+            FLOAT32_SERIAL,
+            "--amp vs float32 (serial, saving)",
+        ),
     )
-    if args.json:
-        write_text_atomic(args.json, json.dumps(report, indent=1))
-        print(f"written to {args.json}")
+    for key, numerator, denominator, label in pairs:
+        if numerator in rate and denominator in rate:
+            found[key] = rate[numerator] / rate[denominator]
+            print(f"  {label}: {found[key]:.2f}x (informative)")
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    check_files(args.weights, hint="model_data files: `make weights`")
+    config = InferenceConfig(device="cpu", img_size=args.img_size, amp=args.amp)
+    detector = Detector.from_weights(args.weights, config=config)
+    exact = Detector.from_weights(args.weights, config=replace(config, amp=False))
+    if detector.precision.warning:
+        print(f"warning: {detector.precision.warning}", file=sys.stderr)
+    chosen = {k: v for k, v in configs(args.amp).items() if not args.only or k in args.only}
+    title = (
+        f"predict loop throughput: {args.num_images} JPEGs and a {args.frames}-frame mp4v "
+        f"video, {SIZE[0]}x{SIZE[1]}, {args.img_size} input, CPU, {detector.precision.name}"
+    )
+    report: dict = {
+        "machine": start(title),
+        "images": args.num_images,
+        "frames": args.frames,
+        "repeats": args.repeats,
+        "input_size": args.img_size,
+        "precision": detector.precision.name,
+    }
+    rates, forward = measure(args, chosen, detector, exact)
+    print_rates(args, chosen, rates, forward)
+    rate = {k: float(np.median(v)) for k, v in rates.items()}
+    report["forward_ms_median"] = {str(t): v for t, v in forward.items()}
+    report["throughput"] = {
+        k: {"median": rate[k], "runs": rates[k], "unit": "frames/s" if c.video else "images/s"}
+        for k, c in chosen.items()
+    }
+    report["targets"] = report_targets(rate, forward, report["machine"]["torch_threads"])
+    report.update(informative_ratios(rate))
+    finish(report, args.json)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

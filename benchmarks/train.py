@@ -33,7 +33,6 @@ import copy
 import math
 import os
 import statistics
-import sys
 import tempfile
 import time
 from contextlib import contextmanager, nullcontext
@@ -43,14 +42,17 @@ import torch
 from torch.utils.data import DataLoader
 from torchvision.ops import box_iou
 
+from benchmarks.common import check_at_least, start
 from data.augment import AugmentConfig
 from data.dataset import EpochSampler, MosaicMixup, SeededShuffle, VOCDetection, collate
 from data.demo import DEMO_CLASSES, DEMO_ROOT, DEMO_VOC_ROOT, demo_is_current, generate_demo
 from data.voc import load_voc, parse_sets
 from nets.decode import Geometry
+from nets.options import ModelOptions
+from nets.registry import resolve_phi
 from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, YoloBody
 from utils.classes import read_class_names
-from utils.config import HelpFormatter
+from utils.config import HelpFormatter, add_options, run_cli
 from utils.precision import autocast, cpu_has_native_bf16, resolve_precision
 from utils.timing import StageTimer, Stats
 from utils.training import loss as loss_module
@@ -309,7 +311,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--steps", type=int, default=12, help="timed steps per configuration")
     p.add_argument("--warmup", type=int, default=2, help="discarded steps per configuration")
-    p.add_argument("--phi", type=int, default=0, help="attention block of the model")
+    add_options(
+        p,
+        ModelOptions,
+        include=("phi",),
+        defaults={"phi": "0"},
+        helps={"phi": "attention block of the model, by number or name"},
+    )
     p.add_argument("--workers", type=int, default=2, help="data-loader workers")
     p.add_argument(
         "--compile",
@@ -321,7 +329,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--demo-root", default=str(DEMO_ROOT), help="demo set (generated there if missing)"
     )
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    check_at_least(args, steps=1, warmup=0, workers=0)
+    return args
 
 
 def print_steps(steps: dict[str, Stats], names: list[str], batches: int) -> None:
@@ -387,12 +397,10 @@ def print_compile(firsts: list[float], compiled: Stats, eager: Stats, name: str)
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.steps < 1 or args.warmup < 0:
-        print("error: --steps must be >= 1 and --warmup >= 0", file=sys.stderr)
-        return 2
+    phi, phi_name = resolve_phi(args.phi)
     dataset, num_classes = demo_dataset(Path(args.demo_root), INPUT_SIZE)
     torch.manual_seed(0)
-    model = YoloBody(num_classes, args.phi)
+    model = YoloBody(num_classes, phi)
     loader = make_loader(dataset, args.workers, persistent=True)
     batches = []
     while len(batches) < args.steps + args.warmup:
@@ -402,10 +410,9 @@ def main(argv: list[str] | None = None) -> int:
     boxes = statistics.mean(len(t) for _, t in batches)
     default = resolve_precision(None, torch.device("cpu"))
     native = "native" if cpu_has_native_bf16() else "no native bfloat16: emulated"
-    print(
-        f"training step, phi {args.phi}, {INPUT_SIZE} px, batch {BATCH}, demo set with mosaic "
-        f"({boxes:.0f} boxes per batch); CPU threads {torch.get_num_threads()}; "
-        f"{default.describe()}"
+    start(
+        f"training step, phi {phi} ({phi_name}), {INPUT_SIZE} px, batch {BATCH}, demo set with "
+        f"mosaic ({boxes:.0f} boxes per batch); {default.describe()}"
     )
     configs = {
         "reference": make_step(model, True),
@@ -451,4 +458,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

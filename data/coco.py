@@ -30,24 +30,21 @@ from data.label_io import (
     OutputFile,
     WriteReport,
     annotation,
+    begin_write,
     brief,
-    check_split_name,
     check_unique_ids,
-    check_writable_class_names,
     commit_files,
     continuous_box,
     continuous_edges,
     finite_numbers,
     json_number,
-    known_size,
-    nothing_to_write,
-    output_image_names,
+    place_images,
     read_image_size,
     read_user_text,
     relative_path_problem,
     remap_classes,
 )
-from data.voc import FileIssue
+from data.voc import Annotation, FileIssue
 from utils.classes import class_name_problem
 from utils.sources import ImageReadError
 
@@ -228,10 +225,30 @@ def read_coco(
     issues: list[FileIssue] = []
     names, label_of = _categories(payload.get("categories", []), source)
     folder = _image_folder(json_path, payload["images"], images)
-    records: dict[object, tuple[str, str, tuple[int, int]]] = {}  # id -> (path, id, size)
-    rows: dict[object, list] = {}
-    seen: set[object] = set()  # ids of image records, usable or not
-    for k, rec in enumerate(payload["images"]):
+    records, seen = _read_images(payload["images"], folder, source, issues)
+    rows: dict[object, list] = {iid: [] for iid in records}
+    for k, rec in enumerate(payload.get("annotations", [])):
+        iid, row = _read_object(k, rec, records, seen, label_of, source, issues, clip_boxes)
+        if row is not None:
+            rows[iid].append(row)
+    annotations = [annotation(p, i, rows[iid], s) for iid, (p, i, s) in records.items()]
+    check_unique_ids(annotations, source)
+    labels = LabelSet(annotations, issues, names, source, "coco", coco_split_name(json_path))
+    return remap_classes(labels, class_names) if class_names is not None else labels
+
+
+# an image record as read: id -> (image path, image id (file name stem), size)
+_Images = dict[object, tuple[str, str, tuple[int, int]]]
+
+
+def _read_images(
+    records: list, folder: Path, source: str, issues: list[FileIssue]
+) -> tuple[_Images, set[object]]:
+    """The usable image records, and the ids of all image records, usable or not (the
+    annotations of a skipped image are not reported again)."""
+    images: _Images = {}
+    seen: set[object] = set()
+    for k, rec in enumerate(records):
         iid = rec.get("id") if isinstance(rec, dict) else None
         name = rec.get("file_name") if isinstance(rec, dict) else None
         if not isinstance(iid, (int, str)) or isinstance(iid, bool) or not isinstance(name, str):
@@ -253,78 +270,97 @@ def read_coco(
                 )
             )
             continue
-        path = folder / name
-        size = _size(rec)
-        try:
-            if size is None:
-                size = read_image_size(path)
-                issues.append(
-                    FileIssue(
-                        source,
-                        f"image {brief(iid)} ({brief(name)}) has no valid width/height",
-                        "size read from the image",
-                    )
-                )
-            elif not os.path.isfile(path):
-                raise ImageReadError(f"{path}: image missing")
-        except ImageReadError as err:
-            problem = str(err).removeprefix(f"{path}: ")
-            issues.append(
-                FileIssue(str(path), f"{problem} (image {brief(iid)} of {source})", "image skipped")
-            )
-            continue
-        records[iid] = (str(path), Path(name).stem, size)
-        rows[iid] = []
-    for k, rec in enumerate(payload.get("annotations", [])):
-        if not isinstance(rec, dict):
-            issues.append(
-                FileIssue(source, f"annotation record {k} is not an object", "box dropped")
-            )
-            continue
-        what = f"annotation {brief(rec['id']) if 'id' in rec else f'record {k}'}"
-        iid, cid, bbox = rec.get("image_id"), rec.get("category_id"), rec.get("bbox")
-        if (problem := _field_problem(rec)) is not None:
-            issues.append(FileIssue(source, f"annotation record {k}: {problem}", "box dropped"))
-            continue
-        if iid not in records:
-            if iid not in seen:  # a skipped image was reported already
-                issues.append(
-                    FileIssue(source, f"{what}: unknown image id {brief(iid)}", "box dropped")
-                )
-            continue
-        if cid not in label_of:
-            issues.append(
-                FileIssue(source, f"{what}: unknown category id {brief(cid)}", "box dropped")
-            )
-            continue
-        values = finite_numbers(bbox) if isinstance(bbox, list) and len(bbox) == 4 else None
-        if values is None:
-            issues.append(
-                FileIssue(source, f"{what}: bbox {brief(bbox)} is not 4 numbers", "box dropped")
-            )
-            continue
-        x, y, w, h = values
-        box, problem, action = continuous_box(
-            x, y, x + w, y + h, records[iid][2], clip_boxes=clip_boxes
-        )
-        if problem is not None:
-            issues.append(FileIssue(source, f"{what}: bbox {bbox} {problem}", action))
-        crowd = rec.get("iscrowd", 0)
-        if box is not None and crowd not in (0, 1):  # JSON values compare with ints safely
+        size = _image_size(rec, iid, folder / name, source, issues)
+        if size is not None:
+            images[iid] = (str(folder / name), Path(name).stem, size)
+    return images, seen
+
+
+def _image_size(
+    rec: dict, iid: object, path: Path, source: str, issues: list[FileIssue]
+) -> tuple[int, int] | None:
+    """The record's size (read from the image, and reported, when the record has no valid
+    one); None, reported, when the image is missing or cannot be read."""
+    name = rec["file_name"]
+    size = _size(rec)
+    try:
+        if size is None:
+            size = read_image_size(path)
             issues.append(
                 FileIssue(
                     source,
-                    f"annotation record {k}: iscrowd {brief(crowd)} is not 0 or 1",
-                    "treated as not crowd",
+                    f"image {brief(iid)} ({brief(name)}) has no valid width/height",
+                    "size read from the image",
                 )
             )
-            crowd = 0
-        if box is not None:
-            rows[iid].append((box, label_of[cid], crowd == 1))
-    annotations = [annotation(p, i, rows[iid], s) for iid, (p, i, s) in records.items()]
-    check_unique_ids(annotations, source)
-    labels = LabelSet(annotations, issues, names, source, "coco", coco_split_name(json_path))
-    return remap_classes(labels, class_names) if class_names is not None else labels
+        elif not os.path.isfile(path):
+            raise ImageReadError(f"{path}: image missing")
+    except ImageReadError as err:
+        problem = str(err).removeprefix(f"{path}: ")
+        issues.append(
+            FileIssue(str(path), f"{problem} (image {brief(iid)} of {source})", "image skipped")
+        )
+        return None
+    return size
+
+
+def _read_object(
+    k: int,
+    rec: object,
+    images: _Images,
+    seen: set[object],
+    label_of: dict[int, int],
+    source: str,
+    issues: list[FileIssue],
+    clip_boxes: bool,
+) -> tuple[object, tuple | None]:
+    """Annotation record ``k`` as its image id and ``(box, label, crowd)`` row; the row is
+    None, with the problem in ``issues``, when the box is dropped."""
+    if not isinstance(rec, dict):
+        issues.append(FileIssue(source, f"annotation record {k} is not an object", "box dropped"))
+        return None, None
+    what = f"annotation {brief(rec['id']) if 'id' in rec else f'record {k}'}"
+    iid, cid, bbox = rec.get("image_id"), rec.get("category_id"), rec.get("bbox")
+    if (problem := _field_problem(rec)) is not None:
+        issues.append(FileIssue(source, f"annotation record {k}: {problem}", "box dropped"))
+        return iid, None
+    if iid not in images:
+        if iid not in seen:  # a skipped image was reported already
+            issues.append(
+                FileIssue(source, f"{what}: unknown image id {brief(iid)}", "box dropped")
+            )
+        return iid, None
+    if cid not in label_of:
+        issues.append(FileIssue(source, f"{what}: unknown category id {brief(cid)}", "box dropped"))
+        return iid, None
+    values = finite_numbers(bbox) if isinstance(bbox, list) and len(bbox) == 4 else None
+    if values is None:
+        issues.append(
+            FileIssue(source, f"{what}: bbox {brief(bbox)} is not 4 numbers", "box dropped")
+        )
+        return iid, None
+    x, y, w, h = values
+    box, problem, action = continuous_box(x, y, x + w, y + h, images[iid][2], clip_boxes=clip_boxes)
+    if problem is not None:
+        issues.append(FileIssue(source, f"{what}: bbox {bbox} {problem}", action))
+    if box is None:
+        return iid, None
+    return iid, (box, label_of[cid], _crowd(rec, k, source, issues))
+
+
+def _crowd(rec: dict, k: int, source: str, issues: list[FileIssue]) -> bool:
+    """``iscrowd`` as a flag; a value other than 0 or 1 is reported and read as 0."""
+    crowd = rec.get("iscrowd", 0)
+    if crowd not in (0, 1):  # JSON values compare with ints safely
+        issues.append(
+            FileIssue(
+                source,
+                f"annotation record {k}: iscrowd {brief(crowd)} is not 0 or 1",
+                "treated as not crowd",
+            )
+        )
+        return False
+    return crowd == 1
 
 
 def write_coco(
@@ -339,41 +375,22 @@ def write_coco(
     (``commit_files``: no existing file changes without ``overwrite``).
 
     Raises:
-        LabelFormatError: class names that cannot be written, no image to write.
-        OutputPathError: a file exists with other content (without ``overwrite``) or cannot
-            be written.
+        LabelFormatError: a split name or class names that cannot be written, no image to
+            write.
+        OutputRefusedError: a file exists with other content (without ``overwrite``).
+        OutputPathError: a file cannot be written.
     """
     out = Path(out)
-    check_split_name(split)
-    check_writable_class_names(labels.class_names, labels.source)
-    report = WriteReport("coco", out)
-    images, objects, crowd, placed = [], [], 0, []
-    for ann, filename in output_image_names(labels.annotations, report.issues):
-        size = known_size(ann, report.issues)
-        if size is None:
-            continue
-        placed.append(OutputFile(out / "images" / split / filename, source=ann.image_path))
-        image_id = len(images) + 1
-        images.append({"id": image_id, "file_name": filename, "width": size[0], "height": size[1]})
-        for box, label, difficult in zip(ann.boxes, ann.labels, ann.difficult):
-            x1, y1, x2, y2 = continuous_edges(box)
-            w, h = x2 - x1, y2 - y1
-            objects.append(
-                {
-                    "id": len(objects) + 1,
-                    "image_id": image_id,
-                    "category_id": int(label) + 1,
-                    "bbox": [json_number(x1), json_number(y1), json_number(w), json_number(h)],
-                    "area": json_number(w * h),
-                    "iscrowd": int(difficult),
-                    "segmentation": [],
-                }
-            )
-        crowd += int(ann.difficult.sum())
-        report.images += 1
+    report = begin_write(labels, out, split, "coco")
+    placed = place_images(labels, report, out / "images" / split)
+    images, objects = [], []
+    for image_id, image in enumerate(placed, 1):
+        width, height = image.size
+        images.append(
+            {"id": image_id, "file_name": image.filename, "width": width, "height": height}
+        )
+        objects += _coco_objects(image.ann, image_id, first_id=len(objects) + 1)
     report.objects = len(objects)
-    if not images:
-        raise nothing_to_write(labels, report.issues, out)
     # a source path with undecodable bytes cannot go into UTF-8 as it is
     source = labels.source.encode("utf-8", "replace").decode("utf-8")
     payload = {
@@ -388,11 +405,31 @@ def write_coco(
     }
     path = out / "annotations" / f"instances_{split}.json"
     index = OutputFile(path, json.dumps(payload, ensure_ascii=False))
-    commit_files(out, [*placed, index], overwrite=overwrite)
+    commit_files(out, [*(p.file for p in placed), index], overwrite=overwrite)
     report.files.append(path)
-    if crowd:
+    if crowd := sum(int(p.ann.difficult.sum()) for p in placed):
         report.notes.append(
             f"{crowd} difficult objects written as iscrowd=1 (ignored by COCO evaluation, "
             "as VOC ignores difficult ones; COCO trainers usually skip them too)"
         )
     return report
+
+
+def _coco_objects(ann: Annotation, image_id: int, first_id: int) -> list[dict]:
+    """The annotation records of one image's boxes, numbered from ``first_id``."""
+    objects = []
+    for k, (box, label, difficult) in enumerate(zip(ann.boxes, ann.labels, ann.difficult)):
+        x1, y1, x2, y2 = continuous_edges(box)
+        w, h = x2 - x1, y2 - y1
+        objects.append(
+            {
+                "id": first_id + k,
+                "image_id": image_id,
+                "category_id": int(label) + 1,
+                "bbox": [json_number(x1), json_number(y1), json_number(w), json_number(h)],
+                "area": json_number(w * h),
+                "iscrowd": int(difficult),
+                "segmentation": [],
+            }
+        )
+    return objects

@@ -13,7 +13,7 @@ dataset, and it runs only when called explicitly.
 - A marker ``VOCdevkit/.<tar>.done`` is written after a verified extraction; a second run
   with the marker present does nothing, so the command works offline once done.
 
-Usage: ``python -m tools.download_voc [--sets 2007-trainval,2007-test] [--dest data]``
+Usage: ``python -m tools.download_voc [--sets 2007-trainval,2007-test] [--out data]``
 """
 
 from __future__ import annotations

@@ -529,6 +529,51 @@ def known_size(ann: Annotation, issues: list[FileIssue]) -> tuple[int, int] | No
     return size
 
 
+def begin_write(labels: LabelSet, out: Path, split: str, format: str) -> WriteReport:
+    """The checks every writer makes before it looks at an image, and its empty report.
+
+    Raises:
+        LabelFormatError: a split name that is not a plain file name (``check_split_name``),
+            class names that cannot be written (``check_writable_class_names``).
+    """
+    check_split_name(split)
+    check_writable_class_names(labels.class_names, labels.source)
+    return WriteReport(format, out)
+
+
+@dataclass(frozen=True)
+class PlacedImage:
+    """An image a writer places: its annotation (``image_id`` made a file name stem), its
+    file name, the size read from it, and the image file to place."""
+
+    ann: Annotation
+    filename: str
+    size: tuple[int, int]
+    file: OutputFile
+
+
+def place_images(
+    labels: LabelSet, report: WriteReport, folder: Path, *, spaces: bool = True
+) -> list[PlacedImage]:
+    """The images a writer puts into ``folder``: each annotation whose image size is known
+    (``known_size``), named by ``output_image_names`` (``spaces``: see there). What is left
+    out goes to ``report.issues``; ``report.images`` counts the rest.
+
+    Raises:
+        LabelFormatError: not one image can be written (``nothing_to_write``).
+    """
+    placed = []
+    for ann, filename in output_image_names(labels.annotations, report.issues, spaces=spaces):
+        size = known_size(ann, report.issues)
+        if size is not None:
+            file = OutputFile(folder / filename, source=ann.image_path)
+            placed.append(PlacedImage(ann, filename, size, file))
+    if not placed:
+        raise nothing_to_write(labels, report.issues, report.out)
+    report.images += len(placed)
+    return placed
+
+
 def check_split_name(split: str) -> None:
     """A split name becomes a file or folder name in the output: it must be one that
     ``utils.paths.safe_component`` leaves as it is (refused, not rewritten, so that the user

@@ -362,19 +362,27 @@ def read_image_set(
         lines = path.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as err:
         raise InputError(f"{path}: image set cannot be read ({err})") from None
+    return image_set_ids(lines, path, issues if issues is not None else [])
+
+
+def image_set_ids(
+    lines: Sequence[str], set_file: str | os.PathLike, issues: list[FileIssue]
+) -> list[str]:
+    """The ids of an image set file's ``lines``: the first word of each. An id that is not a
+    plain file name (``unsafe_name_problem``) is reported (``path:line``, "skipped") and left
+    out; the others are returned each once (``repeated_ids``)."""
     ids = []
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         image_id = line.split()[0]
         if (problem := unsafe_name_problem(image_id)) is not None:
-            if issues is not None:
-                issues.append(
-                    FileIssue(f"{path}:{n}", f"image id {problem} ({image_id!r})", "skipped")
-                )
+            issues.append(
+                FileIssue(f"{set_file}:{n}", f"image id {problem} ({image_id!r})", "skipped")
+            )
             continue
         ids.append(image_id)
-    return repeated_ids(ids, path, issues if issues is not None else [])
+    return repeated_ids(ids, set_file, issues)
 
 
 def repeated_ids(

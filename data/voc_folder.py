@@ -19,24 +19,14 @@ from data.label_io import (
     LabelSet,
     OutputFile,
     WriteReport,
+    begin_write,
     check_names_file,
-    check_split_name,
-    check_writable_class_names,
     commit_files,
-    known_size,
-    nothing_to_write,
     number_text,
-    output_image_names,
+    place_images,
     read_user_text,
 )
-from data.voc import (
-    IMAGE_SUFFIXES,
-    Annotation,
-    FileIssue,
-    parse_voc_xml,
-    repeated_ids,
-    unsafe_name_problem,
-)
+from data.voc import IMAGE_SUFFIXES, Annotation, FileIssue, image_set_ids, parse_voc_xml
 from data.xml_safe import read_xml
 from utils.classes import class_name_problem, read_class_names
 
@@ -95,22 +85,6 @@ def voc_splits(path: Path) -> list[str]:
     return sorted(p.stem for p in (folder / "ImageSets" / "Main").glob("*.txt"))
 
 
-def _read_ids(set_file: Path, issues: list[FileIssue]) -> list[str]:
-    """The first word of each line; ids that are not file names are reported and left out,
-    and so are repeats of an id (``repeated_ids``)."""
-    lines = read_user_text(set_file, "image set").splitlines()
-    ids = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        image_id = line.split()[0]
-        if (problem := unsafe_name_problem(image_id)) is not None:
-            issues.append(FileIssue(f"{set_file}:{n}", f"image id {problem}", "skipped"))
-            continue
-        ids.append(image_id)
-    return repeated_ids(ids, set_file, issues)
-
-
 def _all_ids(folder: Path, issues: list[FileIssue]) -> list[str]:
     """Every XML of the folder; images without one are reported (VOC lists them in no set)."""
     ids = sorted(p.stem for p in (folder / "Annotations").glob("*.xml"))
@@ -166,35 +140,18 @@ def read_voc_folder(
         if set_file is not None and not os.path.isfile(set_file):
             have = ", ".join(voc_splits(folder)) or "none"
             raise LabelFormatError(f"{set_file}: no image set {split!r} (this folder has: {have})")
-    ids = _read_ids(set_file, issues) if set_file else _all_ids(folder, issues)
+    if set_file is not None:
+        ids = image_set_ids(read_user_text(set_file, "image set").splitlines(), set_file, issues)
+    else:
+        ids = _all_ids(folder, issues)
     if class_names is None and os.path.isfile(folder / NAMES_FILE):
         class_names = read_class_names(folder / NAMES_FILE)
     names = list(class_names) if class_names is not None else _discover(folder, ids)
     annotations = []
     for image_id in ids:
-        xml_path = folder / "Annotations" / f"{image_id}.xml"
-        image = next(
-            (
-                p
-                for s in IMAGE_SUFFIXES
-                if os.path.isfile(p := folder / "JPEGImages" / f"{image_id}{s}")
-            ),
-            None,
-        )
-        if not os.path.isfile(xml_path):  # (Path.is_file raises for overlong names)
-            what = "annotation missing for image" if image else "annotation and image missing"
-            issues.append(FileIssue(str(xml_path), what, "skipped"))
-            continue
-        ann, problems = parse_voc_xml(
-            xml_path, names, str(image) if image else None, clip_boxes=clip_boxes
-        )
-        issues += problems
-        if ann is None:
-            continue
-        if not os.path.isfile(ann.image_path):
-            issues.append(FileIssue(ann.image_path, "image missing for annotation", "skipped"))
-            continue
-        annotations.append(ann)
+        ann = _read_one(folder, image_id, names, clip_boxes, issues)
+        if ann is not None:
+            annotations.append(ann)
     return LabelSet(
         annotations,
         issues,
@@ -203,6 +160,34 @@ def read_voc_folder(
         "voc",
         set_file.stem if set_file else None,
     )
+
+
+def _read_one(
+    folder: Path, image_id: str, names: Sequence[str], clip_boxes: bool, issues: list[FileIssue]
+) -> Annotation | None:
+    """The annotation of ``image_id``; None, with the problem in ``issues``, when its XML or
+    its image is missing or the XML cannot be read."""
+    xml_path = folder / "Annotations" / f"{image_id}.xml"
+    image = next(
+        (
+            p
+            for s in IMAGE_SUFFIXES
+            if os.path.isfile(p := folder / "JPEGImages" / f"{image_id}{s}")
+        ),
+        None,
+    )
+    if not os.path.isfile(xml_path):  # (Path.is_file raises for overlong names)
+        what = "annotation missing for image" if image else "annotation and image missing"
+        issues.append(FileIssue(str(xml_path), what, "skipped"))
+        return None
+    ann, problems = parse_voc_xml(
+        xml_path, names, str(image) if image else None, clip_boxes=clip_boxes
+    )
+    issues += problems
+    if ann is not None and not os.path.isfile(ann.image_path):
+        issues.append(FileIssue(ann.image_path, "image missing for annotation", "skipped"))
+        return None
+    return ann
 
 
 def _xml(ann: Annotation, filename: str, size: tuple[int, int], names: Sequence[str]) -> str:
@@ -250,41 +235,32 @@ def write_voc(
     splits already in ``out`` stay, but no existing file changes without ``overwrite``.
 
     Raises:
-        LabelFormatError: ``out/classes.txt`` lists other classes, class names that cannot
-            be written, no image to write.
-        OutputPathError: a file exists with other content (without ``overwrite``) or cannot
-            be written.
+        LabelFormatError: ``out/classes.txt`` lists other classes; a split name or class
+            names that cannot be written, no image to write.
+        OutputRefusedError: a file exists with other content (without ``overwrite``).
+        OutputPathError: a file cannot be written.
     """
     out = Path(out)
-    check_split_name(split)
-    check_writable_class_names(labels.class_names, labels.source)
-    report = WriteReport("voc", out)
+    report = begin_write(labels, out, split, "voc")
     check_names_file(out / NAMES_FILE, labels.class_names)
-    images, xmls, ids, odd_suffixes = [], [], [], 0
-    for ann, filename in output_image_names(labels.annotations, report.issues, spaces=False):
-        size = known_size(ann, report.issues)
-        if size is None:
-            continue
-        images.append(OutputFile(out / "JPEGImages" / filename, source=ann.image_path))
-        xml = _xml(ann, filename, size, labels.class_names)
-        xmls.append(OutputFile(out / "Annotations" / f"{ann.image_id}.xml", xml))
-        ids.append(ann.image_id)
-        odd_suffixes += Path(filename).suffix not in IMAGE_SUFFIXES
-        report.images += 1
-        report.label_files += 1
-        report.objects += len(ann.labels)
-    if not ids:
-        raise nothing_to_write(labels, report.issues, out)
+    placed = place_images(labels, report, out / "JPEGImages", spaces=False)
+    xmls = []
+    for image in placed:
+        xml = _xml(image.ann, image.filename, image.size, labels.class_names)
+        xmls.append(OutputFile(out / "Annotations" / f"{image.ann.image_id}.xml", xml))
+        report.objects += len(image.ann.labels)
+    report.label_files += len(placed)
     set_file = out / "ImageSets" / "Main" / f"{split}.txt"
     names = out / NAMES_FILE
     index = [
-        OutputFile(set_file, "".join(f"{i}\n" for i in ids)),
+        OutputFile(set_file, "".join(f"{p.ann.image_id}\n" for p in placed)),
         OutputFile(names, "".join(f"{n}\n" for n in labels.class_names), merged=True),
     ]
+    images = [p.file for p in placed]
     strays = _strays(out / "JPEGImages", {f.path for f in images})
     commit_files(out, images + xmls + index, overwrite=overwrite, strays=strays)
     report.files += [set_file, names]
-    if odd_suffixes:
+    if odd_suffixes := sum(Path(p.filename).suffix not in IMAGE_SUFFIXES for p in placed):
         report.notes.append(
             f"{odd_suffixes} images are not {'/'.join(IMAGE_SUFFIXES)}: --train-labels finds "
             "them through <filename>, --voc-root does not"

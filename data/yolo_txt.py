@@ -32,19 +32,17 @@ from data.label_io import (
     LabelFormatError,
     LabelSet,
     OutputFile,
+    PlacedImage,
     WriteReport,
     annotation,
+    begin_write,
     brief,
     check_names_file,
-    check_split_name,
     check_unique_ids,
-    check_writable_class_names,
     commit_files,
     continuous_box,
     continuous_edges,
-    known_size,
-    nothing_to_write,
-    output_image_names,
+    place_images,
     read_image_size,
     read_user_text,
     remap_classes,
@@ -450,54 +448,62 @@ def _read_image(
         issues.append(FileIssue(str(path), problem, "image skipped"))
         return None
     rows, polygons = [], 0
-    width, height = size
     for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        where, shown = f"{path}:{n}", brief(line.strip(), 80)
-        try:
-            values = [float(t) for t in line.split()]
-        except ValueError:
-            values = []
-        if len(values) == 5:
-            cls, cx, cy, w, h = values
-            edges = (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
-        elif len(values) >= 7 and len(values) % 2:
-            cls, xs, ys = values[0], values[1::2], values[2::2]
-            edges = (min(xs), min(ys), max(xs), max(ys))
-            polygons += 1
-        else:
-            issues.append(
-                FileIssue(
-                    where,
-                    f"malformed line {shown} (expected: class cx cy w h)",
-                    "box dropped",
-                )
-            )
-            continue
-        if not all(abs(v) < float("inf") for v in values):
-            issues.append(FileIssue(where, f"non-finite number in {shown}", "box dropped"))
-            continue
-        if cls != int(cls) or not 0 <= cls < num_classes:
-            issues.append(
-                FileIssue(
-                    where,
-                    f"class id {line.split()[0][:40]} is not one of the {num_classes} "
-                    f"classes (0..{num_classes - 1})",
-                    "box dropped",
-                )
-            )
-            continue
-        scale = (width, height, width, height)
-        x1, y1, x2, y2 = (v * s for v, s in zip(edges, scale))
-        box, problem, action = continuous_box(x1, y1, x2, y2, size, clip_boxes=clip_boxes)
-        if problem is not None:
-            issues.append(FileIssue(where, f"box {shown} {problem}", action))
-        if box is not None:
-            rows.append((box, int(cls), False))
+        if line.strip():
+            row, polygon = _label_line(line, f"{path}:{n}", size, num_classes, issues, clip_boxes)
+            rows += [row] if row is not None else []
+            polygons += polygon
     if polygons:
         issues.append(FileIssue(str(path), f"{polygons} polygons", "read as their boxes"))
     return annotation(str(image), image.stem, rows, size)
+
+
+def _label_line(
+    line: str,
+    where: str,
+    size: tuple[int, int],
+    num_classes: int,
+    issues: list[FileIssue],
+    clip_boxes: bool,
+) -> tuple[tuple | None, bool]:
+    """One label line as a ``(box, class, False)`` row (None, with the problem in ``issues``,
+    when the box is dropped), and whether it is a polygon."""
+    shown = brief(line.strip(), 80)
+    try:
+        values = [float(t) for t in line.split()]
+    except ValueError:
+        values = []
+    polygon = len(values) >= 7 and len(values) % 2 == 1
+    if len(values) == 5:
+        cls, cx, cy, w, h = values
+        edges = (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
+    elif polygon:
+        cls, xs, ys = values[0], values[1::2], values[2::2]
+        edges = (min(xs), min(ys), max(xs), max(ys))
+    else:
+        issues.append(
+            FileIssue(where, f"malformed line {shown} (expected: class cx cy w h)", "box dropped")
+        )
+        return None, False
+    if not all(abs(v) < float("inf") for v in values):
+        issues.append(FileIssue(where, f"non-finite number in {shown}", "box dropped"))
+        return None, polygon
+    if cls != int(cls) or not 0 <= cls < num_classes:
+        issues.append(
+            FileIssue(
+                where,
+                f"class id {line.split()[0][:40]} is not one of the {num_classes} "
+                f"classes (0..{num_classes - 1})",
+                "box dropped",
+            )
+        )
+        return None, polygon
+    width, height = size
+    x1, y1, x2, y2 = (v * s for v, s in zip(edges, (width, height, width, height)))
+    box, problem, action = continuous_box(x1, y1, x2, y2, size, clip_boxes=clip_boxes)
+    if problem is not None:
+        issues.append(FileIssue(where, f"box {shown} {problem}", action))
+    return ((box, int(cls), False) if box is not None else None), polygon
 
 
 def write_yolo(
@@ -513,44 +519,24 @@ def write_yolo(
     conversion does not write are refused (they would join the split).
 
     Raises:
-        LabelFormatError: ``out/classes.txt`` or ``out/data.yaml`` lists other classes, class
-            names that cannot be written, no image to write.
-        OutputPathError: a file exists with other content (without ``overwrite``), a stray
-            image, or a file cannot be written.
+        LabelFormatError: ``out/classes.txt`` or ``out/data.yaml`` lists other classes; a
+            split name or class names that cannot be written, no image to write.
+        OutputRefusedError: a file exists with other content (without ``overwrite``), a
+            stray image.
+        OutputPathError: a file cannot be written.
     """
     out = Path(out)
-    check_split_name(split)
-    check_writable_class_names(labels.class_names, labels.source)
-    report = WriteReport("yolo", out)
+    report = begin_write(labels, out, split, "yolo")
     check_names_file(out / NAMES_FILE, labels.class_names)
-    splits: dict[str, list[str]] = {}
-    if (out / DATA_YAML).is_file():
-        existing = read_data_yaml(out / DATA_YAML)
-        if existing.names is not None and existing.names != labels.class_names:
-            raise LabelFormatError(f"{out / DATA_YAML} lists other classes: write elsewhere")
-        splits = dict(existing.splits)
-    images, label_files, difficult, odd_suffixes = [], [], 0, 0
-    for ann, filename in output_image_names(labels.annotations, report.issues):
-        size = known_size(ann, report.issues)
-        if size is None:
-            continue
-        odd_suffixes += Path(filename).suffix.lower() not in IMAGE_EXTENSIONS
-        images.append(OutputFile(out / "images" / split / filename, source=ann.image_path))
-        lines = []
-        width, height = size
-        for box, label in zip(ann.boxes, ann.labels):
-            x1, y1, x2, y2 = continuous_edges(box)
-            cx, cy = (x1 + x2) / 2 / width, (y1 + y2) / 2 / height
-            w, h = (x2 - x1) / width, (y2 - y1) / height
-            lines.append(f"{int(label)} {cx!r} {cy!r} {w!r} {h!r}\n")
-        label_file = out / "labels" / split / f"{ann.image_id}.txt"
+    splits = _written_splits(out, labels.class_names)
+    placed = place_images(labels, report, out / "images" / split)
+    label_files = []
+    for image in placed:
+        lines = _yolo_lines(image.ann, image.size)
+        label_file = out / "labels" / split / f"{image.ann.image_id}.txt"
         label_files.append(OutputFile(label_file, "".join(lines)))
-        difficult += int(ann.difficult.sum())
-        report.images += 1
-        report.label_files += 1
         report.objects += len(lines)
-    if not images:
-        raise nothing_to_write(labels, report.issues, out)
+    report.label_files += len(placed)
     names_text = "".join(f"{n}\n" for n in labels.class_names)
     index = [OutputFile(out / NAMES_FILE, names_text, merged=True)]
     if split in SPLIT_KEYS:
@@ -560,27 +546,69 @@ def write_yolo(
             f"split {split!r} is not train/val/test: {DATA_YAML} names no images for it "
             f"(read it as {out} --split {split}, or {out / 'images' / split})"
         )
-    payload = {k: (v[0] if len(v) == 1 else v) for k, v in splits.items()}
-    payload["nc"] = len(labels.class_names)
-    payload["names"] = dict(enumerate(labels.class_names))
-    text = yaml.safe_dump(payload, sort_keys=False, allow_unicode=True)
-    index.append(OutputFile(out / DATA_YAML, text, merged=True))
-    split_folder = out / "images" / split
-    planned = {f.path for f in images}
-    strays = sorted(
+    yaml_text = _data_yaml_text(splits, labels.class_names)
+    index.append(OutputFile(out / DATA_YAML, yaml_text, merged=True))
+    images = [p.file for p in placed]
+    strays = _stray_images(out / "images" / split, {f.path for f in images})
+    commit_files(out, images + label_files + index, overwrite=overwrite, strays=strays)
+    report.files += [f.path for f in index]
+    report.notes += _write_notes(placed)
+    return report
+
+
+def _written_splits(out: Path, class_names: Sequence[str]) -> dict[str, list[str]]:
+    """The splits ``out/data.yaml`` names already (none when there is none).
+
+    Raises:
+        LabelFormatError: it lists other classes, or cannot be read.
+    """
+    if not (out / DATA_YAML).is_file():
+        return {}
+    existing = read_data_yaml(out / DATA_YAML)
+    if existing.names is not None and existing.names != class_names:
+        raise LabelFormatError(f"{out / DATA_YAML} lists other classes: write elsewhere")
+    return dict(existing.splits)
+
+
+def _yolo_lines(ann: Annotation, size: tuple[int, int]) -> list[str]:
+    """One ``class cx cy w h`` line per box, normalised to the image size."""
+    lines = []
+    width, height = size
+    for box, label in zip(ann.boxes, ann.labels):
+        x1, y1, x2, y2 = continuous_edges(box)
+        cx, cy = (x1 + x2) / 2 / width, (y1 + y2) / 2 / height
+        w, h = (x2 - x1) / width, (y2 - y1) / height
+        lines.append(f"{int(label)} {cx!r} {cy!r} {w!r} {h!r}\n")
+    return lines
+
+
+def _data_yaml_text(splits: dict[str, list[str]], class_names: Sequence[str]) -> str:
+    payload: dict[str, object] = {k: (v[0] if len(v) == 1 else v) for k, v in splits.items()}
+    payload["nc"] = len(class_names)
+    payload["names"] = dict(enumerate(class_names))
+    return yaml.safe_dump(payload, sort_keys=False, allow_unicode=True)
+
+
+def _stray_images(split_folder: Path, planned: set[Path]) -> list[Path]:
+    """Images in the split's folder that this conversion does not write: a reader would
+    take them into the split."""
+    return sorted(
         p
         for p in (split_folder.rglob("*") if split_folder.is_dir() else [])
         if p.suffix.lower() in IMAGE_EXTENSIONS and p not in planned
     )
-    commit_files(out, images + label_files + index, overwrite=overwrite, strays=strays)
-    report.files += [f.path for f in index]
-    if difficult:
-        report.notes.append(
+
+
+def _write_notes(placed: Sequence[PlacedImage]) -> list[str]:
+    """What YOLO could not hold: difficult flags, images its readers do not list."""
+    notes = []
+    if difficult := sum(int(p.ann.difficult.sum()) for p in placed):
+        notes.append(
             f"{difficult} difficult objects written as ordinary ones: YOLO has no difficult flag"
         )
-    if odd_suffixes:
-        report.notes.append(
+    if odd_suffixes := sum(Path(p.filename).suffix.lower() not in IMAGE_EXTENSIONS for p in placed):
+        notes.append(
             f"{odd_suffixes} images are not {'/'.join(sorted(IMAGE_EXTENSIONS))}: YOLO readers "
             "(this one too) do not list them"
         )
-    return report
+    return notes

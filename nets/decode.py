@@ -187,6 +187,30 @@ def cxcywh_to_xyxy(boxes_cxcywh: torch.Tensor) -> torch.Tensor:
     return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1)
 
 
+def _scored(
+    rows: torch.Tensor, conf_thresh: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each candidate's score (objectness * its best class's probability, as darknet and
+    OpenCV DNN), that class, and the mask of the scores of at least ``conf_thresh``."""
+    cls_prob, labels = rows[:, 5:].max(1)
+    scores = rows[:, 4] * cls_prob
+    return scores, labels, scores >= conf_thresh
+
+
+def _nms(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    labels: torch.Tensor,
+    nms_thresh: float,
+    agnostic: bool,
+) -> torch.Tensor:
+    """Indices of the boxes NMS keeps, sorted by decreasing score; class-wise unless
+    ``agnostic``."""
+    if agnostic:
+        return nms(boxes, scores, nms_thresh)
+    return batched_nms(boxes, scores, labels, nms_thresh)
+
+
 def postprocess(
     decoded: torch.Tensor | Sequence[torch.Tensor],
     *,
@@ -221,19 +245,13 @@ def postprocess(
     """
     results = []
     for pred in decoded:
-        cls_prob, labels = pred[:, 5:].max(1)
-        scores = pred[:, 4] * cls_prob
-        keep = scores >= conf_thresh
+        scores, labels, keep = _scored(pred, conf_thresh)
         if classes is not None:
             allowed = torch.as_tensor(list(classes), device=pred.device)
             keep &= torch.isin(labels, allowed)
         boxes = cxcywh_to_xyxy(pred[keep, :4])
         scores, labels = scores[keep], labels[keep]
-        if agnostic:
-            idx = nms(boxes, scores, nms_thresh)
-        else:
-            idx = batched_nms(boxes, scores, labels, nms_thresh)
-        idx = idx[:max_det]  # nms returns indices sorted by decreasing score
+        idx = _nms(boxes, scores, labels, nms_thresh, agnostic)[:max_det]
         results.append(
             Detections(
                 boxes=boxes[idx].float().cpu().numpy(),
@@ -351,20 +369,15 @@ def detect_batch(
     # score ties by position, so the order is part of the result.
     order = torch.argsort(image, stable=True)
     rows, image = rows[order], image[order]
-    cls_prob, labels = rows[:, 5:].max(1)
-    scores = rows[:, 4] * cls_prob
-    keep = scores >= conf_thresh
+    scores, labels, keep = _scored(rows, conf_thresh)
     boxes = cxcywh_to_xyxy(rows[keep, :4])
     scores, labels, image = scores[keep], labels[keep], image[keep]
     kept, start = [], 0
     for count in torch.bincount(image, minlength=batch).tolist():
         if count:
             part = slice(start, start + count)
-            if agnostic:
-                idx = nms(boxes[part], scores[part], nms_thresh)
-            else:
-                idx = batched_nms(boxes[part], scores[part], labels[part], nms_thresh)
-            kept.append(idx[:max_det] + start)  # sorted by decreasing score
+            idx = _nms(boxes[part], scores[part], labels[part], nms_thresh, agnostic)
+            kept.append(idx[:max_det] + start)
         start += count
     idx = torch.cat(kept) if kept else torch.zeros(0, dtype=torch.long, device=boxes.device)
     return BatchDetections(

@@ -19,14 +19,15 @@ class ModelOptions:
 
     weights: str | None = option(
         None,
-        "darknet .weights, our .pth checkpoint, a reference-implementation .pth or an .onnx "
-        "export",
+        "darknet .weights, our .pth checkpoint, a reference-implementation .pth or an .onnx export",
         group="model",
     )
     phi: str | None = option(
         None,
-        lambda: f"attention block, by number or name: {describe_phis()} (default: the "
-        "checkpoint's, 0 for darknet)",
+        lambda: (
+            f"attention block, by number or name: {describe_phis()} (default: the "
+            "checkpoint's, 0 for darknet)"
+        ),
         group="model",
     )
     attention_plugin: str | None = option(

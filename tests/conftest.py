@@ -1,17 +1,15 @@
-"""Shared fixtures. Tests run from the repository root (the project is not pip-installed)."""
+"""Shared fixtures. The project is not pip-installed: pytest puts the repository root on
+``sys.path`` (``pythonpath`` in pyproject.toml), so ``import utils`` works from any folder."""
 
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 MODEL_DATA = ROOT / "model_data"
 
@@ -60,3 +58,14 @@ def trained_tiny_checkpoint(
         return trained[epochs]
 
     return get
+
+
+def exit_code(main: Callable[[list[str]], int | None], argv: list) -> int:
+    """The exit code of a command's ``main(argv)`` run as the command runs it
+    (``utils.config.run_cli``): a user error becomes one ``error:`` line on stderr and its
+    exit code, Ctrl-C 130."""
+    from utils.config import run_cli
+
+    with pytest.raises(SystemExit) as done:
+        run_cli(lambda: main([str(a) for a in argv]))
+    return done.value.code

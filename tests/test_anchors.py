@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import exit_code
 from voc_factory import run_with_file_size_limit
 
 from data.anchor_kmeans import (
@@ -22,6 +23,7 @@ from data.anchor_kmeans import (
 from data.voc import Annotation
 from tools import anchors as anchors_mod
 from utils.classes import read_anchors
+from utils.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 # six (w, h) shapes at 416 that overlap little with each other, none close to a default anchor
@@ -171,13 +173,13 @@ def test_compute_anchors_and_cli(tmp_path: Path, capsys) -> None:
     assert report.best_share.sum() == pytest.approx(1.0)
 
     out = tmp_path / "anchors.txt"
-    argv = ["--voc-root", str(voc_root), "--sets", "2007:trainval", "--output", str(out)]
+    argv = ["--voc-root", str(voc_root), "--sets", "2007:trainval", "--out", str(out)]
     assert anchors_mod.main([*argv, "--num-anchors", "3"]) == 0
     printed = capsys.readouterr().out
     assert f"{report.mean_iou:.4f}" in printed and f"{report.default_mean_iou:.4f}" in printed
     assert read_anchors(out) == [tuple(map(float, row)) for row in report.anchors]
-    assert anchors_mod.main([*argv, "--num-anchors", "100"]) == 2
-    assert "only 72 box" in capsys.readouterr().err
+    with pytest.raises(InputError, match="only 72 box"):
+        anchors_mod.main([*argv, "--num-anchors", "100"])
 
 
 def test_cli_checks_its_output_before_clustering(tmp_path: Path, capsys) -> None:
@@ -186,7 +188,7 @@ def test_cli_checks_its_output_before_clustering(tmp_path: Path, capsys) -> None
     (tmp_path / "a_folder").mkdir()
     argv = ["--voc-root", str(voc_root), "--sets", "2007:trainval", "--num-anchors", "3"]
     for out in (Path("/proc/anchors.txt"), tmp_path / "a_folder"):
-        assert anchors_mod.main([*argv, "--output", str(out)]) == 2
+        assert exit_code(anchors_mod.main, [*argv, "--out", out]) == 2
         captured = capsys.readouterr()
         assert captured.err.startswith(f"error: {out}: ") and len(captured.err.splitlines()) == 1
         assert "boxes" not in captured.out  # nothing was clustered
@@ -203,7 +205,7 @@ def test_cli_write_failing_at_the_end_is_one_line(tmp_path: Path) -> None:
     out = tmp_path / "anchors.txt"
 
     cmd = [sys.executable, "-m", "tools.anchors", "--voc-root", str(voc_root)]
-    cmd += ["--sets", "2007:trainval", "--num-anchors", "3", "--output", str(out)]
+    cmd += ["--sets", "2007:trainval", "--num-anchors", "3", "--out", str(out)]
     result = run_with_file_size_limit(cmd, 16, ROOT)
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
@@ -215,7 +217,15 @@ def test_the_input_size_flag_is_spelled_as_in_train_and_the_old_spelling_still_w
     from tools import anchors as anchors_cli
 
     parser = anchors_cli.build_parser()
-    assert parser.parse_args(["--img-size", "288"]).input_size == 288
-    assert parser.parse_args(["--input-size", "320"]).input_size == 320
-    assert parser.parse_args([]).input_size == 416
+    assert parser.parse_args(["--img-size", "288"]).img_size == 288
+    assert parser.parse_args(["--input-size", "320"]).img_size == 320
+    assert parser.parse_args([]).img_size == 416
     assert "--input-size" not in parser.format_help()
+
+
+def test_the_output_flag_is_out_and_the_old_spelling_still_works() -> None:
+    parser = anchors_mod.build_parser()
+    assert parser.parse_args(["--out", "a.txt"]).out == "a.txt"
+    assert parser.parse_args(["--output", "b.txt"]).out == "b.txt"
+    assert parser.parse_args([]).out == "model_data/yolo_anchors_custom.txt"
+    assert "--output" not in parser.format_help()

@@ -16,10 +16,12 @@ from torch.nn import functional as F
 
 from nets.checkpoint import infer_phi, load_model
 from nets.decode import Geometry
+from nets.fuse import fuse_model
 from nets.registry import attention_names, build_attention, resolve_phi
 from nets.summary import count_flops, count_parameters
 from nets.yolo import YoloBody
-from utils.inference.deploy import OnnxRunner, export_onnx, fuse_model
+from utils.inference.export import export_onnx
+from utils.inference.onnx_runner import OnnxRunner
 
 NEW_PHIS = {5: "bam", 6: "cbam_plus", 7: "simam", 8: "nonlocal"}
 # 20 classes; the frozen phi 0-4 counts are pinned in test_model.py

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from conftest import exit_code
 from voc_factory import make_split
 
 from tools import check_data, convert_labels, preview
@@ -47,7 +48,7 @@ def test_yolo_labels_are_checked_like_voc(tmp_path: Path, capsys) -> None:
 
 
 def test_an_unusable_labels_path_is_one_error(tmp_path: Path, capsys) -> None:
-    assert check_data.main(["--labels", str(tmp_path / "nowhere")]) == 2
+    assert exit_code(check_data.main, ["--labels", str(tmp_path / "nowhere")]) == 2
     assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'nowhere'}")
 
 
@@ -70,7 +71,7 @@ def test_preview_writes_its_grid_or_says_why_not(tmp_path: Path, capsys) -> None
     blocked = tmp_path / "file"
     blocked.write_text("")
     for bad, why in ((blocked / "g.jpg", "is not a folder"), (tmp_path / "g.gif2", ".gif2")):
-        assert preview.main([*args, "--out", str(bad)]) == 2
+        assert exit_code(preview.main, [*args, "--out", str(bad)]) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"error: {bad}") and why in err, err
         assert not bad.exists()

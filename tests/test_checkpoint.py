@@ -175,7 +175,7 @@ def test_detector_uses_checkpoint_class_names(tmp_path) -> None:
     names = ["cat", "dog"]
     info = ModelInfo(phi=1, phi_name="se", num_classes=2, class_names=names)
     save_checkpoint(tmp_path / "c.pth", _model(2, 1), info)
-    detector = Detector.from_weights(tmp_path / "c.pth", config=InferenceConfig(input_size=64))
+    detector = Detector.from_weights(tmp_path / "c.pth", config=InferenceConfig(img_size=64))
     assert detector.class_names == names
     dets = detector(np.zeros((50, 70, 3), np.uint8))
     assert dets.boxes.shape[1:] == (4,) and (dets.width, dets.height) == (70, 50)

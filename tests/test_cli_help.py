@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
+import ast
 import re
 import runpy
+import shlex
 import sys
 from pathlib import Path
 
@@ -75,6 +78,66 @@ def test_option_entries_parse_argparse_layout() -> None:
     assert [_shows_default(t) for _, t in entries] == [False, True, False, False]
 
 
+def docstring_examples(module: str) -> list[list[str]]:
+    """The example commands of ``module``'s docstring (the text ``--help`` shows above the
+    options) that run the module itself, as its argument lists: a line ``python X.py ...`` or
+    ``python -m X ...`` (``\\`` continues it), alone or quoted in a line, without a trailing
+    ``# comment``, ``| pipe`` or a leading ``make ... &&``. Usage summaries with ``[optional]``
+    parts are not commands."""
+    path = ROOT / (module.replace(".", "/") + ".py")
+    doc = ast.get_docstring(ast.parse(path.read_text()), clean=False) or ""
+    doc = re.sub(r"\\\n\s*", " ", doc)  # continued lines
+    heads = {f"python {module.replace('.', '/')}.py", f"python -m {module}"}
+    found = []
+    for line in doc.splitlines():
+        quoted = re.search(r"``(python [^`]*)``", line)  # Usage: ``python -m x ...``
+        command = quoted.group(1) if quoted else line
+        command = command.split(" # ")[0].split(" | ")[0].split("&&")[-1].strip()
+        words = shlex.split(command) if command.startswith("python") else []
+        head = " ".join(words[:3] if words[1:2] == ["-m"] else words[:2])
+        if head in heads and not any(w.startswith("[") for w in words):
+            args = words[len(head.split()) :]
+            if args not in found:
+                found.append(args)
+    return found
+
+
+class _Parsed(BaseException):
+    """Raised by the patched ``parse_args`` once the command line parsed, so that the command
+    does no work (a BaseException, so that no ``except Exception`` on the way catches it)."""
+
+
+EXAMPLES = [(m, args) for m in _cli_modules() for args in docstring_examples(m)]
+
+
+def test_docstring_examples_are_found() -> None:
+    modules = {m for m, _ in EXAMPLES}
+    assert {"train", "predict", "eval", "tools.convert_labels"} <= modules
+    assert ["--data", "demo", "--img-size", "192", "--epochs", "25"] in [
+        args for m, args in EXAMPLES if m == "train"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("module", "args"), EXAMPLES, ids=[f"{m}:{' '.join(a)[:40]}" for m, a in EXAMPLES]
+)
+# running an imported command module again as __main__ is what this test means to do
+@pytest.mark.filterwarnings("ignore:.*found in sys.modules:RuntimeWarning")
+def test_docstring_examples_parse(module, args, monkeypatch) -> None:
+    """Every example the ``--help`` text shows is a command line the command accepts: read
+    from the docstring that builds the parser, run as ``python -m`` would, and stopped as
+    soon as its arguments parsed."""
+    real = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(self, args=None, namespace=None):
+        raise _Parsed(real(self, args, namespace))
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+    monkeypatch.setattr(sys, "argv", [module, *args])
+    with pytest.raises(_Parsed):
+        runpy.run_module(module, run_name="__main__", alter_sys=False)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("module", _cli_modules())
 def test_help_shows_every_default(module, monkeypatch, capsys) -> None:
@@ -92,6 +155,7 @@ def test_help_shows_every_default(module, monkeypatch, capsys) -> None:
     assert not missing, f"{module} --help shows no default for: {missing}"
 
 
+@pytest.mark.slow
 def test_output_into_a_closed_pipe_ends_quietly(official_weights, sample_images) -> None:
     """``predict.py ... | head``: the reader is gone before the first line is written."""
     import subprocess

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import cv2
 import numpy as np
 import pytest
+from conftest import exit_code
 from voc_factory import CLASSES, make_split, run_with_file_size_limit, tiny_train_config
 
 import eval as eval_cli
@@ -328,8 +329,9 @@ def test_verdicts_cannot_tell_without_per_image_results() -> None:
 def test_too_few_resamples_is_refused_before_any_work(tmp_path: Path, capsys) -> None:
     root, classes = make_split(tmp_path, num_train=1, num_test=1)
     args = _eval_args(root, classes, tmp_path / "out")
-    code = eval_cli.main(
-        ["--weights", str(tmp_path / "missing.pth"), *args, "--bootstrap-resamples", "10"]
+    code = exit_code(
+        eval_cli.main,
+        ["--weights", str(tmp_path / "missing.pth"), *args, "--bootstrap-resamples", "10"],
     )
     assert code == 2
     assert capsys.readouterr().err == "error: --bootstrap-resamples 10: must be at least 100\n"
@@ -340,7 +342,7 @@ def test_study_end_to_end_on_tiny_data(tmp_path: Path) -> None:
     root, classes = make_split(tmp_path, num_train=8, num_test=3)
     base = tiny_train_config(root, classes)
     out = tmp_path / "study"
-    paths = run_study(base, ["none", "se"], [0, 1], out, EvalConfig(input_size=64, workers=0))
+    paths = run_study(base, ["none", "se"], [0, 1], out, EvalConfig(img_size=64, workers=0))
     names = sorted(p.name for p in out.iterdir() if p.is_dir())
     assert names == ["phi0_seed0", "phi0_seed1", "phi1_seed0", "phi1_seed1"]
     md = paths["md"].read_text()
@@ -349,12 +351,13 @@ def test_study_end_to_end_on_tiny_data(tmp_path: Path) -> None:
     assert (out / "comparison_pairs.csv").is_file() and (out / "map_vs_latency.png").is_file()
     # a second call reuses the finished runs instead of training again
     mtime = (out / "phi0_seed0" / "weights" / "last.pth").stat().st_mtime
-    run_study(base, ["none", "se"], [0, 1], out, EvalConfig(input_size=64, workers=0))
+    run_study(base, ["none", "se"], [0, 1], out, EvalConfig(img_size=64, workers=0))
     assert (out / "phi0_seed0" / "weights" / "last.pth").stat().st_mtime == mtime
     # eval.py compares the same checkpoints in one call, and writes JSON per run
     weights = [str(out / n / "weights" / "last.pth") for n in names]
     report = tmp_path / "metrics.json"
-    code = eval_cli.main(
+    code = exit_code(
+        eval_cli.main,
         [
             "--weights",
             *weights,
@@ -367,11 +370,11 @@ def test_study_end_to_end_on_tiny_data(tmp_path: Path) -> None:
             "--workers",
             "0",
             "--no-coco",
-            "--out-dir",
+            "--save-dir",
             str(tmp_path / "cmp"),
             "--json",
             str(report),
-        ]
+        ],
     )
     assert code == 0
     assert (tmp_path / "cmp" / "comparison.md").is_file()
@@ -397,7 +400,8 @@ def test_eval_single_checkpoint_and_detection_file_agree(
     ]
     metrics = tmp_path / "m.json"
     assert (
-        eval_cli.main(
+        exit_code(
+            eval_cli.main,
             [
                 "--weights",
                 weights,
@@ -406,9 +410,9 @@ def test_eval_single_checkpoint_and_detection_file_agree(
                 "100",  # the cap predict.py runs with below
                 "--json",
                 str(metrics),
-                "--out-dir",
+                "--save-dir",
                 str(tmp_path / "e1"),
-            ]
+            ],
         )
         == 0
     )
@@ -441,7 +445,8 @@ def test_eval_single_checkpoint_and_detection_file_agree(
     for image_id in test_ids:
         (only_test / f"{image_id}.jpg").write_bytes((images / f"{image_id}.jpg").read_bytes())
     assert (
-        predict.main(
+        exit_code(
+            predict.main,
             [
                 "--source",
                 str(only_test),
@@ -458,23 +463,24 @@ def test_eval_single_checkpoint_and_detection_file_agree(
                 str(dets),
                 "--device",
                 "cpu",
-            ]
+            ],
         )
         == 0
     )
     assert sum(len(r["detections"]) for r in json.loads(dets.read_text())) > 0
     from_file = tmp_path / "f.json"
     assert (
-        eval_cli.main(
+        exit_code(
+            eval_cli.main,
             [
                 "--detections",
                 str(dets),
                 *common,
                 "--json",
                 str(from_file),
-                "--out-dir",
+                "--save-dir",
                 str(tmp_path / "e2"),
-            ]
+            ],
         )
         == 0
     )
@@ -505,11 +511,11 @@ def test_eval_detection_file_is_refused_or_warned_about_in_one_line(tmp_path: Pa
     ]
     dets, metrics = tmp_path / "dets.json", tmp_path / "m.json"
     args = ["--detections", str(dets), "--voc-root", str(root), "--classes", str(classes)]
-    args += ["--no-coco", "--out-dir", str(tmp_path / "out"), "--json", str(metrics)]
+    args += ["--no-coco", "--save-dir", str(tmp_path / "out"), "--json", str(metrics)]
 
     def run(payload) -> tuple[int, str]:
         dets.write_text(payload if isinstance(payload, str) else json.dumps(payload))
-        code = eval_cli.main(args)
+        code = exit_code(eval_cli.main, args)
         return code, capsys.readouterr().err
 
     assert run(records) == (0, "")  # the ground truth itself
@@ -539,11 +545,14 @@ def test_eval_scores_onnx_exports_like_the_checkpoint(
     root, _, weights = trained_tiny_checkpoint(epochs=3)
     fp32, int8 = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
     export = ["--weights", weights, "--img-size", "64", "--device", "cpu"]
-    assert predict.main([*export, "--export-onnx", str(fp32)]) == 0
+    assert exit_code(predict.main, [*export, "--export-onnx", str(fp32)]) == 0
     calibration = str(root / "VOC2007" / "JPEGImages")
-    assert predict.main([*export, "--export-onnx", str(int8), "--int8", calibration]) == 0
+    assert (
+        exit_code(predict.main, [*export, "--export-onnx", str(int8), "--int8", calibration]) == 0
+    )
     out = tmp_path / "cmp"
-    rc = eval_cli.main(
+    rc = exit_code(
+        eval_cli.main,
         [
             "--weights",
             weights,
@@ -557,11 +566,11 @@ def test_eval_scores_onnx_exports_like_the_checkpoint(
             "0",
             "--device",
             "cpu",
-            "--out-dir",
+            "--save-dir",
             str(out),
             "--json",
             str(tmp_path / "m.json"),
-        ]
+        ],
     )
     assert rc == 0
     runs = json.loads((tmp_path / "m.json").read_text())["runs"]
@@ -596,7 +605,7 @@ def _eval_args(voc_root: Path, classes: Path, out: Path) -> list[str]:
         "--device",
         "cpu",
         "--no-coco",
-        "--out-dir",
+        "--save-dir",
         str(out),
     ]
 
@@ -607,7 +616,7 @@ def test_eval_garbage_model_file_is_one_line(
 ) -> None:
     from nets.decode import Geometry
     from nets.yolo import YoloBody
-    from utils.inference.deploy import export_onnx
+    from utils.inference.export import export_onnx
 
     rng = np.random.default_rng(0)
     if name == "truncated.onnx":
@@ -617,7 +626,9 @@ def test_eval_garbage_model_file_is_one_line(
         payload = b"" if name == "empty.onnx" else rng.bytes(4096)
     path = tmp_path / name
     path.write_bytes(payload)
-    code = eval_cli.main(["--weights", str(path), *_eval_args(*tiny_voc, tmp_path / "out")])
+    code = exit_code(
+        eval_cli.main, ["--weights", str(path), *_eval_args(*tiny_voc, tmp_path / "out")]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith(f"error: {path}: ") and len(err.splitlines()) == 1, err
@@ -632,14 +643,17 @@ def test_eval_checks_its_outputs_before_any_work(
     missing = tmp_path / "missing.pth"  # an error too, but only once the outputs are fine
     args = _eval_args(*tiny_voc, tmp_path / "out")
     for json_path in (Path("/proc/m.json"), tmp_path / "a_file" / "m.json", tmp_path / "m.json"):
-        assert eval_cli.main(["--weights", str(missing), *args, "--json", str(json_path)]) == 2
+        assert (
+            exit_code(eval_cli.main, ["--weights", str(missing), *args, "--json", str(json_path)])
+            == 2
+        )
         err = capsys.readouterr().err
         assert err.startswith(f"error: {json_path}: ") and len(err.splitlines()) == 1, err
     out_dir = tmp_path / "a_file" / "eval"
     args = _eval_args(*tiny_voc, out_dir)
-    assert eval_cli.main(["--weights", str(missing), *args]) == 2
+    assert exit_code(eval_cli.main, ["--weights", str(missing), *args]) == 2
     assert capsys.readouterr().err.startswith(f"error: {out_dir}: ")
-    assert eval_cli.main(["--detections", str(missing), *args]) == 2
+    assert exit_code(eval_cli.main, ["--detections", str(missing), *args]) == 2
     assert capsys.readouterr().err.startswith(f"error: {out_dir}: ")
     assert not list(tmp_path.rglob("*.tmp"))
 
@@ -674,16 +688,16 @@ def test_evaluation_settings_are_range_checked_together(capsys) -> None:
         assert part in str(err.value)
     EvalConfig(conf_thresh=0.0, nms_thresh=1.0, iou_thresh=1.0, batch_size=1, workers=0)
     args = ["--weights", "missing.pth", "--data", "demo", "--conf", "2"]
-    assert eval_cli.main(args) == 2  # before any model or data is read
+    assert exit_code(eval_cli.main, args) == 2  # before any model or data is read
     assert "--conf 2.0: must be a score in [0, 1]" in capsys.readouterr().err
 
 
 def test_eval_takes_weights_or_detections_and_a_split_of_its_labels(tmp_path, capsys) -> None:
     both = ["--weights", str(tmp_path / "a.pth"), "--detections", str(tmp_path / "d.json")]
-    assert eval_cli.main(both) == 2
+    assert exit_code(eval_cli.main, both) == 2
     assert "give --weights (run models) or --detections (score a file)" in capsys.readouterr().err
     voc_root, _ = make_split(tmp_path, 2, 2)
     folder = str(voc_root / "VOC2007")
     args = ["--weights", str(tmp_path / "a.pth"), "--val-labels", folder, "--split", "tst"]
-    assert eval_cli.main([*args, "--out-dir", str(tmp_path / "out")]) == 2
+    assert exit_code(eval_cli.main, [*args, "--save-dir", str(tmp_path / "out")]) == 2
     assert f"{folder}: no split 'tst' (it has: test, trainval)" in capsys.readouterr().err

@@ -101,7 +101,7 @@ def test_a_study_summarizes_the_data_once_not_once_per_run(
     caplog.set_level(logging.INFO)
     base = tiny_train_config(*noisy_voc, max_iters=1)
     out = tmp_path / "study"
-    study.run_study(base, ["0"], [0, 1], out, EvalConfig(input_size=64, workers=0))
+    study.run_study(base, ["0"], [0, 1], out, EvalConfig(img_size=64, workers=0))
     console = [r for r in caplog.records if "input skipped or repaired" in r.getMessage()]
     assert len(console) == 2, [r.getMessage() for r in console]  # two kinds, said once
     for run in ("phi0_seed0", "phi0_seed1"):  # each run's log still has all of them

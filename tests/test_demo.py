@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import exit_code
 
 from data import demo
 from data.demo import CLASS_NAMES, demo_is_current, generate_demo
@@ -234,7 +235,7 @@ def test_never_replaces_a_dataset_it_did_not_write(tmp_path: Path) -> None:
     foreign.write_text("<annotation/>")
     with pytest.raises(FileExistsError):
         generate_demo(tmp_path, num_images=2)
-    assert demo_data.main(["--out", str(tmp_path), "--num-images", "2"]) == 2
+    assert exit_code(demo_data.main, ["--out", tmp_path, "--num-images", "2"]) == 2
     assert foreign.read_text() == "<annotation/>"
 
 

@@ -1,5 +1,6 @@
-"""Deployment: batch-norm folding, ONNX export and ONNX Runtime against PyTorch (utils/deploy.py),
-and the ``predict.py`` deployment flags (``--export-onnx``, ``--backend``, ``--no-fuse``).
+"""Deployment: batch-norm folding (nets/fuse.py), ONNX export (utils/inference/export.py) and
+ONNX Runtime (utils/inference/onnx_runner.py) against PyTorch, and the ``predict.py`` deployment
+flags (``--export-onnx``, ``--backend``, ``--no-fuse``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import exit_code
 from torch import nn
 
 import predict
@@ -22,9 +24,11 @@ from nets.backbone import BasicConv
 from nets.blocks import CoordAttention
 from nets.checkpoint import CheckpointMismatchError, ModelInfo, save_checkpoint
 from nets.decode import Geometry, decode_outputs
+from nets.fuse import FusedConv, fuse_model
 from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, YoloBody
 from utils.detections import Detections
-from utils.inference.deploy import FusedConv, OnnxRunner, export_onnx, fuse_model, onnx_metadata
+from utils.inference.export import export_onnx
+from utils.inference.onnx_runner import OnnxRunner, onnx_metadata
 from utils.inference.predictor import Detector, InferenceConfig
 
 NUM_CLASSES = 3
@@ -210,7 +214,7 @@ def test_opset_below_17_is_refused(onnx_models, tmp_path) -> None:
 def test_onnx_runner_refuses_decoded_graph(onnx_models, tmp_path) -> None:
     path = tmp_path / "decoded.onnx"
     export_onnx(onnx_models[0], path, Geometry(input_size=64), decode=True)
-    with pytest.raises(ValueError, match=r"out32/out16.*--onnx-decode"):
+    with pytest.raises(ValueError, match=r"out32/out16.*--decode"):
         OnnxRunner(path)
     with pytest.raises(ValueError, match="out32/out16"):
         Detector.from_weights(path, classes=["a", "b", "c"])
@@ -234,23 +238,6 @@ def test_unreadable_onnx_files_are_one_line_naming_the_file(onnx_models, tmp_pat
         assert message.startswith(f"{path}: ") and "\n" not in message, message
     with pytest.raises(FileNotFoundError, match=r"missing\.onnx: no such file"):
         OnnxRunner(tmp_path / "missing.onnx")
-
-
-def test_tools_export_checks_its_outputs_first(tmp_path, capsys) -> None:
-    from tools import export as export_tool
-
-    (tmp_path / "a_file").write_text("x")
-    (tmp_path / "m.cfg").mkdir()  # the .cfg next to a writable .weights is a folder
-    missing = tmp_path / "missing.pth"  # would be an error too, but comes second
-    for out, named in [
-        ("/proc/m", "/proc/m.weights"),
-        (str(tmp_path / "a_file" / "m"), str(tmp_path / "a_file" / "m.weights")),
-        (str(tmp_path / "m"), str(tmp_path / "m.cfg")),
-    ]:
-        assert export_tool.main(["--weights", str(missing), "--out", out]) == 2
-        err = capsys.readouterr().err
-        assert err.startswith(f"error: {named}: ") and len(err.splitlines()) == 1, err
-    assert not (tmp_path / "m.weights").exists()
 
 
 # --------------------------------------------------------------------------- official weights
@@ -306,7 +293,8 @@ def count_calls(monkeypatch: pytest.MonkeyPatch, cls: type, name: str = "__call_
 
 
 def run_cli(*args) -> int:
-    return predict.main(["--device", "cpu", *map(str, args)])
+    """``predict.py ARGS`` as the command runs it (errors printed, exit code returned)."""
+    return exit_code(predict.main, ["--device", "cpu", *args])
 
 
 @pytest.mark.slow
@@ -319,7 +307,7 @@ def test_exported_onnx_detector_matches_torch(
     assert meta["input_size"] == 416 and meta["phi"] == 0 and len(meta["class_names"]) == 80
     detector = Detector.from_weights(path)
     assert isinstance(detector.model, OnnxRunner) and detector.info.source == "onnx"
-    assert detector.class_names == meta["class_names"] and detector.config.input_size == 416
+    assert detector.class_names == meta["class_names"] and detector.config.img_size == 416
     calls = count_calls(monkeypatch, OnnxRunner)
     for image in sample_images:
         got = detector(cv2.imread(str(image)))

@@ -13,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from conftest import exit_code
 
 from data.download import (
     VOC_TARS,
@@ -242,8 +243,9 @@ def test_main_cli(server: Server, tmp_path: Path, monkeypatch, capsys) -> None:
     assert (tmp_path / "d" / "VOCdevkit/VOC2007/Annotations/000001.xml").is_file()
     assert download_voc.main([*argv, "--quiet"]) == 0
     assert "2007-test: skipped" in capsys.readouterr().out
-    assert download_voc.main(["--sets", "2009-train"]) == 1
-    assert "2007-trainval" in capsys.readouterr().err
+    assert exit_code(download_voc.main, ["--sets", "2009-train"]) == 2  # bad input
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown set(s) 2009-train") and "2007-trainval" in err
 
 
 def test_parse_voc_sets() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import cv2
@@ -434,7 +435,7 @@ def test_voc_folder_bad_files_are_reported_and_skipped(tmp_path: Path) -> None:
     assert [a.image_id for a in split.annotations] == ["000000"]
     problems = {(Path(p).name, what, action) for p, what, action in _issues(split)}
     assert problems == {
-        ("trainval.txt:2", "image id is a path, not a file name", "skipped"),
+        ("trainval.txt:2", "image id is a path, not a file name ('../secret')", "skipped"),
         ("000001.jpg", "image missing for annotation", "skipped"),
         ("000002.xml", "annotation missing for image", "skipped"),
         ("000003.xml", split.issues[3].problem, "skipped"),
@@ -606,8 +607,9 @@ def test_convert_cli(tmp_path: Path, capsys) -> None:
     assert convert_cli.main([str(out), "--to", "voc", "--out", str(tmp_path / "v")]) == 0
     text = capsys.readouterr().out
     assert "a.txt:1: class id 9 is not one of the 2 classes (0..1) (box dropped)" in text
-    assert convert_cli.main([str(tmp_path), "--to", "voc", "--out", str(tmp_path / "w")]) == 2
-    assert f"error: {tmp_path}: unknown" in capsys.readouterr().err
+    with pytest.raises(LabelFormatError, match=f"^{re.escape(str(tmp_path))}: unknown"):
+        convert_cli.main([str(tmp_path), "--to", "voc", "--out", str(tmp_path / "w")])
+    assert not (tmp_path / "w").exists()
 
 
 # ---------------------------------------------------------------- training and evaluation
@@ -711,7 +713,7 @@ def test_train_on_yolo_and_evaluate_on_coco(tmp_path: Path) -> None:
             "--device",
             "cpu",
             "--no-coco",
-            "--out-dir",
+            "--save-dir",
             str(tmp_path / "eval"),
             "--json",
             str(metrics),

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from data.demo import generate_demo
 from data.voc import load_voc
@@ -41,9 +42,10 @@ def test_short_training_raises_map_well_above_start(tmp_path: Path, official_wei
     )
     names = read_class_names(cfg.classes)
     val = load_voc(cfg.voc_root, [("2007", "test")], names).annotations
+    torch.manual_seed(cfg.seed)  # the new layers start as the run's do, whatever ran before
     start_model = YoloBody(len(names), cfg.phi)
     load_initial_weights(start_model, cfg)
-    eval_cfg = EvalConfig(input_size=160, workers=0, coco=False)
+    eval_cfg = EvalConfig(img_size=160, workers=0, coco=False)
     geometry = Geometry(anchors=DEFAULT_ANCHORS, anchors_mask=DEFAULT_ANCHORS_MASK)
     detected = detect_dataset(start_model, val, geometry, eval_cfg)
     start = score(detected, names, "demo test", coco=False).voc12_map50

@@ -303,11 +303,33 @@ def test_label_smoothing_matches_formula(eps: float) -> None:
     torch.testing.assert_close(loss_cls.double(), expected, rtol=1e-6, atol=0)
 
 
-def test_label_smoothing_changes_class_loss() -> None:
-    maps, targets = _maps(1), _targets([(0, 2, _box(100, 120, 135, 169))])
-    plain = _loss()(maps, targets)["loss_cls"]
-    smoothed = _loss(LossConfig(label_smoothing=0.1))(maps, targets)["loss_cls"]
-    assert plain.item() != smoothed.item()
+def test_label_smoothing_known_value_and_its_minimum() -> None:
+    """Four classes, eps 0.2: a class-2 box's targets are eps / C = 0.05 for the other classes
+    and 1 - eps + eps / C = 0.85 for its own (not the C-free 0.1 / 0.9 of ``1 - eps / 2``).
+    Predicting exactly those is the minimum of the smoothed loss, where its value is the mean
+    binary entropy (3 H(0.05) + H(0.85)) / 4 = 0.2545637; the same prediction without
+    smoothing costs (3 (-ln 0.95) - ln 0.85) / 4 = 0.0790997 and is pulled towards 0 and 1."""
+    num_classes = 4
+    maps = _maps(1, num_classes=num_classes)
+    cls = slice(_ch(1, 5, num_classes), _ch(2, 0, num_classes))  # slot 1's class logits
+    maps[0][0, cls, 3, 3] = torch.tensor([_logit(0.05), _logit(0.05), _logit(0.85), _logit(0.05)])
+    maps = [m.requires_grad_() for m in maps]
+    targets = _targets([(0, 2, _box(100, 120, 135, 169))])  # level 0 slot 1, cell (3, 3)
+    unit = 80.0 / num_classes  # cls_weight is scaled by C / 80: this makes it 1
+
+    smoothed = _loss(LossConfig(cls_weight=unit, label_smoothing=0.2), num_classes=num_classes)
+    loss = smoothed(maps, targets)["loss_cls"]
+    assert loss.item() == pytest.approx(0.2545637, rel=1e-6)
+    loss.backward()
+    assert maps[0].grad[0, cls, 3, 3].abs().max().item() < 1e-6  # the minimum
+
+    maps[0].grad = None
+    plain = _loss(LossConfig(cls_weight=unit), num_classes=num_classes)(maps, targets)["loss_cls"]
+    assert plain.item() == pytest.approx(0.0790997, rel=1e-6)
+    plain.backward()
+    # d/dx of the mean BCE is (p - y) / C
+    expected = torch.tensor([0.05, 0.05, -0.15, 0.05]) / num_classes
+    torch.testing.assert_close(maps[0].grad[0, cls, 3, 3], expected, rtol=1e-5, atol=1e-7)
 
 
 # ---------------------------------------------------------------- 7: perfect predictions

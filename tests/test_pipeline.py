@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, require_asset
+from conftest import ROOT, exit_code, require_asset
 
 import eval as eval_cli
 import predict
@@ -364,9 +364,9 @@ def test_predict_cli_rejects_bad_pipeline_settings(
     folder: Path, capsys: pytest.CaptureFixture
 ) -> None:
     common = ["--source", str(folder), "--no-save", "--device", "cpu"]
-    assert predict.main([*common, "--prefetch", "-2"]) == 2
+    assert exit_code(predict.main, [*common, "--prefetch", "-2"]) == 2
     assert "--prefetch -2: must be 0 (serial) or more" in capsys.readouterr().err
-    assert predict.main([*common, "--threads", "0"]) == 2
+    assert exit_code(predict.main, [*common, "--threads", "0"]) == 2
     assert "--threads 0: must be at least 1" in capsys.readouterr().err
 
 

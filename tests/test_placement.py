@@ -165,14 +165,14 @@ def test_bare_state_dict_points_are_inferred(tmp_path) -> None:
 
 
 def test_onnx_export_keeps_points_and_options(tmp_path) -> None:
-    from utils.inference.deploy import onnx_metadata
-    from utils.inference.export import ExportConfig, export_model
+    from utils.inference.export import export_model
+    from utils.inference.onnx_runner import onnx_metadata
     from utils.inference.predictor import Detector
 
     model = _model(phi="se", at="csp3,head26", args="reduction=8")
     info = _info(model)
     path = tmp_path / "m.onnx"
-    export_model(model, info, info.class_names, ExportConfig(onnx_path=str(path)), input_size=64)
+    export_model(model, info, info.class_names, path, input_size=64)
     meta = onnx_metadata(path)
     assert meta["attention_at"] == ["csp3", "head26"] and meta["attention_args"] == {"reduction": 8}
     detector = Detector.from_weights(path)

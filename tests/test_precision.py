@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import exit_code
 from voc_factory import make_split, tiny_train_config
 
 import eval as eval_cli
@@ -175,7 +176,7 @@ def test_eval_amp_scores_like_float32_and_says_so(
     maps = {}
     for flag in ("--no-amp", "--amp"):
         out = tmp_path / flag.strip("-")
-        assert eval_cli.main([*args, flag, "--out-dir", str(out), "--json", f"{out}.json"]) == 0
+        assert eval_cli.main([*args, flag, "--save-dir", str(out), "--json", f"{out}.json"]) == 0
         maps[flag] = json.loads(Path(f"{out}.json").read_text())["voc12_map50"]
         protocol = next(line for line in capsys.readouterr().out.splitlines() if "IoU" in line)
         assert ("bfloat16 autocast" in protocol) == (flag == "--amp"), protocol
@@ -186,14 +187,14 @@ def test_amp_where_it_cannot_apply_is_refused_before_any_work(tmp_path, capsys) 
     import predict
 
     onnx = str(tmp_path / "m.onnx")
-    assert predict.main(["--export-onnx", onnx, "--amp"]) == 2
+    assert exit_code(predict.main, ["--export-onnx", onnx, "--amp"]) == 2
     assert "--export-onnx writes a float32 graph" in capsys.readouterr().err
     assert not Path(onnx).exists()
     # the .pth would be evaluated first: the mix is refused before it is read
-    args = ["--data", "demo", "--amp", "--out-dir", str(tmp_path / "out")]
-    assert eval_cli.main([*args, "--weights", str(tmp_path / "a.pth"), onnx]) == 2
+    args = ["--data", "demo", "--amp", "--save-dir", str(tmp_path / "out")]
+    assert exit_code(eval_cli.main, [*args, "--weights", tmp_path / "a.pth", onnx]) == 2
     assert f"error: {onnx}: --amp runs the torch backend" in capsys.readouterr().err
-    assert eval_cli.main([*args, "--detections", str(tmp_path / "d.json")]) == 2
+    assert exit_code(eval_cli.main, [*args, "--detections", tmp_path / "d.json"]) == 2
     assert "--amp runs a model; --detections only scores" in capsys.readouterr().err
 
 

@@ -1,4 +1,4 @@
-"""Smoke tests of predict.py, called in-process through ``predict.main([...])``."""
+"""Smoke tests of predict.py, run in-process as the command runs (``run_cli(predict.main)``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import require_asset
+from conftest import exit_code, require_asset
 from voc_factory import run_with_file_size_limit
 
 import predict
@@ -39,13 +39,14 @@ def _assets_and_cwd(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="module")
 def detector_224() -> Detector:
     require_asset(WEIGHTS)
-    config = InferenceConfig(input_size=224, device="cpu")
+    config = InferenceConfig(img_size=224, device="cpu")
     # Explicit names: module fixtures run before the per-test chdir to the repository.
     return Detector.from_weights(WEIGHTS, classes=COCO_NAMES, config=config)
 
 
 def run_cli(*args: str | Path) -> int:
-    return predict.main(["--weights", str(WEIGHTS), "--device", "cpu", *map(str, args)])
+    """predict.py's exit code with the official weights on the CPU."""
+    return exit_code(predict.main, ["--weights", WEIGHTS, "--device", "cpu", *args])
 
 
 def load_json(path: Path) -> list[dict]:
@@ -286,10 +287,7 @@ def test_img_size_not_multiple_of_32(capsys: pytest.CaptureFixture) -> None:
 
 @pytest.mark.filterwarnings("ignore:.*:RuntimeWarning")  # numpy: mean of an empty slice
 def test_benchmark_zero_runs_is_a_usage_error(capsys: pytest.CaptureFixture) -> None:
-    try:
-        code = run_cli("--source", BUS, "--img-size", "160", "--benchmark", "--benchmark-runs", "0")
-    except SystemExit as exit_:  # argparse's p.error() is an acceptable fix too
-        code = exit_.code
+    code = run_cli("--source", BUS, "--img-size", "160", "--benchmark", "--benchmark-runs", "0")
     assert code == 2
     assert "benchmark-runs" in capsys.readouterr().err
 
@@ -384,7 +382,7 @@ def test_heatmap(tmp_path: Path, detector_224: Detector) -> None:
 @pytest.mark.parametrize("letterbox", [True, False])
 def test_objectness_map(letterbox: bool) -> None:
     detector = Detector.from_weights(
-        WEIGHTS, config=InferenceConfig(input_size=224, letterbox=letterbox, device="cpu")
+        WEIGHTS, config=InferenceConfig(img_size=224, letterbox=letterbox, device="cpu")
     )
     image = cv2.imread(str(BUS))
     heat = detector.objectness_map(image)
@@ -590,7 +588,7 @@ def test_inference_settings_out_of_range(
 
 def test_inference_config_lists_every_bad_field() -> None:
     with pytest.raises(ValueError) as excinfo:
-        InferenceConfig(input_size=100, conf_thresh=float("nan"), nms_thresh=1.5, max_det=-1)
+        InferenceConfig(img_size=100, conf_thresh=float("nan"), nms_thresh=1.5, max_det=-1)
     message = str(excinfo.value)
     for part in ("--img-size 100", "--conf nan", "--nms 1.5", "--max-det -1"):
         assert part in message
@@ -615,7 +613,7 @@ def garbage_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Model files that cannot be loaded: empty, random and truncated .onnx, random .pth."""
     from nets.decode import Geometry
     from nets.yolo import YoloBody
-    from utils.inference.deploy import export_onnx
+    from utils.inference.export import export_onnx
 
     folder = tmp_path_factory.mktemp("garbage_models")
     good = export_onnx(YoloBody(1, 0), folder / "good.onnx", Geometry().at_size(64))
@@ -636,7 +634,7 @@ def test_garbage_model_file_is_one_line(
     capsys: pytest.CaptureFixture, garbage_models: dict[str, Path], name: str
 ) -> None:
     path = garbage_models[name]
-    code = predict.main(["--weights", str(path), "--source", str(BUS), "--no-save"])
+    code = exit_code(predict.main, ["--weights", path, "--source", BUS, "--no-save"])
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith(f"error: {path}: ") and len(err.splitlines()) == 1, err

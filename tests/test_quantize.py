@@ -1,4 +1,5 @@
-"""INT8 through ONNX Runtime static quantization (utils/quantize.py, ``predict.py --int8``)."""
+"""INT8 through ONNX Runtime static quantization (utils/inference/quantize.py, ``--int8`` of
+``python -m tools.export`` and ``predict.py --export-onnx``)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import exit_code
 
 import predict
 from nets.decode import Geometry
 from nets.yolo import YoloBody
-from utils.inference.deploy import OnnxRunner, export_onnx, onnx_metadata
+from utils.inference.export import export_onnx
+from utils.inference.onnx_runner import OnnxRunner, onnx_metadata
 from utils.inference.predictor import Detector, InferenceConfig
 from utils.inference.quantize import pick_evenly, quantize_int8
 
@@ -116,14 +119,14 @@ def test_cli_int8_errors_name_the_problem(tmp_path, capsys) -> None:
     save_checkpoint(weights, YoloBody(3, 0), info)
     out = tmp_path / "m.onnx"
     base = ["--weights", str(weights), "--img-size", "64", "--export-onnx", str(out)]
-    assert predict.main([*base, "--int8", str(calib), "--onnx-decode"]) == 2
-    assert "--onnx-decode" in capsys.readouterr().err
-    assert predict.main(["--weights", str(weights), "--int8", str(calib)]) == 2
+    assert exit_code(predict.main, [*base, "--int8", str(calib), "--onnx-decode"]) == 2
+    assert "leave out --decode" in capsys.readouterr().err
+    assert exit_code(predict.main, ["--weights", str(weights), "--int8", str(calib)]) == 2
     assert "--export-onnx" in capsys.readouterr().err
-    assert predict.main([*base, "--int8", str(tmp_path / "nowhere")]) == 2
+    assert exit_code(predict.main, [*base, "--int8", str(tmp_path / "nowhere")]) == 2
     assert "nowhere" in capsys.readouterr().err
     assert not out.exists()
-    assert predict.main([*base, "--int8", str(calib), "--calib-images", "1"]) == 0
+    assert exit_code(predict.main, [*base, "--int8", str(calib), "--calib-images", "1"]) == 0
     assert "calibration on 1 images)" in capsys.readouterr().out
     assert onnx_metadata(out)["class_names"] == ["a", "b", "c"]
 

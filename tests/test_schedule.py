@@ -12,7 +12,7 @@ from data.voc import Annotation
 from nets.yolo import DEFAULT_ANCHORS
 from utils.training.anchor_choice import AUTO_MAX_DEFAULT_IOU, resolve_anchors
 from utils.training.config import TrainConfig
-from utils.training.optim import fitted_lrs
+from utils.training.optim import fitted_lrs, lr_at
 from utils.training.schedule import MIN_WARMUP_ITERS, resolve_schedule
 
 
@@ -77,6 +77,17 @@ def test_a_resumed_run_saved_before_the_rules_keeps_its_warmup_and_lr() -> None:
     assert s.warmup_epochs == 1 and s.warmup_iters == 26
     new, _ = resolve_schedule(old, 210, pretrained=True)
     assert new.lr is not None and new.warmup_epochs > 1
+
+
+@pytest.mark.parametrize("epochs", [10, 40, 300])
+def test_the_warmup_a_resumed_schedule_reports_is_the_one_the_lr_follows(epochs: int) -> None:
+    """With warmup unset the lr schedule picks its own; the schedule line must name that one."""
+    kept, s = resolve_schedule(TrainConfig(epochs=epochs), 5000, pretrained=True, resumed=True)
+    assert kept.warmup_epochs is None
+    assert s.warmup_epochs == {10: 1, 40: 2, 300: 3}[epochs]
+    lr, min_lr = 1e-2, 1e-4
+    assert lr_at(kept, s.warmup_epochs, lr, min_lr) == pytest.approx(lr)  # the peak
+    assert lr_at(kept, s.warmup_epochs * 0.9, lr, min_lr) < 0.9 * lr  # still climbing
 
 
 def _annotations(sizes: list[tuple[float, float]]) -> list[Annotation]:

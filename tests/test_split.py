@@ -10,10 +10,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import exit_code
 
 from data.split import SPLIT_NAMES, list_pairs, split_counts, split_dataset, split_ids
 from data.voc import load_voc
 from tools import split as split_cli
+from utils.paths import OutputRefusedError
 
 CLASSES = ("bird", "cat", "dog")
 NUM_IMAGES = 50
@@ -224,12 +226,13 @@ def test_main_prints_counts(tree: Tree, tmp_path: Path, capsys) -> None:
     assert "bird" not in rows
     assert rows["images"] == [str(len(splits[n])) for n in SPLIT_NAMES]
     # a second run needs --force; --folder names the dataset folder directly
-    assert split_cli.main(argv) == 2
-    assert "--force" in capsys.readouterr().err
+    with pytest.raises(OutputRefusedError, match="--force"):
+        split_cli.main(argv)
     assert split_cli.main(["--folder", str(tree.folder), "--force", "--seed", "2"]) == 0
     assert "bird" in capsys.readouterr().out
 
 
 def test_main_reports_missing_folder(tmp_path: Path, capsys) -> None:
-    assert split_cli.main(["--folder", str(tmp_path / "nope")]) == 2
-    assert "Annotations" in capsys.readouterr().err
+    assert exit_code(split_cli.main, ["--folder", tmp_path / "nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Annotations" in err and len(err.splitlines()) == 1

@@ -214,8 +214,28 @@ def test_missing_tensorboard_is_one_line_and_training_goes_on(
     assert not list(tmp_path.iterdir())
 
 
-def test_no_tensorboard_flag() -> None:
-    import train
+@pytest.mark.parametrize("flags", [[], ["--no-tensorboard"]])
+def test_tensorboard_flag_decides_what_the_run_folder_gets(flags, tmp_path) -> None:
+    """The run folder that ``train.py`` opens with these flags: by default an epoch's losses
+    are event scalars and the settings are in ``hparams/``; with ``--no-tensorboard`` the
+    folder gets its config but no event file and no ``hparams/``."""
+    import dataclasses
 
-    assert train.parse_args([])[0].tensorboard is True
-    assert train.parse_args(["--no-tensorboard"])[0].tensorboard is False
+    import train
+    from utils.training.runlog import RunLog
+
+    cfg = dataclasses.replace(train.parse_args(flags)[0], log_dir=str(tmp_path), name="run")
+    log = RunLog(cfg, resume_dir=None)
+    history = [{"epoch": 0, "loss_box": 0.5, "loss_obj": 1.25, "loss_cls": 0.75, "loss": 2.5}]
+    log.log_epoch(history[0])
+    log.close(history)
+    run = tmp_path / "run"
+    assert (run / "config.json").is_file()
+    if flags:
+        assert not list(run.rglob(EVENTS)) and not (run / HPARAMS_DIR).exists()
+        return
+    acc = _accumulator(run)
+    for tag, value in zip(LOSS_TAGS, (0.5, 1.25, 0.75, 2.5)):
+        assert [(e.step, e.value) for e in acc.Scalars(tag)] == [(0, value)], tag
+    settings, metrics = _hparams(run)
+    assert settings["tensorboard"] == 1.0 and metrics["hparam/loss"] == 2.5

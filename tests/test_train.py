@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import exit_code
 from voc_factory import CLASSES, make_split, tiny_train_config
 
 from nets.checkpoint import load_model
@@ -535,7 +536,10 @@ def test_a_run_without_evaluation_images_says_so(tiny_voc, tmp_path, caplog, cap
     args = ["--train-labels", folder, "--classes", str(classes), "--img-size", "64"]
     args += ["--epochs", "1", "--freeze-epochs", "0", "--weights", "none", "--workers", "0"]
     with caplog.at_level(logging.INFO, logger="train"):
-        assert train.main([*args, "--log-dir", str(tmp_path / "logs"), "--no-tensorboard"]) == 0
+        assert (
+            exit_code(train.main, [*args, "--log-dir", str(tmp_path / "logs"), "--no-tensorboard"])
+            == 0
+        )
     assert any("no evaluation images (none)" in r.getMessage() for r in caplog.records)
     assert "done: not evaluated, so no best.pth; run folder " in capsys.readouterr().out
     weights = next((tmp_path / "logs").glob("*/weights"))
@@ -556,5 +560,5 @@ def test_unreadable_training_images_and_log_dir_fail_before_the_run(tiny_voc, tm
     assert not logs.exists()
     blocked = tmp_path / "a_file"
     blocked.write_text("")
-    assert train.main(["--data", "demo", "--log-dir", str(blocked / "logs")]) == 2
+    assert exit_code(train.main, ["--data", "demo", "--log-dir", str(blocked / "logs")]) == 2
     assert capsys.readouterr().err.startswith(f"error: {blocked / 'logs'}: cannot be created")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import exit_code
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from voc_factory import make_split, tiny_train_config
@@ -27,6 +28,7 @@ from nets.registry import (
     temporary_registrations,
 )
 from nets.yolo import YoloBody
+from utils.errors import InputError
 from utils.training.config import TrainConfig
 
 _counter = itertools.count()
@@ -117,28 +119,21 @@ def test_repeated_option_is_an_error_naming_it() -> None:
 def test_train_cli_refuses_a_bad_value_before_the_run_folder(tmp_path, capsys) -> None:
     logs = tmp_path / "logs"
     argv = ["--phi", "cbam", "--attention-args", "kernel_size=4", "--log-dir", str(logs)]
-    with pytest.raises(SystemExit) as done:
-        train_cli.main([*argv, "--voc-root", str(tmp_path / "nowhere")])
-    assert done.value.code == 2
+    assert exit_code(train_cli.main, [*argv, "--voc-root", tmp_path / "nowhere"]) == 2
     err = capsys.readouterr().err
     assert "kernel_size=4" in err and "'cbam'" in err and "Traceback" not in err
     assert not logs.exists()
 
 
-def test_model_summary_refuses_a_bad_value(monkeypatch, capsys) -> None:
+def test_model_summary_refuses_a_bad_value(capsys) -> None:
     from tools import model_summary
 
     argv = ["--phi", "se", "--attention-args", "reduction=0"]
-    monkeypatch.setattr(sys, "argv", ["model_summary", *argv])
-    with pytest.raises(SystemExit) as done:
-        model_summary.main()
-    assert done.value.code == 2
+    assert exit_code(model_summary.main, argv) == 2
     assert "reduction=0" in capsys.readouterr().err
     # with --phi all a bad value is an error too, not a reason to leave blocks out
-    monkeypatch.setattr(sys, "argv", ["model_summary", "--phi", "all", *argv[2:]])
-    with pytest.raises(SystemExit):
-        model_summary.main()
-    assert "reduction=0" in capsys.readouterr().err
+    with pytest.raises(InputError, match="reduction=0"):
+        model_summary.main(["--phi", "all", *argv[2:]])
 
 
 def test_checkpoint_with_a_bad_stored_value_is_a_clear_error(tmp_path) -> None:
@@ -158,14 +153,14 @@ def test_checkpoint_with_a_bad_stored_value_is_a_clear_error(tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_study_refuses_a_bad_value_before_any_run(tmp_path, capsys) -> None:
+def test_study_refuses_a_bad_value_before_any_run(tmp_path) -> None:
     from tools import study
 
     out = tmp_path / "study"
     argv = ["--data", "demo", "--voc-root", str(tmp_path / "voc"), "--phis", "se", "cbam"]
     argv += ["--seeds", "0", "--attention-args", "reduction=0", "--out", str(out)]
-    assert study.main(argv) == 2
-    assert "reduction=0" in capsys.readouterr().err
+    with pytest.raises(InputError, match="reduction=0"):
+        study.main(argv)
     assert not out.exists()
 
 
@@ -206,13 +201,11 @@ def test_a_block_at_no_point_is_refused() -> None:
     assert TrainConfig(phi="0", attention_at="").attention_at == ""
 
 
-def test_model_summary_refuses_a_block_at_no_point(monkeypatch, capsys) -> None:
+def test_model_summary_refuses_a_block_at_no_point(capsys) -> None:
     from tools import model_summary
 
-    monkeypatch.setattr(sys, "argv", ["model_summary", "--phi", "se", "--attention-at", ""])
-    with pytest.raises(SystemExit) as done:
-        model_summary.main()
-    assert done.value.code == 2 and "'se'" in capsys.readouterr().err
+    assert exit_code(model_summary.main, ["--phi", "se", "--attention-at", ""]) == 2
+    assert "'se'" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------ plugins

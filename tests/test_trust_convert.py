@@ -14,6 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import exit_code
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from voc_factory import make_voc
@@ -59,7 +60,7 @@ def _coco(root: Path, names: tuple[str, ...] = ("a", "b"), split: str = "train")
 
 
 def _run(capsys, *args: object) -> tuple[int, str, str]:
-    code = convert_cli.main([str(a) for a in args])
+    code = exit_code(convert_cli.main, list(args))
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -454,7 +455,7 @@ def test_hostile_coco_files_end_in_a_report_or_an_error(file_names, category) ->
         for fmt in ("voc", "yolo", "coco"):
             out = root / "outs" / fmt
             before = _files(root)
-            code = convert_cli.main([str(json_path), "--to", fmt, "--out", str(out)])
+            code = exit_code(convert_cli.main, [json_path, "--to", fmt, "--out", out])
             assert code in (0, 2)  # written with a report, or a one-line error
             assert all(out in p.parents for p in _files(root) - before)
 

@@ -17,14 +17,14 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import exit_code
 
 import eval as eval_cli
 from nets.checkpoint import ModelInfo, save_checkpoint
 from nets.decode import Geometry
 from nets.yolo import DEFAULT_ANCHORS, YoloBody
 from tests.voc_factory import make_split, xml_text
-from utils.inference.deploy import export_onnx
-from utils.inference.export import export_metadata
+from utils.inference.export import export_metadata, export_onnx
 from utils.inference.predictor import Detector
 
 NAMES = ["box", "disc", "ring"]
@@ -203,8 +203,34 @@ def _classes(root: Path, names: list[str]) -> Path:
 def _score_args(root: Path, dets: Path, classes: Path, tmp: Path) -> list[str]:
     return [
         "--detections", str(dets), "--classes", str(classes), "--voc-root", str(root),
-        "--split", "2007:test", "--out-dir", str(tmp / "out"), "--json", str(tmp / "m.json"),
+        "--split", "2007:test", "--save-dir", str(tmp / "out"), "--json", str(tmp / "m.json"),
     ]  # fmt: skip
+
+
+def test_save_dir_is_numbered_when_it_exists_unless_exist_ok(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    root, dets, _ = _random_split(tmp_path / "voc", num_images=4)
+    args = _score_args(root, dets, _classes(tmp_path, NAMES), tmp_path)
+    out = tmp_path / "out"
+    for _ in range(2):
+        assert exit_code(eval_cli.main, [*args, "--no-coco"]) == 0
+    assert sorted(p.name for p in tmp_path.glob("out*")) == ["out", "out2"]
+    assert (out / "pr_curves.png").is_file() and (tmp_path / "out2" / "pr_curves.png").is_file()
+    (out / "pr_curves.png").unlink()
+    assert exit_code(eval_cli.main, [*args, "--no-coco", "--exist-ok"]) == 0
+    assert not (tmp_path / "out3").exists()
+    assert (out / "pr_curves.png").is_file()  # written again, into the folder itself
+    capsys.readouterr()
+
+
+def test_out_dir_is_a_hidden_alias_of_save_dir(capsys: pytest.CaptureFixture) -> None:
+    assert eval_cli.parse_args(["--weights", "a.pth", "--out-dir", "x"]).save_dir == "x"
+    assert eval_cli.parse_args(["--weights", "a.pth"]).save_dir == "logs/eval"
+    with pytest.raises(SystemExit):
+        eval_cli.parse_args(["--help"])
+    shown = capsys.readouterr().out
+    assert "--save-dir" in shown and "--out-dir" not in shown
 
 
 def test_boxes_partly_outside_the_image_score_as_the_devkit_and_pycocotools(
@@ -216,7 +242,7 @@ def test_boxes_partly_outside_the_image_score_as_the_devkit_and_pycocotools(
     gt_outside = sum(1 for r in gt_rows if r[1] < 0 or r[2] < 0 or r[3] > W - 1 or r[4] > H - 1)
     assert outside >= 20 and gt_outside >= 5, (outside, gt_outside)  # the case is not trivial
     classes = _classes(tmp_path, NAMES)
-    assert eval_cli.main(_score_args(root, dets, classes, tmp_path)) == 0
+    assert exit_code(eval_cli.main, _score_args(root, dets, classes, tmp_path)) == 0
     err = capsys.readouterr().err
     report = json.loads((tmp_path / "m.json").read_text())
     for c, name in enumerate(NAMES):
@@ -242,7 +268,7 @@ def test_classes_without_ground_truth_are_named_and_none_at_all_is_an_error(
     root, dets, _ = _random_split(tmp_path / "voc", num_images=6)
     # a fourth class that no object has: a warning that names it, the mAP of the other three
     four = _classes(tmp_path, [*NAMES, "kite"])
-    assert eval_cli.main(_score_args(root, dets, four, tmp_path)) == 0
+    assert exit_code(eval_cli.main, _score_args(root, dets, four, tmp_path)) == 0
     err = capsys.readouterr().err
     assert "no ground-truth object" in err and "'kite'" in err and "other 3" in err
     # none of the classes has an object: exit 2 before any output, naming the split
@@ -254,7 +280,7 @@ def test_classes_without_ground_truth_are_named_and_none_at_all_is_an_error(
     none = _classes(tmp_path, ["cat", "dog", "emu"])
     (tmp_path / "m.json").unlink()
     shutil.rmtree(tmp_path / "out")
-    assert eval_cli.main(_score_args(root, dets, none, tmp_path)) == 2
+    assert exit_code(eval_cli.main, _score_args(root, dets, none, tmp_path)) == 2
     *warnings, error = capsys.readouterr().err.splitlines()
     assert error.startswith("error: ") and "no ground-truth object" in error and "'emu'" in error
     assert "ground-truth issues (object skipped)" in warnings[0]  # objects of unknown classes
@@ -289,7 +315,7 @@ def _onnx(path: Path, names: list[str], size: int = 64) -> Path:
 def _weights_args(root: Path, classes: Path, out: Path) -> list[str]:
     return [
         "--voc-root", str(root), "--split", "2007:test", "--classes", str(classes),
-        "--workers", "0", "--device", "cpu", "--no-coco", "--out-dir", str(out),
+        "--workers", "0", "--device", "cpu", "--no-coco", "--save-dir", str(out),
     ]  # fmt: skip
 
 
@@ -309,19 +335,26 @@ def test_classes_in_another_order_than_the_model_stores_are_refused(
     weights = make(tmp_path / f"model.{kind}", ["box", "disc"])
     swapped = _classes(tmp_path, ["disc", "box"])
     out = tmp_path / "out"
-    assert eval_cli.main(["--weights", str(weights), *_weights_args(root, swapped, out)]) == 2
+    assert (
+        exit_code(eval_cli.main, ["--weights", str(weights), *_weights_args(root, swapped, out)])
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.startswith(f"error: {weights}") and len(err.splitlines()) == 1, err
     assert "another order" in err and "'box' in the model, 'disc' in --classes" in err
     assert not out.exists()
     # other names altogether: an error naming both lists
     other = _classes(tmp_path, ["cat", "dog"])
-    assert eval_cli.main(["--weights", str(weights), *_weights_args(root, other, out)]) == 2
+    assert (
+        exit_code(eval_cli.main, ["--weights", str(weights), *_weights_args(root, other, out)]) == 2
+    )
     err = capsys.readouterr().err
     assert "'box', 'disc'" in err and "'cat', 'dog'" in err
     # the model's own names (or none given): evaluated
     same = _classes(tmp_path, ["box", "disc"])
-    assert eval_cli.main(["--weights", str(weights), *_weights_args(root, same, out)]) == 0
+    assert (
+        exit_code(eval_cli.main, ["--weights", str(weights), *_weights_args(root, same, out)]) == 0
+    )
 
 
 @pytest.mark.parametrize("kind", ["pth", "onnx"])
@@ -344,7 +377,7 @@ def test_onnx_input_size_other_than_exported_is_an_error(tmp_path: Path) -> None
     from utils.inference.predictor import InferenceConfig
 
     with pytest.raises(ValueError, match=r"exported at 64.*--img-size 96"):
-        Detector.from_weights(weights, config=InferenceConfig(input_size=96))
+        Detector.from_weights(weights, config=InferenceConfig(img_size=96))
 
 
 # --------------------------------------------------------------------------------------------
@@ -366,8 +399,9 @@ def test_the_same_checkpoint_twice_is_refused(
         (link, "the same file"),
         (copy, "files of identical content"),
     ):
-        code = eval_cli.main(
-            ["--weights", str(first), str(second), *_weights_args(root, classes, out)]
+        code = exit_code(
+            eval_cli.main,
+            ["--weights", str(first), str(second), *_weights_args(root, classes, out)],
         )
         err = capsys.readouterr().err
         assert code == 2 and how in err and str(first) in err and str(second) in err, err
@@ -429,7 +463,7 @@ def test_a_model_whose_classes_the_split_lacks_is_refused_before_it_runs(
     weights = _checkpoint(tmp_path / "pets.pth", ["cat", "dog"])
     args = _weights_args(root, tmp_path / "unused.txt", tmp_path / "out")
     args = args[:4] + args[6:]  # no --classes: the checkpoint's names
-    assert eval_cli.main(["--weights", str(weights), *args]) == 2
+    assert exit_code(eval_cli.main, ["--weights", str(weights), *args]) == 2
     *_, error = capsys.readouterr().err.splitlines()
     assert error.startswith("error: ") and "no ground-truth object" in error and "'dog'" in error
     assert not (tmp_path / "out").exists()
@@ -486,9 +520,9 @@ def test_other_label_formats_score_ground_truth_as_given(
     classes = _classes(tmp_path, NAMES)
     args = [
         "--detections", str(dets), "--classes", str(classes), "--val-labels", str(labels),
-        *extra, "--out-dir", str(tmp_path / "out"), "--json", str(tmp_path / "m.json"),
+        *extra, "--save-dir", str(tmp_path / "out"), "--json", str(tmp_path / "m.json"),
     ]  # fmt: skip
-    assert eval_cli.main(args) == 0, capsys.readouterr().err
+    assert exit_code(eval_cli.main, args) == 0, capsys.readouterr().err
     report = json.loads((tmp_path / "m.json").read_text())
     det_rows = _det_rows(dets)
     for c, name in enumerate(NAMES):

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import require_asset
+from conftest import exit_code, require_asset
 from voc_factory import make_split, tiny_train_config
 
 import eval as eval_cli
@@ -76,11 +76,11 @@ def test_eval_outputs_on_its_inputs_are_refused_before_any_work(
         ("--json", weights),  # the checkpoint being evaluated
         ("--json", classes),
         ("--json", xml),  # a ground-truth file inside the VOCdevkit
-        ("--out-dir", root / "VOC2007"),  # an input folder: never a numbered sibling instead
-        ("--out-dir", root),
+        ("--save-dir", root / "VOC2007"),  # an input folder: never a numbered sibling instead
+        ("--save-dir", root),
     ]
     for flag, target in cases:
-        code = eval_cli.main(_eval_args(root, classes, weights, flag, target))
+        code = exit_code(eval_cli.main, _eval_args(root, classes, weights, flag, target))
         err = capsys.readouterr().err
         assert code == 2, (flag, target, err)
         assert err.startswith(f"error: {flag} {target}: ") and "input" in err, err
@@ -103,9 +103,9 @@ def test_eval_json_beside_a_coco_file_may_be_new_but_not_one_of_its_files(
     for target in (labels, image):
         args = ["--weights", weights, "--val-labels", labels, "--classes", classes]
         args += ["--device", "cpu", "--workers", "0", "--no-coco", "--json", target]
-        args += ["--out-dir", tmp_path / "plots"]
+        args += ["--save-dir", tmp_path / "plots"]
         before = target.read_bytes()
-        assert eval_cli.main(list(map(str, args))) == 2
+        assert exit_code(eval_cli.main, list(map(str, args))) == 2
         assert "input" in capsys.readouterr().err
         assert target.read_bytes() == before
 
@@ -122,12 +122,12 @@ def test_predict_json_on_an_image_of_the_source_folder_is_refused(
     before = image.read_bytes()
     argv = ["--weights", str(WEIGHTS), "--device", "cpu", "--img-size", "160"]
     argv += ["--source", str(photos), "--no-save", "--json", str(image)]
-    assert predict.main(argv) == 2
+    assert exit_code(predict.main, argv) == 2
     assert "lies inside the input" in capsys.readouterr().err
     assert image.read_bytes() == before
     # a new file name in the folder cannot be one of its inputs
     argv[-1] = str(photos / "detections.json")
-    assert predict.main(argv) == 0
+    assert exit_code(predict.main, argv) == 0
     assert json.loads((photos / "detections.json").read_text())[0]["image_id"] == "bus"
 
 
@@ -149,8 +149,8 @@ def test_converting_one_split_into_its_own_data_set_is_refused(
     (yolo / "classes.txt").write_text("cat\n")
     before = _digests(yolo)
     for out in (yolo / "images" / "train", yolo / "v"):
-        code = convert_cli.main([str(yolo / "images" / "val"), "--to", "voc", "--out", str(out)])
-        assert code == 2 and "lies inside the input" in capsys.readouterr().err
+        with pytest.raises(OutputRefusedError, match="lies inside the input"):
+            convert_cli.main([str(yolo / "images" / "val"), "--to", "voc", "--out", str(out)])
     assert _digests(yolo) == before
     code = convert_cli.main(
         [str(yolo / "images" / "val"), "--to", "voc", "--out", str(tmp_path / "v")]
@@ -178,7 +178,9 @@ def test_two_outputs_on_one_path_are_refused(
 ) -> None:
     root, classes, weights = tiny
     both = tmp_path / "out" / "m.json"
-    code = eval_cli.main(_eval_args(root, classes, weights, "--json", both, "--out-dir", both))
+    code = exit_code(
+        eval_cli.main, _eval_args(root, classes, weights, "--json", both, "--save-dir", both)
+    )
     assert code == 2 and "name one path" in capsys.readouterr().err
     assert not both.exists()
     with pytest.raises(OutputRefusedError, match="lies inside the file --json"):
@@ -207,7 +209,7 @@ def test_predict_refuses_what_would_land_on_inputs_or_on_another_output(
         ["--source", image, "--benchmark", "--json", "-"],  # no detections: stdout stays clean
     ]  # fmt: skip
     for case in cases:
-        assert predict.main([*base, *map(str, case)]) == 2, case
+        assert exit_code(predict.main, [*base, *map(str, case)]) == 2, case
         assert capsys.readouterr().err.startswith("error: ")
     assert _digests(tmp_path) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["anchors.txt", "imgs"]
@@ -238,7 +240,7 @@ def test_checkpoints_of_one_run_are_not_two_runs(
     ]:
         args = ["--weights", *(str(tmp_path / p) for p in pair), "--voc-root", str(root)]
         args += ["--split", "2007:test", "--classes", str(classes), "--device", "cpu"]
-        assert eval_cli.main([*args, "--out-dir", str(tmp_path / "o")]) == 2
+        assert exit_code(eval_cli.main, [*args, "--save-dir", str(tmp_path / "o")]) == 2
         assert why in capsys.readouterr().err
     other = asdict(tiny_train_config(root, classes, seed=1))
     save_checkpoint(tmp_path / "seed1.pth", YoloBody(len(names), "none"), info, config=other)

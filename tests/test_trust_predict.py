@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import require_asset
+from conftest import exit_code, require_asset
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from voc_factory import make_split
@@ -46,8 +46,10 @@ def _assets(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 def run_cli(*args: str | Path, weights: Path = WEIGHTS) -> int:
-    argv = ["--weights", str(weights), "--device", "cpu", "--img-size", SIZE, *map(str, args)]
-    return predict.main(argv)
+    """predict.py's exit code at the small input size on the CPU."""
+    return exit_code(
+        predict.main, ["--weights", weights, "--device", "cpu", "--img-size", SIZE, *args]
+    )
 
 
 def small_copy(src: Path, dst: Path, width: int = 200) -> Path:
@@ -325,7 +327,7 @@ def test_training_reads_anchors_files_through_the_same_check(tmp_path: Path, cap
     args = ["--voc-root", voc_root, "--train-sets", "2007:trainval", "--val-set", "2007:test"]
     args += ["--classes", classes, "--img-size", "64", "--epochs", "1", "--weights", "none"]
     args += ["--workers", "0", "--log-dir", tmp_path / "logs", "--anchors", path]
-    assert train.main(list(map(str, args))) == 2
+    assert exit_code(train.main, args) == 2
     assert f"error: {path}: anchor 1 has width 0" in capsys.readouterr().err
     assert not (tmp_path / "logs").exists()
 

@@ -25,6 +25,7 @@ from data.voc_folder import read_voc_folder
 from data.yolo_txt import read_data_yaml, read_yolo
 from tools import check_data
 from utils.classes import read_class_names
+from utils.errors import FailedError, InputError
 
 BOM = "\ufeff"
 READER_ERRORS = (ValueError, FileNotFoundError)  # LabelFormatError is a ValueError
@@ -88,7 +89,7 @@ def _named_error(path: Path, call) -> LabelSet | None:
 # ----------------------------------------------- check_data and data sets without images
 
 
-def test_check_data_fails_on_a_data_set_without_images(tmp_path: Path, capsys) -> None:
+def test_check_data_fails_on_a_data_set_without_images(tmp_path: Path) -> None:
     empty = tmp_path / "yolo"
     (empty / "images" / "train").mkdir(parents=True)
     (empty / "labels" / "train").mkdir(parents=True)
@@ -100,20 +101,19 @@ def test_check_data_fails_on_a_data_set_without_images(tmp_path: Path, capsys) -
     data_yaml.write_text(f"path: {elsewhere}\ntrain: images\nnames: [square]\n")
     coco = _coco(tmp_path / "coco" / "labels.json", [], [], [{"id": 1, "name": "square"}])
     for labels in (empty, data_yaml, coco):
-        capsys.readouterr()
-        assert check_data.main(["--labels", str(labels), "--quick"]) == 1, labels
-        err = capsys.readouterr().err
-        assert f"error: {labels}: no images: train.py would stop" in err, err
+        with pytest.raises(FailedError) as failed:  # exit 1, as for files training would skip
+            check_data.main(["--labels", str(labels), "--quick"])
+        assert str(failed.value) == f"{labels}: no images: train.py would stop"
 
 
-def test_check_data_fails_when_no_image_can_be_read(tmp_path: Path, capsys) -> None:
+def test_check_data_fails_when_no_image_can_be_read(tmp_path: Path) -> None:
     lines = tmp_path / "train.txt"
     lines.write_text(f"{tmp_path / 'gone.jpg'} 1,1,5,5,0\n")
     classes = tmp_path / "classes.txt"
     classes.write_text("square\n")
     args = ["--annotations", str(lines), "--classes", str(classes), "--quick"]
-    assert check_data.main(args) == 1
-    assert "none of the 1 images can be read: train.py would stop" in capsys.readouterr().err
+    with pytest.raises(FailedError, match=r"none of the 1 images can be read: train\.py would"):
+        check_data.main(args)
 
 
 # ------------------------------------------------------------- COCO category names
@@ -354,12 +354,13 @@ def test_errors_of_unreadable_text_and_huge_integers_name_the_file(tmp_path: Pat
         read_voc_folder(tmp_path / "VOC2007", split="train")
 
 
-def test_check_data_names_the_file_it_cannot_read(tmp_path: Path, capsys) -> None:
+def test_check_data_names_the_file_it_cannot_read(tmp_path: Path) -> None:
     classes = tmp_path / "classes.txt"
     classes.write_bytes(b"\xffsquare\n")
     voc = tmp_path / "voc"
-    assert check_data.main(["--voc-root", str(voc), "--classes", str(classes)]) == 2
-    assert capsys.readouterr().err.startswith(f"error: {classes}: classes file is not UTF-8")
+    with pytest.raises(InputError) as bad:
+        check_data.main(["--voc-root", str(voc), "--classes", str(classes)])
+    assert str(bad.value).startswith(f"{classes}: classes file is not UTF-8")
 
 
 # ------------------------------------------------------------- YOLO image folders

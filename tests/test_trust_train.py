@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import exit_code
 from voc_factory import make_split, tiny_train_config
 
 import train
@@ -71,7 +72,7 @@ def _args(tiny_voc, logs: Path, *extra: str) -> list[str]:
 def finished_run(tiny_voc, tmp_path_factory) -> Path:
     """last.pth of a finished one-epoch run (copy its folder before changing anything)."""
     logs = tmp_path_factory.mktemp("logs")
-    assert train.main(_args(tiny_voc, logs, "--name", "done")) == 0
+    assert exit_code(train.main, _args(tiny_voc, logs, "--name", "done")) == 0
     return logs / "done" / "weights" / "last.pth"
 
 
@@ -93,7 +94,7 @@ def test_a_name_that_leaves_the_log_dir_is_refused_before_any_work(
     logs.mkdir(parents=True)
     if name == "ABSOLUTE":
         name = str(tmp_path / "elsewhere")
-    code = train.main(_args(tiny_voc, logs, "--name", name))
+    code = exit_code(train.main, _args(tiny_voc, logs, "--name", name))
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith(f"error: --name {name!r}: must be one folder name")
@@ -132,7 +133,7 @@ def test_resume_of_a_run_another_process_writes_is_refused(finished_run, tmp_pat
     )
     try:
         assert holder.stdout.readline().strip() == "locked"
-        code = train.main(["--resume", str(last), "--epochs", "2", "--device", "cpu"])
+        code = exit_code(train.main, ["--resume", str(last), "--epochs", "2", "--device", "cpu"])
         err = capsys.readouterr().err
     finally:
         holder.stdin.close()
@@ -235,7 +236,7 @@ def _nan_after(monkeypatch, calls: int) -> None:
 def test_a_nan_model_output_stops_training_with_an_error(tiny_voc, tmp_path, capsys, monkeypatch):
     _nan_after(monkeypatch, 2)  # the first epoch (2 steps) is fine, the second is not
     logs = tmp_path / "logs"
-    code = train.main(_args(tiny_voc, logs, "--name", "nan", "--epochs", "3"))
+    code = exit_code(train.main, _args(tiny_voc, logs, "--name", "nan", "--epochs", "3"))
     err = capsys.readouterr().err
     last = logs / "nan" / "weights" / "last.pth"
     assert code == 1 and "Traceback" not in err
@@ -279,7 +280,7 @@ def finished_study(tiny_voc, tmp_path_factory) -> Path:
     """A study folder holding one finished run (phi 0, seed 0, 64 px)."""
     out = tmp_path_factory.mktemp("study") / "out"
     base = tiny_train_config(*tiny_voc)
-    study.run_study(base, ["0"], [0], out, EvalConfig(input_size=64, workers=0))
+    study.run_study(base, ["0"], [0], out, EvalConfig(img_size=64, workers=0))
     return out
 
 
@@ -293,7 +294,7 @@ def test_study_reuses_a_run_only_with_equal_settings(
     before = last.read_bytes()
     _no_training(monkeypatch)
     base = tiny_train_config(*tiny_voc)
-    eval_cfg = EvalConfig(input_size=64, workers=0)
+    eval_cfg = EvalConfig(img_size=64, workers=0)
     study.run_study(base, ["0"], [0], out, eval_cfg)  # same settings: reused, and said so
     assert f"phi0_seed0: finished with the same settings: reusing {last}" in capsys.readouterr().out
     with pytest.raises(ValueError) as err:
@@ -317,7 +318,7 @@ def test_study_leaves_a_live_run_alone(finished_study, tiny_voc, tmp_path, monke
     _no_training(monkeypatch)
     base = tiny_train_config(*tiny_voc)
     with FolderLock(out / "phi0_seed0", "run"), pytest.raises(FolderLockedError):
-        study.run_study(base, ["0"], [0], out, EvalConfig(input_size=64, workers=0))
+        study.run_study(base, ["0"], [0], out, EvalConfig(img_size=64, workers=0))
     assert (out / "phi0_seed0" / "config.json").is_file()
 
 
@@ -360,13 +361,13 @@ def test_study_out_that_is_a_file_or_holds_the_data_is_one_error(
     _no_training(monkeypatch)
     a_file = tmp_path / "results"
     a_file.write_text("mine\n")
-    assert study.main(_study_args(tiny_voc, a_file)) == 2
+    assert exit_code(study.main, _study_args(tiny_voc, a_file)) == 2
     err = capsys.readouterr().err
     assert err == f"error: --out {a_file}: exists and is not a folder\n"
     assert a_file.read_text() == "mine\n"
     voc_root = tiny_voc[0]
     inside = voc_root / "study"
-    assert study.main(_study_args(tiny_voc, inside)) == 2
+    assert exit_code(study.main, _study_args(tiny_voc, inside)) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: --out {inside}: lies inside the input {voc_root}")
     assert not inside.exists()

@@ -1,14 +1,13 @@
 """Command line: k-means anchors for a data set at a training input size.
 
 Usage: ``python -m tools.anchors --voc-root my_voc --sets 2007:train
---output model_data/my_anchors.txt``
+--out model_data/my_anchors.txt``
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from collections.abc import Sequence
 
 from data.anchor_kmeans import (
@@ -21,10 +20,12 @@ from data.anchor_kmeans import (
     format_anchors,
     write_anchors,
 )
-from data.voc import DEFAULT_TRAIN_SETS, parse_sets
+from data.options import DataOptions
+from data.voc import parse_sets
+from nets.options import ModelOptions
 from utils.classes import read_class_names
-from utils.config import HelpFormatter
-from utils.paths import VOC_ROOT, OutputPathError, check_output_path
+from utils.config import HelpFormatter, add_alias, add_options, run_cli
+from utils.paths import check_output_path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,37 +36,26 @@ def build_parser() -> argparse.ArgumentParser:
         "1 - IoU, median update), compare them with the default anchors and write an anchors "
         "file in the format of model_data/yolo_anchors.txt.",
     )
-    parser.add_argument(
-        "--voc-root",
-        default=VOC_ROOT,
-        help="folder holding VOC<year>/ (default: %(default)s)",
+    add_options(
+        parser,
+        DataOptions,
+        include=("voc_root", "sets", "classes"),
+        helps={
+            "sets": "comma-separated YEAR:SET image sets to read",
+            "classes": "class names file; only these classes' boxes count (default: every "
+            "class in the XMLs)",
+        },
     )
-    parser.add_argument(
-        "--sets",
-        default=",".join(f"{y}:{s}" for y, s in DEFAULT_TRAIN_SETS),
-        help="comma-separated YEAR:SET image sets to read (default: %(default)s)",
+    add_options(
+        parser,
+        ModelOptions,
+        include=("img_size",),
+        defaults={"img_size": DEFAULT_INPUT_SIZE},
+        helps={
+            "img_size": "training input size the boxes are letterboxed to, as train.py --img-size"
+        },
     )
-    parser.add_argument(
-        "--classes",
-        default=None,
-        help="class names file; only these classes' boxes count (default: every class in the XMLs)",
-    )
-    parser.add_argument(
-        "--img-size",
-        dest="input_size",
-        metavar="IMG_SIZE",
-        type=int,
-        default=DEFAULT_INPUT_SIZE,
-        help="training input size the boxes are letterboxed to, as train.py --img-size "
-        "(default: %(default)s)",
-    )
-    parser.add_argument(  # the earlier spelling, kept working but not shown
-        "--input-size",
-        dest="input_size",
-        type=int,
-        default=argparse.SUPPRESS,
-        help=argparse.SUPPRESS,
-    )
+    add_alias(parser, "--input-size", "--img-size")
     parser.add_argument(
         "--num-anchors", type=int, default=DEFAULT_NUM_ANCHORS, help="k (default: %(default)s)"
     )
@@ -78,39 +68,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="also cluster boxes flagged difficult (training leaves them out by default)",
     )
     parser.add_argument(
-        "--output", default=DEFAULT_OUTPUT, help="anchors file to write (default: %(default)s)"
+        "--out", default=DEFAULT_OUTPUT, help="anchors file to write (default: %(default)s)"
     )
+    add_alias(parser, "--output", "--out")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        check_output_path(args.output)
-    except OutputPathError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    try:
-        class_names = read_class_names(args.classes) if args.classes else None
-        report = compute_anchors(
-            args.voc_root,
-            parse_sets(args.sets),
-            class_names,
-            input_size=args.input_size,
-            num_anchors=args.num_anchors,
-            seed=args.seed,
-            include_difficult=args.include_difficult,
-        )
-    except (OSError, ValueError) as err:  # no such data set, sets or classes
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    try:
-        write_anchors(args.output, report.anchors)
-    except OutputPathError as err:  # disk full or permissions changed during the run
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(f"{report.num_boxes} boxes at input size {args.input_size}")
+    check_output_path(args.out)  # before the clustering, which can take a while
+    class_names = read_class_names(args.classes) if args.classes else None
+    report = compute_anchors(
+        args.voc_root,
+        parse_sets(args.sets),
+        class_names,
+        input_size=args.img_size,
+        num_anchors=args.num_anchors,
+        seed=args.seed,
+        include_difficult=args.include_difficult,
+    )
+    write_anchors(args.out, report.anchors)  # OutputPathError (exit 1) on a full disk
+    print(f"{report.num_boxes} boxes at input size {args.img_size}")
     print(f"default anchors: {format_anchors(DEFAULT_ANCHORS)}")
     print(f"  mean best IoU  {report.default_mean_iou:.4f}")
     print(f"new anchors:     {format_anchors(report.anchors)}")
@@ -122,9 +101,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"  note: yolov4-tiny's masks use no anchor 0 ({report.best_share[0]:.1%} of boxes "
             "fit it best and get no positive)"
         )
-    print(f"wrote {args.output}")
+    print(f"wrote {args.out}")
     if args.num_anchors == DEFAULT_NUM_ANCHORS:
-        print(f"train with it: train.py --anchors {args.output} --img-size {args.input_size}")
+        print(f"train with it: train.py --anchors {args.out} --img-size {args.img_size}")
     else:
         print(
             f"note: YOLOv4-tiny's heads use {DEFAULT_NUM_ANCHORS} anchors: train.py needs a "
@@ -134,4 +113,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

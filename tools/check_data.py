@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 from data.annotation_lines import load_annotation_lines
 from data.check import (
@@ -23,7 +22,8 @@ from data.check import (
     summarize,
 )
 from data.dataset import quick_check
-from data.formats import LABEL_FORMATS, LabelSource
+from data.formats import LabelSource
+from data.options import DataOptions
 from data.voc import (
     LoadResult,
     discover_classes,
@@ -31,35 +31,33 @@ from data.voc import (
     parse_sets,
 )
 from utils.classes import read_class_names
-from utils.config import HelpFormatter, run_cli
-from utils.paths import VOC_ROOT
+from utils.config import HelpFormatter, add_options, argument_group, run_cli
+from utils.errors import FailedError, InputError
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m tools.check_data",
         description="Check a dataset (VOC, COCO, YOLO or annotation lines) file by file",
         formatter_class=HelpFormatter,
     )
-    p.add_argument("--voc-root", default=VOC_ROOT, help="folder holding VOC<year>/")
-    p.add_argument("--sets", default="2007:trainval,2012:trainval", help="YEAR:SET,...")
-    p.add_argument(
-        "--classes",
-        default=None,
-        help="classes file (default: the labels' own names; for VOC, those used in the XMLs)",
+    add_options(
+        p,
+        DataOptions,
+        include=("voc_root", "sets", "classes", "labels", "label_format", "split", "images"),
+        helps={
+            "classes": "classes file (default: the labels' own names; for VOC, those used in "
+            "the XMLs)",
+            "labels": "labels in any format train.py reads (COCO JSON, YOLO folder or data "
+            "YAML, VOC folder, annotation lines), instead of --voc-root/--sets",
+            "label_format": "format of --labels",
+            "split": "split of --labels to check (default: all)",
+            "images": "images folder of COCO --labels (default: found next to the JSON)",
+        },
     )
-    p.add_argument("--annotations", default=None, help="reference-style annotation lines file")
-    p.add_argument(
-        "--labels",
-        default=None,
-        help="labels in any format train.py reads (COCO JSON, YOLO folder or data YAML, VOC "
-        "folder, annotation lines), instead of --voc-root/--sets",
+    argument_group(p, "data").add_argument(
+        "--annotations", default=None, help="reference-style annotation lines file"
     )
-    p.add_argument(
-        "--label-format", default="auto", choices=LABEL_FORMATS, help="format of --labels"
-    )
-    p.add_argument("--split", default=None, help="split of --labels to check (default: all)")
-    p.add_argument("--images", default=None, help="images folder of COCO --labels")
     p.add_argument("--quick", action="store_true", help="skip decoding the images")
     p.add_argument(
         "--verbose",
@@ -72,26 +70,32 @@ def main(argv: list[str] | None = None) -> int:
         default=os.cpu_count() or 2,
         help="decoding threads (default: the CPU count)",
     )
-    args = p.parse_args(argv)
-    try:
-        sets = parse_sets(args.sets)
-        names = read_class_names(args.classes) if args.classes else None
-        if args.labels:
-            source = LabelSource(args.labels, args.label_format, args.split, args.images)
-            result = source.load(names)
-            print(f"{source.describe()}: classes {', '.join(result.class_names)}")
-        elif args.annotations:
-            if names is None:
-                p.error("--annotations needs --classes")
-            result = load_annotation_lines(args.annotations, len(names))
-        else:
-            if names is None:
-                names = discover_classes(args.voc_root, sets)
-                print(f"classes found in the XMLs ({len(names)}): {', '.join(names)}")
-            result: LoadResult = load_voc(args.voc_root, sets, names)
-    except (FileNotFoundError, ValueError) as err:  # a bad labels path or format too
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return p
+
+
+def load_labels(args: argparse.Namespace) -> LoadResult:
+    """The labels ``args`` name (``--labels``, ``--annotations`` or VOC image sets), read as
+    training reads them; what the readers skipped or repaired is in ``issues``."""
+    sets = parse_sets(args.sets)
+    names = read_class_names(args.classes) if args.classes else None
+    if args.labels:
+        source = LabelSource(args.labels, args.label_format, args.split, args.images)
+        result = source.load(names)
+        print(f"{source.describe()}: classes {', '.join(result.class_names)}")
+        return result
+    if args.annotations:
+        if names is None:
+            raise InputError("--annotations needs --classes")
+        return load_annotation_lines(args.annotations, len(names))
+    if names is None:
+        names = discover_classes(args.voc_root, sets)
+        print(f"classes found in the XMLs ({len(names)}): {', '.join(names)}")
+    return load_voc(args.voc_root, sets, names)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result = load_labels(args)  # a bad path, format or classes file: exit 2
     issues = list(result.issues)
     if not args.quick:
         issues += check_images(result.annotations, args.workers)
@@ -104,8 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     if not quick_check(result.annotations)[0]:
         count = len(result.annotations)
         why = f"none of the {count} images can be read" if count else "no images"
-        print(f"error: {what}: {why}: train.py would stop", file=sys.stderr)
-        return 1
+        raise FailedError(f"{what}: {why}: train.py would stop")
     if not any(len(a.labels) for a in result.annotations):
         print("no object of these classes in any image: train.py would stop (--classes?)")
         return 1

@@ -22,16 +22,14 @@ error, and nothing is written before every check has passed.
 from __future__ import annotations
 
 import argparse
-import sys
 
 from data.formats import LABEL_FORMATS, WRITE_FORMATS, LabelSource, convert_labels
-from data.label_io import LabelFormatError
+from data.options import DataOptions
 from utils.classes import read_class_names
-from utils.config import HelpFormatter
+from utils.config import HelpFormatter, add_options, run_cli
+from utils.errors import UserError
 from utils.paths import (
     VOC_CLASSES,
-    OutputPathError,
-    OutputRefusedError,
     check_apart,
     check_output_path,
     write_failure,
@@ -52,25 +50,20 @@ def build_parser() -> argparse.ArgumentParser:
         choices=LABEL_FORMATS,
         help="format of SRC (default: detected from the path)",
     )
-    p.add_argument(
-        "--images",
-        default=None,
-        help="images folder of a COCO SRC (default: found next to the JSON, see "
-        "train.py --help --train-images)",
-    )
-    p.add_argument(
-        "--classes",
-        default=None,
-        help="class names, one per line: the names of the ids for sources without names "
-        "(annotation lines: default VOC's 20; YOLO without classes.txt or data YAML), else the "
-        "class order to write, matched by name (default: the source's own)",
-    )
-    p.add_argument(
-        "--split",
-        default=None,
-        help="split to read where SRC has several (a VOC image set, a YOLO images/<split> "
-        "folder or data-YAML key; default: all of SRC) and its name in OUT (default: the "
-        "source's own split name, else 'all')",
+    add_options(
+        p,
+        DataOptions,
+        include=("images", "classes", "split"),
+        helps={
+            "images": "images folder of a COCO SRC (default: found next to the JSON, see "
+            "train.py --help --train-images)",
+            "classes": "class names, one per line: the names of the ids for sources without "
+            "names (annotation lines: default VOC's 20; YOLO without classes.txt or data "
+            "YAML), else the class order to write, matched by name (default: the source's own)",
+            "split": "split to read where SRC has several (a VOC image set, a YOLO "
+            "images/<split> folder or data-YAML key; default: all of SRC) and its name in OUT "
+            "(default: the source's own split name, else 'all')",
+        },
     )
     p.add_argument(
         "--force",
@@ -83,14 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    check_output_path(args.out, folder=True)
+    kind = LabelSource(args.src, args.fmt).kind  # an unknown source first: the likelier slip
+    check_apart(args.out, [args.src, args.images or "", args.classes or ""], flag="--out")
+    names = read_class_names(args.classes) if args.classes else None
+    if names is None and kind == "lines":
+        names = read_class_names(VOC_CLASSES)
+        print(f"note: annotation lines hold class ids only: using {VOC_CLASSES} (--classes)")
     try:
-        check_output_path(args.out, folder=True)
-        kind = LabelSource(args.src, args.fmt).kind  # an unknown source first: the likelier slip
-        check_apart(args.out, [args.src, args.images or "", args.classes or ""], flag="--out")
-        names = read_class_names(args.classes) if args.classes else None
-        if names is None and kind == "lines":
-            names = read_class_names(VOC_CLASSES)
-            print(f"note: annotation lines hold class ids only: using {VOC_CLASSES} (--classes)")
         labels, report = convert_labels(
             args.src,
             args.to,
@@ -101,18 +94,10 @@ def main(argv: list[str] | None = None) -> int:
             split=args.split,
             overwrite=args.force,
         )
-    except OutputRefusedError as err:  # refused before anything was written
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except OutputPathError as err:
-        print(f"error: {write_failure(err, args.out)}", file=sys.stderr)
-        return 1
-    except (FileNotFoundError, LabelFormatError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:  # disk full or permissions changed while writing
-        print(f"error: {write_failure(err, args.out)}", file=sys.stderr)
-        return 1
+    except OSError as err:
+        if isinstance(err, (UserError, FileNotFoundError)):  # already says what and exits so
+            raise
+        raise write_failure(err, args.out) from None  # disk full or permissions, mid-write
     print(
         f"read {len(labels.annotations)} images, {labels.num_objects} objects, "
         f"{len(labels.class_names)} classes ({', '.join(labels.class_names)}) from "
@@ -136,4 +121,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -12,26 +12,44 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 from pathlib import Path
 
 import eval as eval_cli
 import predict
 from data.demo import DEMO_ROOT, DEMO_VOC_ROOT, demo_is_current, generate_demo
-from utils.runlock import FolderLockedError
+from nets.options import ModelOptions
+from nets.registry import describe_phis
+from utils.config import HelpFormatter, add_options, run_cli
+from utils.errors import UserError
+from utils.paths import write_failure
 from utils.training.config import TrainConfig
 from utils.training.fit import fit
-from utils.training.loop import NonFiniteLossError
 
 OUT = Path("logs/demo")
 
 
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m tools.demo",
+        description=__doc__.splitlines()[0],
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument("--epochs", type=int, default=25, help="training epochs")
+    add_options(
+        p,
+        ModelOptions,
+        include=("phi", "img_size"),
+        defaults={"phi": "cbam", "img_size": 192},
+        helps={
+            "phi": f"attention block to train, by number or name: {describe_phis()}",
+            "img_size": "training input size",
+        },
+    )
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tools.demo", description=__doc__.splitlines()[0])
-    p.add_argument("--epochs", type=int, default=25, help="training epochs (default: 25)")
-    p.add_argument("--img-size", type=int, default=192, help="training input size (default: 192)")
-    p.add_argument("--phi", default="cbam", help="attention block (default: cbam)")
-    args = p.parse_args(argv)
+    args = build_parser().parse_args(argv)
     if OUT.exists():
         shutil.rmtree(OUT)
     OUT.mkdir(parents=True)
@@ -59,12 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"== 3/5 training phi {args.phi} for {args.epochs} epochs at {args.img_size}")
     try:
         result = fit(demo_config(args.phi, args.img_size, args.epochs))
-    except (NonFiniteLossError, OSError) as err:  # diverged, or a write failed (disk full)
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except (ValueError, FolderLockedError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except OSError as err:
+        if isinstance(err, UserError):
+            raise
+        raise write_failure(err, OUT) from None  # a write failed (disk full): exit 1
     weights = result.run_dir / "weights" / "last.pth"
 
     print("== 4/5 evaluation on the demo test split")
@@ -75,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             "--weights",
             str(weights),
             "--no-coco",
-            "--out-dir",
+            "--save-dir",
             str(OUT / "eval"),
             "--json",
             str(OUT / "eval.json"),
@@ -133,4 +149,4 @@ def copy_test_images(count: int) -> Path:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -6,7 +6,6 @@ Usage: ``python -m tools.demo_data --out data/demo``
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,7 +19,8 @@ from data.demo import (
     generate_demo,
 )
 from data.voc import class_counts, load_voc
-from utils.config import HelpFormatter
+from utils.config import HelpFormatter, run_cli
+from utils.paths import OutputRefusedError
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -54,8 +54,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Generates the dataset unless it is current, then prints where it is and its counts.
 
-    Returns:
-        0 on success, 2 for bad arguments or an output folder holding another dataset.
+    Raises:
+        InputError: bad arguments (exit 2).
+        OutputRefusedError: the output folder holds another dataset (exit 2).
     """
     args = parse_args(argv)
     image_size = (args.image_size[0], args.image_size[1])
@@ -67,9 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         try:
             generate_demo(args.out, args.num_images, args.seed, image_size)
-        except (ValueError, FileExistsError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+        except FileExistsError as err:  # another data set there: refused before any write
+            raise OutputRefusedError(str(err)) from None
         print(f"wrote {args.num_images} images to {args.out / 'VOCdevkit' / f'VOC{YEAR}'}")
     devkit = args.out / "VOCdevkit"
     for image_set in ("trainval", "test"):
@@ -85,4 +85,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

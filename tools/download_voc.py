@@ -1,13 +1,12 @@
 """Setup step: download, verify and unpack Pascal VOC 2007 trainval/test and 2012 trainval.
 
-Usage: ``python -m tools.download_voc --dest data``
+Usage: ``python -m tools.download_voc --out data``
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import tarfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,7 +18,9 @@ from data.download import (
     parse_voc_sets,
     prepare_voc,
 )
-from utils.config import HelpFormatter
+from data.options import DataOptions
+from utils.config import HelpFormatter, add_alias, add_options, run_cli
+from utils.errors import FailedError, UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,22 +28,25 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m tools.download_voc",
         formatter_class=HelpFormatter,
         description="Download Pascal VOC tarballs, verify their MD5 and extract them into "
-        "<dest>/VOCdevkit. Interrupted downloads resume; finished sets are skipped.",
+        "<out>/VOCdevkit. Interrupted downloads resume; finished sets are skipped.",
+    )
+    add_options(
+        parser,
+        DataOptions,
+        include=("sets",),
+        defaults={"sets": ",".join(DEFAULT_SETS)},
+        helps={"sets": f"comma-separated sets to fetch, from {', '.join(VOC_TARS)}"},
     )
     parser.add_argument(
-        "--sets",
-        default=",".join(DEFAULT_SETS),
-        help=f"comma-separated sets to fetch, from {', '.join(VOC_TARS)} (default: all three)",
-    )
-    parser.add_argument(
-        "--dest",
+        "--out",
         default="data",
-        help="extraction root: the data lands in DEST/VOCdevkit/VOC<year> (default: data)",
+        help="extraction root: the data lands in OUT/VOCdevkit/VOC<year> (default: data)",
     )
+    add_alias(parser, "--dest", "--out")
     parser.add_argument(
         "--cache-dir",
         default=None,
-        help="where the tarballs are downloaded (default: DEST/VOCdevkit/downloads)",
+        help="where the tarballs are downloaded (default: OUT/VOCdevkit/downloads)",
     )
     parser.add_argument(
         "--mirror",
@@ -61,24 +65,25 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    sets = parse_voc_sets(args.sets)  # an unknown set: exit 2
     try:
-        sets = parse_voc_sets(args.sets)
         results = prepare_voc(
             sets,
-            dest=args.dest,
+            dest=args.out,
             cache_dir=args.cache_dir,
             mirror=args.mirror,
             delete_tars=args.delete_tars,
             progress=not args.quiet,
         )
-    except (OSError, ValueError, RuntimeError, tarfile.TarError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    except (OSError, RuntimeError, tarfile.TarError) as err:
+        if isinstance(err, UserError):  # a checksum mismatch, an unsafe archive
+            raise
+        raise FailedError(str(err)) from err  # the network, the disk or a broken tarball
     for result in results:
         print(f"{result.name}: {result.action} ({result.tar_path.name})")
-    print(f"VOC data is in {Path(args.dest) / 'VOCdevkit'}/")
+    print(f"VOC data is in {Path(args.out) / 'VOCdevkit'}/")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -1,56 +1,70 @@
-"""Export a model to other runtimes.
+"""Export a model: ONNX (fp32 or INT8, with the metadata predict.py and eval.py read) or darknet.
 
-Usage: ``python -m tools.export --weights W --format darknet --out model_data/my_model``
-writes ``my_model.cfg`` and ``my_model.weights`` (phi 0 only) that darknet and OpenCV DNN run.
+Examples:
+    python -m tools.export --weights best.pth --out model_data/best.onnx
+    python -m tools.export --weights best.pth --out m.onnx --dynamic-batch --decode
+    python -m tools.export --weights best.pth --out m_int8.onnx --int8 path/to/train/images
+    python -m tools.export --weights best.pth --format darknet --out model_data/my_model
+
+ONNX graphs run in predict.py and eval.py (--weights m.onnx) and in any ONNX Runtime; the
+darknet pair (my_model.cfg, my_model.weights; phi 0 only) runs in darknet and OpenCV DNN.
+``predict.py --export-onnx PATH`` is a shortcut for the ONNX export.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-from nets.checkpoint import load_model
-from nets.darknet import export_darknet
-from utils.config import HelpFormatter
-from utils.paths import OutputPathError, check_output_path, write_failure
+from data.options import DataOptions
+from nets.options import ModelOptions
+from utils.config import HelpFormatter, add_options, from_args, run_cli
+from utils.inference.export import ExportConfig, export
+from utils.inference.predictor import InferenceConfig
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m tools.export", description=__doc__, formatter_class=HelpFormatter
+    )
+    add_options(
+        p,
+        ModelOptions,
+        include=("weights", "phi", "attention_plugin", "anchors", "img_size"),
+        required=("weights",),
+        helps={"weights": "our checkpoint, a reference-implementation .pth or darknet .weights"},
+    )
+    add_options(
+        p,
+        DataOptions,
+        include=("classes",),
+        helps={
+            "classes": "class-names file (default: the checkpoint's; COCO's for an 80-class model)"
+        },
+    )
+    add_options(
+        p,
+        InferenceConfig,
+        include=("letterbox",),
+        helps={
+            "letterbox": "--int8: calibration images keep their aspect ratio with grey "
+            "padding, as predict.py runs the model (else a plain resize)"
+        },
+    )
+    add_options(p, ExportConfig, required=("out",))
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m tools.export",
-        description="Export a YOLOv4-tiny model",
-        formatter_class=HelpFormatter,
+    args = build_parser().parse_args(argv)
+    result = export(
+        from_args(ModelOptions, args),
+        from_args(ExportConfig, args),
+        classes=args.classes,
+        letterbox=args.letterbox,
     )
-    p.add_argument("--weights", required=True, help="our checkpoint, reference .pth or .weights")
-    p.add_argument("--format", choices=["darknet"], default="darknet", help="target format")
-    p.add_argument("--out", required=True, help="output path prefix (extensions are added)")
-    p.add_argument(
-        "--img-size", type=int, default=None, help="cfg input size (default: the checkpoint's)"
-    )
-    args = p.parse_args(argv)
-    prefix = Path(args.out)
-    weights = prefix.with_name(prefix.name + ".weights")
-    cfg = prefix.with_name(prefix.name + ".cfg")
-    try:
-        for path in (weights, cfg):  # before the model loads
-            check_output_path(path)
-        model, info = load_model(args.weights)
-        geometry = info.geometry.at_size(args.img_size)
-    except (OutputPathError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    try:
-        export_darknet(model, weights, cfg, geometry)
-    except ValueError as err:  # a model darknet cannot hold (attention)
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:  # disk full or permissions changed during the export
-        print(f"error: {write_failure(err, weights)}", file=sys.stderr)
-        return 1
-    print(f"wrote {cfg} and {weights} ({info.describe()})")
+    print(result.describe())
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

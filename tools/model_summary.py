@@ -11,12 +11,13 @@ out (and named); asking for such a block by number or name is an error.
 from __future__ import annotations
 
 import argparse
-import sys
 
 from nets.attention import DEFAULT_POINTS, check_placement, parse_attention_args, parse_points
+from nets.options import ModelOptions
 from nets.registry import (
     attention_names,
     block_options,
+    describe_phis,
     load_attention_plugins,
     plugin_names,
     resolve_phi,
@@ -24,18 +25,29 @@ from nets.registry import (
 from nets.summary import (
     summary_rows,
 )
-from utils.config import HelpFormatter
+from utils.config import HelpFormatter, add_options, run_cli
+from utils.errors import InputError
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tools.model_summary",
         description="YOLOv4-tiny parameters and GFLOPs per phi",
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("--phi", nargs="+", default=["all"], help="phis (numbers or names), or all")
+    add_options(
+        parser,
+        ModelOptions,
+        include=("phi", "img_size", "attention_plugin"),
+        defaults={"img_size": 416},
+        nargs={"phi": "+"},
+        helps={
+            "phi": f"attention blocks, by number or name ({describe_phis()}), or all "
+            "(default: all)",
+            "img_size": "network input side, a multiple of 32",
+        },
+    )
     parser.add_argument("--num-classes", type=int, default=20, help="number of classes")
-    parser.add_argument("--img-size", type=int, default=416, help="input side, multiple of 32")
     parser.add_argument(
         "--attention-at",
         default=",".join(DEFAULT_POINTS),
@@ -44,28 +56,26 @@ def main() -> None:
     parser.add_argument(
         "--attention-args", default="", help="the blocks' options, name=value,... (default: none)"
     )
-    parser.add_argument(
-        "--attention-plugin", default=None, help="module(s) registering attention blocks"
-    )
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.img_size % 32:
-        parser.error(f"--img-size {args.img_size} is not a multiple of 32")
-    try:
-        load_attention_plugins(args.attention_plugin)
-        points = parse_points(args.attention_at)
-        options = parse_attention_args(args.attention_args)
-        if args.phi == ["all"]:
-            names, skipped = [*attention_names(), *plugin_names()], []
-            if options:
-                skipped = [n for n in names if not _takes(n, options)]
-                names = [n for n in names if n not in skipped]
-        else:
-            names, skipped = [resolve_phi(p)[1] for p in args.phi], []
-        for name in names:  # a block at no point is the plain network under its name
-            check_placement(name, points)
-        rows = summary_rows(names, args.num_classes, args.img_size, points, options)
-    except ValueError as err:
-        parser.error(str(err))
+        raise InputError(f"--img-size {args.img_size}: must be a multiple of 32")
+    load_attention_plugins(args.attention_plugin)
+    points = parse_points(args.attention_at)
+    options = parse_attention_args(args.attention_args)
+    if args.phi in (None, ["all"]):
+        names, skipped = [*attention_names(), *plugin_names()], []
+        if options:
+            skipped = [n for n in names if not _takes(n, options)]
+            names = [n for n in names if n not in skipped]
+    else:
+        names, skipped = [resolve_phi(p)[1] for p in args.phi], []
+    for name in names:  # a block at no point is the plain network under its name
+        check_placement(name, points)
+    rows = summary_rows(names, args.num_classes, args.img_size, points, options)
     print(f"YOLOv4-tiny, {args.num_classes} classes, input {args.img_size}x{args.img_size}")
     print(f"attention at: {','.join(points) or 'no point'}; options: {args.attention_args or '-'}")
     if skipped:
@@ -76,6 +86,7 @@ def main() -> None:
             f"{row['phi']:>3}  {row['name']:<10}{row['options'] or '-':<24}"
             f"{row['params']:>12,}{row['gflops']:>9.2f}"
         )
+    return 0
 
 
 def _takes(name: str, options: dict) -> bool:
@@ -85,4 +96,4 @@ def _takes(name: str, options: dict) -> bool:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

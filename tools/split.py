@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from collections.abc import Sequence
 
+from data.options import DataOptions
 from data.split import (
     DEFAULT_RATIOS,
     DEFAULT_SEED,
@@ -20,8 +20,9 @@ from data.split import (
     split_dataset,
 )
 from utils.classes import read_class_names
-from utils.config import HelpFormatter
-from utils.paths import VOC_ROOT
+from utils.config import HelpFormatter, add_options, argument_group, run_cli
+from utils.errors import UserError
+from utils.paths import OutputRefusedError, write_failure
 
 
 def parse_ratios(text: str) -> tuple[float, float, float]:
@@ -57,13 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Split a VOC-format dataset into train/val/test and write "
         "ImageSets/Main/{train,val,trainval,test}.txt; print instances per class and split.",
     )
-    where = parser.add_argument_group("dataset (one of --year or --folder)")
-    where.add_argument(
-        "--voc-root",
-        default=VOC_ROOT,
-        help="folder holding VOC<year>/ used with --year",
+    add_options(
+        parser,
+        DataOptions,
+        include=("voc_root", "classes"),
+        helps={
+            "voc_root": "folder holding VOC<year>/ used with --year",
+            "classes": "class names file, one per line (default: every name found in the XMLs)",
+        },
     )
-    source = where.add_mutually_exclusive_group(required=True)
+    source = argument_group(parser, "data").add_mutually_exclusive_group(required=True)
     source.add_argument(
         "--year",
         help="split <voc-root>/VOC<year>, e.g. custom for VOCcustom/ (required unless --folder)",
@@ -82,11 +86,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed", type=parse_seed, default=DEFAULT_SEED, help="seed of the shuffle (default: 0)"
     )
     parser.add_argument(
-        "--classes",
-        default=None,
-        help="class names file, one per line (default: every name found in the XMLs)",
-    )
-    parser.add_argument(
         "--force", action="store_true", help="overwrite existing ImageSets/Main/*.txt files"
     )
     return parser
@@ -95,13 +94,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    folder = dataset_folder(args.folder or args.voc_root, None if args.folder else args.year)
+    class_names = read_class_names(args.classes) if args.classes else None
     try:
-        folder = dataset_folder(args.folder or args.voc_root, None if args.folder else args.year)
-        class_names = read_class_names(args.classes) if args.classes else None
         result = split_dataset(folder, args.ratios, args.seed, class_names, args.force)
-    except (OSError, ValueError) as err:  # a bad folder, ratios or lists already there
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except FileExistsError as err:  # image-set lists already there, and no --force
+        raise OutputRefusedError(str(err)) from None
+    except OSError as err:
+        if isinstance(err, (UserError, FileNotFoundError)):  # already says what and exits so
+            raise
+        raise write_failure(err, folder / "ImageSets" / "Main") from None  # permissions, disk
     print(
         f"wrote {folder / 'ImageSets' / 'Main'}/{{{','.join(SPLIT_NAMES)}}}.txt (seed {args.seed})"
     )
@@ -112,4 +114,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import logging
 import shutil
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -35,12 +34,12 @@ from nets.attention import parse_attention_args
 from nets.checkpoint import load_torch_file
 from nets.registry import check_attention_args, load_attention_plugins, resolve_phi
 from nets.yolo import YoloBody
-from utils.config import HelpFormatter, add_options, from_args
+from utils.config import HelpFormatter, add_options, from_args, run_cli
 from utils.device import select_device
+from utils.errors import InputError
 from utils.evaluation.compare import CompareConfig, evaluate_checkpoint, write_outputs
 from utils.evaluation.evaluate import EvalConfig
 from utils.paths import (
-    OutputPathError,
     OutputRefusedError,
     check_apart,
     check_output_path,
@@ -50,7 +49,6 @@ from utils.runlock import LOCK_NAME, FolderLock, FolderLockedError
 from utils.training.adapt import fit_to_data
 from utils.training.config import RESULT_NEUTRAL_FIELDS, TrainConfig
 from utils.training.fit import fit
-from utils.training.loop import NonFiniteLossError
 from utils.training.setup import (
     DataSetup,
     eval_label_source,
@@ -96,7 +94,7 @@ def plan_study(
 
     Raises:
         OutputPathError: ``out`` is not a folder that can be written, or holds an input.
-        ValueError: a duplicate or unknown block or seed, a bad setting, unusable data, or a
+        InputError: a duplicate or unknown block or seed, a bad setting, unusable data, or a
             run in ``out`` trained with other settings (the message names the settings).
         FolderLockedError: a run in ``out`` is being written by another live process.
     """
@@ -106,7 +104,7 @@ def plan_study(
         raise OutputRefusedError(f"--out {err}") from None
     for seed in seeds:  # a seed becomes part of a folder name: whole numbers only
         if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"--seeds {seed!r}: must be whole numbers")
+            raise InputError(f"--seeds {seed!r}: must be whole numbers")
     _refuse_duplicates("--seeds", [(seed, str(seed)) for seed in seeds])
     load_attention_plugins(base.attention_plugin)  # plugin blocks get their names here
     blocks = []
@@ -114,7 +112,7 @@ def plan_study(
         try:
             blocks.append(resolve_phi(phi))
         except ValueError as err:
-            raise ValueError(f"--phis {phi}: {err}") from None
+            raise InputError(f"--phis {phi}: {err}") from None
     _refuse_duplicates(
         "--phis", [(block, f"{phi} ({block[1]})") for phi, block in zip(phis, blocks)]
     )
@@ -144,7 +142,7 @@ def plan_study(
         logger.warning("input skipped or repaired: %s", line)
     conflicts = [problem for run in runs if (problem := _check_existing(run, data))]
     if conflicts:
-        raise ValueError(
+        raise InputError(
             f"--out {out}: {'; '.join(conflicts)}. A study reuses only runs trained with its "
             "settings: give another --out, or delete those runs to train them again"
         )
@@ -152,11 +150,11 @@ def plan_study(
 
 
 def _refuse_duplicates(flag: str, items: list[tuple[object, str]]) -> None:
-    """ValueError naming ``flag``'s values that stand for the same run (key, as given)."""
+    """InputError naming ``flag``'s values that stand for the same run (key, as given)."""
     seen: dict[object, str] = {}
     for key, shown in items:
         if key in seen:
-            raise ValueError(
+            raise InputError(
                 f"{flag}: {seen[key]} and {shown} are the same; each is one run, and a run "
                 "counted twice would fake agreement between seeds"
             )
@@ -269,7 +267,7 @@ def train_and_compare(
                 f"this one trained into {result.run_dir} instead. Run one study per --out"
             )
     device = select_device(base.device)
-    eval_cfg = eval_cfg or EvalConfig(input_size=base.img_size, workers=min(base.workers, 2))
+    eval_cfg = eval_cfg or EvalConfig(img_size=base.img_size, workers=min(base.workers, 2))
     names = None
     if base.classes:
         from utils.classes import read_class_names
@@ -319,26 +317,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     out = Path(args.out)
-    try:  # everything checked before hours of training: bad input is exit 2
-        # the base config is checked as a run of the first block: phi 0 takes no options
-        base = from_args(TrainConfig, args, phi=str(args.phis[0]))
-        compare = from_args(CompareConfig, args)
-        base, runs, labels = plan_study(base, args.phis, args.seeds, out)
-    except (FileNotFoundError, ValueError, OSError, FolderLockedError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    try:
-        paths = train_and_compare(base, runs, labels, out, compare=compare)
-    except (FileNotFoundError, ValueError, FolderLockedError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except (OutputPathError, NonFiniteLossError) as err:  # a write failed, a run diverged
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    # everything is checked before hours of training: bad input is exit 2 before any run; the
+    # base config is checked as a run of the first block (phi 0 takes no options)
+    base = from_args(TrainConfig, args, phi=str(args.phis[0]))
+    compare = from_args(CompareConfig, args)
+    base, runs, labels = plan_study(base, args.phis, args.seeds, out)
+    # a write that fails or a run that diverges on the way: exit 1
+    paths = train_and_compare(base, runs, labels, out, compare=compare)
     print(paths["md"].read_text())
     print(f"comparison: {', '.join(map(str, paths.values()))}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

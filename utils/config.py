@@ -144,7 +144,8 @@ def add_options(
             if choices is None:  # argparse shows the choices themselves otherwise
                 kwargs["metavar"] = meta["metavar"] or flag[2:].replace("-", "_").upper()
         action = argument_group(parser, meta["group"]).add_argument(flag, **kwargs)
-        if default is not None and not action.required:  # set afterwards: some Pythons' BooleanOptionalAction add it too
+        # set afterwards: some Pythons' BooleanOptionalAction add it too
+        if default is not None and not action.required:
             action.help = help_text + " (default: %(default)s)"
 
 
@@ -157,9 +158,10 @@ def add_alias(parser: argparse.ArgumentParser, old: str, new: str) -> None:
     """
     action = next(a for a in parser._actions if new in a.option_strings)
     kwargs: dict[str, Any] = {"dest": action.dest, "default": argparse.SUPPRESS}
-    if action.nargs == 0:  # a switch
+    if action.nargs == 0:  # a switch; the alias of "--no-x" of an on/off flag turns it off
         kwargs["action"] = "store_const"
-        kwargs["const"] = action.const if action.const is not None else True
+        negative = isinstance(action, argparse.BooleanOptionalAction) and new.startswith("--no-")
+        kwargs["const"] = False if negative else action.const if action.const is not None else True
     else:
         kwargs["type"] = action.type
         kwargs["nargs"] = action.nargs

@@ -285,57 +285,12 @@ def parse_json_rows(rows: Sequence, class_names: Sequence[str] = ()) -> ParsedRo
     Returns:
         The arrays and the problems, with row positions in ``rows``.
     """
-    n = len(rows)
-    problems: list[RowProblem] = []
-
-    def flag(what: str, mask: np.ndarray, error: bool = True) -> None:
-        if mask.any():
-            problems.append(RowProblem(what, np.flatnonzero(mask), error))
-
-    try:
-        xyxy = list(map(itemgetter("xyxy"), rows))
-        scores = list(map(itemgetter("score"), rows))
-        ids = list(map(itemgetter("class_id"), rows))
-        malformed = np.zeros(n, bool)
-    except (KeyError, TypeError, IndexError):
-        malformed = np.fromiter(
-            (
-                not (isinstance(r, Mapping) and {"xyxy", "score", "class_id"} <= r.keys())
-                for r in rows
-            ),
-            bool,
-            n,
-        )
-        xyxy = [_PLACEHOLDER_BOX if m else r["xyxy"] for r, m in zip(rows, malformed)]
-        scores = [0.0 if m else r["score"] for r, m in zip(rows, malformed)]
-        ids = [0 if m else r["class_id"] for r, m in zip(rows, malformed)]
-    flag("lacking xyxy, score or class_id", malformed)
-
-    if not (set(map(type, xyxy)) <= {list} and set(map(len, xyxy)) <= {4}):
-        shape_ok = np.fromiter((type(b) is list and len(b) == 4 for b in xyxy), bool, n)
-        xyxy = [b if ok else _PLACEHOLDER_BOX for b, ok in zip(xyxy, shape_ok)]
-        flag("with an xyxy that is not a list of 4 numbers", ~shape_ok)
-    boxes, coord_type = _numbers(list(chain.from_iterable(xyxy)))
-    boxes, coord_type = boxes.reshape(n, 4), coord_type.reshape(n, 4).any(1)
-    boxes[coord_type] = 0  # reported once, as not a number
-    flag("with a coordinate that is not a number", coord_type)
-    finite = np.isfinite(boxes).all(1)
-    flag("with a NaN or infinite coordinate", ~finite)
-    inverted = (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
-    flag("with x2 < x1 or y2 < y1", finite & inverted)
-
-    score_values, score_type = _numbers(scores)
-    flag("with a score that is not a number", score_type)
-    score_finite = np.isfinite(score_values)
-    flag("with a NaN or infinite score", ~score_finite)
-    flag("with a score outside [0, 1]", score_finite & ((score_values < 0) | (score_values > 1)))
-
-    labels, not_int, as_float = _class_ids(ids)
-    flag("with a class_id that is not an integer", not_int)
-    flag("with a class_id written as a float (read as the integer it equals)", as_float, False)
-    out_of_range = ~not_int & ((labels < 0) | (bool(class_names) & (labels >= len(class_names))))
-    what = f"outside 0..{len(class_names) - 1}" if class_names else "below 0"
-    flag(f"with a class_id {what}", out_of_range)
+    problems = _Problems()
+    xyxy, scores, ids, malformed = _fields(rows)
+    problems.flag("lacking xyxy, score or class_id", malformed)
+    boxes = _check_boxes(xyxy, problems)
+    score_values = _check_scores(scores, problems)
+    labels, not_int, out_of_range = _check_class_ids(ids, class_names, problems)
     if class_names:
         try:  # every row is a dict here unless one is malformed
             names = list(map(itemgetter("class_name"), rows))
@@ -343,4 +298,79 @@ def parse_json_rows(rows: Sequence, class_names: Sequence[str] = ()) -> ParsedRo
             names = [r.get("class_name") if type(r) is dict else None for r in rows]
         checked = ~(malformed | not_int | out_of_range)
         problems += _name_problems(names, labels, checked, class_names)
-    return ParsedRows(boxes, score_values, labels, problems)
+    return ParsedRows(boxes, score_values, labels, list(problems))
+
+
+class _Problems(list):
+    """The ``RowProblem``s found so far."""
+
+    def flag(self, what: str, mask: np.ndarray, error: bool = True) -> None:
+        """Adds a problem for the rows of ``mask``, if any."""
+        if mask.any():
+            self.append(RowProblem(what, np.flatnonzero(mask), error))
+
+
+def _fields(rows: Sequence) -> tuple[list, list, list, np.ndarray]:
+    """Each row's ``xyxy``, ``score`` and ``class_id``, and the mask of the rows that are not
+    objects holding all three (which get placeholders)."""
+    n = len(rows)
+    try:
+        xyxy = list(map(itemgetter("xyxy"), rows))
+        scores = list(map(itemgetter("score"), rows))
+        ids = list(map(itemgetter("class_id"), rows))
+        return xyxy, scores, ids, np.zeros(n, bool)
+    except (KeyError, TypeError, IndexError):
+        pass
+    malformed = np.fromiter(
+        (not (isinstance(r, Mapping) and {"xyxy", "score", "class_id"} <= r.keys()) for r in rows),
+        bool,
+        n,
+    )
+    xyxy = [_PLACEHOLDER_BOX if m else r["xyxy"] for r, m in zip(rows, malformed)]
+    scores = [0.0 if m else r["score"] for r, m in zip(rows, malformed)]
+    ids = [0 if m else r["class_id"] for r, m in zip(rows, malformed)]
+    return xyxy, scores, ids, malformed
+
+
+def _check_boxes(xyxy: list, problems: _Problems) -> np.ndarray:
+    """(N, 4) float64 boxes; rows whose box is not 4 numbers hold zeros."""
+    n = len(xyxy)
+    if not (set(map(type, xyxy)) <= {list} and set(map(len, xyxy)) <= {4}):
+        shape_ok = np.fromiter((type(b) is list and len(b) == 4 for b in xyxy), bool, n)
+        xyxy = [b if ok else _PLACEHOLDER_BOX for b, ok in zip(xyxy, shape_ok)]
+        problems.flag("with an xyxy that is not a list of 4 numbers", ~shape_ok)
+    boxes, coord_type = _numbers(list(chain.from_iterable(xyxy)))
+    boxes, coord_type = boxes.reshape(n, 4), coord_type.reshape(n, 4).any(1)
+    boxes[coord_type] = 0  # reported once, as not a number
+    problems.flag("with a coordinate that is not a number", coord_type)
+    finite = np.isfinite(boxes).all(1)
+    problems.flag("with a NaN or infinite coordinate", ~finite)
+    inverted = (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
+    problems.flag("with x2 < x1 or y2 < y1", finite & inverted)
+    return boxes
+
+
+def _check_scores(scores: list, problems: _Problems) -> np.ndarray:
+    """(N,) float64 scores, each a number in [0, 1] unless flagged."""
+    values, not_number = _numbers(scores)
+    problems.flag("with a score that is not a number", not_number)
+    finite = np.isfinite(values)
+    problems.flag("with a NaN or infinite score", ~finite)
+    problems.flag("with a score outside [0, 1]", finite & ((values < 0) | (values > 1)))
+    return values
+
+
+def _check_class_ids(
+    ids: list, class_names: Sequence[str], problems: _Problems
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """int64 class ids, and the masks of those that are not integers and of those out of
+    range (below 0, or past ``class_names`` when there are names)."""
+    labels, not_int, as_float = _class_ids(ids)
+    problems.flag("with a class_id that is not an integer", not_int)
+    problems.flag(
+        "with a class_id written as a float (read as the integer it equals)", as_float, False
+    )
+    out_of_range = ~not_int & ((labels < 0) | (bool(class_names) & (labels >= len(class_names))))
+    what = f"outside 0..{len(class_names) - 1}" if class_names else "below 0"
+    problems.flag(f"with a class_id {what}", out_of_range)
+    return labels, not_int, out_of_range

@@ -119,11 +119,11 @@ def check_image_path(path: str | os.PathLike) -> Path:
     """``check_output_path`` for an image file, whose suffix must name a format OpenCV writes.
 
     Raises:
-        OutputPathError: as ``check_output_path``, or a suffix OpenCV cannot encode.
+        OutputRefusedError: as ``check_output_path``, or a suffix OpenCV cannot encode.
     """
     path = check_output_path(path)
     if not cv2.haveImageWriter(str(path)):
-        raise _no_image_writer(path)
+        raise OutputRefusedError(str(_no_image_writer(path)))  # before any work: exit 2
     return path
 
 

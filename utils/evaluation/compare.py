@@ -34,17 +34,21 @@ from utils.evaluation.compare_table import (  # noqa: F401
     write_outputs,
 )
 from utils.evaluation.evaluate import (
+    Detected,
     EvalConfig,
+    EvalReport,
     check_ground_truth,
     detect_dataset,
     load_ground_truth,
     score,
 )
-from utils.inference.deploy import OnnxRunner, onnx_metadata
+from utils.inference.onnx_runner import OnnxRunner, onnx_metadata
 from utils.inference.predict_loop import benchmark
 from utils.inference.predictor import Detector, InferenceConfig, check_class_names
 from utils.precision import inference_precision
 from utils.sources import read_image
+
+logger = logging.getLogger(__name__)
 
 
 def _load_for_evaluation(
@@ -53,7 +57,7 @@ def _load_for_evaluation(
     """The model (or ONNX Runtime session), its info and class names; for an ``.onnx`` export
     also the ``Detector`` that runs it (fp32 or INT8, on the CPU)."""
     if str(weights).endswith(".onnx"):
-        config = InferenceConfig(input_size=cfg.input_size, device="cpu", amp=cfg.amp)
+        config = InferenceConfig(img_size=cfg.img_size, device="cpu", amp=cfg.amp)
         detector = Detector.from_weights(weights, phi=phi, classes=class_names, config=config)
         return detector.model, detector.info, detector.class_names, detector
     model, info = load_model(weights, phi=phi)
@@ -106,7 +110,7 @@ def evaluate_checkpoint(
             export (run by ONNX Runtime on the CPU).
         voc_root: the VOCdevkit folder.
         split: ``YEAR:SET`` list to score on.
-        cfg: an ``EvalConfig`` whose ``input_size`` may be None (the checkpoint's size).
+        cfg: an ``EvalConfig`` whose ``img_size`` may be None (the checkpoint's size).
         device: where the model runs.
         class_names: names by class id (default: the checkpoint's).
         phi: required attention block (None: the file's).
@@ -119,81 +123,112 @@ def evaluate_checkpoint(
     model, info, names, detector = _load_for_evaluation(weights, cfg, class_names, phi)
     if detector is not None:  # an ONNX export runs on the CPU
         device = torch.device("cpu")
-    annotations, dataset, warnings = load_ground_truth(labels, voc_root, split, names)
-    for line in warnings:
-        logging.getLogger(__name__).warning(line)
-    if not annotations:
-        raise InputError(f"{dataset}: no images")
-    for line in check_ground_truth(annotations, names, dataset):  # before the model runs
-        logging.getLogger(__name__).warning(line)
-    size = cfg.input_size or info.input_size
-    cfg = replace(cfg, input_size=size)
+    annotations, dataset = _checked_ground_truth(labels, voc_root, split, names)
+    cfg = replace(cfg, img_size=cfg.img_size or info.input_size)
     model.to(device)
     detected = detect_dataset(model, annotations, info.geometry, cfg, device=device)
     precision = inference_precision(cfg.amp, device)
-    report = score(
-        detected,
-        names,
-        f"{dataset} at {size}"
-        + ("" if precision.dtype is None else f", {precision.name} autocast"),
-        cfg.iou_thresh,
-        cfg.coco,
-        max_det=cfg.max_det,
+    protocol = f"{dataset} at {cfg.img_size}" + (
+        "" if precision.dtype is None else f", {precision.name} autocast"
     )
+    report = score(detected, names, protocol, cfg.iou_thresh, cfg.coco, max_det=cfg.max_det)
     if detector is None:
-        detector = Detector(
-            model,
-            info,
-            class_names=names,
-            config=InferenceConfig(input_size=size, device=str(device), amp=cfg.amp),
-        )
+        config = InferenceConfig(img_size=cfg.img_size, device=str(device), amp=cfg.amp)
+        detector = Detector(model, info, class_names=names, config=config)
+    image = _first_readable_image(annotations, detected, dataset)
+    total_ms, cpu_forward_ms = _latency(detector, model, image, cfg)
+    row = _row(str(weights), model, info, detected, report, cfg, total_ms, cpu_forward_ms)
+    return row, report
+
+
+def _checked_ground_truth(
+    labels: LabelSource | None, voc_root: str, split: str, names: list[str]
+) -> tuple[list, str]:
+    """The annotations to score and the data set's name, with what the reader skipped and
+    the classes without ground truth logged as warnings, before the model runs.
+
+    Raises:
+        InputError: no images, or no ground truth of any class.
+    """
+    annotations, dataset, warnings = load_ground_truth(labels, voc_root, split, names)
+    for line in warnings:
+        logger.warning(line)
+    if not annotations:
+        raise InputError(f"{dataset}: no images")
+    for line in check_ground_truth(annotations, names, dataset):
+        logger.warning(line)
+    return annotations, dataset
+
+
+def _first_readable_image(annotations: list, detected: Detected, dataset: str) -> np.ndarray:
+    """The latency benchmark's input: the split's first image the pass could read.
+
+    Raises:
+        InputError: none could be read.
+    """
     readable = np.flatnonzero(detected.image_sizes[:, 0] > 0)
     if not len(readable):
         raise InputError(f"{dataset}: none of the {len(annotations)} images can be read")
-    image = read_image(annotations[readable[0]].image_path)  # the latency benchmark's input
+    return read_image(annotations[readable[0]].image_path)
+
+
+def _latency(
+    detector: Detector, model: torch.nn.Module | OnnxRunner, image: np.ndarray, cfg: EvalConfig
+) -> tuple[float, float]:
+    """Median end-to-end milliseconds at batch 1 on the detector's device (20 runs after 3
+    warm-ups), and the median CPU forward: of those runs on a CPU, else of 10 more there."""
     stats = benchmark(detector, image, runs=20, warmup=3)
     if detector.device.type == "cpu":
-        cpu_forward = stats["forward"]["median"]
-    else:
-        on_cpu = Detector(
-            model,
-            info,
-            class_names=names,
-            config=InferenceConfig(input_size=size, device="cpu", amp=cfg.amp),
-        )
-        cpu_forward = benchmark(on_cpu, image, runs=10, warmup=3)["forward"]["median"]
-    # an ONNX graph has no modules to count: count an unloaded model of its architecture
+        return stats["total"]["median"], stats["forward"]["median"]
+    config = InferenceConfig(img_size=cfg.img_size, device="cpu", amp=cfg.amp)
+    on_cpu = Detector(model, detector.info, class_names=detector.class_names, config=config)
+    cpu_forward = benchmark(on_cpu, image, runs=10, warmup=3)["forward"]["median"]
+    return stats["total"]["median"], cpu_forward
+
+
+def _row(
+    weights: str,
+    model: torch.nn.Module | OnnxRunner,
+    info: ModelInfo,
+    detected: Detected,
+    report: EvalReport,
+    cfg: EvalConfig,
+    total_ms: float,
+    cpu_forward_ms: float,
+) -> Row:
+    """The comparison-table row: size and cost of the architecture, the APs, the latencies,
+    AP50 by object size and the per-image matching the bootstrap resamples."""
     architecture = model
-    if isinstance(model, OnnxRunner):
+    if isinstance(model, OnnxRunner):  # no modules to count: an unloaded model of its kind
         architecture = YoloBody(
             info.num_classes,
             info.phi_name,
             attention_at=info.attention_at,
             attention_args=info.attention_options,
         )
-    flops = count_flops(architecture, size) / 1e9
+    num_classes, size = len(report.class_names), cfg.img_size
     row = Row(
-        str(weights),
+        weights,
         info.phi,
         info.phi_name,
         count_parameters(architecture),
-        flops,
-        stats["total"]["median"],
+        count_flops(architecture, size) / 1e9,
+        total_ms,
         report.voc07_map50,
         report.voc12_map50,
         report.coco.get("coco_map") if report.coco else None,
-        cpu_forward_ms=cpu_forward,
+        cpu_forward_ms=cpu_forward_ms,
         runtime=_runtime(weights) if isinstance(model, OnnxRunner) else "",
         input_size=size,
         matches=MatchTable.from_boxes(
             detected.dets,
             detected.gts,
-            len(names),
+            num_classes,
             num_images=len(detected.image_sizes),
             images=np.flatnonzero(detected.image_sizes[:, 0] > 0),
             iou_thresh=cfg.iou_thresh,
         ),
     )
-    by_size = size_aps(detected.dets, detected.gts, len(names), cfg.iou_thresh)
+    by_size = size_aps(detected.dets, detected.gts, num_classes, cfg.iou_thresh)
     row.ap_small, row.ap_medium, row.ap_large = (by_size[k] for k in ("small", "medium", "large"))
-    return row, report
+    return row

@@ -25,8 +25,9 @@ from tqdm import tqdm
 from data.formats import LabelSource
 from data.voc import Annotation, load_voc, parse_sets, summarize_issues
 from nets.decode import Geometry, detect_batch
-from utils.config import option, rule_problems
-from utils.device import synchronize
+from nets.options import ModelOptions
+from utils.config import option, rule_problems, shared
+from utils.device import DeviceOptions, synchronize
 from utils.errors import InputError
 from utils.evaluation.detections_file import read_detections_json as read_detections_file
 from utils.evaluation.metrics import BoxSet, best_f1, evaluate_coco, evaluate_voc
@@ -43,11 +44,8 @@ logger = logging.getLogger(__name__)
 class EvalConfig:
     """Evaluation settings; defaults are the usual mAP protocol of this model family."""
 
-    input_size: int | None = option(
-        416,
-        "network input side (eval.py: default the checkpoint's)",
-        flag="--img-size",
-        group="evaluation",
+    img_size: int | None = shared(
+        ModelOptions, "img_size", 416, "network input side, a multiple of 32", group="evaluation"
     )
     letterbox: bool = option(
         True, "letterbox (keep the aspect ratio) or a plain resize", group="evaluation"
@@ -72,7 +70,9 @@ class EvalConfig:
     batch_size: int = option(16, "images per forward pass", group="evaluation")
     workers: int = option(2, "data-loading processes", group="evaluation")
     coco: bool = option(True, "also compute COCO AP with pycocotools (slower)", group="evaluation")
-    amp: bool = option(
+    amp: bool = shared(
+        DeviceOptions,
+        "amp",
         False,
         "run the network in 16-bit (float16 on CUDA, bfloat16 on CPU): faster; AP can move "
         "in the third decimal",
@@ -80,9 +80,9 @@ class EvalConfig:
     )
 
     def __post_init__(self) -> None:
-        size = self.input_size
+        size = self.img_size
         if size is not None and (size <= 0 or size % 32):
-            raise InputError(f"input size {size} is not a positive multiple of 32")
+            raise InputError(f"--img-size {size}: must be a positive multiple of 32")
         if self.max_det < 0:
             raise InputError(f"--max-det {self.max_det}: must be 0 (all) or more")
         if self.scale_xy is not None and not 1 <= self.scale_xy <= 2:
@@ -286,7 +286,7 @@ def detect_dataset(
         model: returns raw maps for a (B, 3, S, S) RGB batch in [0, 1] (a ``YoloBody`` or an
             ``OnnxRunner``); its train/eval mode is restored afterwards.
         annotations: the images and their ground truth.
-        geometry: the model's anchors and masks; images are resized to ``cfg.input_size``,
+        geometry: the model's anchors and masks; images are resized to ``cfg.img_size``,
             or to ``geometry.input_size`` where that is None.
         cfg: input size, letterbox, thresholds and loader settings.
         device: where the model runs.
@@ -299,59 +299,85 @@ def detect_dataset(
     """
     start = time.perf_counter()
     device = torch.device(device)
-    geometry = geometry.at_size(cfg.input_size)
+    geometry = geometry.at_size(cfg.img_size)
     if cfg.scale_xy is not None:
         geometry = replace(geometry, scale_x_y=cfg.scale_xy)
     if cfg.amp and not isinstance(model, torch.nn.Module):
         raise InputError(AMP_TORCH_ONLY)
-    precision = inference_precision(cfg.amp, device)
     was_training = model.training
     model.eval()
-    loader = DataLoader(
-        _EvalImages(annotations, geometry.input_size, cfg.letterbox),
+    run = _Pass(len(annotations), device, progress)
+    run.detect(model, _eval_loader(annotations, geometry.input_size, cfg, device), geometry, cfg)
+    model.train(was_training)
+    for failure in run.failures:
+        logger.warning("%s (left out of the evaluation)", failure)
+    for line in frame_warnings(run.frames, annotations):
+        logger.warning(line)
+    readable = run.sizes[:, 0] > 0
+    gts = ground_truth(annotations, readable)
+    found = run.found
+    dets = BoxSet.concat(found) if found else BoxSet([], np.zeros((0, 4)), [], scores=[])
+    totals = {name: sum(run.timer.samples.get(name, [])) / 1000 for name in STAGES[:3]}
+    speed = EvalSpeed(int(readable.sum()), time.perf_counter() - start, totals)
+    return Detected(dets, gts, run.sizes, run.failures, speed)
+
+
+def _eval_loader(
+    annotations: Sequence[Annotation], size: int, cfg: EvalConfig, device: torch.device
+) -> DataLoader:
+    """Batches of ``_EvalImages`` at ``size``, read by ``cfg.workers`` processes (page-locked
+    for a CUDA device)."""
+    return DataLoader(
+        _EvalImages(annotations, size, cfg.letterbox),
         batch_size=cfg.batch_size,
         num_workers=cfg.workers,
         collate_fn=_collate,
         pin_memory=device.type == "cuda",
     )
-    # synchronised clock readings: queued GPU work is charged to the stage that queued it
-    timer = StageTimer(sync=lambda: synchronize(device))
-    found: list[BoxSet] = []
-    failures: list[str] = []
-    sizes = np.zeros((len(annotations), 2), np.int64)
-    frames: dict[int, str] = {}
-    with timer.stage(LOADING):  # starting the worker processes is part of the loading
-        batches = iter(loader)
-    with tqdm(total=len(annotations), desc="eval", disable=not progress, leave=False) as bar:
-        while True:
-            with timer.stage(LOADING):
-                batch = next(batches, None)
-                if batch is not None and batch.images is not None:
-                    images = batch.images.to(device, non_blocking=True).float().div_(255)
-            if batch is None:
-                break
-            bar.update(len(batch.indices) + len(batch.errors))
-            failures += batch.errors
-            frames.update(batch.frames)
-            if batch.images is None:
-                continue
-            with timer.stage(FORWARD), autocast(device, precision.dtype):
-                outputs = model(images)
-            with timer.stage(DECODE):
-                found.append(_to_boxset(outputs, geometry, cfg, batch))
-                indices = np.asarray(batch.indices, np.int64)
-                sizes[indices] = [(m.width, m.height) for m in batch.metas]
-    model.train(was_training)
-    for failure in failures:
-        logger.warning("%s (left out of the evaluation)", failure)
-    for line in frame_warnings(frames, annotations):
-        logger.warning(line)
-    readable = sizes[:, 0] > 0
-    gts = ground_truth(annotations, readable)
-    dets = BoxSet.concat(found) if found else BoxSet([], np.zeros((0, 4)), [], scores=[])
-    totals = {name: sum(timer.samples.get(name, [])) / 1000 for name in STAGES[:3]}
-    speed = EvalSpeed(int(readable.sum()), time.perf_counter() - start, totals)
-    return Detected(dets, gts, sizes, failures, speed)
+
+
+class _Pass:
+    """What one pass over the loader collects: the detections per batch, the read failures,
+    each annotation's (width, height) (0 where unreadable), the EXIF frames, and the time of
+    each stage (synchronised clock readings: queued GPU work is charged to the stage that
+    queued it); ``progress`` shows a progress bar."""
+
+    def __init__(self, num_images: int, device: torch.device, progress: bool) -> None:
+        self.device, self.num_images, self.progress = device, num_images, progress
+        self.timer = StageTimer(sync=lambda: synchronize(device))
+        self.found: list[BoxSet] = []
+        self.failures: list[str] = []
+        self.sizes = np.zeros((num_images, 2), np.int64)
+        self.frames: dict[int, str] = {}
+
+    def detect(
+        self, model: torch.nn.Module, loader: DataLoader, geometry: Geometry, cfg: EvalConfig
+    ) -> None:
+        """Runs ``model`` on every batch of ``loader`` (under ``cfg.amp``'s autocast)."""
+        device, timer = self.device, self.timer
+        dtype = inference_precision(cfg.amp, device).dtype
+        with timer.stage(LOADING):  # starting the worker processes is part of the loading
+            batches = iter(loader)
+        bar = tqdm(total=self.num_images, desc="eval", disable=not self.progress, leave=False)
+        with bar:
+            while True:
+                with timer.stage(LOADING):
+                    batch = next(batches, None)
+                    if batch is not None and batch.images is not None:
+                        images = batch.images.to(device, non_blocking=True).float().div_(255)
+                if batch is None:
+                    break
+                bar.update(len(batch.indices) + len(batch.errors))
+                self.failures += batch.errors
+                self.frames.update(batch.frames)
+                if batch.images is None:
+                    continue
+                with timer.stage(FORWARD), autocast(device, dtype):
+                    outputs = model(images)
+                with timer.stage(DECODE):
+                    self.found.append(_to_boxset(outputs, geometry, cfg, batch))
+                    indices = np.asarray(batch.indices, np.int64)
+                    self.sizes[indices] = [(m.width, m.height) for m in batch.metas]
 
 
 def frame_warnings(frames: dict[int, str], annotations: Sequence[Annotation]) -> list[str]:

@@ -21,13 +21,14 @@ import torch
 from nets.attention_maps import AttentionMap, capture_attention
 from nets.checkpoint import ModelInfo, check_request, load_model
 from nets.decode import SCALE_X_Y, Geometry, detect
+from nets.fuse import fuse_model
+from nets.options import ModelOptions
 from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, YoloBody
 from utils.classes import read_anchors, read_class_names
-from utils.config import Rule, option, rule_problems
+from utils.config import Rule, option, rule_problems, shared
 from utils.detections import Detections
-from utils.device import select_device
+from utils.device import DeviceOptions, select_device
 from utils.errors import InputError
-from utils.inference.deploy import fuse_model
 from utils.paths import COCO_CLASSES, OFFICIAL_WEIGHTS
 from utils.precision import AMP_TORCH_ONLY, autocast, inference_precision
 from utils.preprocess import ResizeMeta, preprocess_bgr, to_tensor
@@ -117,12 +118,7 @@ class InferenceConfig:
     field outside its range by its ``predict.py`` flag.
     """
 
-    input_size: int | None = option(
-        None,
-        "network input side, a multiple of 32 (default: the checkpoint's; 416 for darknet)",
-        flag="--img-size",
-        group="model",
-    )
+    img_size: int | None = shared(ModelOptions, "img_size", None)
     letterbox: bool = option(
         True, "keep the aspect ratio with grey padding (else a plain resize)", group="model"
     )
@@ -146,7 +142,7 @@ class InferenceConfig:
         False, "NMS across classes instead of per class", group="post-processing"
     )
     classes_filter: tuple[int, ...] | None = None  # keep only these class ids
-    device: str = option("auto", "auto, cpu, cuda or cuda:N", group="model")
+    device: str = shared(DeviceOptions, "device", "auto")
     backend: str = option(
         "torch",
         "inference engine (onnxruntime: --weights .onnx, or exported on the fly)",
@@ -154,12 +150,7 @@ class InferenceConfig:
         choices=BACKENDS,
     )
     fuse: bool = option(True, "fold batch norm into the convolutions (torch)", group="deployment")
-    amp: bool = option(
-        False,
-        "run the network in 16-bit (float16 on CUDA, bfloat16 on CPU, where it pays only with "
-        "native bfloat16 instructions): faster; scores and boxes move in the last digits",
-        group="deployment",
-    )
+    amp: bool = shared(DeviceOptions, "amp", False, group="deployment")
 
     def __post_init__(self) -> None:
         problems = rule_problems(self, _INFERENCE_RULES)
@@ -171,7 +162,7 @@ class InferenceConfig:
 
 # field -> (check, what it must be); messages use each field's flag
 _INFERENCE_RULES: dict[str, Rule] = {
-    "input_size": (lambda v: v is None or (v > 0 and v % 32 == 0), "a positive multiple of 32"),
+    "img_size": (lambda v: v is None or (v > 0 and v % 32 == 0), "a positive multiple of 32"),
     "scale_xy": (lambda v: v is None or 1 <= v <= 2, "in [1, 2]"),
     "conf_thresh": (lambda v: 0 <= v <= 1, "a score in [0, 1]"),
     "nms_thresh": (lambda v: 0 < v <= 1, "an IoU in (0, 1]"),
@@ -194,7 +185,7 @@ class Detector:
         model: the network (None when ``runner`` is given).
         info: what the model is; its anchors and masks decode the outputs.
         class_names: names by class id (default: ``info.class_names``).
-        config: inference settings; ``input_size`` None takes ``info.input_size``.
+        config: inference settings; ``img_size`` None takes ``info.input_size``.
         runner: a callable with the model's contract (batch in, raw maps out) run instead
             of ``model``, such as an ``OnnxRunner``.
 
@@ -213,8 +204,8 @@ class Detector:
         runner=None,
     ) -> None:
         config = config or InferenceConfig()
-        if config.input_size is None:
-            config = replace(config, input_size=info.input_size)
+        if config.img_size is None:
+            config = replace(config, img_size=info.input_size)
         self.config = config
         class_names = list(class_names if class_names is not None else info.class_names or [])
         if len(class_names) != info.num_classes:
@@ -247,7 +238,7 @@ class Detector:
     @property
     def geometry(self) -> Geometry:
         """The model's anchors and masks at the configured input size."""
-        geometry = self.info.geometry.at_size(self.config.input_size)
+        geometry = self.info.geometry.at_size(self.config.img_size)
         if self.config.scale_xy is not None:
             geometry = replace(geometry, scale_x_y=self.config.scale_xy)
         return geometry
@@ -291,7 +282,7 @@ class Detector:
 
     @classmethod
     def _from_onnx(cls, path, names, anchors, config, phi=None) -> Detector:
-        from utils.inference.deploy import OnnxRunner, onnx_metadata
+        from utils.inference.onnx_runner import OnnxRunner, onnx_metadata
 
         meta = onnx_metadata(path)
         runner = OnnxRunner(path)
@@ -324,10 +315,10 @@ class Detector:
         )
         check_request(str(path), info, phi, None)  # --phi is checked against the graph too
         config = config or InferenceConfig()
-        if runner.input_size and config.input_size not in (None, runner.input_size):
+        if runner.input_size and config.img_size not in (None, runner.input_size):
             raise InputError(
                 f"{path} was exported at {runner.input_size}; "
-                f"--img-size {config.input_size} cannot be used with it"
+                f"--img-size {config.img_size} cannot be used with it"
             )
         config = replace(config, backend="onnxruntime")
         return cls(None, info, config=config, runner=runner)
@@ -344,7 +335,7 @@ class Detector:
         """One image -> its RGB uint8 network-input canvas and meta: the OpenCV-only half of
         ``preprocess`` (no torch op, so reader threads run it without starting torch thread
         pools of their own)."""
-        return preprocess_bgr(image_bgr, self.config.input_size, self.config.letterbox)
+        return preprocess_bgr(image_bgr, self.config.img_size, self.config.letterbox)
 
     def to_batch(self, canvases: list[np.ndarray]) -> torch.Tensor:
         """Canvases of ``resize`` -> the (B, 3, S, S) float input tensor on the device."""
@@ -418,7 +409,7 @@ class Detector:
         with torch.inference_mode(), capture_attention(model) as capture, precision:
             model(batch)
         (raw,) = capture.maps() or [{}]
-        size = self.config.input_size
+        size = self.config.img_size
         return {
             point: AttentionMap(point, m.block, m.spatial, m.channels, m.spatial_kind, size, meta)
             for point, m in raw.items()
@@ -441,7 +432,7 @@ class Detector:
     @torch.inference_mode()
     def heatmap(self, outputs: list[torch.Tensor], meta: ResizeMeta) -> np.ndarray:
         """``objectness_map`` from raw maps already computed (batch of one)."""
-        size = self.config.input_size
+        size = self.config.img_size
         heat = torch.zeros(size, size, device=outputs[0].device)
         for out in outputs:
             _, _, h, w = out.shape
@@ -462,7 +453,8 @@ def _onnx_runner_for(model: YoloBody, geometry: Geometry):
     ONNX file and opens it in ORT."""
     import tempfile
 
-    from utils.inference.deploy import OnnxRunner, export_onnx
+    from utils.inference.export import export_onnx
+    from utils.inference.onnx_runner import OnnxRunner
 
     with tempfile.TemporaryDirectory() as tmp:
         path = export_onnx(model, Path(tmp) / "model.onnx", geometry)

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from utils.errors import InputError
-from utils.inference.deploy import METADATA_KEY, onnx_metadata
+from utils.inference.onnx_runner import METADATA_KEY, onnx_metadata
 from utils.preprocess import preprocess_bgr, to_tensor
 from utils.sources import ImageReadError, read_image
 
@@ -151,7 +151,7 @@ def _raw_map_graph(fp32_path: str | os.PathLike) -> tuple[str, int, list[str]]:
     if outputs != ["out32", "out16"]:
         raise InputError(
             f"{fp32_path}: INT8 needs a raw-map export (out32/out16), got {outputs}"
-            " (export without --onnx-decode)"
+            " (export without --decode)"
         )
     input_size = graph.input[0].type.tensor_type.shape.dim[2].dim_value
     if not input_size:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from data.formats import LABEL_FORMATS
+from data.options import DataOptions
 from data.source import DATA_CHOICES
 from nets.attention import (
     ATTENTION_POINTS,
@@ -25,11 +26,12 @@ from nets.attention import (
     parse_attention_args,
     parse_points,
 )
+from nets.options import ModelOptions
 from nets.registry import describe_phis
-from utils.config import option, rule_problems
+from utils.config import option, rule_problems, shared
+from utils.device import DeviceOptions
 from utils.errors import InputError
 from utils.evaluation.evaluate import EvalConfig
-from utils.paths import VOC_ROOT
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
@@ -56,17 +58,18 @@ class TrainConfig:
     """Everything a run depends on; written to the run folder and into every checkpoint."""
 
     # data
-    data: str = option("voc", "VOC or the generated demo set", group="data", choices=DATA_CHOICES)
-    voc_root: str = option(VOC_ROOT, "folder holding VOC<year>/", group="data")
+    data: str = shared(DataOptions, "data")
+    voc_root: str = shared(DataOptions, "voc_root")
     train_sets: str = option(
         "2007:trainval,2012:trainval", "YEAR:SET pairs to train on", group="data"
     )
     val_set: str = option("2007:test", "YEAR:SET pairs to evaluate on", group="data")
-    classes: str | None = option(
+    classes: str | None = shared(
+        DataOptions,
+        "classes",
         None,
         "classes file (default: the demo's with --data demo; else the checkpoint's when "
         "evaluating, and VOC's 20 or the names in the XMLs when training)",
-        group="data",
     )
     train_lines: str | None = option(
         None,
@@ -99,13 +102,15 @@ class TrainConfig:
     val_images: str | None = option(
         None, "images folder of COCO --val-labels (default: as --train-images)", group="data"
     )
-    label_format: str = option(
+    label_format: str = shared(
+        DataOptions,
+        "label_format",
         "auto",
         "format of --train-labels/--val-labels (auto: from the path)",
-        group="data",
-        choices=LABEL_FORMATS,
     )
-    anchors: str | None = option(
+    anchors: str | None = shared(
+        ModelOptions,
+        "anchors",
         "auto",
         "anchors: 'auto' (k-means on the training boxes at --img-size when darknet's fit them "
         "poorly, else darknet's), 'kmeans' (always), 'default' (darknet's), or a file of w,h "
@@ -121,8 +126,8 @@ class TrainConfig:
     )
     include_difficult: bool = option(False, "train on difficult objects too", group="data")
     # model
-    phi: str = option(
-        "0", lambda: f"attention block, by number or name: {describe_phis()}", group="model"
+    phi: str = shared(
+        ModelOptions, "phi", "0", lambda: f"attention block, by number or name: {describe_phis()}"
     )
     attention_at: str = option(
         ",".join(DEFAULT_POINTS),
@@ -135,15 +140,9 @@ class TrainConfig:
         "defaults",
         group="model",
     )
-    attention_plugin: str | None = option(
-        None,
-        "module(s) to import before the model is built, registering attention blocks "
-        "(comma-separated)",
-        group="model",
-        metavar="MODULE",
-    )
-    img_size: int = option(
-        416, "training and evaluation input side (multiple of 32)", group="model"
+    attention_plugin: str | None = shared(ModelOptions, "attention_plugin")
+    img_size: int = shared(
+        ModelOptions, "img_size", 416, "training and evaluation input side (multiple of 32)"
     )
     scale_xy: float | None = option(
         None,
@@ -152,11 +151,12 @@ class TrainConfig:
         ".pth files, stored in ours)",
         group="model",
     )
-    weights: str | None = option(
+    weights: str | None = shared(
+        ModelOptions,
+        "weights",
         "auto",
         "initial weights: darknet .weights, our .pth, reference .pth; 'auto' = the COCO "
         "weights in model_data/ if present; 'none' = from scratch",
-        group="model",
     )
     # schedule
     epochs: int = option(300, "total epochs, frozen ones included", group="schedule")
@@ -219,7 +219,9 @@ class TrainConfig:
     ema: bool = option(
         True, "exponential moving average of weights (evaluated, saved)", group="machinery"
     )
-    amp: bool | None = option(
+    amp: bool | None = shared(
+        DeviceOptions,
+        "amp",
         None,
         "mixed precision: float16 autocast on CUDA, bfloat16 on CPU (default: on for CPUs "
         "with native bfloat16 instructions, AVX512-BF16 or AMX; off on other CPUs and on "
@@ -246,7 +248,7 @@ class TrainConfig:
         False, "deterministic algorithms (exact resume)", group="machinery"
     )
     sync_bn: bool = option(False, "SyncBatchNorm under torchrun (CUDA)", group="machinery")
-    device: str = option("auto", "auto, cpu, cuda or cuda:N", group="machinery")
+    device: str = shared(DeviceOptions, "device", "auto", group="machinery")
     # evaluation and output
     eval_period: int = option(
         5,

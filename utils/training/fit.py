@@ -468,7 +468,7 @@ def evaluate_epoch(run: Run, record: dict) -> bool:
     """mAP of the EMA model (rank 0) into ``record``; True when it is a new best."""
     cfg, device = run.cfg, run.step.device
     eval_cfg = EvalConfig(
-        input_size=cfg.img_size,
+        img_size=cfg.img_size,
         conf_thresh=cfg.eval_conf,
         nms_thresh=cfg.eval_nms,
         workers=min(cfg.workers, 2),

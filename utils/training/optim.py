@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from utils.training.config import TrainConfig
+from utils.training.schedule import default_warmup_epochs
 
 
 def fitted_lrs(cfg: TrainConfig, batch_size: int) -> tuple[float, float]:
@@ -33,7 +34,9 @@ def lr_at(cfg: TrainConfig, progress: float, lr: float, min_lr: float) -> float:
         steps = 10
         decay = (min_lr / lr) ** (1 / (steps - 1))
         return lr * decay ** int(progress // max(total / steps, 1e-9))
-    warmup = cfg.warmup_epochs if cfg.warmup_epochs is not None else min(max(0.05 * total, 1), 3)
+    warmup = cfg.warmup_epochs
+    if warmup is None:
+        warmup = default_warmup_epochs(total)
     hold = min(max(0.05 * total, 1), 15)
     start = max(0.1 * lr, 1e-6)
     if warmup > 0 and progress <= warmup:

@@ -171,7 +171,7 @@ def save_val_pictures(model, info: ModelInfo, annotations, path: Path, device) -
     from utils.visualize import draw_detections
 
     detector = Detector(
-        model, info, config=InferenceConfig(input_size=info.input_size, device=str(device))
+        model, info, config=InferenceConfig(img_size=info.input_size, device=str(device))
     )
     tiles = []
     for ann in annotations:

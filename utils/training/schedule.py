@@ -108,6 +108,12 @@ def _epochs_for(per_epoch: list[int], iters: float) -> float:
     return float(len(per_epoch))
 
 
+def default_warmup_epochs(epochs: int) -> float:
+    """The VOC schedule's warmup for a run of ``epochs``: 5% of it, between 1 and 3 epochs
+    (what the lr schedule uses when a run leaves it unset)."""
+    return min(max(0.05 * epochs, 1), 3)
+
+
 def resolve_schedule(
     cfg: TrainConfig,
     num_images: int,
@@ -129,8 +135,41 @@ def resolve_schedule(
             it started with (the lr schedule's own defaults).
     """
     epochs, reasons, warnings = cfg.epochs, [], []
-    fit_batch = max(MIN_BATCH, num_images // MIN_STEPS_PER_EPOCH)
+    batch, freeze_batch = _batch_sizes(cfg, num_images, reasons)
+    freeze = _freeze_epochs(cfg, pretrained, reasons, warnings)
+    steps = _steps(num_images, batch, world)
+    frozen_steps = _steps(num_images, freeze_batch, world)
+    warnings += _few_steps_warnings(cfg, num_images, world, batch, freeze_batch, freeze)
+    per_epoch = [frozen_steps if e < freeze else steps for e in range(epochs)]
+    warmup = _warmup_epochs(cfg, per_epoch, resumed, reasons)
+    lr = _short_run_lr(cfg, batch, sum(per_epoch), resumed, reasons)
+    resolved = replace(
+        cfg,
+        batch_size=batch,
+        freeze_batch_size=freeze_batch,
+        freeze_epochs=freeze,
+        warmup_epochs=cfg.warmup_epochs if resumed else round(warmup, 4),
+        lr=lr,
+    )
+    return resolved, Schedule(
+        epochs=epochs,
+        freeze_epochs=freeze,
+        batch_size=batch,
+        freeze_batch_size=freeze_batch,
+        steps_per_epoch=steps,
+        frozen_steps_per_epoch=frozen_steps,
+        warmup_epochs=round(warmup, 4),
+        warmup_iters=round(_iters_until(per_epoch, warmup)),
+        strong_aug_until=round(epochs * cfg.strong_aug_ratio),
+        reasons=reasons,
+        warnings=warnings,
+    )
 
+
+def _batch_sizes(cfg: TrainConfig, num_images: int, reasons: list[str]) -> tuple[int, int]:
+    """The batch and the frozen phase's batch: the user's, else the VOC schedule's lowered
+    until an epoch has ``MIN_STEPS_PER_EPOCH`` steps (never below ``MIN_BATCH``)."""
+    fit_batch = max(MIN_BATCH, num_images // MIN_STEPS_PER_EPOCH)
     batch = cfg.batch_size
     if batch is None:
         batch = min(DEFAULT_BATCH, fit_batch)
@@ -148,16 +187,22 @@ def resolve_schedule(
         freeze_batch = min(DEFAULT_FREEZE_BATCH, max(batch, fit_batch))
         if freeze_batch < DEFAULT_FREEZE_BATCH:
             reasons.append(f"frozen-phase batch {DEFAULT_FREEZE_BATCH} -> {freeze_batch}")
+    return batch, freeze_batch
 
-    freeze = cfg.freeze_epochs
+
+def _freeze_epochs(
+    cfg: TrainConfig, pretrained: bool, reasons: list[str], warnings: list[str]
+) -> int:
+    """Frozen epochs: none from scratch, else the user's or a sixth of the run."""
+    freeze, epochs = cfg.freeze_epochs, cfg.epochs
     if not pretrained:
         if freeze:
             warnings.append(
                 f"--freeze-epochs {freeze} ignored: training from scratch, the backbone has "
                 "nothing to keep"
             )
-        freeze = 0
-    elif freeze is None:
+        return 0
+    if freeze is None:
         freeze = round(epochs * FREEZE_FRACTION)
         if freeze != DEFAULT_FREEZE_EPOCHS:
             reasons.append(
@@ -169,9 +214,15 @@ def resolve_schedule(
             f"--freeze-epochs {freeze} >= --epochs {epochs}: the backbone stays frozen for the "
             "whole run, so only the neck and heads learn"
         )
+    return freeze
 
-    steps = _steps(num_images, batch, world)
-    frozen_steps = _steps(num_images, freeze_batch, world)
+
+def _few_steps_warnings(
+    cfg: TrainConfig, num_images: int, world: int, batch: int, freeze_batch: int, freeze: int
+) -> list[str]:
+    """A warning for each batch the user set that leaves fewer than ``FEW_STEPS`` steps per
+    epoch (the frozen phase's only when there is one)."""
+    warnings = []
     for name, value, given in (
         ("--batch-size", batch, cfg.batch_size),
         ("--freeze-batch-size", freeze_batch, cfg.freeze_batch_size),
@@ -183,48 +234,37 @@ def resolve_schedule(
                 "warmup, freezing and the lr schedule get very few updates (leave it unset to "
                 "adapt it to the data set)"
             )
+    return warnings
 
-    per_epoch = [frozen_steps if e < freeze else steps for e in range(epochs)]
-    total_iters = sum(per_epoch)
-    warmup = cfg.warmup_epochs
-    if warmup is None and resumed:
-        warmup = min(max(0.05 * epochs, 1), 3)  # what the lr schedule does with it unset
-    elif warmup is None:
-        warmup = min(max(0.05 * epochs, 1), 3)  # the VOC schedule's, in epochs
-        floor = min(MIN_WARMUP_ITERS, MAX_WARMUP_SHARE * total_iters)
-        if _iters_until(per_epoch, warmup) < floor:
-            warmup = _epochs_for(per_epoch, floor)
-            reasons.append(f"warmup at least {MIN_WARMUP_ITERS} iterations (or a fifth of the run)")
-    warmup_iters = round(_iters_until(per_epoch, warmup))
 
-    lr = cfg.lr
-    if lr is None and total_iters < SHORT_RUN_ITERS and not resumed:
-        base = BASE_LR[cfg.optimizer]
-        lr = round(base * 64 / batch, 6)  # the option is lr at batch 64, scaled by batch / 64
-        reasons.append(
-            f"lr {base:g} at batch {batch}, not scaled down by {batch}/64: a short run "
-            f"({total_iters} iterations)"
-        )
+def _warmup_epochs(
+    cfg: TrainConfig, per_epoch: list[int], resumed: bool, reasons: list[str]
+) -> float:
+    """Warmup in (fractional) epochs: the user's, else the VOC schedule's, lengthened to
+    ``MIN_WARMUP_ITERS`` steps (at most ``MAX_WARMUP_SHARE`` of the run) unless resumed."""
+    if cfg.warmup_epochs is not None:
+        return cfg.warmup_epochs
+    warmup = default_warmup_epochs(cfg.epochs)
+    if resumed:  # what the lr schedule does with it unset
+        return warmup
+    floor = min(MIN_WARMUP_ITERS, MAX_WARMUP_SHARE * sum(per_epoch))
+    if _iters_until(per_epoch, warmup) < floor:
+        warmup = _epochs_for(per_epoch, floor)
+        reasons.append(f"warmup at least {MIN_WARMUP_ITERS} iterations (or a fifth of the run)")
+    return warmup
 
-    strong_until = round(epochs * cfg.strong_aug_ratio)
-    resolved = replace(
-        cfg,
-        batch_size=batch,
-        freeze_batch_size=freeze_batch,
-        freeze_epochs=freeze,
-        warmup_epochs=cfg.warmup_epochs if resumed else round(warmup, 4),
-        lr=lr,
+
+def _short_run_lr(
+    cfg: TrainConfig, batch: int, total_iters: int, resumed: bool, reasons: list[str]
+) -> float | None:
+    """The user's lr, else for a short run (not resumed) the base lr at this batch, not
+    scaled down by batch / 64; else None (the optimizer's scaled default)."""
+    if cfg.lr is not None or total_iters >= SHORT_RUN_ITERS or resumed:
+        return cfg.lr
+    base = BASE_LR[cfg.optimizer]
+    lr = round(base * 64 / batch, 6)  # the option is lr at batch 64, scaled by batch / 64
+    reasons.append(
+        f"lr {base:g} at batch {batch}, not scaled down by {batch}/64: a short run "
+        f"({total_iters} iterations)"
     )
-    return resolved, Schedule(
-        epochs=epochs,
-        freeze_epochs=freeze,
-        batch_size=batch,
-        freeze_batch_size=freeze_batch,
-        steps_per_epoch=steps,
-        frozen_steps_per_epoch=frozen_steps,
-        warmup_epochs=round(warmup, 4),
-        warmup_iters=warmup_iters,
-        strong_aug_until=strong_until,
-        reasons=reasons,
-        warnings=warnings,
-    )
+    return lr

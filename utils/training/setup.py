@@ -123,7 +123,7 @@ def require_objects(data: DataSetup, cfg: TrainConfig) -> None:
 
 
 MISSING_VOC = """{root}: no Pascal VOC here.
-  Get it (about 2 GB):   python -m tools.download_voc --dest data
+  Get it (about 2 GB):   python -m tools.download_voc --out data
   Or train on the generated demo set instead:   python train.py --data demo
   Or point --voc-root at an existing VOCdevkit folder."""
 
