@@ -57,6 +57,7 @@ from utils.evaluation.evaluate import (
 from utils.inference.onnx_runner import onnx_metadata
 from utils.inference.predictor import check_class_names
 from utils.paths import (
+    SaveDirOptions,
     check_apart,
     check_output_path,
     check_outputs_distinct,
@@ -131,16 +132,14 @@ def _add_output_flags(p: argparse.ArgumentParser) -> None:
     """Where the metrics, plots and tables go (``--out-dir``: the earlier spelling)."""
     out = argument_group(p, "output")
     out.add_argument("--json", default=None, help="write the metrics as JSON here")
-    out.add_argument(
-        "--save-dir",
-        default="logs/eval",
-        help="folder for the plots and tables, numbered (DIR2, ...) if it exists; never an "
-        "input's folder or one inside it (default: %(default)s)",
-    )
-    out.add_argument(
-        "--exist-ok",
-        action="store_true",
-        help="write into --save-dir even if it exists (still never into an input)",
+    add_options(
+        p,
+        SaveDirOptions,
+        defaults={"save_dir": "logs/eval"},
+        helps={
+            "save_dir": "folder for the plots and tables, numbered (DIR2, ...) if it exists; "
+            "never an input's folder or one inside it"
+        },
     )
     add_alias(p, "--out-dir", "--save-dir")
 

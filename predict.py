@@ -48,6 +48,7 @@ from utils.inference.predictor import DEFAULT_WEIGHTS, Detector, InferenceConfig
 from utils.paths import (
     ROOT,
     SAMPLES,
+    SaveDirOptions,
     check_apart,
     check_output_path,
     check_outputs_distinct,
@@ -116,16 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_output_flags(p: argparse.ArgumentParser) -> None:
     """The results folder and the speed measurement, this command's own output flags."""
     out = argument_group(p, "output")
-    out.add_argument(
-        "--save-dir",
-        default="logs/predict",
-        help="folder for annotated images/videos, incremented if it exists; never an input's "
-        "folder or one inside it (default: %(default)s)",
-    )
-    out.add_argument(
-        "--exist-ok",
-        action="store_true",
-        help="write into --save-dir even if it exists (still never into an input)",
+    add_options(
+        p,
+        SaveDirOptions,
+        defaults={"save_dir": "logs/predict"},
+        helps={
+            "save_dir": "folder for annotated images/videos, numbered (DIR2, ...) if it exists; "
+            "never an input's folder or one inside it"
+        },
     )
     out.add_argument("--no-save", action="store_true", help="do not write annotated images/videos")
     out.add_argument(

@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import exit_code
 from torch import nn
 
 import nets.attention_maps as attention_maps
@@ -416,7 +417,7 @@ def tiny_checkpoints(trained_tiny_checkpoint, tmp_path_factory) -> dict[str, Pat
 
 def run_predict(weights: Path, source: Path, save_dir: Path, *extra: str) -> int:
     args = ["--weights", str(weights), "--source", str(source), "--save-dir", str(save_dir)]
-    return predict.main([*args, "--device", "cpu", "--attention-maps", *extra])
+    return exit_code(predict.main, [*args, "--device", "cpu", "--attention-maps", *extra])
 
 
 @pytest.mark.slow

@@ -37,6 +37,8 @@ SHARED_FLAGS = {
     "--device",
     "--amp",
     "--threads",
+    "--save-dir",
+    "--exist-ok",
 }
 # output flags by kind; any other spelling of an output is a new convention to document first
 OUTPUT_FLAGS = {"--save-dir", "--log-dir", "--out", "--json"}

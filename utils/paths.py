@@ -14,10 +14,12 @@ import contextlib
 import io
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 
+from utils.config import option
 from utils.errors import BAD_INPUT, InputError, WriteError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,6 +31,25 @@ VOC_CLASSES = MODEL_DATA / "voc_classes.txt"
 SAMPLES = MODEL_DATA / "samples"  # bus.jpg and zidane.jpg (`make weights`)
 
 VOC_ROOT = "data/VOCdevkit"  # where tools.download_voc puts Pascal VOC
+
+
+@dataclass(frozen=True)
+class SaveDirOptions:
+    """The results folder of a run of ``predict.py`` or ``eval.py``: the flags both take (each
+    gives its own default folder)."""
+
+    save_dir: str = option(
+        "logs/run",
+        "results folder, numbered (DIR2, ...) if it exists; never an input's folder or one "
+        "inside it",
+        group="output",
+        metavar="DIR",
+    )
+    exist_ok: bool = option(
+        False,
+        "write into --save-dir even if it exists (still never into an input)",
+        group="output",
+    )
 
 
 class OutputPathError(WriteError):
