@@ -28,6 +28,7 @@ from nets.options import ModelOptions
 from nets.registry import describe_phis, load_attention_plugins
 from utils.classes import read_class_names
 from utils.config import (
+    CommandParser,
     HelpFormatter,
     add_alias,
     add_options,
@@ -74,7 +75,7 @@ VOC_TEST = "2007:test"  # the usual protocol's test set
 def build_parser() -> argparse.ArgumentParser:
     """The model and data flags shared with the other commands, ``EvalConfig``'s and
     ``CompareConfig``'s, and this command's detections file and outputs."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p = CommandParser(description=__doc__, formatter_class=HelpFormatter)
     add_options(
         p,
         ModelOptions,

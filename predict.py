@@ -24,6 +24,7 @@ from nets.options import ModelOptions
 from nets.registry import load_attention_plugins
 from utils.classes import read_anchors
 from utils.config import (
+    CommandParser,
     HelpFormatter,
     add_alias,
     add_options,
@@ -65,7 +66,7 @@ from utils.sources import (
 def build_parser() -> argparse.ArgumentParser:
     """Flags of ``InferenceConfig`` and ``OutputOptions`` (defaults and help written there),
     plus the model, output-folder, benchmark and export options of this command."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p = CommandParser(description=__doc__, formatter_class=HelpFormatter)
     src = argument_group(p, "input")
     src.add_argument(
         "--source",

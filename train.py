@@ -13,7 +13,14 @@ import argparse
 import logging
 import signal
 
-from utils.config import HelpFormatter, add_options, from_args, given_options, run_cli
+from utils.config import (
+    CommandParser,
+    HelpFormatter,
+    add_options,
+    from_args,
+    given_options,
+    run_cli,
+)
 from utils.paths import check_output_path
 from utils.training.config import TrainConfig
 from utils.training.fit import fit
@@ -26,9 +33,7 @@ def build_parser(add_help: bool = True, exclude: tuple[str, ...] = ()) -> argpar
         add_help: False for a parent parser (``tools.study`` extends this one).
         exclude: fields left out (the study sets phi, seed and the run folder per run).
     """
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=HelpFormatter, add_help=add_help
-    )
+    parser = CommandParser(description=__doc__, formatter_class=HelpFormatter, add_help=add_help)
     add_options(parser, TrainConfig, exclude=exclude)
     return parser
 

@@ -11,7 +11,6 @@ probabilities. Printed: images/s for each, with 0 and 2 workers, and the ratio.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from benchmarks.common import check_at_least, start
 from data.augment import AugmentConfig
 from data.dataset import EpochSampler, MosaicMixup, VOCDetection, collate
 from data.voc import Annotation
-from utils.config import HelpFormatter, run_cli
+from utils.config import CommandParser, HelpFormatter, run_cli
 from utils.errors import InputError
 from utils.timing import time_call
 
@@ -154,7 +153,7 @@ def throughput(loader: DataLoader, batches: int, sampler=None) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
+    p = CommandParser(
         description="Training-sample throughput vs. a reference loader",
         formatter_class=HelpFormatter,
     )

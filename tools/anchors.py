@@ -24,12 +24,12 @@ from data.options import DataOptions
 from data.voc import parse_sets
 from nets.options import ModelOptions
 from utils.classes import read_class_names
-from utils.config import HelpFormatter, add_alias, add_options, run_cli
+from utils.config import CommandParser, HelpFormatter, add_alias, add_options, run_cli
 from utils.paths import check_output_path
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="python -m tools.anchors",
         formatter_class=HelpFormatter,
         description="Cluster the box shapes of a VOC dataset into anchors (k-means, distance "

@@ -31,12 +31,12 @@ from data.voc import (
     parse_sets,
 )
 from utils.classes import read_class_names
-from utils.config import HelpFormatter, add_options, argument_group, run_cli
+from utils.config import CommandParser, HelpFormatter, add_options, argument_group, run_cli
 from utils.errors import FailedError, InputError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = CommandParser(
         prog="python -m tools.check_data",
         description="Check a dataset (VOC, COCO, YOLO or annotation lines) file by file",
         formatter_class=HelpFormatter,

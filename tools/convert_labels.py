@@ -26,7 +26,7 @@ import argparse
 from data.formats import LABEL_FORMATS, WRITE_FORMATS, LabelSource, convert_labels
 from data.options import DataOptions
 from utils.classes import read_class_names
-from utils.config import HelpFormatter, add_options, run_cli
+from utils.config import CommandParser, HelpFormatter, add_options, run_cli
 from utils.errors import UserError
 from utils.paths import (
     VOC_CLASSES,
@@ -37,7 +37,7 @@ from utils.paths import (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = CommandParser(
         prog="python -m tools.convert_labels", description=__doc__, formatter_class=HelpFormatter
     )
     p.add_argument("src", metavar="SRC", help="labels to read: a folder, .json, .yaml or .txt")

@@ -19,12 +19,12 @@ from data.download import (
     prepare_voc,
 )
 from data.options import DataOptions
-from utils.config import HelpFormatter, add_alias, add_options, run_cli
+from utils.config import CommandParser, HelpFormatter, add_alias, add_options, run_cli
 from utils.errors import FailedError, UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="python -m tools.download_voc",
         formatter_class=HelpFormatter,
         description="Download Pascal VOC tarballs, verify their MD5 and extract them into "

