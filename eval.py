@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     source = resolve_data_source(args.data, args.voc_root, "", voc_split, args.classes)
     save_dir = increment_path(args.save_dir, args.exist_ok)
     load_attention_plugins(args.attention_plugin)
-    _check_outputs(args, source.voc_root, save_dir)  # before any work: a result would be lost
+    _check_outputs(args, source, save_dir)  # before any work: a result would be lost
     labels = _labels(args, source.voc_root)
     if args.detections:
         return _score_file(args, source, save_dir, labels)
@@ -181,17 +181,20 @@ def _check_flags(args: argparse.Namespace) -> None:
         raise InputError(f"{args.detections or onnx[0]}: {why}")
 
 
-def _check_outputs(args: argparse.Namespace, voc_root: str, save_dir: Path) -> None:
+def _check_outputs(args: argparse.Namespace, source: DataSource, save_dir: Path) -> None:
     """Refuses, before any work, a results folder or JSON file that cannot be written, that
-    would land on the other or on an input.
+    would land on the other or on an input (the classes file the data source resolved to
+    included, such as the demo set's when ``--classes`` is not given).
 
     Raises:
         OutputRefusedError: naming the flag and the path.
     """
-    inputs = _input_paths(args, voc_root)
+    inputs = [*_input_paths(args, source.voc_root), source.classes]
     check_outputs_distinct([("--save-dir", save_dir, True), ("--json", args.json, False)])
     for folder in dict.fromkeys([args.save_dir, save_dir]):  # as asked, and as numbered
         check_apart(folder, inputs, flag="--save-dir")
+    # a file where the folder was asked for is an error, not a reason to number it
+    check_output_path(args.save_dir, folder=True)
     check_output_path(save_dir, folder=True)
     if args.json:
         check_apart(args.json, inputs, flag="--json", folder=False)

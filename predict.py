@@ -47,6 +47,7 @@ from utils.inference.predict_loop import (
 )
 from utils.inference.predictor import DEFAULT_WEIGHTS, Detector, InferenceConfig
 from utils.paths import (
+    COCO_CLASSES,
     ROOT,
     SAMPLES,
     SaveDirOptions,
@@ -295,13 +296,17 @@ def _check_outputs(args: argparse.Namespace, source: Source, save_dir: Path | No
         OutputRefusedError: an output that cannot be written or lies on an input.
         InputError: --attention-maps without a folder to write into.
     """
-    inputs = [*source_inputs(args.source, source), args.weights, args.classes, args.anchors]
+    # the COCO names file is read when a model stores no names and --classes is not given
+    classes = args.classes or COCO_CLASSES
+    inputs = [*source_inputs(args.source, source), args.weights, classes, args.anchors]
     json_path = None if json_to_stdout(args.json_path) else args.json_path
     check_outputs_distinct([("--save-dir", save_dir, True), ("--json", json_path, False)])
     if save_dir is not None:
         # the folder asked for, too: an input is refused, not replaced by a numbered sibling
         for folder in dict.fromkeys([Path(args.save_dir), save_dir]):
             check_apart(folder, inputs, flag="--save-dir")
+        # a file where the folder was asked for is an error, not a reason to number it
+        check_output_path(args.save_dir, folder=True)
         check_output_path(save_dir, folder=True)
         # a crops or attention folder left by an earlier run may be a link to elsewhere
         for wanted, flag, sub in (

@@ -268,7 +268,13 @@ def _list_images(entry: Path, source: str, unread: list[Path]) -> list[Path]:
     to its folder), or the one image named. Files of a folder in image formats that are not
     read (``UNREAD_IMAGE_SUFFIXES``) are added to ``unread``."""
     if os.path.isdir(entry):
-        files = [p for p in entry.rglob("*") if p.is_file()]
+        try:
+            files = [p for p in entry.rglob("*") if p.is_file()]
+        except OSError as err:  # a folder below it that cannot be read, such as /proc/1
+            raise LabelFormatError(
+                f"{entry}: cannot list the images folder named by {source} "
+                f"({err.filename or entry}: {err.strerror or err})"
+            ) from err
         unread += sorted(p for p in files if p.suffix.lower() in UNREAD_IMAGE_SUFFIXES)
         return sorted(p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS)
     if entry.suffix.lower() in IMAGE_EXTENSIONS:

@@ -11,6 +11,26 @@ from dataclasses import dataclass
 
 from nets.registry import describe_phis
 from utils.config import option
+from utils.errors import InputError
+
+# 10x the default side: far beyond any use, while one image's activations still fit in memory
+MAX_IMG_SIZE = 4096
+IMG_SIZE_MUST = f"a positive multiple of 32, at most {MAX_IMG_SIZE}"
+
+
+def valid_img_size(size: int) -> bool:
+    """Whether ``size`` can be a network input side: the model downsamples by 32."""
+    return 0 < size <= MAX_IMG_SIZE and size % 32 == 0
+
+
+def check_img_size(size: int | None, flag: str = "--img-size") -> None:
+    """Refuses an input side the network cannot take (None: the model's own).
+
+    Raises:
+        InputError: naming the flag and the value.
+    """
+    if size is not None and not valid_img_size(size):
+        raise InputError(f"{flag} {size}: must be {IMG_SIZE_MUST}")
 
 
 @dataclass(frozen=True)

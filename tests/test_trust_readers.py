@@ -928,3 +928,20 @@ def test_a_yolo_source_without_any_label_file_is_reported(tmp_path: Path, capsys
     (tmp_path / "photos" / "labels" / "a.txt").write_text("")  # a negative: not reported
     assert read_yolo(data).issues == []
     assert check_data.main(["--labels", str(data), "--quick"]) == 1
+
+
+def test_an_images_folder_with_an_unreadable_entry_is_an_error_naming_both(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a data YAML whose train entry is "/" walks into /proc, where some entries refuse stat()
+    root = _yolo_set(tmp_path / "yolo")
+
+    def refuse(self: Path, pattern: str):
+        raise PermissionError(13, "Permission denied", str(self / "locked"))
+
+    monkeypatch.setattr(Path, "rglob", refuse)
+    with pytest.raises(LabelFormatError) as err:
+        read_yolo(root)
+    message = str(err.value)
+    assert "cannot list the images folder" in message
+    assert "locked: Permission denied" in message and str(root) in message

@@ -36,11 +36,13 @@ def read_class_names(path: str | os.PathLike) -> list[str]:
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the file cannot be read, is not UTF-8 text, is empty, has a blank line
-            between two names (the line is a class id: dropping it would shift every id after
-            it), or repeats a name or holds one with control characters (the message names the
-            file and the line).
+        ValueError: the path is a folder, the file cannot be read, is not UTF-8 text, is
+            empty, has a blank line between two names (the line is a class id: dropping it
+            would shift every id after it), or repeats a name or holds one with control
+            characters (the message names the file and the line).
     """
+    if os.path.isdir(path):
+        raise InputError(f"{path}: is a folder, not a classes file")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"classes file not found: {path}")
     try:

@@ -265,6 +265,7 @@ def run_cli(main: Callable[[], int | None]) -> None:
     - a ``UserError`` (bad input, a refused or failed write, a diverged run) prints one line,
       ``error: <message>``, and exits with the error's code (2 bad input, 1 failed work);
     - a ``FileNotFoundError`` is an input that is not there: one line, exit 2;
+    - a ``MemoryError`` (a setting too large for this machine) is one line, exit 1;
     - Ctrl-C prints ``interrupted`` and exits 130;
     - when stdout is a pipe whose reader has gone (``| head``), exits 1 quietly instead of
       printing a ``BrokenPipeError`` traceback;
@@ -281,6 +282,8 @@ def run_cli(main: Callable[[], int | None]) -> None:
             missing = err.filename if err.filename is not None else None
             message = f"{missing}: no such file or folder" if missing else str(err)
             code = _fail(message, BAD_INPUT)
+        except MemoryError:  # a setting too large for this machine, not a fault in the code
+            code = _fail("out of memory: try a smaller --img-size or --batch-size", 1)
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             code = 130

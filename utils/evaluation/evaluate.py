@@ -25,7 +25,7 @@ from tqdm import tqdm
 from data.formats import LabelSource
 from data.voc import Annotation, load_voc, parse_sets, summarize_issues
 from nets.decode import Geometry, detect_batch
-from nets.options import ModelOptions
+from nets.options import ModelOptions, check_img_size
 from utils.config import option, rule_problems, shared
 from utils.device import DeviceOptions, synchronize
 from utils.errors import InputError
@@ -80,9 +80,7 @@ class EvalConfig:
     )
 
     def __post_init__(self) -> None:
-        size = self.img_size
-        if size is not None and (size <= 0 or size % 32):
-            raise InputError(f"--img-size {size}: must be a positive multiple of 32")
+        check_img_size(self.img_size)
         if self.max_det < 0:
             raise InputError(f"--max-det {self.max_det}: must be 0 (all) or more")
         if self.scale_xy is not None and not 1 <= self.scale_xy <= 2:

@@ -27,7 +27,7 @@ from nets.checkpoint import ModelInfo, load_model
 from nets.darknet import export_darknet
 from nets.decode import Geometry, decode_outputs
 from nets.fuse import fuse_model
-from nets.options import ModelOptions
+from nets.options import ModelOptions, check_img_size
 from nets.registry import load_attention_plugins
 from nets.yolo import YoloBody
 from utils.classes import read_anchors, read_class_names
@@ -41,11 +41,18 @@ from utils.inference.quantize import (
     pick_evenly,
     quantize_int8,
 )
-from utils.paths import check_apart, check_output_path, write_bytes_atomic, write_failure
+from utils.paths import (
+    COCO_CLASSES,
+    check_apart,
+    check_output_path,
+    write_bytes_atomic,
+    write_failure,
+)
 from utils.sources import resolve_source, source_inputs
 
 EXPORT_FORMATS = ("onnx", "darknet")
 MIN_OPSET = 17
+MAX_OPSET = 20  # the newest the TorchScript ONNX exporter of torch 2.x writes
 
 
 @dataclass(frozen=True)
@@ -73,7 +80,7 @@ class ExportConfig:
     decode: bool = option(
         False, "ONNX: decoded boxes (B, N, 5+C) instead of raw maps", group="export"
     )
-    opset: int = option(MIN_OPSET, f"ONNX opset, {MIN_OPSET} or newer", group="export")
+    opset: int = option(MIN_OPSET, f"ONNX opset, {MIN_OPSET} to {MAX_OPSET}", group="export")
     int8: str | None = option(
         None,
         "ONNX: quantize to INT8 (ONNX Runtime, static), calibrating activation ranges on "
@@ -112,8 +119,8 @@ class ExportConfig:
             )
         if self.int8 and self.decode:
             raise InputError("--int8 quantizes raw-map graphs: leave out --decode")
-        if self.opset < MIN_OPSET:
-            raise InputError(f"--opset {self.opset}: {MIN_OPSET} or newer is required")
+        if not MIN_OPSET <= self.opset <= MAX_OPSET:
+            raise InputError(f"--opset {self.opset}: must be {MIN_OPSET} to {MAX_OPSET}")
         if self.calib_images < 1:
             raise InputError(f"--calib-images {self.calib_images}: must be at least 1")
 
@@ -198,11 +205,10 @@ def export(
         raise InputError(f"{out_flag}: give the path to write")
     if not model.weights:
         raise InputError("--weights: give the weights file to export")
-    size = model.img_size
-    if size is not None and (size <= 0 or size % 32):
-        raise InputError(f"--img-size {size}: must be a positive multiple of 32")
+    check_img_size(model.img_size)
     paths = output_paths(cfg.out, cfg.format)
-    protected = [model.weights, classes, model.anchors, *inputs]
+    # the COCO names file is read when a model stores no names and no classes file is given
+    protected = [model.weights, classes or COCO_CLASSES, model.anchors, *inputs]
     if cfg.int8:
         protected += source_inputs(cfg.int8, resolve_source(cfg.int8))
     for path in paths:
@@ -210,7 +216,7 @@ def export(
         check_output_path(path)
     calibration = calibration_images(cfg.int8, cfg.calib_images) if cfg.int8 else []
     net, info, names = _load(model, classes, need_names=cfg.format == "onnx")
-    size = size or info.input_size
+    size = model.img_size or info.input_size
     try:
         if cfg.format == "darknet":
             export_darknet(net, paths[0], paths[1], info.geometry.at_size(size))
@@ -370,10 +376,9 @@ def export_onnx(
 
     geometry = geometry or Geometry()
     input_size = geometry.input_size
-    if opset < MIN_OPSET:
-        raise InputError(f"opset {opset}: {MIN_OPSET} or newer is required")
-    if input_size <= 0 or input_size % 32:
-        raise InputError(f"input size {input_size} is not a positive multiple of 32")
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise InputError(f"opset {opset}: must be {MIN_OPSET} to {MAX_OPSET}")
+    check_img_size(input_size, "input size")
     net = fuse_model(model) if fuse else copy.deepcopy(model).eval()
     names = ["out32", "out16"]
     if decode:

@@ -22,7 +22,7 @@ from nets.attention_maps import AttentionMap, capture_attention
 from nets.checkpoint import ModelInfo, check_request, load_model
 from nets.decode import SCALE_X_Y, Geometry, detect
 from nets.fuse import fuse_model
-from nets.options import ModelOptions
+from nets.options import IMG_SIZE_MUST, ModelOptions, valid_img_size
 from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, YoloBody
 from utils.classes import read_anchors, read_class_names
 from utils.config import Rule, option, rule_problems, shared
@@ -162,7 +162,7 @@ class InferenceConfig:
 
 # field -> (check, what it must be); messages use each field's flag
 _INFERENCE_RULES: dict[str, Rule] = {
-    "img_size": (lambda v: v is None or (v > 0 and v % 32 == 0), "a positive multiple of 32"),
+    "img_size": (lambda v: v is None or valid_img_size(v), IMG_SIZE_MUST),
     "scale_xy": (lambda v: v is None or 1 <= v <= 2, "in [1, 2]"),
     "conf_thresh": (lambda v: 0 <= v <= 1, "a score in [0, 1]"),
     "nms_thresh": (lambda v: 0 < v <= 1, "an IoU in (0, 1]"),

@@ -26,7 +26,7 @@ from nets.attention import (
     parse_attention_args,
     parse_points,
 )
-from nets.options import ModelOptions
+from nets.options import IMG_SIZE_MUST, ModelOptions, valid_img_size
 from nets.registry import describe_phis
 from utils.config import option, rule_problems, shared
 from utils.device import DeviceOptions
@@ -316,7 +316,8 @@ class TrainConfig:
 
 # field -> (check, what it must be); the flag is the field name in kebab case
 _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "img_size": (lambda v: v > 0 and v % 32 == 0, "a positive multiple of 32"),
+    "img_size": (valid_img_size, IMG_SIZE_MUST),
+    "seed": (lambda v: 0 <= v < 2**32, "0 to 2**32 - 1 (a numpy seed)"),
     "epochs": (lambda v: v >= 1, "at least 1"),
     "freeze_epochs": (lambda v: v is None or v >= 0, "0 or more"),
     "batch_size": (lambda v: v is None or v >= 1, "at least 1"),
