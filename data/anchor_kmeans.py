@@ -181,10 +181,10 @@ def kmeans_anchors(
         ValueError: fewer boxes (or distinct shapes) than ``num_anchors``, or a shape <= 0.
     """
     shapes = np.asarray(shapes, np.float64).reshape(-1, 2)
-    if num_anchors < 1 or num_restarts < 1:
-        raise InputError(
-            f"num_anchors and num_restarts must be >= 1, got {num_anchors}, {num_restarts}"
-        )
+    if num_anchors < 1:
+        raise InputError(f"{num_anchors} anchors: k-means needs at least 1")
+    if num_restarts < 1:
+        raise InputError(f"{num_restarts} restarts: k-means needs at least 1")
     if len(shapes) < num_anchors:
         raise InputError(
             f"only {len(shapes)} box(es) to cluster into {num_anchors} anchors: "

@@ -18,12 +18,14 @@ Usage: ``python -m tools.download_voc [--sets 2007-trainval,2007-test] [--out da
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import http.client
 import logging
 import tarfile
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -140,7 +142,9 @@ def download(url: str, path: str | Path, md5: str | None = None, progress: bool 
 
     Raises:
         ChecksumError: the downloaded file has another MD5 (nothing is left behind).
-        urllib.error.URLError / OSError: the server could not be reached or failed.
+        FailedError: the server could not be reached, answered with an error or broke off
+            (the message names the URL).
+        OSError: the server sent other bytes than asked for, or a write failed.
     """
     path = Path(path)
     if path.is_file():
@@ -160,11 +164,14 @@ def download(url: str, path: str | Path, md5: str | None = None, progress: bool 
         response = urllib.request.urlopen(request, timeout=TIMEOUT_S)
     except urllib.error.HTTPError as err:
         if err.code != 416 or not offset:  # 416: the .part already holds every byte
-            raise
+            raise FailedError(f"{url}: cannot download (HTTP {err.code} {err.reason})") from None
         logger.info("%s: server reports the partial file complete", part)
         part.replace(path)
         _verify(path, md5, progress)
         return path
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
+        # no network, an unknown host, a refused connection, a timeout
+        raise FailedError(f"{url}: cannot download ({_reason(err)})") from None
     with response:
         total = _write_response(response, url, part, offset, progress)
     size = part.stat().st_size
@@ -202,10 +209,31 @@ def _write_response(response, url: str, part: Path, offset: int, progress: bool)
             total=total, initial=offset, unit="B", unit_scale=True, desc=name, disable=not progress
         ) as bar,
     ):
-        for chunk in iter(lambda: response.read(CHUNK_BYTES), b""):
+        for chunk in _chunks(response, url):
             f.write(chunk)
             bar.update(len(chunk))
     return total
+
+
+def _chunks(response, url: str) -> Iterator[bytes]:
+    """The blocks of ``response``; a connection that breaks off is a FailedError naming
+    ``url`` (the ``.part`` file stays, so that the next run resumes)."""
+    while True:
+        try:
+            chunk = response.read(CHUNK_BYTES)
+        except (OSError, http.client.HTTPException) as err:
+            raise FailedError(
+                f"{url}: download broke off ({_reason(err)}); run again to resume"
+            ) from None
+        if not chunk:
+            return
+        yield chunk
+
+
+def _reason(err: BaseException) -> str:
+    """What went wrong, without the exception's wrapping (``<urlopen error ...>``)."""
+    reason = getattr(err, "reason", None) or err
+    return str(reason) or type(reason).__name__
 
 
 def check_members(members: Iterable[tarfile.TarInfo], archive: str = "archive") -> None:
@@ -275,11 +303,46 @@ def prepare_voc(
 
     Raises:
         ValueError: an unknown set, or no checksum for a tarball.
-        ChecksumError, UnsafeArchiveError, OSError: see ``download`` and ``extract_tar``.
+        ChecksumError, FailedError, UnsafeArchiveError, OSError: see ``download`` and
+            ``extract_tar``. Folders this call created and left empty are removed first.
     """
     checksums = VOC_MD5 if checksums is None else checksums
     dest = Path(dest)
     cache = Path(cache_dir) if cache_dir is not None else dest / "VOCdevkit" / "downloads"
+    created = _missing_folders(cache) | _missing_folders(dest / "VOCdevkit")
+    try:
+        return _prepare(sets, dest, cache, mirror, checksums, delete_tars, progress)
+    except BaseException:
+        _remove_if_empty(created)  # a failed first run leaves no empty folders behind
+        raise
+
+
+def _missing_folders(path: Path) -> set[Path]:
+    """``path`` and those of its parents that do not exist yet."""
+    missing = set()
+    while not path.exists() and path != path.parent:
+        missing.add(path)
+        path = path.parent
+    return missing
+
+
+def _remove_if_empty(folders: set[Path]) -> None:
+    """Removes those of ``folders`` that exist and are empty, deepest first; never a file."""
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):  # rmdir refuses a folder that holds anything
+            folder.rmdir()
+
+
+def _prepare(
+    sets: Sequence[str],
+    dest: Path,
+    cache: Path,
+    mirror: str,
+    checksums: Mapping[str, str],
+    delete_tars: bool,
+    progress: bool,
+) -> list[PrepareResult]:
+    """``prepare_voc`` once its folders are known."""
     results = []
     for set_name in sets:
         if set_name not in VOC_TARS:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -360,13 +360,15 @@ def convert_labels(
     class_names: Sequence[str] | None = None,
     split: str | None = None,
     overwrite: bool = False,
+    check: Callable[[LabelSet], None] | None = None,
 ) -> tuple[LabelSet, WriteReport]:
     """Reads ``src`` and writes it as ``to`` into ``out``.
 
     ``split`` is the split read where the source has several (all of it otherwise) and the
     split's name in ``out``; by default the name is the source's own split name (a COCO file's
     name without ``instances_``, an image set's, an ``images/<split>`` folder's) made a file
-    name, else ``all``. ``overwrite``: see ``write_labels``.
+    name, else ``all``. ``overwrite``: see ``write_labels``. ``check`` sees the labels read
+    before anything is written, and may refuse them by raising.
 
     Raises:
         OutputPathError: ``out`` is, contains or lies inside anything the conversion reads
@@ -383,6 +385,8 @@ def convert_labels(
             source = replace(source, split=split)
     labels = source.load(class_names)
     check_apart(out, input_paths(source, labels), flag="--out")
+    if check is not None:
+        check(labels)
     name = split or (safe_component(labels.split) if labels.split else "all")
     report = write_labels(labels, to, out, split=name, overwrite=overwrite)
     return labels, report

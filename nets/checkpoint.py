@@ -323,8 +323,10 @@ def load_model(
             tensors do not make the model it says it holds (missing, unknown, misshapen).
     """
     path = str(path)
+    if os.path.isdir(path):
+        raise InputError(f"{path}: is a folder, not a weights file")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"weights file not found: {path}")
+        raise FileNotFoundError(2, "no such weights file", path)
     if path.endswith(".weights"):
         phi_num, phi_name = resolve_phi(phi if phi is not None else 0)
         model = YoloBody(num_classes or 80, phi_num)

@@ -22,10 +22,11 @@ from data.anchor_kmeans import (
 )
 from data.options import DataOptions
 from data.voc import parse_sets
-from nets.options import ModelOptions
+from nets.options import ModelOptions, check_img_size
 from utils.classes import read_class_names
 from utils.config import CommandParser, HelpFormatter, add_alias, add_options, run_cli
-from utils.paths import check_output_path
+from utils.errors import InputError
+from utils.paths import check_apart, check_output_path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,10 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_alias(parser, "--input-size", "--img-size")
     parser.add_argument(
-        "--num-anchors", type=int, default=DEFAULT_NUM_ANCHORS, help="k (default: %(default)s)"
+        "--num-anchors",
+        type=int,
+        default=DEFAULT_NUM_ANCHORS,
+        help=f"k, at least 1; train.py needs {DEFAULT_NUM_ANCHORS} (default: %(default)s)",
     )
     parser.add_argument(
-        "--seed", type=int, default=DEFAULT_SEED, help="k-means++ seed (default: %(default)s)"
+        "--seed",
+        type=int,
+        default=DEFAULT_SEED,
+        help="k-means++ seed, 0 or more (default: %(default)s)",
     )
     parser.add_argument(
         "--include-difficult",
@@ -74,10 +81,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Refuses, before any data is read, values the clustering or train.py cannot use.
+
+    Raises:
+        InputError: naming the flag.
+        OutputRefusedError: ``--out`` cannot be written, or would replace one of the inputs
+            (a file of the VOC root, the classes file).
+    """
+    check_img_size(args.img_size)  # as train.py: a positive multiple of 32, not too large
+    if args.num_anchors < 1:
+        raise InputError(
+            f"--num-anchors {args.num_anchors}: must be >= 1 (train.py needs {DEFAULT_NUM_ANCHORS})"
+        )
+    if args.seed < 0:
+        raise InputError(f"--seed {args.seed}: must be >= 0")
+    check_output_path(args.out)
+    check_apart(args.out, [args.voc_root, args.classes or ""], flag="--out", folder=False)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    check_output_path(args.out)  # before the clustering, which can take a while
+    check_args(args)  # before the clustering, which can take a while
     class_names = read_class_names(args.classes) if args.classes else None
     report = compute_anchors(
         args.voc_root,

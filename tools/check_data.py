@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         default=os.cpu_count() or 2,
-        help="decoding threads (default: the CPU count)",
+        help="decoding threads, at least 1 (default: the CPU count)",
     )
     return p
 
@@ -77,6 +77,11 @@ def load_labels(args: argparse.Namespace) -> LoadResult:
     """The labels ``args`` name (``--labels``, ``--annotations`` or VOC image sets), read as
     training reads them; what the readers skipped or repaired is in ``issues``."""
     sets = parse_sets(args.sets)
+    if args.annotations and os.path.isdir(args.annotations):
+        raise InputError(
+            f"--annotations {args.annotations}: is a folder, not an annotation "
+            "lines file (--labels reads a labels folder)"
+        )
     names = read_class_names(args.classes) if args.classes else None
     if args.labels:
         source = LabelSource(args.labels, args.label_format, args.split, args.images)
@@ -95,6 +100,8 @@ def load_labels(args: argparse.Namespace) -> LoadResult:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.workers < 1:  # the images are decoded in a pool of this many threads
+        raise InputError(f"--workers {args.workers}: must be >= 1 decoding thread")
     result = load_labels(args)  # a bad path, format or classes file: exit 2
     issues = list(result.issues)
     if not args.quick:

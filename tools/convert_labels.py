@@ -10,8 +10,10 @@ SRC is read in any format (``data.formats.detect_format``; --from names it when 
 not tell). OUT is a complete data set: the images are hard-linked (or copied) next to the labels
 in the layout each format expects, ready for train.py --train-labels OUT. Boxes, labels,
 image sizes and class names carry over exactly; difficult flags too except into YOLO, which has
-none (COCO keeps them as iscrowd). Per-file problems are printed with what was done; image
-names that are not plain file names are written under a safe one (printed).
+none (COCO keeps them as iscrowd). Per-file problems are printed with what was done (one line
+per kind of problem when there are more than a few); image names that are not plain file names
+are written under a safe one (printed). A class list (--classes) that leaves out every object
+of SRC is refused.
 
 OUT never is, contains or lies inside SRC, --images, --classes or a folder of the source's
 images. OUT may hold other splits (they stay), but a file of this conversion that exists with
@@ -22,12 +24,17 @@ error, and nothing is written before every check has passed.
 from __future__ import annotations
 
 import argparse
+import re
+from collections import Counter
+from collections.abc import Callable
 
 from data.formats import LABEL_FORMATS, WRITE_FORMATS, LabelSource, convert_labels
+from data.label_io import LabelSet
 from data.options import DataOptions
+from data.voc import FileIssue, summarize_issues
 from utils.classes import read_class_names
 from utils.config import CommandParser, HelpFormatter, add_options, run_cli
-from utils.errors import UserError
+from utils.errors import InputError, UserError
 from utils.paths import (
     VOC_CLASSES,
     check_apart,
@@ -74,14 +81,58 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# how the readers word an object left out for its class: the name (or id) and the objects
+_CLASS_DROPS = (
+    re.compile(r"unknown class (?P<name>.+)"),  # VOC XML, per object
+    re.compile(r"class (?P<name>.+) is not one of the \d+ classes .*; (?P<count>\d+) objects"),
+    re.compile(r"class (?P<name>id \S+) (is not one of|out of range).*"),  # YOLO, lines
+)
+MAX_ISSUE_LINES = 10  # more issues than this are printed one line per kind
+
+
+def class_drops(issues: list[FileIssue]) -> Counter[str]:
+    """Objects left out because their class is not in the class list, per class name (quoted)
+    or class id."""
+    counts: Counter[str] = Counter()
+    for issue in issues:
+        for pattern in _CLASS_DROPS:
+            if match := pattern.fullmatch(issue.problem):
+                counts[match["name"]] += int(match.groupdict().get("count") or 1)
+                break
+    return counts
+
+
+def refuse_all_dropped(classes_file: str) -> Callable[[LabelSet], None]:
+    """A check for ``convert_labels``: InputError, before anything is written, when the class
+    list leaves out every object of the source (a wrong classes file, not a data set without
+    objects); some objects left out are reported, not refused."""
+
+    def check(labels: LabelSet) -> None:
+        drops = class_drops(labels.issues)
+        if labels.num_objects or not drops:
+            return
+        shown = ", ".join(f"{name} ({count})" for name, count in drops.most_common(5))
+        more = f" and {len(drops) - 5} more" if len(drops) > 5 else ""
+        names = labels.class_names
+        listed = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+        raise InputError(
+            f"--classes {classes_file}: none of the {sum(drops.values())} objects of "
+            f"{labels.source} is of its {len(names)} class{'es' if len(names) != 1 else ''} "
+            f"({listed}); found {shown}{more}; nothing was written"
+        )
+
+    return check
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     check_output_path(args.out, folder=True)
     kind = LabelSource(args.src, args.fmt).kind  # an unknown source first: the likelier slip
     check_apart(args.out, [args.src, args.images or "", args.classes or ""], flag="--out")
     names = read_class_names(args.classes) if args.classes else None
+    classes_file = args.classes
     if names is None and kind == "lines":
-        names = read_class_names(VOC_CLASSES)
+        names, classes_file = read_class_names(VOC_CLASSES), VOC_CLASSES
         print(f"note: annotation lines hold class ids only: using {VOC_CLASSES} (--classes)")
     try:
         labels, report = convert_labels(
@@ -93,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             class_names=names,
             split=args.split,
             overwrite=args.force,
+            check=refuse_all_dropped(classes_file) if names is not None else None,
         )
     except OSError as err:
         if isinstance(err, (UserError, FileNotFoundError)):  # already says what and exits so
@@ -104,8 +156,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{labels.source} ({labels.format})"
     )
     issues = labels.issues + report.issues
-    for issue in issues:
-        print(f"  {issue}")
+    if len(issues) <= MAX_ISSUE_LINES:
+        for issue in issues:
+            print(f"  {issue}")
+    else:
+        for line in summarize_issues(issues):
+            print(f"  {line}")
     per_image = f", {report.label_files} label files" if report.label_files else ""
     print(
         f"wrote {report.images} images{per_image}, {report.objects} objects as "

@@ -21,6 +21,7 @@ from data.download import (
 from data.options import DataOptions
 from utils.config import CommandParser, HelpFormatter, add_alias, add_options, run_cli
 from utils.errors import FailedError, UserError
+from utils.paths import check_output_path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,6 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     sets = parse_voc_sets(args.sets)  # an unknown set: exit 2
+    check_output_path(args.out, folder=True)  # before the network: exit 2
+    if args.cache_dir is not None:
+        check_output_path(args.cache_dir, folder=True)
     try:
         results = prepare_voc(
             sets,

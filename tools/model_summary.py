@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 
 from nets.attention import DEFAULT_POINTS, check_placement, parse_attention_args, parse_points
-from nets.options import ModelOptions
+from nets.options import ModelOptions, check_img_size
 from nets.registry import (
     attention_names,
     block_options,
@@ -44,10 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
         helps={
             "phi": f"attention blocks, by number or name ({describe_phis()}), or all "
             "(default: all)",
-            "img_size": "network input side, a multiple of 32",
+            "img_size": "network input side, a positive multiple of 32",
         },
     )
-    parser.add_argument("--num-classes", type=int, default=20, help="number of classes")
+    parser.add_argument("--num-classes", type=int, default=20, help="number of classes, at least 1")
     parser.add_argument(
         "--attention-at",
         default=",".join(DEFAULT_POINTS),
@@ -61,8 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.img_size % 32:
-        raise InputError(f"--img-size {args.img_size}: must be a multiple of 32")
+    check_img_size(args.img_size)  # as train.py: a positive multiple of 32, not too large
+    if args.num_classes < 1:
+        raise InputError(f"--num-classes {args.num_classes}: must be >= 1")
     load_attention_plugins(args.attention_plugin)
     points = parse_points(args.attention_at)
     options = parse_attention_args(args.attention_args)

@@ -18,11 +18,14 @@ from data.preview import (
     draw_batch,
 )
 from data.voc import LoadResult, discover_classes, load_voc, parse_sets
+from nets.options import check_img_size
 from utils.classes import read_class_names
 from utils.config import CommandParser, HelpFormatter, add_options, run_cli
 from utils.errors import InputError
-from utils.paths import check_image_path, write_image_atomic
+from utils.paths import check_apart, check_image_path, write_image_atomic
 from utils.training.config import TrainConfig
+
+MAX_SAMPLES = 64  # a grid of 8 x 8 images: more would be a poster, not a preview
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,10 +47,30 @@ def build_parser() -> argparse.ArgumentParser:
         include=("img_size", "mosaic", "mixup"),
         helps={"img_size": "training input side (multiple of 32)"},
     )
-    p.add_argument("--num", type=int, default=16, help="samples in the grid")
-    p.add_argument("--seed", type=int, default=0, help="seed")
+    p.add_argument("--num", type=int, default=16, help=f"samples in the grid, 1 to {MAX_SAMPLES}")
+    p.add_argument("--seed", type=int, default=0, help="seed of the augmentation, 0 or more")
     p.add_argument("--out", default="logs/augment_preview.jpg", help="output image")
     return p
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Refuses, before any data is read, values the augmentation cannot use.
+
+    Raises:
+        InputError: naming the flag.
+        OutputRefusedError: ``--out`` is not a writable image path, or would replace one of
+            the inputs (an image or file of the VOC root, the classes file).
+    """
+    if not 1 <= args.num <= MAX_SAMPLES:
+        raise InputError(f"--num {args.num}: must be 1 to {MAX_SAMPLES} samples")
+    check_img_size(args.img_size)  # as train.py: a positive multiple of 32, not too large
+    for flag, value in (("--mosaic", args.mosaic), ("--mixup", args.mixup)):
+        if not 0 <= value <= 1:  # NaN fails too
+            raise InputError(f"{flag} {value}: must be a probability in [0, 1]")
+    if args.seed < 0:
+        raise InputError(f"--seed {args.seed}: must be >= 0")
+    check_image_path(args.out)
+    check_apart(args.out, [args.voc_root, args.classes or ""], flag="--out", folder=False)
 
 
 def load_samples(args: argparse.Namespace) -> tuple[MosaicMixup, list[str], LoadResult]:
@@ -69,9 +92,7 @@ def load_samples(args: argparse.Namespace) -> tuple[MosaicMixup, list[str], Load
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     args = p.parse_args(argv)
-    if args.num < 1:
-        p.error(f"--num {args.num}: at least 1 sample")
-    check_image_path(args.out)  # before any work
+    check_args(args)  # before any work
     ds, names, result = load_samples(args)
     for issue in result.issues[:10]:
         print(f"warning: {issue}", file=sys.stderr)

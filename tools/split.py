@@ -98,8 +98,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     class_names = read_class_names(args.classes) if args.classes else None
     try:
         result = split_dataset(folder, args.ratios, args.seed, class_names, args.force)
-    except FileExistsError as err:  # image-set lists already there, and no --force
-        raise OutputRefusedError(str(err)) from None
+    except FileExistsError:  # image-set lists already there, and no --force
+        main_dir = folder / "ImageSets" / "Main"
+        existing = [main_dir / f"{n}.txt" for n in SPLIT_NAMES if (main_dir / f"{n}.txt").exists()]
+        raise OutputRefusedError(
+            f"{', '.join(map(str, existing))}: already exist(s); pass --force to replace them"
+        ) from None
     except OSError as err:
         if isinstance(err, (UserError, FileNotFoundError)):  # already says what and exits so
             raise

@@ -105,6 +105,8 @@ def plan_study(
     for seed in seeds:  # a seed becomes part of a folder name: whole numbers only
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise InputError(f"--seeds {seed!r}: must be whole numbers")
+        if seed < 0:  # the generators take none below 0
+            raise InputError(f"--seeds {seed}: must be >= 0")
     _refuse_duplicates("--seeds", [(seed, str(seed)) for seed in seeds])
     load_attention_plugins(base.attention_plugin)  # plugin blocks get their names here
     blocks = []
@@ -304,7 +306,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--phis", nargs="+", default=["0", "1", "2", "3", "4"], help="attention types to train"
     )
     study.add_argument(
-        "--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds per attention type"
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=[0, 1, 2],
+        help="seeds per attention type, 0 or more",
     )
     study.add_argument("--out", default="logs/study", help="study folder (default: %(default)s)")
     add_options(parser, CompareConfig)
