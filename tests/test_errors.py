@@ -239,6 +239,16 @@ def test_alias_is_hidden_and_sets_the_same_destination(capsys) -> None:
     assert "--count: invalid int value" in capsys.readouterr().err
 
 
+def test_aliases_of_an_on_off_flag_keep_their_sense() -> None:
+    parser = argparse.ArgumentParser(prog="tool")
+    parser.add_argument("--save", action=argparse.BooleanOptionalAction, default=True)
+    add_alias(parser, "--nosave", "--no-save")
+    add_alias(parser, "--keep", "--save")
+    assert parser.parse_args(["--nosave"]).save is False
+    assert parser.parse_args(["--no-save", "--keep"]).save is True
+    assert parser.parse_args([]).save is True
+
+
 # --------------------------------------------------------------------------- add_options
 
 

@@ -279,7 +279,7 @@ def run_cli(main: Callable[[], int | None]) -> None:
         except UserError as err:
             code = _fail(str(err), err.exit_code)
         except FileNotFoundError as err:
-            missing = err.filename if err.filename is not None else None
+            missing = err.filename
             message = f"{missing}: no such file or folder" if missing else str(err)
             code = _fail(message, BAD_INPUT)
         except MemoryError:  # a setting too large for this machine, not a fault in the code
