@@ -43,6 +43,7 @@ from utils.evaluation.compare import (
     Row,
     evaluate_checkpoint,
     table_protocol,
+    training_run,
     write_outputs,
 )
 from utils.evaluation.evaluate import (
@@ -248,6 +249,8 @@ def _evaluate_weights(
             phi=args.phi,
             labels=labels,
         )
+        # runs of one seed and equal settings are compared seed by seed
+        row.seed, row.settings = training_run(weights, RESULT_NEUTRAL_FIELDS)
         print(f"== {weights} (phi {row.phi} ({row.phi_name}))")
         print(format_report(report))
         if report.speed is not None:  # where the pass's time went

@@ -140,6 +140,7 @@ def test_docstring_examples_parse(module, args, monkeypatch) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("module", _cli_modules())
+@pytest.mark.filterwarnings("ignore:.*found in sys.modules:RuntimeWarning")
 def test_help_shows_every_default(module, monkeypatch, capsys) -> None:
     monkeypatch.setattr(sys, "argv", [module, "--help"])
     with pytest.raises(SystemExit) as done:

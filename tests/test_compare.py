@@ -281,6 +281,8 @@ def test_table_groups_by_block_name_with_verdicts_and_cost(tmp_path: Path) -> No
         _row("e", -1, "plug_b", _detections(gts, 0.5, 5), gts, 120),
         _row("f", -1, "plug_a", _detections(gts, 0.5, 6), gts, 120),
     ]
+    for row, seed in zip(rows[:4], (1, 2, 1, 2)):  # none and se: one run per seed each
+        row.seed, row.settings = seed, {"epochs": 3}
     summaries = summarize_by_phi(rows)
     # plugins (phi -1) stay apart, after the built-in blocks, by name
     assert [(s.phi_name, s.runs) for s in summaries] == [
@@ -295,12 +297,26 @@ def test_table_groups_by_block_name_with_verdicts_and_cost(tmp_path: Path) -> No
     assert len(verdicts) == 6 and by_pair[("none", "se")].verdict == "better"
     assert by_pair[("se", "plug_a")].verdict == "worse"
     assert "one run of plug_a and plug_b" in by_pair[("plug_a", "plug_b")].note
+    # none and se pair by seed; the plugins' runs have no seed, so their pairs do not
+    assert [v.paired for v in verdicts] == [True, False, False, False, False, False]
+    assert by_pair[("none", "plug_a")].unpaired_why == "a run of plug_a has no stored seed"
     paths = write_outputs(rows, "test protocol", tmp_path, CompareConfig(bootstrap_resamples=300))
     md = paths["md"].read_text()
-    assert "Protocol: test protocol" in md and "| 1 se | 2 |" in md and "plug_a (plugin)" in md
+    assert (
+        "Protocol: test protocol; bootstrap: images paired; seeds paired between blocks of the "
+        "same seeds and settings, resampled independently for the other pairs (a run of plug_a "
+        "has no stored seed; a run of plug_b has no stored seed)\n" in md
+    )
+    assert "| 1 se | 2 |" in md and "plug_a (plugin)" in md
     assert f"{100 * none.voc12_mean:.2f} ± {100 * none.voc12_std:.2f}" in md
-    assert "se vs none: " in md and ", 95% interval [+" in md and "]: better" in md
-    assert "300 paired bootstrap resamples" in md
+    se = by_pair[("none", "se")]
+    assert (
+        f"| se vs none | {100 * se.difference:+.2f} | [{100 * se.low:+.2f}, {100 * se.high:+.2f}]"
+        f" | [{100 * se.low_independent:+.2f}, {100 * se.high_independent:+.2f}] | better |" in md
+    )
+    plug = by_pair[("none", "plug_a")]
+    assert f"| plug_a vs none | {100 * plug.difference:+.2f} | - | [" in md
+    assert "300 bootstrap resamples" in md
     with open(paths["csv"]) as f:
         table = list(csv.DictReader(f))
     assert [r["attention"] for r in table] == ["none", "none", "se", "se", "plug_b", "plug_a"]
@@ -308,6 +324,16 @@ def test_table_groups_by_block_name_with_verdicts_and_cost(tmp_path: Path) -> No
     with open(paths["pairs"]) as f:
         pairs = list(csv.DictReader(f))
     assert pairs[0]["a"] == "none" and pairs[0]["b"] == "se" and pairs[0]["verdict"] == "better"
+    assert pairs[0]["seeds"] == "paired" and float(pairs[0]["low95_independent"]) < float(
+        pairs[0]["high95_independent"]
+    )
+    per_seed = [rows[2].voc12 - rows[0].voc12, rows[3].voc12 - rows[1].voc12]
+    assert pairs[0]["per_seed_b_minus_a"] == ";".join(
+        f"{s}:{d:+.5f}" for s, d in zip((1, 2), per_seed)
+    )
+    assert pairs[1]["seeds"] == "independent: a run of plug_a has no stored seed"
+    assert pairs[1]["per_seed_b_minus_a"] == ""
+    assert [r["seed"] for r in table] == ["1", "2", "1", "2", "", ""]
     for key in ("png", "tradeoff"):
         image = cv2.imread(str(paths[key]))
         assert image is not None and image.shape[0] > 200 and image.std() > 10, key
@@ -347,7 +373,9 @@ def test_study_end_to_end_on_tiny_data(tmp_path: Path) -> None:
     assert names == ["phi0_seed0", "phi0_seed1", "phi1_seed0", "phi1_seed1"]
     md = paths["md"].read_text()
     assert "| 0 none | 2 |" in md and "| 1 se | 2 |" in md and " ± " in md
-    assert "se vs none: " in md and "1000 paired bootstrap resamples" in md
+    assert "| se vs none | " in md and "1000 bootstrap resamples" in md
+    # the study's runs are paired by seed: the same seeds and settings for both blocks
+    assert md.splitlines()[0].endswith("; bootstrap: images and seeds paired across blocks")
     assert (out / "comparison_pairs.csv").is_file() and (out / "map_vs_latency.png").is_file()
     # a second call reuses the finished runs instead of training again
     mtime = (out / "phi0_seed0" / "weights" / "last.pth").stat().st_mtime

@@ -37,7 +37,12 @@ from nets.yolo import YoloBody
 from utils.config import CommandParser, HelpFormatter, add_options, from_args, run_cli
 from utils.device import select_device
 from utils.errors import InputError
-from utils.evaluation.compare import CompareConfig, evaluate_checkpoint, write_outputs
+from utils.evaluation.compare import (
+    CompareConfig,
+    evaluate_checkpoint,
+    training_run,
+    write_outputs,
+)
 from utils.evaluation.evaluate import EvalConfig
 from utils.paths import (
     OutputRefusedError,
@@ -287,6 +292,8 @@ def train_and_compare(
             labels=labels,
         )
         row.name = run.name
+        # the stored seed and settings: the comparison pairs the blocks' runs seed by seed
+        row.seed, row.settings = training_run(str(run.last), RESULT_NEUTRAL_FIELDS)
         rows.append(row)
         protocol = report.protocol
     return write_outputs(rows, protocol, out, compare)

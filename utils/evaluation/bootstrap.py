@@ -229,13 +229,24 @@ def materialize(boxes: BoxSet, picks: np.ndarray) -> BoxSet:
 @dataclass(frozen=True)
 class PairResult:
     """Group ``b`` against group ``a``: ``difference`` = mean mAP of b - mean mAP of a on the
-    split as it is, with the percentile interval of the bootstrap differences."""
+    split as it is, with the percentile interval of the bootstrap differences.
+
+    ``low``/``high`` is the interval the verdict reads: with the seeds paired when ``paired``,
+    else resampled independently, which ``low_independent``/``high_independent`` always hold.
+    ``per_seed`` gives, when paired, b - a of the two runs of each seed (seed order), and
+    ``unpaired_why`` says why the seeds were not paired.
+    """
 
     a: int
     b: int
     difference: float
     low: float
     high: float
+    low_independent: float
+    high_independent: float
+    paired: bool = False
+    per_seed: tuple[tuple[int, float], ...] = ()
+    unpaired_why: str = ""
 
     @property
     def verdict(self) -> str:
@@ -248,10 +259,82 @@ class PairResult:
         return "not distinguishable"
 
 
+def _listed(values: Sequence) -> str:
+    return ", ".join(map(str, values))
+
+
+def seed_pairing(
+    groups: Sequence[Sequence[int]],
+    seeds: Sequence[int | None] | None,
+    settings: Sequence[object] | None = None,
+    names: Sequence[str] | None = None,
+) -> dict[tuple[int, int], str]:
+    """Per pair ``(a, b)`` of groups, ``""`` when their seeds can be resampled jointly, else
+    why not.
+
+    Two groups pair when every run of both has a seed, no group holds a seed twice, both hold
+    the same set of seeds, and (when ``settings`` is given) every run of both has equal
+    settings (dicts: the keys that differ are named; None: unknown, so no pairing).
+
+    Args:
+        groups: indices of each group's runs.
+        seeds: per run its training seed, None where unknown; None: no run's is known.
+        settings: per run its training settings apart from the seed and the block.
+        names: the groups' names for the reasons (default: ``group 0``, ...).
+    """
+    names = list(names) if names is not None else [f"group {g}" for g in range(len(groups))]
+    problems = {}
+    for g, members in enumerate(groups):
+        if seeds is None:
+            problems[g] = "training seeds unknown"
+            continue
+        values = [seeds[k] for k in members]
+        if any(v is None for v in values):
+            problems[g] = f"a run of {names[g]} has no stored seed"
+        elif len(set(values)) < len(values):
+            twice = sorted({v for v in values if values.count(v) > 1})
+            problems[g] = f"{names[g]} holds seed {_listed(twice)} more than once"
+    out = {}
+    for a in range(len(groups)):
+        for b in range(a + 1, len(groups)):
+            if a in problems or b in problems:
+                out[a, b] = problems.get(a) or problems[b]
+                continue
+            seeds_a = sorted(seeds[k] for k in groups[a])
+            seeds_b = sorted(seeds[k] for k in groups[b])
+            if seeds_a != seeds_b:
+                out[a, b] = (
+                    f"seeds differ: {names[a]} {_listed(seeds_a)}, {names[b]} {_listed(seeds_b)}"
+                )
+                continue
+            out[a, b] = (
+                "" if settings is None else _settings_differ([*groups[a], *groups[b]], settings)
+            )
+    return out
+
+
+def _settings_differ(runs: Sequence[int], settings: Sequence[object]) -> str:
+    """ "" when every run of ``runs`` has the same known settings, else what differs."""
+    values = [settings[k] for k in runs]
+    if any(v is None for v in values):
+        return "a run's training settings are unknown"
+    first = values[0]
+    if all(v == first for v in values[1:]):
+        return ""
+    if all(isinstance(v, dict) for v in values):
+        keys = sorted({k for v in values for k in {*v, *first} if v.get(k) != first.get(k)})
+        shown = _listed(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+        return f"training settings differ ({shown})"
+    return "training settings differ"
+
+
 def compare_groups(
     tables: Sequence[MatchTable],
     groups: Sequence[Sequence[int]],
     *,
+    seeds: Sequence[int | None] | None = None,
+    settings: Sequence[object] | None = None,
+    names: Sequence[str] | None = None,
     resamples: int = 1000,
     seed: int = 0,
     level: float = 0.95,
@@ -260,11 +343,21 @@ def compare_groups(
     """Every pair of groups (attention types, each a list of indices into ``tables``, one per
     training seed), compared by a two-level (hierarchical) paired bootstrap.
 
-    Each replicate draws the test images with replacement, the same draw for every table,
-    then, within each group, draws its seeds with replacement; a group's value is the mean mAP
-    of the drawn seeds on the drawn images. The difference of two groups' values over the
-    replicates gives a percentile interval that holds both sources of noise: which images the
-    split holds (paired, so shared between the groups) and which training run a seed gave.
+    Each replicate draws the test images with replacement, the same draw for every table;
+    a group's value is the mean mAP of its drawn seeds on the drawn images. The difference of
+    two groups' values over the replicates gives a percentile interval that holds both
+    sources of noise: which images the split holds (paired, so shared between the groups) and
+    which training run a seed gave.
+
+    The seeds are drawn two ways. Independently: within each group, its own draw. Paired,
+    for two groups trained with the same seeds and settings (``seed_pairing``): one draw of
+    seed values s1..sn with replacement per replicate, the same for every group holding those
+    seeds, each group taking its run of each drawn seed. A seed fixes the data order, the
+    augmentation and the initial weights of the layers the blocks share, so runs of one seed
+    share much of their luck (common random numbers); the paired draw keeps that shared part
+    out of the difference, the independent draw counts it twice. The image draws and the
+    independent seed draws are those of the unpaired design, whatever the pairing.
+
     Resampling seeds keeps one nonparametric percentile interval; adding a between-seed
     variance to it instead would need a normal approximation the per-image part does not
     need. Caveats: with n seeds the resampled seed mean's variance is (n - 1) / n of the usual
@@ -274,6 +367,10 @@ def compare_groups(
     Args:
         tables: per checkpoint, all scored on the same split (``MatchTable.same_split``).
         groups: indices into ``tables``, one list per group.
+        seeds: per table its training seed (None: unknown); None: no pairing of seeds.
+        settings: per table its training settings but the seed and the block (compared with
+            ``==``; None: unknown); None: not checked (the caller vouches for them).
+        names: the groups' names, for ``unpaired_why``.
         resamples: bootstrap replicates.
         seed: the random seed; the same seed gives the same intervals.
         level: the interval's coverage (0.95: the 2.5th and 97.5th percentiles).
@@ -291,10 +388,14 @@ def compare_groups(
         raise InputError(f"resamples {resamples}, level {level}: need >= 1 and in (0, 1)")
     if any(len(g) == 0 for g in groups):
         raise InputError("every group needs at least one checkpoint")
+    for what, values in (("seeds", seeds), ("settings", settings)):
+        if values is not None and len(values) != len(tables):
+            raise InputError(f"{len(values)} {what} for {len(tables)} checkpoints")
     if any(not tables[0].same_split(t) for t in tables[1:]):
         raise InputError("checkpoints scored on different images or ground truth cannot be paired")
-    images_rng, seeds_rng = (
-        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2)
+    # children 0 and 1 are those of the unpaired design: its draws stay as they were
+    images_rng, seeds_rng, paired_rng = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3)
     )
     pick = 1 if metric == "voc12" else 0
     exact = resampled_maps(tables, identity_counts(tables[0]))[pick][0]
@@ -303,16 +404,43 @@ def compare_groups(
         counts = draw_counts(tables[0], min(1000, resamples - lo), images_rng)
         maps[lo : lo + len(counts)] = resampled_maps(tables, counts)[pick]
     rows = np.arange(resamples)[:, None]
-    values = []
+    independent = []
     for members in groups:
         members = np.asarray(members, np.int64)
         drawn = members[seeds_rng.integers(0, len(members), size=(resamples, len(members)))]
-        values.append(maps[rows, drawn].mean(1))
+        independent.append(maps[rows, drawn].mean(1))
+    why = seed_pairing(groups, seeds, settings, names)
+    by_seed = {  # a paired group's runs in seed order
+        g: np.asarray(sorted(members, key=lambda k: seeds[k]), np.int64)
+        for g, members in enumerate(groups)
+        if any(not why[p] for p in why if g in p)
+    }
+    draws: dict[tuple, np.ndarray] = {}  # one seed draw per set of seeds, shared by its groups
+    paired = {}
+    for g, members in by_seed.items():
+        key = tuple(seeds[k] for k in members)
+        if key not in draws:
+            draws[key] = paired_rng.integers(0, len(key), size=(resamples, len(key)))
+        paired[g] = maps[rows, members[draws[key]]].mean(1)
     tail = (1 - level) / 2 * 100
     results = []
     for a in range(len(groups)):
         for b in range(a + 1, len(groups)):
-            low, high = np.percentile(values[b] - values[a], [tail, 100 - tail])
             point = float(exact[list(groups[b])].mean() - exact[list(groups[a])].mean())
-            results.append(PairResult(a, b, point, float(low), float(high)))
+            low_i, high_i = (
+                float(v) for v in np.percentile(independent[b] - independent[a], [tail, 100 - tail])
+            )
+            if why[a, b]:
+                results.append(
+                    PairResult(a, b, point, low_i, high_i, low_i, high_i, unpaired_why=why[a, b])
+                )
+                continue
+            low, high = (float(v) for v in np.percentile(paired[b] - paired[a], [tail, 100 - tail]))
+            per_seed = tuple(
+                (int(seeds[ka]), float(exact[kb] - exact[ka]))
+                for ka, kb in zip(by_seed[a], by_seed[b])
+            )
+            results.append(
+                PairResult(a, b, point, low, high, low_i, high_i, paired=True, per_seed=per_seed)
+            )
     return results

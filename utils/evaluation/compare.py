@@ -1,20 +1,22 @@
 """Comparing checkpoints (attention types, seeds) on one split: the table users publish.
 
 ``evaluate_checkpoint`` scores and measures one checkpoint (a ``Row`` with its per-image
-matching); ``compare_table`` groups the rows by attention block and turns them into the
-tables, the paired bootstrap verdicts and the plots.
+matching); ``training_run`` gives a row the seed and settings its checkpoint was trained with,
+by which the bootstrap pairs runs; ``compare_table`` groups the rows by attention block and
+turns them into the tables, the paired bootstrap verdicts and the plots.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import replace
 
 import numpy as np
 import torch
 
 from data.formats import LabelSource
-from nets.checkpoint import ModelInfo, load_model
+from nets.checkpoint import ModelInfo, load_model, load_torch_file
 from nets.summary import count_flops, count_parameters
 from nets.yolo import YoloBody
 from utils.errors import InputError
@@ -49,6 +51,36 @@ from utils.precision import inference_precision
 from utils.sources import read_image
 
 logger = logging.getLogger(__name__)
+
+# a stored training config's fields that say which attention block a run trained: what a
+# comparison varies, so left out of the settings two runs must share to be paired by seed
+BLOCK_FIELDS = ("phi", "attention_at", "attention_args", "attention_plugin")
+
+
+def training_run(weights: str, neutral: Collection[str] = ()) -> tuple[int | None, dict | None]:
+    """The training seed and settings a checkpoint stores, by which the comparison pairs runs.
+
+    The settings are its stored config less the seed, ``BLOCK_FIELDS`` and ``neutral`` (the
+    fields that do not change what a run computes, ``utils.training.config``'s
+    ``RESULT_NEUTRAL_FIELDS``, which the callers pass: this layer does not import training).
+
+    Returns:
+        ``(seed, settings)``, or ``(None, None)`` for an ONNX export, darknet weights, a
+        reference state dict or any checkpoint without a stored seed: such a run is never
+        paired with another by seed.
+    """
+    if str(weights).endswith((".onnx", ".weights")):
+        return None, None
+    try:
+        payload = load_torch_file(weights)
+    except ValueError:  # the evaluation itself says what is wrong with the file
+        return None, None
+    config = payload.get("config") if isinstance(payload, dict) else None
+    seed = config.get("seed") if isinstance(config, dict) else None
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        return None, None
+    left_out = {"seed", *BLOCK_FIELDS, *neutral}
+    return seed, {k: v for k, v in config.items() if k not in left_out}
 
 
 def _load_for_evaluation(

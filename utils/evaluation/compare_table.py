@@ -8,8 +8,11 @@ input sizes, each size (the group's name then says which). Per group: mean ± sa
 seeds of mAP50 (VOC12 and VOC07), means of AP50 by object size, and the cost (parameters,
 GFLOPs, CPU forward latency). Per pair of groups: the VOC12 mAP50 difference with a 95% percentile
 interval from a paired, two-level bootstrap (the test images resampled identically for every
-checkpoint, then the seeds within each group; ``bootstrap.compare_groups`` says why), called
-"better" or "worse" when the interval excludes 0 and "not distinguishable" when it holds 0.
+checkpoint, then the seeds: jointly for two groups trained with the same seeds and settings,
+else within each group; ``bootstrap.compare_groups`` says why), called "better" or "worse" when
+the interval excludes 0 and "not distinguishable" when it holds 0. The interval with the seeds
+resampled independently stands beside the paired one, and the protocol line says which design
+the verdicts used.
 """
 
 from __future__ import annotations
@@ -69,6 +72,10 @@ class Row:
     matches: MatchTable | None = field(default=None, repr=False, compare=False)
     runtime: str = ""  # what ran it when not the PyTorch path: "ONNX", "ONNX INT8"
     input_size: int = 0  # the evaluation input side (0: not recorded)
+    seed: int | None = None  # the training seed (None: unknown, so never paired by seed)
+    # the training settings but the seed and the block (``compare.training_run``): runs pair
+    # by seed only when these are equal; None: unknown
+    settings: dict | None = field(default=None, repr=False, compare=False)
 
 
 def group_names(rows: list[Row]) -> list[str]:
@@ -166,12 +173,18 @@ class Verdict:
     high: float | None
     verdict: str  # better / worse / not distinguishable (b than a), or cannot tell
     note: str = ""
+    paired: bool = False  # the seeds were resampled jointly (low/high is the paired interval)
+    low_independent: float | None = None  # the interval with seeds resampled independently
+    high_independent: float | None = None
+    per_seed: tuple[tuple[int, float], ...] = ()  # (seed, b - a of that seed's runs), paired
+    unpaired_why: str = ""  # why the seeds were not paired
 
     def line(self) -> str:
         head = f"{self.b} vs {self.a}: {self.difference * 100:+.2f} mAP50 points"
         if self.low is None or self.high is None:
             return f"{head}: {self.verdict} ({self.note})"
-        interval = f"95% interval [{self.low * 100:+.2f}, {self.high * 100:+.2f}]"
+        design = "seeds paired" if self.paired else "seeds independent"
+        interval = f"95% interval [{self.low * 100:+.2f}, {self.high * 100:+.2f}] ({design})"
         return f"{head}, {interval}: {self.verdict}" + (f" ({self.note})" if self.note else "")
 
 
@@ -203,7 +216,15 @@ def pairwise_verdicts(
         return cannot("no per-image results to resample")
     if any(not tables[0].same_split(t) for t in tables[1:]):
         return cannot("scored on different images or ground truth")
-    results = compare_groups(tables, [s.members for s in summaries], resamples=resamples, seed=seed)
+    results = compare_groups(
+        tables,
+        [s.members for s in summaries],
+        seeds=[r.seed for r in rows],
+        settings=[r.settings for r in rows],
+        names=[s.phi_name for s in summaries],
+        resamples=resamples,
+        seed=seed,
+    )
     out = []
     for r in results:
         a, b = summaries[r.a], summaries[r.b]
@@ -213,12 +234,50 @@ def pairwise_verdicts(
             if single
             else ""
         )
-        out.append(Verdict(a.phi_name, b.phi_name, r.difference, r.low, r.high, r.verdict, note))
+        out.append(
+            Verdict(
+                a.phi_name,
+                b.phi_name,
+                r.difference,
+                r.low,
+                r.high,
+                r.verdict,
+                note,
+                paired=r.paired,
+                low_independent=r.low_independent,
+                high_independent=r.high_independent,
+                per_seed=r.per_seed,
+                unpaired_why=r.unpaired_why,
+            )
+        )
     return out
+
+
+def seed_design(verdicts: list[Verdict]) -> str:
+    """How the verdicts resampled the seeds, for the protocol line ("" without intervals)."""
+    resampled = [v for v in verdicts if v.low is not None]
+    if not resampled:
+        return ""
+    if all(v.paired for v in resampled):
+        return "images and seeds paired across blocks"
+    reasons = list(dict.fromkeys(v.unpaired_why for v in resampled if not v.paired))
+    why = "; ".join(reasons[:3])
+    if len(reasons) > 3:
+        why += f"; and {len(reasons) - 3} more, per pair in comparison_pairs.csv"
+    if not any(v.paired for v in resampled):
+        return f"images paired; seeds resampled independently ({why})"
+    return (
+        "images paired; seeds paired between blocks of the same seeds and settings, resampled "
+        f"independently for the other pairs ({why})"
+    )
 
 
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value * 100:.2f}"
+
+
+def _interval(low: float | None, high: float | None) -> str:
+    return "-" if low is None or high is None else f"[{low * 100:+.2f}, {high * 100:+.2f}]"
 
 
 def _pm(mean: float | None, std: float | None, scale: float = 100, digits: int = 2) -> str:
@@ -246,8 +305,9 @@ def markdown(
         verdicts = pairwise_verdicts(
             rows, summaries, resamples=compare.bootstrap_resamples, seed=compare.bootstrap_seed
         )
+    design = seed_design(verdicts)
     lines = [
-        f"Protocol: {protocol}",
+        f"Protocol: {protocol}" + (f"; bootstrap: {design}" if design else ""),
         "",
         "| name | phi | params | GFLOPs | CPU forward ms | latency ms | mAP50 VOC07 | "
         "mAP50 VOC12 | AP50 small | AP50 medium | AP50 large | COCO AP |",
@@ -276,13 +336,24 @@ def markdown(
     if verdicts:
         lines += [
             "",
-            f"Pairwise, VOC12 mAP50 (B vs A: B minus A, seed means), 95% percentile interval of "
-            f"{compare.bootstrap_resamples} paired bootstrap resamples of the test images (seed "
-            f"{compare.bootstrap_seed}), seeds resampled within each block; better / worse when "
-            "the interval excludes 0:",
+            f"Pairwise, VOC12 mAP50 points (B vs A: B minus A, seed means), 95% percentile "
+            f"intervals of {compare.bootstrap_resamples} bootstrap resamples (seed "
+            f"{compare.bootstrap_seed}) drawing the test images alike for every block and the "
+            "seeds either alike for both blocks (paired by seed, where both were trained with "
+            "the same seeds and settings) or independently within each; the verdict reads the "
+            "paired interval where there is one: better / worse when it excludes 0.",
             "",
-            *[f"- {v.line()}" for v in verdicts],
+            "| B vs A | difference | interval, seeds paired | interval, seeds independent | "
+            "verdict | note |",
+            "|---|---:|---:|---:|---|---|",
         ]
+        for v in verdicts:
+            paired = _interval(v.low, v.high) if v.paired else "-"
+            independent = _interval(v.low_independent, v.high_independent)
+            lines.append(
+                f"| {v.b} vs {v.a} | {v.difference * 100:+.2f} | {paired} | {independent} | "
+                f"{v.verdict} | {v.note} |"
+            )
     lines += [
         "",
         "AP50 by size: VOC12 area AP of objects with a COCO area (w x h, original pixels) in "
@@ -295,7 +366,7 @@ def markdown(
 def _write_rows_csv(path: Path, rows: list[Row]) -> None:
     header = ["name", "phi", "attention", "params", "gflops", "latency_ms", "cpu_forward_ms"]
     header += ["map50_voc07", "map50_voc12", "ap50_small", "ap50_medium", "ap50_large", "coco_map"]
-    header += ["runtime", "input_size"]
+    header += ["runtime", "input_size", "seed"]
 
     def num(value: float | None, digits: int) -> str:
         return "" if value is None else f"{value:.{digits}f}"
@@ -308,7 +379,7 @@ def _write_rows_csv(path: Path, rows: list[Row]) -> None:
                 [r.name, r.phi, r.phi_name, r.params, f"{r.gflops:.3f}", f"{r.latency_ms:.2f}"]
                 + [num(r.cpu_forward_ms, 2), f"{r.voc07:.5f}", f"{r.voc12:.5f}"]
                 + [num(v, 5) for v in (r.ap_small, r.ap_medium, r.ap_large, r.coco)]
-                + [r.runtime or "PyTorch", r.input_size or ""]
+                + [r.runtime or "PyTorch", r.input_size or "", "" if r.seed is None else r.seed]
             )
 
 
@@ -316,12 +387,20 @@ def _write_pairs_csv(path: Path, verdicts: list[Verdict]) -> None:
     def num(value: float | None) -> str:
         return "" if value is None else f"{value:.5f}"
 
+    header = ["a", "b", "map50_voc12_b_minus_a", "low95", "high95", "verdict", "note"]
+    header += ["seeds", "low95_independent", "high95_independent", "per_seed_b_minus_a"]
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["a", "b", "map50_voc12_b_minus_a", "low95", "high95", "verdict", "note"])
+        writer.writerow(header)
         for v in verdicts:
+            design = "" if v.low is None else "paired" if v.paired else "independent"
+            if v.unpaired_why and v.low is not None:
+                design += f": {v.unpaired_why}"
+            per_seed = ";".join(f"{s}:{d:+.5f}" for s, d in v.per_seed)
+            bounds = [num(v.low), num(v.high)]
+            independent = [num(v.low_independent), num(v.high_independent), per_seed]
             writer.writerow(
-                [v.a, v.b, num(v.difference), num(v.low), num(v.high), v.verdict, v.note]
+                [v.a, v.b, num(v.difference), *bounds, v.verdict, v.note, design, *independent]
             )
 
 
@@ -385,7 +464,8 @@ def _plot_tradeoff(path: Path, summaries: list[PhiSummary]) -> None:
 def write_outputs(
     rows: list[Row], protocol: str, out_dir: Path, compare: CompareConfig | None = None
 ) -> dict[str, Path]:
-    """comparison.csv (per checkpoint), comparison_pairs.csv (verdicts), comparison.md (both
+    """comparison.csv (per checkpoint), comparison_pairs.csv (verdicts: both intervals, the
+    seed design and the per-seed differences when paired), comparison.md (both
     tables and the verdicts), comparison.png (mean ± std bars per block) and
     map_vs_latency.png (mAP50 against CPU forward latency per block)."""
     compare = compare or CompareConfig()
