@@ -29,7 +29,6 @@ from nets.registry import describe_phis, load_attention_plugins
 from utils.classes import read_class_names
 from utils.config import (
     CommandParser,
-    HelpFormatter,
     add_alias,
     add_options,
     argument_group,
@@ -63,6 +62,7 @@ from utils.paths import (
     check_apart,
     check_output_path,
     check_outputs_distinct,
+    check_save_dir,
     write_failure,
     write_text_atomic,
 )
@@ -76,7 +76,7 @@ VOC_TEST = "2007:test"  # the usual protocol's test set
 def build_parser() -> argparse.ArgumentParser:
     """The model and data flags shared with the other commands, ``EvalConfig``'s and
     ``CompareConfig``'s, and this command's detections file and outputs."""
-    p = CommandParser(description=__doc__, formatter_class=HelpFormatter)
+    p = CommandParser(description=__doc__)
     add_options(
         p,
         ModelOptions,
@@ -192,11 +192,7 @@ def _check_outputs(args: argparse.Namespace, source: DataSource, save_dir: Path)
     """
     inputs = [*_input_paths(args, source.voc_root), source.classes]
     check_outputs_distinct([("--save-dir", save_dir, True), ("--json", args.json, False)])
-    for folder in dict.fromkeys([args.save_dir, save_dir]):  # as asked, and as numbered
-        check_apart(folder, inputs, flag="--save-dir")
-    # a file where the folder was asked for is an error, not a reason to number it
-    check_output_path(args.save_dir, folder=True)
-    check_output_path(save_dir, folder=True)
+    check_save_dir(args.save_dir, save_dir, inputs)
     if args.json:
         check_apart(args.json, inputs, flag="--json", folder=False)
         check_output_path(args.json)

@@ -25,7 +25,6 @@ from nets.registry import load_attention_plugins
 from utils.classes import read_anchors
 from utils.config import (
     CommandParser,
-    HelpFormatter,
     add_alias,
     add_options,
     argument_group,
@@ -54,6 +53,7 @@ from utils.paths import (
     check_apart,
     check_output_path,
     check_outputs_distinct,
+    check_save_dir,
 )
 from utils.sources import (
     Source,
@@ -67,7 +67,7 @@ from utils.sources import (
 def build_parser() -> argparse.ArgumentParser:
     """Flags of ``InferenceConfig`` and ``OutputOptions`` (defaults and help written there),
     plus the model, output-folder, benchmark and export options of this command."""
-    p = CommandParser(description=__doc__, formatter_class=HelpFormatter)
+    p = CommandParser(description=__doc__)
     src = argument_group(p, "input")
     src.add_argument(
         "--source",
@@ -302,12 +302,7 @@ def _check_outputs(args: argparse.Namespace, source: Source, save_dir: Path | No
     json_path = None if json_to_stdout(args.json_path) else args.json_path
     check_outputs_distinct([("--save-dir", save_dir, True), ("--json", json_path, False)])
     if save_dir is not None:
-        # the folder asked for, too: an input is refused, not replaced by a numbered sibling
-        for folder in dict.fromkeys([Path(args.save_dir), save_dir]):
-            check_apart(folder, inputs, flag="--save-dir")
-        # a file where the folder was asked for is an error, not a reason to number it
-        check_output_path(args.save_dir, folder=True)
-        check_output_path(save_dir, folder=True)
+        check_save_dir(args.save_dir, save_dir, inputs)
         # a crops or attention folder left by an earlier run may be a link to elsewhere
         for wanted, flag, sub in (
             (args.crop, "--crop", CROPS_DIR),

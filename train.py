@@ -15,7 +15,6 @@ import signal
 
 from utils.config import (
     CommandParser,
-    HelpFormatter,
     add_options,
     from_args,
     given_options,
@@ -33,7 +32,7 @@ def build_parser(add_help: bool = True, exclude: tuple[str, ...] = ()) -> argpar
         add_help: False for a parent parser (``tools.study`` extends this one).
         exclude: fields left out (the study sets phi, seed and the run folder per run).
     """
-    parser = CommandParser(description=__doc__, formatter_class=HelpFormatter, add_help=add_help)
+    parser = CommandParser(description=__doc__, add_help=add_help)
     add_options(parser, TrainConfig, exclude=exclude)
     return parser
 

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from benchmarks.common import add_synthetic_case_options, check_at_least, start
-from utils.config import CommandParser, HelpFormatter, run_cli
+from utils.config import CommandParser, run_cli
 from utils.evaluation import bootstrap as paired
 from utils.evaluation.metrics import BoxSet, evaluate_voc
 from utils.timing import time_call
@@ -82,7 +82,7 @@ def make_detections(gts: BoxSet, num_images: int, per_image: int, recall: float,
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = CommandParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    parser = CommandParser(description=__doc__.split("\n\n")[0])
     add_synthetic_case_options(parser, "detections per image", "seed of the synthetic case")
     parser.add_argument("--phis", type=int, default=5, help="attention types compared")
     parser.add_argument("--seeds", type=int, default=3, help="training seeds per phi")

@@ -46,7 +46,7 @@ from data.voc import Annotation, load_voc, parse_sets
 from nets.checkpoint import ModelInfo, load_model
 from nets.decode import Geometry, detect
 from utils.classes import read_class_names
-from utils.config import CommandParser, HelpFormatter, add_options, run_cli
+from utils.config import CommandParser, add_options, run_cli
 from utils.device import DeviceOptions, select_device, synchronize
 from utils.errors import InputError
 from utils.evaluation.evaluate import (
@@ -67,7 +67,7 @@ TARGET = 0.80  # the full pass, as a fraction of forward-only images/s
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = CommandParser(description=__doc__, formatter_class=HelpFormatter)
+    p = CommandParser(description=__doc__)
     add_checkpoint_options(p)
     p.add_argument("--num-images", type=int, default=0, help="first N images of the split (0: all)")
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass")

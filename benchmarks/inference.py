@@ -44,7 +44,7 @@ from benchmarks.common import check_at_least, check_files, finish, start
 from benchmarks.engines import INPUT_SIZE, Engine, official_engines, phi_engines
 from nets.options import ModelOptions
 from nets.registry import attention_names
-from utils.config import CommandParser, HelpFormatter, add_options, run_cli
+from utils.config import CommandParser, add_options, run_cli
 from utils.device import ThreadConfig
 from utils.inference.predictor import (
     DEFAULT_WEIGHTS,
@@ -255,7 +255,7 @@ def print_profile(top: list[dict]) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = CommandParser(description=__doc__, formatter_class=HelpFormatter)
+    p = CommandParser(description=__doc__)
     p.add_argument("--runs", type=int, default=50, help="timed iterations per path")
     p.add_argument("--warmup", type=int, default=5, help="discarded iterations per path")
     p.add_argument(

@@ -26,7 +26,7 @@ from benchmarks.common import add_checkpoint_options, checkpoint_and_data, finis
 from data.voc import load_voc, parse_sets
 from nets.checkpoint import load_model
 from utils.classes import read_class_names
-from utils.config import CommandParser, HelpFormatter, add_alias, run_cli
+from utils.config import CommandParser, add_alias, run_cli
 from utils.errors import InputError
 from utils.evaluation.compare import evaluate_checkpoint
 from utils.evaluation.evaluate import EvalConfig
@@ -43,7 +43,7 @@ PATHS = ("PyTorch fp32", "ORT fp32", "ORT INT8")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = CommandParser(description=__doc__, formatter_class=HelpFormatter)
+    p = CommandParser(description=__doc__)
     add_checkpoint_options(p)
     p.add_argument("--calib-split", default="2007:train", help="YEAR:SET to calibrate on")
     p.add_argument(

@@ -24,7 +24,7 @@ from benchmarks.common import check_at_least, start
 from data.augment import AugmentConfig
 from data.dataset import EpochSampler, MosaicMixup, VOCDetection, collate
 from data.voc import Annotation
-from utils.config import CommandParser, HelpFormatter, run_cli
+from utils.config import CommandParser, run_cli
 from utils.errors import InputError
 from utils.timing import time_call
 
@@ -155,7 +155,6 @@ def throughput(loader: DataLoader, batches: int, sampler=None) -> float:
 def main(argv: list[str] | None = None) -> int:
     p = CommandParser(
         description="Training-sample throughput vs. a reference loader",
-        formatter_class=HelpFormatter,
     )
     p.add_argument("--num-images", type=int, default=64, help="distinct tiles on disk")
     p.add_argument("--batches", type=int, default=12, help="timed batches of 8 per measurement")

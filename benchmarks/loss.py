@@ -16,7 +16,7 @@ import torch
 from benchmarks.common import check_at_least, start
 from nets.decode import Geometry
 from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, STRIDES, YoloBody
-from utils.config import CommandParser, HelpFormatter, add_options, run_cli
+from utils.config import CommandParser, add_options, run_cli
 from utils.device import ThreadConfig
 from utils.timing import StageTimer
 from utils.training.loss import YoloLoss
@@ -137,7 +137,7 @@ def cpu_busy(seconds: float = 0.5) -> float | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = CommandParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
+    parser = CommandParser(description=__doc__.splitlines()[0])
     parser.add_argument("--loss-runs", type=int, default=10, help="timed loss runs per case")
     parser.add_argument("--step-runs", type=int, default=10, help="timed training steps per kind")
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs before timing")

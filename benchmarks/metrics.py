@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import add_synthetic_case_options, check_at_least, start
-from utils.config import CommandParser, HelpFormatter, run_cli
+from utils.config import CommandParser, run_cli
 from utils.evaluation.detections_file import read_detections_json
 from utils.evaluation.metrics import BoxSet, evaluate_voc
 from utils.timing import StageTimer, time_call
@@ -171,7 +171,7 @@ def _subset(boxes: BoxSet, num_images: int) -> BoxSet:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = CommandParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    parser = CommandParser(description=__doc__.split("\n\n")[0])
     add_synthetic_case_options(parser, "max_det of eval.py", "seed of the synthetic boxes")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs; the median is shown")
     parser.add_argument(

@@ -49,7 +49,7 @@ import torch
 
 from benchmarks.common import check_at_least, check_files, finish, start
 from nets.options import ModelOptions
-from utils.config import CommandParser, HelpFormatter, add_options, run_cli
+from utils.config import CommandParser, add_options, run_cli
 from utils.device import DeviceOptions, available_cpus, configure_threads
 from utils.inference.predict_loop import (
     AUTO_PREFETCH,
@@ -190,7 +190,7 @@ def forward_ms(detector: Detector, image: np.ndarray, runs: int, threads: int) -
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = CommandParser(description=__doc__, formatter_class=HelpFormatter)
+    p = CommandParser(description=__doc__)
     add_options(
         p,
         ModelOptions,

@@ -52,7 +52,7 @@ from nets.options import ModelOptions
 from nets.registry import resolve_phi
 from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, YoloBody
 from utils.classes import read_class_names
-from utils.config import CommandParser, HelpFormatter, add_options, run_cli
+from utils.config import CommandParser, add_options, run_cli
 from utils.precision import autocast, cpu_has_native_bf16, resolve_precision
 from utils.timing import StageTimer, Stats
 from utils.training import loss as loss_module
@@ -308,7 +308,7 @@ def profile_step(batches, model: YoloBody, dtype: torch.dtype | None, top: int):
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = CommandParser(description=__doc__, formatter_class=HelpFormatter)
+    p = CommandParser(description=__doc__)
     p.add_argument("--steps", type=int, default=12, help="timed steps per configuration")
     p.add_argument("--warmup", type=int, default=2, help="discarded steps per configuration")
     add_options(

@@ -24,7 +24,7 @@ from data.options import DataOptions
 from data.voc import parse_sets
 from nets.options import ModelOptions, check_img_size
 from utils.classes import read_class_names
-from utils.config import CommandParser, HelpFormatter, add_alias, add_options, run_cli
+from utils.config import CommandParser, add_alias, add_options, run_cli
 from utils.errors import InputError
 from utils.paths import check_apart, check_output_path
 
@@ -32,7 +32,6 @@ from utils.paths import check_apart, check_output_path
 def build_parser() -> argparse.ArgumentParser:
     parser = CommandParser(
         prog="python -m tools.anchors",
-        formatter_class=HelpFormatter,
         description="Cluster the box shapes of a VOC dataset into anchors (k-means, distance "
         "1 - IoU, median update), compare them with the default anchors and write an anchors "
         "file in the format of model_data/yolo_anchors.txt.",

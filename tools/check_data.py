@@ -31,7 +31,7 @@ from data.voc import (
     parse_sets,
 )
 from utils.classes import read_class_names
-from utils.config import CommandParser, HelpFormatter, add_options, argument_group, run_cli
+from utils.config import CommandParser, add_options, argument_group, run_cli
 from utils.errors import FailedError, InputError
 
 
@@ -39,7 +39,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = CommandParser(
         prog="python -m tools.check_data",
         description="Check a dataset (VOC, COCO, YOLO or annotation lines) file by file",
-        formatter_class=HelpFormatter,
     )
     add_options(
         p,

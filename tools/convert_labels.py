@@ -33,7 +33,7 @@ from data.label_io import LabelSet
 from data.options import DataOptions
 from data.voc import FileIssue, summarize_issues
 from utils.classes import read_class_names
-from utils.config import CommandParser, HelpFormatter, add_options, run_cli
+from utils.config import CommandParser, add_options, run_cli
 from utils.errors import InputError, UserError
 from utils.paths import (
     VOC_CLASSES,
@@ -44,9 +44,7 @@ from utils.paths import (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = CommandParser(
-        prog="python -m tools.convert_labels", description=__doc__, formatter_class=HelpFormatter
-    )
+    p = CommandParser(prog="python -m tools.convert_labels", description=__doc__)
     p.add_argument("src", metavar="SRC", help="labels to read: a folder, .json, .yaml or .txt")
     p.add_argument("--to", required=True, choices=WRITE_FORMATS, help="format to write (required)")
     p.add_argument("--out", required=True, help="folder to write the data set into (required)")

@@ -19,7 +19,7 @@ import predict
 from data.demo import DEMO_ROOT, DEMO_VOC_ROOT, demo_is_current, generate_demo
 from nets.options import ModelOptions
 from nets.registry import describe_phis
-from utils.config import CommandParser, HelpFormatter, add_options, run_cli
+from utils.config import CommandParser, add_options, run_cli
 from utils.errors import UserError
 from utils.paths import write_failure
 from utils.training.config import TrainConfig
@@ -32,7 +32,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = CommandParser(
         prog="python -m tools.demo",
         description=__doc__.splitlines()[0],
-        formatter_class=HelpFormatter,
     )
     p.add_argument("--epochs", type=int, default=25, help="training epochs")
     add_options(

@@ -19,7 +19,7 @@ from data.demo import (
     generate_demo,
 )
 from data.voc import class_counts, load_voc
-from utils.config import CommandParser, HelpFormatter, run_cli
+from utils.config import CommandParser, run_cli
 from utils.paths import OutputRefusedError
 
 
@@ -27,7 +27,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The CLI's flags (``argv`` defaults to ``sys.argv[1:]``)."""
     parser = CommandParser(
         prog="python -m tools.demo_data",
-        formatter_class=HelpFormatter,
         description="Generate a small synthetic shapes dataset in the VOCdevkit layout.",
     )
     parser.add_argument("--out", type=Path, default=DEMO_ROOT, help="output folder")

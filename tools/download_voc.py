@@ -19,7 +19,7 @@ from data.download import (
     prepare_voc,
 )
 from data.options import DataOptions
-from utils.config import CommandParser, HelpFormatter, add_alias, add_options, run_cli
+from utils.config import CommandParser, add_alias, add_options, run_cli
 from utils.errors import FailedError, UserError
 from utils.paths import check_output_path
 
@@ -27,7 +27,6 @@ from utils.paths import check_output_path
 def build_parser() -> argparse.ArgumentParser:
     parser = CommandParser(
         prog="python -m tools.download_voc",
-        formatter_class=HelpFormatter,
         description="Download Pascal VOC tarballs, verify their MD5 and extract them into "
         "<out>/VOCdevkit. Interrupted downloads resume; finished sets are skipped.",
     )

@@ -17,15 +17,13 @@ import argparse
 
 from data.options import DataOptions
 from nets.options import ModelOptions
-from utils.config import CommandParser, HelpFormatter, add_options, from_args, run_cli
+from utils.config import CommandParser, add_options, from_args, run_cli
 from utils.inference.export import ExportConfig, export
 from utils.inference.predictor import InferenceConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = CommandParser(
-        prog="python -m tools.export", description=__doc__, formatter_class=HelpFormatter
-    )
+    p = CommandParser(prog="python -m tools.export", description=__doc__)
     add_options(
         p,
         ModelOptions,

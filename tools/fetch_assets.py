@@ -17,7 +17,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from utils.config import CommandParser, HelpFormatter, add_alias, run_cli
+from utils.config import CommandParser, add_alias, run_cli
 from utils.errors import FailedError
 from utils.paths import check_output_path
 
@@ -87,7 +87,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = CommandParser(
         prog="python -m tools.fetch_assets",
         description=__doc__.splitlines()[0],
-        formatter_class=HelpFormatter,
     )
     parser.add_argument("--out", default="model_data", help="destination folder")
     add_alias(parser, "--dest", "--out")

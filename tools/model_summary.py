@@ -25,7 +25,7 @@ from nets.registry import (
 from nets.summary import (
     summary_rows,
 )
-from utils.config import CommandParser, HelpFormatter, add_options, run_cli
+from utils.config import CommandParser, add_options, run_cli
 from utils.errors import InputError
 
 
@@ -33,7 +33,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser = CommandParser(
         prog="python -m tools.model_summary",
         description="YOLOv4-tiny parameters and GFLOPs per phi",
-        formatter_class=HelpFormatter,
     )
     add_options(
         parser,

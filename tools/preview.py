@@ -20,7 +20,7 @@ from data.preview import (
 from data.voc import LoadResult, discover_classes, load_voc, parse_sets
 from nets.options import check_img_size
 from utils.classes import read_class_names
-from utils.config import CommandParser, HelpFormatter, add_options, run_cli
+from utils.config import CommandParser, add_options, run_cli
 from utils.errors import InputError
 from utils.paths import check_apart, check_image_path, write_image_atomic
 from utils.training.config import TrainConfig
@@ -32,7 +32,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = CommandParser(
         prog="python -m tools.preview",
         description=__doc__.splitlines()[0],
-        formatter_class=HelpFormatter,
     )
     add_options(
         p,

@@ -20,7 +20,7 @@ from data.split import (
     split_dataset,
 )
 from utils.classes import read_class_names
-from utils.config import CommandParser, HelpFormatter, add_options, argument_group, run_cli
+from utils.config import CommandParser, add_options, argument_group, run_cli
 from utils.errors import UserError
 from utils.paths import OutputRefusedError, write_failure
 
@@ -54,7 +54,6 @@ def parse_seed(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = CommandParser(
         prog="python -m tools.split",
-        formatter_class=HelpFormatter,
         description="Split a VOC-format dataset into train/val/test and write "
         "ImageSets/Main/{train,val,trainval,test}.txt; print instances per class and split.",
     )

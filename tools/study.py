@@ -34,7 +34,7 @@ from nets.attention import parse_attention_args
 from nets.checkpoint import load_torch_file
 from nets.registry import check_attention_args, load_attention_plugins, resolve_phi
 from nets.yolo import YoloBody
-from utils.config import CommandParser, HelpFormatter, add_options, from_args, run_cli
+from utils.config import CommandParser, add_options, from_args, run_cli
 from utils.device import select_device
 from utils.errors import InputError
 from utils.evaluation.compare import (
@@ -305,7 +305,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser = CommandParser(
         prog="python -m tools.study",
         description=__doc__,
-        formatter_class=HelpFormatter,
         parents=[train_cli.build_parser(add_help=False, exclude=per_run)],
     )
     study = parser.add_argument_group("study")

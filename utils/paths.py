@@ -14,6 +14,7 @@ import contextlib
 import io
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +51,24 @@ class SaveDirOptions:
         "write into --save-dir even if it exists (still never into an input)",
         group="output",
     )
+
+
+def check_save_dir(
+    asked: str | os.PathLike, numbered: str | os.PathLike, inputs: Sequence[object]
+) -> None:
+    """Refuses, before any work, a results folder that lies on an input or cannot be made:
+    ``--save-dir`` as asked and the numbered folder it became. An input asked for is refused,
+    not replaced by a numbered sibling, and a file where the folder was asked for is an error,
+    not a reason to number it.
+
+    Raises:
+        OutputRefusedError: naming ``--save-dir`` and the path.
+    """
+    folders = list(dict.fromkeys([Path(asked), Path(numbered)]))
+    for folder in folders:
+        check_apart(folder, inputs, flag="--save-dir")
+    for folder in folders:
+        check_output_path(folder, folder=True)
 
 
 class OutputPathError(WriteError):
