@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from data.voc import Annotation, FileIssue, LoadResult, unsafe_name_problem
+from utils import textfile
 from utils.classes import class_name_problem, read_class_names
 from utils.errors import InputError
 from utils.paths import (
@@ -219,33 +220,8 @@ def brief(value: object, limit: int = 60) -> str:
 
 
 def read_user_text(path: str | os.PathLike, what: str, max_bytes: int | None = None) -> str:
-    """A user's text file as a string: UTF-8, a leading byte-order mark dropped (editors on
-    Windows write one, and it would become part of the first name, id or path).
-
-    Args:
-        what: what the file is, for messages ("data YAML", "image list", ...).
-        max_bytes: refuse larger files (None: any size).
-
-    Raises:
-        FileNotFoundError: no such file.
-        LabelFormatError: it cannot be read, is too large or is not UTF-8 text (the message
-            names the file).
-    """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: {what} not found")
-    try:
-        with open(path, "rb") as f:
-            data = f.read() if max_bytes is None else f.read(max_bytes + 1)
-    except OSError as err:
-        raise LabelFormatError(f"{path}: {what} cannot be read ({err.strerror or err})") from None
-    if max_bytes is not None and len(data) > max_bytes:
-        raise LabelFormatError(f"{path}: {what} cannot be read: larger than {max_bytes} bytes")
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise LabelFormatError(
-            f"{path}: {what} cannot be read: not UTF-8 text (byte {err.start}: {err.reason})"
-        ) from None
+    """``utils.textfile.read_user_text`` raising ``LabelFormatError``."""
+    return textfile.read_user_text(path, what, max_bytes, error=LabelFormatError)
 
 
 def check_unique_ids(annotations: Sequence[Annotation], source: str) -> None:

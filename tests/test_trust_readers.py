@@ -331,7 +331,9 @@ def test_a_deeply_nested_coco_file_is_one_error_naming_it(tmp_path: Path) -> Non
 def test_errors_of_unreadable_text_and_huge_integers_name_the_file(tmp_path: Path) -> None:
     classes = tmp_path / "classes.txt"
     classes.write_bytes("sq\xfcare\n".encode("latin-1"))
-    with pytest.raises(ValueError, match=r"classes\.txt: classes file is not UTF-8 text"):
+    with pytest.raises(
+        ValueError, match=r"classes\.txt: classes file cannot be read: not UTF-8 text"
+    ):
         read_class_names(classes)
     huge = tmp_path / "huge.json"
     huge.write_text('{"images": [{"id": ' + "9" * 5000 + "}]}")
@@ -360,7 +362,7 @@ def test_check_data_names_the_file_it_cannot_read(tmp_path: Path) -> None:
     voc = tmp_path / "voc"
     with pytest.raises(InputError) as bad:
         check_data.main(["--voc-root", str(voc), "--classes", str(classes)])
-    assert str(bad.value).startswith(f"{classes}: classes file is not UTF-8")
+    assert str(bad.value).startswith(f"{classes}: classes file cannot be read: not UTF-8")
 
 
 # ------------------------------------------------------------- YOLO image folders

@@ -7,6 +7,7 @@ import os
 import unicodedata
 
 from utils.errors import InputError
+from utils.textfile import read_user_text
 
 # a names file is a short list: anything larger is not one (and is not read into memory)
 MAX_NAMES_FILE_BYTES = 16 * 1024 * 1024
@@ -36,28 +37,13 @@ def read_class_names(path: str | os.PathLike) -> list[str]:
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the path is a folder, the file cannot be read, is not UTF-8 text, is
-            empty, has a blank line between two names (the line is a class id: dropping it
-            would shift every id after it), or repeats a name or holds one with control
-            characters (the message names the file and the line).
+        InputError: the path is a folder, the file cannot be read, is larger than
+            ``MAX_NAMES_FILE_BYTES``, is not UTF-8 text, is empty, has a blank line between
+            two names (the line is a class id: dropping it would shift every id after it), or
+            repeats a name or holds one with control characters (the message names the file
+            and the line).
     """
-    if os.path.isdir(path):
-        raise InputError(f"{path}: is a folder, not a classes file")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"classes file not found: {path}")
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_NAMES_FILE_BYTES + 1)
-    except OSError as err:
-        raise InputError(f"{path}: classes file cannot be read ({err.strerror or err})") from None
-    if len(data) > MAX_NAMES_FILE_BYTES:
-        raise InputError(f"{path}: classes file larger than {MAX_NAMES_FILE_BYTES} bytes")
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise InputError(
-            f"{path}: classes file is not UTF-8 text (byte {err.start}: {err.reason})"
-        ) from None
+    text = read_user_text(path, "classes file", MAX_NAMES_FILE_BYTES)
     names: list[str] = []
     first_line: dict[str, int] = {}
     blank = 0  # the first blank line after a name, until another name follows
