@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install weights demo test test-fast lint format clean
+.PHONY: install launchers weights demo test test-fast lint format clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python 3.10+ required"'
@@ -12,6 +12,13 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	touch $@
 
 install: $(VENV)/.installed  ## create .venv and install everything
+
+# the study's optional launchers (Ray, submitit): the tests use them, `make demo` does not
+$(VENV)/.launchers: $(VENV)/.installed requirements-launchers.txt
+	$(PY) -m pip install -q -r requirements-launchers.txt
+	touch $@
+
+launchers: $(VENV)/.launchers  ## install Ray and submitit for tools.study --launcher ray|slurm
 
 weights: install  ## fetch the official COCO weights, cfg, names and sample photos (once)
 	$(PY) -m tools.fetch_assets
@@ -27,7 +34,7 @@ format: install
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
 
-test: weights lint  ## lint and run the whole test suite (CPU, no network)
+test: weights launchers lint  ## lint and run the whole test suite (CPU, no network)
 	YOLO_REQUIRE_ASSETS=1 $(PY) -m pytest
 
 test-fast: weights lint  ## lint and run the tests not marked slow (no training, no subprocesses)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +23,17 @@ def require_asset(path: Path) -> Path:
     if os.environ.get("YOLO_REQUIRE_ASSETS") == "1":
         pytest.fail(message)
     pytest.skip(message)
+
+
+def require_package(name: str):
+    """The optional package ``name`` (``make test`` installs them): skipped when absent,
+    unless YOLO_REQUIRE_ASSETS=1 (CI), then a failure, so a broken install is not a pass."""
+    if os.environ.get("YOLO_REQUIRE_ASSETS") == "1":
+        try:
+            return importlib.import_module(name)
+        except ImportError as err:
+            pytest.fail(f"{name} missing ({err}): run `make launchers`")
+    return pytest.importorskip(name)
 
 
 @pytest.fixture(scope="session")

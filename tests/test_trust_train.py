@@ -23,6 +23,7 @@ import train
 from nets.yolo import YoloBody
 from tools import study
 from utils.evaluation.evaluate import EvalConfig
+from utils.training import launch
 from utils.training.fit import fit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -272,7 +273,7 @@ def _no_training(monkeypatch) -> None:
     def refuse(cfg, *args, **kwargs):
         raise AssertionError(f"trained {cfg.name} although the study should have stopped")
 
-    monkeypatch.setattr(study, "fit", refuse)
+    monkeypatch.setattr(launch, "fit", refuse)
 
 
 @pytest.fixture(scope="module")

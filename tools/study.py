@@ -16,13 +16,27 @@ if it was trained with the study's settings (every setting, derived ones such as
 frozen epochs, warmup, lr and scale_xy included, except ``RESULT_NEUTRAL_FIELDS``); otherwise the
 study stops before any training with an error naming the settings that differ. Blocks, seeds
 and settings are all checked before the first run starts.
+
+``--sweep FIELD=A;B`` (any training setting, e.g. ``attention_at=feat1,feat2;csp3``) trains each
+block at each value: runs ``<block>_<field>-<value>_seed<S>``, compared as blocks of their own.
+
+Where the runs execute (``utils.training.launch``; the runs and their results are the same):
+``--launcher local`` one after another in this process, or ``--parallel N`` at once, each in its
+own process with its own GPU (``--runs-per-gpu K`` packs K onto one) or CPU thread share;
+``--launcher ray`` as Ray tasks (``--ray-address``, else a Ray instance on this machine);
+``--launcher slurm`` as a Slurm job array through submitit (``--no-wait``: submit, and collect
+with a later call on the same ``--out``). A run that fails is named while the others finish;
+the comparison then covers the blocks whose runs all finished, and the study exits 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
-import shutil
+import os
+import signal
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -35,8 +49,8 @@ from nets.checkpoint import load_torch_file
 from nets.registry import check_attention_args, load_attention_plugins, resolve_phi
 from nets.yolo import YoloBody
 from utils.config import CommandParser, add_options, from_args, run_cli
-from utils.device import select_device
-from utils.errors import InputError
+from utils.device import available_cpus, select_device
+from utils.errors import FailedError, InputError
 from utils.evaluation.compare import (
     CompareConfig,
     evaluate_checkpoint,
@@ -50,10 +64,24 @@ from utils.paths import (
     check_output_path,
     unique_components,
 )
-from utils.runlock import LOCK_NAME, FolderLock, FolderLockedError
+from utils.runlock import LOCK_NAME, FolderLock
 from utils.training.adapt import fit_to_data
 from utils.training.config import RESULT_NEUTRAL_FIELDS, TrainConfig
-from utils.training.fit import fit
+from utils.training.launch import (
+    LAUNCH_DIR,
+    InProcessLauncher,
+    Launcher,
+    ProcessLauncher,
+    RayLauncher,
+    RunOutcome,
+    RunSpec,
+    SlurmOptions,
+    SubmititLauncher,
+    execute_run,
+    plan_slots,
+    require,
+    visible_gpus,
+)
 from utils.training.setup import (
     DataSetup,
     eval_label_source,
@@ -66,25 +94,91 @@ from utils.training.state import TrainState
 
 logger = logging.getLogger(__name__)
 
+ROOT = Path(__file__).resolve().parents[1]  # what a run's worker process imports from
+# the fields each run sets itself, so neither shared flags nor sweepable
+PER_RUN = ("phi", "seed", "name", "log_dir", "resume", "stop_at_epoch")
+
 
 @dataclass
 class PlannedRun:
     """One (phi, seed) run of a study and what the study does with it: ``train`` it anew,
-    ``resume`` an interrupted run with the same settings, or ``reuse`` a finished one."""
+    ``resume`` an interrupted run with the same settings, or ``reuse`` a finished one.
+    ``group`` is the block the comparison counts it under: the block's name, plus the swept
+    settings' values (``se attention_at=csp3``) in a sweep."""
 
     name: str
     cfg: TrainConfig
     folder: Path
     action: str
     note: str = ""
+    group: str = ""
 
     @property
     def last(self) -> Path:
         return self.folder / "weights" / "last.pth"
 
+    def spec(self) -> RunSpec:
+        """The run as launchers take it: a folder left by a run that never finished an epoch
+        is emptied first."""
+        return RunSpec.of(self.name, self.cfg, self.folder, restart=self.action == "train")
+
+
+def parse_sweep(items: Sequence[str]) -> dict[str, list]:
+    """``--sweep FIELD=A;B`` items -> ``{field: [A, B]}``, each value read as ``train.py``
+    reads that flag.
+
+    Raises:
+        InputError: not ``FIELD=VALUES``, a field that is not a training setting or is one
+            each run sets (phi, seed, ...) or one that cannot change a result, an on/off
+            setting, a field given twice, or a value the flag refuses.
+    """
+    sweep: dict[str, list] = {}
+    names = {f.name: f for f in fields(TrainConfig)}
+    for item in items:
+        key, sep, values = item.partition("=")
+        field = key.strip().lstrip("-").replace("-", "_")
+        if not sep or not values.strip():
+            raise InputError(
+                f"--sweep {item!r}: give FIELD=VALUE;VALUE..., e.g. attention_at=feat1,feat2;csp3"
+            )
+        if field not in names or field in PER_RUN or field in RESULT_NEUTRAL_FIELDS:
+            raise InputError(f"--sweep {item!r}: {key!r} is not a setting a study can sweep")
+        if "bool" in str(names[field].type):
+            raise InputError(f"--sweep {item!r}: an on/off setting; run one study per value")
+        if field in sweep:
+            raise InputError(f"--sweep {key}: given twice; put all its values in one item")
+        [action] = [a for a in train_cli.build_parser()._actions if a.dest == field]
+        sweep[field] = [_flag_value(item, action, v) for v in values.split(";")]
+    return sweep
+
+
+def _flag_value(item: str, action: argparse.Action, text: str) -> object:
+    """``text`` read as ``train.py`` reads the flag of ``action``; InputError naming ``item``."""
+    try:
+        value = action.type(text) if action.type else text
+    except (TypeError, ValueError):
+        value = None
+    if value is None or (action.choices and value not in action.choices):
+        raise InputError(f"--sweep {item!r}: {text!r} is not a value of {action.option_strings[0]}")
+    return value
+
+
+def _variants(base: TrainConfig, sweep: dict[str, list]) -> list[dict]:
+    """Every combination of the swept values, each in its canonical form (two spellings of one
+    placement are one run, refused as a duplicate)."""
+    out = []
+    for values in itertools.product(*sweep.values()):
+        cfg = replace(base, **dict(zip(sweep, values)))  # checks each value
+        out.append({field: getattr(cfg, field) for field in sweep})
+    return out
+
 
 def plan_study(
-    base: TrainConfig, phis: Sequence[int | str], seeds: Sequence[int], out: Path
+    base: TrainConfig,
+    phis: Sequence[int | str],
+    seeds: Sequence[int],
+    out: Path,
+    sweep: dict[str, list] | None = None,
 ) -> tuple[TrainConfig, list[PlannedRun], LabelSource | None]:
     """Checks everything a study needs before its first run starts, and decides per run.
 
@@ -94,8 +188,9 @@ def plan_study(
     setting (all but ``RESULT_NEUTRAL_FIELDS``) with the run the study would train.
 
     Returns:
-        The base config with its data paths resolved, the runs in order, and the labels the
-        runs are evaluated on (None: VOC image sets).
+        The base config with its data paths resolved, the runs in order (each block at each
+        combination of the ``sweep`` values, ``parse_sweep``'s, with each seed), and the labels
+        the runs are evaluated on (None: VOC image sets).
 
     Raises:
         OutputPathError: ``out`` is not a folder that can be written, or holds an input.
@@ -126,23 +221,35 @@ def plan_study(
     base = resolve_data(base)
     check_apart(out, run_inputs(base), flag="--out")
     labels = eval_label_source(base)  # a study without a val split fails now
-    args = parse_attention_args(base.attention_args)
+    variants = _variants(base, sweep or {})
+    shown = [";".join(f"{k}={v}" for k, v in variant.items()) for variant in variants]
+    _refuse_duplicates("--sweep", [(s, s) for s in shown])
     # plugin blocks all have phi -1: their runs are told apart by their (sanitised) names
-    stems = unique_components([f"phi{n}" if n >= 0 else name for n, name in blocks])
+    stems = [f"phi{n}" if n >= 0 else name for n, name in blocks]
+    combos = [(block, stem, v) for block, stem in zip(blocks, stems) for v in variants]
+    names = unique_components(
+        [
+            stem + "".join(f"_{k}-{str(x).replace(',', '+')}" for k, x in v.items())
+            for _, stem, v in combos
+        ]
+    )
     runs = []
-    for (number, name), stem in zip(blocks, stems):
-        check_attention_args(name, args)
+    for ((number, name), _, variant), stem in zip(combos, names):
+        cfg = replace(base, **variant)
+        check_attention_args(name, parse_attention_args(cfg.attention_args))
+        group = " ".join([name, *(f"{k}={x}" for k, x in variant.items())])
         for seed in seeds:
             run_name = f"{stem}_seed{seed}"
             cfg = replace(
                 base,
+                **variant,
                 phi=str(number) if number >= 0 else name,  # plugins: no number
                 seed=seed,
                 name=run_name,
                 log_dir=str(out),
                 resume=None,
             )
-            runs.append(PlannedRun(run_name, cfg, out / run_name, "train"))
+            runs.append(PlannedRun(run_name, cfg, out / run_name, "train", group=group))
     data = load_data(base)
     require_objects(data, base)
     for line in summarize_issues(data.issues):  # once here, not once per run
@@ -237,15 +344,18 @@ def run_study(
     out: Path,
     eval_cfg: EvalConfig | None = None,
     compare: CompareConfig | None = None,
+    launcher: Launcher | None = None,
+    sweep: dict[str, list] | None = None,
 ) -> dict[str, Path]:
     """Trains (or reuses) every (phi, seed) run, then writes the comparison; returns its paths.
 
     Everything is checked first (``plan_study``): a study never trains one run and then fails
     on the next one's settings. ``compare`` sets the bootstrap behind the pairwise verdicts
-    (default: 1,000 resamples).
+    (default: 1,000 resamples); ``launcher`` is where the runs execute (default: one after
+    another in this process); ``sweep`` is ``parse_sweep``'s.
     """
-    base, runs, labels = plan_study(base, phis, seeds, out)
-    return train_and_compare(base, runs, labels, out, eval_cfg, compare)
+    base, runs, labels = plan_study(base, phis, seeds, out, sweep)
+    return train_and_compare(base, runs, labels, out, eval_cfg, compare, launcher)
 
 
 def train_and_compare(
@@ -255,24 +365,53 @@ def train_and_compare(
     out: Path,
     eval_cfg: EvalConfig | None = None,
     compare: CompareConfig | None = None,
+    launcher: Launcher | None = None,
 ) -> dict[str, Path]:
-    """``plan_study``'s runs trained, resumed or reused, evaluated and compared."""
+    """``plan_study``'s runs trained or resumed by ``launcher`` (default: in this process) or
+    reused, evaluated and compared.
+
+    Returns:
+        The comparison's paths; empty when the runs were only submitted (``--no-wait``).
+
+    Raises:
+        FailedError: a run failed (each is named with its error, after the others finished);
+            the comparison of the blocks whose runs all finished is written first.
+    """
+    launcher = launcher or InProcessLauncher(progress=print)
     for run in runs:
         if run.note:
             print(f"== {run.name}: {run.note}")
-        if run.action == "reuse":
-            continue
-        if run.action == "train" and run.folder.exists():
-            with FolderLock(run.folder, "run"):  # still no other process's
-                shutil.rmtree(run.folder)
-        number, name = resolve_phi(run.cfg.phi)
-        print(f"== training phi {number} ({name}), seed {run.cfg.seed} -> {run.folder}")
-        result = fit(run.cfg, issues_to_console=False)  # plan_study said them once
-        if result.run_dir != run.folder:  # another process made the folder meanwhile
-            raise FolderLockedError(
-                f"{run.folder}: made by another process while this study started the run; "
-                f"this one trained into {result.run_dir} instead. Run one study per --out"
-            )
+    todo = [run for run in runs if run.action != "reuse"]
+    outcomes = launcher.launch([run.spec() for run in todo]) if todo else []
+    if any(o.state == "submitted" for o in outcomes):
+        return {}
+    failed = [o for o in outcomes if not o.finished]
+    broken = {run.group for run in runs if run.name in {o.name for o in failed}}
+    compared = [run for run in runs if run.group not in broken]
+    paths = _compare(base, compared, labels, out, eval_cfg, compare) if compared else {}
+    if failed:
+        raise FailedError(_failure_message(failed, broken, paths))
+    return paths
+
+
+def _failure_message(failed: list[RunOutcome], broken: set[str], paths: dict) -> str:
+    runs = "; ".join(f"{o.name} ({o.error})" for o in failed)
+    where = f"compared the others in {paths['md']}" if paths else "nothing left to compare"
+    return (
+        f"{len(failed)} run(s) failed: {runs}. Left out of the comparison: "
+        f"{', '.join(sorted(broken))}; {where}. Run the study again to resume them"
+    )
+
+
+def _compare(
+    base: TrainConfig,
+    runs: list[PlannedRun],
+    labels: LabelSource | None,
+    out: Path,
+    eval_cfg: EvalConfig | None,
+    compare: CompareConfig | None,
+) -> dict[str, Path]:
+    """Each run's ``last.pth`` evaluated on the validation split, and the comparison written."""
     device = select_device(base.device)
     eval_cfg = eval_cfg or EvalConfig(img_size=base.img_size, workers=min(base.workers, 2))
     names = None
@@ -280,6 +419,7 @@ def train_and_compare(
         from utils.classes import read_class_names
 
         names = read_class_names(base.classes)
+    swept = any(run.group != resolve_phi(run.cfg.phi)[1] for run in runs)
     rows, protocol = [], ""
     for run in runs:
         row, report = evaluate_checkpoint(
@@ -292,6 +432,8 @@ def train_and_compare(
             labels=labels,
         )
         row.name = run.name
+        if swept:  # a block at each swept value is a block of its own in the comparison
+            row.phi_name = run.group
         # the stored seed and settings: the comparison pairs the blocks' runs seed by seed
         row.seed, row.settings = training_run(str(run.last), RESULT_NEUTRAL_FIELDS)
         rows.append(row)
@@ -301,11 +443,10 @@ def train_and_compare(
 
 def build_parser() -> argparse.ArgumentParser:
     """train.py's options (the settings every run shares) plus the study's own."""
-    per_run = ("phi", "seed", "name", "log_dir", "resume", "stop_at_epoch")
     parser = CommandParser(
         prog="python -m tools.study",
         description=__doc__,
-        parents=[train_cli.build_parser(add_help=False, exclude=per_run)],
+        parents=[train_cli.build_parser(add_help=False, exclude=PER_RUN)],
     )
     study = parser.add_argument_group("study")
     study.add_argument(
@@ -319,23 +460,173 @@ def build_parser() -> argparse.ArgumentParser:
         help="seeds per attention type, 0 or more",
     )
     study.add_argument("--out", default="logs/study", help="study folder (default: %(default)s)")
+    study.add_argument(
+        "--sweep",
+        action="append",
+        default=[],
+        metavar="FIELD=A;B",
+        help="also vary a training setting: each block at each value (repeat for more "
+        "settings: every combination), e.g. 'attention_at=feat1,feat2;csp3'",
+    )
     add_options(parser, CompareConfig)
+    launch = parser.add_argument_group("launcher")
+    launch.add_argument(
+        "--launcher",
+        choices=("local", "ray", "slurm"),
+        default="local",
+        help="where the runs execute: this machine, Ray tasks, or a Slurm job array "
+        "(ray and slurm: pip install -r requirements-launchers.txt)",
+    )
+    launch.add_argument(
+        "--parallel",
+        type=int,
+        default=1,
+        help="runs at once on this machine (local; ray without --ray-address), each in its own "
+        "process with its own GPU or CPU-thread share; 1 trains in this process",
+    )
+    launch.add_argument(
+        "--runs-per-gpu",
+        type=int,
+        default=1,
+        help="runs sharing one GPU (local, ray): a small model leaves a large GPU mostly idle",
+    )
+    launch.add_argument(
+        "--cpus-per-run",
+        type=int,
+        default=None,
+        help="CPUs (and torch threads) each run asks for (ray, slurm; default: this machine's "
+        "CPUs / --parallel for ray, --workers + 2 for slurm)",
+    )
+    launch.add_argument(
+        "--ray-address",
+        default=None,
+        help="a running Ray cluster ('auto': the one this machine is part of; default: start "
+        "one on this machine for the study); the study folder and this project must be on "
+        "storage every node sees at the same path",
+    )
+    launch.add_argument(
+        "--retries",
+        type=int,
+        default=1,
+        help="times Ray runs a failed run again (default: %(default)s)",
+    )
+    launch.add_argument(
+        "--slurm-partition", default=None, help="Slurm partition (default: the cluster's)"
+    )
+    launch.add_argument(
+        "--slurm-time",
+        type=int,
+        default=24 * 60,
+        help="time limit per run, minutes (default: %(default)s)",
+    )
+    launch.add_argument(
+        "--gpus-per-run", type=int, default=1, help="GPUs per Slurm job (default: %(default)s)"
+    )
+    launch.add_argument(
+        "--slurm-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra sbatch option, repeatable (e.g. account=myproj, constraint=a100)",
+    )
+    launch.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="slurm: submit and return; a later call with the same --out collects",
+    )
+    # the launchers' own plumbing, not for users: submitit's local executor (tests run the
+    # Slurm path with it) and a worker process's one run
+    launch.add_argument(
+        "--slurm-executor", default="slurm", choices=("slurm", "local"), help=argparse.SUPPRESS
+    )
+    launch.add_argument("--run-one", default=None, help=argparse.SUPPRESS)
     # runs are compared on their final weights: evaluating during training would only cost time
     parser.set_defaults(eval_period=0)
     return parser
 
 
+def make_launcher(args: argparse.Namespace, out: Path) -> Launcher:
+    """The launcher the flags ask for (checked before any run starts)."""
+    files = out / LAUNCH_DIR
+    # what a worker imports: this project, and plugin modules where this process finds them
+    pythonpath = os.pathsep.join(
+        p for p in (str(ROOT), os.getcwd(), os.environ.get("PYTHONPATH")) if p
+    )
+    for flag in ("parallel", "runs_per_gpu", "cpus_per_run"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise InputError(f"--{flag.replace('_', '-')} {value}: must be at least 1")
+    if args.retries < 0 or args.gpus_per_run < 0 or args.slurm_time < 1:
+        raise InputError("--retries and --gpus-per-run must be 0 or more, --slurm-time at least 1")
+    if args.no_wait and args.launcher != "slurm":
+        raise InputError("--no-wait: only --launcher slurm submits and returns")
+    if args.launcher in ("ray", "slurm"):  # missing: said now, not after the planning
+        require("ray" if args.launcher == "ray" else "submitit", args.launcher)
+    if args.launcher == "ray":
+        cpus = args.cpus_per_run or max(1, available_cpus() // args.parallel)
+        gpus = 0 if args.device.strip().lower() == "cpu" else 1 / args.runs_per_gpu
+        return RayLauncher(args.ray_address, cpus, gpus, args.retries, files, print, pythonpath)
+    if args.launcher == "slurm":
+        extra = []
+        for item in args.slurm_option:
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise InputError(f"--slurm-option {item!r}: give KEY=VALUE, e.g. account=myproj")
+            extra.append((key.strip().lstrip("-").replace("-", "_"), value))
+        options = SlurmOptions(
+            args.slurm_partition,
+            args.slurm_time,
+            args.gpus_per_run,
+            args.cpus_per_run or args.workers + 2,
+            tuple(extra),
+            args.slurm_executor,
+        )
+        return SubmititLauncher(options, files, not args.no_wait, print, pythonpath)
+    if args.parallel == 1:
+        return InProcessLauncher(progress=print)
+    device = args.device.strip().lower()
+    if device not in ("auto", "cpu", "cuda"):
+        raise InputError(
+            f"--device {args.device} with --parallel: each run gets its own GPU; give "
+            "--device auto, cuda or cpu"
+        )
+    gpus = [] if device == "cpu" else visible_gpus()
+    slots = plan_slots(args.parallel, args.runs_per_gpu, gpus, available_cpus())
+    command = [sys.executable, "-m", "tools.study", "--run-one"]
+    return ProcessLauncher(command, slots, files, print, {"PYTHONPATH": pythonpath})
+
+
+def run_one(spec_path: str) -> int:
+    """A worker process's run: ``execute_run`` of the spec file, as ``train.py`` would run it."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as train.py: saves on Ctrl-C
+    execute_run(RunSpec.read(spec_path))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.run_one:
+        return run_one(args.run_one)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     out = Path(args.out)
     # everything is checked before hours of training: bad input is exit 2 before any run; the
     # base config is checked as a run of the first block (phi 0 takes no options)
     base = from_args(TrainConfig, args, phi=str(args.phis[0]))
     compare = from_args(CompareConfig, args)
-    base, runs, labels = plan_study(base, args.phis, args.seeds, out)
-    # a write that fails or a run that diverges on the way: exit 1
-    paths = train_and_compare(base, runs, labels, out, compare=compare)
+    sweep = parse_sweep(args.sweep)
+    launcher = make_launcher(args, out)
+    if isinstance(launcher, SubmititLauncher):  # an earlier --no-wait call's jobs first
+        active = launcher.collect()
+        if active:
+            print(f"still queued or running: {', '.join(active)}; call again later to collect")
+            return 0
+    base, runs, labels = plan_study(base, args.phis, args.seeds, out, sweep)
+    # a write that fails, a run that fails or diverges on the way: exit 1
+    paths = train_and_compare(base, runs, labels, out, compare=compare, launcher=launcher)
+    if not paths:
+        print(f"submitted; call this command again with --out {out} to collect and compare")
+        return 0
     print(paths["md"].read_text())
     print(f"comparison: {', '.join(map(str, paths.values()))}")
     return 0
