@@ -56,7 +56,7 @@ from utils.evaluation.evaluate import (
     score,
 )
 from utils.inference.onnx_runner import onnx_metadata
-from utils.inference.predictor import check_class_names
+from utils.inference.predictor import Detector, InferenceConfig, check_class_names
 from utils.paths import (
     SaveDirOptions,
     check_apart,
@@ -66,7 +66,7 @@ from utils.paths import (
     write_failure,
     write_text_atomic,
 )
-from utils.precision import AMP_TORCH_ONLY, inference_precision
+from utils.precision import AMP_TORCH_ONLY, cpu_has_native_bf16, inference_precision
 from utils.sources import increment_path
 from utils.training.config import RESULT_NEUTRAL_FIELDS, TrainConfig
 
@@ -233,6 +233,8 @@ def _evaluate_weights(
     configure_threads(args.threads, parallel_decode=cfg.workers > 0)
     if warning := inference_precision(cfg.amp, device).warning:
         print(f"warning: {warning}", file=sys.stderr)
+    if hint := _amp_hint(args, cfg, device, names):
+        print(hint, file=sys.stderr)
     rows, reports = [], []
     for weights in args.weights:
         row, report = evaluate_checkpoint(
@@ -254,6 +256,19 @@ def _evaluate_weights(
         rows.append(row)
         reports.append(report)
     return rows, reports
+
+
+def _amp_hint(
+    args: argparse.Namespace, cfg: EvalConfig, device: torch.device, names: list[str] | None
+) -> str | None:
+    """``Detector.amp_hint`` for the first PyTorch model of ``--weights`` when it runs in
+    float32 on a CPU with native bfloat16 (measured once per model and CPU, then cached)."""
+    torch_weights = [w for w in args.weights if not str(w).endswith(".onnx")]
+    if cfg.amp or device.type != "cpu" or not torch_weights or not cpu_has_native_bf16():
+        return None
+    config = InferenceConfig(img_size=cfg.img_size, device="cpu")
+    detector = Detector.from_weights(torch_weights[0], phi=args.phi, classes=names, config=config)
+    return detector.amp_hint(native=True)
 
 
 def _write_results(

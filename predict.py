@@ -17,8 +17,6 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-
 from data.options import DataOptions
 from nets.options import ModelOptions
 from nets.registry import load_attention_plugins
@@ -42,6 +40,7 @@ from utils.inference.predict_loop import (
     RunSummary,
     benchmark,
     json_to_stdout,
+    model_threads,
     run_predictions,
 )
 from utils.inference.predictor import DEFAULT_WEIGHTS, Detector, InferenceConfig
@@ -191,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     detector, pipeline, why = _load_detector(args, source)
     if detector.precision.warning:
         print(f"warning: {detector.precision.warning}", file=sys.stderr)
+    if hint := detector.amp_hint():  # float32 on a CPU where bfloat16 pays: say so
+        print(hint, file=sys.stderr)
     if args.benchmark:
         return _benchmark(detector, source, args.benchmark_runs)
     opts = from_args(OutputOptions, args, save_dir=save_dir)
@@ -241,16 +242,25 @@ def _load_detector(
         _filter_items(args.classes_filter)  # an empty list fails before the model loads
     load_attention_plugins(args.attention_plugin)
     detector = Detector.from_weights(
-        args.weights, phi=args.phi, classes=args.classes, anchors=args.anchors, config=config
+        args.weights,
+        phi=args.phi,
+        classes=args.classes,
+        anchors=args.anchors,
+        config=config,
+        onnx_threads=args.threads,  # an export's session takes --threads too
     )
     if args.classes_filter is not None:
         filtered = _class_filter(args.classes_filter, detector.class_names)
         detector.config = replace(detector.config, classes_filter=filtered)
     if args.attention_maps and not args.benchmark:
         detector.torch_model("--attention-maps")  # an ONNX graph has no blocks to hook
-    model_threads = args.threads or torch.get_num_threads()
+    threads, sleep = model_threads(detector)
+    if not sleep:  # torch's threads, which --threads sets below
+        threads = args.threads or threads
     webcam = source.webcam is not None
-    pipeline, why = pipeline.resolve(detector.device, model_threads, webcam=webcam)
+    pipeline, why = pipeline.resolve(
+        detector.device, threads, webcam=webcam, idle_threads_sleep=sleep
+    )
     configure_threads(args.threads, parallel_decode=pipeline.pipelined)
     return detector, pipeline, why
 

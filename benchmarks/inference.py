@@ -21,6 +21,19 @@ are discarded and the median, p10 and p90 of ``--runs`` iterations are reported.
 are not library defaults (NCHW layout, other thread settings) run in the same loop so that a
 suggested library change can be judged on them.
 
+Targets, each end-to-end median over OpenCV DNN's in the same run: the fastest path <= 0.80x,
+PyTorch fused (float32, the default) <= 1.00x, ONNX Runtime INT8 <= 0.45x.
+
+Then the end-to-end breakdown (``--no-breakdown`` skips it): for PyTorch fused, ONNX Runtime and
+INT8, the median of each stage (JPEG read, preprocess, forward, decode + NMS, and what no stage
+accounts for) timed inside the end-to-end loop, before (a fresh canvas and input tensor per
+image, as ``Detector.preprocess``) and after (``Detector.__call__``'s reused ``InputCanvas``),
+and for INT8 with the opt-in reduced JPEG decode; the overhead is total - forward.
+
+Then the roofline (``--no-roofline`` skips it): float32 and bfloat16 (torch ``mm``) and INT8
+(ONNX Runtime ``MatMulInteger``) matrix-multiply peaks measured now, the model's GFLOPs, and each
+path's forward median as a multiple of its floor (GFLOPs / its format's peak).
+
 Then, with random weights (80 classes), the latency that the attention blocks add (phi 1-4 over
 phi 0) on the eager, fused, ONNX Runtime and INT8 paths, forward only and end to end; ``--profile``
 prints the operators that take the time in the fused PyTorch forward.
@@ -42,6 +55,7 @@ import numpy as np
 
 from benchmarks.common import check_at_least, check_files, finish, start
 from benchmarks.engines import INPUT_SIZE, Engine, official_engines, phi_engines
+from benchmarks.roofline import FORMATS, PEAK_SIZE, conv_gflops, matmul_peaks, roofline_rows
 from nets.options import ModelOptions
 from nets.registry import attention_names
 from utils.config import CommandParser, add_options, run_cli
@@ -51,6 +65,7 @@ from utils.inference.predictor import (
     Detector,
 )
 from utils.paths import OFFICIAL_CFG, SAMPLES
+from utils.sources import read_image_reduced
 from utils.timing import StageTimer
 
 DEFAULT_CFG = str(OFFICIAL_CFG)
@@ -66,6 +81,7 @@ REFERENCE_MS = {
 # Speed targets: end-to-end median as a fraction of OpenCV DNN's, measured in the same run.
 TARGET_FASTEST = 0.8  # the fastest of our paths
 TARGET_TORCH_FUSED = 1.0  # our default Detector
+TARGET_INT8 = 0.45  # the INT8 export (ONNX Runtime), full-resolution decode
 MAIN_PATHS = ("torch_eager", "torch_fused", "onnxruntime", "onnxruntime_int8", "opencv_dnn")
 OUR_PATHS = MAIN_PATHS[:4]
 FP32_PATHS = MAIN_PATHS[:3]
@@ -107,6 +123,101 @@ def measure(
             "detections": detections[name],
         }
     return results
+
+
+# --------------------------------------------------------------------------- overhead
+
+BREAKDOWN_STAGES = ("read", "preprocess", "forward", "decode_nms")
+
+
+def timed_pass(detector: Detector, image_path: str, variant: str, timer: StageTimer, keep: bool):
+    """One end-to-end pass, stage by stage. ``variant``: ``before`` (a fresh canvas and input
+    tensor per image, as ``Detector.preprocess`` makes them, the library's path until the
+    reused buffers), ``after`` (``Detector.__call__``'s reused ``InputCanvas``) or
+    ``reduced`` (after, with the opt-in reduced JPEG decode)."""
+    with timer.stage("total", record=keep):
+        with timer.stage("read", record=keep):
+            if variant == "reduced":
+                image, original = read_image_reduced(image_path, INPUT_SIZE)
+            else:
+                image, original = cv2.imread(image_path), None
+        with timer.stage("preprocess", record=keep):
+            if variant == "before":
+                batch, metas = detector.preprocess([image])
+            else:
+                batch, meta = detector.input_canvas()(image, original)
+                metas = [meta]
+        with timer.stage("forward", record=keep):
+            outputs = detector.forward(batch)
+        with timer.stage("decode_nms", record=keep):
+            detector.postprocess(outputs, metas)
+
+
+def measure_breakdown(
+    engines: list[Engine], image_path: str, runs: int, warmup: int, seed: int = 1
+) -> dict[str, dict]:
+    """Where the end-to-end time goes, per path and variant (before / after the reused input
+    buffers; reduced decode for INT8), timed inside the end-to-end loop (a stage timed alone
+    runs with warm caches and reads low), all interleaved in random order.
+
+    Returns:
+        ``{"<path>/<variant>": {stage: median ms, ..., "total", "overhead", "other"}}``:
+        ``overhead`` is total - forward, ``other`` what no stage accounts for (Python).
+    """
+    by_name = {e.name: e for e in engines}
+    cases = [
+        (path, variant)
+        for path in ("torch_fused", "onnxruntime", "onnxruntime_int8")
+        for variant in ("before", "after") + (("reduced",) if path.endswith("int8") else ())
+    ]
+    timers = {case: StageTimer() for case in cases}
+    rng = np.random.default_rng(seed)
+    for i in range(warmup + runs):
+        for k in rng.permutation(len(cases)):
+            path, variant = cases[k]
+            for j in range(2):  # the first of a turn warms this path's threads back up
+                keep = i >= warmup and j == 1
+                detector = by_name[path].detector
+                timed_pass(detector, image_path, variant, timers[cases[k]], keep)
+    report = {}
+    for (path, variant), timer in timers.items():
+        med = {stage: stats.median for stage, stats in timer.summary().items()}
+        med["overhead"] = med["total"] - med["forward"]
+        med["other"] = med["total"] - sum(med[s] for s in BREAKDOWN_STAGES)
+        report[f"{path}/{variant}"] = med
+    return report
+
+
+def print_breakdown(report: dict[str, dict], labels: dict[str, str]) -> None:
+    columns = (*BREAKDOWN_STAGES, "other", "total", "overhead")
+    print(f"{'path / variant':<40}" + "".join(f"{c:>11}" for c in columns))
+    for key, row in report.items():
+        path, variant = key.split("/")
+        name = f"{labels[path]}, {variant}"
+        print(f"{name:<40}" + "".join(f"{row[c]:>11.2f}" for c in columns))
+    for path in ("torch_fused", "onnxruntime", "onnxruntime_int8"):
+        before, after = report[f"{path}/before"], report[f"{path}/after"]
+        print(
+            f"  {labels[path]}: overhead {before['overhead']:.2f} -> {after['overhead']:.2f} ms "
+            f"({after['overhead'] / before['overhead']:.2f}x)"
+        )
+
+
+# --------------------------------------------------------------------------- roofline
+
+
+def print_roofline(rows: dict[str, dict], peaks: dict, gflop: float, labels: dict) -> None:
+    print(
+        f"\nroofline: {gflop:.2f} GFLOP per forward (convolutions); {PEAK_SIZE}x{PEAK_SIZE} "
+        "matrix-multiply peaks measured now: "
+        + ", ".join(f"{f} {peaks[f]:.0f} G{'OP' if f == 'int8' else 'FLOP'}/s" for f in FORMATS)
+    )
+    print(f"  {'path':<34}{'format':>9}{'floor ms':>10}{'fwd ms':>8}{'x floor':>9}")
+    for path, row in rows.items():
+        print(
+            f"  {labels[path]:<34}{row['format']:>9}{row['floor_ms']:>10.1f}"
+            f"{row['forward_ms']:>8.1f}{row['x_floor']:>8.2f}x"
+        )
 
 
 # --------------------------------------------------------------------------- profile
@@ -175,6 +286,9 @@ def targets_report(results: dict[str, dict]) -> dict:
         "torch_fused_ratio": ours["torch_fused"],
         "torch_fused_target": TARGET_TORCH_FUSED,
         "torch_fused_met": ours["torch_fused"] <= TARGET_TORCH_FUSED,
+        "int8_ratio": ours["onnxruntime_int8"],
+        "int8_target": TARGET_INT8,
+        "int8_met": ours["onnxruntime_int8"] <= TARGET_INT8,
     }
 
 
@@ -227,6 +341,10 @@ def print_targets(results: dict[str, dict], targets: dict, engines: list[Engine]
     print(
         f"  PyTorch fused <= {TARGET_TORCH_FUSED:.2f}x: {targets['torch_fused_ratio']:.2f}x  "
         f"{'met' if targets['torch_fused_met'] else 'MISSED'}"
+    )
+    print(
+        f"  ONNX Runtime INT8 <= {TARGET_INT8:.2f}x: {targets['int8_ratio']:.2f}x  "
+        f"{'met' if targets['int8_met'] else 'MISSED'}"
     )
     best_forward = min(results[k]["forward"]["median"] for k in FP32_PATHS)
     print("reference (measured on the CI machine type, a 2-core AVX2 CPU) vs here:")
@@ -292,10 +410,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-variants", action="store_true", help="skip the non-default variants")
     p.add_argument("--no-phi", action="store_true", help="skip the attention-overhead section")
     p.add_argument(
+        "--no-breakdown", action="store_true", help="skip the end-to-end stage breakdown"
+    )
+    p.add_argument("--breakdown-runs", type=int, default=30, help="timed passes per breakdown case")
+    p.add_argument(
+        "--no-roofline", action="store_true", help="skip the matrix-multiply peaks and floors"
+    )
+    p.add_argument(
         "--phi-runs", type=int, default=20, help="timed iterations per path in the phi section"
     )
     args = p.parse_args(argv)
-    check_at_least(args, runs=1, phi_runs=1, block=1, warmup=0)
+    check_at_least(args, runs=1, phi_runs=1, block=1, warmup=0, breakdown_runs=1)
     return args
 
 
@@ -313,6 +438,24 @@ def measure_official(args: argparse.Namespace, folder: Path, report: dict) -> De
     targets = targets_report(results)
     report.update(paths=results, targets=targets, reference_ms=REFERENCE_MS)
     print_targets(results, targets, engines)
+    labels = {e.name: e.label for e in engines}
+    if not args.no_breakdown:
+        print(
+            f"\nend-to-end breakdown, median ms of {args.breakdown_runs} passes per case timed "
+            "stage by stage inside the loop; before: a fresh canvas and input tensor per "
+            "image; after: the reused InputCanvas; reduced: opt-in reduced JPEG decode "
+            "(changes the model's input)"
+        )
+        breakdown = measure_breakdown(engines, args.image, args.breakdown_runs, 2)
+        report["breakdown"] = breakdown
+        print_breakdown(breakdown, labels)
+    if not args.no_roofline:
+        peaks = matmul_peaks(threads=args.threads)
+        gflop = conv_gflops(fused.torch_model("the GFLOP count"), INPUT_SIZE)
+        forward = {e.name: results[e.name]["forward"]["median"] for e in engines}
+        rows = roofline_rows(forward, {e.name: e.number_format for e in engines}, gflop, peaks)
+        report["roofline"] = {"gflop": gflop, "peaks_gflops": peaks, "paths": rows}
+        print_roofline(rows, peaks, gflop, labels)
     return fused
 
 

@@ -18,7 +18,11 @@ threads, as a machine with more cores than torch threads, or a GPU, has):
 (b) pipelined img/s >= 1.2 x serial (``--prefetch 0``) img/s, annotated images saved;
 (c) the same for the video, in frames per second, annotated video saved;
 (d) threads: ``predict.py``'s default (its automatic ``--prefetch``, printed) at the default
-    thread count against the same at ``--threads 1``; target: the default is not slower.
+    thread count against the same at ``--threads 1``; target: the default is not slower;
+(e) real time: ``predict.py``'s default, saving the annotated images (and the video), against
+    OpenCV DNN's end-to-end rate on the same 810x1080 files and frames (read, forward, decode,
+    NMS; no drawing or writing), measured in every round; target >= 2.0x. Meant for the INT8
+    export: ``--weights model_int8.onnx`` (``python -m tools.export --int8``).
 
 Also printed: batch 4 vs batch 1 (pipelined, saving), which decides the ``--batch-size``
 default; with ``--amp`` (the model in 16-bit, as ``predict.py --amp``), the serial saving loop
@@ -29,6 +33,8 @@ Examples:
     python -m benchmarks.pipeline
     python -m benchmarks.pipeline --num-images 60 --frames 60 --repeats 2 --json logs/pipe.json
     python -m benchmarks.pipeline --amp        # the model in 16-bit, as predict.py --amp
+    python -m benchmarks.pipeline --weights m_int8.onnx --only images_pipelined_save \
+        video_pipelined_save images_serial_save video_serial_save
 """
 
 from __future__ import annotations
@@ -55,10 +61,11 @@ from utils.inference.predict_loop import (
     AUTO_PREFETCH,
     OutputOptions,
     PipelineOptions,
+    model_threads,
     run_predictions,
 )
 from utils.inference.predictor import DEFAULT_WEIGHTS, Detector, InferenceConfig
-from utils.paths import SAMPLES
+from utils.paths import OFFICIAL_CFG, OFFICIAL_WEIGHTS, SAMPLES
 from utils.sources import Source
 from utils.timing import StageTimer, Stats
 
@@ -66,6 +73,8 @@ SIZE = (810, 1080)  # width, height: a phone photo scaled down, portrait
 TARGET_NO_SAVE = 0.9  # pipelined --no-save img/s over the forward-only rate
 TARGET_SPEEDUP = 1.2  # pipelined over serial, saving
 TARGET_THREADS = 1.0  # predict.py's default at the default threads over --threads 1 (saving)
+TARGET_REALTIME = 2.0  # predict.py's default, saving, over OpenCV DNN's end-to-end rate
+CONF_THRESH, NMS_THRESH = 0.25, 0.45  # OpenCV DNN's detect(), as predict.py's defaults
 SERIAL = PipelineOptions(prefetch=0)
 PIPELINED = PipelineOptions(prefetch=AUTO_PREFETCH)  # pipelined, at the automatic depth
 
@@ -189,6 +198,36 @@ def forward_ms(detector: Detector, image: np.ndarray, runs: int, threads: int) -
     return timer.summary()["forward"]
 
 
+class OpenCVReference:
+    """OpenCV DNN on the darknet cfg + weights (``cv2.dnn_DetectionModel``, plain resize to the
+    input size, scale 1/255, swapRB): the end-to-end rate of reading every file or frame and
+    detecting (forward, decode, NMS), with OpenCV's own threads, nothing drawn or written."""
+
+    def __init__(self, cfg: str, weights: str, input_size: int) -> None:
+        self.model = cv2.dnn_DetectionModel(cv2.dnn.readNetFromDarknet(cfg, weights))
+        self.model.setInputParams(size=(input_size, input_size), scale=1 / 255.0, swapRB=True)
+
+    def rate(self, source: Source) -> float:
+        """Inputs per second over the images of ``source``, else its first video's frames."""
+        before = cv2.getNumThreads()
+        cv2.setNumThreads(-1)  # OpenCV's default, as in benchmarks.inference
+        try:
+            start, count = time.perf_counter(), 0
+            if source.images:
+                for path in source.images:
+                    self.model.detect(cv2.imread(path), CONF_THRESH, NMS_THRESH)
+                    count += 1
+            else:
+                cap = cv2.VideoCapture(source.videos[0])
+                while (frame := cap.read())[0]:
+                    self.model.detect(frame[1], CONF_THRESH, NMS_THRESH)
+                    count += 1
+                cap.release()
+            return count / (time.perf_counter() - start)
+        finally:
+            cv2.setNumThreads(before)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = CommandParser(description=__doc__)
     add_options(
@@ -209,6 +248,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="timed rounds of every configuration")
     p.add_argument("--forward-runs", type=int, default=30, help="timed forwards per thread count")
     p.add_argument("--only", nargs="+", choices=list(configs(amp=True)), help="measure only these")
+    p.add_argument(
+        "--opencv-cfg", default=str(OFFICIAL_CFG), help="darknet .cfg of the OpenCV DNN reference"
+    )
+    p.add_argument(
+        "--opencv-weights",
+        default=str(OFFICIAL_WEIGHTS),
+        help="darknet .weights of the OpenCV DNN reference (the real-time target (e))",
+    )
     p.add_argument("--json", default=None, help="also write every number to this JSON file")
     args = p.parse_args(argv)
     check_at_least(args, num_images=1, frames=1, repeats=1, forward_runs=1)
@@ -259,9 +306,12 @@ def pipelining_targets(
 def measure(args: argparse.Namespace, chosen: dict[str, Config], detector, exact):
     """Every chosen configuration ``--repeats`` times in a new random order each round (after
     a warm-up round on a few images), with the forward-only latency at the default thread
-    count and at 1 thread before each round; returns the rates and forward medians (ms)."""
+    count and at 1 thread and OpenCV DNN's end-to-end rates (``opencv_images``,
+    ``opencv_video``) before each round; returns the rates and forward medians (ms)."""
     fwd: dict[int, list[float]] = {torch.get_num_threads(): [], 1: []}
     rates: dict[str, list[float]] = {k: [] for k in chosen}
+    opencv = OpenCVReference(args.opencv_cfg, args.opencv_weights, args.img_size)
+    rates.update(opencv_images=[], opencv_video=[])
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         paths = make_images(tmp / "images", args.num_images)
@@ -276,9 +326,12 @@ def measure(args: argparse.Namespace, chosen: dict[str, Config], detector, exact
         for config in chosen.values():  # warm-up: every configuration once, on a few images
             if not config.video:
                 run_once(exact if config.float32 else detector, config, warm, tmp)
+        opencv.rate(warm["images"])
         for _ in range(args.repeats):
             for threads in fwd:
                 fwd[threads].append(forward_ms(detector, image, args.forward_runs, threads).median)
+            rates["opencv_images"].append(opencv.rate(data["images"]))
+            rates["opencv_video"].append(opencv.rate(data["video"]))
             for k in rng.permutation(len(chosen)):
                 name = list(chosen)[k]
                 model = exact if chosen[name].float32 else detector
@@ -291,17 +344,38 @@ def print_rates(args, chosen: dict[str, Config], rates: dict, forward: dict[int,
     for threads, ms in forward.items():
         print(f"  torch {threads} thread(s): {ms:.1f} ms = {1000 / ms:.1f} img/s")
     print(f"\nthroughput, median of {args.repeats} rounds (min-max):")
-    for name, c in chosen.items():
-        unit = "fps" if c.video else "img/s"
+    labels = {
+        "opencv_images": ("images, OpenCV DNN end to end, no saving", "img/s"),
+        "opencv_video": ("video, OpenCV DNN end to end, no saving", "fps"),
+    }
+    labels.update({k: (c.label, "fps" if c.video else "img/s") for k, c in chosen.items()})
+    for name, (label, unit) in labels.items():
         runs = rates[name]
-        print(f"  {c.label:<44}{np.median(runs):>7.1f} {unit:<6} ({min(runs):.1f}-{max(runs):.1f})")
+        print(f"  {label:<44}{np.median(runs):>7.1f} {unit:<6} ({min(runs):.1f}-{max(runs):.1f})")
+
+
+def realtime_targets(rate: dict[str, float], default_mode: str) -> list[tuple[str, str, str, dict]]:
+    """Target (e) for images and video, where measured: ``predict.py``'s default
+    (``default_mode``: serial or pipelined), saving, over OpenCV DNN's end-to-end rate."""
+    found = []
+    for kind, unit in (("images", "img/s"), ("video", "fps")):
+        ours, reference = f"{kind}_{default_mode}_save", f"opencv_{kind}"
+        if ours in rate and reference in rate:
+            row = check_target(rate[ours], rate[reference], TARGET_REALTIME)
+            label = f"(e) {kind}: predict.py saving vs OpenCV DNN e2e"
+            found.append((f"e_{kind}_vs_opencv", label, unit, row))
+    return found
 
 
 def report_targets(
-    rate: dict[str, float], forward: dict[int, float], default_threads: int
+    rate: dict[str, float],
+    forward: dict[int, float],
+    default_threads: int,
+    detector: Detector | None = None,
 ) -> dict[str, dict]:
     """Prints and returns every target: (a)-(c) at the default thread count and at 1, then
-    (d); ``forward``: forward-only medians (ms) by thread count."""
+    (d) and (e); ``forward``: forward-only medians (ms) by thread count; ``detector``: the
+    model measured, whose threads decide ``predict.py``'s default (None: torch's)."""
     targets: dict[str, dict] = {}
     print("\ntargets (each against a reference measured in this run):")
     for threads, suffix in ((default_threads, ""), (1, "_threads1")):
@@ -318,8 +392,12 @@ def report_targets(
             targets[key] = row
     # (d): what predict.py runs by default (its automatic --prefetch) at each thread count
     mode = {}
+    threads_of, sleep = model_threads(detector) if detector is not None else (None, False)
     for threads, suffix in ((default_threads, ""), (1, "_threads1")):
-        options, why = PipelineOptions().resolve(torch.device("cpu"), threads)
+        threads = threads_of if sleep else threads  # ORT's threads, whatever torch's
+        options, why = PipelineOptions().resolve(
+            torch.device("cpu"), threads, idle_threads_sleep=sleep
+        )
         mode[suffix] = "pipelined" if options.pipelined else "serial"
         print(f"  predict.py's default at {threads} thread(s) here: {why}")
     default_key = f"images_{mode['']}_save"
@@ -334,6 +412,9 @@ def report_targets(
             f"      forward {forward[1]:.1f} ms at 1 thread, {forward[default_threads]:.1f} ms "
             f"at {default_threads}: {forward[1] / forward[default_threads]:.2f}x"
         )
+    for key, label, unit, row in realtime_targets(rate, mode[""]):
+        print_target(label, row, unit)
+        targets[key] = row
     return targets
 
 
@@ -364,7 +445,9 @@ def informative_ratios(rate: dict[str, float]) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    check_files(args.weights, hint="model_data files: `make weights`")
+    check_files(
+        args.weights, args.opencv_cfg, args.opencv_weights, hint="model_data files: `make weights`"
+    )
     config = InferenceConfig(device="cpu", img_size=args.img_size, amp=args.amp)
     detector = Detector.from_weights(args.weights, config=config)
     exact = Detector.from_weights(args.weights, config=replace(config, amp=False))
@@ -391,7 +474,10 @@ def main(argv: list[str] | None = None) -> int:
         k: {"median": rate[k], "runs": rates[k], "unit": "frames/s" if c.video else "images/s"}
         for k, c in chosen.items()
     }
-    report["targets"] = report_targets(rate, forward, report["machine"]["torch_threads"])
+    for kind, unit in (("images", "images/s"), ("video", "frames/s")):
+        name = f"opencv_{kind}"
+        report["throughput"][name] = {"median": rate[name], "runs": rates[name], "unit": unit}
+    report["targets"] = report_targets(rate, forward, report["machine"]["torch_threads"], detector)
     report.update(informative_ratios(rate))
     finish(report, args.json)
     return 0

@@ -15,6 +15,19 @@ ROOT = Path(__file__).resolve().parents[1]
 MODEL_DATA = ROOT / "model_data"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Caches the commands keep between runs (the measured --amp speed-up) go to a folder of
+    this test session, for subprocesses too, never to the user's ~/.cache."""
+    before = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if before is None:
+        del os.environ["XDG_CACHE_HOME"]
+    else:
+        os.environ["XDG_CACHE_HOME"] = before
+
+
 def require_asset(path: Path) -> Path:
     """Skips when a fetched asset is absent, unless YOLO_REQUIRE_ASSETS=1 (CI), then fails."""
     if path.is_file():

@@ -17,6 +17,7 @@ from benchmarks import common as benchmark_common
 from benchmarks import inference as benchmark_inference
 from benchmarks import int8 as benchmark_int8
 from benchmarks import pipeline as benchmark_pipeline
+from benchmarks import roofline
 from benchmarks import train as benchmark_train
 from nets.registry import attention_names
 from utils.errors import InputError
@@ -28,6 +29,7 @@ def test_benchmark_inference_runs_every_path_and_phi(
 ) -> None:
     out = tmp_path / "bench.json"
     args = ["--runs", "1", "--warmup", "0", "--block", "1", "--phi-runs", "1"]
+    args += ["--breakdown-runs", "1"]
     assert benchmark_inference.main([*args, "--no-variants", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert set(report["paths"]) == set(benchmark_inference.MAIN_PATHS)
@@ -36,7 +38,19 @@ def test_benchmark_inference_runs_every_path_and_phi(
             assert path[kind]["p10"] == path[kind]["median"] == path[kind]["p90"], path
     # the same four detections of bus.jpg on every fp32 path of ours
     assert len({report["paths"][p]["detections"] for p in benchmark_inference.FP32_PATHS}) == 1
-    assert {"fastest_met", "fastest_fp32_met", "torch_fused_met"} <= set(report["targets"])
+    assert {"fastest_met", "fastest_fp32_met", "torch_fused_met", "int8_met"} <= set(
+        report["targets"]
+    )
+    for path in ("torch_fused", "onnxruntime", "onnxruntime_int8"):  # before and after
+        for variant in ("before", "after"):
+            row = report["breakdown"][f"{path}/{variant}"]
+            assert row["overhead"] == pytest.approx(row["total"] - row["forward"])
+    assert report["breakdown"]["onnxruntime_int8/reduced"]["read"] > 0
+    roofline = report["roofline"]
+    assert set(roofline["peaks_gflops"]) == {"float32", "bfloat16", "int8"}
+    assert 6.5 < roofline["gflop"] < 7.3  # YOLOv4-tiny at 416: 6.9 GFLOP
+    assert roofline["paths"]["onnxruntime_int8"]["format"] == "int8"
+    assert roofline["paths"]["torch_fused"]["format"] == "float32"
     assert len(report["phi_overhead"]) == len(attention_names())
     for row in report["phi_overhead"].values():
         assert set(row) == set(benchmark_inference.OUR_PATHS)
@@ -147,7 +161,8 @@ def test_benchmark_pipeline_reports_every_target(official_weights, tmp_path, cap
     args = ["--num-images", "3", "--frames", "3", "--repeats", "1", "--forward-runs", "1"]
     assert benchmark_pipeline.main([*args, "--img-size", "128", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
-    assert set(report["throughput"]) == set(benchmark_pipeline.configs())
+    opencv = {"opencv_images", "opencv_video"}  # the real-time reference, every round
+    assert set(report["throughput"]) == set(benchmark_pipeline.configs()) | opencv
     targets = report["targets"]
     expected = {
         "a_nosave_vs_forward",
@@ -156,6 +171,7 @@ def test_benchmark_pipeline_reports_every_target(official_weights, tmp_path, cap
     }
     if torch.get_num_threads() > 1:  # again at --threads 1, and the default against it
         expected |= {f"{name}_threads1" for name in expected} | {"d_threads_default_vs_1"}
+    expected |= {"e_images_vs_opencv", "e_video_vs_opencv"}
     assert set(targets) == expected
     printed = capsys.readouterr().out
     assert printed.count("PASS") + printed.count("FAIL") == len(targets)
@@ -172,7 +188,7 @@ def test_benchmark_pipeline_amp_measures_the_float32_loop_beside_it(
     assert benchmark_pipeline.main([*args, *only, "--img-size", "64", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["precision"] == "bfloat16"
-    assert set(report["throughput"]) == set(only[1:])
+    assert set(report["throughput"]) == set(only[1:]) | {"opencv_images", "opencv_video"}
     assert report["amp_vs_float32"] > 0
     assert "--amp vs float32 (serial, saving): " in capsys.readouterr().out
 
@@ -196,6 +212,26 @@ def test_benchmark_pipeline_targets_on_known_rates() -> None:
         "c_video_pipelined_vs_serial_threads1": ("fps", pytest.approx(1.1), False),
     }
     assert benchmark_pipeline.pipelining_targets({"images_serial_save": 5.0}, 50.0, "") == []
+
+
+def test_benchmark_pipeline_realtime_target_on_known_rates() -> None:
+    """(e): predict.py's default mode, saving, over OpenCV DNN's end-to-end rate, >= 2.0."""
+    rate = {
+        "images_pipelined_save": 50.0,
+        "images_serial_save": 40.0,
+        "video_pipelined_save": 45.0,
+        "opencv_images": 25.0,
+        "opencv_video": 25.0,
+    }
+    found = {key: row for key, _, _, row in benchmark_pipeline.realtime_targets(rate, "pipelined")}
+    assert found["e_images_vs_opencv"]["ratio"] == pytest.approx(2.0)
+    assert found["e_images_vs_opencv"]["met"]
+    assert found["e_video_vs_opencv"]["ratio"] == pytest.approx(1.8)
+    assert not found["e_video_vs_opencv"]["met"]
+    serial = benchmark_pipeline.realtime_targets(rate, "serial")  # no serial video measured
+    assert [(key, row["ratio"]) for key, _, _, row in serial] == [
+        ("e_images_vs_opencv", pytest.approx(1.6))
+    ]
 
 
 def test_benchmark_pipeline_informative_ratios(capsys) -> None:
@@ -231,6 +267,21 @@ def test_benchmark_inference_targets_on_known_medians() -> None:
     assert targets["fastest_fp32_ratio"] == pytest.approx(0.84)
     assert not targets["fastest_fp32_met"]
     assert targets["torch_fused_ratio"] == pytest.approx(0.9) and targets["torch_fused_met"]
+    assert targets["int8_ratio"] == pytest.approx(0.6) and not targets["int8_met"]  # > 0.45
+    results["onnxruntime_int8"]["end_to_end"]["median"] = 22.5
+    assert benchmark_inference.targets_report(results)["int8_met"]  # 0.45x: met
+
+
+def test_benchmark_roofline_on_known_numbers() -> None:
+    rows = roofline.roofline_rows(
+        {"torch_fused": 22.6, "onnxruntime_int8": 11.7, "opencv_dnn": 34.4},
+        {"torch_fused": "float32", "onnxruntime_int8": "int8", "opencv_dnn": "float32"},
+        6.91,
+        {"float32": 448.0, "bfloat16": 901.0, "int8": 1369.0},
+    )
+    assert rows["torch_fused"]["floor_ms"] == pytest.approx(15.42, abs=0.01)
+    assert rows["torch_fused"]["x_floor"] == pytest.approx(1.465, abs=0.001)
+    assert rows["onnxruntime_int8"]["x_floor"] == pytest.approx(2.318, abs=0.001)
 
 
 def test_benchmark_counts_are_checked_before_any_work() -> None:

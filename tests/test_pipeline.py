@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -25,8 +26,10 @@ import eval as eval_cli
 import predict
 from nets.checkpoint import ModelInfo
 from nets.yolo import YoloBody
-from utils.device import configure_threads
+from utils.device import available_cpus, configure_threads
 from utils.inference import predict_loop
+from utils.inference.export import export_onnx
+from utils.inference.onnx_runner import OnnxRunner
 from utils.inference.pipeline import OrderedSink, PipelineError, Prefetcher
 from utils.inference.predict_loop import OutputOptions, PipelineOptions, run_predictions
 from utils.inference.predictor import Detector, InferenceConfig
@@ -156,14 +159,29 @@ def test_video_matches_serial(tmp_path: Path, capsys: pytest.CaptureFixture) -> 
         np.testing.assert_array_equal(a, b)
     crops = tree_bytes(tmp_path / "piped" / "save" / "crops")
     assert crops == tree_bytes(tmp_path / "serial" / "save" / "crops") and crops
-    assert "frame/s" in capsys.readouterr().err  # the bar shows the throughput
+    assert " fps]" in capsys.readouterr().err  # the bar shows the throughput
 
 
 def test_progress_bar_shows_images_per_second(
     folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     run(tiny_detector(), folder, tmp_path, PIPELINED)
-    assert "img/s" in capsys.readouterr().err
+    last = capsys.readouterr().err.rstrip().split("\r")[-1]
+    assert re.search(r"\[\d\d:\d\d<\d\d:\d\d, \d+\.\d fps\]$", last), last
+
+
+@pytest.mark.parametrize(
+    ("count", "elapsed", "text"),
+    [
+        (150, 6.0, "25.0 fps"),
+        (1, 4.0, "0.2 fps"),  # below one per second: still a rate, not seconds per input
+        (7, 0.1, "70.0 fps"),
+        (0, 3.0, "- fps"),  # nothing done yet
+        (5, 0.0, "- fps"),  # no time measured yet
+    ],
+)
+def test_fps_text(count: int, elapsed: float, text: str) -> None:
+    assert predict_loop.fps_text(count, elapsed) == text
 
 
 class FaultyResize(Detector):
@@ -331,6 +349,31 @@ def test_automatic_prefetch_overlaps_only_where_a_core_is_free(
         assert given.resolve(torch.device(device), threads, webcam=webcam) == (given, "")
 
 
+@pytest.mark.parametrize(("cpus", "threads"), [(2, 2), (2, 1), (1, 1)])
+def test_threads_that_sleep_between_passes_are_overlapped(monkeypatch, cpus, threads) -> None:
+    monkeypatch.setattr(predict_loop, "available_cpus", lambda: cpus)
+    cpu = torch.device("cpu")
+    options, why = PipelineOptions().resolve(cpu, threads, idle_threads_sleep=True)
+    assert options.prefetch == 4 and why.startswith("pipelined: ")
+    spinning, _ = PipelineOptions().resolve(cpu, threads, idle_threads_sleep=False)
+    assert spinning.pipelined == (cpus > threads)
+
+
+def test_model_threads_of_torch_and_onnx_runtime(tmp_path: Path, restore_threads) -> None:
+    torch.set_num_threads(1)
+    detector = tiny_detector()
+    assert predict_loop.model_threads(detector) == (1, False)  # torch's, spinning
+    path = export_onnx(detector.model, tmp_path / "m.onnx", detector.geometry)
+    for threads in (1, 2):
+        onnx = Detector(
+            None, detector.info, config=detector.config, runner=OnnxRunner(path, threads)
+        )
+        assert predict_loop.model_threads(onnx) == (threads, True)
+    default = Detector(None, detector.info, config=detector.config, runner=OnnxRunner(path))
+    count, sleeps = predict_loop.model_threads(default)
+    assert sleeps and 1 <= count <= available_cpus()
+
+
 def test_predict_prints_how_a_folder_is_read(folder: Path, restore_threads, capsys) -> None:
     common = ["--source", str(folder), "--no-save", "--device", "cpu", "--img-size", "64"]
     assert predict.main([*common, "--threads", "1"]) == 1  # 1: the folder has bad files
@@ -338,6 +381,22 @@ def test_predict_prints_how_a_folder_is_read(folder: Path, restore_threads, caps
     assert predict.main([*common, "--prefetch", "0"]) == 1
     err = capsys.readouterr().err
     assert "pipelined: " not in err and "serial: " not in err  # given, not chosen: no line
+
+
+def test_predict_pipelines_an_onnx_model_at_its_threads(
+    folder: Path, tmp_path: Path, restore_threads, capsys, monkeypatch
+) -> None:
+    monkeypatch.setattr(predict_loop, "available_cpus", lambda: 2)  # as many as its threads
+    detector = tiny_detector()
+    onnx = export_onnx(detector.model, tmp_path / "m.onnx", detector.geometry)
+    classes = tmp_path / "classes.txt"
+    classes.write_text("\n".join(detector.class_names) + "\n")
+    common = ["--source", str(folder), "--no-save", "--weights", str(onnx)]
+    common += ["--classes", str(classes)]
+    assert predict.main([*common, "--threads", "2"]) == 1  # 1: the folder has bad files
+    err = capsys.readouterr().err
+    assert "pipelined: the model's threads (2 threads, ONNX Runtime) sleep" in err
+    assert " fps]" in err
 
 
 @pytest.fixture

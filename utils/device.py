@@ -64,9 +64,9 @@ class ThreadConfig:
 
     threads: int | None = option(
         None,
-        "CPU threads for the model (torch intra-op) and for OpenCV; OpenCV gets 1 while "
-        "images are decoded in parallel threads or loader processes (default: torch's own, "
-        "one per physical core)",
+        "CPU threads for the model (torch intra-op; predict.py gives an .onnx model's ONNX "
+        "Runtime session as many) and for OpenCV; OpenCV gets 1 while images are decoded in "
+        "parallel threads or loader processes (default: torch's own, one per physical core)",
         group="performance",
     )
 

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from utils.errors import InputError, UserError
+from utils.preprocess import decode_reduction
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jp2", ".pgm", ".ppm"}
 VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".m4v", ".wmv", ".mpg", ".mpeg", ".webm"}
@@ -46,20 +47,88 @@ def read_image(path: str | os.PathLike, apply_exif: bool = True) -> np.ndarray:
     Raises:
         ImageReadError: missing, empty, undecodable or truncated (JPEG without end marker).
     """
-    path = str(path)
+    flags = cv2.IMREAD_COLOR if apply_exif else cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+    return _decode(str(path), flags)
+
+
+def _decode(path: str, flags: int) -> np.ndarray:
+    """``read_image``'s reading and checks, decoding with ``flags``."""
     try:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as err:
         raise ImageReadError(f"{path}: cannot read file ({err.strerror or err})") from err
     if data.size == 0:
         raise ImageReadError(f"{path}: empty file (0 bytes)")
-    flags = cv2.IMREAD_COLOR if apply_exif else cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
     image = cv2.imdecode(data, flags)
     if image is None:
         raise ImageReadError(f"{path}: not a decodable image (corrupt or unsupported format)")
     if data[:2].tobytes() == b"\xff\xd8" and _jpeg_truncated(data.tobytes()):
         raise ImageReadError(f"{path}: truncated JPEG (no end-of-image marker)")
     return image
+
+
+REDUCED_DECODE_FLAGS = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4}
+# start-of-frame markers (baseline, extended, progressive, lossless...; not DHT, JPG, DAC)
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def jpeg_size(data: bytes | np.ndarray) -> tuple[int, int] | None:
+    """``(width, height)`` as stored in a JPEG's frame header (before any EXIF rotation), or
+    None for anything else or a header that ends early."""
+    raw = data.tobytes() if isinstance(data, np.ndarray) else data
+    if raw[:2] != b"\xff\xd8":
+        return None
+    pos = 2
+    while pos + 4 <= len(raw):
+        if raw[pos] != 0xFF:
+            return None
+        marker = raw[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        length = int.from_bytes(raw[pos + 2 : pos + 4], "big")
+        if marker in _JPEG_SOF:
+            if pos + 9 > len(raw):
+                return None
+            height = int.from_bytes(raw[pos + 5 : pos + 7], "big")
+            width = int.from_bytes(raw[pos + 7 : pos + 9], "big")
+            return (width, height) if width and height else None
+        pos += 2 + length
+    return None
+
+
+def read_image_reduced(
+    path: str | os.PathLike, input_size: int, letterbox: bool = True
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """``read_image`` for the network input only: a JPEG at least twice the input is decoded
+    at 1/2 or 1/4 scale (``decode_reduction``), which skips most of libjpeg's inverse DCT and
+    colour conversion (its entropy decoding remains). The model then sees another image than
+    the full-size path's (scores move by up to ~0.15 on the sample photos), so callers offer
+    it as an option; ``InputCanvas(original_size=...)`` keeps boxes on the full-size pixels.
+
+    Returns:
+        The BGR image (reduced or not) and the full-size ``(width, height)`` as shown (EXIF
+        rotation applied, as ``read_image``).
+
+    Raises:
+        ImageReadError: as ``read_image``.
+    """
+    path = str(path)
+    size = None
+    try:
+        with open(path, "rb") as f:
+            size = jpeg_size(f.read(65536))  # the frame header follows EXIF (< 64 KB)
+    except OSError:
+        pass  # read_image reports it
+    factor = decode_reduction(*size, input_size, letterbox) if size else 1
+    if factor == 1:
+        image = read_image(path)
+        return image, (image.shape[1], image.shape[0])
+    image = _decode(path, REDUCED_DECODE_FLAGS[factor])
+    width, height = size
+    reduced = (-(-width // factor), -(-height // factor))  # libjpeg rounds up
+    rotated = (image.shape[1], image.shape[0]) != reduced
+    return image, ((height, width) if rotated else (width, height))
 
 
 def _jpeg_truncated(raw: bytes) -> bool:

@@ -117,10 +117,11 @@ class PipelineOptions:
 
     ``prefetch`` None (the default) decides per run (``resolve``): pipelined where a CPU core
     is free for the background threads (the model on CUDA, more CPUs than model threads, or a
-    webcam, whose reads wait on the camera), serial where the model's threads already use
-    every core. There the overlap only moves work: on a 2-core CPU the forward pass took
-    44 -> 53 ms while the readers ran beside it, which ate the reading time it hid, and the
-    pipelined loop was no faster than the serial one (``python -m benchmarks.pipeline``).
+    webcam, whose reads wait on the camera) or where the model's threads sleep between passes
+    (ONNX Runtime), serial where torch's threads already use every core. There the overlap
+    only moves work: on a 2-core CPU the forward pass took 44 -> 53 ms while the readers ran
+    beside it, which ate the reading time it hid, and the pipelined loop was no faster than
+    the serial one (``python -m benchmarks.pipeline``).
 
     ``batch_size`` stays 1 by default: on a 2-core CPU one forward of 4 images took as long
     per image as 4 forwards of 1 at one torch thread (88 ms); it was faster only with the
@@ -134,7 +135,7 @@ class PipelineOptions:
         "inputs read ahead of the model in background threads while finished ones are "
         "written in another; 0: one input at a time in one thread (default: 4 where a CPU "
         "core is free for those threads, the model on CUDA or more CPUs than model threads, "
-        "or a webcam; else 0)",
+        "an ONNX Runtime model, whose threads sleep between passes, or a webcam; else 0)",
         group="performance",
     )
     batch_size: int = option(
@@ -155,10 +156,25 @@ class PipelineOptions:
         return bool(self.prefetch)
 
     def resolve(
-        self, device: torch.device, model_threads: int, *, webcam: bool = False
+        self,
+        device: torch.device,
+        model_threads: int,
+        *,
+        webcam: bool = False,
+        idle_threads_sleep: bool = False,
     ) -> tuple[PipelineOptions, str]:
         """These options with ``prefetch`` decided for a model on ``device`` running
-        ``model_threads`` CPU threads, and why (empty when ``prefetch`` was given)."""
+        ``model_threads`` CPU threads, and why (empty when ``prefetch`` was given).
+
+        ``idle_threads_sleep``: the model's threads give their cores back as soon as a forward
+        pass ends (ONNX Runtime as ``OnnxRunner`` opens it, without spinning), so reading and
+        writing can run between and beside its passes even where its threads cover every
+        core: on 2 cores the INT8 export saved 150 810x1080 photos at 59 img/s pipelined
+        against 43 serial, and with 1 model thread (a core left to the readers) at 52: the
+        split that paid is both at two. torch's threads spin after each operator instead,
+        which made the same overlap slower than serial there (``python -m
+        benchmarks.pipeline``).
+        """
         if self.prefetch is not None:
             return self, ""
         cpus = available_cpus()
@@ -169,6 +185,11 @@ class PipelineOptions:
             why = "webcam frames are read while the model runs (reads wait on the camera)"
         elif cpus > model_threads:
             why = f"{cpus} CPUs for the model's {threads} leave a core to read and write"
+        elif idle_threads_sleep:
+            why = (
+                f"the model's threads ({threads}, ONNX Runtime) sleep between passes, so "
+                f"reading and writing share the {cpus} CPUs with them"
+            )
         else:
             why = (
                 f"serial: the model's {threads} use all {cpus} CPUs, so reading beside it "
@@ -176,6 +197,17 @@ class PipelineOptions:
             )
             return replace(self, prefetch=0), why
         return replace(self, prefetch=AUTO_PREFETCH), f"pipelined: {why}"
+
+
+def model_threads(detector: Detector) -> tuple[int, bool]:
+    """The CPU threads ``detector``'s model runs on, and whether they sleep when idle (as
+    ``PipelineOptions.resolve`` takes them): an ONNX Runtime session's intra-op threads
+    (they do not spin), else torch's."""
+    runner = detector.model
+    threads = getattr(runner, "threads", None)
+    if threads is not None:
+        return threads, True
+    return torch.get_num_threads(), False
 
 
 AUTO_PREFETCH = 4  # inputs ahead and behind the model when pipelined by default
@@ -361,15 +393,32 @@ def _write_outputs(item: _Item, out: _Outputs) -> None:
     out.bar.update(1)
 
 
+def fps_text(count: int, elapsed_s: float) -> str:
+    """Throughput for the progress bar: ``'23.4 fps'`` (inputs per second over the run so
+    far, one decimal, also below one per second), ``'- fps'`` before any time has passed."""
+    if elapsed_s <= 0 or count <= 0:
+        return "- fps"
+    return f"{count / elapsed_s:.1f} fps"
+
+
+class _FpsBar(tqdm):
+    """tqdm with ``{fps}`` (``fps_text`` of the inputs done and the time elapsed) for its
+    bar format."""
+
+    @property
+    def format_dict(self) -> dict:
+        values = super().format_dict
+        values["fps"] = fps_text(values["n"], values["elapsed"])
+        return values
+
+
 def _progress(total: int | None, desc: str, unit: str, disable: bool = False) -> tqdm:
-    """A progress bar showing throughput in inputs per second (``img/s``, ``frame/s``, i.e.
-    fps), also below one per second where tqdm's default turns to seconds per input."""
-    rate = "{rate_noinv_fmt}"
+    """A progress bar showing the throughput in frames (or images) per second, ``fps``."""
     if total:
-        layout = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, " + rate + "]"
+        layout = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {fps}]"
     else:
-        layout = "{desc}: {n_fmt} [{elapsed}, " + rate + "]"
-    return tqdm(total=total, desc=desc, unit=unit, disable=disable, bar_format=layout)
+        layout = "{desc}: {n_fmt} [{elapsed}, {fps}]"
+    return _FpsBar(total=total, desc=desc, unit=unit, disable=disable, bar_format=layout)
 
 
 @contextmanager
@@ -589,8 +638,9 @@ def run_predictions(
             attention = AttentionMapWriter(
                 detector, opts.save_dir / ATTENTION_DIR, summary.failures
             )
-    files, _ = pipeline.resolve(detector.device, torch.get_num_threads())
-    camera, _ = pipeline.resolve(detector.device, torch.get_num_threads(), webcam=True)
+    threads, sleep = model_threads(detector)
+    files, _ = pipeline.resolve(detector.device, threads, idle_threads_sleep=sleep)
+    camera, _ = pipeline.resolve(detector.device, threads, webcam=True, idle_threads_sleep=sleep)
     try:
         _run_images(detector, source.images, opts, summary, window, attention, files)
         for video in source.videos:

@@ -30,8 +30,8 @@ from utils.detections import Detections
 from utils.device import DeviceOptions, select_device
 from utils.errors import InputError
 from utils.paths import COCO_CLASSES, OFFICIAL_WEIGHTS
-from utils.precision import AMP_TORCH_ONLY, autocast, inference_precision
-from utils.preprocess import ResizeMeta, preprocess_bgr, to_tensor
+from utils.precision import AMP_TORCH_ONLY, amp_hint, autocast, inference_precision
+from utils.preprocess import InputCanvas, ResizeMeta, preprocess_bgr, to_tensor
 
 DEFAULT_WEIGHTS = str(OFFICIAL_WEIGHTS)
 
@@ -179,7 +179,8 @@ class Detector:
     """A loaded model plus its pre- and post-processing.
 
     The three stages are public so that they can be timed separately
-    (``preprocess`` -> ``forward`` -> ``postprocess``); ``__call__`` runs all three.
+    (``preprocess`` -> ``forward`` -> ``postprocess``); ``__call__`` runs all three, on the
+    CPU into input buffers it reuses (``input_canvas``), so call it from one thread at a time.
 
     Args:
         model: the network (None when ``runner`` is given).
@@ -219,6 +220,7 @@ class Detector:
         if runner is not None and config.amp:
             raise InputError(AMP_TORCH_ONLY)
         self.precision = inference_precision(config.amp, self.device)
+        self._canvas: InputCanvas | None = None  # the one-image input buffers, made on first use
         if runner is not None:  # ONNX Runtime (or any callable with the model's contract)
             self.device = torch.device("cpu")
             self.model = runner
@@ -252,6 +254,7 @@ class Detector:
         classes: str | os.PathLike | list[str] | None = None,
         anchors: str | os.PathLike | None = None,
         config: InferenceConfig | None = None,
+        onnx_threads: int | None = None,
     ) -> Detector:
         """Loads darknet ``.weights``, our checkpoint, a reference ``.pth`` or an ONNX export.
 
@@ -262,6 +265,8 @@ class Detector:
                 else ``model_data/coco.names`` for an 80-class darknet file.
             anchors: an anchors file replacing the stored (or default) anchors.
             config: inference settings.
+            onnx_threads: intra-op threads of an ONNX export's session (None: ONNX
+                Runtime's default, one per physical core).
 
         Raises:
             FileNotFoundError, ValueError, CheckpointMismatchError: unreadable or mismatching
@@ -270,7 +275,7 @@ class Detector:
         names = read_class_names(classes) if isinstance(classes, (str, Path)) else classes
         num_classes = len(names) if names else None
         if str(weights).endswith(".onnx"):
-            return cls._from_onnx(weights, names, anchors, config, phi)
+            return cls._from_onnx(weights, names, anchors, config, phi, onnx_threads)
         model, info = load_model(weights, phi=phi, num_classes=num_classes)
         names = class_names_for(names, info.class_names, info.num_classes, str(weights))
         info = replace(info, class_names=names)
@@ -281,11 +286,11 @@ class Detector:
         return cls(model, info, config=config)
 
     @classmethod
-    def _from_onnx(cls, path, names, anchors, config, phi=None) -> Detector:
+    def _from_onnx(cls, path, names, anchors, config, phi=None, threads=None) -> Detector:
         from utils.inference.onnx_runner import OnnxRunner, onnx_metadata
 
         meta = onnx_metadata(path)
-        runner = OnnxRunner(path)
+        runner = OnnxRunner(path, threads=threads)
         masks = [tuple(m) for m in meta.get("anchors_mask", [])] or list(DEFAULT_ANCHORS_MASK)
         graph_classes = runner.out_channels // len(masks[0]) - 5 if runner.out_channels else None
         names = class_names_for(names, meta.get("class_names"), graph_classes, str(path))
@@ -376,11 +381,58 @@ class Detector:
         return [dets.to_original(meta) for dets, meta in zip(results, metas)]
 
     def predict_batch(self, images_bgr: list[np.ndarray]) -> list[Detections]:
+        if len(images_bgr) == 1:
+            return [self(images_bgr[0])]
         batch, metas = self.preprocess(images_bgr)
         return self.postprocess(self.forward(batch), metas)
 
-    def __call__(self, image_bgr: np.ndarray) -> Detections:
-        return self.predict_batch([image_bgr])[0]
+    def __call__(
+        self, image_bgr: np.ndarray, original_size: tuple[int, int] | None = None
+    ) -> Detections:
+        """Detections on one BGR image, boxes in its pixels.
+
+        Args:
+            image_bgr: uint8 (H, W, 3) as cv2 reads it.
+            original_size: ``(width, height)`` of the full-size image when ``image_bgr`` was
+                decoded at a reduced scale (``utils.sources.read_image_reduced``): boxes are
+                then in the full-size image's pixels.
+        """
+        if self.device.type != "cpu":
+            if original_size is not None:
+                raise InputError("original_size: reduced decoding is for the CPU input path")
+            batch, metas = self.preprocess([image_bgr])
+            return self.postprocess(self.forward(batch), metas)[0]
+        batch, meta = self.input_canvas()(image_bgr, original_size)
+        return self.postprocess(self.forward(batch), [meta])[0]
+
+    def amp_hint(self, native: bool | None = None) -> str | None:
+        """The line saying that ``--amp`` is available and how much faster it measured, where
+        this Detector runs the PyTorch model in float32 on a CPU with native bfloat16
+        (``native``: that capability; None: this CPU's); else None. See
+        ``utils.precision.amp_hint`` for what the measurement costs (once per model and CPU).
+        """
+        if not isinstance(self.model, YoloBody) or self.device.type != "cpu":
+            return None
+        if self.precision.dtype is not None:
+            return None
+        size = self.config.img_size
+        example = torch.rand(1, 3, size, size).contiguous(memory_format=self.memory_format)
+        key = f"{self.info.describe()}, {size} px, fused {self.config.fuse}"
+        return amp_hint(self.model, example, key, native=native)
+
+    def input_canvas(self) -> InputCanvas:
+        """The reused one-image input buffers of ``__call__`` (preprocessing without a fresh
+        canvas and tensor per image, the same values bit for bit as ``preprocess``). Each
+        call of the canvas overwrites the tensor it returned before: one thread only."""
+        wanted = (
+            self.config.img_size,
+            self.config.letterbox,
+            self.memory_format == torch.channels_last,
+        )
+        canvas = self._canvas
+        if canvas is None or (canvas.input_size, canvas.letterbox, canvas.channels_last) != wanted:
+            self._canvas = InputCanvas(*wanted[:2], channels_last=wanted[2])
+        return self._canvas
 
     def objectness_map(self, image_bgr: np.ndarray) -> np.ndarray:
         """Max objectness probability over anchors and levels, as (H, W) float32 in [0, 1] on
