@@ -10,8 +10,15 @@ For a trained checkpoint (default: the one ``make demo`` writes), in one run:
 3. time each end to end at batch 1 (preprocess, forward, decode, NMS; median of 20) and print
    the mAP change and the speed-up against the fp32 paths.
 
+With ``--per-phi TEMPLATE`` (a checkpoint path with ``{phi}`` in it, e.g. the runs of
+``python -m tools.study``), every phi of ``--phis`` in one run: float32 and INT8 VOC12 mAP50
+of the ONNX exports on the same split, the difference in points, whether it is within the
+target (at most ``TARGET_LOSS`` lost), the held-out check the export prints, and the INT8 and
+float32 end-to-end latency.
+
 Examples:
     make demo && python -m benchmarks.int8
+    python -m benchmarks.int8 --per-phi 'logs/study/phi{phi}_seed0/weights/last.pth'
     python -m benchmarks.int8 --weights logs/train/exp/weights/best.pth --data voc \\
         --calib-split 2012:train --split 2007:test --json logs/int8.json
 """
@@ -22,7 +29,13 @@ import argparse
 import logging
 from pathlib import Path
 
-from benchmarks.common import add_checkpoint_options, checkpoint_and_data, finish, start
+from benchmarks.common import (
+    add_checkpoint_options,
+    check_files,
+    checkpoint_and_data,
+    finish,
+    start,
+)
 from data.voc import load_voc, parse_sets
 from nets.checkpoint import load_model
 from utils.classes import read_class_names
@@ -31,12 +44,16 @@ from utils.errors import InputError
 from utils.evaluation.compare import evaluate_checkpoint
 from utils.evaluation.evaluate import EvalConfig
 from utils.inference.export import export_metadata, export_onnx
+from utils.inference.onnx_runner import onnx_metadata
 from utils.inference.predictor import class_names_for
 from utils.inference.quantize import (
     CALIBRATION_METHODS,
     DEFAULT_CALIBRATION_IMAGES,
+    TARGET_LOSS,
+    HeldOutCheck,
     pick_evenly,
     quantize_int8,
+    split_holdout,
 )
 
 PATHS = ("PyTorch fp32", "ORT fp32", "ORT INT8")
@@ -54,9 +71,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--calib-method",
-        choices=CALIBRATION_METHODS,
-        default="percentile",
-        help="how activation ranges are chosen from the calibration images",
+        choices=(*CALIBRATION_METHODS, "auto"),
+        default="auto",
+        help="how activation ranges are chosen from the calibration images (auto: as the "
+        "export, each method, keeping the one closest to float on the held-out images)",
+    )
+    p.add_argument(
+        "--per-phi",
+        default=None,
+        metavar="TEMPLATE",
+        help="checkpoint path with {phi} in it: one row per phi of --phis (ONNX fp32 vs INT8)",
+    )
+    p.add_argument(
+        "--phis", nargs="+", default=[str(i) for i in range(9)], help="phis for --per-phi"
     )
     p.add_argument("--out", default="logs/int8", help="folder the .onnx files are written to")
     add_alias(p, "--out-dir", "--out")
@@ -64,17 +91,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def export_both(args: argparse.Namespace, voc_root: str, classes: str | None):
+def export_both(
+    args: argparse.Namespace, voc_root: str, classes: str | None, weights: str, tag: str = ""
+):
     """The checkpoint exported to ONNX fp32 and quantized to INT8 in ``--out``, calibrated on
-    ``--calib-images`` images spread over ``--calib-split``.
+    ``--calib-images`` images spread over ``--calib-split``, every 5th held out to check INT8
+    against float as the export does.
 
     Returns:
         (ModelInfo, class names, input size, calibration image paths, fp32 path, INT8 path)
     """
-    fp32, int8 = Path(args.out) / "model_fp32.onnx", Path(args.out) / "model_int8.onnx"
+    fp32 = Path(args.out) / f"model{tag}_fp32.onnx"
+    int8 = Path(args.out) / f"model{tag}_int8.onnx"
     names = read_class_names(classes) if classes else None
-    model, info = load_model(args.weights, num_classes=len(names) if names else None)
-    names = class_names_for(names, info.class_names, info.num_classes, args.weights)
+    model, info = load_model(weights, num_classes=len(names) if names else None)
+    names = class_names_for(names, info.class_names, info.num_classes, weights)
     size = args.img_size or info.input_size
     calib = load_voc(voc_root, parse_sets(args.calib_split), names).annotations
     picked = pick_evenly([a.image_path for a in calib], args.calib_images)
@@ -82,7 +113,14 @@ def export_both(args: argparse.Namespace, voc_root: str, classes: str | None):
         raise InputError(f"{voc_root} {args.calib_split}: no images to calibrate on")
     geometry = info.geometry.at_size(size)
     export_onnx(model, path=fp32, geometry=geometry, metadata=export_metadata(info, names, size))
-    quantize_int8(fp32, out_path=int8, calibration_paths=picked, method=args.calib_method)
+    calibrate, held_out = split_holdout(picked)
+    quantize_int8(
+        fp32,
+        out_path=int8,
+        calibration_paths=calibrate,
+        method=args.calib_method,
+        check_paths=held_out,
+    )
     return info, names, size, picked, fp32, int8
 
 
@@ -99,13 +137,72 @@ def print_table(rows: dict) -> None:
     print("x: end-to-end latency over ORT fp32's (batch 1, median of 20 on one test image)")
 
 
+def per_phi(args: argparse.Namespace) -> int:
+    """``--per-phi``: one row per phi, ONNX fp32 against INT8 on the same split."""
+    if "{phi}" not in args.per_phi:
+        raise InputError(f"--per-phi {args.per_phi}: put {{phi}} where the phi goes")
+    weights = {phi: args.per_phi.replace("{phi}", phi) for phi in args.phis}
+    check_files(*weights.values())
+    args.weights = weights[args.phis[0]]
+    source = checkpoint_and_data(args)
+    machine = start(f"INT8 against fp32 per phi: {args.per_phi}", onnxruntime=True)
+    rows, report = [], {"machine": machine, "split": args.split, "phis": {}}
+    for phi, path in weights.items():
+        info, names, size, _picked, fp32, int8 = export_both(
+            args, source.voc_root, source.classes, path, tag=f"_phi{phi}"
+        )
+        cfg = EvalConfig(img_size=size, workers=0, coco=False)
+        evaluated = [
+            evaluate_checkpoint(
+                str(w), source.voc_root, args.split, cfg, device="cpu", class_names=names
+            )[0]
+            for w in (fp32, int8)
+        ]
+        held = HeldOutCheck(**onnx_metadata(int8)["quantization"]["held_out"])
+        rows.append((phi, info.phi_name, *evaluated, held))
+        report["phis"][phi] = {
+            "block": info.phi_name,
+            "fp32_voc12": evaluated[0].voc12,
+            "int8_voc12": evaluated[1].voc12,
+            "fp32_ms": evaluated[0].latency_ms,
+            "int8_ms": evaluated[1].latency_ms,
+            "held_out_loss": held.loss,
+            "quantization": onnx_metadata(int8)["quantization"],
+        }
+    print(f"\n{args.split} of {source.voc_root}; INT8 calibrated on {args.calib_split}")
+    print(
+        f"{'phi':<4}{'block':<12}{'fp32':>7}{'INT8':>7}{'d pts':>7}  {'target':<7}"
+        f"{'held-out':>9}{'fp32 ms':>9}{'INT8 ms':>9}{'x':>7}"
+    )
+    for phi, name, fp32_row, int8_row, held in rows:
+        change = 100 * (int8_row.voc12 - fp32_row.voc12)
+        print(
+            f"{phi:<4}{name:<12}{100 * fp32_row.voc12:>7.2f}{100 * int8_row.voc12:>7.2f}"
+            f"{change:>+7.2f}  {'ok' if change >= -TARGET_LOSS else 'OVER':<7}"
+            f"{-held.loss:>+9.1f}{fp32_row.latency_ms:>9.2f}{int8_row.latency_ms:>9.2f}"
+            f"{int8_row.latency_ms / fp32_row.latency_ms:>6.2f}x"
+        )
+    print(
+        "VOC12 mAP50 (points) of the ONNX exports; target: INT8 loses at most "
+        f"{TARGET_LOSS:.1f}; held-out: the export's check (INT8 AP50 against the float model's "
+        "own detections on held-out calibration images, points lost); ms: end to end, batch "
+        "1, median of 20; x: INT8 over fp32"
+    )
+    finish(report, args.json)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    if args.per_phi:
+        return per_phi(args)
     source = checkpoint_and_data(args)
     voc_root = source.voc_root
     machine = start(f"INT8 against fp32: {args.weights}", onnxruntime=True)
-    info, names, size, picked, fp32, int8 = export_both(args, voc_root, source.classes)
+    info, names, size, picked, fp32, int8 = export_both(
+        args, voc_root, source.classes, args.weights
+    )
     cfg = EvalConfig(img_size=size, workers=0, coco=False)
     rows = {}
     for label, weights in zip(PATHS, (args.weights, fp32, int8)):
@@ -113,7 +210,13 @@ def main(argv: list[str] | None = None) -> int:
             str(weights), voc_root, args.split, cfg, device="cpu", class_names=names
         )
     print(f"\n{args.weights} ({info.describe()}) at {size}, {args.split} of {voc_root}")
-    print(f"INT8 calibrated on {len(picked)} images of {args.calib_split} ({args.calib_method})")
+    quant = onnx_metadata(int8)["quantization"]
+    print(
+        f"INT8 calibrated on {quant['calibration_images']} images of {args.calib_split} "
+        f"({quant['method']}; float: {'+'.join(quant['float_groups'])})"
+    )
+    if quant.get("held_out"):
+        print(HeldOutCheck(**quant["held_out"]).describe())
     print_table(rows)
     report = {
         "machine": machine,
@@ -121,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         "input_size": size,
         "split": args.split,
         "calibration": {"split": args.calib_split, "images": len(picked)},
-        "method": args.calib_method,
+        "quantization": quant,
         "paths": {
             k: {"voc07": r.voc07, "voc12": r.voc12, "latency_ms": r.latency_ms}
             for k, r in rows.items()

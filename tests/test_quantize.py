@@ -59,12 +59,15 @@ def test_quantized_graph_is_int8_with_fp32_heads_and_metadata(fp32_graph, tmp_pa
     graph = onnx.load(str(out)).graph
     ops = [n.op_type for n in graph.node]
     weights_int8 = [t for t in graph.initializer if t.data_type == onnx.TensorProto.INT8]
-    assert ops.count("QuantizeLinear") > 10 and len(weights_int8) >= 19  # every BasicConv
+    assert ops.count("QuantizeLinear") > 10 and len(weights_int8) >= 18  # the other BasicConvs
     producers = {o: n for n in graph.node for o in n.output}
+    first = next(n for n in graph.node if n.op_type == "Conv")
+    assert first.input[0] == "images"  # the first convolution: float, on the float input
     for name in ("out32", "out16"):  # heads: plain fp32 convolution on dequantized input
         head = producers[name]
         assert head.op_type == "Conv"
-        weight = next(t for t in graph.initializer if t.name == head.input[1])
+    for conv in (first, producers["out32"], producers["out16"]):
+        weight = next(t for t in graph.initializer if t.name == conv.input[1])
         assert weight.data_type == onnx.TensorProto.FLOAT
     meta = onnx_metadata(out)
     assert meta["phi"] == 1
@@ -127,7 +130,7 @@ def test_cli_int8_errors_name_the_problem(tmp_path, capsys) -> None:
     assert "nowhere" in capsys.readouterr().err
     assert not out.exists()
     assert exit_code(predict.main, [*base, "--int8", str(calib), "--calib-images", "1"]) == 0
-    assert "calibration on 1 images)" in capsys.readouterr().out
+    assert "calibration on 1 images, float: heads+first)" in capsys.readouterr().out
     assert onnx_metadata(out)["class_names"] == ["a", "b", "c"]
 
 

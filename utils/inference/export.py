@@ -38,8 +38,12 @@ from utils.inference.predictor import check_anchors, class_names_for
 from utils.inference.quantize import (
     CALIBRATION_METHODS,
     DEFAULT_CALIBRATION_IMAGES,
+    MEASURED_LOSSES,
+    TARGET_LOSS,
+    HeldOutCheck,
     pick_evenly,
     quantize_int8,
+    split_holdout,
 )
 from utils.paths import (
     COCO_CLASSES,
@@ -84,7 +88,8 @@ class ExportConfig:
     int8: str | None = option(
         None,
         "ONNX: quantize to INT8 (ONNX Runtime, static), calibrating activation ranges on "
-        "images from this folder, glob or file (use training images)",
+        "images from this folder, glob or file (use training images); every 5th is held out "
+        "and INT8 is measured against float on them",
         group="export",
         metavar="CALIB_SOURCE",
     )
@@ -94,10 +99,11 @@ class ExportConfig:
         group="export",
     )
     calib_method: str = option(
-        "percentile",
-        "--int8: how activation ranges are chosen from the calibration images",
+        "auto",
+        "--int8: how activation ranges are chosen from the calibration images (auto: each "
+        "method, keeping the one closest to the float model on the held-out images)",
         group="export",
-        choices=CALIBRATION_METHODS,
+        choices=(*CALIBRATION_METHODS, "auto"),
     )
 
     def __post_init__(self) -> None:
@@ -147,13 +153,48 @@ class ExportResult:
         precision = ""
         if self.quantization:
             quant = self.quantization
+            kept = "+".join(quant.get("float_groups", []))
             precision = (
-                f", INT8 ({quant['method']} calibration on {quant['calibration_images']} images)"
+                f", INT8 ({quant['method']} calibration on {quant['calibration_images']} images"
+                f"{', float: ' + kept if kept else ''})"
             )
-        return (
+        line = (
             f"exported {self.paths[0]} (opset {cfg.opset}, {size}x{size}, {batch}, {kind}"
             f"{precision}; {self.info.describe()}); onnx.checker passed"
         )
+        return "\n".join([line, *self.int8_check()])
+
+    def int8_check(self) -> list[str]:
+        """INT8: what the held-out check measured, and a warning when it lost more than
+        ``TARGET_LOSS`` points against the float model (none without held-out images)."""
+        if not self.quantization:
+            return []
+        lines = []
+        held = self.quantization.get("held_out")
+        if held:
+            lines.append(HeldOutCheck(**held).describe())
+        else:
+            lines.append(
+                "INT8 not checked: give at least 5 calibration images (every 5th is held out "
+                "to measure INT8 against float)"
+            )
+        known = MEASURED_LOSSES.get(self.info.phi_name)
+        if known:
+            lines.append(
+                f"warning: INT8 of {self.info.phi_name} lost {known} when measured "
+                f"(python -m benchmarks.int8 --per-phi; target: at most {TARGET_LOSS:.1f}); "
+                "measure yours on labelled images or deploy the float export"
+            )
+        if not held:
+            return lines
+        loss = 100 * (1 - held["ap50"])
+        if loss > TARGET_LOSS:
+            lines.append(
+                f"warning: INT8 of {self.info.phi_name} lost {loss:.1f} points against its "
+                f"float model on held-out images (target: at most {TARGET_LOSS:.1f}); measure "
+                "it on labelled images (python -m benchmarks.int8) or deploy the float export"
+            )
+        return lines
 
 
 def output_paths(out: str | os.PathLike, fmt: str) -> tuple[Path, ...]:
@@ -318,12 +359,14 @@ def export_model(
             metadata=export_metadata(info, class_names, input_size),
         )
         if cfg.int8:
+            calibrate, held_out = split_holdout(list(calibration))
             path = quantize_int8(
                 path,
                 Path(tmp) / "int8.onnx",
-                list(calibration),
+                calibrate,
                 method=cfg.calib_method,
                 letterbox=letterbox,
+                check_paths=held_out,
             )
         return write_bytes_atomic(out, path.read_bytes())
 

@@ -1,0 +1,249 @@
+"""Which nodes INT8 keeps in float, and the check of INT8 against float on held-out images
+(utils/inference/quantize.py, the ``--int8`` export)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from nets.checkpoint import ModelInfo, save_checkpoint
+from nets.decode import Geometry
+from nets.yolo import YoloBody
+from tools import export as export_tool
+from utils.inference.export import ExportConfig, ExportResult, export_onnx
+from utils.inference.onnx_runner import onnx_metadata
+from utils.inference.quantize import (
+    HeldOutCheck,
+    _ap,
+    check_held_out,
+    float_nodes,
+    quantize_int8,
+    split_holdout,
+)
+
+ATTENTION_OPS = {  # op types of each block's nodes that are not learned layers
+    1: {"Sigmoid"},
+    2: {"Sigmoid"},
+    3: {"Sigmoid"},
+    4: {"Sigmoid"},
+    5: {"Sigmoid"},
+    6: {"Sigmoid"},
+    7: {"Sigmoid"},
+    8: {"Softmax"},
+}
+
+
+@pytest.fixture(scope="module")
+def graphs(tmp_path_factory) -> dict[int, Path]:
+    folder = tmp_path_factory.mktemp("rules")
+    out = {}
+    for phi in range(9):
+        torch.manual_seed(phi)
+        meta = {"phi": phi, "class_names": ["a", "b", "c"]}
+        path = folder / f"phi{phi}.onnx"
+        out[phi] = export_onnx(YoloBody(3, phi), path, Geometry(input_size=64), metadata=meta)
+    return out
+
+
+def _images(folder: Path, count: int) -> list[str]:
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        path = folder / f"{i:03d}.jpg"
+        # smooth blobs rather than noise: activations with a spread, as in photos
+        small = rng.integers(0, 256, (6, 7, 3), dtype=np.uint8)
+        cv2.imwrite(str(path), cv2.resize(small, (112, 96), interpolation=cv2.INTER_CUBIC))
+        paths.append(str(path))
+    return paths
+
+
+@pytest.mark.parametrize("phi", range(9))
+def test_float_groups_pick_the_right_nodes(graphs, phi) -> None:
+    graph = onnx.load(str(graphs[phi])).graph
+    by_name = {n.name: n for n in graph.node}
+    heads = float_nodes(graphs[phi], ["heads"])
+    assert sorted(o for h in heads for o in by_name[h].output) == ["out16", "out32"]
+    (first,) = float_nodes(graphs[phi], ["first"])
+    assert by_name[first].input[0] == "images" and by_name[first].op_type == "Conv"
+    attention = float_nodes(graphs[phi], ["attention"])
+    if phi == 0:
+        assert attention == [] and float_nodes(graphs[phi], ["gates", "arith", "att_conv"]) == []
+        return
+    points = {name.split("/")[1] for name in attention}
+    assert points == {"feat1_att", "feat2_att", "upsample_att"}  # the default points
+    outside = [n.name for n in graph.node if n.name not in attention and n.op_type != "Identity"]
+    assert not any("_att/" in name for name in outside)
+    gates = {by_name[n].op_type for n in float_nodes(graphs[phi], ["gates"])}
+    assert gates == ATTENTION_OPS[phi]
+    learned = float_nodes(graphs[phi], ["att_conv"])
+    weights = {t.name for t in graph.initializer}
+    assert all(set(by_name[n].input) & weights for n in learned)
+    if phi == 7:  # SimAM has no learned layer: its energy is arithmetic
+        assert learned == [] and len(float_nodes(graphs[phi], ["arith"])) >= 9
+    # the groups inside a block are disjoint and within "attention"
+    parts = [set(float_nodes(graphs[phi], [g])) for g in ("gates", "arith", "att_conv")]
+    assert sum(map(len, parts)) == len(set().union(*parts))
+    assert set().union(*parts) <= set(attention)
+
+
+def test_kept_groups_stay_float_in_the_int8_graph(graphs, tmp_path) -> None:
+    calibration = _images(tmp_path / "calib", 3)
+    out = quantize_int8(
+        graphs[8],
+        tmp_path / "int8.onnx",
+        calibration,
+        method="minmax",
+        keep_float=("heads", "attention"),
+    )
+    graph = onnx.load(str(out)).graph
+    weight_type = {t.name: t.data_type for t in graph.initializer}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    attention = [n for n in convs if n.name.startswith(("/feat1_att/", "/feat2_att/"))]
+    backbone = [n for n in convs if n.name.startswith("/backbone/")]
+    assert attention and backbone
+    assert all(weight_type.get(n.input[1]) == onnx.TensorProto.FLOAT for n in attention)
+    # backbone weights arrive through DequantizeLinear of INT8 initializers
+    producers = {o: n for n in graph.node for o in n.output}
+    for conv in backbone:
+        dequant = producers[conv.input[1]]
+        assert dequant.op_type == "DequantizeLinear"
+        assert weight_type[dequant.input[0]] == onnx.TensorProto.INT8
+    softmax = next(n for n in graph.node if n.op_type == "Softmax")
+    assert producers[softmax.input[0]].op_type != "DequantizeLinear"
+    meta = onnx_metadata(out)["quantization"]
+    assert meta["float_groups"] == ["heads", "attention"] and meta["float_nodes"] > 30
+    with pytest.raises(ValueError, match="float groups"):
+        quantize_int8(graphs[8], tmp_path / "x.onnx", calibration, keep_float=("softmax",))
+
+
+def test_ap_matches_a_brute_force_count() -> None:
+    assert _ap(np.array([True, True]), 2) == 1.0
+    assert _ap(np.array([], bool), 0) == 1.0 and _ap(np.array([False]), 0) == 0.0
+    # hit, miss, hit of 4 labels: precision 1 up to recall 1/4, 2/3 up to 2/4
+    assert _ap(np.array([True, False, True]), 4) == pytest.approx(0.25 + 0.25 * 2 / 3)
+    assert _ap(np.array([False, True]), 1) == pytest.approx(0.5)
+
+
+def test_split_holdout_keeps_every_fifth() -> None:
+    paths = [f"{i}.jpg" for i in range(12)]
+    calibrate, held = split_holdout(paths)
+    assert held == ["4.jpg", "9.jpg"] and len(calibrate) == 10
+    assert not set(held) & set(calibrate)
+    assert split_holdout(paths[:4]) == (paths[:4], [])
+
+
+def test_held_out_check_of_a_graph_against_itself_loses_nothing(graphs, tmp_path) -> None:
+    images = _images(tmp_path / "held", 3)
+    same = check_held_out(graphs[1], graphs[1], [*images, str(tmp_path / "gone.jpg")])
+    assert same.images == 3  # the missing one skipped
+    assert same.float_boxes > 0 and same.loss == 0 and same.found == same.float_boxes
+    assert "points lost" in same.describe()
+
+
+def _checkpoint(tmp_path: Path, phi: int) -> Path:
+    torch.manual_seed(0)
+    names = ["a", "b", "c"]
+    info = ModelInfo(phi=phi, phi_name=YoloBody(3, phi).phi_name, num_classes=3, class_names=names)
+    weights = tmp_path / "w.pth"
+    save_checkpoint(weights, YoloBody(3, phi), info)
+    return weights
+
+
+def test_export_int8_prints_the_held_out_cost(tmp_path, capsys) -> None:
+    weights = _checkpoint(tmp_path, 1)
+    _images(tmp_path / "calib", 6)
+    out = tmp_path / "m.onnx"
+    argv = ["--weights", str(weights), "--img-size", "64", "--out", str(out)]
+    assert export_tool.main([*argv, "--int8", str(tmp_path / "calib")]) == 0
+    printed = capsys.readouterr().out
+    quant = onnx_metadata(out)["quantization"]
+    assert quant["calibration_images"] == 5  # the 5th of 6 held out
+    held = quant["held_out"]
+    assert held["images"] == 1 and 0 <= held["ap50"] <= 1
+    assert set(quant["tried"]) == {"minmax", "percentile"}  # auto: both, the better kept
+    assert quant["tried"][quant["method"]] == min(quant["tried"].values())
+    assert "on 1 held-out calibration images" in printed
+    assert f"{100 * (1 - held['ap50']):.1f} points lost" in printed
+
+
+def test_a_block_over_the_target_is_flagged(tmp_path) -> None:
+    info = ModelInfo(phi=8, phi_name="nonlocal", num_classes=3, class_names=["a", "b", "c"])
+    cfg = ExportConfig(out=str(tmp_path / "m.onnx"), int8="calib")
+    held = {"images": 20, "float_boxes": 50, "found": 40, "ap50": 0.97}
+    over = ExportResult(
+        (tmp_path / "m.onnx",),
+        info,
+        64,
+        cfg,
+        {"method": "minmax", "calibration_images": 80, "held_out": held},
+    )
+    lines = over.int8_check()
+    assert HeldOutCheck(**held).describe() == lines[0]
+    assert lines[1].startswith("warning: INT8 of nonlocal lost 3.0 points")
+    within = {**held, "ap50": 0.995}
+    ok = ExportResult(over.paths, info, 64, cfg, {**over.quantization, "held_out": within})
+    assert len(ok.int8_check()) == 1 and "warning" not in ok.describe()
+    unchecked = ExportResult(
+        over.paths, info, 64, cfg, {"method": "minmax", "calibration_images": 3}
+    )
+    assert "not checked" in unchecked.int8_check()[0]
+
+
+def test_benchmark_per_phi_reports_every_phi(tmp_path, capsys) -> None:
+    import json
+
+    from voc_factory import CLASSES, make_split
+
+    from benchmarks import int8 as benchmark_int8
+
+    root, classes = make_split(tmp_path, num_train=6, num_test=2)
+    for phi in (0, 8):
+        torch.manual_seed(phi)
+        net = YoloBody(len(CLASSES), phi)
+        info = ModelInfo(
+            phi=phi,
+            phi_name=net.phi_name,
+            num_classes=len(CLASSES),
+            class_names=list(CLASSES),
+            input_size=64,
+        )
+        save_checkpoint(tmp_path / f"phi{phi}.pth", net, info)
+    report_path = tmp_path / "per_phi.json"
+    argv = ["--per-phi", str(tmp_path / "phi{phi}.pth"), "--phis", "0", "8", "--data", "voc"]
+    argv += ["--voc-root", str(root), "--classes", str(classes), "--calib-split", "2007:trainval"]
+    argv += ["--out", str(tmp_path / "onnx"), "--json", str(report_path)]
+    assert benchmark_int8.main(argv) == 0
+    report = json.loads(report_path.read_text())
+    assert set(report["phis"]) == {"0", "8"}
+    assert report["phis"]["8"]["block"] == "nonlocal"
+    assert report["phis"]["8"]["quantization"]["calibration_images"] == 5  # 1 of 6 held out
+    printed = capsys.readouterr().out
+    rows = [line.split() for line in printed.splitlines() if line[:4].strip() in ("0", "8")]
+    assert [r[1] for r in rows] == ["none", "nonlocal"]
+    for row, phi in zip(rows, ("0", "8")):
+        got = report["phis"][phi]
+        assert float(row[4]) == pytest.approx(
+            100 * (got["int8_voc12"] - got["fp32_voc12"]), abs=0.01
+        )
+        assert row[5] == ("ok" if float(row[4]) >= -1.0 else "OVER")
+
+
+def test_a_block_measured_over_the_target_is_flagged_at_export(tmp_path, capsys) -> None:
+    from utils.inference.quantize import MEASURED_LOSSES
+
+    weights = _checkpoint(tmp_path, 4)  # CA: measured over the target on the demo set
+    _images(tmp_path / "calib", 2)
+    out = tmp_path / "ca.onnx"
+    argv = ["--weights", str(weights), "--img-size", "64", "--out", str(out)]
+    assert export_tool.main([*argv, "--int8", str(tmp_path / "calib")]) == 0
+    printed = capsys.readouterr().out
+    assert f"warning: INT8 of ca lost {MEASURED_LOSSES['ca']}" in printed
+    assert "INT8 not checked" in printed  # 2 images: none held out
+    assert export_tool.main([*argv[:-1], str(tmp_path / "fp32.onnx")]) == 0
+    assert "warning" not in capsys.readouterr().out  # float exports are not flagged
