@@ -116,6 +116,22 @@ def test_a_run_spec_round_trips(tmp_path) -> None:
         RunSpec.read(path)
 
 
+@pytest.mark.parametrize("trained", [False, True])
+def test_a_restarted_run_never_removes_a_folder_that_is_no_dead_run(tmp_path, trained, capsys):
+    folder = tmp_path / "phi0_seed0"
+    keep = folder / ("weights/last.pth" if trained else "thesis.txt")
+    keep.parent.mkdir(parents=True)
+    keep.write_text("precious")
+    if trained:
+        (folder / "config.json").write_text("{}")
+    spec = RunSpec("phi0_seed0", str(folder), {}, restart=True)
+    path = tmp_path / "spec.json"
+    path.write_text(spec.to_json())
+    assert exit_code(study.main, ["--run-one", path]) == 2
+    assert "not removed to train it anew" in capsys.readouterr().err
+    assert keep.read_text() == "precious"
+
+
 @pytest.mark.parametrize(
     ("item", "expected"),
     [
@@ -126,6 +142,9 @@ def test_a_run_spec_round_trips(tmp_path) -> None:
         ("focal=true", "an on/off setting"),
         ("mosaic=0.5;lots", "'lots' is not a value of --mosaic"),
         ("optimizer=sgd;lion", "'lion' is not a value of --optimizer"),
+        # the study reads and scores one data set: runs on other data would not pair
+        ("classes=a.txt;b.txt", "'classes' chooses the data"),
+        ("train_labels=a;b", "'train_labels' chooses the data"),
     ],
 )
 def test_a_bad_sweep_is_refused_before_any_run(tiny_voc, tmp_path, capsys, item, expected):
@@ -133,6 +152,77 @@ def test_a_bad_sweep_is_refused_before_any_run(tiny_voc, tmp_path, capsys, item,
     assert exit_code(study.main, _study(tiny_voc, out, "--sweep", item)) == 2
     assert expected in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (("--weights", "{tmp}/none.pth"), "error: --weights {tmp}/none.pth: "),
+        (("--sweep", "weights={tmp}/none.pth;none"), "error: --weights {tmp}/none.pth: "),
+        (("--weights", "{tmp}/text.pth"), "cannot read as a PyTorch checkpoint"),
+        (("--anchors", "{tmp}/none.txt"), "error: --anchors {tmp}/none.txt: "),
+        (("--sweep", "anchors=default;{tmp}/text.pth"), "error: --anchors {tmp}/text.pth: "),
+    ],
+)
+def test_unreadable_initial_weights_or_anchors_are_refused_before_any_run(
+    tiny_voc, tmp_path, capsys, flags, expected
+) -> None:
+    (tmp_path / "text.pth").write_text("not a checkpoint\n")
+    out = tmp_path / "out"
+    argv = _study(tiny_voc, out, *(f.format(tmp=tmp_path) for f in flags))
+    assert exit_code(study.main, argv) == 2
+    err = capsys.readouterr().err
+    assert expected.format(tmp=tmp_path) in err
+    assert err.count("\n") == 1
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("record", ["{{", "[1, 2]", '{"phi1_seed0": [1]}'])
+def test_a_damaged_slurm_job_record_is_named_and_kept(tiny_voc, tmp_path, capsys, record):
+    require_package("submitit")
+    jobs = tmp_path / "out" / "launch" / SLURM_JOBS
+    jobs.parent.mkdir(parents=True)
+    jobs.write_text(record)
+    argv = _study(tiny_voc, tmp_path / "out", "--launcher", "slurm", "--slurm-executor", "local")
+    assert exit_code(study.main, argv) == 2
+    assert capsys.readouterr().err.startswith(f"error: {jobs}: not the job record")
+    assert jobs.read_text() == record
+
+
+def test_slurm_without_slurm_is_one_error_line(tiny_voc, tmp_path, capsys, monkeypatch):
+    require_package("submitit")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch on it
+    out = tmp_path / "out"
+    assert exit_code(study.main, _study(tiny_voc, out, "--launcher", "slurm")) == 2
+    assert capsys.readouterr().err == (
+        "error: --launcher slurm: no Slurm here (sbatch is not on the PATH)\n"
+    )
+    assert not out.exists()
+
+
+def test_a_bad_ray_address_is_one_error_line_before_any_run(tiny_voc, tmp_path, capsys):
+    require_package("ray")
+    out = tmp_path / "out"
+    argv = _study(tiny_voc, out, "--launcher", "ray", "--ray-address", "no-port-here")
+    assert exit_code(study.main, argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --ray-address no-port-here: cannot start or reach Ray")
+    assert err.count("\n") == 1
+    assert not (out / "phi1_seed0").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (("--ray-address", "auto"), "--ray-address: only --launcher ray reads it"),
+        (("--slurm-partition", "gpu"), "--slurm-partition: only --launcher slurm reads it"),
+        (("--retries", "-1"), "--retries -1: must be at least 0"),
+        (("--slurm-time", "0"), "--slurm-time 0: must be at least 1"),
+    ],
+)
+def test_a_bad_launcher_count_names_its_flag(tiny_voc, tmp_path, capsys, flags, expected):
+    assert exit_code(study.main, _study(tiny_voc, tmp_path / "out", *flags)) == 2
+    assert capsys.readouterr().err == f"error: {expected}\n"
 
 
 def test_a_sweep_plans_each_block_at_each_value(tiny_voc, tmp_path) -> None:

@@ -35,6 +35,7 @@ import argparse
 import itertools
 import logging
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Sequence
@@ -47,7 +48,8 @@ from data.voc import summarize_issues
 from nets.attention import parse_attention_args
 from nets.checkpoint import load_torch_file
 from nets.registry import check_attention_args, load_attention_plugins, resolve_phi
-from nets.yolo import YoloBody
+from nets.yolo import DEFAULT_ANCHORS, YoloBody
+from utils.classes import read_anchors
 from utils.config import CommandParser, add_options, from_args, run_cli
 from utils.device import available_cpus, select_device
 from utils.errors import FailedError, InputError
@@ -66,6 +68,7 @@ from utils.paths import (
 )
 from utils.runlock import LOCK_NAME, FolderLock
 from utils.training.adapt import fit_to_data
+from utils.training.anchor_choice import ANCHOR_CHOICES
 from utils.training.config import RESULT_NEUTRAL_FIELDS, TrainConfig
 from utils.training.launch import (
     LAUNCH_DIR,
@@ -86,6 +89,7 @@ from utils.training.setup import (
     DataSetup,
     eval_label_source,
     load_data,
+    load_initial_weights,
     require_objects,
     resolve_data,
     run_inputs,
@@ -143,6 +147,12 @@ def parse_sweep(items: Sequence[str]) -> dict[str, list]:
             )
         if field not in names or field in PER_RUN or field in RESULT_NEUTRAL_FIELDS:
             raise InputError(f"--sweep {item!r}: {key!r} is not a setting a study can sweep")
+        if names[field].metadata.get("group") == "data" and field != "anchors":
+            # the study reads and scores one data set: runs on other data do not pair
+            raise InputError(
+                f"--sweep {item!r}: {key!r} chooses the data; runs on different data are "
+                "not comparable, run one study per data set"
+            )
         if "bool" in str(names[field].type):
             raise InputError(f"--sweep {item!r}: an on/off setting; run one study per value")
         if field in sweep:
@@ -233,6 +243,8 @@ def plan_study(
             for _, stem, v in combos
         ]
     )
+    for variant in variants:  # a swept path is an input too
+        check_apart(out, run_inputs(replace(base, **variant)), flag="--out")
     runs = []
     for ((number, name), _, variant), stem in zip(combos, names):
         cfg = replace(base, **variant)
@@ -252,6 +264,8 @@ def plan_study(
             runs.append(PlannedRun(run_name, cfg, out / run_name, "train", group=group))
     data = load_data(base)
     require_objects(data, base)
+    for variant in variants:
+        _check_start_files(replace(base, **variant), data)
     for line in summarize_issues(data.issues):  # once here, not once per run
         logger.warning("input skipped or repaired: %s", line)
     conflicts = [problem for run in runs if (problem := _check_existing(run, data))]
@@ -261,6 +275,22 @@ def plan_study(
             "settings: give another --out, or delete those runs to train them again"
         )
     return base, runs, labels
+
+
+def _check_start_files(cfg: TrainConfig, data: DataSetup) -> None:
+    """InputError naming the flag when the initial weights or the anchors file a new run
+    reads cannot be read (found now, not when that run starts)."""
+    if cfg.weights.lower() not in ("auto", "none", ""):
+        model = YoloBody(len(data.class_names), 0)
+        try:
+            load_initial_weights(model, cfg)
+        except (OSError, ValueError) as err:
+            raise InputError(f"--weights {cfg.weights}: {err}") from None
+    if cfg.anchors not in ANCHOR_CHOICES:
+        try:
+            read_anchors(cfg.anchors, count=len(DEFAULT_ANCHORS))
+        except (OSError, ValueError) as err:
+            raise InputError(f"--anchors {cfg.anchors}: {err}") from None
 
 
 def _refuse_duplicates(flag: str, items: list[tuple[object, str]]) -> None:
@@ -556,10 +586,22 @@ def make_launcher(args: argparse.Namespace, out: Path) -> Launcher:
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise InputError(f"--{flag.replace('_', '-')} {value}: must be at least 1")
-    if args.retries < 0 or args.gpus_per_run < 0 or args.slurm_time < 1:
-        raise InputError("--retries and --gpus-per-run must be 0 or more, --slurm-time at least 1")
+    for flag, value, least in (
+        ("--retries", args.retries, 0),
+        ("--gpus-per-run", args.gpus_per_run, 0),
+        ("--slurm-time", args.slurm_time, 1),
+    ):
+        if value < least:
+            raise InputError(f"{flag} {value}: must be at least {least}")
     if args.no_wait and args.launcher != "slurm":
         raise InputError("--no-wait: only --launcher slurm submits and returns")
+    for flag, value, launcher in (  # a flag another launcher reads would be silently ignored
+        ("--ray-address", args.ray_address, "ray"),
+        ("--slurm-partition", args.slurm_partition, "slurm"),
+        ("--slurm-option", args.slurm_option, "slurm"),
+    ):
+        if value and args.launcher != launcher:
+            raise InputError(f"{flag}: only --launcher {launcher} reads it")
     if args.launcher in ("ray", "slurm"):  # missing: said now, not after the planning
         require("ray" if args.launcher == "ray" else "submitit", args.launcher)
     if args.launcher == "ray":
@@ -581,6 +623,8 @@ def make_launcher(args: argparse.Namespace, out: Path) -> Launcher:
             tuple(extra),
             args.slurm_executor,
         )
+        if options.executor == "slurm" and not shutil.which("sbatch"):
+            raise InputError("--launcher slurm: no Slurm here (sbatch is not on the PATH)")
         return SubmititLauncher(options, files, not args.no_wait, print, pythonpath)
     if args.parallel == 1:
         return InProcessLauncher(progress=print)

@@ -38,7 +38,7 @@ import torch
 
 from utils.errors import InputError, UserError
 from utils.paths import write_text_atomic
-from utils.runlock import FolderLock, FolderLockedError
+from utils.runlock import LOCK_NAME, FolderLock, FolderLockedError
 from utils.training.config import TrainConfig
 from utils.training.fit import fit
 
@@ -118,6 +118,7 @@ def execute_run(spec: RunSpec, threads: int | None = None) -> str:
     folder = Path(spec.folder)
     if spec.restart and folder.exists():
         with FolderLock(folder, "run"):  # a folder no other process writes
+            _check_dead_run(folder)
             shutil.rmtree(folder)
     result = fit(spec.train_config(), issues_to_console=False)  # the study said them once
     if result.run_dir.absolute() != folder:  # another process made the folder meanwhile
@@ -126,6 +127,20 @@ def execute_run(spec: RunSpec, threads: int | None = None) -> str:
             f"{result.run_dir} instead. Run one study per folder"
         )
     return str(folder)
+
+
+def _check_dead_run(folder: Path) -> None:
+    """InputError unless ``folder`` is what a run that never finished an epoch leaves (its
+    ``config.json`` and no ``last.pth``, or only the lock): nothing else is removed."""
+    if not folder.is_dir():
+        raise InputError(f"{folder}: not a run folder; not removed, move it away")
+    entries = [p.name for p in folder.iterdir() if p.name != LOCK_NAME]
+    trained = (folder / "weights" / "last.pth").is_file()
+    if trained or (entries and "config.json" not in entries):
+        raise InputError(
+            f"{folder}: holds {'a trained run' if trained else 'files but no run'}; "
+            "not removed to train it anew, move it away"
+        )
 
 
 def execute_logged(spec: dict, threads: int | None, log_path: str) -> str:
@@ -338,13 +353,17 @@ class RayLauncher:
         started = not ray.is_initialized()
         if started:
             env = {"PYTHONPATH": self.pythonpath} if self.pythonpath else {}
-            ray.init(
-                address=self.address,
-                runtime_env={"env_vars": env},
-                include_dashboard=False,
-                logging_level=logging.WARNING,
-                log_to_driver=False,  # each run's output is in its log file
-            )
+            try:
+                ray.init(
+                    address=self.address,
+                    runtime_env={"env_vars": env},
+                    include_dashboard=False,
+                    logging_level=logging.WARNING,
+                    log_to_driver=False,  # each run's output is in its log file
+                )
+            except (ConnectionError, ValueError, RuntimeError) as err:  # before any run
+                where = f"--ray-address {self.address}" if self.address else "--launcher ray"
+                raise InputError(f"{where}: cannot start or reach Ray ({one_line(err)})") from None
         try:
             return self._launch(ray, specs)
         finally:
@@ -473,7 +492,17 @@ class SubmititLauncher:
         if not path.is_file():
             return []
         submitit = require("submitit", "slurm")
-        recorded = json.loads(path.read_text())
+        try:
+            recorded = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            recorded = err
+        if not isinstance(recorded, dict) or not all(
+            isinstance(v, (str, int)) for v in recorded.values()
+        ):
+            raise InputError(
+                f"{path}: not the job record a --no-wait call writes (run name: job id); "
+                "move it away to submit the unfinished runs again"
+            )
         job_class = submitit.SlurmJob if self.options.executor == "slurm" else submitit.LocalJob
         folder = self.files / "submitit"
         jobs = {name: job_class(folder, job_id) for name, job_id in recorded.items()}
