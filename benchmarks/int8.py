@@ -39,11 +39,11 @@ from benchmarks.common import (
 from data.voc import load_voc, parse_sets
 from nets.checkpoint import load_model
 from utils.classes import read_class_names
-from utils.config import CommandParser, add_alias, run_cli
+from utils.config import CommandParser, add_alias, add_options, run_cli
 from utils.errors import InputError
 from utils.evaluation.compare import evaluate_checkpoint
 from utils.evaluation.evaluate import EvalConfig
-from utils.inference.export import export_metadata, export_onnx
+from utils.inference.export import ExportConfig, export_metadata, export_onnx
 from utils.inference.onnx_runner import onnx_metadata
 from utils.inference.predictor import class_names_for
 from utils.inference.quantize import (
@@ -76,6 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="how activation ranges are chosen from the calibration images (auto: as the "
         "export, each method, keeping the one closest to float on the held-out images)",
     )
+    add_options(p, ExportConfig, include=["int8_float"])
     p.add_argument(
         "--per-phi",
         default=None,
@@ -119,6 +120,7 @@ def export_both(
         out_path=int8,
         calibration_paths=calibrate,
         method=args.calib_method,
+        keep_float=ExportConfig(int8_float=args.int8_float).float_groups,
         check_paths=held_out,
     )
     return info, names, size, picked, fp32, int8

@@ -89,7 +89,7 @@ def test_int8_export_runs_in_detector(tiny, calib, tmp_path, capsys) -> None:
     out = tmp_path / "q.onnx"
     args = ("--weights", weights, "--out", out, "--int8", calib, "--calib-images", 2)
     assert tool(*args, "--calib-method", "minmax") == 0
-    assert "INT8 (minmax calibration on 2 images)" in capsys.readouterr().out
+    assert "INT8 (minmax calibration on 2 images, float: heads+first)" in capsys.readouterr().out
     meta = onnx_metadata(out)
     assert meta["class_names"] == NAMES and meta["quantization"]["calibration_images"] == 2
     ops = {n.op_type for n in onnx.load(str(out)).graph.node}

@@ -18,6 +18,7 @@ from tools import export as export_tool
 from utils.inference.export import ExportConfig, ExportResult, export_onnx
 from utils.inference.onnx_runner import onnx_metadata
 from utils.inference.quantize import (
+    DEFAULT_FLOAT,
     HeldOutCheck,
     _ap,
     check_held_out,
@@ -71,7 +72,11 @@ def test_float_groups_pick_the_right_nodes(graphs, phi) -> None:
     assert sorted(o for h in heads for o in by_name[h].output) == ["out16", "out32"]
     (first,) = float_nodes(graphs[phi], ["first"])
     assert by_name[first].input[0] == "images" and by_name[first].op_type == "Conv"
+    early = float_nodes(graphs[phi], ["early"])
+    early_convs = [n for n in early if by_name[n].op_type == "Conv"]
+    assert early_convs[0] == first and len(early_convs) == 6  # stem 2 + the first CSP block 4
     attention = float_nodes(graphs[phi], ["attention"])
+    assert not set(early) & set(attention)
     if phi == 0:
         assert attention == [] and float_nodes(graphs[phi], ["gates", "arith", "att_conv"]) == []
         return
@@ -120,6 +125,25 @@ def test_kept_groups_stay_float_in_the_int8_graph(graphs, tmp_path) -> None:
     assert meta["float_groups"] == ["heads", "attention"] and meta["float_nodes"] > 30
     with pytest.raises(ValueError, match="float groups"):
         quantize_int8(graphs[8], tmp_path / "x.onnx", calibration, keep_float=("softmax",))
+
+
+def test_early_layers_stay_float_when_asked(graphs, tmp_path) -> None:
+    images = _images(tmp_path / "calib", 3)
+    keep = (*DEFAULT_FLOAT, "early")
+    out = quantize_int8(graphs[4], tmp_path / "int8.onnx", images, method="minmax", keep_float=keep)
+    assert onnx_metadata(out)["quantization"]["float_groups"] == list(keep)
+    graph = onnx.load(str(out)).graph
+    weight_type = {t.name: t.data_type for t in graph.initializer}
+    convs = {n.name: n for n in graph.node if n.op_type == "Conv"}
+    early = [n for n in float_nodes(graphs[4], ["early"]) if n in convs]
+    assert early and all(
+        weight_type.get(convs[n].input[1]) == onnx.TensorProto.FLOAT for n in early
+    )
+    later = convs["/backbone/resblock_body2/conv1/conv/Conv"]
+    assert weight_type.get(later.input[1]) != onnx.TensorProto.FLOAT  # dequantized INT8
+    assert ExportConfig(int8_float="heads, first,early").float_groups == keep
+    with pytest.raises(ValueError, match="--int8-float"):
+        ExportConfig(int8_float="heads,stem")
 
 
 def test_ap_matches_a_brute_force_count() -> None:
@@ -244,6 +268,7 @@ def test_a_block_measured_over_the_target_is_flagged_at_export(tmp_path, capsys)
     assert export_tool.main([*argv, "--int8", str(tmp_path / "calib")]) == 0
     printed = capsys.readouterr().out
     assert f"warning: INT8 of ca lost {MEASURED_LOSSES['ca']}" in printed
+    assert "--int8-float heads,first,early" in printed  # the measured remedy
     assert "INT8 not checked" in printed  # 2 images: none held out
     assert export_tool.main([*argv[:-1], str(tmp_path / "fp32.onnx")]) == 0
     assert "warning" not in capsys.readouterr().out  # float exports are not flagged

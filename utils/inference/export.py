@@ -38,6 +38,8 @@ from utils.inference.predictor import check_anchors, class_names_for
 from utils.inference.quantize import (
     CALIBRATION_METHODS,
     DEFAULT_CALIBRATION_IMAGES,
+    DEFAULT_FLOAT,
+    FLOAT_GROUPS,
     MEASURED_LOSSES,
     TARGET_LOSS,
     HeldOutCheck,
@@ -105,6 +107,17 @@ class ExportConfig:
         group="export",
         choices=(*CALIBRATION_METHODS, "auto"),
     )
+    int8_float: str = option(
+        ",".join(DEFAULT_FLOAT),
+        f"--int8: node groups kept in float, comma-separated, of {', '.join(FLOAT_GROUPS)} "
+        "(early: the layers at 1/2 and 1/4 of the input side; slower, measured to help CA)",
+        group="export",
+    )
+
+    @property
+    def float_groups(self) -> tuple[str, ...]:
+        """``--int8-float`` as a tuple of ``FLOAT_GROUPS`` names."""
+        return tuple(g.strip() for g in self.int8_float.split(",") if g.strip())
 
     def __post_init__(self) -> None:
         if self.format not in EXPORT_FORMATS:
@@ -127,6 +140,12 @@ class ExportConfig:
             raise InputError("--int8 quantizes raw-map graphs: leave out --decode")
         if not MIN_OPSET <= self.opset <= MAX_OPSET:
             raise InputError(f"--opset {self.opset}: must be {MIN_OPSET} to {MAX_OPSET}")
+        unknown = sorted(set(self.float_groups) - set(FLOAT_GROUPS))
+        if unknown:
+            raise InputError(
+                f"--int8-float {self.int8_float!r}: unknown {unknown}; choose from "
+                f"{', '.join(FLOAT_GROUPS)}"
+            )
         if self.calib_images < 1:
             raise InputError(f"--calib-images {self.calib_images}: must be at least 1")
 
@@ -366,6 +385,7 @@ def export_model(
                 calibrate,
                 method=cfg.calib_method,
                 letterbox=letterbox,
+                keep_float=cfg.float_groups,
                 check_paths=held_out,
             )
         return write_bytes_atomic(out, path.read_bytes())
