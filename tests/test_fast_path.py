@@ -16,6 +16,7 @@ from torch import nn
 from benchmarks import roofline
 from nets.checkpoint import ModelInfo
 from nets.yolo import YoloBody
+from utils import precision
 from utils.inference.export import export_onnx
 from utils.inference.onnx_runner import OnnxRunner
 from utils.inference.predictor import Detector, InferenceConfig
@@ -182,7 +183,8 @@ def test_amp_hint_says_a_cached_speedup(tmp_path: Path) -> None:
     assert path.read_text() == before  # read, not measured again
 
 
-def test_amp_hint_measures_once_and_caches(tmp_path: Path) -> None:
+def test_amp_hint_measures_once_and_caches(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(precision, "busy_load", lambda: None)  # a quiet machine
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU()).eval()
     example = torch.rand(1, 3, 32, 32)
     first = amp_hint(model, example, "tiny conv", native=True, cache_dir=tmp_path)
@@ -200,6 +202,26 @@ def test_amp_hint_measures_once_and_caches(tmp_path: Path) -> None:
     assert set(json.loads(path.read_text())) == {entry}
 
 
+def test_a_speedup_measured_on_a_busy_machine_is_said_but_not_cached(
+    tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setattr(precision, "busy_load", lambda: 3.5)
+    monkeypatch.setattr(precision, "measure_amp_speedup", lambda forward, example: 1.5)
+    line = amp_hint(
+        nn.Conv2d(3, 4, 3), torch.rand(1, 3, 8, 8), "k", native=True, cache_dir=tmp_path
+    )
+    assert "1.50x faster" in line and "load average was 3.5: not cached" in line
+    assert not (tmp_path / AMP_CACHE_FILE).exists()  # measured again next time
+
+
+def test_busy_load_reads_the_load_average_per_cpu(monkeypatch) -> None:
+    monkeypatch.setattr(precision.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(precision.os, "getloadavg", lambda: (0.9, 0.0, 0.0))
+    assert precision.busy_load() is None  # below 0.5 per CPU
+    monkeypatch.setattr(precision.os, "getloadavg", lambda: (1.0, 0.0, 0.0))
+    assert precision.busy_load() == 1.0
+
+
 def test_amp_hint_is_silent_without_native_bfloat16(tmp_path: Path) -> None:
     model = nn.Conv2d(3, 4, 3)
     assert amp_hint(model, torch.rand(1, 3, 8, 8), "k", native=False, cache_dir=tmp_path) is None
@@ -208,6 +230,7 @@ def test_amp_hint_is_silent_without_native_bfloat16(tmp_path: Path) -> None:
 
 def test_detector_amp_hint_only_for_float32_torch_on_the_cpu(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(precision, "busy_load", lambda: None)
     tiny_detector().amp_hint(native=True)  # measured and cached under the model's key
     cache = tmp_path / "yolov4-tiny-attention"
     key = "phi 0 (none) with 2 classes, 64 px, fused True"

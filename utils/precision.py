@@ -118,6 +118,19 @@ def check_compiler() -> None:
 
 AMP_CACHE_FILE = "amp_speedup.json"  # under amp_cache_dir(): measured speed-ups by model
 AMP_HINT_MIN_SPEEDUP = 1.1  # below this --amp is not worth a line (small inputs: often slower)
+# a measurement is kept only below this 1-minute load average per CPU: other jobs' threads
+# skew float32 and bfloat16 unequally (one cached under load read 0.85x where quiet gave 1.6x)
+QUIET_LOAD_PER_CPU = 0.5
+
+
+def busy_load() -> float | None:
+    """The 1-minute load average when other work keeps this machine busy (at least
+    ``QUIET_LOAD_PER_CPU`` per CPU), else None (also where it cannot be read)."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+    return load if load >= QUIET_LOAD_PER_CPU * (os.cpu_count() or 1) else None
 
 
 def amp_cache_dir() -> Path:
@@ -166,7 +179,8 @@ def amp_hint(
     The speed-up is measured once per ``key`` (the model and input size), CPU and torch version
     (18 forward passes: 0.35-0.6 s for YOLOv4-tiny at 416 on a quiet 2-core EPYC, 2-4 s when
     other jobs share it) and kept in ``cache_dir`` (default ``amp_cache_dir()``); later runs read it
-    back at no cost. A cache that cannot be read or written only costs the measurement again.
+    back at no cost. A measurement taken while the machine is busy (``busy_load``) is shown but
+    not kept. A cache that cannot be read or written only costs the measurement again.
     """
     if not (cpu_has_native_bf16() if native is None else native):
         return None
@@ -183,13 +197,17 @@ def amp_hint(
     else:
         start = time.perf_counter()
         speedup = measure_amp_speedup(forward, example)
-        how = f"measured now in {time.perf_counter() - start:.1f} s, cached in {path}"
-        cache[entry] = round(speedup, 3)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(path, json.dumps(cache, indent=1))
-        except OSError:
-            how = how.split(", cached")[0]
+        how = f"measured now in {time.perf_counter() - start:.1f} s"
+        if (load := busy_load()) is not None:  # measured again next time, when it may be quiet
+            how += f" while the load average was {load:.1f}: not cached"
+        else:
+            cache[entry] = round(speedup, 3)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_text_atomic(path, json.dumps(cache, indent=1))
+                how += f", cached in {path}"
+            except OSError:
+                pass
     return amp_hint_text(speedup, how) if speedup >= AMP_HINT_MIN_SPEEDUP else None
 
 
