@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from utils.precision import AMP_HINT_ENV
+
 ROOT = Path(__file__).resolve().parents[1]
 
 MODEL_DATA = ROOT / "model_data"
@@ -17,15 +19,18 @@ MODEL_DATA = ROOT / "model_data"
 
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache(tmp_path_factory: pytest.TempPathFactory):
-    """Caches the commands keep between runs (the measured --amp speed-up) go to a folder of
-    this test session, for subprocesses too, never to the user's ~/.cache."""
-    before = os.environ.get("XDG_CACHE_HOME")
-    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
+    """Caches the commands keep between runs go to a folder of this test session, for
+    subprocesses too, never to the user's ~/.cache; and the --amp line's measurement (which
+    runs the model 18 more times per command on a busy machine) is off except where tested."""
+    settings = {"XDG_CACHE_HOME": str(tmp_path_factory.mktemp("cache")), AMP_HINT_ENV: "0"}
+    before = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
     yield
-    if before is None:
-        del os.environ["XDG_CACHE_HOME"]
-    else:
-        os.environ["XDG_CACHE_HOME"] = before
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 def require_asset(path: Path) -> Path:

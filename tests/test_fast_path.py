@@ -20,7 +20,7 @@ from utils import precision
 from utils.inference.export import export_onnx
 from utils.inference.onnx_runner import OnnxRunner
 from utils.inference.predictor import Detector, InferenceConfig
-from utils.precision import AMP_CACHE_FILE, amp_cache_entry, amp_hint, amp_hint_text
+from utils.precision import AMP_CACHE_FILE, AMP_HINT_ENV, amp_cache_entry, amp_hint, amp_hint_text
 from utils.preprocess import InputCanvas, decode_reduction, preprocess_bgr, to_tensor
 from utils.sources import ImageReadError, jpeg_size, read_image, read_image_reduced
 
@@ -169,6 +169,19 @@ def write_cache(folder: Path, speedups: dict[str, float]) -> Path:
     path = folder / AMP_CACHE_FILE
     path.write_text(json.dumps({amp_cache_entry(k): v for k, v in speedups.items()}))
     return path
+
+
+@pytest.fixture(autouse=True)
+def _amp_hint_on(monkeypatch) -> None:
+    """The suite turns the --amp line off (conftest); here it is what is tested."""
+    monkeypatch.delenv(AMP_HINT_ENV, raising=False)
+
+
+def test_amp_hint_is_off_when_the_environment_says_so(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv(AMP_HINT_ENV, "0")
+    monkeypatch.setattr(precision, "measure_amp_speedup", lambda forward, example: 1 / 0)
+    model, example = nn.Conv2d(3, 4, 3), torch.rand(1, 3, 8, 8)
+    assert amp_hint(model, example, "k", native=True, cache_dir=tmp_path) is None
 
 
 def test_amp_hint_says_a_cached_speedup(tmp_path: Path) -> None:

@@ -292,23 +292,23 @@ def test_every_check_rehearsed_on_the_cpu(official_weights, sample_images, tmp_p
         "train speed, bfloat16",
         "DDP, gloo, world size 2",
         *(f"inference batch {b}, {p}" for b in (1, 2) for p in ("float32", "bfloat16")),
-        "detections cpu vs cpu, float32",
-        "eval pass cpu vs cpu",
+        "detections cpu vs cpu, float32 (TF32 off)",
+        "eval pass cpu vs cpu (TF32 off)",
     }
     assert rows["train phi 0 (none), bfloat16"]["result"].startswith("3 steps: ")
     assert json.loads((tmp_path / "demo" / "demo.json").read_text())["num_images"] == 24
     for name in (
         "DDP, gloo, world size 2",
-        "detections cpu vs cpu, float32",
-        "eval pass cpu vs cpu",
+        "detections cpu vs cpu, float32 (TF32 off)",
+        "eval pass cpu vs cpu (TF32 off)",
     ):
         assert rows[name]["passed"], rows[name]
     assert "max difference 0;" in rows["DDP, gloo, world size 2"]["numbers"]
     assert (
         "max box difference 0 px, max score difference 0"
-        in rows["detections cpu vs cpu, float32"]["numbers"]
+        in rows["detections cpu vs cpu, float32 (TF32 off)"]["numbers"]
     )
-    assert rows["eval pass cpu vs cpu"]["numbers"].startswith("max |difference| 0 ")
+    assert rows["eval pass cpu vs cpu (TF32 off)"]["numbers"].startswith("max |difference| 0 ")
     assert printed.count("PASS") + printed.count("FAIL") >= len(rows)
     assert code == (0 if all(r["passed"] for r in rows.values()) else 1)
 

@@ -25,6 +25,7 @@ from tools import (
     study,
 )
 from utils.errors import InputError
+from utils.training import launch
 
 
 @pytest.fixture()
@@ -109,7 +110,7 @@ def test_study_refuses_a_negative_seed_before_making_a_folder(tmp_path: Path, mo
     def refuse(cfg, *args, **kwargs):
         raise AssertionError(f"trained {cfg.name} although the study should have stopped")
 
-    monkeypatch.setattr(study, "fit", refuse)
+    monkeypatch.setattr(launch, "fit", refuse)  # where every launcher trains
     base = tiny_train_config(*make_split(tmp_path / "voc", num_train=2, num_test=2))
     out = tmp_path / "out"
     with pytest.raises(InputError, match=r"^--seeds -1: must be >= 0$"):

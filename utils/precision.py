@@ -121,6 +121,8 @@ AMP_HINT_MIN_SPEEDUP = 1.1  # below this --amp is not worth a line (small inputs
 # a measurement is kept only below this 1-minute load average per CPU: other jobs' threads
 # skew float32 and bfloat16 unequally (one cached under load read 0.85x where quiet gave 1.6x)
 QUIET_LOAD_PER_CPU = 0.5
+# YOLO_AMP_HINT=0 turns the line and its measurement off (scripts, test suites)
+AMP_HINT_ENV = "YOLO_AMP_HINT"
 
 
 def busy_load() -> float | None:
@@ -180,8 +182,11 @@ def amp_hint(
     (18 forward passes: 0.35-0.6 s for YOLOv4-tiny at 416 on a quiet 2-core EPYC, 2-4 s when
     other jobs share it) and kept in ``cache_dir`` (default ``amp_cache_dir()``); later runs read it
     back at no cost. A measurement taken while the machine is busy (``busy_load``) is shown but
-    not kept. A cache that cannot be read or written only costs the measurement again.
+    not kept. ``YOLO_AMP_HINT=0`` in the environment turns the line and its measurement off.
+    A cache that cannot be read or written only costs the measurement again.
     """
+    if os.environ.get(AMP_HINT_ENV) == "0":
+        return None
     if not (cpu_has_native_bf16() if native is None else native):
         return None
     path = (cache_dir or amp_cache_dir()) / AMP_CACHE_FILE
