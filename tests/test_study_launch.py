@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -22,6 +22,8 @@ from voc_factory import make_split, tiny_train_config
 from tools import study
 from utils.device import available_cpus
 from utils.errors import InputError
+from utils.training import launch
+from utils.training.config import TrainConfig
 from utils.training.launch import (
     SLURM_JOBS,
     ProcessLauncher,
@@ -116,14 +118,14 @@ def test_a_run_spec_round_trips(tmp_path) -> None:
         RunSpec.read(path)
 
 
-@pytest.mark.parametrize("trained", [False, True])
-def test_a_restarted_run_never_removes_a_folder_that_is_no_dead_run(tmp_path, trained, capsys):
+@pytest.mark.parametrize("kind", ["trained", "other files", "another tool's config.json"])
+def test_a_restarted_run_never_removes_a_folder_that_is_no_dead_run(tmp_path, kind, capsys):
     folder = tmp_path / "phi0_seed0"
-    keep = folder / ("weights/last.pth" if trained else "thesis.txt")
+    keep = folder / ("weights/last.pth" if kind == "trained" else "thesis.txt")
     keep.parent.mkdir(parents=True)
     keep.write_text("precious")
-    if trained:
-        (folder / "config.json").write_text("{}")
+    if kind != "other files":  # a config.json, but not a training run's settings
+        (folder / "config.json").write_text('{"theme": "dark"}')
     spec = RunSpec("phi0_seed0", str(folder), {}, restart=True)
     path = tmp_path / "spec.json"
     path.write_text(spec.to_json())
@@ -370,3 +372,14 @@ def test_a_placement_sweep_compares_each_placement_as_a_block(tiny_voc, tmp_path
     md = paths["md"].read_text()
     assert "| 1 se attention_at=feat1 | 1 |" in md and "| 1 se attention_at=csp3 | 1 |" in md
     assert "| se attention_at=feat1 vs se attention_at=csp3 |" in md  # a pair of blocks
+
+
+def test_a_run_that_died_before_its_first_epoch_may_be_removed(tmp_path) -> None:
+    folder = tmp_path / "phi0_seed0"
+    (folder / "weights").mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(asdict(TrainConfig(data="demo"))))
+    (folder / "train.log").write_text("epoch 1 started\n")
+    launch._check_dead_run(folder)  # what a dead run leaves: no error
+    (folder / "weights" / "last.pth").write_text("a trained run")
+    with pytest.raises(InputError, match="holds a trained run"):
+        launch._check_dead_run(folder)

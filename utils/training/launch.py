@@ -130,17 +130,28 @@ def execute_run(spec: RunSpec, threads: int | None = None) -> str:
 
 
 def _check_dead_run(folder: Path) -> None:
-    """InputError unless ``folder`` is what a run that never finished an epoch leaves (its
-    ``config.json`` and no ``last.pth``, or only the lock): nothing else is removed."""
+    """InputError unless ``folder`` is what a run that never finished an epoch leaves (a
+    ``config.json`` of a training run and no ``last.pth``, or only the lock): nothing else is
+    removed."""
     if not folder.is_dir():
         raise InputError(f"{folder}: not a run folder; not removed, move it away")
     entries = [p.name for p in folder.iterdir() if p.name != LOCK_NAME]
     trained = (folder / "weights" / "last.pth").is_file()
-    if trained or (entries and "config.json" not in entries):
+    if trained or (entries and not _is_run_config(folder / "config.json")):
         raise InputError(
             f"{folder}: holds {'a trained run' if trained else 'files but no run'}; "
             "not removed to train it anew, move it away"
         )
+
+
+def _is_run_config(path: Path) -> bool:
+    """Whether ``path`` is a training run's stored settings (every ``TrainConfig`` field), not
+    just any file of that name in a user's folder."""
+    try:
+        TrainConfig(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        return False
+    return True
 
 
 def execute_logged(spec: dict, threads: int | None, log_path: str) -> str:
