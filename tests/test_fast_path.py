@@ -79,17 +79,22 @@ def test_detector_input_canvas_follows_its_settings() -> None:
     assert tensor.shape == (1, 3, 96, 96) and meta.pad_x == meta.pad_y == 0
 
 
+def assert_call_matches_the_three_stages(detector: Detector, image: np.ndarray) -> None:
+    """``detector(image)`` (reused input buffers) gives exactly what preprocess, forward and
+    postprocess give one after another."""
+    batch, metas = detector.preprocess([image])
+    expected = detector.postprocess(detector.forward(batch), metas)[0]
+    got = detector(image)
+    assert len(expected) > 0
+    np.testing.assert_array_equal(got.boxes, expected.boxes)
+    np.testing.assert_array_equal(got.scores, expected.scores)
+    np.testing.assert_array_equal(got.labels, expected.labels)
+
+
 def test_detector_call_matches_the_three_stages() -> None:
     detector = tiny_detector(conf_thresh=0.01)
     for k, (h, w) in enumerate([(120, 90), (90, 120)]):
-        image = random_image(h, w, seed=k)
-        batch, metas = detector.preprocess([image])
-        expected = detector.postprocess(detector.forward(batch), metas)[0]
-        got = detector(image)
-        assert len(expected) > 0
-        np.testing.assert_array_equal(got.boxes, expected.boxes)
-        np.testing.assert_array_equal(got.scores, expected.scores)
-        np.testing.assert_array_equal(got.labels, expected.labels)
+        assert_call_matches_the_three_stages(detector, random_image(h, w, seed=k))
 
 
 def test_onnx_runtime_detector_call_matches_the_three_stages(tmp_path: Path) -> None:
@@ -97,13 +102,7 @@ def test_onnx_runtime_detector_call_matches_the_three_stages(tmp_path: Path) -> 
     path = export_onnx(torch_detector.model, tmp_path / "m.onnx", torch_detector.geometry)
     config = InferenceConfig(img_size=SIZE, device="cpu", conf_thresh=0.01, backend="onnxruntime")
     detector = Detector(None, torch_detector.info, config=config, runner=OnnxRunner(path))
-    image = random_image(100, 70)
-    batch, metas = detector.preprocess([image])
-    expected = detector.postprocess(detector.forward(batch), metas)[0]
-    got = detector(image)
-    assert len(expected) > 0
-    np.testing.assert_array_equal(got.boxes, expected.boxes)
-    np.testing.assert_array_equal(got.scores, expected.scores)
+    assert_call_matches_the_three_stages(detector, random_image(100, 70))
 
 
 # --------------------------------------------------------------------------- reduced decode
