@@ -99,7 +99,11 @@ def test_runs_are_packed_onto_gpus_and_share_the_cpu() -> None:
         "MKL_NUM_THREADS": "4",
         "CUDA_VISIBLE_DEVICES": "5",
     }
-    assert plan_slots(3, 1, [], cpus=2) == [Slot(None, 1)] * 3  # never 0 threads
+    assert plan_slots(3, 1, [], cpus=4) == [Slot(None, 1)] * 3
+    with pytest.raises(InputError, match=r"--parallel 3: this machine has 2 CPU\(s\)"):
+        plan_slots(3, 1, [], cpus=2)
+    with pytest.raises(InputError, match="--runs-per-gpu 2: no GPU is visible here"):
+        plan_slots(2, 2, [], cpus=8)
     assert "CUDA_VISIBLE_DEVICES" not in plan_slots(2, 1, [], cpus=8)[0].env()
     with pytest.raises(InputError, match=r"--parallel 5: 2 GPU\(s\) x --runs-per-gpu 2 hold 4"):
         plan_slots(5, 2, ["0", "1"], cpus=16)
@@ -220,6 +224,14 @@ def test_a_bad_ray_address_is_one_error_line_before_any_run(tiny_voc, tmp_path, 
         (("--slurm-partition", "gpu"), "--slurm-partition: only --launcher slurm reads it"),
         (("--retries", "-1"), "--retries -1: must be at least 0"),
         (("--slurm-time", "0"), "--slurm-time 0: must be at least 1"),
+        (
+            ("--runs-per-gpu", "2"),
+            "--runs-per-gpu: packs --parallel runs onto a GPU; give --parallel",
+        ),
+        (
+            ("--parallel", "1000", "--device", "cpu"),
+            f"--parallel 1000: this machine has {available_cpus()} CPU(s); at most one run per CPU",
+        ),
     ],
 )
 def test_a_bad_launcher_count_names_its_flag(tiny_voc, tmp_path, capsys, flags, expected):
@@ -283,6 +295,43 @@ def test_a_killed_worker_is_named_while_the_others_finish(tmp_path) -> None:
         ("c", "finished", ""),
     ]
     assert "== b failed: killed by signal 9" in " ".join(said)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_workers_end_when_the_study_is_killed(tmp_path) -> None:
+    # a study process whose worker records its pid and sleeps; the study is SIGKILLed
+    worker = (
+        "import os, sys, time; from pathlib import Path; "
+        "Path(sys.argv[-1]).with_suffix('.pid').write_text(str(os.getpid())); time.sleep(120)"
+    )
+    study_code = (
+        "import sys; from pathlib import Path; "
+        "from utils.training.launch import ProcessLauncher, RunSpec, Slot; "
+        f"ProcessLauncher([sys.executable, '-c', {worker!r}], [Slot(None, 1)], "
+        f"Path({str(tmp_path / 'launch')!r})).launch([RunSpec('a', {str(tmp_path / 'a')!r}, {{}})])"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", study_code], cwd=ROOT)
+    pid_file = tmp_path / "launch" / "a.pid"
+    deadline = time.monotonic() + 60
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline and parent.poll() is None, "the worker never started"
+        time.sleep(0.1)
+    worker_pid = int(pid_file.read_text())
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while _alive(worker_pid):
+        assert time.monotonic() < deadline, "the worker went on after its study was killed"
+        time.sleep(0.1)
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, dead but not yet reaped by init, counts as ended)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
 
 
 @pytest.mark.slow

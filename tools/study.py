@@ -627,6 +627,8 @@ def make_launcher(args: argparse.Namespace, out: Path) -> Launcher:
             raise InputError("--launcher slurm: no Slurm here (sbatch is not on the PATH)")
         return SubmititLauncher(options, files, not args.no_wait, print, pythonpath)
     if args.parallel == 1:
+        if args.runs_per_gpu != 1:
+            raise InputError("--runs-per-gpu: packs --parallel runs onto a GPU; give --parallel")
         return InProcessLauncher(progress=print)
     device = args.device.strip().lower()
     if device not in ("auto", "cpu", "cuda"):

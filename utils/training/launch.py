@@ -27,7 +27,9 @@ import logging
 import os
 import shlex
 import shutil
+import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -245,15 +247,21 @@ def plan_slots(parallel: int, runs_per_gpu: int, gpus: Sequence[str], cpus: int)
     ``cpus // parallel`` threads each.
 
     Raises:
-        InputError: more parallel runs than the GPUs hold at ``runs_per_gpu``, or a count
-            below 1.
+        InputError: more parallel runs than the GPUs hold at ``runs_per_gpu`` (without GPUs:
+            than there are CPUs, or ``runs_per_gpu`` other than 1), or a count below 1.
     """
     if parallel < 1:
         raise InputError(f"--parallel {parallel}: must be at least 1")
     if runs_per_gpu < 1:
         raise InputError(f"--runs-per-gpu {runs_per_gpu}: must be at least 1")
     if not gpus:
-        return [Slot(None, max(1, cpus // parallel))] * parallel
+        if runs_per_gpu != 1:
+            raise InputError(f"--runs-per-gpu {runs_per_gpu}: no GPU is visible here")
+        if parallel > cpus:  # more would only slow every run down, and may exhaust memory
+            raise InputError(
+                f"--parallel {parallel}: this machine has {cpus} CPU(s); at most one run per CPU"
+            )
+        return [Slot(None, cpus // parallel)] * parallel
     if parallel > len(gpus) * runs_per_gpu:
         raise InputError(
             f"--parallel {parallel}: {len(gpus)} GPU(s) x --runs-per-gpu {runs_per_gpu} hold "
@@ -319,6 +327,7 @@ class ProcessLauncher:
                 stdin=subprocess.DEVNULL,
                 env={**os.environ, **self.extra_env, **slot.env()},
                 cwd=spec.workdir or None,
+                preexec_fn=_ender(),
             )
 
     def _outcome(self, spec: RunSpec, code: int) -> RunOutcome:
@@ -334,6 +343,26 @@ class ProcessLauncher:
     def _report(self, outcome: RunOutcome, done: int, total: int) -> None:
         said = "finished" if outcome.finished else f"failed: {outcome.error}"
         self.progress(f"== {outcome.name} {said} ({done}/{total} done)")
+
+
+def _ender() -> Callable[[], None] | None:
+    """What a worker runs before it starts (Linux; None elsewhere): ask for SIGTERM when the
+    study that started it dies, so a killed study (even by SIGKILL) leaves no run training on
+    in the background, holding its folder's lock. Checkpoints are written whole at each
+    epoch's end, so the next call of the study continues the run from its last finished
+    epoch. libc is loaded here, in the study: the forked child only makes the call."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    prctl, parent = ctypes.CDLL(None).prctl, os.getpid()
+
+    def end_with_parent() -> None:
+        prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the study died before the call took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return end_with_parent
 
 
 class RayLauncher:
