@@ -27,8 +27,10 @@ PyTorch fused (float32, the default) <= 1.00x, ONNX Runtime INT8 <= 0.45x.
 Then the end-to-end breakdown (``--no-breakdown`` skips it): for PyTorch fused, ONNX Runtime and
 INT8, the median of each stage (JPEG read, preprocess, forward, decode + NMS, and what no stage
 accounts for) timed inside the end-to-end loop, before (a fresh canvas and input tensor per
-image, as ``Detector.preprocess``) and after (``Detector.__call__``'s reused ``InputCanvas``),
-and for INT8 with the opt-in reduced JPEG decode; the overhead is total - forward.
+image, as ``Detector.preprocess``, torch at its own thread count) and after
+(``Detector.__call__``: its reused ``InputCanvas``, and torch at one thread beside an ONNX
+Runtime session), and for INT8 with the opt-in reduced JPEG decode; the overhead is total -
+forward.
 
 Then the roofline (``--no-roofline`` skips it): float32 and bfloat16 (torch ``mm``) and INT8
 (ONNX Runtime ``MatMulInteger``) matrix-multiply peaks measured now, the model's GFLOPs, and each
@@ -47,6 +49,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import tempfile
 from pathlib import Path
 
@@ -132,10 +135,13 @@ BREAKDOWN_STAGES = ("read", "preprocess", "forward", "decode_nms")
 
 def timed_pass(detector: Detector, image_path: str, variant: str, timer: StageTimer, keep: bool):
     """One end-to-end pass, stage by stage. ``variant``: ``before`` (a fresh canvas and input
-    tensor per image, as ``Detector.preprocess`` makes them, the library's path until the
-    reused buffers), ``after`` (``Detector.__call__``'s reused ``InputCanvas``) or
-    ``reduced`` (after, with the opt-in reduced JPEG decode)."""
-    with timer.stage("total", record=keep):
+    tensor per image, as ``Detector.preprocess`` makes them, and torch at its own thread count:
+    the library's path until the reused buffers and ``Detector.torch_threads``), ``after``
+    (``Detector.__call__``'s: the reused ``InputCanvas``, within ``torch_threads``, which gives
+    torch one thread beside an ONNX Runtime session) or ``reduced`` (after, with the opt-in
+    reduced JPEG decode)."""
+    threads = detector.torch_threads() if variant != "before" else contextlib.nullcontext()
+    with threads, timer.stage("total", record=keep):
         with timer.stage("read", record=keep):
             if variant == "reduced":
                 image, original = read_image_reduced(image_path, INPUT_SIZE)
@@ -157,8 +163,9 @@ def measure_breakdown(
     engines: list[Engine], image_path: str, runs: int, warmup: int, seed: int = 1
 ) -> dict[str, dict]:
     """Where the end-to-end time goes, per path and variant (before / after the reused input
-    buffers; reduced decode for INT8), timed inside the end-to-end loop (a stage timed alone
-    runs with warm caches and reads low), all interleaved in random order.
+    buffers and torch's thread setting; reduced decode for INT8), timed inside the end-to-end
+    loop (a stage timed alone runs with warm caches and reads low), all interleaved in random
+    order.
 
     Returns:
         ``{"<path>/<variant>": {stage: median ms, ..., "total", "overhead", "other"}}``:
@@ -443,7 +450,8 @@ def measure_official(args: argparse.Namespace, folder: Path, report: dict) -> De
         print(
             f"\nend-to-end breakdown, median ms of {args.breakdown_runs} passes per case timed "
             "stage by stage inside the loop; before: a fresh canvas and input tensor per "
-            "image; after: the reused InputCanvas; reduced: opt-in reduced JPEG decode "
+            "image, torch at its own threads; after: the reused InputCanvas, torch at 1 "
+            "thread beside ONNX Runtime; reduced: opt-in reduced JPEG decode "
             "(changes the model's input)"
         )
         breakdown = measure_breakdown(engines, args.image, args.breakdown_runs, 2)

@@ -17,12 +17,20 @@ from benchmarks import roofline
 from nets.checkpoint import ModelInfo
 from nets.yolo import YoloBody
 from utils import precision
+from utils.device import TORCH_THREADS_BESIDE_ONNX, torch_threads
 from utils.inference.export import export_onnx
 from utils.inference.onnx_runner import OnnxRunner
+from utils.inference.predict_loop import OutputOptions, run_predictions
 from utils.inference.predictor import Detector, InferenceConfig
 from utils.precision import AMP_CACHE_FILE, AMP_HINT_ENV, amp_cache_entry, amp_hint, amp_hint_text
 from utils.preprocess import InputCanvas, decode_reduction, preprocess_bgr, to_tensor
-from utils.sources import ImageReadError, jpeg_size, read_image, read_image_reduced
+from utils.sources import (
+    ImageReadError,
+    jpeg_size,
+    read_image,
+    read_image_reduced,
+    resolve_source,
+)
 
 SIZE = 64
 
@@ -103,6 +111,47 @@ def test_onnx_runtime_detector_call_matches_the_three_stages(tmp_path: Path) -> 
     config = InferenceConfig(img_size=SIZE, device="cpu", conf_thresh=0.01, backend="onnxruntime")
     detector = Detector(None, torch_detector.info, config=config, runner=OnnxRunner(path))
     assert_call_matches_the_three_stages(detector, random_image(100, 70))
+
+
+class ThreadRecordingRunner:
+    """The ONNX Runtime session's place in a Detector: records torch's thread count at each
+    call and runs the real raw-map graph."""
+
+    def __init__(self, runner: OnnxRunner) -> None:
+        self.runner, self.torch_threads = runner, []
+        self.threads = runner.threads
+
+    def __call__(self, batch: torch.Tensor) -> list[torch.Tensor]:
+        self.torch_threads.append(torch.get_num_threads())
+        return self.runner(batch)
+
+
+def test_torch_threads_restores_the_setting_even_on_error() -> None:
+    before = torch.get_num_threads()
+    target = 1 if before != 1 else 2
+    with pytest.raises(RuntimeError), torch_threads(target):
+        assert torch.get_num_threads() == target
+        raise RuntimeError
+    assert torch.get_num_threads() == before
+
+
+def test_torch_runs_one_thread_beside_an_onnx_runtime_session(tmp_path: Path) -> None:
+    torch_detector = tiny_detector(conf_thresh=0.01)
+    path = export_onnx(torch_detector.model, tmp_path / "m.onnx", torch_detector.geometry)
+    runner = ThreadRecordingRunner(OnnxRunner(path))
+    detector = Detector(None, torch_detector.info, config=torch_detector.config, runner=runner)
+    before = torch.get_num_threads()
+    with torch_threads(2):  # as on a 2-core machine, whatever this one has
+        detector(random_image(100, 70))
+        image = write_jpeg(tmp_path / "a.jpg", random_image(90, 120))
+        opts = OutputOptions(save_dir=tmp_path / "out")
+        summary = run_predictions(detector, resolve_source(str(image)), opts)
+        assert summary.images == 1 and torch.get_num_threads() == 2
+        # a PyTorch model keeps torch's threads: it is what they run
+        with torch_detector.torch_threads():
+            assert torch.get_num_threads() == 2
+    assert runner.torch_threads == [TORCH_THREADS_BESIDE_ONNX] * 2
+    assert torch.get_num_threads() == before
 
 
 # --------------------------------------------------------------------------- reduced decode

@@ -642,11 +642,12 @@ def run_predictions(
     files, _ = pipeline.resolve(detector.device, threads, idle_threads_sleep=sleep)
     camera, _ = pipeline.resolve(detector.device, threads, webcam=True, idle_threads_sleep=sleep)
     try:
-        _run_images(detector, source.images, opts, summary, window, attention, files)
-        for video in source.videos:
-            _run_stream(detector, video, opts, summary, window, attention, files)
-        if source.webcam is not None:
-            _run_stream(detector, source.webcam, opts, summary, window, attention, camera)
+        with detector.torch_threads():
+            _run_images(detector, source.images, opts, summary, window, attention, files)
+            for video in source.videos:
+                _run_stream(detector, video, opts, summary, window, attention, files)
+            if source.webcam is not None:
+                _run_stream(detector, source.webcam, opts, summary, window, attention, camera)
     finally:  # Ctrl-C on a webcam still leaves the JSON of what was seen (threads joined)
         if opts.json_path is not None:
             write_json(opts.json_path, summary.records)

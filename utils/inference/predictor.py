@@ -9,6 +9,7 @@ for box, score, name in zip(detections.boxes, detections.scores, detections.name
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -27,7 +28,7 @@ from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, YoloBody
 from utils.classes import read_anchors, read_class_names
 from utils.config import Rule, option, rule_problems, shared
 from utils.detections import Detections
-from utils.device import DeviceOptions, select_device
+from utils.device import TORCH_THREADS_BESIDE_ONNX, DeviceOptions, select_device, torch_threads
 from utils.errors import InputError
 from utils.paths import COCO_CLASSES, OFFICIAL_WEIGHTS
 from utils.precision import AMP_TORCH_ONLY, amp_hint, autocast, inference_precision
@@ -402,8 +403,17 @@ class Detector:
                 raise InputError("original_size: reduced decoding is for the CPU input path")
             batch, metas = self.preprocess([image_bgr])
             return self.postprocess(self.forward(batch), metas)[0]
-        batch, meta = self.input_canvas()(image_bgr, original_size)
-        return self.postprocess(self.forward(batch), [meta])[0]
+        with self.torch_threads():
+            batch, meta = self.input_canvas()(image_bgr, original_size)
+            return self.postprocess(self.forward(batch), [meta])[0]
+
+    def torch_threads(self) -> contextlib.AbstractContextManager:
+        """A context in which torch has the threads this Detector's stages want: unchanged
+        for a PyTorch model; for an ONNX Runtime session ``TORCH_THREADS_BESIDE_ONNX`` (torch
+        then only pre- and post-processes, and more threads compete with the session's)."""
+        if isinstance(self.model, torch.nn.Module):
+            return contextlib.nullcontext()
+        return torch_threads(TORCH_THREADS_BESIDE_ONNX)
 
     def amp_hint(self, native: bool | None = None) -> str | None:
         """The line saying that ``--amp`` is available and how much faster it measured, where
