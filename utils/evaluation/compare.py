@@ -8,6 +8,7 @@ turns them into the tables, the paired bootstrap verdicts and the plots.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Collection
 from dataclasses import replace
@@ -158,7 +159,9 @@ def evaluate_checkpoint(
     annotations, dataset = _checked_ground_truth(labels, voc_root, split, names)
     cfg = replace(cfg, img_size=cfg.img_size or info.input_size)
     model.to(device)
-    detected = detect_dataset(model, annotations, info.geometry, cfg, device=device)
+    # beside an ONNX Runtime session torch runs at one thread (Detector.torch_threads)
+    with detector.torch_threads() if detector is not None else contextlib.nullcontext():
+        detected = detect_dataset(model, annotations, info.geometry, cfg, device=device)
     precision = inference_precision(cfg.amp, device)
     protocol = f"{dataset} at {cfg.img_size}" + (
         "" if precision.dtype is None else f", {precision.name} autocast"
