@@ -15,10 +15,12 @@ from nets.checkpoint import ModelInfo, save_checkpoint
 from nets.decode import Geometry
 from nets.yolo import YoloBody
 from tools import export as export_tool
+from utils.errors import InputError
 from utils.inference.export import ExportConfig, ExportResult, export_onnx
 from utils.inference.onnx_runner import onnx_metadata
 from utils.inference.quantize import (
     DEFAULT_FLOAT,
+    TARGET_LOSS,
     HeldOutCheck,
     _ap,
     check_held_out,
@@ -190,8 +192,16 @@ def test_export_int8_prints_the_held_out_cost(tmp_path, capsys) -> None:
     assert quant["calibration_images"] == 5  # the 5th of 6 held out
     held = quant["held_out"]
     assert held["images"] == 1 and 0 <= held["ap50"] <= 1
-    assert set(quant["tried"]) == {"minmax", "percentile"}  # auto: both, the better kept
-    assert quant["tried"][quant["method"]] == min(quant["tried"].values())
+    # auto: both methods with the default float groups; the early layers too only when
+    # those missed the target on the held-out images; the least loss kept
+    tried = quant["tried"]
+    fast = {key: tried.pop(key) for key in ("minmax heads+first", "percentile heads+first")}
+    if min(fast.values()) <= TARGET_LOSS:
+        assert not tried and quant["float_groups"] == ["heads", "first"]
+    else:
+        assert set(tried) == {"minmax heads+first+early", "percentile heads+first+early"}
+    kept = f"{quant['method']} {'+'.join(quant['float_groups'])}"
+    assert {**fast, **tried}[kept] == min({**fast, **tried}.values())
     assert "on 1 held-out calibration images" in printed
     assert f"{100 * (1 - held['ap50']):.1f} points lost" in printed
 
@@ -217,6 +227,58 @@ def test_a_block_over_the_target_is_flagged(tmp_path) -> None:
         over.paths, info, 64, cfg, {"method": "minmax", "calibration_images": 3}
     )
     assert "not checked" in unchecked.int8_check()[0]
+
+
+def test_the_early_layers_kept_by_auto_are_said(tmp_path) -> None:
+    info = ModelInfo(phi=4, phi_name="ca", num_classes=3, class_names=["a", "b", "c"])
+    held = {"images": 20, "float_boxes": 50, "found": 50, "ap50": 0.998}
+    quant = {
+        "method": "minmax",
+        "calibration_images": 80,
+        "held_out": held,
+        "float_groups": ["heads", "first", "early"],
+        "tried": {
+            "minmax heads+first": 2.4,
+            "percentile heads+first": 1.9,
+            "minmax heads+first+early": 0.2,
+            "percentile heads+first+early": 0.6,
+        },
+    }
+    cfg = ExportConfig(out=str(tmp_path / "m.onnx"), int8="calib")
+    result = ExportResult((tmp_path / "m.onnx",), info, 64, cfg, quant)
+    said = result.describe()
+    assert "float: heads+first+early" in said
+    assert "kept the early layers in float: without them INT8 lost 1.9 points" in said
+    assert "--int8-float heads,first for the faster graph" in said
+    quant_fast = {**quant, "float_groups": ["heads", "first"], "tried": {"minmax heads+first": 0}}
+    assert "kept the early" not in ExportResult(result.paths, info, 64, cfg, quant_fast).describe()
+
+
+def test_auto_float_groups_without_held_out_images_keep_the_default(graphs, tmp_path) -> None:
+    graph, images = graphs[4], _images(tmp_path / "calib", 3)
+    out = quantize_int8(graph, tmp_path / "int8.onnx", images, keep_float="auto")
+    quant = onnx_metadata(out)["quantization"]
+    assert quant["float_groups"] == list(DEFAULT_FLOAT) and "tried" not in quant
+    with pytest.raises(InputError, match="give group names or auto"):
+        quantize_int8(graph, tmp_path / "x.onnx", images, keep_float="fast")
+
+
+def test_auto_starts_ca_at_its_measured_setting(tmp_path) -> None:
+    torch.manual_seed(4)
+    meta = {"phi": 4, "phi_name": "ca", "class_names": ["a", "b", "c"]}
+    graph = export_onnx(
+        YoloBody(3, 4), tmp_path / "ca.onnx", Geometry(input_size=64), metadata=meta
+    )
+    images = _images(tmp_path / "calib", 6)
+    out = quantize_int8(
+        graph, tmp_path / "int8.onnx", images[:5], keep_float="auto", check_paths=images[5:]
+    )
+    quant = onnx_metadata(out)["quantization"]
+    assert quant["float_groups"] == [*DEFAULT_FLOAT, "early"] and quant["method"] == "minmax"
+    assert "tried" not in quant  # one setting: no faster graph was tried first
+    # float groups asked for are kept (CA's start is the auto setting only)
+    plain = quantize_int8(graph, tmp_path / "f.onnx", images[:5], keep_float=DEFAULT_FLOAT)
+    assert onnx_metadata(plain)["quantization"]["float_groups"] == list(DEFAULT_FLOAT)
 
 
 def test_benchmark_per_phi_reports_every_phi(tmp_path, capsys) -> None:
