@@ -160,8 +160,10 @@ def per_phi(args: argparse.Namespace) -> int:
             )[0]
             for w in (fp32, int8)
         ]
-        held = HeldOutCheck(**onnx_metadata(int8)["quantization"]["held_out"])
-        rows.append((phi, info.phi_name, *evaluated, held))
+        quant = onnx_metadata(int8)["quantization"]
+        held = HeldOutCheck(**quant["held_out"])
+        setting = f"{quant['method']} {'+'.join(quant['float_groups'])}"
+        rows.append((phi, info.phi_name, *evaluated, held, setting))
         report["phis"][phi] = {
             "block": info.phi_name,
             "fp32_voc12": evaluated[0].voc12,
@@ -169,20 +171,21 @@ def per_phi(args: argparse.Namespace) -> int:
             "fp32_ms": evaluated[0].latency_ms,
             "int8_ms": evaluated[1].latency_ms,
             "held_out_loss": held.loss,
-            "quantization": onnx_metadata(int8)["quantization"],
+            "quantization": quant,
         }
     print(f"\n{args.split} of {source.voc_root}; INT8 calibrated on {args.calib_split}")
     print(
         f"{'phi':<4}{'block':<12}{'fp32':>7}{'INT8':>7}{'d pts':>7}  {'target':<7}"
-        f"{'held-out':>9}{'fp32 ms':>9}{'INT8 ms':>9}{'x':>7}"
+        f"{'held-out':>9}{'fp32 ms':>9}{'INT8 ms':>9}{'x':>7}  calibration, float groups"
     )
-    for phi, name, fp32_row, int8_row, held in rows:
+    for phi, name, fp32_row, int8_row, held, setting in rows:
         change = 100 * (int8_row.voc12 - fp32_row.voc12)
         print(
             f"{phi:<4}{name:<12}{100 * fp32_row.voc12:>7.2f}{100 * int8_row.voc12:>7.2f}"
             f"{change:>+7.2f}  {'ok' if change >= -TARGET_LOSS else 'OVER':<7}"
-            f"{-held.loss:>+9.1f}{fp32_row.latency_ms:>9.2f}{int8_row.latency_ms:>9.2f}"
-            f"{int8_row.latency_ms / fp32_row.latency_ms:>6.2f}x"
+            f"{round(-held.loss, 1) + 0.0:>+9.1f}"  # + 0.0: no "-0.0"
+            f"{fp32_row.latency_ms:>9.2f}{int8_row.latency_ms:>9.2f}"
+            f"{int8_row.latency_ms / fp32_row.latency_ms:>6.2f}x  {setting}"
         )
     print(
         "VOC12 mAP50 (points) of the ONNX exports; target: INT8 loses at most "

@@ -220,11 +220,12 @@ class ExportResult:
                 f"time (--int8-float {','.join(DEFAULT_FLOAT)} for the faster graph)"
             )
         known = MEASURED_LOSSES.get(self.info.phi_name)
-        if known:
+        if known and "early" not in kept:
             lines.append(
-                f"warning: INT8 of {self.info.phi_name} lost {known} when measured "
-                f"(python -m benchmarks.int8 --per-phi; target: at most {TARGET_LOSS:.1f}); "
-                "measure yours on labelled images or deploy the float export"
+                f"warning: INT8 of {self.info.phi_name} without the early layers in float lost "
+                f"{known} when measured (python -m benchmarks.int8 --per-phi; target: at most "
+                f"{TARGET_LOSS:.1f}); --int8-float {','.join((*DEFAULT_FLOAT, 'early'))} keeps "
+                "them, or measure yours on labelled images"
             )
         if not held:
             return lines
