@@ -75,8 +75,8 @@ MEASURED_LOSSES = {
 DEFAULT_FLOAT = ("heads", "first")  # measured: the first convolution costs up to 2 points in INT8
 # ``keep_float="auto"``: these float sets in turn, the next tried only while the best so far
 # lost more than TARGET_LOSS on the held-out images. The early layers in float recovered CA's
-# demo loss (-2.7 -> -0.2 points) and SimAM's aerial one (-1.1 -> -0.2 to -0.7) but take 1.7-1.9x the
-# INT8 forward time, so they are kept only where the measurement asks for them.
+# demo loss (-2.7 -> -0.2 points) and SimAM's aerial one (-1.1 -> -0.2 to -0.7) but take
+# 1.7-1.9x the INT8 forward time, so they are kept only where the measurement asks for them.
 AUTO_FLOAT = (DEFAULT_FLOAT, (*DEFAULT_FLOAT, "early"))
 # Blocks whose INT8 loss the held-out check does not see, so ``auto`` starts them at the
 # setting measured to hold it: CA lost 1.7-4.1 points of demo mAP50 over four calibration
