@@ -132,3 +132,55 @@ def test_folder_lock_is_exclusive_within_one_process(tmp_path: Path) -> None:
         FolderLock(tmp_path, "run").acquire()
     with FolderLock(tmp_path, "run"):
         pass
+
+
+_LOADER_HOLDER = """
+import os, sys, time
+from pathlib import Path
+import torch
+from torch.utils.data import DataLoader, Dataset
+from utils.runlock import FolderLock, end_with_parent
+
+class Quick(Dataset):
+    def __len__(self):
+        return 1000
+    def __getitem__(self, i):
+        Path(sys.argv[1], f"worker{os.getpid()}.pid").touch()
+        return torch.zeros(1)
+
+FolderLock(sys.argv[1]).acquire()
+for _ in DataLoader(Quick(), num_workers=2, worker_init_fn=end_with_parent):
+    time.sleep(0.3)  # a slow training step: the workers wait, queues full, for the next index
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_killed_writer_leaves_no_loader_worker_holding_its_lock(tmp_path: Path) -> None:
+    # a trainer holding its folder's lock, its loader workers inheriting the lock file
+    trainer = subprocess.Popen([sys.executable, "-c", _LOADER_HOLDER, str(tmp_path)], cwd=ROOT)
+    deadline = time.monotonic() + 60
+    while len(list(tmp_path.glob("worker*.pid"))) < 2:
+        assert time.monotonic() < deadline and trainer.poll() is None, "no loader workers"
+        time.sleep(0.05)
+    workers = [int(p.stem.removeprefix("worker")) for p in tmp_path.glob("worker*.pid")]
+    trainer.kill()
+    trainer.wait()
+    deadline = time.monotonic() + 1.5  # torch's own watchdog notices a dead parent in ~5 s
+    while True:
+        try:
+            FolderLock(tmp_path).acquire().release()
+            break
+        except FolderLockedError:
+            assert time.monotonic() < deadline, "the lock outlived its writer in a loader worker"
+            time.sleep(0.05)
+    while any(_running(pid) for pid in workers):  # they may still be in the midst of exiting
+        assert time.monotonic() < deadline, "a loader worker outlived its writer"
+        time.sleep(0.05)
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False

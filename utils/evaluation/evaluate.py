@@ -34,6 +34,7 @@ from utils.evaluation.metrics import BoxSet, best_f1, evaluate_coco, evaluate_vo
 from utils.paths import save_figure_atomic
 from utils.precision import AMP_TORCH_ONLY, autocast, inference_precision
 from utils.preprocess import ResizeMeta, boxes_to_original_many, resize_image
+from utils.runlock import end_with_parent
 from utils.sources import ImageReadError, read_image
 from utils.timing import StageTimer
 
@@ -331,6 +332,7 @@ def _eval_loader(
         num_workers=cfg.workers,
         collate_fn=_collate,
         pin_memory=device.type == "cuda",
+        worker_init_fn=end_with_parent,  # during training they hold the run's lock too
     )
 
 

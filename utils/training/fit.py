@@ -31,7 +31,7 @@ from utils.errors import InputError
 from utils.evaluation.evaluate import EvalConfig, EvalReport, format_report
 from utils.paths import check_apart, require_component, write_text_atomic
 from utils.precision import Precision, check_compiler, resolve_precision
-from utils.runlock import FolderLock
+from utils.runlock import FolderLock, end_with_parent
 from utils.training.adapt import FittedRun, fit_to_data
 from utils.training.config import TrainConfig
 from utils.training.loop import (
@@ -412,6 +412,7 @@ def make_loader(run: Run, batch_total: int) -> DataLoader:
         pin_memory=run.step.device.type == "cuda",
         drop_last=True,
         persistent_workers=cfg.workers > 0,
+        worker_init_fn=end_with_parent,  # no worker outlives a killed run, holding its lock
     )
 
 
