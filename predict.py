@@ -215,8 +215,24 @@ def _check_flags(args: argparse.Namespace) -> None:
                 "--amp applies to running a model"
             )
         return
-    if args.int8:
-        raise InputError("--int8 quantizes an export: give --export-onnx PATH too")
+    defaults = ExportConfig()
+    export_only = [  # flags of the export that running a model would silently ignore
+        f"--{field.replace('_', '-')}"
+        for field in (
+            "int8",
+            "int8_float",
+            "calib_method",
+            "calib_images",
+            "decode",
+            "dynamic_batch",
+            "opset",
+        )
+        if getattr(args, field) != getattr(defaults, field)
+    ]
+    if export_only:
+        raise InputError(
+            f"{', '.join(export_only)}: settings of an export; give --export-onnx PATH too"
+        )
     if args.benchmark and args.json_path is not None:
         raise InputError("--benchmark measures speed and writes no detections: drop --json")
     if args.benchmark and args.benchmark_runs < 1:

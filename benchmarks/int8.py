@@ -43,7 +43,12 @@ from utils.config import CommandParser, add_alias, add_options, run_cli
 from utils.errors import InputError
 from utils.evaluation.compare import evaluate_checkpoint
 from utils.evaluation.evaluate import EvalConfig
-from utils.inference.export import ExportConfig, export_metadata, export_onnx
+from utils.inference.export import (
+    ExportConfig,
+    export_metadata,
+    export_onnx,
+    parse_float_groups,
+)
 from utils.inference.onnx_runner import onnx_metadata
 from utils.inference.predictor import class_names_for
 from utils.inference.quantize import (
@@ -120,7 +125,7 @@ def export_both(
         out_path=int8,
         calibration_paths=calibrate,
         method=args.calib_method,
-        keep_float=ExportConfig(int8_float=args.int8_float).float_groups,
+        keep_float=parse_float_groups(args.int8_float),
         check_paths=held_out,
     )
     return info, names, size, picked, fp32, int8

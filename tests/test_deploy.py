@@ -394,6 +394,24 @@ def test_cli_export_refuses_old_opset(onnx_models, tmp_path, capsys) -> None:
     assert onnx_metadata(tmp_path / "y.onnx")["class_names"] == ["a", "b", "c"]
 
 
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (("--int8", "calib"), "--int8"),
+        (("--int8-float", "heads", "--decode"), "--int8-float, --decode"),
+        (("--calib-method", "minmax", "--opset", "18"), "--calib-method, --opset"),
+    ],
+)
+def test_export_flags_without_an_export_are_refused(tmp_path, capsys, flags, named) -> None:
+    # running a model would ignore them: refused, naming them, before anything is read
+    args = ("--weights", tmp_path / "missing.pth", "--save-dir", tmp_path / "out", *flags)
+    assert run_cli(*args) == 2
+    assert capsys.readouterr().err == (
+        f"error: {named}: settings of an export; give --export-onnx PATH too\n"
+    )
+    assert not (tmp_path / "out").exists()
+
+
 # --------------------------------------------------------------------------- input checks
 
 

@@ -16,7 +16,7 @@ from nets.decode import Geometry
 from nets.yolo import YoloBody
 from tools import export as export_tool
 from utils.errors import InputError
-from utils.inference.export import ExportConfig, ExportResult, export_onnx
+from utils.inference.export import ExportConfig, ExportResult, export_onnx, parse_float_groups
 from utils.inference.onnx_runner import onnx_metadata
 from utils.inference.quantize import (
     DEFAULT_FLOAT,
@@ -143,9 +143,31 @@ def test_early_layers_stay_float_when_asked(graphs, tmp_path) -> None:
     )
     later = convs["/backbone/resblock_body2/conv1/conv/Conv"]
     assert weight_type.get(later.input[1]) != onnx.TensorProto.FLOAT  # dequantized INT8
-    assert ExportConfig(int8_float="heads, first,early").float_groups == keep
+    assert ExportConfig(int8="calib", int8_float="heads, first,early").float_groups == keep
     with pytest.raises(ValueError, match="--int8-float"):
-        ExportConfig(int8_float="heads,stem")
+        ExportConfig(int8="calib", int8_float="heads,stem")
+    assert parse_float_groups("heads,heads,first") == ("heads", "first")
+    assert parse_float_groups(" auto ") == "auto"
+    for empty in ("", ",", " , "):  # an empty shell variable: refused, not "nothing in float"
+        with pytest.raises(ValueError, match="no group named; give auto or groups from"):
+            parse_float_groups(empty)
+    # INT8 settings without --int8 would be ignored: refused
+    with pytest.raises(ValueError, match="--int8-float, --calib-method: INT8 settings"):
+        ExportConfig(int8_float="heads", calib_method="minmax")
+
+
+def test_a_check_with_nothing_to_compare_is_no_loss(tmp_path) -> None:
+    # the float model found nothing at >= 0.25 on the held-out images; INT8's low-score boxes
+    # would give AP50 0 ("100 points lost"), which says nothing about INT8
+    held = {"images": 2, "float_boxes": 0, "found": 0, "ap50": 0.0}
+    check = HeldOutCheck(**held)
+    assert not check.compared and check.loss == 0.0
+    assert check.describe().startswith("INT8 not checked: the float model detected nothing")
+    info = ModelInfo(phi=0, phi_name="none", num_classes=3, class_names=["a", "b", "c"])
+    cfg = ExportConfig(out=str(tmp_path / "m.onnx"), int8="calib")
+    quant = {"method": "minmax", "calibration_images": 8, "held_out": held}
+    lines = ExportResult((tmp_path / "m.onnx",), info, 64, cfg, quant).int8_check()
+    assert lines == [check.describe()]
 
 
 def test_ap_matches_a_brute_force_count() -> None:

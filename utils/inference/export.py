@@ -119,10 +119,8 @@ class ExportConfig:
 
     @property
     def float_groups(self) -> tuple[str, ...] | str:
-        """``--int8-float`` as a tuple of ``FLOAT_GROUPS`` names, or ``"auto"``."""
-        if self.int8_float.strip() == "auto":
-            return "auto"
-        return tuple(g.strip() for g in self.int8_float.split(",") if g.strip())
+        """``--int8-float`` as ``parse_float_groups`` reads it."""
+        return parse_float_groups(self.int8_float)
 
     def __post_init__(self) -> None:
         if self.format not in EXPORT_FORMATS:
@@ -141,19 +139,45 @@ class ExportConfig:
                 f"{', '.join(onnx_only)}: ONNX settings; --format {self.format} writes a .cfg "
                 "and .weights pair"
             )
+        int8_only = [
+            flag
+            for flag, given in (
+                ("--int8-float", self.int8_float.strip() != "auto"),
+                ("--calib-method", self.calib_method != "auto"),
+                ("--calib-images", self.calib_images != DEFAULT_CALIBRATION_IMAGES),
+            )
+            if given
+        ]
+        if int8_only and not self.int8:
+            raise InputError(f"{', '.join(int8_only)}: INT8 settings; give --int8 CALIB_SOURCE")
         if self.int8 and self.decode:
             raise InputError("--int8 quantizes raw-map graphs: leave out --decode")
         if not MIN_OPSET <= self.opset <= MAX_OPSET:
             raise InputError(f"--opset {self.opset}: must be {MIN_OPSET} to {MAX_OPSET}")
-        groups = self.float_groups
-        unknown = [] if groups == "auto" else sorted(set(groups) - set(FLOAT_GROUPS))
-        if unknown:
-            raise InputError(
-                f"--int8-float {self.int8_float!r}: unknown {unknown}; choose from "
-                f"{', '.join(FLOAT_GROUPS)}"
-            )
+        parse_float_groups(self.int8_float)  # checks it
         if self.calib_images < 1:
             raise InputError(f"--calib-images {self.calib_images}: must be at least 1")
+
+
+def parse_float_groups(text: str) -> tuple[str, ...] | str:
+    """``--int8-float``: ``"auto"``, or a tuple of ``FLOAT_GROUPS`` names (each once, in the
+    order given).
+
+    Raises:
+        InputError: an unknown group, or none named (an empty value).
+    """
+    if text.strip() == "auto":
+        return "auto"
+    groups = tuple(dict.fromkeys(g.strip() for g in text.split(",") if g.strip()))
+    unknown = sorted(set(groups) - set(FLOAT_GROUPS))
+    if unknown or not groups:
+        problem = f"unknown {unknown}" if unknown else "no group named"
+        raise InputError(
+            f"--int8-float {text!r}: {problem}; give auto or groups from "
+            f"{', '.join(FLOAT_GROUPS)}, comma-separated (heads,first keeps the outputs and the "
+            "first convolution in float)"
+        )
+    return groups
 
 
 @dataclass(frozen=True)
@@ -229,7 +253,7 @@ class ExportResult:
             )
         if not held:
             return lines
-        loss = 100 * (1 - held["ap50"])
+        loss = HeldOutCheck(**held).loss  # 0 when the float model detected nothing
         if loss > TARGET_LOSS:
             lines.append(
                 f"warning: INT8 of {self.info.phi_name} lost {loss:.1f} points against its "

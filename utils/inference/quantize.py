@@ -236,6 +236,8 @@ def quantize_int8(
                     check = check_held_out(fp32_path, path, check_paths, letterbox=letterbox)
                     if check.images:  # else not checked: no held-out image was readable
                         meta["quantization"]["held_out"] = check_as_dict(check)
+                    # nothing to compare: unchecked, no reason to try slower settings
+                    check = check if check.compared else None
                 tried[f"{asked} {'+'.join(groups)}"] = (check.loss if check else 0.0, path, meta)
             if min(t[0] for t in tried.values()) <= TARGET_LOSS:
                 break  # the faster graph is within the target: the slower ones are not tried
@@ -404,11 +406,23 @@ class HeldOutCheck:
     ap50: float
 
     @property
+    def compared(self) -> bool:
+        """Whether there was anything to compare: held-out images read and the float model
+        detecting something on them (with no reference box AP50 would call INT8's every
+        low-score box a false alarm)."""
+        return self.images > 0 and self.float_boxes > 0
+
+    @property
     def loss(self) -> float:
-        """Points lost against the float model: 100 * (1 - ap50)."""
-        return 100 * (1 - self.ap50)
+        """Points lost against the float model: 100 * (1 - ap50); 0 when not ``compared``."""
+        return 100 * (1 - self.ap50) if self.compared else 0.0
 
     def describe(self) -> str:
+        if not self.compared:
+            return (
+                f"INT8 not checked: the float model detected nothing (score >= "
+                f"{REFERENCE_CONF}) on the {self.images} held-out calibration images"
+            )
         return (
             f"INT8 against float on {self.images} held-out calibration images: AP50 "
             f"{100 * self.ap50:.1f} with the float model's {self.float_boxes} detections "
