@@ -20,6 +20,7 @@ from nets.decode import Geometry
 from nets.registry import attention_names
 from nets.yolo import YoloBody
 from utils.classes import read_class_names
+from utils.device import torch_threads
 from utils.inference.export import export_onnx
 from utils.inference.onnx_runner import OnnxRunner
 from utils.inference.predictor import (
@@ -49,18 +50,14 @@ class Engine:
 
 
 class WithTorchThreads:
-    """Calls ``fn`` with ``torch.set_num_threads(threads)``, restoring the setting after."""
+    """Calls ``fn`` with torch at ``threads`` threads (``utils.device.torch_threads``)."""
 
     def __init__(self, fn: Callable, threads: int) -> None:
         self.fn, self.threads = fn, threads
 
     def __call__(self):
-        before = torch.get_num_threads()
-        torch.set_num_threads(self.threads)
-        try:
+        with torch_threads(self.threads):
             return self.fn()
-        finally:
-            torch.set_num_threads(before)
 
 
 def ort_runner(

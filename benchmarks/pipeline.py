@@ -56,7 +56,7 @@ import torch
 from benchmarks.common import check_at_least, check_files, finish, start
 from nets.options import ModelOptions
 from utils.config import CommandParser, add_options, run_cli
-from utils.device import DeviceOptions, available_cpus, configure_threads
+from utils.device import DeviceOptions, available_cpus, configure_threads, torch_threads
 from utils.inference.predict_loop import (
     AUTO_PREFETCH,
     OutputOptions,
@@ -185,16 +185,12 @@ def run_once(detector: Detector, config: Config, data: dict[str, Source], tmp: P
 
 def forward_ms(detector: Detector, image: np.ndarray, runs: int, threads: int) -> Stats:
     """Forward-only latency (batch 1, preprocessed input) at ``threads`` torch threads."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         batch, _ = detector.preprocess([image])
         timer = StageTimer()
         for i in range(runs + 3):
             with timer.stage("forward", record=i >= 3):
                 detector.forward(batch)
-    finally:
-        torch.set_num_threads(before)
     return timer.summary()["forward"]
 
 
