@@ -8,9 +8,12 @@ the process ends, however it ends, so a killed run never leaves a stale lock beh
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import signal
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from utils.errors import UserError
@@ -18,19 +21,37 @@ from utils.errors import UserError
 LOCK_NAME = ".lock"
 
 
-def end_with_parent(*_: object) -> None:
-    """In a child process (Linux; nothing elsewhere): SIGKILL it when its parent ends. A
-    data-loader worker inherits its trainer's open lock file, so without this a killed
-    trainer's folder stays locked until its workers notice, seconds later. Takes and ignores
-    any arguments, so it serves as a ``DataLoader`` ``worker_init_fn``."""
+@functools.cache
+def _prctl():
+    """libc's ``prctl``, loaded once (loaded before a fork, a child only makes the call)."""
+    import ctypes
+
+    return ctypes.CDLL(None).prctl
+
+
+def end_with_parent(*_: object, sig: int = signal.SIGKILL, parent: int | None = None) -> None:
+    """In a child process (Linux; nothing elsewhere): ``sig`` when its parent ends
+    (``PR_SET_PDEATHSIG``). A data-loader worker inherits its trainer's open lock file, so
+    without this a killed trainer's folder stays locked until its workers notice, seconds
+    later; a study's worker would train on, holding its run's lock. Takes and ignores
+    positional arguments, so it serves as a ``DataLoader`` ``worker_init_fn``; ``parent``:
+    the parent's pid, to see that it ended before the call took effect (default: the child
+    was reparented to init)."""
     if not sys.platform.startswith("linux"):
         return
-    import ctypes
-    import signal
+    _prctl()(1, sig)  # PR_SET_PDEATHSIG
+    ended = os.getppid() != parent if parent is not None else os.getppid() == 1
+    if ended:  # the parent ended before the call took effect
+        os.kill(os.getpid(), sig)
 
-    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    if os.getppid() == 1:  # the parent ended before the call took effect
-        os.kill(os.getpid(), signal.SIGKILL)
+
+def child_ends_with_this_process(sig: int) -> Callable[[], None] | None:
+    """A ``subprocess.Popen`` ``preexec_fn`` (Linux; None elsewhere) that makes the child get
+    ``sig`` when this process ends, however it ends. libc is loaded here, in the parent."""
+    if not sys.platform.startswith("linux"):
+        return None
+    _prctl()
+    return functools.partial(end_with_parent, sig=sig, parent=os.getpid())
 
 
 class FolderLockedError(UserError, RuntimeError):

@@ -29,7 +29,6 @@ import shlex
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -40,7 +39,7 @@ import torch
 
 from utils.errors import InputError, UserError
 from utils.paths import write_text_atomic
-from utils.runlock import LOCK_NAME, FolderLock, FolderLockedError
+from utils.runlock import LOCK_NAME, FolderLock, FolderLockedError, child_ends_with_this_process
 from utils.training.config import TrainConfig
 from utils.training.fit import fit
 
@@ -327,7 +326,9 @@ class ProcessLauncher:
                 stdin=subprocess.DEVNULL,
                 env={**os.environ, **self.extra_env, **slot.env()},
                 cwd=spec.workdir or None,
-                preexec_fn=_ender(),
+                # a killed study (even by SIGKILL) leaves no run training on, holding its
+                # lock; checkpoints are whole at each epoch's end, so the next call continues
+                preexec_fn=child_ends_with_this_process(signal.SIGTERM),
             )
 
     def _outcome(self, spec: RunSpec, code: int) -> RunOutcome:
@@ -343,26 +344,6 @@ class ProcessLauncher:
     def _report(self, outcome: RunOutcome, done: int, total: int) -> None:
         said = "finished" if outcome.finished else f"failed: {outcome.error}"
         self.progress(f"== {outcome.name} {said} ({done}/{total} done)")
-
-
-def _ender() -> Callable[[], None] | None:
-    """What a worker runs before it starts (Linux; None elsewhere): ask for SIGTERM when the
-    study that started it dies, so a killed study (even by SIGKILL) leaves no run training on
-    in the background, holding its folder's lock. Checkpoints are written whole at each
-    epoch's end, so the next call of the study continues the run from its last finished
-    epoch. libc is loaded here, in the study: the forked child only makes the call."""
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    prctl, parent = ctypes.CDLL(None).prctl, os.getpid()
-
-    def end_with_parent() -> None:
-        prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        if os.getppid() != parent:  # the study died before the call took effect
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    return end_with_parent
 
 
 class RayLauncher:
