@@ -99,3 +99,13 @@ def exit_code(main: Callable[[list[str]], int | None], argv: list) -> int:
     with pytest.raises(SystemExit) as done:
         run_cli(lambda: main([str(a) for a in argv]))
     return done.value.code
+
+
+def process_running(pid: int) -> bool:
+    """Whether process ``pid`` runs (Linux ``/proc``): a zombie, dead but not yet reaped,
+    counts as ended."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import exit_code, require_package
+from conftest import exit_code, process_running, require_package
 from voc_factory import make_split, tiny_train_config
 
 from tools import study
@@ -320,18 +320,9 @@ def test_workers_end_when_the_study_is_killed(tmp_path) -> None:
     parent.kill()
     parent.wait()
     deadline = time.monotonic() + 10
-    while _alive(worker_pid):
+    while process_running(worker_pid):
         assert time.monotonic() < deadline, "the worker went on after its study was killed"
         time.sleep(0.1)
-
-
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie, dead but not yet reaped by init, counts as ended)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
-        return False
-    return state != "Z"
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import process_running
 
 from utils.paths import (
     OutputPathError,
@@ -173,14 +174,6 @@ def test_a_killed_writer_leaves_no_loader_worker_holding_its_lock(tmp_path: Path
         except FolderLockedError:
             assert time.monotonic() < deadline, "the lock outlived its writer in a loader worker"
             time.sleep(0.05)
-    while any(_running(pid) for pid in workers):  # they may still be in the midst of exiting
+    while any(process_running(pid) for pid in workers):  # they may still be in the midst of exiting
         assert time.monotonic() < deadline, "a loader worker outlived its writer"
         time.sleep(0.05)
-
-
-def _running(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
