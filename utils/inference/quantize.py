@@ -236,8 +236,7 @@ def quantize_int8(
                     check = check_held_out(fp32_path, path, check_paths, letterbox=letterbox)
                     if check.images:  # else not checked: no held-out image was readable
                         meta["quantization"]["held_out"] = check_as_dict(check)
-                    # nothing to compare: unchecked, no reason to try slower settings
-                    check = check if check.compared else None
+                # no loss when unchecked or nothing to compare: no reason to try slower settings
                 tried[f"{asked} {'+'.join(groups)}"] = (check.loss if check else 0.0, path, meta)
             if min(t[0] for t in tried.values()) <= TARGET_LOSS:
                 break  # the faster graph is within the target: the slower ones are not tried
