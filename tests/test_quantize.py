@@ -85,6 +85,28 @@ def test_quantized_graph_is_int8_with_fp32_heads_and_metadata(fp32_graph, tmp_pa
         assert 0 < float((a - b).abs().mean()) < 0.1 * float(b.std())
 
 
+def test_an_unreadable_calibration_image_is_reported_once(tmp_path, caplog) -> None:
+    meta = {"phi": 1, "class_names": ["a", "b", "c"]}  # names: the held-out check needs them
+    graph = export_onnx(YoloBody(3, 1), tmp_path / "m.onnx", Geometry(input_size=64), metadata=meta)
+    calibration = _images(tmp_path / "calib", 6)
+    broken = tmp_path / "calib" / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not a jpeg")
+    # both methods calibrate on the same images (auto), each counting the broken one
+    out = quantize_int8(
+        graph,
+        tmp_path / "int8.onnx",
+        [*calibration[:5], str(broken)],
+        check_paths=calibration[5:],
+        method="auto",
+        keep_float=("heads", "first"),
+    )
+    quant = onnx_metadata(out)["quantization"]
+    assert set(quant["tried"]) == {"minmax heads+first", "percentile heads+first"}
+    assert quant["calibration_images"] == 5 and quant["skipped_images"] == 1
+    said = [r.getMessage() for r in caplog.records if "not used for calibration" in r.getMessage()]
+    assert len(said) == 1 and "broken.jpg" in said[0]
+
+
 def test_histogram_calibration_falls_back_to_minmax_on_a_constant_tensor(
     fp32_graph, tmp_path, caplog
 ) -> None:

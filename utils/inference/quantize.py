@@ -106,7 +106,9 @@ def pick_evenly(paths: Sequence[str], count: int) -> list[str]:
 class CalibrationImages:
     """ONNX Runtime ``CalibrationDataReader``: one preprocessed image per ``get_next``.
 
-    Unreadable images are logged and skipped; ``used`` and ``skipped`` count them.
+    Unreadable images are logged and skipped; ``used`` and ``skipped`` count them in the
+    current pass. An image found unreadable is remembered: later passes (``rewind``, another
+    calibration method) skip it without reading or reporting it again.
     """
 
     def __init__(
@@ -115,14 +117,19 @@ class CalibrationImages:
         self.paths, self.input_size, self.input_name = list(paths), input_size, input_name
         self.letterbox = letterbox
         self.used, self.skipped = 0, []
+        self._unreadable: dict[str, str] = {}  # path -> its error, across passes
         self._batches = self._read()
 
     def _read(self) -> Iterator[dict[str, np.ndarray]]:
         for path in self.paths:
+            if path in self._unreadable:
+                self.skipped.append(self._unreadable[path])
+                continue
             try:
                 image = read_image(path)
             except ImageReadError as err:
                 logger.warning("%s (not used for calibration)", err)
+                self._unreadable[path] = str(err)
                 self.skipped.append(str(err))
                 continue
             canvas, _ = preprocess_bgr(image, self.input_size, self.letterbox)
@@ -207,6 +214,7 @@ def quantize_int8(
     else:
         methods = (method,)
     tried: dict[str, tuple[float, Path, dict]] = {}
+    reader = CalibrationImages(calibration_paths, input_size, input_name, letterbox)
     with tempfile.TemporaryDirectory() as tmp:
         for groups in float_sets:
             excluded = float_nodes(fp32_path, groups)
@@ -216,7 +224,6 @@ def quantize_int8(
                 "nodes_to_exclude": excluded or None,
             }
             for asked in methods:
-                reader = CalibrationImages(calibration_paths, input_size, input_name, letterbox)
                 path = Path(tmp) / f"{asked}_{'_'.join(groups)}.onnx"
                 used = _calibrate_and_quantize(fp32_path, path, reader, asked, settings)
                 meta = onnx_metadata(fp32_path)
